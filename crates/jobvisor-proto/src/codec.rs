@@ -1,0 +1,144 @@
+//! The codec: every use of `bincode` in jobvisor lives in this module, so the
+//! format can be swapped for a wire-compatible crate in one place.
+//!
+//! Configuration: bincode 2 `standard()` (little endian, varint integers).
+//! Decoding always runs with a limit on the bytes a message may claim, so a
+//! hostile length prefix inside a payload cannot make us allocate more than
+//! about twice the (already bounded) frame size.
+
+use bincode::config::{self, Configuration};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Encoding or decoding a message failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The value could not be encoded.
+    #[error("cannot encode message: {0}")]
+    Encode(#[source] bincode::error::EncodeError),
+    /// The bytes are not a valid encoding of the expected message.
+    #[error("cannot decode message: {0}")]
+    Decode(#[source] bincode::error::DecodeError),
+    /// The payload decoded, but bytes were left over.
+    #[error("message has {extra} trailing bytes")]
+    TrailingBytes {
+        /// How many bytes followed the message.
+        extra: usize,
+    },
+}
+
+const fn standard() -> Configuration {
+    config::standard()
+}
+
+/// Appends the encoding of `value` to `buf`.
+///
+/// # Errors
+/// [`CodecError::Encode`] when serde refuses the value (e.g. a map with
+/// non-string keys that bincode cannot represent).
+pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Result<(), CodecError> {
+    bincode::serde::encode_into_std_write(value, buf, standard())
+        .map(|_| ())
+        .map_err(CodecError::Encode)
+}
+
+/// Encodes `value` into a fresh buffer.
+///
+/// # Errors
+/// As [`encode_into`].
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
+    let mut buf = Vec::new();
+    encode_into(value, &mut buf)?;
+    Ok(buf)
+}
+
+macro_rules! decode_with_limit {
+    ($bytes:expr, $($limit:literal),+) => {{
+        let len = $bytes.len();
+        $(
+            if len <= $limit {
+                return finish(bincode::serde::decode_from_slice(
+                    $bytes,
+                    standard().with_limit::<{ $limit * 2 }>(),
+                ), len);
+            }
+        )+
+        finish(bincode::serde::decode_from_slice(
+            $bytes,
+            standard().with_limit::<{ 1usize << 32 }>(),
+        ), len)
+    }};
+}
+
+/// Decodes exactly one message from `bytes`.
+///
+/// The decode limit is chosen from a ladder of powers of two at least twice the
+/// payload length (bincode's limits are compile-time constants), so whatever a
+/// payload claims, decoding allocates at most about twice its own size. The
+/// payload itself is bounded by the frame limit before this is called.
+///
+/// # Errors
+/// [`CodecError::Decode`] for invalid or truncated bytes or a claim over the
+/// limit; [`CodecError::TrailingBytes`] when bytes follow the message.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
+    decode_with_limit!(
+        bytes,
+        256,
+        4096,
+        65536,
+        1048576,
+        16777216,
+        268435456,
+        1073741824
+    )
+}
+
+fn finish<T>(
+    result: Result<(T, usize), bincode::error::DecodeError>,
+    len: usize,
+) -> Result<T, CodecError> {
+    let (value, used) = result.map_err(CodecError::Decode)?;
+    if used != len {
+        return Err(CodecError::TrailingBytes { extra: len - used });
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_simple() {
+        let v: (u32, String, Vec<u8>) = (7, "x".into(), vec![1, 2, 3]);
+        let bytes = encode(&v).unwrap();
+        let back: (u32, String, Vec<u8>) = decode(&bytes).unwrap();
+        assert_eq!(v, back);
+    }
+
+    #[test]
+    fn hostile_inner_length_is_refused_without_allocating() {
+        // A Vec<u64> claiming u64::MAX/2 elements in a 10-byte payload.
+        let mut bytes = vec![0xFD];
+        bytes.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
+        let err = decode::<Vec<u64>>(&bytes).unwrap_err();
+        assert!(matches!(err, CodecError::Decode(_)), "{err}");
+    }
+
+    #[test]
+    fn trailing_bytes_are_an_error() {
+        let mut bytes = encode(&5u32).unwrap();
+        bytes.push(0);
+        assert!(matches!(
+            decode::<u32>(&bytes),
+            Err(CodecError::TrailingBytes { extra: 1 })
+        ));
+    }
+
+    #[test]
+    fn truncated_payload_is_an_error() {
+        let bytes = encode(&"hello world".to_string()).unwrap();
+        assert!(decode::<String>(&bytes[..bytes.len() - 3]).is_err());
+    }
+}

@@ -1,0 +1,359 @@
+//! Length-prefixed framing.
+//!
+//! `[u32 LE payload length][payload]`. The length is checked against the
+//! link's maximum before a single byte of payload is buffered, so a peer that
+//! announces 4 GiB costs us nothing. "Need more bytes" is `Ok(None)`; EOF in the
+//! middle of a frame is [`FrameError::Truncated`] (see [`FrameBuf::check_eof`]).
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::codec::{self, CodecError};
+
+/// Bytes in the length prefix.
+pub const FRAME_HEADER_BYTES: usize = 4;
+
+/// A frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// The announced (or produced) payload is larger than the link allows.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes")]
+    TooLarge {
+        /// Payload length announced or produced.
+        len: u64,
+        /// The link's maximum payload length.
+        max: usize,
+    },
+    /// The stream ended inside a frame.
+    #[error("stream ended in the middle of a frame ({have} of {want} bytes)")]
+    Truncated {
+        /// Bytes of the frame (header included) that arrived.
+        have: usize,
+        /// Bytes the frame needed (header included; 4 when the header itself is cut).
+        want: usize,
+    },
+    /// The payload was not a valid message.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+/// Appends one frame holding `msg` to `out`.
+///
+/// Nothing is appended when the encoded message exceeds `max_frame_bytes`.
+///
+/// # Errors
+/// [`FrameError::TooLarge`] or [`FrameError::Codec`].
+pub fn encode_frame<T: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    msg: &T,
+    max_frame_bytes: usize,
+) -> Result<(), FrameError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
+    if let Err(e) = codec::encode_into(msg, out) {
+        out.truncate(start);
+        return Err(e.into());
+    }
+    let len = out.len() - start - FRAME_HEADER_BYTES;
+    if len > max_frame_bytes || len > u32::MAX as usize {
+        out.truncate(start);
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            max: max_frame_bytes,
+        });
+    }
+    out[start..start + FRAME_HEADER_BYTES].copy_from_slice(&(len as u32).to_le_bytes());
+    Ok(())
+}
+
+/// An incremental frame decoder with its own buffer.
+///
+/// Transports read into [`FrameBuf::spare`], report how much arrived with
+/// [`FrameBuf::filled`], and take messages out with [`FrameBuf::next`].
+#[derive(Debug)]
+pub struct FrameBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    max_frame_bytes: usize,
+}
+
+const READ_CHUNK: usize = 64 * 1024;
+
+impl FrameBuf {
+    /// A decoder for a link whose frames may carry at most `max_frame_bytes` of payload.
+    pub fn new(max_frame_bytes: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            max_frame_bytes,
+        }
+    }
+
+    /// The link's maximum payload length.
+    pub fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes
+    }
+
+    /// Changes the maximum (used after a handshake agreed on one).
+    pub fn set_max_frame_bytes(&mut self, max: usize) {
+        self.max_frame_bytes = max;
+    }
+
+    /// Bytes buffered but not yet consumed.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// A writable tail to read into. It is at least a read chunk long, or as long
+    /// as the current frame still needs, whichever is larger, but never larger
+    /// than a frame the link allows: the peer's word sizes nothing beyond that.
+    pub fn spare(&mut self) -> &mut [u8] {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let want = match self.announced_len() {
+            Some(len) if len <= self.max_frame_bytes => {
+                (FRAME_HEADER_BYTES + len).saturating_sub(self.end - self.start)
+            }
+            _ => 0,
+        }
+        .max(READ_CHUNK);
+        if self.buf.len() - self.end < want {
+            // Compact before growing.
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.buf.len() - self.end < want {
+                self.buf.resize(self.end + want, 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Records that `n` bytes were written into the slice [`FrameBuf::spare`] returned.
+    pub fn filled(&mut self, n: usize) {
+        debug_assert!(self.end + n <= self.buf.len());
+        self.end += n;
+    }
+
+    /// Appends bytes (for transports that do not read in place, and for tests).
+    pub fn extend(&mut self, bytes: &[u8]) {
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let spare = self.spare();
+            let n = spare.len().min(rest.len());
+            spare[..n].copy_from_slice(&rest[..n]);
+            self.filled(n);
+            rest = &rest[n..];
+        }
+    }
+
+    fn announced_len(&self) -> Option<usize> {
+        let avail = &self.buf[self.start..self.end];
+        if avail.len() < FRAME_HEADER_BYTES {
+            return None;
+        }
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        header.copy_from_slice(&avail[..FRAME_HEADER_BYTES]);
+        Some(u32::from_le_bytes(header) as usize)
+    }
+
+    /// The payload of the next complete frame, consumed from the buffer.
+    ///
+    /// # Errors
+    /// [`FrameError::TooLarge`] as soon as a header announces more than the
+    /// maximum. The link is unusable afterwards (framing is lost).
+    pub fn next_payload(&mut self) -> Result<Option<&[u8]>, FrameError> {
+        let Some(len) = self.announced_len() else {
+            return Ok(None);
+        };
+        if len > self.max_frame_bytes {
+            return Err(FrameError::TooLarge {
+                len: len as u64,
+                max: self.max_frame_bytes,
+            });
+        }
+        if self.end - self.start < FRAME_HEADER_BYTES + len {
+            return Ok(None);
+        }
+        let from = self.start + FRAME_HEADER_BYTES;
+        self.start = from + len;
+        Ok(Some(&self.buf[from..from + len]))
+    }
+
+    /// The next complete message, consumed from the buffer.
+    ///
+    /// # Errors
+    /// As [`FrameBuf::next_payload`], plus [`FrameError::Codec`] when the payload
+    /// is not a `T`; the frame is consumed either way, so framing stays intact.
+    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        match self.next_payload()? {
+            None => Ok(None),
+            Some(payload) => Ok(Some(codec::decode(payload)?)),
+        }
+    }
+
+    /// To be called when the stream reached EOF: an error if a frame was cut.
+    ///
+    /// # Errors
+    /// [`FrameError::Truncated`] when bytes of an incomplete frame are buffered.
+    pub fn check_eof(&self) -> Result<(), FrameError> {
+        let have = self.end - self.start;
+        if have == 0 {
+            return Ok(());
+        }
+        let want = self
+            .announced_len()
+            .map_or(FRAME_HEADER_BYTES, |l| FRAME_HEADER_BYTES + l);
+        Err(FrameError::Truncated { have, want })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame_of<T: Serialize>(v: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(&mut out, v, 1 << 20).unwrap();
+        out
+    }
+
+    #[test]
+    fn one_frame_round_trip() {
+        let mut fb = FrameBuf::new(1024);
+        fb.extend(&frame_of(&"hi".to_string()));
+        assert_eq!(fb.next::<String>().unwrap().as_deref(), Some("hi"));
+        assert!(fb.next::<String>().unwrap().is_none());
+        fb.check_eof().unwrap();
+    }
+
+    #[test]
+    fn byte_at_a_time_and_many_frames() {
+        let mut all = Vec::new();
+        for i in 0..100u32 {
+            all.extend(frame_of(&(i, vec![i as u8; i as usize])));
+        }
+        let mut fb = FrameBuf::new(1024);
+        let mut got = Vec::new();
+        for b in &all {
+            fb.extend(std::slice::from_ref(b));
+            while let Some(v) = fb.next::<(u32, Vec<u8>)>().unwrap() {
+                got.push(v);
+            }
+        }
+        assert_eq!(got.len(), 100);
+        assert_eq!(got[99], (99, vec![99u8; 99]));
+    }
+
+    #[test]
+    fn hostile_length_4_gib_is_refused_before_allocating() {
+        let mut fb = FrameBuf::new(1 << 20);
+        fb.extend(&u32::MAX.to_le_bytes());
+        let err = fb.next_payload().unwrap_err();
+        assert!(
+            matches!(err, FrameError::TooLarge { len, max } if len == u64::from(u32::MAX) && max == 1 << 20)
+        );
+        // spare() must not have grown the buffer towards the announced size.
+        assert!(fb.spare().len() <= 2 * READ_CHUNK);
+    }
+
+    #[test]
+    fn length_just_over_max_is_refused() {
+        let mut fb = FrameBuf::new(10);
+        fb.extend(&11u32.to_le_bytes());
+        assert!(matches!(
+            fb.next_payload(),
+            Err(FrameError::TooLarge { len: 11, max: 10 })
+        ));
+        let mut fb = FrameBuf::new(10);
+        fb.extend(&10u32.to_le_bytes());
+        fb.extend(&[0; 10]);
+        assert_eq!(fb.next_payload().unwrap().unwrap().len(), 10);
+    }
+
+    #[test]
+    fn eof_mid_header_and_mid_payload() {
+        let frame = frame_of(&"abcdef".to_string());
+        let mut fb = FrameBuf::new(1024);
+        fb.extend(&frame[..2]);
+        assert!(fb.next::<String>().unwrap().is_none());
+        assert!(matches!(
+            fb.check_eof(),
+            Err(FrameError::Truncated { have: 2, want: 4 })
+        ));
+        let mut fb = FrameBuf::new(1024);
+        fb.extend(&frame[..frame.len() - 1]);
+        assert!(fb.next::<String>().unwrap().is_none());
+        assert!(matches!(fb.check_eof(), Err(FrameError::Truncated { .. })));
+    }
+
+    #[test]
+    fn garbage_payload_is_a_codec_error_and_framing_survives() {
+        let mut fb = FrameBuf::new(1024);
+        fb.extend(&3u32.to_le_bytes());
+        fb.extend(&[0xFF, 0xFF, 0xFF]);
+        fb.extend(&frame_of(&7u8));
+        assert!(matches!(fb.next::<String>(), Err(FrameError::Codec(_))));
+        assert_eq!(fb.next::<u8>().unwrap(), Some(7));
+    }
+
+    #[test]
+    fn encode_refuses_oversize_and_leaves_buffer_untouched() {
+        let mut out = vec![1, 2, 3];
+        let err = encode_frame(&mut out, &vec![0u8; 100], 50).unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge { max: 50, .. }));
+        assert_eq!(out, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn large_frame_spanning_many_reads() {
+        let big = vec![7u8; 300_000];
+        let frame = frame_of(&serde_bytes::ByteBuf::from(big.clone()));
+        let mut fb = FrameBuf::new(1 << 20);
+        for chunk in frame.chunks(1000) {
+            fb.extend(chunk);
+        }
+        let got: serde_bytes::ByteBuf = fb.next().unwrap().unwrap();
+        assert_eq!(got.into_vec(), big);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn prop_round_trip_any_split(
+            msgs in proptest::collection::vec((proptest::prelude::any::<u64>(), ".{0,40}", proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)), 0..20),
+            split in 1usize..97,
+        ) {
+            let mut all = Vec::new();
+            for m in &msgs { encode_frame(&mut all, m, 1 << 16).unwrap(); }
+            let mut fb = FrameBuf::new(1 << 16);
+            let mut got = Vec::new();
+            for chunk in all.chunks(split) {
+                fb.extend(chunk);
+                while let Some(m) = fb.next::<(u64, String, Vec<u8>)>().unwrap() { got.push(m); }
+            }
+            fb.check_eof().unwrap();
+            proptest::prop_assert_eq!(got, msgs);
+        }
+
+        #[test]
+        fn prop_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let mut fb = FrameBuf::new(256);
+            fb.extend(&bytes);
+            loop {
+                match fb.next::<crate::worker::ToWorker>() {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(FrameError::TooLarge { .. }) => break,
+                    Err(_) => continue,
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,26 @@
+//! The jobvisor wire format, shared by every link (supervisor ↔ worker pipes,
+//! supervisor ↔ fork server socket, and later the control socket).
+//!
+//! A frame is a `u32` little-endian payload length followed by the payload, a
+//! bincode 2 encoding of one message. The maximum frame size is checked
+//! *before* anything is allocated, and every decode runs with a size limit.
+//!
+//! # Layout
+//! - [`codec`]: the only module that touches `bincode`; encode / decode with a limit.
+//! - [`frame`]: framing: [`FrameBuf`] (incremental decoder) and [`encode_frame`].
+//! - [`handshake`]: the fixed-layout [`Hello`] every link starts with: protocol
+//!   version and schema hash, and the error that names both sides on a mismatch.
+//! - [`worker`]: messages on the supervisor ↔ worker link.
+//! - [`forkserver`]: messages on the supervisor ↔ fork server link.
+//!
+//! This crate does no I/O on processes; transports live above it.
+
+pub mod codec;
+pub mod forkserver;
+pub mod frame;
+pub mod handshake;
+pub mod worker;
+
+pub use codec::CodecError;
+pub use frame::{encode_frame, FrameBuf, FrameError, FRAME_HEADER_BYTES};
+pub use handshake::{HandshakeError, Hello, Role, PROTOCOL_VERSION, SCHEMA_HASH};

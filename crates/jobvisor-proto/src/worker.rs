@@ -1,0 +1,140 @@
+//! Messages on the supervisor ↔ worker link.
+//!
+//! After the [`crate::Hello`] exchange the supervisor sends
+//! [`ToWorker::Configure`], the worker answers [`FromWorker::Ready`] with its
+//! task names (their positions are the task ids used in [`Call::task`]), and
+//! then calls flow down in batches and replies flow up in batches. A worker runs
+//! CPU calls one at a time, in the order they arrived, so replies to CPU calls
+//! come back in order.
+
+use serde::{Deserialize, Serialize};
+
+/// Supervisor → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// Limits for this link; the first message after the hello.
+    Configure {
+        /// Largest frame either side may send.
+        max_frame_bytes: u64,
+        /// Largest encoded task output the worker may return; larger ones fail.
+        max_output_bytes: u64,
+    },
+    /// Calls to run, in order.
+    Run(Vec<Call>),
+    /// Cancel a call: a queued one is answered `Cancelled` at once, a running one
+    /// sees `ctx.is_cancelled()`.
+    Cancel {
+        /// The call's id.
+        id: u64,
+    },
+    /// Finish what is queued, then exit 0.
+    Shutdown,
+}
+
+/// One unit of work for a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Call {
+    /// Supervisor-assigned id, unique per pool.
+    pub id: u64,
+    /// Index into the worker's task list (from [`FromWorker::Ready`]).
+    pub task: u32,
+    /// `input` is an encoded `Vec<Input>` and the output an encoded
+    /// `Vec<Result<Output, TaskFailure>>` (a `chunksize` chunk).
+    pub chunk: bool,
+    /// The soft deadline the worker's `ctx` reports as cancellation.
+    pub timeout_ms: Option<u64>,
+    /// The encoded input.
+    #[serde(with = "serde_bytes")]
+    pub input: Vec<u8>,
+}
+
+/// Worker → supervisor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// The worker is ready; `tasks[i]` is the name of task id `i`.
+    Ready {
+        /// The worker's pid.
+        pid: u32,
+        /// Registered task names, in id order.
+        tasks: Vec<String>,
+    },
+    /// Finished calls.
+    Done(Vec<Reply>),
+    /// The running call is alive (sent when the task calls `ctx.heartbeat()`).
+    Heartbeat {
+        /// The running call.
+        id: u64,
+    },
+    /// Progress of the running call.
+    Progress {
+        /// The running call.
+        id: u64,
+        /// Units done.
+        done: u64,
+        /// Units in all (0 when unknown).
+        total: u64,
+    },
+}
+
+/// The result of one call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The call's id.
+    pub id: u64,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// Success with the encoded output, or a failure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// The encoded output.
+    Ok(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The call failed inside the worker.
+    Err(TaskFailure),
+}
+
+/// A failure reported by the worker for one call (the worker lives on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskFailure {
+    /// What kind of failure.
+    pub kind: FailureKind,
+    /// Human-readable detail.
+    pub message: String,
+}
+
+/// Kinds of in-worker failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    /// The task returned an error.
+    Error,
+    /// The task panicked; the panic was caught.
+    Panic,
+    /// The input did not decode as the task's input type.
+    BadInput,
+    /// No task with that id.
+    UnknownTask,
+    /// The call was cancelled before or while running.
+    Cancelled,
+    /// The encoded output exceeded `max_output_bytes`.
+    OutputTooLarge,
+}
+
+impl std::fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FailureKind::Error => "task error",
+            FailureKind::Panic => "task panicked",
+            FailureKind::BadInput => "bad input",
+            FailureKind::UnknownTask => "unknown task",
+            FailureKind::Cancelled => "cancelled",
+            FailureKind::OutputTooLarge => "output too large",
+        })
+    }
+}
+
+impl std::fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.kind, self.message)
+    }
+}
