@@ -23,4 +23,4 @@ pub mod worker;
 
 pub use codec::CodecError;
 pub use frame::{encode_frame, FrameBuf, FrameError, FRAME_HEADER_BYTES};
-pub use handshake::{HandshakeError, Hello, Role, PROTOCOL_VERSION, SCHEMA_HASH};
+pub use handshake::{HandshakeError, Hello, Role, HELLO_BYTES, PROTOCOL_VERSION, SCHEMA_HASH};

@@ -1,0 +1,23 @@
+//! Life inside a jobvisor worker process.
+//!
+//! A worker is a plain single-threaded process: it reads batches of calls from
+//! its input pipe, runs them one at a time, and writes batches of replies to
+//! its output pipe. Tasks see the link only through [`Ctx`], which lets them
+//! notice cancellation (and their soft deadline), send heartbeats and report
+//! progress, all without a second thread.
+//!
+//! # Layout
+//! - `task`: the [`Task`] trait, [`TaskError`] and the per-call [`Ctx`].
+//! - `registry`: [`Registry`], task names → type-erased tasks.
+//! - `link`: the blocking framed link over the two pipes.
+//! - `serve`: the worker loop, [`serve`].
+
+mod link;
+mod registry;
+mod serve;
+mod task;
+
+pub use registry::Registry;
+pub use serve::{serve, WorkerError};
+pub use serve::run_detached;
+pub use task::{Ctx, Task, TaskError, Wait};

@@ -1,0 +1,206 @@
+//! The worker's end of its two pipes: a framed, blocking link.
+//!
+//! The read end is non-blocking and waited on with `poll(2)`, so the worker can
+//! look for a cancel without blocking while a task runs. Writes are blocking:
+//! a worker has nothing better to do than wait for the supervisor to read.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use jobvisor_proto::worker::{FromWorker, Reply};
+use jobvisor_proto::{encode_frame, FrameBuf, FrameError, Hello, HELLO_BYTES};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+pub(crate) struct Link {
+    rfd: OwnedFd,
+    wfd: OwnedFd,
+    pub(crate) rbuf: FrameBuf,
+    wbuf: Vec<u8>,
+    /// Replies not yet framed; framed together into one `Done` at flush.
+    replies: Vec<Reply>,
+    replies_bytes: usize,
+    pub(crate) max_frame_bytes: usize,
+}
+
+fn poll_timeout(t: Option<Duration>) -> PollTimeout {
+    match t {
+        None => PollTimeout::NONE,
+        Some(d) => {
+            // Round up so a 0.5 ms wait does not become a busy loop.
+            let ms = d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+        }
+    }
+}
+
+impl Link {
+    pub(crate) fn new(rfd: OwnedFd, wfd: OwnedFd, max_frame_bytes: usize) -> io::Result<Self> {
+        let flags = fcntl(&rfd, FcntlArg::F_GETFL)?;
+        fcntl(
+            &rfd,
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+        )?;
+        Ok(Self {
+            rfd,
+            wfd,
+            rbuf: FrameBuf::new(max_frame_bytes),
+            wbuf: Vec::with_capacity(64 * 1024),
+            replies: Vec::new(),
+            replies_bytes: 0,
+            max_frame_bytes,
+        })
+    }
+
+    /// Reads everything available without blocking. `Ok(false)` means EOF.
+    pub(crate) fn fill_nonblocking(&mut self) -> io::Result<bool> {
+        loop {
+            let spare = self.rbuf.spare();
+            match nix::unistd::read(&self.rfd, spare) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    let full = n == spare.len();
+                    self.rbuf.filled(n);
+                    if !full {
+                        return Ok(true);
+                    }
+                }
+                Err(nix::errno::Errno::EAGAIN) => return Ok(true),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits until the input pipe is readable (or hung up). `Ok(false)` on timeout.
+    pub(crate) fn wait_readable(&self, timeout: Option<Duration>) -> io::Result<bool> {
+        let mut fds = [PollFd::new(self.rfd.as_fd(), PollFlags::POLLIN)];
+        loop {
+            match poll(&mut fds, poll_timeout(timeout)) {
+                Ok(0) => return Ok(false),
+                Ok(_) => return Ok(true),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits on another fd and the input pipe together: `(fd ready, link ready)`.
+    pub(crate) fn poll_two(
+        &self,
+        fd: BorrowedFd<'_>,
+        timeout: Option<Duration>,
+    ) -> io::Result<(bool, bool)> {
+        let mut fds = [
+            PollFd::new(fd, PollFlags::POLLIN),
+            PollFd::new(self.rfd.as_fd(), PollFlags::POLLIN),
+        ];
+        loop {
+            match poll(&mut fds, poll_timeout(timeout)) {
+                Ok(_) => {
+                    let ready = |p: &PollFd<'_>| {
+                        p.revents().is_some_and(|r| {
+                            r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                        })
+                    };
+                    return Ok((ready(&fds[0]), ready(&fds[1])));
+                }
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Reads exactly one hello, blocking up to `timeout`.
+    pub(crate) fn read_hello(&mut self, timeout: Duration) -> io::Result<Hello> {
+        let mut bytes = [0u8; HELLO_BYTES];
+        let mut have = 0;
+        let until = std::time::Instant::now() + timeout;
+        while have < HELLO_BYTES {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() || !self.wait_readable(Some(left))? {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, "no hello from the supervisor"));
+            }
+            match nix::unistd::read(&self.rfd, &mut bytes[have..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => have += n,
+                Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Hello::decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    pub(crate) fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        write_all(self.wfd.as_fd(), bytes)
+    }
+
+    pub(crate) fn send(&mut self, msg: &FromWorker) -> Result<(), FrameError> {
+        self.frame_replies()?;
+        encode_frame(&mut self.wbuf, msg, self.max_frame_bytes)
+    }
+
+    pub(crate) fn send_heartbeat(&mut self, id: u64) -> io::Result<()> {
+        self.send(&FromWorker::Heartbeat { id }).map_err(invalid)?;
+        self.flush()
+    }
+
+    pub(crate) fn send_progress(&mut self, id: u64, done: u64, total: u64) -> io::Result<()> {
+        self.send(&FromWorker::Progress { id, done, total }).map_err(invalid)?;
+        self.flush()
+    }
+
+    /// Queues a reply; replies are framed together. `reply_bytes` is the size of
+    /// its payload, used to keep a `Done` frame under the maximum.
+    pub(crate) fn push_reply(&mut self, reply: Reply, reply_bytes: usize) -> Result<(), FrameError> {
+        // 32 bytes of slack per reply for ids, tags and length prefixes.
+        let cost = reply_bytes + 32;
+        if !self.replies.is_empty() && self.replies_bytes + cost > self.max_frame_bytes {
+            self.frame_replies()?;
+        }
+        self.replies_bytes += cost;
+        self.replies.push(reply);
+        Ok(())
+    }
+
+    fn frame_replies(&mut self) -> Result<(), FrameError> {
+        if self.replies.is_empty() {
+            return Ok(());
+        }
+        let replies = std::mem::take(&mut self.replies);
+        self.replies_bytes = 0;
+        let msg = FromWorker::Done(replies);
+        encode_frame(&mut self.wbuf, &msg, self.max_frame_bytes)
+    }
+
+    /// Frames pending replies and writes everything out.
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
+        self.frame_replies().map_err(invalid)?;
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let res = write_all(self.wfd.as_fd(), &self.wbuf);
+        self.wbuf.clear();
+        if self.wbuf.capacity() > 1 << 20 {
+            self.wbuf.shrink_to(64 * 1024);
+        }
+        res
+    }
+
+}
+
+fn invalid(e: FrameError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+pub(crate) fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        match nix::unistd::write(fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,225 @@
+//! The worker loop.
+//!
+//! Handshake, then: take calls from the pipe, run them in order, batch the
+//! replies into `Done` frames. The replies go out when the worker runs out of
+//! work, every [`FLUSH_EVERY`] calls and at least every [`FLUSH_INTERVAL`], so
+//! the supervisor can refill the pipeline while the worker keeps going.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use jobvisor_proto::worker::{Call, FailureKind, FromWorker, Outcome, Reply, TaskFailure, ToWorker};
+use jobvisor_proto::{FrameError, HandshakeError, Hello, Role};
+
+use crate::link::Link;
+use crate::registry::Registry;
+use crate::task::Ctx;
+
+/// Frame limit before `Configure` set the real one.
+const BOOTSTRAP_MAX_FRAME: usize = 64 * 1024;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+const FLUSH_EVERY: usize = 32;
+const FLUSH_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The worker could not go on.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    /// A pipe failed.
+    #[error("worker pipe I/O failed: {0}")]
+    Io(#[from] io::Error),
+    /// The supervisor speaks another protocol.
+    #[error("worker handshake failed: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The supervisor sent something that is not a valid message.
+    #[error("worker received a bad frame: {0}")]
+    Frame(#[from] FrameError),
+    /// The supervisor broke the protocol's order.
+    #[error("worker protocol violation: {0}")]
+    Protocol(String),
+}
+
+/// Runs the worker loop on the two protocol pipes until the supervisor sends
+/// `Shutdown` (after the queued calls) or closes the pipe.
+///
+/// # Errors
+/// [`WorkerError`] when the link breaks in a way that is not a plain close.
+pub fn serve(registry: &Registry, input: OwnedFd, output: OwnedFd) -> Result<(), WorkerError> {
+    let mut link = Link::new(input, output, BOOTSTRAP_MAX_FRAME)?;
+    let ours = Hello::ours(Role::Worker);
+    link.write_raw(&ours.encode())?;
+    let peer = link.read_hello(HANDSHAKE_TIMEOUT)?;
+    ours.check_peer(&peer, Role::Supervisor)?;
+
+    let max_output_bytes = configure(&mut link)?;
+    link.send(&FromWorker::Ready {
+        pid: std::process::id(),
+        tasks: registry.names().map(str::to_owned).collect(),
+    })?;
+    link.flush()?;
+
+    let mut pending: VecDeque<Call> = VecDeque::new();
+    let mut shutdown = false;
+    let mut since_flush = 0usize;
+    let mut last_ingest = Instant::now();
+    loop {
+        if pending.is_empty() {
+            link.flush()?;
+            since_flush = 0;
+            if shutdown {
+                return Ok(());
+            }
+            if !link.fill_nonblocking()? {
+                return Ok(());
+            }
+            take_frames(&mut link, &mut pending, &mut shutdown, None)?;
+            if pending.is_empty() && !shutdown {
+                link.wait_readable(None)?;
+                if !link.fill_nonblocking()? {
+                    return Ok(());
+                }
+                take_frames(&mut link, &mut pending, &mut shutdown, None)?;
+            }
+            last_ingest = Instant::now();
+            continue;
+        }
+        let Some(call) = pending.pop_front() else { continue };
+        let started = Instant::now();
+        let deadline = call.timeout_ms.map(|ms| started + Duration::from_millis(ms));
+        let result = {
+            let mut ctx = Ctx::new(call.id, &mut link, &mut pending, deadline, &mut shutdown);
+            let r = registry.call(call.task, call.chunk, &call.input, &mut ctx);
+            match r {
+                // A task that noticed the cancel but returned Ok anyway still
+                // produced an output: keep it.
+                Ok(bytes) => Ok(bytes),
+                Err(f) if f.kind == FailureKind::Cancelled && ctx.deadline.is_some_and(|d| Instant::now() >= d) => {
+                    Err(TaskFailure {
+                        kind: FailureKind::Cancelled,
+                        message: format!("soft timeout of {} ms reached", call.timeout_ms.unwrap_or(0)),
+                    })
+                }
+                Err(f) => Err(f),
+            }
+        };
+        let outcome = match result {
+            Ok(bytes) if bytes.len() as u64 > max_output_bytes => Outcome::Err(TaskFailure {
+                kind: FailureKind::OutputTooLarge,
+                message: format!(
+                    "output of {} bytes exceeds max_output_bytes ({max_output_bytes})",
+                    bytes.len()
+                ),
+            }),
+            Ok(bytes) => Outcome::Ok(bytes),
+            Err(f) => Outcome::Err(f),
+        };
+        let size = match &outcome {
+            Outcome::Ok(b) => b.len(),
+            Outcome::Err(f) => f.message.len(),
+        };
+        link.push_reply(Reply { id: call.id, outcome }, size)?;
+        since_flush += 1;
+        let now = Instant::now();
+        if since_flush >= FLUSH_EVERY || now.duration_since(last_ingest) >= FLUSH_INTERVAL {
+            link.flush()?;
+            since_flush = 0;
+            if !link.fill_nonblocking()? {
+                return Ok(());
+            }
+            take_frames(&mut link, &mut pending, &mut shutdown, None)?;
+            last_ingest = now;
+        }
+    }
+}
+
+/// Waits for `Configure` and applies it; returns `max_output_bytes`.
+fn configure(link: &mut Link) -> Result<u64, WorkerError> {
+    let until = Instant::now() + HANDSHAKE_TIMEOUT;
+    loop {
+        if let Some(msg) = link.rbuf.next::<ToWorker>()? {
+            return match msg {
+                ToWorker::Configure {
+                    max_frame_bytes,
+                    max_output_bytes,
+                } => {
+                    let max = usize::try_from(max_frame_bytes).unwrap_or(usize::MAX);
+                    link.max_frame_bytes = max;
+                    link.rbuf.set_max_frame_bytes(max);
+                    Ok(max_output_bytes)
+                }
+                other => Err(WorkerError::Protocol(format!(
+                    "expected Configure first, got {other:?}"
+                ))),
+            };
+        }
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || !link.wait_readable(Some(left))? {
+            return Err(WorkerError::Protocol("no Configure from the supervisor".into()));
+        }
+        if !link.fill_nonblocking()? {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+}
+
+/// Applies every complete frame in the read buffer. Returns whether a cancel
+/// for `running` arrived.
+pub(crate) fn take_frames(
+    link: &mut Link,
+    pending: &mut VecDeque<Call>,
+    shutdown: &mut bool,
+    running: Option<u64>,
+) -> Result<bool, FrameError> {
+    let mut hit = false;
+    while let Some(msg) = link.rbuf.next::<ToWorker>()? {
+        match msg {
+            ToWorker::Run(calls) => pending.extend(calls),
+            ToWorker::Cancel { id } => {
+                if Some(id) == running {
+                    hit = true;
+                } else if let Some(pos) = pending.iter().position(|c| c.id == id) {
+                    pending.remove(pos);
+                    let reply = Reply {
+                        id,
+                        outcome: Outcome::Err(TaskFailure {
+                            kind: FailureKind::Cancelled,
+                            message: "cancelled before it started".into(),
+                        }),
+                    };
+                    link.push_reply(reply, 32)?;
+                }
+                // Otherwise it finished already; its reply is on the way.
+            }
+            ToWorker::Shutdown => *shutdown = true,
+            // Limits are set once, at the start; a late Configure is ignored.
+            ToWorker::Configure { .. } => {}
+        }
+    }
+    Ok(hit)
+}
+
+/// Runs a task in this process, outside any pool, with a context whose soft
+/// deadline is `timeout` (so `ctx.is_cancelled()` turns true when it passes).
+/// For unit tests of tasks and for debugging a task in isolation.
+///
+/// # Errors
+/// The task's own error; an I/O error creating the context's pipes is
+/// reported as a task error.
+pub fn run_detached<T: crate::Task>(
+    task: &T,
+    input: T::Input,
+    timeout: Option<Duration>,
+) -> Result<T::Output, crate::TaskError> {
+    let (r1, w1) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(crate::TaskError::from)?;
+    let (_r2, w2) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(crate::TaskError::from)?;
+    // Keep the write end of the input pipe open so the link never sees EOF.
+    let _keep = w1;
+    let mut link = Link::new(r1, w2, BOOTSTRAP_MAX_FRAME).map_err(crate::TaskError::from)?;
+    let mut pending = VecDeque::new();
+    let mut shutdown = false;
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut ctx = Ctx::new(0, &mut link, &mut pending, deadline, &mut shutdown);
+    task.run(input, &mut ctx)
+}

@@ -1,0 +1,281 @@
+//! The [`Task`] trait, its error type and the context a running task sees.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant};
+
+use jobvisor_proto::worker::{Call, FailureKind};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::link::Link;
+
+/// A named, typed function that runs inside a worker process.
+///
+/// `run` executes on the worker's only thread; one call at a time. Long tasks
+/// should look at [`Ctx::is_cancelled`] now and then, so that a cancel or a soft
+/// timeout stops them cleanly; tasks that never look are stopped by the
+/// supervisor's hard timeout, which kills the worker.
+pub trait Task: Send + Sync + 'static {
+    /// The name clients use to call the task. Unique within a registry.
+    const NAME: &'static str;
+    /// What the task takes.
+    type Input: Serialize + DeserializeOwned;
+    /// What the task returns.
+    type Output: Serialize + DeserializeOwned;
+    /// Runs the task.
+    ///
+    /// # Errors
+    /// Any [`TaskError`]; it fails this call only.
+    fn run(&self, input: Self::Input, ctx: &mut Ctx<'_>) -> Result<Self::Output, TaskError>;
+}
+
+/// The error a task returns. Anything that implements `std::error::Error`
+/// converts into it with `?`.
+pub struct TaskError {
+    pub(crate) kind: FailureKind,
+    pub(crate) message: String,
+}
+
+impl TaskError {
+    /// An error with a message.
+    pub fn msg(message: impl fmt::Display) -> Self {
+        Self {
+            kind: FailureKind::Error,
+            message: message.to_string(),
+        }
+    }
+
+    /// The task stopped because it was cancelled (or its soft deadline passed).
+    pub fn cancelled() -> Self {
+        Self {
+            kind: FailureKind::Cancelled,
+            message: "cancelled".into(),
+        }
+    }
+
+    /// The input was well-formed but unacceptable (e.g. an empty argv).
+    pub fn bad_input(message: impl fmt::Display) -> Self {
+        Self {
+            kind: FailureKind::BadInput,
+            message: message.to_string(),
+        }
+    }
+
+    /// Whether this is the cancellation error.
+    pub fn is_cancelled(&self) -> bool {
+        self.kind == FailureKind::Cancelled
+    }
+}
+
+impl<E: std::error::Error> From<E> for TaskError {
+    fn from(e: E) -> Self {
+        let mut message = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        Self::msg(message)
+    }
+}
+
+impl fmt::Debug for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TaskError({:?}: {})", self.kind, self.message)
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// How often, at most, `is_cancelled` looks at the pipe (a syscall).
+const POLL_INTERVAL: Duration = Duration::from_millis(1);
+/// How often, at most, heartbeats and progress frames are sent.
+const REPORT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// What [`Ctx::wait_fd`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// The fd became readable.
+    Ready,
+    /// The call was cancelled (or its soft deadline passed) first.
+    Cancelled,
+    /// The timeout passed first.
+    TimedOut,
+}
+
+/// What a running task can ask of its worker.
+pub struct Ctx<'a> {
+    pub(crate) id: u64,
+    pub(crate) link: &'a mut Link,
+    pub(crate) pending: &'a mut VecDeque<Call>,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) cancelled: bool,
+    pub(crate) shutdown: &'a mut bool,
+    last_poll: Instant,
+    last_report: Option<Instant>,
+}
+
+impl fmt::Debug for Ctx<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ctx")
+            .field("id", &self.id)
+            .field("cancelled", &self.cancelled)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(
+        id: u64,
+        link: &'a mut Link,
+        pending: &'a mut VecDeque<Call>,
+        deadline: Option<Instant>,
+        shutdown: &'a mut bool,
+    ) -> Self {
+        Self {
+            id,
+            link,
+            pending,
+            deadline,
+            cancelled: false,
+            shutdown,
+            last_poll: Instant::now(),
+            last_report: None,
+        }
+    }
+
+    /// The supervisor's id of this call.
+    pub fn call_id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the task should stop: it was cancelled, its soft deadline
+    /// passed, or the supervisor went away. Cheap enough for a hot loop: the
+    /// pipe is looked at no more than once a millisecond.
+    pub fn is_cancelled(&mut self) -> bool {
+        if self.cancelled {
+            return true;
+        }
+        let now = Instant::now();
+        if self.deadline.is_some_and(|d| now >= d) {
+            self.cancelled = true;
+            return true;
+        }
+        if now.duration_since(self.last_poll) >= POLL_INTERVAL {
+            self.last_poll = now;
+            self.ingest();
+        }
+        self.cancelled
+    }
+
+    /// Reads whatever the supervisor sent meanwhile, without blocking.
+    fn ingest(&mut self) {
+        match self.link.fill_nonblocking() {
+            Ok(true) => {}
+            // EOF or error: the supervisor is gone; stop the task.
+            Ok(false) | Err(_) => {
+                self.cancelled = true;
+                return;
+            }
+        }
+        let cancelled = crate::serve::take_frames(self.link, self.pending, self.shutdown, Some(self.id));
+        match cancelled {
+            Ok(hit) => self.cancelled |= hit,
+            Err(_) => self.cancelled = true,
+        }
+    }
+
+    /// Tells the supervisor the task is alive (rate-limited), and checks for
+    /// cancellation like [`Ctx::is_cancelled`].
+    pub fn heartbeat(&mut self) -> bool {
+        if self.report_due() {
+            let _ = self.link.send_heartbeat(self.id);
+        }
+        self.is_cancelled()
+    }
+
+    /// Reports progress (rate-limited), and checks for cancellation.
+    pub fn progress(&mut self, done: u64, total: u64) -> bool {
+        if self.report_due() {
+            let _ = self.link.send_progress(self.id, done, total);
+        }
+        self.is_cancelled()
+    }
+
+    fn report_due(&mut self) -> bool {
+        let now = Instant::now();
+        if self
+            .last_report
+            .is_some_and(|t| now.duration_since(t) < REPORT_INTERVAL)
+        {
+            return false;
+        }
+        self.last_report = Some(now);
+        true
+    }
+
+    /// Sleeps up to `dur`, waking early (and returning `false`) on cancellation.
+    /// Returns `true` when the whole duration passed.
+    pub fn sleep(&mut self, dur: Duration) -> bool {
+        let until = Instant::now() + dur;
+        loop {
+            if self.is_cancelled() {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= until {
+                return true;
+            }
+            self.wait_link(Some(until - now));
+        }
+    }
+
+    /// Waits until `fd` is readable, the call is cancelled, or `timeout` passes.
+    pub fn wait_fd(&mut self, fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Wait {
+        let until = timeout.map(|t| Instant::now() + t);
+        loop {
+            if self.is_cancelled() {
+                return Wait::Cancelled;
+            }
+            let now = Instant::now();
+            let mut left = until.map(|u| u.saturating_duration_since(now));
+            if left == Some(Duration::ZERO) {
+                return Wait::TimedOut;
+            }
+            if let Some(d) = self.deadline {
+                let to_deadline = d.saturating_duration_since(now);
+                left = Some(left.map_or(to_deadline, |l| l.min(to_deadline)));
+            }
+            match self.link.poll_two(fd, left) {
+                Ok((fd_ready, link_ready)) => {
+                    if link_ready {
+                        self.ingest();
+                    }
+                    if fd_ready {
+                        return Wait::Ready;
+                    }
+                }
+                Err(_) => {
+                    self.cancelled = true;
+                }
+            }
+        }
+    }
+
+    fn wait_link(&mut self, timeout: Option<Duration>) {
+        let timeout = match (timeout, self.deadline) {
+            (Some(t), Some(d)) => Some(t.min(d.saturating_duration_since(Instant::now()))),
+            (t, _) => t,
+        };
+        if let Ok(true) = self.link.wait_readable(timeout) {
+            self.ingest();
+        }
+    }
+}
