@@ -70,7 +70,7 @@ pub fn encode_frame<T: Serialize + ?Sized>(
 /// An incremental frame decoder with its own buffer.
 ///
 /// Transports read into [`FrameBuf::spare`], report how much arrived with
-/// [`FrameBuf::filled`], and take messages out with [`FrameBuf::next`].
+/// [`FrameBuf::filled`], and take messages out with [`FrameBuf::decode_next`].
 #[derive(Debug)]
 pub struct FrameBuf {
     buf: Vec<u8>,
@@ -192,7 +192,7 @@ impl FrameBuf {
     /// # Errors
     /// As [`FrameBuf::next_payload`], plus [`FrameError::Codec`] when the payload
     /// is not a `T`; the frame is consumed either way, so framing stays intact.
-    pub fn next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+    pub fn decode_next<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         match self.next_payload()? {
             None => Ok(None),
             Some(payload) => Ok(Some(codec::decode(payload)?)),
@@ -229,8 +229,8 @@ mod tests {
     fn one_frame_round_trip() {
         let mut fb = FrameBuf::new(1024);
         fb.extend(&frame_of(&"hi".to_string()));
-        assert_eq!(fb.next::<String>().unwrap().as_deref(), Some("hi"));
-        assert!(fb.next::<String>().unwrap().is_none());
+        assert_eq!(fb.decode_next::<String>().unwrap().as_deref(), Some("hi"));
+        assert!(fb.decode_next::<String>().unwrap().is_none());
         fb.check_eof().unwrap();
     }
 
@@ -244,7 +244,7 @@ mod tests {
         let mut got = Vec::new();
         for b in &all {
             fb.extend(std::slice::from_ref(b));
-            while let Some(v) = fb.next::<(u32, Vec<u8>)>().unwrap() {
+            while let Some(v) = fb.decode_next::<(u32, Vec<u8>)>().unwrap() {
                 got.push(v);
             }
         }
@@ -283,14 +283,14 @@ mod tests {
         let frame = frame_of(&"abcdef".to_string());
         let mut fb = FrameBuf::new(1024);
         fb.extend(&frame[..2]);
-        assert!(fb.next::<String>().unwrap().is_none());
+        assert!(fb.decode_next::<String>().unwrap().is_none());
         assert!(matches!(
             fb.check_eof(),
             Err(FrameError::Truncated { have: 2, want: 4 })
         ));
         let mut fb = FrameBuf::new(1024);
         fb.extend(&frame[..frame.len() - 1]);
-        assert!(fb.next::<String>().unwrap().is_none());
+        assert!(fb.decode_next::<String>().unwrap().is_none());
         assert!(matches!(fb.check_eof(), Err(FrameError::Truncated { .. })));
     }
 
@@ -300,8 +300,8 @@ mod tests {
         fb.extend(&3u32.to_le_bytes());
         fb.extend(&[0xFF, 0xFF, 0xFF]);
         fb.extend(&frame_of(&7u8));
-        assert!(matches!(fb.next::<String>(), Err(FrameError::Codec(_))));
-        assert_eq!(fb.next::<u8>().unwrap(), Some(7));
+        assert!(matches!(fb.decode_next::<String>(), Err(FrameError::Codec(_))));
+        assert_eq!(fb.decode_next::<u8>().unwrap(), Some(7));
     }
 
     #[test]
@@ -336,7 +336,7 @@ mod tests {
             let mut got = Vec::new();
             for chunk in all.chunks(split) {
                 fb.extend(chunk);
-                while let Some(m) = fb.next::<(u64, String, Vec<u8>)>().unwrap() { got.push(m); }
+                while let Some(m) = fb.decode_next::<(u64, String, Vec<u8>)>().unwrap() { got.push(m); }
             }
             fb.check_eof().unwrap();
             proptest::prop_assert_eq!(got, msgs);
@@ -347,7 +347,7 @@ mod tests {
             let mut fb = FrameBuf::new(256);
             fb.extend(&bytes);
             loop {
-                match fb.next::<crate::worker::ToWorker>() {
+                match fb.decode_next::<crate::worker::ToWorker>() {
                     Ok(Some(_)) => continue,
                     Ok(None) => break,
                     Err(FrameError::TooLarge { .. }) => break,

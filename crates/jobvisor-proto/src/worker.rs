@@ -48,6 +48,39 @@ pub struct Call {
     pub input: Vec<u8>,
 }
 
+/// A borrowed mirror of [`ToWorker`] for encoding `Run` batches without copying
+/// the inputs (the supervisor keeps them to re-dispatch calls a dead worker
+/// never started). Its encoding is identical to [`ToWorker`]'s; a unit test
+/// holds the two together. Variant order must match.
+#[derive(Debug, Serialize)]
+pub enum ToWorkerRef<'a> {
+    /// Never sent through the mirror; present to keep variant indices aligned.
+    Configure {
+        /// See [`ToWorker::Configure`].
+        max_frame_bytes: u64,
+        /// See [`ToWorker::Configure`].
+        max_output_bytes: u64,
+    },
+    /// See [`ToWorker::Run`].
+    Run(&'a [CallRef<'a>]),
+}
+
+/// Borrowed mirror of [`Call`].
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct CallRef<'a> {
+    /// See [`Call::id`].
+    pub id: u64,
+    /// See [`Call::task`].
+    pub task: u32,
+    /// See [`Call::chunk`].
+    pub chunk: bool,
+    /// See [`Call::timeout_ms`].
+    pub timeout_ms: Option<u64>,
+    /// See [`Call::input`].
+    #[serde(with = "serde_bytes")]
+    pub input: &'a [u8],
+}
+
 /// Worker → supervisor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FromWorker {
@@ -136,5 +169,27 @@ impl std::fmt::Display for FailureKind {
 impl std::fmt::Display for TaskFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}", self.kind, self.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::encode;
+
+    #[test]
+    fn borrowed_mirror_encodes_like_the_owned_message() {
+        let calls = vec![
+            Call { id: 1, task: 2, chunk: false, timeout_ms: None, input: vec![1, 2, 3] },
+            Call { id: u64::MAX, task: 0, chunk: true, timeout_ms: Some(5), input: vec![] },
+        ];
+        let refs: Vec<CallRef<'_>> = calls
+            .iter()
+            .map(|c| CallRef { id: c.id, task: c.task, chunk: c.chunk, timeout_ms: c.timeout_ms, input: &c.input })
+            .collect();
+        assert_eq!(encode(&ToWorker::Run(calls.clone())).unwrap(), encode(&ToWorkerRef::Run(&refs)).unwrap());
+        let cfg = ToWorker::Configure { max_frame_bytes: 9, max_output_bytes: 7 };
+        let cfg_ref = ToWorkerRef::Configure { max_frame_bytes: 9, max_output_bytes: 7 };
+        assert_eq!(encode(&cfg).unwrap(), encode(&cfg_ref).unwrap());
     }
 }

@@ -138,7 +138,7 @@ pub fn serve(registry: &Registry, input: OwnedFd, output: OwnedFd) -> Result<(),
 fn configure(link: &mut Link) -> Result<u64, WorkerError> {
     let until = Instant::now() + HANDSHAKE_TIMEOUT;
     loop {
-        if let Some(msg) = link.rbuf.next::<ToWorker>()? {
+        if let Some(msg) = link.rbuf.decode_next::<ToWorker>()? {
             return match msg {
                 ToWorker::Configure {
                     max_frame_bytes,
@@ -173,7 +173,7 @@ pub(crate) fn take_frames(
     running: Option<u64>,
 ) -> Result<bool, FrameError> {
     let mut hit = false;
-    while let Some(msg) = link.rbuf.next::<ToWorker>()? {
+    while let Some(msg) = link.rbuf.decode_next::<ToWorker>()? {
         match msg {
             ToWorker::Run(calls) => pending.extend(calls),
             ToWorker::Cancel { id } => {

@@ -1,0 +1,130 @@
+//! Process start-up: the one call every program that uses jobvisor pools makes
+//! first thing in `main`, while it is still single-threaded.
+//!
+//! - In a worker started by the `spawn` method (argv[1] is the hidden worker
+//!   argument) it runs the worker loop and tells `main` to exit with its code.
+//! - Otherwise it forks the fork server (unless disabled) and records it for
+//!   every [`crate::Pool`] in this process.
+
+use std::io;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+
+use jobvisor_worker::Registry;
+
+use crate::launch::forkserver::{self, ForkServerClient};
+use crate::launch::spawn::{adopt_worker_fds, PARENT_ENV, WORKER_ARG};
+
+pub(crate) struct Boot {
+    pub(crate) fork_server: Option<ForkServerClient>,
+}
+
+static BOOT: OnceLock<Boot> = OnceLock::new();
+
+pub(crate) fn get() -> io::Result<&'static Boot> {
+    BOOT.get().ok_or_else(|| {
+        io::Error::other("jobvisor_pool::bootstrap() was not called at the start of main")
+    })
+}
+
+/// Options for [`bootstrap_with`].
+#[derive(Default)]
+pub struct BootstrapOptions {
+    /// Start the fork server (default true via [`bootstrap`]). Without it only
+    /// [`crate::StartMethod::Spawn`] is available.
+    pub fork_server: bool,
+    /// Runs once inside the fork server before it forks any worker: what it
+    /// loads (tables, models) is shared copy-on-write by every worker. With the
+    /// `spawn` start method each worker is a fresh image and runs it itself.
+    pub initializer: Option<Box<dyn FnOnce() + Send>>,
+}
+
+impl std::fmt::Debug for BootstrapOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapOptions")
+            .field("fork_server", &self.fork_server)
+            .field("initializer", &self.initializer.is_some())
+            .finish()
+    }
+}
+
+/// What `main` should do after [`bootstrap`].
+#[derive(Debug)]
+#[must_use]
+pub enum Bootstrap {
+    /// This process is the supervisor: carry on (pools can be built now).
+    Supervisor,
+    /// This process was a worker and has finished: return this code from `main`.
+    Worker(ExitCode),
+}
+
+/// [`bootstrap_with`] with the fork server on and no initializer.
+///
+/// # Errors
+/// As [`bootstrap_with`].
+pub fn bootstrap(registry: Registry) -> io::Result<Bootstrap> {
+    bootstrap_with(
+        registry,
+        BootstrapOptions {
+            fork_server: true,
+            initializer: None,
+        },
+    )
+}
+
+/// Call first thing in `main`, before any thread, runtime or logger that starts
+/// a thread exists.
+///
+/// # Errors
+/// When called twice, when the process already has threads and a fork server
+/// was asked for, or when forking fails.
+pub fn bootstrap_with(registry: Registry, options: BootstrapOptions) -> io::Result<Bootstrap> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some(WORKER_ARG) {
+        // A spawned worker is a fresh image: it runs the initializer itself.
+        if let Some(init) = options.initializer {
+            init();
+        }
+        return Ok(Bootstrap::Worker(run_spawned_worker(&registry, &args[2..])));
+    }
+    if BOOT.get().is_some() {
+        return Err(io::Error::other("jobvisor_pool::bootstrap() called twice"));
+    }
+    let fork_server = if options.fork_server {
+        Some(forkserver::start(registry, options.initializer)?)
+    } else {
+        None
+    };
+    BOOT.set(Boot { fork_server })
+        .map_err(|_| io::Error::other("jobvisor_pool::bootstrap() called twice"))?;
+    Ok(Bootstrap::Supervisor)
+}
+
+/// The pid of the fork server, if one runs (for diagnostics and tests).
+pub fn fork_server_pid() -> Option<u32> {
+    BOOT.get()
+        .and_then(|b| b.fork_server.as_ref())
+        .map(|c| c.pid() as u32)
+}
+
+fn run_spawned_worker(registry: &Registry, args: &[String]) -> ExitCode {
+    let parent_ok = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+        .is_some_and(|p| p == nix::unistd::getppid().as_raw());
+    if !parent_ok {
+        // Started by hand, or the supervisor died before PDEATHSIG was armed.
+        eprintln!("jobvisor worker: not started by a live jobvisor supervisor");
+        return ExitCode::from(2);
+    }
+    match adopt_worker_fds(args) {
+        Ok((input, output)) => {
+            let code = forkserver::finish_worker(jobvisor_worker::serve(registry, input, output));
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
+        Err(e) => {
+            eprintln!("jobvisor worker: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,793 @@
+//! The dispatcher: one actor that owns all pool state (the queue, the workers,
+//! the calls in flight) and is fed by channels. Nothing else mutates it.
+//!
+//! Per loop turn it takes what arrived (commands, frames, exit reports, timer
+//! expiries), then fills every worker's window from the queue, coalescing the
+//! calls for one worker into one frame.
+//!
+//! Failure mechanics live here in one place:
+//! - A worker's link closing or its process exiting marks it dead and starts a
+//!   replacement at once. Once its exit status (and last output) is in, the one
+//!   call it was running fails with [`PoolError::WorkerDied`] (or `TimedOut` if
+//!   we were stopping it); the calls queued behind it never started and go back
+//!   to the front of the pool's queue.
+//! - A call past its deadline escalates: the worker's soft deadline (the task
+//!   sees `ctx.is_cancelled()`), then after `cancel_grace` SIGTERM to the
+//!   worker's process group, then after `term_grace` SIGKILL.
+//! - Failed starts back off exponentially (from `restart_backoff` to 5 s); the
+//!   queue is kept meanwhile. The pool never turns "broken".
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jobvisor_proto::encode_frame;
+use jobvisor_proto::forkserver::ExitStatus;
+use jobvisor_proto::worker::{CallRef, FailureKind, FromWorker, Outcome, Reply, ToWorker, ToWorkerRef};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::sleep_until;
+
+use crate::config::PoolConfig;
+use crate::conn::{self, LinkEvent, WorkerConn, LOG_EOF_WAIT};
+use crate::error::PoolError;
+use crate::launch::ProcHandle;
+use crate::pool::{PoolEvent, WorkerInfo, WorkerState};
+
+pub(crate) type Responder = oneshot::Sender<Result<Vec<u8>, PoolError>>;
+
+/// A call accepted by the pool.
+#[derive(Debug)]
+pub(crate) struct Pending {
+    pub(crate) id: u64,
+    pub(crate) task: u32,
+    pub(crate) chunk: bool,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) input: Vec<u8>,
+    pub(crate) reply: Responder,
+}
+
+#[derive(Debug)]
+pub(crate) enum Command {
+    Submit(Pending),
+    Cancel(u64),
+    Shutdown { graceful: bool, done: oneshot::Sender<()> },
+    Workers(oneshot::Sender<Vec<WorkerInfo>>),
+}
+
+/// Sent once, when the first `workers` workers are ready (or one failed).
+pub(crate) type StartedReply = oneshot::Sender<Result<Vec<String>, PoolError>>;
+
+enum Internal {
+    Started { id: u64, result: std::io::Result<WorkerConn> },
+    Reaped { id: u64 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    No,
+    /// Finish the queue, then stop the workers.
+    Graceful,
+    /// Fail everything, kill the workers.
+    Immediate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    Timeout,
+    Cancel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Soft,
+    Term,
+    Kill,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Escalation {
+    reason: Reason,
+    stage: Stage,
+    until: Instant,
+    call: u64,
+}
+
+struct InFlight {
+    id: u64,
+    task: u32,
+    chunk: bool,
+    timeout: Option<Duration>,
+    input: Vec<u8>,
+    reply: Responder,
+    cancel_requested: bool,
+}
+
+struct Worker {
+    id: u64,
+    pid: u32,
+    proc: ProcHandle,
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    state: WorkerState,
+    inflight: VecDeque<InFlight>,
+    head_since: Instant,
+    esc: Option<Escalation>,
+    calls_done: u64,
+    tail: Arc<std::sync::Mutex<VecDeque<String>>>,
+    log_eof: Option<oneshot::Receiver<()>>,
+    status: Option<ExitStatus>,
+    /// The link closed (EOF or garbage); the process may still be alive.
+    link_closed: bool,
+}
+
+pub(crate) struct Dispatcher {
+    cfg: PoolConfig,
+    queue: VecDeque<Pending>,
+    workers: HashMap<u64, Worker>,
+    by_pid: HashMap<u32, u64>,
+    starting: usize,
+    next_worker_id: u64,
+    start_failures: u32,
+    restart_not_before: Option<Instant>,
+    stop: Stop,
+    stop_waiters: Vec<oneshot::Sender<()>>,
+    commands_open: bool,
+    started_reply: Option<StartedReply>,
+    task_names: Option<Vec<String>>,
+    /// Smoothed time a worker spends per call: sizes the window so long tasks
+    /// are not queued behind each other in one worker while another idles.
+    service_ewma_us: f64,
+    events: broadcast::Sender<PoolEvent>,
+    link_tx: mpsc::UnboundedSender<LinkEvent>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    exits_tx: mpsc::UnboundedSender<(u32, ExitStatus)>,
+    frame_buf: Vec<u8>,
+}
+
+pub(crate) struct Channels {
+    pub(crate) commands: mpsc::Receiver<Command>,
+}
+
+impl Dispatcher {
+    pub(crate) fn spawn(
+        cfg: PoolConfig,
+        channels: Channels,
+        events: broadcast::Sender<PoolEvent>,
+        started: StartedReply,
+    ) {
+        let (link_tx, link_rx) = mpsc::unbounded_channel();
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let (exits_tx, exits_rx) = mpsc::unbounded_channel();
+        let d = Dispatcher {
+            cfg,
+            queue: VecDeque::new(),
+            workers: HashMap::new(),
+            by_pid: HashMap::new(),
+            starting: 0,
+            next_worker_id: 1,
+            start_failures: 0,
+            restart_not_before: None,
+            stop: Stop::No,
+            stop_waiters: Vec::new(),
+            commands_open: true,
+            started_reply: Some(started),
+            task_names: None,
+            service_ewma_us: 0.0,
+            events,
+            link_tx,
+            internal_tx,
+            exits_tx,
+            frame_buf: Vec::new(),
+        };
+        tokio::spawn(d.run(channels.commands, link_rx, internal_rx, exits_rx));
+    }
+
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut links: mpsc::UnboundedReceiver<LinkEvent>,
+        mut internal: mpsc::UnboundedReceiver<Internal>,
+        mut exits: mpsc::UnboundedReceiver<(u32, ExitStatus)>,
+    ) {
+        self.ensure_workers();
+        let mut cmd_buf = Vec::with_capacity(512);
+        let mut link_buf = Vec::with_capacity(64);
+        loop {
+            let timer = self.next_timer();
+            let accept = self.commands_open && self.queue.len() < self.cfg.max_queued;
+            tokio::select! {
+                biased;
+                n = links.recv_many(&mut link_buf, 64) => {
+                    if n == 0 { break; }
+                    for ev in link_buf.drain(..) {
+                        self.on_link(ev);
+                    }
+                }
+                Some((pid, status)) = exits.recv() => self.on_exit(pid, status),
+                Some(ev) = internal.recv() => self.on_internal(ev),
+                n = commands.recv_many(&mut cmd_buf, 512), if accept => {
+                    if n == 0 {
+                        // Every Pool handle is gone: stop now.
+                        self.commands_open = false;
+                        self.terminate();
+                    }
+                    for c in cmd_buf.drain(..) {
+                        self.on_command(c);
+                    }
+                }
+                () = sleep_until(timer.unwrap_or_else(Instant::now).into()), if timer.is_some() => {
+                    self.on_timer();
+                }
+            }
+            self.dispatch();
+            self.maybe_finish_graceful();
+            if self.is_done() {
+                break;
+            }
+        }
+        for done in self.stop_waiters.drain(..) {
+            let _ = done.send(());
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.stopping() && self.workers.is_empty() && self.starting == 0 && self.queue.is_empty()
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop != Stop::No
+    }
+
+    fn killing(&self) -> bool {
+        self.stop == Stop::Immediate
+    }
+
+    // ---- commands -------------------------------------------------------
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit(p) => {
+                if self.stopping() {
+                    let _ = p.reply.send(Err(PoolError::Closed));
+                } else {
+                    self.queue.push_back(p);
+                }
+            }
+            Command::Cancel(id) => self.cancel(id),
+            Command::Shutdown { graceful, done } => {
+                self.stop_waiters.push(done);
+                if !graceful {
+                    self.terminate();
+                } else if self.stop == Stop::No {
+                    self.stop = Stop::Graceful;
+                }
+            }
+            Command::Workers(reply) => {
+                let mut list: Vec<WorkerInfo> = self
+                    .workers
+                    .values()
+                    .map(|w| WorkerInfo {
+                        id: w.id,
+                        pid: w.pid,
+                        state: w.state,
+                        in_flight: w.inflight.len(),
+                        calls_done: w.calls_done,
+                    })
+                    .collect();
+                list.sort_by_key(|w| w.id);
+                let _ = reply.send(list);
+            }
+        }
+    }
+
+    fn cancel(&mut self, id: u64) {
+        if let Some(pos) = self.queue.iter().position(|p| p.id == id) {
+            if let Some(p) = self.queue.remove(pos) {
+                let _ = p.reply.send(Err(PoolError::Cancelled));
+            }
+            return;
+        }
+        let now = Instant::now();
+        for w in self.workers.values_mut() {
+            let Some(pos) = w.inflight.iter().position(|f| f.id == id) else { continue };
+            w.inflight[pos].cancel_requested = true;
+            if w.state == WorkerState::Dead {
+                return;
+            }
+            let mut frame = Vec::new();
+            if encode_frame(&mut frame, &ToWorker::Cancel { id }, self.cfg.max_frame_bytes).is_ok() {
+                let _ = w.tx.send(frame);
+            }
+            if pos == 0 && w.esc.is_none() {
+                w.esc = Some(Escalation {
+                    reason: Reason::Cancel,
+                    stage: Stage::Soft,
+                    until: now + self.cfg.cancel_grace,
+                    call: id,
+                });
+            }
+            return;
+        }
+    }
+
+    fn terminate(&mut self) {
+        self.stop = Stop::Immediate;
+        for p in self.queue.drain(..) {
+            let _ = p.reply.send(Err(PoolError::Closed));
+        }
+        for w in self.workers.values_mut() {
+            let _ = w.proc.signal(libc::SIGKILL);
+        }
+    }
+
+    fn maybe_finish_graceful(&mut self) {
+        if self.stop != Stop::Graceful || !self.queue.is_empty() {
+            return;
+        }
+        let idle: Vec<u64> = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Ready && w.inflight.is_empty())
+            .map(|w| w.id)
+            .collect();
+        for id in idle {
+            self.send_shutdown_to(id);
+        }
+    }
+
+    // ---- workers --------------------------------------------------------
+
+    fn ensure_workers(&mut self) {
+        // A draining pool still replaces workers while there is work left
+        // (a worker died and its queued calls came back).
+        if self.killing() || (self.stopping() && self.queue.is_empty()) {
+            return;
+        }
+        if self.restart_not_before.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let active = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Ready)
+            .count()
+            + self.starting;
+        for _ in active..self.cfg.workers {
+            let id = self.next_worker_id;
+            self.next_worker_id += 1;
+            self.starting += 1;
+            let cfg = self.cfg.clone();
+            let exits = self.exits_tx.clone();
+            let links = self.link_tx.clone();
+            let internal = self.internal_tx.clone();
+            tokio::spawn(async move {
+                let result = conn::start(id, &cfg, exits, links).await;
+                let _ = internal.send(Internal::Started { id, result });
+            });
+        }
+    }
+
+    fn on_internal(&mut self, ev: Internal) {
+        match ev {
+            Internal::Started { id, result } => self.on_started(id, result),
+            Internal::Reaped { id } => self.on_reaped(id),
+        }
+    }
+
+    fn on_started(&mut self, id: u64, result: std::io::Result<WorkerConn>) {
+        self.starting -= 1;
+        let conn = match result {
+            Ok(c) => c,
+            Err(e) => {
+                self.start_failures += 1;
+                let backoff = self
+                    .cfg
+                    .restart_backoff
+                    .saturating_mul(1u32 << self.start_failures.min(16))
+                    .min(Duration::from_secs(5));
+                tracing::error!(error = %e, retry_in = ?backoff, "worker failed to start");
+                if let Some(reply) = self.started_reply.take() {
+                    let _ = reply.send(Err(PoolError::Startup(e.to_string())));
+                    self.terminate();
+                    return;
+                }
+                self.restart_not_before = Some(Instant::now() + backoff);
+                return;
+            }
+        };
+        let pid = conn.proc.pid;
+        if let Some(names) = &self.task_names {
+            if *names != conn.tasks {
+                tracing::error!(pid, "worker registered different tasks than its peers; killing it");
+                let _ = conn.proc.signal(libc::SIGKILL);
+            }
+        } else {
+            self.task_names = Some(conn.tasks.clone());
+        }
+        self.start_failures = 0;
+        let worker = Worker {
+            id,
+            pid,
+            proc: conn.proc,
+            tx: conn.tx,
+            state: WorkerState::Ready,
+            inflight: VecDeque::new(),
+            head_since: Instant::now(),
+            esc: None,
+            calls_done: 0,
+            tail: conn.tail,
+            log_eof: Some(conn.log_eof),
+            status: None,
+            link_closed: false,
+        };
+        self.by_pid.insert(pid, id);
+        self.workers.insert(id, worker);
+        tracing::debug!(worker = id, pid, "worker ready");
+        let _ = self.events.send(PoolEvent::WorkerReady { worker: id, pid, at: Instant::now() });
+        if self.killing() {
+            if let Some(w) = self.workers.get(&id) {
+                let _ = w.proc.signal(libc::SIGKILL);
+            }
+            return;
+        }
+        if self.stopping() {
+            return;
+        }
+        if self.starting == 0 {
+            if let Some(reply) = self.started_reply.take() {
+                let _ = reply.send(Ok(self.task_names.clone().unwrap_or_default()));
+            }
+        }
+    }
+
+    fn mark_dead(&mut self, id: u64) {
+        let Some(w) = self.workers.get_mut(&id) else { return };
+        if w.state != WorkerState::Dead {
+            w.state = WorkerState::Dead;
+            // The link is gone or the process exited: make sure it is gone.
+            let _ = w.proc.signal(libc::SIGKILL);
+        }
+        self.ensure_workers();
+    }
+
+    fn on_exit(&mut self, pid: u32, status: ExitStatus) {
+        let Some(&id) = self.by_pid.get(&pid) else { return };
+        self.by_pid.remove(&pid);
+        if let Some(w) = self.workers.get_mut(&id) {
+            w.status = Some(status);
+            let eof = w.log_eof.take();
+            let internal = self.internal_tx.clone();
+            tokio::spawn(async move {
+                if let Some(eof) = eof {
+                    let _ = tokio::time::timeout(LOG_EOF_WAIT, eof).await;
+                }
+                let _ = internal.send(Internal::Reaped { id });
+            });
+        }
+        self.mark_dead(id);
+    }
+
+    fn on_reaped(&mut self, id: u64) {
+        let Some(mut w) = self.workers.remove(&id) else { return };
+        let status = w.status.unwrap_or(ExitStatus {
+            code: None,
+            signal: None,
+            core_dumped: false,
+            max_rss_kib: 0,
+        });
+        let expected = self.stopping() || w.inflight.is_empty();
+        if expected {
+            tracing::debug!(worker = id, pid = w.pid, %status, "worker exited");
+        } else {
+            tracing::warn!(worker = id, pid = w.pid, %status, "worker died");
+        }
+        let _ = self.events.send(PoolEvent::WorkerExited {
+            worker: id,
+            pid: w.pid,
+            status,
+            at: Instant::now(),
+        });
+        if let Some(head) = w.inflight.pop_front() {
+            let err = if self.killing() {
+                PoolError::Closed
+            } else if let Some(esc) = w.esc.filter(|e| e.call == head.id) {
+                match esc.reason {
+                    Reason::Timeout => PoolError::TimedOut {
+                        timeout_ms: head.timeout.map_or(0, |t| t.as_millis() as u64),
+                        how: format!("stopped by {}", stage_text(esc.stage)),
+                    },
+                    Reason::Cancel => PoolError::Cancelled,
+                }
+            } else {
+                let tail = w.tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
+                PoolError::WorkerDied { pid: w.pid, status, stderr_tail: tail }
+            };
+            let _ = head.reply.send(Err(err));
+        }
+        // The rest never started: back to the front of the queue, in order.
+        while let Some(f) = w.inflight.pop_back() {
+            if self.killing() {
+                let _ = f.reply.send(Err(PoolError::Closed));
+                continue;
+            }
+            if f.cancel_requested {
+                let _ = f.reply.send(Err(PoolError::Cancelled));
+                continue;
+            }
+            self.queue.push_front(Pending {
+                id: f.id,
+                task: f.task,
+                chunk: f.chunk,
+                timeout: f.timeout,
+                input: f.input,
+                reply: f.reply,
+            });
+        }
+        self.ensure_workers();
+    }
+
+    fn send_shutdown_to(&mut self, id: u64) {
+        let Some(w) = self.workers.get_mut(&id) else { return };
+        let mut frame = Vec::new();
+        if encode_frame(&mut frame, &ToWorker::Shutdown, self.cfg.max_frame_bytes).is_ok() {
+            let _ = w.tx.send(frame);
+        }
+        w.state = WorkerState::Stopping;
+    }
+
+    // ---- frames ---------------------------------------------------------
+
+    fn on_link(&mut self, ev: LinkEvent) {
+        match ev {
+            LinkEvent::Frame { worker, msg } => match msg {
+                FromWorker::Done(replies) => self.on_done(worker, replies),
+                FromWorker::Heartbeat { .. } | FromWorker::Progress { .. } => {}
+                FromWorker::Ready { .. } => {
+                    tracing::warn!(worker, "unexpected Ready from a running worker");
+                }
+            },
+            LinkEvent::Closed { worker, error } => {
+                if let Some(w) = self.workers.get_mut(&worker) {
+                    w.link_closed = true;
+                    if let Some(e) = &error {
+                        tracing::error!(worker, pid = w.pid, error = %e, "worker link broken");
+                    }
+                }
+                self.mark_dead(worker);
+            }
+        }
+    }
+
+    fn on_done(&mut self, id: u64, replies: Vec<Reply>) {
+        let Some(w) = self.workers.get_mut(&id) else { return };
+        let now = Instant::now();
+        let mut finished_head = 0u32;
+        let first_since = w.head_since;
+        for r in replies {
+            let pos = if w.inflight.front().is_some_and(|f| f.id == r.id) {
+                0
+            } else if let Some(p) = w.inflight.iter().position(|f| f.id == r.id) {
+                p
+            } else {
+                continue;
+            };
+            let Some(f) = w.inflight.remove(pos) else { continue };
+            let esc = w.esc.filter(|e| e.call == f.id);
+            if pos == 0 {
+                w.head_since = now;
+                w.esc = None;
+                finished_head += 1;
+            }
+            w.calls_done += 1;
+            let result = match r.outcome {
+                Outcome::Ok(bytes) => Ok(bytes),
+                Outcome::Err(fail) if fail.kind == FailureKind::Cancelled => {
+                    if f.cancel_requested {
+                        Err(PoolError::Cancelled)
+                    } else if f.timeout.is_some() || esc.is_some_and(|e| e.reason == Reason::Timeout) {
+                        Err(PoolError::TimedOut {
+                            timeout_ms: f.timeout.map_or(0, |t| t.as_millis() as u64),
+                            how: "the task stopped at its soft deadline".into(),
+                        })
+                    } else {
+                        Err(PoolError::Task(fail))
+                    }
+                }
+                Outcome::Err(fail) => Err(PoolError::Task(fail)),
+            };
+            let _ = f.reply.send(result);
+        }
+        if finished_head > 0 {
+            let per_call = now.duration_since(first_since).as_secs_f64() * 1e6 / f64::from(finished_head);
+            self.service_ewma_us = if self.service_ewma_us == 0.0 {
+                per_call
+            } else {
+                0.8 * self.service_ewma_us + 0.2 * per_call
+            };
+        }
+        if let Some(max) = self.cfg.max_tasks_per_worker {
+            if w.state == WorkerState::Ready && w.calls_done >= max {
+                w.state = WorkerState::Retiring;
+                self.ensure_workers();
+            }
+        }
+        let Some(w) = self.workers.get(&id) else { return };
+        if w.state == WorkerState::Retiring && w.inflight.is_empty() {
+            self.send_shutdown_to(id);
+        }
+    }
+
+    // ---- timers ---------------------------------------------------------
+
+    fn next_timer(&self) -> Option<Instant> {
+        let mut next = self.restart_not_before;
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        for w in self.workers.values() {
+            if let Some(e) = w.esc {
+                if e.stage != Stage::Kill {
+                    consider(e.until);
+                }
+            } else if let Some(t) = w.inflight.front().and_then(|f| f.timeout) {
+                if w.state != WorkerState::Dead {
+                    consider(w.head_since + t);
+                }
+            }
+        }
+        next
+    }
+
+    fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.restart_not_before.is_some_and(|t| now >= t) {
+            self.restart_not_before = None;
+            self.ensure_workers();
+        }
+        for w in self.workers.values_mut() {
+            if w.state == WorkerState::Dead {
+                continue;
+            }
+            match w.esc {
+                None => {
+                    let Some(head) = w.inflight.front() else { continue };
+                    let Some(t) = head.timeout else { continue };
+                    if now >= w.head_since + t {
+                        tracing::warn!(pid = w.pid, call = head.id, "call past its deadline");
+                        w.esc = Some(Escalation {
+                            reason: Reason::Timeout,
+                            stage: Stage::Soft,
+                            until: now + self.cfg.cancel_grace,
+                            call: head.id,
+                        });
+                    }
+                }
+                Some(mut e) if now >= e.until => {
+                    match e.stage {
+                        Stage::Soft => {
+                            tracing::warn!(pid = w.pid, call = e.call, "no answer after the soft deadline; SIGTERM to the worker's group");
+                            let _ = w.proc.signal_group(libc::SIGTERM);
+                            e.stage = Stage::Term;
+                            e.until = now + self.cfg.term_grace;
+                        }
+                        Stage::Term => {
+                            tracing::warn!(pid = w.pid, call = e.call, "still alive after SIGTERM; SIGKILL");
+                            let _ = w.proc.signal(libc::SIGKILL);
+                            let _ = w.proc.signal_group(libc::SIGKILL);
+                            e.stage = Stage::Kill;
+                        }
+                        Stage::Kill => {}
+                    }
+                    w.esc = Some(e);
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    // ---- dispatch -------------------------------------------------------
+
+    fn window(&self) -> usize {
+        // Enough calls in flight to cover ~1 ms of work, at least 2 (so the
+        // next call is already there when one finishes), at most `window`.
+        if self.service_ewma_us <= 0.0 {
+            return self.cfg.window;
+        }
+        ((1000.0 / self.service_ewma_us).ceil() as usize).clamp(2, self.cfg.window.max(1))
+    }
+
+    fn dispatch(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let window = self.window();
+        let mut ready: Vec<u64> = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Ready && w.inflight.len() < window)
+            .map(|w| w.id)
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        // Least loaded first, then hand out one call per worker per round so a
+        // short queue is spread over all workers.
+        ready.sort_by_key(|id| self.workers.get(id).map_or(0, |w| w.inflight.len()));
+        let mut added: HashMap<u64, usize> = HashMap::new();
+        'outer: loop {
+            let mut progressed = false;
+            for id in &ready {
+                let Some(w) = self.workers.get_mut(id) else { continue };
+                if w.inflight.len() >= window {
+                    continue;
+                }
+                let Some(p) = self.queue.pop_front() else { break 'outer };
+                if w.inflight.is_empty() {
+                    w.head_since = Instant::now();
+                }
+                w.inflight.push_back(InFlight {
+                    id: p.id,
+                    task: p.task,
+                    chunk: p.chunk,
+                    timeout: p.timeout,
+                    input: p.input,
+                    reply: p.reply,
+                    cancel_requested: false,
+                });
+                *added.entry(*id).or_insert(0) += 1;
+                progressed = true;
+            }
+            if !progressed || self.queue.is_empty() {
+                break;
+            }
+        }
+        for (id, n) in added {
+            self.send_calls(id, n);
+        }
+    }
+
+    /// Encodes the last `n` in-flight calls of worker `id` into as few frames as
+    /// the frame limit allows and queues them for its writer.
+    fn send_calls(&mut self, id: u64, n: usize) {
+        let Some(w) = self.workers.get(&id) else { return };
+        let max = self.cfg.max_frame_bytes;
+        let start = w.inflight.len() - n;
+        let mut refs: Vec<CallRef<'_>> = Vec::with_capacity(n);
+        let mut size = 0usize;
+        let buf = &mut self.frame_buf;
+        buf.clear();
+        let flush = |refs: &mut Vec<CallRef<'_>>, buf: &mut Vec<u8>| {
+            if refs.is_empty() {
+                return;
+            }
+            if let Err(e) = encode_frame(buf, &ToWorkerRef::Run(refs), max) {
+                // Inputs were size-checked at submit; this is a bug, not bad input.
+                tracing::error!(error = %e, "cannot encode a Run frame");
+            }
+            refs.clear();
+        };
+        for f in w.inflight.range(start..) {
+            let cost = f.input.len() + 64;
+            if !refs.is_empty() && size + cost > max.saturating_sub(64) {
+                flush(&mut refs, buf);
+                size = 0;
+            }
+            size += cost;
+            refs.push(CallRef {
+                id: f.id,
+                task: f.task,
+                chunk: f.chunk,
+                timeout_ms: f.timeout.map(|t| t.as_millis() as u64),
+                input: &f.input,
+            });
+        }
+        flush(&mut refs, buf);
+        let frame = std::mem::take(&mut self.frame_buf);
+        let _ = w.tx.send(frame);
+    }
+}
+
+fn stage_text(stage: Stage) -> &'static str {
+    match stage {
+        Stage::Soft => "its soft deadline",
+        Stage::Term => "SIGTERM to the worker's process group",
+        Stage::Kill => "SIGKILL of the worker",
+    }
+}

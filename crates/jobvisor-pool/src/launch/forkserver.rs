@@ -1,0 +1,467 @@
+//! The fork server: a small single-threaded process forked from `main` before
+//! any runtime or thread exists. It forks workers on request, hands their pipe
+//! ends and a pidfd back over a `SOCK_SEQPACKET` socket with `SCM_RIGHTS`, and
+//! reaps them: when a worker exits it first kills the worker's whole process
+//! group (the pgid is still valid because the zombie is not reaped yet), then
+//! `wait4`s it and reports code, signal and peak RSS.
+//!
+//! Because the fork server is single-threaded, continuing to run Rust in the
+//! forked worker is sound (no lock can be held by a thread that vanished), and
+//! because it is small, `fork` is cheap and workers share its preloaded pages.
+//!
+//! The supervisor side is [`ForkServerClient`]: one blocking reader thread
+//! routes replies (spawn results by token, exit reports by pid), so pools in
+//! any number of runtimes share one fork server.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
+
+use jobvisor_proto::codec;
+use jobvisor_proto::forkserver::{ExitStatus, ForkReply, ForkRequest};
+use jobvisor_worker::Registry;
+use nix::fcntl::OFlag;
+use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::socket::{
+    recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
+    SockFlag, SockType,
+};
+use nix::unistd::{fork, pipe2, ForkResult, Pid};
+use tokio::sync::oneshot;
+
+use super::{ExitSender, SpawnedWorker};
+use crate::sys;
+
+/// Largest packet on the fork server socket.
+const MAX_PACKET: usize = 4096;
+
+fn send_packet<T: serde::Serialize>(sock: RawFd, msg: &T, fds: &[RawFd]) -> io::Result<()> {
+    let bytes = codec::encode(msg).map_err(io::Error::other)?;
+    let iov = [IoSlice::new(&bytes)];
+    let cmsgs = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &cmsgs };
+    loop {
+        match sendmsg::<()>(sock, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Receives one packet. `Ok(None)` on EOF. Received fds are close-on-exec.
+fn recv_packet<T: serde::de::DeserializeOwned>(sock: RawFd) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
+    let mut buf = [0u8; MAX_PACKET];
+    let mut cmsg_space = nix::cmsg_space!([RawFd; 4]);
+    loop {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = match recvmsg::<()>(sock, &mut iov, Some(&mut cmsg_space), MsgFlags::MSG_CMSG_CLOEXEC) {
+            Ok(m) => m,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let mut fds = Vec::new();
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: SCM_RIGHTS just installed these descriptors in our table; we own them.
+                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+        if msg.flags.contains(MsgFlags::MSG_CTRUNC) || msg.flags.contains(MsgFlags::MSG_TRUNC) {
+            return Err(io::Error::other("fork server packet truncated"));
+        }
+        let n = msg.bytes;
+        if n == 0 && fds.is_empty() {
+            return Ok(None);
+        }
+        let value = codec::decode(&buf[..n]).map_err(io::Error::other)?;
+        return Ok(Some((value, fds)));
+    }
+}
+
+/// Forks the fork server. Must run while this process has exactly one thread.
+///
+/// `initializer` runs once inside the fork server before it serves; whatever it
+/// loads is shared copy-on-write by every worker.
+pub(crate) fn start(
+    registry: Registry,
+    initializer: Option<Box<dyn FnOnce() + Send>>,
+) -> io::Result<ForkServerClient> {
+    let threads = sys::thread_count()?;
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "the fork server must be started before any thread exists, but this process has \
+             {threads} threads: call jobvisor_pool::bootstrap() first thing in main"
+        )));
+    }
+    let (ours, theirs) = socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?;
+    let parent = nix::unistd::getpid();
+    // SAFETY: the process is single-threaded (checked above), so the child may
+    // keep running arbitrary Rust code.
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            drop(ours);
+            let code = match server_main(theirs, parent, registry, initializer) {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("jobvisor fork server: {e}");
+                    1
+                }
+            };
+            // SAFETY: _exit skips destructors of the parent's state we inherited.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => {
+            drop(theirs);
+            ForkServerClient::new(ours, child.as_raw())
+        }
+    }
+}
+
+fn server_main(
+    sock: OwnedFd,
+    parent: Pid,
+    registry: Registry,
+    initializer: Option<Box<dyn FnOnce() + Send>>,
+) -> io::Result<()> {
+    sys::set_parent_death_signal()?;
+    if nix::unistd::getppid() != parent {
+        return Ok(()); // the supervisor died before prctl took effect
+    }
+    // Own process group: a Ctrl-C in the terminal goes to the supervisor, which
+    // decides how to stop; the fork server follows it through the socket/PDEATHSIG.
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    if let Some(init) = initializer {
+        init();
+    }
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    let mut old = SigSet::empty();
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old))?;
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
+
+    let mut server = Server {
+        sock,
+        sfd,
+        old_mask: old,
+        live: HashSet::new(),
+        registry,
+    };
+    server.run()
+}
+
+struct Server {
+    sock: OwnedFd,
+    sfd: SignalFd,
+    old_mask: SigSet,
+    live: HashSet<i32>,
+    registry: Registry,
+}
+
+impl Server {
+    fn run(&mut self) -> io::Result<()> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        loop {
+            let (sock_ready, sig_ready) = {
+                let mut fds = [
+                    PollFd::new(self.sock.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.sfd.as_fd(), PollFlags::POLLIN),
+                ];
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                let any = |p: &PollFd<'_>| p.revents().is_some_and(|r| !r.is_empty());
+                (any(&fds[0]), any(&fds[1]))
+            };
+            if sig_ready {
+                while let Ok(Some(_)) = self.sfd.read_signal() {}
+                self.reap()?;
+            }
+            if sock_ready {
+                match recv_packet::<ForkRequest>(self.sock.as_raw_fd()) {
+                    Ok(Some((req, _fds))) => self.handle(req)?,
+                    Ok(None) | Err(_) => {
+                        // The supervisor is gone: take every worker with us.
+                        for &pid in &self.live {
+                            let _ = sys::killpg(pid, libc::SIGKILL);
+                        }
+                        while !self.live.is_empty() {
+                            let pid = *self.live.iter().next().unwrap_or(&0);
+                            let _ = sys::wait4(pid);
+                            self.live.remove(&pid);
+                        }
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, req: ForkRequest) -> io::Result<()> {
+        match req {
+            ForkRequest::Spawn { token } => match self.spawn() {
+                Ok((pid, fds)) => {
+                    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+                    send_packet(self.sock.as_raw_fd(), &ForkReply::Spawned { token, pid: pid as u32 }, &raw)?;
+                    self.live.insert(pid);
+                }
+                Err(e) => {
+                    let msg = ForkReply::SpawnFailed { token, message: e.to_string() };
+                    send_packet(self.sock.as_raw_fd(), &msg, &[])?;
+                }
+            },
+            ForkRequest::Signal { pid, signal, group } => {
+                let pid = pid as i32;
+                // Only a worker we have not reaped: its pid (and pgid) cannot have been reused.
+                if self.live.contains(&pid) {
+                    let _ = if group { sys::killpg(pid, signal) } else { sys::kill(pid, signal) };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reaps every exited worker: kill its group first (the zombie keeps the
+    /// pgid reserved), then `wait4`, then report.
+    fn reap(&mut self) -> io::Result<()> {
+        use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+        loop {
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            let pid = match waitid(Id::All, flags) {
+                Ok(WaitStatus::StillAlive) => return Ok(()),
+                Ok(st) => match st.pid() {
+                    Some(p) => p.as_raw(),
+                    None => return Ok(()),
+                },
+                Err(nix::errno::Errno::ECHILD) => return Ok(()),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let _ = sys::killpg(pid, libc::SIGKILL);
+            let status = sys::wait4(pid)?;
+            self.live.remove(&pid);
+            send_packet(self.sock.as_raw_fd(), &ForkReply::Exited { pid: pid as u32, status }, &[])?;
+        }
+    }
+
+    /// Forks one worker; returns its pid and the supervisor's four fds.
+    fn spawn(&mut self) -> io::Result<(i32, [OwnedFd; 4])> {
+        let (in_r, in_w) = pipe2(OFlag::O_CLOEXEC)?;
+        let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC)?;
+        let (log_r, log_w) = pipe2(OFlag::O_CLOEXEC)?;
+        let me = nix::unistd::getpid();
+        // SAFETY: the fork server is single-threaded.
+        match unsafe { fork() }? {
+            ForkResult::Child => {
+                let code = worker_main(self, me, in_r, out_w, log_w, [in_w, out_r, log_r]);
+                // SAFETY: leave without running anything the fork server set up.
+                unsafe { libc::_exit(code) }
+            }
+            ForkResult::Parent { child } => {
+                let pid = child.as_raw();
+                // Opened before we could reap it, so it names this very process.
+                let pidfd = sys::pidfd_open(pid)?;
+                drop((in_r, out_w, log_w));
+                Ok((pid, [in_w, out_r, log_r, pidfd]))
+            }
+        }
+    }
+}
+
+/// Runs in the freshly forked worker. Returns the exit code.
+fn worker_main(
+    server: &Server,
+    fork_server: Pid,
+    input: OwnedFd,
+    output: OwnedFd,
+    log: OwnedFd,
+    supervisor_ends: [OwnedFd; 3],
+) -> i32 {
+    drop(supervisor_ends);
+    // The fork server's own descriptors must not live on in the worker: the
+    // supervisor detects the fork server's death by EOF on its socket.
+    // SAFETY: closing fds we inherited and will not use; no other owner in this process.
+    unsafe {
+        libc::close(server.sock.as_raw_fd());
+        libc::close(server.sfd.as_fd().as_raw_fd());
+    }
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&server.old_mask), None);
+    let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
+    if sys::set_parent_death_signal().is_err() || nix::unistd::getppid() != fork_server {
+        return 1;
+    }
+    if redirect_stdio(&log).is_err() {
+        return 1;
+    }
+    drop(log);
+    finish_worker(jobvisor_worker::serve(&server.registry, input, output))
+}
+
+/// stdin from /dev/null, stdout and stderr into the log pipe.
+pub(crate) fn redirect_stdio(log: &OwnedFd) -> io::Result<()> {
+    let null = nix::fcntl::open("/dev/null", OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
+    // SAFETY: dup2 onto the standard descriptors; the sources are valid fds we hold.
+    unsafe {
+        if libc::dup2(null.as_raw_fd(), 0) < 0
+            || libc::dup2(log.as_raw_fd(), 1) < 0
+            || libc::dup2(log.as_raw_fd(), 2) < 0
+        {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Exit code of a worker from the result of its loop.
+pub(crate) fn finish_worker(result: Result<(), jobvisor_worker::WorkerError>) -> i32 {
+    use std::io::Write;
+    let code = match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("jobvisor worker {}: {e}", std::process::id());
+            3
+        }
+    };
+    let _ = std::io::stdout().flush();
+    code
+}
+
+type SpawnReply = oneshot::Sender<io::Result<SpawnedWorker>>;
+
+#[derive(Default)]
+struct Routes {
+    next_token: u64,
+    pending: HashMap<u64, (SpawnReply, ExitSender)>,
+    exits: HashMap<u32, ExitSender>,
+    dead: Option<String>,
+}
+
+/// The supervisor's handle on the fork server.
+pub(crate) struct ForkServerClient {
+    sock: Arc<OwnedFd>,
+    pid: i32,
+    /// Short critical sections only: token allocation + send, and routing in the reader thread.
+    routes: Arc<Mutex<Routes>>,
+}
+
+impl std::fmt::Debug for ForkServerClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForkServerClient").field("pid", &self.pid).finish()
+    }
+}
+
+impl ForkServerClient {
+    fn new(sock: OwnedFd, pid: i32) -> io::Result<Self> {
+        let sock = Arc::new(sock);
+        let routes = Arc::new(Mutex::new(Routes::default()));
+        let (rs, rr) = (sock.clone(), routes.clone());
+        std::thread::Builder::new()
+            .name("jobvisor-forkserver".into())
+            .spawn(move || reader(rs, rr))?;
+        Ok(Self { sock, pid, routes })
+    }
+
+    /// The fork server's pid.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Whether the fork server is still answering.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.routes.lock().map(|r| r.dead.is_none()).unwrap_or(false)
+    }
+
+    /// Asks for a worker; exits of that worker will be sent to `exits`.
+    pub(crate) fn spawn(&self, exits: ExitSender) -> oneshot::Receiver<io::Result<SpawnedWorker>> {
+        let (tx, rx) = oneshot::channel();
+        let mut routes = match self.routes.lock() {
+            Ok(r) => r,
+            Err(_) => {
+                let _ = tx.send(Err(io::Error::other("fork server client poisoned")));
+                return rx;
+            }
+        };
+        if let Some(why) = &routes.dead {
+            let _ = tx.send(Err(io::Error::other(format!("fork server is gone: {why}"))));
+            return rx;
+        }
+        let token = routes.next_token;
+        routes.next_token += 1;
+        match send_packet(self.sock.as_raw_fd(), &ForkRequest::Spawn { token }, &[]) {
+            Ok(()) => {
+                routes.pending.insert(token, (tx, exits));
+            }
+            Err(e) => {
+                let _ = tx.send(Err(e));
+            }
+        }
+        rx
+    }
+
+    /// Signals a worker or its group, if the fork server has not reaped it.
+    pub(crate) fn signal(&self, pid: u32, signal: i32, group: bool) -> io::Result<()> {
+        send_packet(self.sock.as_raw_fd(), &ForkRequest::Signal { pid, signal, group }, &[])
+    }
+}
+
+fn reader(sock: Arc<OwnedFd>, routes: Arc<Mutex<Routes>>) {
+    let why = loop {
+        match recv_packet::<ForkReply>(sock.as_raw_fd()) {
+            Ok(Some((reply, fds))) => {
+                let Ok(mut r) = routes.lock() else { return };
+                match reply {
+                    ForkReply::Spawned { token, pid } => {
+                        let Some((tx, exits)) = r.pending.remove(&token) else { continue };
+                        let worker = <[OwnedFd; 4]>::try_from(fds)
+                            .map_err(|v| io::Error::other(format!("fork server sent {} fds, expected 4", v.len())))
+                            .map(|[to_worker, from_worker, log, pidfd]| SpawnedWorker {
+                                pid,
+                                pidfd,
+                                to_worker,
+                                from_worker,
+                                log,
+                            });
+                        if worker.is_ok() {
+                            r.exits.insert(pid, exits);
+                        }
+                        let _ = tx.send(worker);
+                    }
+                    ForkReply::SpawnFailed { token, message } => {
+                        if let Some((tx, _)) = r.pending.remove(&token) {
+                            let _ = tx.send(Err(io::Error::other(message)));
+                        }
+                    }
+                    ForkReply::Exited { pid, status } => {
+                        if let Some(exits) = r.exits.remove(&pid) {
+                            let _ = exits.send((pid, status));
+                        }
+                    }
+                }
+            }
+            Ok(None) => break "fork server exited".to_string(),
+            Err(e) => break e.to_string(),
+        }
+    };
+    tracing::error!(why, "fork server link lost; pools fall back to the spawn start method");
+    if let Ok(mut r) = routes.lock() {
+        r.dead = Some(why.clone());
+        for (_, (tx, _)) in r.pending.drain() {
+            let _ = tx.send(Err(io::Error::other(format!("fork server is gone: {why}"))));
+        }
+        // Workers of a dead fork server die by PDEATHSIG; report them as killed.
+        for (pid, exits) in r.exits.drain() {
+            let status = ExitStatus { code: None, signal: Some(libc::SIGKILL), core_dumped: false, max_rss_kib: 0 };
+            let _ = exits.send((pid, status));
+        }
+    }
+}
+

@@ -1,0 +1,55 @@
+//! The supervisor side of jobvisor's worker processes, and the [`Pool`]
+//! library API built on it: Python's `multiprocessing.Pool`, in Rust, with
+//! workers that are replaced when they crash and a pool that never breaks.
+//!
+//! ```no_run
+//! use jobvisor_pool::{bootstrap, Bootstrap, Pool};
+//! use jobvisor_tasks::{Spin, SpinInput};
+//!
+//! fn main() -> std::process::ExitCode {
+//!     // First thing: before any thread exists (forks the fork server).
+//!     match bootstrap(jobvisor_tasks::builtin()).expect("bootstrap") {
+//!         Bootstrap::Worker(code) => return code,
+//!         Bootstrap::Supervisor => {}
+//!     }
+//!     let rt = tokio::runtime::Runtime::new().expect("runtime");
+//!     rt.block_on(async {
+//!         let pool = Pool::builder().workers(2).build().await.expect("pool");
+//!         let inputs = (0..8).map(|_| SpinInput { ms: 10 }).collect();
+//!         let outs = pool.map::<Spin>(inputs, 1).await.expect("map");
+//!         assert_eq!(outs.len(), 8);
+//!         pool.shutdown().await;
+//!     });
+//!     std::process::ExitCode::SUCCESS
+//! }
+//! ```
+//!
+//! # Layout
+//! - `bootstrap`: [`bootstrap`], the first call in `main` (fork server, or worker mode).
+//! - `launch`: how workers start ([`StartMethod`]): `forkserver` and `spawn`,
+//!   signalling by pidfd, reaping with the group killed first.
+//! - `conn`: the supervisor's end of one worker: handshake, reader, writer, log drain.
+//! - `dispatch`: the actor that owns the queue and the workers; the failure mechanics.
+//! - `pool`: the public [`Pool`] API.
+//! - `config`, `error`, `sys`: limits, errors, thin syscall wrappers.
+
+mod bootstrap;
+mod config;
+mod conn;
+mod dispatch;
+mod error;
+mod launch;
+mod pool;
+mod sys;
+
+pub use bootstrap::{bootstrap, bootstrap_with, fork_server_pid, Bootstrap, BootstrapOptions};
+pub use config::PoolConfig;
+pub use error::PoolError;
+pub use jobvisor_proto::forkserver::ExitStatus;
+pub use jobvisor_proto::worker::{FailureKind, TaskFailure};
+pub use jobvisor_worker::{Ctx, Registry, Task, TaskError};
+pub use launch::StartMethod;
+pub use pool::{
+    CallOptions, ImapUnordered, Pool, PoolBuilder, PoolEvent, RawOutput, TaskHandle, WorkerInfo,
+    WorkerState,
+};

@@ -1,0 +1,577 @@
+//! The public `Pool`: the `multiprocessing.Pool` of Rust.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use jobvisor_proto::codec;
+use jobvisor_proto::forkserver::ExitStatus;
+use jobvisor_proto::worker::TaskFailure;
+use jobvisor_worker::Task;
+use serde::de::DeserializeOwned;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::config::PoolConfig;
+use crate::dispatch::{Channels, Command, Dispatcher, Pending};
+use crate::error::PoolError;
+use crate::launch::StartMethod;
+
+/// Capacity of the submission channel in front of the dispatcher. The real
+/// bound on accepted work is `max_queued`; this only smooths bursts.
+const COMMAND_CHANNEL: usize = 4096;
+
+/// Something that happened to the pool's workers.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum PoolEvent {
+    /// A worker finished its handshake and takes calls.
+    WorkerReady {
+        /// Pool-local worker id (never reused).
+        worker: u64,
+        /// Its pid.
+        pid: u32,
+        /// When the dispatcher saw it ready.
+        at: Instant,
+    },
+    /// A worker exited and was reaped.
+    WorkerExited {
+        /// Pool-local worker id.
+        worker: u64,
+        /// Its pid.
+        pid: u32,
+        /// How it ended.
+        status: ExitStatus,
+        /// When the dispatcher learned it.
+        at: Instant,
+    },
+}
+
+/// Where a worker is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WorkerState {
+    /// Takes calls.
+    Ready,
+    /// Reached `max_tasks_per_worker`: finishes its calls, then stops.
+    Retiring,
+    /// Told to exit.
+    Stopping,
+    /// Exited or lost; waiting to be reaped.
+    Dead,
+}
+
+/// A snapshot of one worker.
+#[derive(Debug, Clone)]
+pub struct WorkerInfo {
+    /// Pool-local worker id.
+    pub id: u64,
+    /// Its pid.
+    pub pid: u32,
+    /// Its state.
+    pub state: WorkerState,
+    /// Calls sent to it and not answered.
+    pub in_flight: usize,
+    /// Calls it answered.
+    pub calls_done: u64,
+}
+
+/// Per-call options.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallOptions {
+    /// Stop the call after this long (overrides the pool's default).
+    pub timeout: Option<Duration>,
+}
+
+/// Builds a [`Pool`].
+#[derive(Debug, Clone, Default)]
+pub struct PoolBuilder {
+    cfg: PoolConfig,
+}
+
+impl PoolBuilder {
+    /// Number of worker processes (at least 1).
+    #[must_use]
+    pub fn workers(mut self, n: usize) -> Self {
+        self.cfg.workers = n.max(1);
+        self
+    }
+    /// How workers are started.
+    #[must_use]
+    pub fn start_method(mut self, m: StartMethod) -> Self {
+        self.cfg.start_method = m;
+        self
+    }
+    /// Largest frame on a worker link.
+    #[must_use]
+    pub fn max_frame_bytes(mut self, n: usize) -> Self {
+        self.cfg.max_frame_bytes = n.max(4096);
+        self
+    }
+    /// Bound on tasks accepted but not yet sent to a worker.
+    #[must_use]
+    pub fn max_queued(mut self, n: usize) -> Self {
+        self.cfg.max_queued = n.max(1);
+        self
+    }
+    /// Calls in flight per worker.
+    #[must_use]
+    pub fn window(mut self, n: usize) -> Self {
+        self.cfg.window = n.max(1);
+        self
+    }
+    /// Recycle workers after this many calls.
+    #[must_use]
+    pub fn max_tasks_per_worker(mut self, n: u64) -> Self {
+        self.cfg.max_tasks_per_worker = Some(n.max(1));
+        self
+    }
+    /// Timeout for calls submitted without one.
+    #[must_use]
+    pub fn default_timeout(mut self, t: Duration) -> Self {
+        self.cfg.default_timeout = Some(t);
+        self
+    }
+    /// Grace after the soft deadline before SIGTERM.
+    #[must_use]
+    pub fn cancel_grace(mut self, t: Duration) -> Self {
+        self.cfg.cancel_grace = t;
+        self
+    }
+    /// Grace after SIGTERM before SIGKILL.
+    #[must_use]
+    pub fn term_grace(mut self, t: Duration) -> Self {
+        self.cfg.term_grace = t;
+        self
+    }
+    /// Replaces the whole configuration.
+    #[must_use]
+    pub fn config(mut self, cfg: PoolConfig) -> Self {
+        self.cfg = cfg;
+        self
+    }
+
+    /// Starts the workers and waits until all of them are ready.
+    ///
+    /// # Errors
+    /// [`PoolError::Startup`] when a worker cannot be started or fails its
+    /// handshake (then none is left running).
+    pub async fn build(self) -> Result<Pool, PoolError> {
+        crate::bootstrap::get().map_err(|e| PoolError::Startup(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(COMMAND_CHANNEL);
+        let (events, _) = broadcast::channel(1024);
+        let (started_tx, started_rx) = oneshot::channel();
+        Dispatcher::spawn(self.cfg.clone(), Channels { commands: rx }, events.clone(), started_tx);
+        let names = started_rx
+            .await
+            .map_err(|_| PoolError::Startup("the dispatcher stopped during start-up".into()))??;
+        let tasks = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u32))
+            .collect();
+        Ok(Pool {
+            inner: Arc::new(Inner {
+                commands: tx,
+                tasks,
+                names,
+                next_id: AtomicU64::new(1),
+                cfg: self.cfg,
+                events,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    commands: mpsc::Sender<Command>,
+    tasks: HashMap<String, u32>,
+    names: Vec<String>,
+    next_id: AtomicU64,
+    cfg: PoolConfig,
+    events: broadcast::Sender<PoolEvent>,
+}
+
+/// A pool of worker processes. Cheap to clone; the workers stop when the last
+/// clone is dropped (immediately) or on [`Pool::shutdown`] (after draining).
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("workers", &self.inner.cfg.workers)
+            .field("start_method", &self.inner.cfg.start_method)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A submitted task's result, to be awaited. Dropping it does not cancel the
+/// task; [`TaskHandle::cancel`] does.
+#[derive(Debug)]
+#[must_use = "a task handle does nothing unless awaited"]
+pub struct TaskHandle<O> {
+    id: u64,
+    rx: oneshot::Receiver<Result<Vec<u8>, PoolError>>,
+    commands: mpsc::WeakSender<Command>,
+    _out: PhantomData<fn() -> O>,
+}
+
+impl<O> TaskHandle<O> {
+    /// The pool-local id of this call.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Asks the pool to cancel the task: a queued task never runs; a running
+    /// one sees `ctx.is_cancelled()`, and is stopped by signals after the
+    /// grace periods if it does not return.
+    pub async fn cancel(&self) {
+        if let Some(tx) = self.commands.upgrade() {
+            let _ = tx.send(Command::Cancel(self.id)).await;
+        }
+    }
+}
+
+impl<O: DeserializeOwned> Future for TaskHandle<O> {
+    type Output = Result<O, PoolError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match Pin::new(&mut self.rx).poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(_)) => Poll::Ready(Err(PoolError::Closed)),
+            Poll::Ready(Ok(Err(e))) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(Ok(bytes))) => {
+                Poll::Ready(codec::decode(&bytes).map_err(|e| PoolError::Decode(e.to_string())))
+            }
+        }
+    }
+}
+
+impl Pool {
+    /// A builder with the defaults of [`PoolConfig`].
+    pub fn builder() -> PoolBuilder {
+        PoolBuilder::default()
+    }
+
+    /// The configuration the pool runs with.
+    pub fn config(&self) -> &PoolConfig {
+        &self.inner.cfg
+    }
+
+    /// Task names the workers registered, in id order.
+    pub fn task_names(&self) -> &[String] {
+        &self.inner.names
+    }
+
+    /// Worker lifecycle events, from now on.
+    pub fn events(&self) -> broadcast::Receiver<PoolEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// A snapshot of the workers.
+    pub async fn workers(&self) -> Vec<WorkerInfo> {
+        let (tx, rx) = oneshot::channel();
+        if self.inner.commands.send(Command::Workers(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    fn task_id(&self, name: &str) -> Result<u32, PoolError> {
+        self.inner.tasks.get(name).copied().ok_or_else(|| PoolError::UnknownTask {
+            name: name.to_string(),
+            known: self.inner.names.join(", "),
+        })
+    }
+
+    fn pending<O>(
+        &self,
+        task: u32,
+        chunk: bool,
+        input: Vec<u8>,
+        opts: CallOptions,
+    ) -> Result<(Pending, TaskHandle<O>), PoolError> {
+        let max = self.inner.cfg.max_payload_bytes();
+        if input.len() > max {
+            return Err(PoolError::InputTooLarge { bytes: input.len(), max });
+        }
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        let pending = Pending {
+            id,
+            task,
+            chunk,
+            timeout: opts.timeout.or(self.inner.cfg.default_timeout),
+            input,
+            reply: tx,
+        };
+        let handle = TaskHandle {
+            id,
+            rx,
+            commands: self.inner.commands.downgrade(),
+            _out: PhantomData,
+        };
+        Ok((pending, handle))
+    }
+
+    async fn enqueue(&self, p: Pending) -> Result<(), PoolError> {
+        self.inner
+            .commands
+            .send(Command::Submit(p))
+            .await
+            .map_err(|_| PoolError::Closed)
+    }
+
+    /// Submits task `T` with `input`; waits only if the queue is full.
+    ///
+    /// # Errors
+    /// [`PoolError::UnknownTask`], [`PoolError::InputTooLarge`],
+    /// [`PoolError::Encode`], [`PoolError::Closed`].
+    pub async fn submit<T: Task>(&self, input: &T::Input) -> Result<TaskHandle<T::Output>, PoolError> {
+        self.submit_with::<T>(input, CallOptions::default()).await
+    }
+
+    /// [`Pool::submit`] with per-call options.
+    ///
+    /// # Errors
+    /// As [`Pool::submit`].
+    pub async fn submit_with<T: Task>(
+        &self,
+        input: &T::Input,
+        opts: CallOptions,
+    ) -> Result<TaskHandle<T::Output>, PoolError> {
+        let task = self.task_id(T::NAME)?;
+        let (p, h) = self.pending(task, false, codec::encode(input)?, opts)?;
+        self.enqueue(p).await?;
+        Ok(h)
+    }
+
+    /// Submits by task name with an already encoded input (the codec's
+    /// encoding of the task's input type). The output comes back encoded.
+    ///
+    /// # Errors
+    /// As [`Pool::submit`].
+    pub async fn submit_raw(
+        &self,
+        task: &str,
+        input: Vec<u8>,
+        opts: CallOptions,
+    ) -> Result<TaskHandle<RawOutput>, PoolError> {
+        let task = self.task_id(task)?;
+        let (p, h) = self.pending(task, false, input, opts)?;
+        self.enqueue(p).await?;
+        Ok(h)
+    }
+
+    /// Like [`Pool::submit`], but fails with [`PoolError::QueueFull`] instead
+    /// of waiting when the pool is saturated.
+    ///
+    /// # Errors
+    /// [`PoolError::QueueFull`], and as [`Pool::submit`].
+    pub fn try_submit<T: Task>(&self, input: &T::Input) -> Result<TaskHandle<T::Output>, PoolError> {
+        let task = self.task_id(T::NAME)?;
+        let (p, h) = self.pending(task, false, codec::encode(input)?, CallOptions::default())?;
+        match self.inner.commands.try_send(Command::Submit(p)) {
+            Ok(()) => Ok(h),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(PoolError::QueueFull {
+                max: self.inner.cfg.max_queued,
+            }),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PoolError::Closed),
+        }
+    }
+
+    /// Runs task `T` on `input` and waits for the output.
+    ///
+    /// # Errors
+    /// Whatever the submission or the task failed with.
+    pub async fn apply<T: Task>(&self, input: &T::Input) -> Result<T::Output, PoolError> {
+        self.submit::<T>(input).await?.await
+    }
+
+    async fn submit_chunk<T: Task>(
+        &self,
+        task: u32,
+        items: &[T::Input],
+    ) -> Result<TaskHandle<Vec<Result<T::Output, TaskFailure>>>, PoolError> {
+        let (p, h) = self.pending(task, true, codec::encode(items)?, CallOptions::default())?;
+        self.enqueue(p).await?;
+        Ok(h)
+    }
+
+    /// Runs `T` over `inputs` and returns the outputs in input order; the
+    /// first failure (in input order) is returned instead. `chunksize` inputs
+    /// travel and run as one call (0 picks `len / (4 × workers)`, like Python).
+    ///
+    /// # Errors
+    /// The first failing item's error.
+    pub async fn map<T: Task>(&self, inputs: Vec<T::Input>, chunksize: usize) -> Result<Vec<T::Output>, PoolError> {
+        self.map_results::<T>(inputs, chunksize).await.into_iter().collect()
+    }
+
+    /// Like [`Pool::map`], but keeps every item's own result.
+    pub async fn map_results<T: Task>(&self, inputs: Vec<T::Input>, chunksize: usize) -> Vec<Result<T::Output, PoolError>> {
+        let n = inputs.len();
+        let chunksize = self.chunksize(n, chunksize);
+        let task = match self.task_id(T::NAME) {
+            Ok(t) => t,
+            Err(e) => return (0..n).map(|_| Err(e.clone())).collect(),
+        };
+        let mut out = Vec::with_capacity(n);
+        if chunksize == 1 {
+            let mut handles = Vec::with_capacity(n);
+            for input in &inputs {
+                handles.push(self.submit::<T>(input).await);
+            }
+            for h in handles {
+                out.push(match h {
+                    Ok(h) => h.await,
+                    Err(e) => Err(e),
+                });
+            }
+            return out;
+        }
+        let mut handles = Vec::new();
+        for chunk in inputs.chunks(chunksize) {
+            handles.push((chunk.len(), self.submit_chunk::<T>(task, chunk).await));
+        }
+        for (len, h) in handles {
+            let res = match h {
+                Ok(h) => h.await,
+                Err(e) => Err(e),
+            };
+            match res {
+                Ok(items) => out.extend(items.into_iter().map(|r| r.map_err(PoolError::Task))),
+                Err(e) => out.extend((0..len).map(|_| Err(e.clone()))),
+            }
+        }
+        out
+    }
+
+    fn chunksize(&self, n: usize, asked: usize) -> usize {
+        if asked > 0 {
+            return asked;
+        }
+        n.div_ceil(4 * self.inner.cfg.workers).max(1)
+    }
+
+    /// Runs `T` over `inputs`, yielding `(index, result)` as calls finish, in
+    /// completion order. Inputs are submitted by a background task as the
+    /// queue has room, so the input can be longer than `max_queued`.
+    pub fn imap_unordered<T, I>(&self, inputs: I, chunksize: usize) -> ImapUnordered<T::Output>
+    where
+        T: Task,
+        T::Input: Send + Sync,
+        T::Output: Send,
+        I: IntoIterator<Item = T::Input> + Send + 'static,
+        I::IntoIter: Send,
+    {
+        let chunksize = chunksize.max(1);
+        let (tx, rx) = mpsc::channel(1024);
+        let pool = self.clone();
+        tokio::spawn(async move {
+            let task = match pool.task_id(T::NAME) {
+                Ok(t) => t,
+                Err(e) => {
+                    let _ = tx.send((0, Err(e))).await;
+                    return;
+                }
+            };
+            let mut iter = inputs.into_iter();
+            let mut index = 0usize;
+            loop {
+                let chunk: Vec<T::Input> = iter.by_ref().take(chunksize).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let first = index;
+                index += chunk.len();
+                let tx = tx.clone();
+                let handle = pool.submit_chunk::<T>(task, &chunk).await;
+                tokio::spawn(async move {
+                    let res = match handle {
+                        Ok(h) => h.await,
+                        Err(e) => Err(e),
+                    };
+                    match res {
+                        Ok(items) => {
+                            for (i, r) in items.into_iter().enumerate() {
+                                if tx.send((first + i, r.map_err(PoolError::Task))).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            for i in 0..chunk.len() {
+                                if tx.send((first + i, Err(e.clone()))).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        ImapUnordered { rx }
+    }
+
+    /// Stops taking tasks, lets queued and running ones finish, stops the
+    /// workers and waits until every one is reaped.
+    pub async fn shutdown(self) {
+        self.stop(true).await;
+    }
+
+    /// Stops at once: queued and running tasks fail with [`PoolError::Closed`],
+    /// workers are killed and reaped.
+    pub async fn terminate(self) {
+        self.stop(false).await;
+    }
+
+    async fn stop(self, graceful: bool) {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .inner
+            .commands
+            .send(Command::Shutdown { graceful, done: tx })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+    }
+}
+
+/// Results of [`Pool::imap_unordered`] in completion order.
+#[derive(Debug)]
+pub struct ImapUnordered<O> {
+    rx: mpsc::Receiver<(usize, Result<O, PoolError>)>,
+}
+
+impl<O> ImapUnordered<O> {
+    /// The next finished item, or `None` when all are done.
+    pub async fn next(&mut self) -> Option<(usize, Result<O, PoolError>)> {
+        self.rx.recv().await
+    }
+}
+
+/// Output marker of [`Pool::submit_raw`]: such a handle is read with
+/// [`TaskHandle::raw`], which returns the encoded output untouched.
+#[derive(Debug)]
+pub struct RawOutput;
+
+impl<O> TaskHandle<O> {
+    /// Waits for the encoded output, without decoding it.
+    ///
+    /// # Errors
+    /// The call's failure.
+    pub async fn raw(self) -> Result<Vec<u8>, PoolError> {
+        match self.rx.await {
+            Ok(r) => r,
+            Err(_) => Err(PoolError::Closed),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Thin wrappers over the Linux calls nix does not cover (pidfds, `wait4`,
+//! `prctl`), each with the reason it is needed.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use jobvisor_proto::forkserver::ExitStatus;
+
+/// `pidfd_open(2)`: a handle on a process that cannot be confused with a later
+/// process that reuses the pid. Only valid to call while the pid is known not
+/// to be reaped (we are its parent and have not waited, or the fork server
+/// opened it right after `fork`).
+pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall with integer arguments; the returned fd is new and ours.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    // pidfd_open sets O_CLOEXEC on it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `pidfd_send_signal(2)`. `ESRCH` (already exited) is not an error.
+pub(crate) fn pidfd_kill(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    // SAFETY: syscall on a valid borrowed fd; null siginfo is allowed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `kill(-pgid, sig)`; `ESRCH` (group already empty) is not an error.
+pub(crate) fn killpg(pgid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill(2) with integer arguments.
+    if unsafe { libc::kill(-pgid, signal) } < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `kill(pid, sig)`; `ESRCH` is not an error.
+pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill(2) with integer arguments.
+    if unsafe { libc::kill(pid, signal) } < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            return Ok(());
+        }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Blocking `wait4(pid)`, retried on `EINTR`, with the peak RSS from rusage.
+pub(crate) fn wait4(pid: i32) -> io::Result<ExitStatus> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain old data; zeroed is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: valid pointers to locals.
+        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if r >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+    Ok(exit_status(status, usage.ru_maxrss))
+}
+
+pub(crate) fn exit_status(status: libc::c_int, maxrss_kib: libc::c_long) -> ExitStatus {
+    let (code, signal) = if libc::WIFEXITED(status) {
+        (Some(libc::WEXITSTATUS(status)), None)
+    } else if libc::WIFSIGNALED(status) {
+        (None, Some(libc::WTERMSIG(status)))
+    } else {
+        (None, None)
+    };
+    ExitStatus {
+        code,
+        signal,
+        core_dumped: libc::WIFSIGNALED(status) && libc::WCOREDUMP(status),
+        max_rss_kib: u64::try_from(maxrss_kib).unwrap_or(0),
+    }
+}
+
+/// Ask the kernel to send `SIGKILL` to the calling thread's process when its
+/// parent thread exits. Async-signal-safe (one syscall).
+pub(crate) fn set_parent_death_signal() -> io::Result<()> {
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Number of threads in this process, from `/proc/self/status`.
+pub(crate) fn thread_count() -> io::Result<usize> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| io::Error::other("no Threads: line in /proc/self/status"))
+}
+
+/// Sets `O_NONBLOCK` on an fd (for tokio's `AsyncFd`).
+pub(crate) fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = fcntl(fd, FcntlArg::F_GETFL)?;
+    fcntl(
+        fd,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )?;
+    Ok(())
+}
+
+/// Registers an owned fd with tokio's reactor for `interest`, non-blocking.
+pub(crate) fn async_fd(
+    fd: OwnedFd,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    use std::os::fd::AsFd;
+    set_nonblocking(fd.as_fd())?;
+    // SAFETY: an OwnedFd is open, owned by the AsyncFd from here on, and its
+    // as_raw_fd() always returns the same descriptor until it is dropped.
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }.map_err(io::Error::from)
+}

@@ -1,0 +1,516 @@
+//! Integration tests of the process pool with real worker processes, for both
+//! start methods. `harness = false`: `main` starts the fork server while the
+//! process is still single-threaded, then runs the tests (see `helper`).
+
+mod helper;
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use helper::{Test, TestFn};
+use jobvisor_pool::{
+    bootstrap_with, Bootstrap, BootstrapOptions, CallOptions, Ctx, FailureKind, Pool, PoolError,
+    PoolEvent, Registry, StartMethod, Task, TaskError,
+};
+use jobvisor_tasks::{Noop, Sleep, SleepInput, Spin, SpinInput};
+use serde::{Deserialize, Serialize};
+
+// ---- tasks only these tests use -------------------------------------------
+
+/// Dies the way it is told to.
+struct Die;
+#[derive(Serialize, Deserialize)]
+enum DieHow {
+    Signal(i32),
+    Exit(i32),
+}
+impl Task for Die {
+    const NAME: &'static str = "test.die";
+    type Input = DieHow;
+    type Output = ();
+    fn run(&self, how: DieHow, _ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
+        eprintln!("about to die: last words");
+        match how {
+            DieHow::Signal(sig) => {
+                // SAFETY: raising a signal on ourselves.
+                unsafe { libc::raise(sig) };
+            }
+            DieHow::Exit(code) => std::process::exit(code),
+        }
+        Ok(())
+    }
+}
+
+struct Panics;
+impl Task for Panics {
+    const NAME: &'static str = "test.panic";
+    type Input = String;
+    type Output = ();
+    fn run(&self, msg: String, _ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
+        panic!("{msg}");
+    }
+}
+
+struct Fails;
+impl Task for Fails {
+    const NAME: &'static str = "test.fail";
+    type Input = String;
+    type Output = ();
+    fn run(&self, msg: String, _ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
+        Err(TaskError::msg(msg))
+    }
+}
+
+/// Returns the worker's pid.
+struct Pid;
+impl Task for Pid {
+    const NAME: &'static str = "test.pid";
+    type Input = ();
+    type Output = u32;
+    fn run(&self, _: (), _ctx: &mut Ctx<'_>) -> Result<u32, TaskError> {
+        Ok(std::process::id())
+    }
+}
+
+/// Spins without ever looking at ctx, optionally ignoring SIGTERM.
+struct Forever;
+impl Task for Forever {
+    const NAME: &'static str = "test.forever";
+    type Input = bool;
+    type Output = ();
+    fn run(&self, ignore_term: bool, _ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
+        if ignore_term {
+            // SAFETY: setting a signal disposition to SIG_IGN.
+            unsafe { libc::signal(libc::SIGTERM, libc::SIG_IGN) };
+        }
+        let mut x: u64 = 1;
+        loop {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+}
+
+/// Writes its pid into a FIFO (the test's readiness event), then sleeps
+/// cooperatively for the given ms.
+struct Announce;
+impl Task for Announce {
+    const NAME: &'static str = "test.announce";
+    type Input = (String, u64);
+    type Output = ();
+    fn run(&self, (fifo, ms): (String, u64), ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(&fifo)?;
+        writeln!(f, "{}", std::process::id())?;
+        drop(f);
+        if ctx.sleep(Duration::from_millis(ms)) {
+            Ok(())
+        } else {
+            Err(TaskError::cancelled())
+        }
+    }
+}
+
+/// Floods stdout and stderr, including bytes that look like frames.
+struct Chatty;
+impl Task for Chatty {
+    const NAME: &'static str = "test.chatty";
+    type Input = u32;
+    type Output = u32;
+    fn run(&self, n: u32, _ctx: &mut Ctx<'_>) -> Result<u32, TaskError> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        for i in 0..n {
+            out.write_all(&[4, 0, 0, 0, 0xff, 0xff, 0xff, 0xff])?;
+            writeln!(out, "line {i} of noise on stdout")?;
+        }
+        out.flush()?;
+        eprintln!("and some on stderr");
+        Ok(n * 2)
+    }
+}
+
+static PRELOADED: OnceLock<u64> = OnceLock::new();
+
+/// Returns what the initializer preloaded.
+struct Preloaded;
+impl Task for Preloaded {
+    const NAME: &'static str = "test.preloaded";
+    type Input = ();
+    type Output = Option<u64>;
+    fn run(&self, _: (), _ctx: &mut Ctx<'_>) -> Result<Option<u64>, TaskError> {
+        Ok(PRELOADED.get().copied())
+    }
+}
+
+fn registry() -> Registry {
+    let mut r = jobvisor_tasks::builtin();
+    r.register(Die)
+        .register(Panics)
+        .register(Fails)
+        .register(Pid)
+        .register(Forever)
+        .register(Announce)
+        .register(Chatty)
+        .register(Preloaded);
+    r
+}
+
+// ---- helpers ---------------------------------------------------------------
+
+async fn pool(method: StartMethod, workers: usize) -> Pool {
+    Pool::builder()
+        .workers(workers)
+        .start_method(method)
+        .build()
+        .await
+        .expect("pool starts")
+}
+
+async fn next_ready(events: &mut tokio::sync::broadcast::Receiver<PoolEvent>) -> u32 {
+    loop {
+        match events.recv().await.expect("events") {
+            PoolEvent::WorkerReady { pid, .. } => return pid,
+            _ => continue,
+        }
+    }
+}
+
+async fn assert_no_zombies() {
+    let z = helper::zombie_children();
+    assert!(z.is_empty(), "zombie children: {z:?}");
+}
+
+macro_rules! tests {
+    ($($name:ident $(only $m:ident)?),* $(,)?) => {
+        vec![$(Test {
+            name: stringify!($name),
+            run: (|m| Box::pin($name(m))) as TestFn,
+            only: None $(.or(Some(StartMethod::$m)))?,
+        }),*]
+    };
+}
+
+// ---- tests -----------------------------------------------------------------
+
+async fn results_are_correct(method: StartMethod) {
+    let pool = pool(method, 2).await;
+    assert_eq!(pool.apply::<Noop>(&41).await.unwrap(), 41);
+    let outs = pool.map::<Noop>((0..1000).collect(), 1).await.unwrap();
+    assert_eq!(outs, (0..1000).collect::<Vec<u64>>());
+    let outs = pool.map::<Noop>((0..1000).collect(), 0).await.unwrap();
+    assert_eq!(outs, (0..1000).collect::<Vec<u64>>());
+    let mut seen = HashSet::new();
+    let mut it = pool.imap_unordered::<Noop, _>(0..500u64, 7);
+    while let Some((i, r)) = it.next().await {
+        assert_eq!(r.unwrap(), i as u64);
+        assert!(seen.insert(i));
+    }
+    assert_eq!(seen.len(), 500);
+    let spun = pool.apply::<Spin>(&SpinInput { ms: 5 }).await.unwrap();
+    assert!(spun.iterations > 0);
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
+async fn hundred_thousand_tasks(method: StartMethod) {
+    let pool = pool(method, 2).await;
+    let n = 100_000u64;
+    let mut handles = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        handles.push(pool.submit::<Noop>(&(i * 3)).await.unwrap());
+    }
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.await.unwrap(), i as u64 * 3);
+    }
+    let outs = pool.map::<Noop>((0..n).collect(), 0).await.unwrap();
+    assert!(outs.iter().enumerate().all(|(i, &o)| o == i as u64));
+    pool.shutdown().await;
+}
+
+async fn sigkill_mid_task_fails_only_that_task(method: StartMethod) {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = helper::mkfifo(dir.path(), "announce");
+    let pool = pool(method, 2).await;
+    let mut events = pool.events();
+    let victim = pool
+        .submit::<Announce>(&(fifo.to_string_lossy().into_owned(), 60_000))
+        .await
+        .unwrap();
+    let pid: u32 = helper::read_fifo_line(fifo.clone()).await.parse().unwrap();
+    // Others keep flowing while the victim is running.
+    let others: Vec<_> = {
+        let mut v = Vec::new();
+        for i in 0..200u64 {
+            v.push(pool.submit::<Noop>(&i).await.unwrap());
+        }
+        v
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    match victim.await {
+        Err(PoolError::WorkerDied { pid: p, status, .. }) => {
+            assert_eq!(p, pid);
+            assert_eq!(status.signal, Some(libc::SIGKILL));
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    for (i, h) in others.into_iter().enumerate() {
+        assert_eq!(h.await.unwrap(), i as u64);
+    }
+    // The replacement comes up and the pool is back to two live workers.
+    let new_pid = next_ready(&mut events).await;
+    assert_ne!(new_pid, pid);
+    let workers = pool.workers().await;
+    let live: Vec<_> = workers.iter().filter(|w| helper::alive(w.pid)).collect();
+    assert_eq!(live.len(), 2, "{workers:?}");
+    assert!(!helper::alive(pid));
+    assert_no_zombies().await;
+    pool.shutdown().await;
+}
+
+async fn crash_reports_exit_code_and_last_output(method: StartMethod) {
+    let pool = pool(method, 1).await;
+    match pool.apply::<Die>(&DieHow::Exit(7)).await {
+        Err(PoolError::WorkerDied { status, stderr_tail, .. }) => {
+            assert_eq!(status.code, Some(7));
+            assert!(stderr_tail.iter().any(|l| l.contains("last words")), "{stderr_tail:?}");
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    match pool.apply::<Die>(&DieHow::Signal(libc::SIGSEGV)).await {
+        Err(e @ PoolError::WorkerDied { .. }) => {
+            assert!(e.to_string().contains("SIGSEGV"), "{e}");
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    // The pool is not broken.
+    assert_eq!(pool.apply::<Noop>(&5).await.unwrap(), 5);
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
+async fn panic_and_error_keep_the_worker(method: StartMethod) {
+    let pool = pool(method, 1).await;
+    let before = pool.apply::<Pid>(&()).await.unwrap();
+    match pool.apply::<Panics>(&"boom 17".into()).await {
+        Err(PoolError::Task(f)) => {
+            assert_eq!(f.kind, FailureKind::Panic);
+            assert!(f.message.contains("boom 17"), "{}", f.message);
+        }
+        other => panic!("expected a panic failure, got {other:?}"),
+    }
+    match pool.apply::<Fails>(&"nope".into()).await {
+        Err(PoolError::Task(f)) => {
+            assert_eq!(f.kind, FailureKind::Error);
+            assert_eq!(f.message, "nope");
+        }
+        other => panic!("expected a task error, got {other:?}"),
+    }
+    assert_eq!(pool.apply::<Pid>(&()).await.unwrap(), before, "the worker was replaced");
+    pool.shutdown().await;
+}
+
+async fn infinite_loop_hits_timeout_and_worker_is_replaced(method: StartMethod) {
+    let pool = Pool::builder()
+        .workers(1)
+        .start_method(method)
+        .cancel_grace(Duration::from_millis(50))
+        .term_grace(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let mut events = pool.events();
+    let before = pool.apply::<Pid>(&()).await.unwrap();
+    let opts = CallOptions { timeout: Some(Duration::from_millis(100)) };
+    let h = pool.submit_with::<Forever>(&false, opts).await.unwrap();
+    match h.await {
+        Err(PoolError::TimedOut { timeout_ms, how }) => {
+            assert_eq!(timeout_ms, 100);
+            assert!(how.contains("SIGTERM"), "{how}");
+        }
+        other => panic!("expected TimedOut, got {other:?}"),
+    }
+    // One that ignores SIGTERM needs SIGKILL.
+    let h = pool.submit_with::<Forever>(&true, opts).await.unwrap();
+    match h.await {
+        Err(PoolError::TimedOut { how, .. }) => assert!(how.contains("SIGKILL"), "{how}"),
+        other => panic!("expected TimedOut, got {other:?}"),
+    }
+    let after = next_ready(&mut events).await;
+    assert_ne!(after, before);
+    // A cooperative task stops at its soft deadline without losing the worker.
+    let pid = pool.apply::<Pid>(&()).await.unwrap();
+    let h = pool.submit_with::<Spin>(&SpinInput { ms: 60_000 }, opts).await.unwrap();
+    assert!(matches!(h.await, Err(PoolError::TimedOut { .. })));
+    assert_eq!(pool.apply::<Pid>(&()).await.unwrap(), pid);
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
+async fn stdout_noise_does_not_corrupt_the_protocol(method: StartMethod) {
+    let pool = pool(method, 2).await;
+    let outs = pool.map::<Chatty>(vec![2000; 8], 1).await.unwrap();
+    assert_eq!(outs, vec![4000; 8]);
+    assert_eq!(pool.apply::<Noop>(&9).await.unwrap(), 9);
+    pool.shutdown().await;
+}
+
+async fn thousand_restarts_leak_no_fds(method: StartMethod) {
+    let pool = Pool::builder()
+        .workers(2)
+        .start_method(method)
+        .max_tasks_per_worker(1)
+        .build()
+        .await
+        .unwrap();
+    // Warm up so lazily created fds (runtime, spawner thread) exist already.
+    pool.map::<Noop>((0..20).collect(), 1).await.unwrap();
+    let before = helper::fd_count();
+    let outs = pool.map::<Noop>((0..1000).collect(), 1).await.unwrap();
+    assert_eq!(outs.len(), 1000);
+    let pids: HashSet<u32> = {
+        let mut s = HashSet::new();
+        for _ in 0..4 {
+            s.insert(pool.apply::<Pid>(&()).await.unwrap());
+        }
+        s
+    };
+    assert_eq!(pids.len(), 4, "every call ran in a fresh worker");
+    let after = helper::fd_count();
+    assert!(after <= before + 2, "fds grew from {before} to {after} over 1000 restarts");
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
+async fn bad_input_fails_only_that_call(method: StartMethod) {
+    let pool = Pool::builder()
+        .workers(1)
+        .start_method(method)
+        .max_frame_bytes(64 * 1024)
+        .build()
+        .await
+        .unwrap();
+    let pid = pool.apply::<Pid>(&()).await.unwrap();
+    match pool.submit_raw("no.such.task", vec![], CallOptions::default()).await {
+        Err(PoolError::UnknownTask { name, known }) => {
+            assert_eq!(name, "no.such.task");
+            assert!(known.contains("spin"));
+        }
+        other => panic!("expected UnknownTask, got {other:?}"),
+    }
+    let h = pool.submit_raw("spin", vec![0xff; 3], CallOptions::default()).await.unwrap();
+    match h.raw().await {
+        Err(PoolError::Task(f)) => assert_eq!(f.kind, FailureKind::BadInput),
+        other => panic!("expected BadInput, got {other:?}"),
+    }
+    match pool.submit::<Chatty>(&0).await.map(|_| ()) {
+        Ok(()) => {}
+        Err(e) => panic!("small input refused: {e}"),
+    }
+    let big = "x".repeat(100 * 1024);
+    match pool.submit::<Fails>(&big).await {
+        Err(PoolError::InputTooLarge { bytes, max }) => assert!(bytes > max),
+        other => panic!("expected InputTooLarge, got {:?}", other.map(|_| ())),
+    }
+    assert_eq!(pool.apply::<Pid>(&()).await.unwrap(), pid, "worker unaffected");
+    pool.shutdown().await;
+}
+
+async fn cancel_queued_and_running(method: StartMethod) {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = helper::mkfifo(dir.path(), "announce");
+    let pool = pool(method, 1).await;
+    let running = pool
+        .submit::<Announce>(&(fifo.to_string_lossy().into_owned(), 60_000))
+        .await
+        .unwrap();
+    let queued = pool.submit::<Sleep>(&SleepInput { ms: 60_000 }).await.unwrap();
+    let pid: u32 = helper::read_fifo_line(fifo).await.parse().unwrap();
+    queued.cancel().await;
+    assert!(matches!(queued.await, Err(PoolError::Cancelled)));
+    running.cancel().await;
+    assert!(matches!(running.await, Err(PoolError::Cancelled)));
+    assert_eq!(pool.apply::<Pid>(&()).await.unwrap(), pid, "cooperative cancel keeps the worker");
+    pool.shutdown().await;
+}
+
+async fn graceful_shutdown_drains(method: StartMethod) {
+    let pool = pool(method, 2).await;
+    let mut handles = Vec::new();
+    for _ in 0..20 {
+        handles.push(pool.submit::<Spin>(&SpinInput { ms: 10 }).await.unwrap());
+    }
+    let p2 = pool.clone();
+    let stop = tokio::spawn(async move { p2.shutdown().await });
+    for h in handles {
+        assert!(h.await.is_ok());
+    }
+    stop.await.unwrap();
+    // After shutdown, new work is refused and no worker is left.
+    assert!(matches!(pool.submit::<Noop>(&1).await, Err(PoolError::Closed)));
+    if let Some(fs) = jobvisor_pool::fork_server_pid() {
+        assert_eq!(helper::children_of(fs), Vec::<u32>::new());
+    }
+    assert_eq!(helper::children_of(std::process::id()), Vec::<u32>::new());
+    assert_no_zombies().await;
+}
+
+async fn terminate_fails_running_and_queued(method: StartMethod) {
+    let pool = pool(method, 1).await;
+    let a = pool.submit::<Sleep>(&SleepInput { ms: 60_000 }).await.unwrap();
+    let b = pool.submit::<Sleep>(&SleepInput { ms: 60_000 }).await.unwrap();
+    pool.clone().terminate().await;
+    assert!(matches!(a.await, Err(PoolError::Closed)));
+    assert!(matches!(b.await, Err(PoolError::Closed)));
+    assert_no_zombies().await;
+}
+
+async fn initializer_state_reaches_workers(method: StartMethod) {
+    let pool = pool(method, 2).await;
+    let outs = pool.map::<Preloaded>(vec![(); 4], 1).await.unwrap();
+    assert!(outs.iter().all(|o| *o == Some(4242)), "{outs:?}");
+    pool.shutdown().await;
+}
+
+async fn exec_task_through_the_pool(method: StartMethod) {
+    use jobvisor_tasks::{Exec, ExecInput};
+    let pool = pool(method, 2).await;
+    let out = pool
+        .apply::<Exec>(&ExecInput::new(["sh", "-c", "echo hello; exit 3"]))
+        .await
+        .unwrap();
+    assert_eq!(out.code, Some(3));
+    assert_eq!(out.stdout, b"hello\n");
+    pool.shutdown().await;
+}
+
+fn main() -> ExitCode {
+    let options = BootstrapOptions {
+        fork_server: true,
+        initializer: Some(Box::new(|| {
+            let _ = PRELOADED.set(4242);
+        })),
+    };
+    match bootstrap_with(registry(), options).expect("bootstrap") {
+        Bootstrap::Worker(code) => return code,
+        Bootstrap::Supervisor => {}
+    }
+    let tests = tests![
+        results_are_correct,
+        hundred_thousand_tasks,
+        sigkill_mid_task_fails_only_that_task,
+        crash_reports_exit_code_and_last_output,
+        panic_and_error_keep_the_worker,
+        infinite_loop_hits_timeout_and_worker_is_replaced,
+        stdout_noise_does_not_corrupt_the_protocol,
+        thousand_restarts_leak_no_fds,
+        bad_input_fails_only_that_call,
+        cancel_queued_and_running,
+        graceful_shutdown_drains,
+        terminate_fails_running_and_queued,
+        initializer_state_reaches_workers,
+        exec_task_through_the_pool,
+    ];
+    helper::run_all(&tests)
+}

@@ -1,0 +1,397 @@
+//! End-to-end tests of the built-in tasks through `run_detached`, plus the
+//! wire encoding of their inputs and outputs.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use jobvisor_tasks::{
+    builtin, CompressInput, Exec, ExecInput, ExecOutput, HashInput, SpinInput, SpinOutput,
+};
+use jobvisor_worker::{run_detached, TaskError};
+use nix::errno::Errno;
+use nix::sys::signal::killpg;
+use nix::unistd::Pid;
+
+fn exec(input: ExecInput) -> ExecOutput {
+    let argv = input.argv.clone();
+    run_detached(&Exec, input, None).unwrap_or_else(|e| panic!("exec {argv:?} failed: {e:?}"))
+}
+
+fn sh(script: &str) -> ExecInput {
+    ExecInput::new(["sh", "-c", script])
+}
+
+fn is_bad_input(e: &TaskError) -> bool {
+    format!("{e:?}").contains("BadInput")
+}
+
+/// Waits (bounded) until no process is left in group `pgid`. Group members
+/// that were just SIGKILLed take a moment to be torn down, so poll rather than
+/// check once.
+fn assert_group_gone(pgid: i32) {
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let res = killpg(Pid::from_raw(pgid), None);
+        // Killed members whose parent exited are reparented to init and stay
+        // zombies until it reaps them, which some inits do only every few
+        // seconds. A zombie is dead: only live members count.
+        if res == Err(Errno::ESRCH) || live_members(pgid).is_empty() {
+            return;
+        }
+        if Instant::now() >= until {
+            panic!(
+                "process group {pgid} still has live members 10 s later: {:?}",
+                live_members(pgid)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Pids of the processes in group `pgid` that are not zombies, from /proc.
+fn live_members(pgid: i32) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            // The process may be gone by now; then it is not live.
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // Fields after the command name, which ends at the last ')':
+            // state, ppid, pgrp, ...
+            let Some((_, rest)) = stat.rsplit_once(')') else {
+                return false;
+            };
+            let mut fields = rest.split_whitespace();
+            let state = fields.next();
+            let group = fields.nth(1).and_then(|g| g.parse::<i32>().ok());
+            group == Some(pgid) && state != Some("Z")
+        })
+        .collect()
+}
+
+fn first_line_pid(out: &[u8]) -> i32 {
+    let text = String::from_utf8_lossy(out);
+    let line = text.lines().next().unwrap_or_default();
+    line.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no pid in output {text:?}"))
+}
+
+#[test]
+fn builtin_registry_lists_all_tasks() {
+    let names: Vec<_> = builtin().names().collect();
+    assert_eq!(names, ["noop", "spin", "sleep", "exec", "hash", "compress"]);
+}
+
+#[test]
+fn inputs_and_outputs_survive_the_wire_codec() {
+    use jobvisor_proto::codec::{decode, encode};
+    let mut input = sh("cat");
+    input.env = vec![("A".into(), "1".into())];
+    input.cwd = Some("/".into());
+    input.stdin = Some(b"bytes\0\xff".to_vec());
+    input.timeout_ms = Some(5);
+    let back: ExecInput = decode(&encode(&input).expect("encode")).expect("decode");
+    assert_eq!(back, input);
+    input.stdin = None;
+    let back: ExecInput = decode(&encode(&input).expect("encode")).expect("decode");
+    assert_eq!(back, input);
+
+    let out = exec(ExecInput::new(["echo", "hi"]));
+    let back: ExecOutput = decode(&encode(&out).expect("encode")).expect("decode");
+    assert_eq!(back, out);
+
+    let spin = SpinOutput { iterations: 7 };
+    assert_eq!(
+        decode::<SpinOutput>(&encode(&spin).expect("encode")).ok(),
+        Some(spin)
+    );
+    let c = CompressInput {
+        src: "a".into(),
+        dst: "b".into(),
+        level: -5,
+    };
+    assert_eq!(
+        decode::<CompressInput>(&encode(&c).expect("encode")).ok(),
+        Some(c)
+    );
+    let h = HashInput { path: "p".into() };
+    assert_eq!(
+        decode::<HashInput>(&encode(&h).expect("encode")).ok(),
+        Some(h)
+    );
+    let s = SpinInput { ms: 3 };
+    assert_eq!(
+        decode::<SpinInput>(&encode(&s).expect("encode")).ok(),
+        Some(s)
+    );
+}
+
+#[test]
+fn exec_echo() {
+    let out = exec(ExecInput::new(["echo", "hi"]));
+    assert_eq!(out.stdout, b"hi\n");
+    assert!(out.stderr.is_empty());
+    assert_eq!(out.code, Some(0));
+    assert_eq!(out.signal, None);
+    assert!(out.success());
+    assert!(!out.timed_out && !out.stdout_truncated && !out.stderr_truncated);
+}
+
+#[test]
+fn exec_propagates_exit_code_and_stderr() {
+    let out = exec(sh("echo out; echo err >&2; exit 3"));
+    assert_eq!(out.code, Some(3));
+    assert!(!out.success());
+    assert_eq!(out.stdout, b"out\n");
+    assert_eq!(out.stderr, b"err\n");
+}
+
+#[test]
+fn exec_reports_a_killing_signal() {
+    let out = exec(sh("kill -9 $$"));
+    assert_eq!(out.code, None);
+    assert_eq!(out.signal, Some(libc::SIGKILL));
+    assert!(!out.timed_out);
+}
+
+#[test]
+fn exec_pipes_stdin_through_cat() {
+    // Far more than a pipe buffer, so writing and reading must interleave.
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 253) as u8).collect();
+    let mut input = ExecInput::new(["cat"]);
+    input.stdin = Some(data.clone());
+    input.max_output_bytes = 4 << 20;
+    let out = exec(input);
+    assert_eq!(out.code, Some(0));
+    assert!(!out.stdout_truncated);
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data, "cat returned different bytes");
+}
+
+#[test]
+fn exec_without_stdin_reads_dev_null() {
+    let out = exec(sh("readlink /proc/self/fd/0; cat"));
+    assert_eq!(out.stdout, b"/dev/null\n");
+    assert_eq!(out.code, Some(0));
+}
+
+#[test]
+fn exec_survives_a_child_that_stops_reading_stdin() {
+    let mut input = ExecInput::new(["head", "-c", "1"]);
+    input.stdin = Some(vec![b'x'; 4 << 20]);
+    let out = exec(input);
+    assert_eq!(out.stdout, b"x");
+    assert_eq!(out.code, Some(0));
+}
+
+#[test]
+fn exec_sets_and_clears_the_environment() {
+    let mut input = sh("printf %s \"$JOBVISOR_TASKS_TEST\"");
+    input.env = vec![
+        ("JOBVISOR_TASKS_TEST".into(), "first".into()),
+        ("JOBVISOR_TASKS_TEST".into(), "value with spaces".into()),
+    ];
+    assert_eq!(exec(input).stdout, b"value with spaces");
+
+    // Inherited by default: the test process certainly has a PATH.
+    let out = exec(ExecInput::new(["env"]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.starts_with("PATH=")),
+        "no PATH inherited: {:?}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let mut input = ExecInput::new(["env"]);
+    input.clear_env = true;
+    input.env = vec![("ONLY".into(), "this".into())];
+    let out = exec(input);
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stderr: {:?}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"ONLY=this\n");
+}
+
+#[test]
+fn exec_runs_in_cwd() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut input = sh("pwd -P");
+    input.cwd = Some(dir.path().to_string_lossy().into_owned());
+    let out = exec(input);
+    let want = fs::canonicalize(dir.path()).expect("canonicalize");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        want.to_string_lossy()
+    );
+
+    let mut input = ExecInput::new(["true"]);
+    input.cwd = Some(dir.path().join("missing").to_string_lossy().into_owned());
+    let err = run_detached(&Exec, input, None).expect_err("a missing cwd must fail");
+    assert!(!err.is_cancelled() && !is_bad_input(&err), "{err:?}");
+}
+
+#[test]
+fn exec_truncates_output_but_lets_the_child_finish() {
+    let mut input = ExecInput::new(["head", "-c", "1000000", "/dev/zero"]);
+    input.max_output_bytes = 1000;
+    let out = exec(input);
+    assert_eq!(out.stdout.len(), 1000);
+    assert!(out.stdout_truncated);
+    assert!(!out.stderr_truncated);
+    // Exited normally: it was drained, not killed by a closed pipe.
+    assert_eq!(out.code, Some(0), "signal {:?}", out.signal);
+
+    let mut input = sh("head -c 5000 /dev/zero >&2");
+    input.max_output_bytes = 10;
+    let out = exec(input);
+    assert_eq!(out.stderr.len(), 10);
+    assert!(out.stderr_truncated && !out.stdout_truncated);
+}
+
+#[test]
+fn exec_output_exactly_at_the_limit_is_not_truncated() {
+    let mut input = ExecInput::new(["printf", "12345"]);
+    input.max_output_bytes = 5;
+    let out = exec(input);
+    assert_eq!(out.stdout, b"12345");
+    assert!(!out.stdout_truncated);
+}
+
+#[test]
+fn exec_own_timeout_stops_the_whole_group() {
+    let mut input = sh("echo $$; sleep 100 & sleep 100; wait");
+    input.timeout_ms = Some(300);
+    let start = Instant::now();
+    let out = exec(input);
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(out.timed_out);
+    assert_eq!(out.signal, Some(libc::SIGTERM));
+    assert_eq!(out.code, None);
+    assert!(out.duration_ms >= 300, "duration {}", out.duration_ms);
+    assert_group_gone(first_line_pid(&out.stdout));
+}
+
+#[test]
+fn exec_escalates_to_sigkill_after_the_grace_period() {
+    // An ignored SIGTERM is inherited by `sleep`, so only SIGKILL stops them.
+    let mut input = sh("trap '' TERM; echo $$; sleep 100 & sleep 100; wait");
+    input.timeout_ms = Some(200);
+    input.kill_grace_ms = 200;
+    let start = Instant::now();
+    let out = exec(input);
+    assert!(out.timed_out);
+    assert_eq!(out.signal, Some(libc::SIGKILL));
+    assert!(
+        start.elapsed() >= Duration::from_millis(400),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_group_gone(first_line_pid(&out.stdout));
+}
+
+#[test]
+fn exec_cancellation_kills_the_whole_group() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pidfile = dir.path().join("pid");
+    let script = format!(
+        "echo $$ > '{}'; sleep 1000 & sleep 1000; wait",
+        pidfile.to_string_lossy()
+    );
+    let start = Instant::now();
+    let err = run_detached(&Exec, sh(&script), Some(Duration::from_millis(1000)))
+        .expect_err("must be cancelled");
+    assert!(err.is_cancelled(), "{err:?}");
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+    let pid = first_line_pid(&fs::read(&pidfile).expect("the shell wrote its pid"));
+    assert_group_gone(pid);
+}
+
+#[test]
+fn exec_kills_leftovers_when_the_program_exits() {
+    // The background sleep keeps stdout open; without killing the group the
+    // task would wait on the pipe, and the sleep would outlive the call.
+    let start = Instant::now();
+    let out = exec(sh("echo $$; sleep 1000 &"));
+    assert_eq!(out.code, Some(0));
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert_group_gone(first_line_pid(&out.stdout));
+}
+
+#[test]
+fn exec_rejects_empty_argv_as_bad_input() {
+    let err = run_detached(&Exec, ExecInput::new(Vec::<String>::new()), None)
+        .expect_err("empty argv must fail");
+    assert!(is_bad_input(&err), "{err:?}");
+
+    let err = run_detached(&Exec, ExecInput::new(["echo", "a\0b"]), None)
+        .expect_err("NUL in argv must fail");
+    assert!(is_bad_input(&err), "{err:?}");
+
+    let mut input = ExecInput::new(["true"]);
+    input.env = vec![("A=B".into(), "c".into())];
+    let err = run_detached(&Exec, input, None).expect_err("'=' in a name must fail");
+    assert!(is_bad_input(&err), "{err:?}");
+}
+
+#[test]
+fn exec_of_a_missing_program_is_a_task_error() {
+    let name = "jobvisor-tasks-no-such-program";
+    let err = run_detached(&Exec, ExecInput::new([name]), None).expect_err("must fail");
+    assert!(!err.is_cancelled() && !is_bad_input(&err), "{err:?}");
+    assert!(err.to_string().contains(name), "{err}");
+}
+
+#[test]
+fn hash_and_compress_through_the_public_api() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let src = dir.path().join("in");
+    fs::write(&src, b"abc").expect("write");
+    let p = |p: &Path| p.to_string_lossy().into_owned();
+    let h = run_detached(&jobvisor_tasks::Hash, HashInput { path: p(&src) }, None).expect("hash");
+    assert_eq!(
+        h.sha256,
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    let dst = dir.path().join("in.zst");
+    let c = run_detached(
+        &jobvisor_tasks::Compress,
+        CompressInput {
+            src: p(&src),
+            dst: p(&dst),
+            level: 0,
+        },
+        None,
+    )
+    .expect("compress");
+    assert_eq!(c.bytes_in, 3);
+    let packed = fs::read(&dst).expect("read");
+    assert_eq!(c.bytes_out, packed.len() as u64);
+    assert_eq!(zstd::decode_all(&packed[..]).expect("decode"), b"abc");
+}
