@@ -47,7 +47,8 @@ pub(crate) struct WorkerConn {
 pub(crate) async fn read_some(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
     loop {
         let mut guard = fd.readable().await?;
-        match guard.try_io(|inner| nix::unistd::read(inner.get_ref(), buf).map_err(io::Error::from)) {
+        match guard.try_io(|inner| nix::unistd::read(inner.get_ref(), buf).map_err(io::Error::from))
+        {
             Ok(r) => return r,
             Err(_would_block) => continue,
         }
@@ -57,7 +58,9 @@ pub(crate) async fn read_some(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Resu
 pub(crate) async fn write_all(fd: &AsyncFd<OwnedFd>, mut buf: &[u8]) -> io::Result<()> {
     while !buf.is_empty() {
         let mut guard = fd.writable().await?;
-        match guard.try_io(|inner| nix::unistd::write(inner.get_ref(), buf).map_err(io::Error::from)) {
+        match guard
+            .try_io(|inner| nix::unistd::write(inner.get_ref(), buf).map_err(io::Error::from))
+        {
             Ok(Ok(n)) => buf = &buf[n..],
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
             Ok(Err(e)) => return Err(e),
@@ -89,21 +92,37 @@ pub(crate) async fn start(
     // still leaves its last words.
     let tail = Arc::new(Mutex::new(VecDeque::new()));
     let (eof_tx, log_eof) = oneshot::channel();
-    tokio::spawn(drain_log(log, pid, tail.clone(), cfg.stderr_tail_lines, cfg.max_log_line_bytes, eof_tx));
+    tokio::spawn(drain_log(
+        log,
+        pid,
+        tail.clone(),
+        cfg.stderr_tail_lines,
+        cfg.max_log_line_bytes,
+        eof_tx,
+    ));
 
     let handshake = handshake(&writer, &reader, cfg);
     let (fb, tasks) = match tokio::time::timeout(cfg.start_timeout, handshake).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             let _ = proc.signal(libc::SIGKILL);
-            let tail = tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>().join(" | ")).unwrap_or_default();
-            return Err(io::Error::new(e.kind(), format!("worker {pid} failed its handshake: {e}; output: {tail}")));
+            let tail = tail
+                .lock()
+                .map(|t| t.iter().cloned().collect::<Vec<_>>().join(" | "))
+                .unwrap_or_default();
+            return Err(io::Error::new(
+                e.kind(),
+                format!("worker {pid} failed its handshake: {e}; output: {tail}"),
+            ));
         }
         Err(_) => {
             let _ = proc.signal(libc::SIGKILL);
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("worker {pid} did not become ready within {:?}", cfg.start_timeout),
+                format!(
+                    "worker {pid} did not become ready within {:?}",
+                    cfg.start_timeout
+                ),
             ));
         }
     };
@@ -138,7 +157,10 @@ async fn handshake(
     while have < HELLO_BYTES {
         let n = read_some(reader, &mut hello[have..]).await?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "worker closed its pipe before its hello"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "worker closed its pipe before its hello",
+            ));
         }
         have += n;
     }
@@ -148,7 +170,10 @@ async fn handshake(
 
     let mut fb = FrameBuf::new(cfg.max_frame_bytes);
     loop {
-        if let Some(msg) = fb.decode_next::<FromWorker>().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))? {
+        if let Some(msg) = fb
+            .decode_next::<FromWorker>()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
+        {
             return match msg {
                 FromWorker::Ready { tasks, .. } => Ok((fb, tasks)),
                 other => Err(io::Error::new(
@@ -159,7 +184,10 @@ async fn handshake(
         }
         let n = read_some(reader, fb.spare()).await?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "worker closed its pipe before Ready"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "worker closed its pipe before Ready",
+            ));
         }
         fb.filled(n);
     }
@@ -204,7 +232,10 @@ async fn read_loop(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    let _ = events.send(LinkEvent::Closed { worker, error: Some(e.to_string()) });
+                    let _ = events.send(LinkEvent::Closed {
+                        worker,
+                        error: Some(e.to_string()),
+                    });
                     return;
                 }
             }

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use jobvisor_proto::encode_frame;
 use jobvisor_proto::forkserver::ExitStatus;
-use jobvisor_proto::worker::{CallRef, FailureKind, FromWorker, Outcome, Reply, ToWorker, ToWorkerRef};
+use jobvisor_proto::worker::{
+    CallRef, FailureKind, FromWorker, Outcome, Reply, ToWorker, ToWorkerRef,
+};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
 
@@ -50,7 +52,10 @@ pub(crate) struct Pending {
 pub(crate) enum Command {
     Submit(Pending),
     Cancel(u64),
-    Shutdown { graceful: bool, done: oneshot::Sender<()> },
+    Shutdown {
+        graceful: bool,
+        done: oneshot::Sender<()>,
+    },
     Workers(oneshot::Sender<Vec<WorkerInfo>>),
 }
 
@@ -58,8 +63,13 @@ pub(crate) enum Command {
 pub(crate) type StartedReply = oneshot::Sender<Result<Vec<String>, PoolError>>;
 
 enum Internal {
-    Started { id: u64, result: std::io::Result<WorkerConn> },
-    Reaped { id: u64 },
+    Started {
+        id: u64,
+        result: std::io::Result<WorkerConn>,
+    },
+    Reaped {
+        id: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,13 +298,21 @@ impl Dispatcher {
         }
         let now = Instant::now();
         for w in self.workers.values_mut() {
-            let Some(pos) = w.inflight.iter().position(|f| f.id == id) else { continue };
+            let Some(pos) = w.inflight.iter().position(|f| f.id == id) else {
+                continue;
+            };
             w.inflight[pos].cancel_requested = true;
             if w.state == WorkerState::Dead {
                 return;
             }
             let mut frame = Vec::new();
-            if encode_frame(&mut frame, &ToWorker::Cancel { id }, self.cfg.max_frame_bytes).is_ok() {
+            if encode_frame(
+                &mut frame,
+                &ToWorker::Cancel { id },
+                self.cfg.max_frame_bytes,
+            )
+            .is_ok()
+            {
                 let _ = w.tx.send(frame);
             }
             if pos == 0 && w.esc.is_none() {
@@ -397,7 +415,10 @@ impl Dispatcher {
         let pid = conn.proc.pid;
         if let Some(names) = &self.task_names {
             if *names != conn.tasks {
-                tracing::error!(pid, "worker registered different tasks than its peers; killing it");
+                tracing::error!(
+                    pid,
+                    "worker registered different tasks than its peers; killing it"
+                );
                 let _ = conn.proc.signal(libc::SIGKILL);
             }
         } else {
@@ -422,7 +443,11 @@ impl Dispatcher {
         self.by_pid.insert(pid, id);
         self.workers.insert(id, worker);
         tracing::debug!(worker = id, pid, "worker ready");
-        let _ = self.events.send(PoolEvent::WorkerReady { worker: id, pid, at: Instant::now() });
+        let _ = self.events.send(PoolEvent::WorkerReady {
+            worker: id,
+            pid,
+            at: Instant::now(),
+        });
         if self.killing() {
             if let Some(w) = self.workers.get(&id) {
                 let _ = w.proc.signal(libc::SIGKILL);
@@ -440,7 +465,9 @@ impl Dispatcher {
     }
 
     fn mark_dead(&mut self, id: u64) {
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
         if w.state != WorkerState::Dead {
             w.state = WorkerState::Dead;
             // The link is gone or the process exited: make sure it is gone.
@@ -450,7 +477,9 @@ impl Dispatcher {
     }
 
     fn on_exit(&mut self, pid: u32, status: ExitStatus) {
-        let Some(&id) = self.by_pid.get(&pid) else { return };
+        let Some(&id) = self.by_pid.get(&pid) else {
+            return;
+        };
         self.by_pid.remove(&pid);
         if let Some(w) = self.workers.get_mut(&id) {
             w.status = Some(status);
@@ -467,7 +496,9 @@ impl Dispatcher {
     }
 
     fn on_reaped(&mut self, id: u64) {
-        let Some(mut w) = self.workers.remove(&id) else { return };
+        let Some(mut w) = self.workers.remove(&id) else {
+            return;
+        };
         let status = w.status.unwrap_or(ExitStatus {
             code: None,
             signal: None,
@@ -498,8 +529,16 @@ impl Dispatcher {
                     Reason::Cancel => PoolError::Cancelled,
                 }
             } else {
-                let tail = w.tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
-                PoolError::WorkerDied { pid: w.pid, status, stderr_tail: tail }
+                let tail = w
+                    .tail
+                    .lock()
+                    .map(|t| t.iter().cloned().collect())
+                    .unwrap_or_default();
+                PoolError::WorkerDied {
+                    pid: w.pid,
+                    status,
+                    stderr_tail: tail,
+                }
             };
             let _ = head.reply.send(Err(err));
         }
@@ -526,7 +565,9 @@ impl Dispatcher {
     }
 
     fn send_shutdown_to(&mut self, id: u64) {
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
         let mut frame = Vec::new();
         if encode_frame(&mut frame, &ToWorker::Shutdown, self.cfg.max_frame_bytes).is_ok() {
             let _ = w.tx.send(frame);
@@ -558,7 +599,9 @@ impl Dispatcher {
     }
 
     fn on_done(&mut self, id: u64, replies: Vec<Reply>) {
-        let Some(w) = self.workers.get_mut(&id) else { return };
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
         let now = Instant::now();
         let mut finished_head = 0u32;
         let first_since = w.head_since;
@@ -570,7 +613,9 @@ impl Dispatcher {
             } else {
                 continue;
             };
-            let Some(f) = w.inflight.remove(pos) else { continue };
+            let Some(f) = w.inflight.remove(pos) else {
+                continue;
+            };
             let esc = w.esc.filter(|e| e.call == f.id);
             if pos == 0 {
                 w.head_since = now;
@@ -583,7 +628,9 @@ impl Dispatcher {
                 Outcome::Err(fail) if fail.kind == FailureKind::Cancelled => {
                     if f.cancel_requested {
                         Err(PoolError::Cancelled)
-                    } else if f.timeout.is_some() || esc.is_some_and(|e| e.reason == Reason::Timeout) {
+                    } else if f.timeout.is_some()
+                        || esc.is_some_and(|e| e.reason == Reason::Timeout)
+                    {
                         Err(PoolError::TimedOut {
                             timeout_ms: f.timeout.map_or(0, |t| t.as_millis() as u64),
                             how: "the task stopped at its soft deadline".into(),
@@ -597,7 +644,8 @@ impl Dispatcher {
             let _ = f.reply.send(result);
         }
         if finished_head > 0 {
-            let per_call = now.duration_since(first_since).as_secs_f64() * 1e6 / f64::from(finished_head);
+            let per_call =
+                now.duration_since(first_since).as_secs_f64() * 1e6 / f64::from(finished_head);
             self.service_ewma_us = if self.service_ewma_us == 0.0 {
                 per_call
             } else {
@@ -610,7 +658,9 @@ impl Dispatcher {
                 self.ensure_workers();
             }
         }
-        let Some(w) = self.workers.get(&id) else { return };
+        let Some(w) = self.workers.get(&id) else {
+            return;
+        };
         if w.state == WorkerState::Retiring && w.inflight.is_empty() {
             self.send_shutdown_to(id);
         }
@@ -647,7 +697,9 @@ impl Dispatcher {
             }
             match w.esc {
                 None => {
-                    let Some(head) = w.inflight.front() else { continue };
+                    let Some(head) = w.inflight.front() else {
+                        continue;
+                    };
                     let Some(t) = head.timeout else { continue };
                     if now >= w.head_since + t {
                         tracing::warn!(pid = w.pid, call = head.id, "call past its deadline");
@@ -662,13 +714,21 @@ impl Dispatcher {
                 Some(mut e) if now >= e.until => {
                     match e.stage {
                         Stage::Soft => {
-                            tracing::warn!(pid = w.pid, call = e.call, "no answer after the soft deadline; SIGTERM to the worker's group");
+                            tracing::warn!(
+                                pid = w.pid,
+                                call = e.call,
+                                "no answer after the soft deadline; SIGTERM to the worker's group"
+                            );
                             let _ = w.proc.signal_group(libc::SIGTERM);
                             e.stage = Stage::Term;
                             e.until = now + self.cfg.term_grace;
                         }
                         Stage::Term => {
-                            tracing::warn!(pid = w.pid, call = e.call, "still alive after SIGTERM; SIGKILL");
+                            tracing::warn!(
+                                pid = w.pid,
+                                call = e.call,
+                                "still alive after SIGTERM; SIGKILL"
+                            );
                             let _ = w.proc.signal(libc::SIGKILL);
                             let _ = w.proc.signal_group(libc::SIGKILL);
                             e.stage = Stage::Kill;
@@ -698,10 +758,18 @@ impl Dispatcher {
             return;
         }
         let window = self.window();
+        let max_calls = self.cfg.max_tasks_per_worker;
+        // Room per worker: the window, and never past its recycling budget.
+        let room = |w: &Worker| {
+            let budget = max_calls.map_or(usize::MAX, |m| {
+                usize::try_from(m.saturating_sub(w.calls_done)).unwrap_or(usize::MAX)
+            });
+            window.min(budget).saturating_sub(w.inflight.len())
+        };
         let mut ready: Vec<u64> = self
             .workers
             .values()
-            .filter(|w| w.state == WorkerState::Ready && w.inflight.len() < window)
+            .filter(|w| w.state == WorkerState::Ready && room(w) > 0)
             .map(|w| w.id)
             .collect();
         if ready.is_empty() {
@@ -714,11 +782,15 @@ impl Dispatcher {
         'outer: loop {
             let mut progressed = false;
             for id in &ready {
-                let Some(w) = self.workers.get_mut(id) else { continue };
-                if w.inflight.len() >= window {
+                let Some(w) = self.workers.get_mut(id) else {
+                    continue;
+                };
+                if room(w) == 0 {
                     continue;
                 }
-                let Some(p) = self.queue.pop_front() else { break 'outer };
+                let Some(p) = self.queue.pop_front() else {
+                    break 'outer;
+                };
                 if w.inflight.is_empty() {
                     w.head_since = Instant::now();
                 }
@@ -746,7 +818,9 @@ impl Dispatcher {
     /// Encodes the last `n` in-flight calls of worker `id` into as few frames as
     /// the frame limit allows and queues them for its writer.
     fn send_calls(&mut self, id: u64, n: usize) {
-        let Some(w) = self.workers.get(&id) else { return };
+        let Some(w) = self.workers.get(&id) else {
+            return;
+        };
         let max = self.cfg.max_frame_bytes;
         let start = w.inflight.len() - n;
         let mut refs: Vec<CallRef<'_>> = Vec::with_capacity(n);

@@ -164,7 +164,12 @@ impl PoolBuilder {
         let (tx, rx) = mpsc::channel(COMMAND_CHANNEL);
         let (events, _) = broadcast::channel(1024);
         let (started_tx, started_rx) = oneshot::channel();
-        Dispatcher::spawn(self.cfg.clone(), Channels { commands: rx }, events.clone(), started_tx);
+        Dispatcher::spawn(
+            self.cfg.clone(),
+            Channels { commands: rx },
+            events.clone(),
+            started_tx,
+        );
         let names = started_rx
             .await
             .map_err(|_| PoolError::Startup("the dispatcher stopped during start-up".into()))??;
@@ -276,17 +281,27 @@ impl Pool {
     /// A snapshot of the workers.
     pub async fn workers(&self) -> Vec<WorkerInfo> {
         let (tx, rx) = oneshot::channel();
-        if self.inner.commands.send(Command::Workers(tx)).await.is_err() {
+        if self
+            .inner
+            .commands
+            .send(Command::Workers(tx))
+            .await
+            .is_err()
+        {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
     }
 
     fn task_id(&self, name: &str) -> Result<u32, PoolError> {
-        self.inner.tasks.get(name).copied().ok_or_else(|| PoolError::UnknownTask {
-            name: name.to_string(),
-            known: self.inner.names.join(", "),
-        })
+        self.inner
+            .tasks
+            .get(name)
+            .copied()
+            .ok_or_else(|| PoolError::UnknownTask {
+                name: name.to_string(),
+                known: self.inner.names.join(", "),
+            })
     }
 
     fn pending<O>(
@@ -298,7 +313,10 @@ impl Pool {
     ) -> Result<(Pending, TaskHandle<O>), PoolError> {
         let max = self.inner.cfg.max_payload_bytes();
         if input.len() > max {
-            return Err(PoolError::InputTooLarge { bytes: input.len(), max });
+            return Err(PoolError::InputTooLarge {
+                bytes: input.len(),
+                max,
+            });
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -332,7 +350,10 @@ impl Pool {
     /// # Errors
     /// [`PoolError::UnknownTask`], [`PoolError::InputTooLarge`],
     /// [`PoolError::Encode`], [`PoolError::Closed`].
-    pub async fn submit<T: Task>(&self, input: &T::Input) -> Result<TaskHandle<T::Output>, PoolError> {
+    pub async fn submit<T: Task>(
+        &self,
+        input: &T::Input,
+    ) -> Result<TaskHandle<T::Output>, PoolError> {
         self.submit_with::<T>(input, CallOptions::default()).await
     }
 
@@ -373,7 +394,10 @@ impl Pool {
     ///
     /// # Errors
     /// [`PoolError::QueueFull`], and as [`Pool::submit`].
-    pub fn try_submit<T: Task>(&self, input: &T::Input) -> Result<TaskHandle<T::Output>, PoolError> {
+    pub fn try_submit<T: Task>(
+        &self,
+        input: &T::Input,
+    ) -> Result<TaskHandle<T::Output>, PoolError> {
         let task = self.task_id(T::NAME)?;
         let (p, h) = self.pending(task, false, codec::encode(input)?, CallOptions::default())?;
         match self.inner.commands.try_send(Command::Submit(p)) {
@@ -409,12 +433,23 @@ impl Pool {
     ///
     /// # Errors
     /// The first failing item's error.
-    pub async fn map<T: Task>(&self, inputs: Vec<T::Input>, chunksize: usize) -> Result<Vec<T::Output>, PoolError> {
-        self.map_results::<T>(inputs, chunksize).await.into_iter().collect()
+    pub async fn map<T: Task>(
+        &self,
+        inputs: Vec<T::Input>,
+        chunksize: usize,
+    ) -> Result<Vec<T::Output>, PoolError> {
+        self.map_results::<T>(inputs, chunksize)
+            .await
+            .into_iter()
+            .collect()
     }
 
     /// Like [`Pool::map`], but keeps every item's own result.
-    pub async fn map_results<T: Task>(&self, inputs: Vec<T::Input>, chunksize: usize) -> Vec<Result<T::Output, PoolError>> {
+    pub async fn map_results<T: Task>(
+        &self,
+        inputs: Vec<T::Input>,
+        chunksize: usize,
+    ) -> Vec<Result<T::Output, PoolError>> {
         let n = inputs.len();
         let chunksize = self.chunksize(n, chunksize);
         let task = match self.task_id(T::NAME) {
@@ -500,7 +535,11 @@ impl Pool {
                     match res {
                         Ok(items) => {
                             for (i, r) in items.into_iter().enumerate() {
-                                if tx.send((first + i, r.map_err(PoolError::Task))).await.is_err() {
+                                if tx
+                                    .send((first + i, r.map_err(PoolError::Task)))
+                                    .await
+                                    .is_err()
+                                {
                                     return;
                                 }
                             }

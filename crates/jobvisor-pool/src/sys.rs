@@ -144,5 +144,6 @@ pub(crate) fn async_fd(
     set_nonblocking(fd.as_fd())?;
     // SAFETY: an OwnedFd is open, owned by the AsyncFd from here on, and its
     // as_raw_fd() always returns the same descriptor until it is dropped.
-    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }.map_err(io::Error::from)
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
+        .map_err(io::Error::from)
 }

@@ -3,8 +3,11 @@
 //!
 //! Configuration: bincode 2 `standard()` (little endian, varint integers).
 //! Decoding always runs with a limit on the bytes a message may claim, so a
-//! hostile length prefix inside a payload cannot make us allocate more than
-//! about twice the (already bounded) frame size.
+//! hostile length prefix inside a payload cannot make us allocate more than a
+//! fixed multiple ([`CLAIM_FACTOR`]) of the (already bounded) frame size.
+//! bincode counts claims in *decoded* bytes (a `Vec<T>` of n elements claims
+//! n × size_of::<T>()), which is why the factor is well above 1: a small
+//! struct can take 1 byte on the wire and 48 in memory.
 
 use bincode::config::{self, Configuration};
 use serde::de::DeserializeOwned;
@@ -20,6 +23,9 @@ pub enum CodecError {
     /// The bytes are not a valid encoding of the expected message.
     #[error("cannot decode message: {0}")]
     Decode(#[source] bincode::error::DecodeError),
+    /// Writing an encoded message failed.
+    #[error("cannot write message: {0}")]
+    Io(#[source] std::io::Error),
     /// The payload decoded, but bytes were left over.
     #[error("message has {extra} trailing bytes")]
     TrailingBytes {
@@ -53,14 +59,18 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, CodecError> {
     Ok(buf)
 }
 
+/// How many decoded bytes a payload may claim per byte of payload (at least 1 MiB in all).
+pub const CLAIM_FACTOR: usize = 64;
+
 macro_rules! decode_with_limit {
     ($bytes:expr, $($limit:literal),+) => {{
         let len = $bytes.len();
         $(
             if len <= $limit {
+                const LIMIT: usize = if $limit * CLAIM_FACTOR > 1 << 20 { $limit * CLAIM_FACTOR } else { 1 << 20 };
                 return finish(bincode::serde::decode_from_slice(
                     $bytes,
-                    standard().with_limit::<{ $limit * 2 }>(),
+                    standard().with_limit::<LIMIT>(),
                 ), len);
             }
         )+
@@ -73,25 +83,16 @@ macro_rules! decode_with_limit {
 
 /// Decodes exactly one message from `bytes`.
 ///
-/// The decode limit is chosen from a ladder of powers of two at least twice the
-/// payload length (bincode's limits are compile-time constants), so whatever a
-/// payload claims, decoding allocates at most about twice its own size. The
-/// payload itself is bounded by the frame limit before this is called.
+/// The decode limit is chosen from a ladder of powers of two: [`CLAIM_FACTOR`]
+/// times the smallest rung that holds the payload, at least 1 MiB (bincode's
+/// limits are compile-time constants). The payload itself is bounded by the
+/// frame limit before this is called.
 ///
 /// # Errors
 /// [`CodecError::Decode`] for invalid or truncated bytes or a claim over the
 /// limit; [`CodecError::TrailingBytes`] when bytes follow the message.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
-    decode_with_limit!(
-        bytes,
-        256,
-        4096,
-        65536,
-        1048576,
-        16777216,
-        268435456,
-        1073741824
-    )
+    decode_with_limit!(bytes, 4096, 65536, 1048576, 16777216, 268435456, 1073741824)
 }
 
 fn finish<T>(

@@ -300,7 +300,10 @@ mod tests {
         fb.extend(&3u32.to_le_bytes());
         fb.extend(&[0xFF, 0xFF, 0xFF]);
         fb.extend(&frame_of(&7u8));
-        assert!(matches!(fb.decode_next::<String>(), Err(FrameError::Codec(_))));
+        assert!(matches!(
+            fb.decode_next::<String>(),
+            Err(FrameError::Codec(_))
+        ));
         assert_eq!(fb.decode_next::<u8>().unwrap(), Some(7));
     }
 
@@ -320,7 +323,7 @@ mod tests {
         for chunk in frame.chunks(1000) {
             fb.extend(chunk);
         }
-        let got: serde_bytes::ByteBuf = fb.next().unwrap().unwrap();
+        let got: serde_bytes::ByteBuf = fb.decode_next().unwrap().unwrap();
         assert_eq!(got.into_vec(), big);
     }
 

@@ -221,8 +221,14 @@ mod tests {
         };
         let err = ours.check_peer(&peer, Role::Worker).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains(&format!("protocol {PROTOCOL_VERSION}")), "{text}");
-        assert!(text.contains(&format!("protocol {}", PROTOCOL_VERSION + 1)), "{text}");
+        assert!(
+            text.contains(&format!("protocol {PROTOCOL_VERSION}")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("protocol {}", PROTOCOL_VERSION + 1)),
+            "{text}"
+        );
         assert!(text.contains("0x00000000deadbeef"), "{text}");
         assert!(text.contains(&format!("{SCHEMA_HASH:#018x}")), "{text}");
     }
@@ -231,10 +237,16 @@ mod tests {
     fn bad_magic_and_role() {
         let mut bytes = Hello::ours(Role::Worker).encode();
         bytes[0] = b'X';
-        assert!(matches!(Hello::decode(&bytes), Err(HandshakeError::BadMagic { .. })));
+        assert!(matches!(
+            Hello::decode(&bytes),
+            Err(HandshakeError::BadMagic { .. })
+        ));
         let mut bytes = Hello::ours(Role::Worker).encode();
         bytes[8] = 99;
-        assert!(matches!(Hello::decode(&bytes), Err(HandshakeError::BadRole(99))));
+        assert!(matches!(
+            Hello::decode(&bytes),
+            Err(HandshakeError::BadRole(99))
+        ));
     }
 
     #[test]

@@ -180,16 +180,43 @@ mod tests {
     #[test]
     fn borrowed_mirror_encodes_like_the_owned_message() {
         let calls = vec![
-            Call { id: 1, task: 2, chunk: false, timeout_ms: None, input: vec![1, 2, 3] },
-            Call { id: u64::MAX, task: 0, chunk: true, timeout_ms: Some(5), input: vec![] },
+            Call {
+                id: 1,
+                task: 2,
+                chunk: false,
+                timeout_ms: None,
+                input: vec![1, 2, 3],
+            },
+            Call {
+                id: u64::MAX,
+                task: 0,
+                chunk: true,
+                timeout_ms: Some(5),
+                input: vec![],
+            },
         ];
         let refs: Vec<CallRef<'_>> = calls
             .iter()
-            .map(|c| CallRef { id: c.id, task: c.task, chunk: c.chunk, timeout_ms: c.timeout_ms, input: &c.input })
+            .map(|c| CallRef {
+                id: c.id,
+                task: c.task,
+                chunk: c.chunk,
+                timeout_ms: c.timeout_ms,
+                input: &c.input,
+            })
             .collect();
-        assert_eq!(encode(&ToWorker::Run(calls.clone())).unwrap(), encode(&ToWorkerRef::Run(&refs)).unwrap());
-        let cfg = ToWorker::Configure { max_frame_bytes: 9, max_output_bytes: 7 };
-        let cfg_ref = ToWorkerRef::Configure { max_frame_bytes: 9, max_output_bytes: 7 };
+        assert_eq!(
+            encode(&ToWorker::Run(calls.clone())).unwrap(),
+            encode(&ToWorkerRef::Run(&refs)).unwrap()
+        );
+        let cfg = ToWorker::Configure {
+            max_frame_bytes: 9,
+            max_output_bytes: 7,
+        };
+        let cfg_ref = ToWorkerRef::Configure {
+            max_frame_bytes: 9,
+            max_output_bytes: 7,
+        };
         assert_eq!(encode(&cfg).unwrap(), encode(&cfg_ref).unwrap());
     }
 }

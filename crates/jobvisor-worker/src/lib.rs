@@ -18,6 +18,6 @@ mod serve;
 mod task;
 
 pub use registry::Registry;
-pub use serve::{serve, WorkerError};
 pub use serve::run_detached;
+pub use serve::{serve, WorkerError};
 pub use task::{Ctx, Task, TaskError, Wait};

@@ -101,7 +101,9 @@ impl Link {
                 Ok(_) => {
                     let ready = |p: &PollFd<'_>| {
                         p.revents().is_some_and(|r| {
-                            r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR)
+                            r.intersects(
+                                PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR,
+                            )
                         })
                     };
                     return Ok((ready(&fds[0]), ready(&fds[1])));
@@ -120,7 +122,10 @@ impl Link {
         while have < HELLO_BYTES {
             let left = until.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() || !self.wait_readable(Some(left))? {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "no hello from the supervisor"));
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no hello from the supervisor",
+                ));
             }
             match nix::unistd::read(&self.rfd, &mut bytes[have..]) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
@@ -147,13 +152,18 @@ impl Link {
     }
 
     pub(crate) fn send_progress(&mut self, id: u64, done: u64, total: u64) -> io::Result<()> {
-        self.send(&FromWorker::Progress { id, done, total }).map_err(invalid)?;
+        self.send(&FromWorker::Progress { id, done, total })
+            .map_err(invalid)?;
         self.flush()
     }
 
     /// Queues a reply; replies are framed together. `reply_bytes` is the size of
     /// its payload, used to keep a `Done` frame under the maximum.
-    pub(crate) fn push_reply(&mut self, reply: Reply, reply_bytes: usize) -> Result<(), FrameError> {
+    pub(crate) fn push_reply(
+        &mut self,
+        reply: Reply,
+        reply_bytes: usize,
+    ) -> Result<(), FrameError> {
         // 32 bytes of slack per reply for ids, tags and length prefixes.
         let cost = reply_bytes + 32;
         if !self.replies.is_empty() && self.replies_bytes + cost > self.max_frame_bytes {
@@ -187,7 +197,6 @@ impl Link {
         }
         res
     }
-
 }
 
 fn invalid(e: FrameError) -> io::Error {

@@ -67,7 +67,10 @@ impl Registry {
             Some(t) => t.call(chunk, input, ctx),
             None => Err(TaskFailure {
                 kind: FailureKind::UnknownTask,
-                message: format!("no task with id {task} (this worker has {})", self.tasks.len()),
+                message: format!(
+                    "no task with id {task} (this worker has {})",
+                    self.tasks.len()
+                ),
             }),
         }
     }

@@ -10,7 +10,9 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use jobvisor_proto::worker::{Call, FailureKind, FromWorker, Outcome, Reply, TaskFailure, ToWorker};
+use jobvisor_proto::worker::{
+    Call, FailureKind, FromWorker, Outcome, Reply, TaskFailure, ToWorker,
+};
 use jobvisor_proto::{FrameError, HandshakeError, Hello, Role};
 
 use crate::link::Link;
@@ -85,9 +87,13 @@ pub fn serve(registry: &Registry, input: OwnedFd, output: OwnedFd) -> Result<(),
             last_ingest = Instant::now();
             continue;
         }
-        let Some(call) = pending.pop_front() else { continue };
+        let Some(call) = pending.pop_front() else {
+            continue;
+        };
         let started = Instant::now();
-        let deadline = call.timeout_ms.map(|ms| started + Duration::from_millis(ms));
+        let deadline = call
+            .timeout_ms
+            .map(|ms| started + Duration::from_millis(ms));
         let result = {
             let mut ctx = Ctx::new(call.id, &mut link, &mut pending, deadline, &mut shutdown);
             let r = registry.call(call.task, call.chunk, &call.input, &mut ctx);
@@ -95,10 +101,16 @@ pub fn serve(registry: &Registry, input: OwnedFd, output: OwnedFd) -> Result<(),
                 // A task that noticed the cancel but returned Ok anyway still
                 // produced an output: keep it.
                 Ok(bytes) => Ok(bytes),
-                Err(f) if f.kind == FailureKind::Cancelled && ctx.deadline.is_some_and(|d| Instant::now() >= d) => {
+                Err(f)
+                    if f.kind == FailureKind::Cancelled
+                        && ctx.deadline.is_some_and(|d| Instant::now() >= d) =>
+                {
                     Err(TaskFailure {
                         kind: FailureKind::Cancelled,
-                        message: format!("soft timeout of {} ms reached", call.timeout_ms.unwrap_or(0)),
+                        message: format!(
+                            "soft timeout of {} ms reached",
+                            call.timeout_ms.unwrap_or(0)
+                        ),
                     })
                 }
                 Err(f) => Err(f),
@@ -119,7 +131,13 @@ pub fn serve(registry: &Registry, input: OwnedFd, output: OwnedFd) -> Result<(),
             Outcome::Ok(b) => b.len(),
             Outcome::Err(f) => f.message.len(),
         };
-        link.push_reply(Reply { id: call.id, outcome }, size)?;
+        link.push_reply(
+            Reply {
+                id: call.id,
+                outcome,
+            },
+            size,
+        )?;
         since_flush += 1;
         let now = Instant::now();
         if since_flush >= FLUSH_EVERY || now.duration_since(last_ingest) >= FLUSH_INTERVAL {
@@ -156,7 +174,9 @@ fn configure(link: &mut Link) -> Result<u64, WorkerError> {
         }
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() || !link.wait_readable(Some(left))? {
-            return Err(WorkerError::Protocol("no Configure from the supervisor".into()));
+            return Err(WorkerError::Protocol(
+                "no Configure from the supervisor".into(),
+            ));
         }
         if !link.fill_nonblocking()? {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
@@ -189,6 +209,9 @@ pub(crate) fn take_frames(
                         }),
                     };
                     link.push_reply(reply, 32)?;
+                    // Answer now: the running call may take a long time.
+                    link.flush()
+                        .map_err(|e| FrameError::Codec(jobvisor_proto::CodecError::Io(e)))?;
                 }
                 // Otherwise it finished already; its reply is on the way.
             }
@@ -212,8 +235,10 @@ pub fn run_detached<T: crate::Task>(
     input: T::Input,
     timeout: Option<Duration>,
 ) -> Result<T::Output, crate::TaskError> {
-    let (r1, w1) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(crate::TaskError::from)?;
-    let (_r2, w2) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(crate::TaskError::from)?;
+    let (r1, w1) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(crate::TaskError::from)?;
+    let (_r2, w2) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(crate::TaskError::from)?;
     // Keep the write end of the input pipe open so the link never sees EOF.
     let _keep = w1;
     let mut link = Link::new(r1, w2, BOOTSTRAP_MAX_FRAME).map_err(crate::TaskError::from)?;

@@ -185,7 +185,8 @@ impl<'a> Ctx<'a> {
                 return;
             }
         }
-        let cancelled = crate::serve::take_frames(self.link, self.pending, self.shutdown, Some(self.id));
+        let cancelled =
+            crate::serve::take_frames(self.link, self.pending, self.shutdown, Some(self.id));
         match cancelled {
             Ok(hit) => self.cancelled |= hit,
             Err(_) => self.cancelled = true,

@@ -52,12 +52,19 @@ fn send_packet<T: serde::Serialize>(sock: RawFd, msg: &T, fds: &[RawFd]) -> io::
 }
 
 /// Receives one packet. `Ok(None)` on EOF. Received fds are close-on-exec.
-fn recv_packet<T: serde::de::DeserializeOwned>(sock: RawFd) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
+fn recv_packet<T: serde::de::DeserializeOwned>(
+    sock: RawFd,
+) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
     let mut buf = [0u8; MAX_PACKET];
     let mut cmsg_space = nix::cmsg_space!([RawFd; 4]);
     loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
-        let msg = match recvmsg::<()>(sock, &mut iov, Some(&mut cmsg_space), MsgFlags::MSG_CMSG_CLOEXEC) {
+        let msg = match recvmsg::<()>(
+            sock,
+            &mut iov,
+            Some(&mut cmsg_space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
             Ok(m) => m,
             Err(nix::errno::Errno::EINTR) => continue,
             Err(e) => return Err(e.into()),
@@ -66,7 +73,10 @@ fn recv_packet<T: serde::de::DeserializeOwned>(sock: RawFd) -> io::Result<Option
         for c in msg.cmsgs()? {
             if let ControlMessageOwned::ScmRights(raw) = c {
                 // SAFETY: SCM_RIGHTS just installed these descriptors in our table; we own them.
-                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
             }
         }
         if msg.flags.contains(MsgFlags::MSG_CTRUNC) || msg.flags.contains(MsgFlags::MSG_TRUNC) {
@@ -211,11 +221,21 @@ impl Server {
             ForkRequest::Spawn { token } => match self.spawn() {
                 Ok((pid, fds)) => {
                     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-                    send_packet(self.sock.as_raw_fd(), &ForkReply::Spawned { token, pid: pid as u32 }, &raw)?;
+                    send_packet(
+                        self.sock.as_raw_fd(),
+                        &ForkReply::Spawned {
+                            token,
+                            pid: pid as u32,
+                        },
+                        &raw,
+                    )?;
                     self.live.insert(pid);
                 }
                 Err(e) => {
-                    let msg = ForkReply::SpawnFailed { token, message: e.to_string() };
+                    let msg = ForkReply::SpawnFailed {
+                        token,
+                        message: e.to_string(),
+                    };
                     send_packet(self.sock.as_raw_fd(), &msg, &[])?;
                 }
             },
@@ -223,7 +243,11 @@ impl Server {
                 let pid = pid as i32;
                 // Only a worker we have not reaped: its pid (and pgid) cannot have been reused.
                 if self.live.contains(&pid) {
-                    let _ = if group { sys::killpg(pid, signal) } else { sys::kill(pid, signal) };
+                    let _ = if group {
+                        sys::killpg(pid, signal)
+                    } else {
+                        sys::kill(pid, signal)
+                    };
                 }
             }
         }
@@ -249,7 +273,14 @@ impl Server {
             let _ = sys::killpg(pid, libc::SIGKILL);
             let status = sys::wait4(pid)?;
             self.live.remove(&pid);
-            send_packet(self.sock.as_raw_fd(), &ForkReply::Exited { pid: pid as u32, status }, &[])?;
+            send_packet(
+                self.sock.as_raw_fd(),
+                &ForkReply::Exited {
+                    pid: pid as u32,
+                    status,
+                },
+                &[],
+            )?;
         }
     }
 
@@ -308,7 +339,11 @@ fn worker_main(
 
 /// stdin from /dev/null, stdout and stderr into the log pipe.
 pub(crate) fn redirect_stdio(log: &OwnedFd) -> io::Result<()> {
-    let null = nix::fcntl::open("/dev/null", OFlag::O_RDONLY | OFlag::O_CLOEXEC, nix::sys::stat::Mode::empty())?;
+    let null = nix::fcntl::open(
+        "/dev/null",
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
     // SAFETY: dup2 onto the standard descriptors; the sources are valid fds we hold.
     unsafe {
         if libc::dup2(null.as_raw_fd(), 0) < 0
@@ -355,7 +390,9 @@ pub(crate) struct ForkServerClient {
 
 impl std::fmt::Debug for ForkServerClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ForkServerClient").field("pid", &self.pid).finish()
+        f.debug_struct("ForkServerClient")
+            .field("pid", &self.pid)
+            .finish()
     }
 }
 
@@ -377,7 +414,10 @@ impl ForkServerClient {
 
     /// Whether the fork server is still answering.
     pub(crate) fn is_alive(&self) -> bool {
-        self.routes.lock().map(|r| r.dead.is_none()).unwrap_or(false)
+        self.routes
+            .lock()
+            .map(|r| r.dead.is_none())
+            .unwrap_or(false)
     }
 
     /// Asks for a worker; exits of that worker will be sent to `exits`.
@@ -409,7 +449,11 @@ impl ForkServerClient {
 
     /// Signals a worker or its group, if the fork server has not reaped it.
     pub(crate) fn signal(&self, pid: u32, signal: i32, group: bool) -> io::Result<()> {
-        send_packet(self.sock.as_raw_fd(), &ForkRequest::Signal { pid, signal, group }, &[])
+        send_packet(
+            self.sock.as_raw_fd(),
+            &ForkRequest::Signal { pid, signal, group },
+            &[],
+        )
     }
 }
 
@@ -420,9 +464,16 @@ fn reader(sock: Arc<OwnedFd>, routes: Arc<Mutex<Routes>>) {
                 let Ok(mut r) = routes.lock() else { return };
                 match reply {
                     ForkReply::Spawned { token, pid } => {
-                        let Some((tx, exits)) = r.pending.remove(&token) else { continue };
+                        let Some((tx, exits)) = r.pending.remove(&token) else {
+                            continue;
+                        };
                         let worker = <[OwnedFd; 4]>::try_from(fds)
-                            .map_err(|v| io::Error::other(format!("fork server sent {} fds, expected 4", v.len())))
+                            .map_err(|v| {
+                                io::Error::other(format!(
+                                    "fork server sent {} fds, expected 4",
+                                    v.len()
+                                ))
+                            })
                             .map(|[to_worker, from_worker, log, pidfd]| SpawnedWorker {
                                 pid,
                                 pidfd,
@@ -451,7 +502,10 @@ fn reader(sock: Arc<OwnedFd>, routes: Arc<Mutex<Routes>>) {
             Err(e) => break e.to_string(),
         }
     };
-    tracing::error!(why, "fork server link lost; pools fall back to the spawn start method");
+    tracing::error!(
+        why,
+        "fork server link lost; pools fall back to the spawn start method"
+    );
     if let Ok(mut r) = routes.lock() {
         r.dead = Some(why.clone());
         for (_, (tx, _)) in r.pending.drain() {
@@ -459,9 +513,13 @@ fn reader(sock: Arc<OwnedFd>, routes: Arc<Mutex<Routes>>) {
         }
         // Workers of a dead fork server die by PDEATHSIG; report them as killed.
         for (pid, exits) in r.exits.drain() {
-            let status = ExitStatus { code: None, signal: Some(libc::SIGKILL), core_dumped: false, max_rss_kib: 0 };
+            let status = ExitStatus {
+                code: None,
+                signal: Some(libc::SIGKILL),
+                core_dumped: false,
+                max_rss_kib: 0,
+            };
             let _ = exits.send((pid, status));
         }
     }
 }
-

@@ -65,7 +65,9 @@ impl std::str::FromStr for StartMethod {
         match s {
             "forkserver" => Ok(StartMethod::ForkServer),
             "spawn" => Ok(StartMethod::Spawn),
-            other => Err(format!("unknown start method {other:?} (expected forkserver or spawn)")),
+            other => Err(format!(
+                "unknown start method {other:?} (expected forkserver or spawn)"
+            )),
         }
     }
 }
@@ -97,7 +99,9 @@ impl ProcHandle {
         match &self.owner {
             Owner::ForkServer(client) => client.signal(self.pid, signal, true),
             Owner::Spawn(reaped) => {
-                let reaped = reaped.lock().map_err(|_| io::Error::other("reaper lock poisoned"))?;
+                let reaped = reaped
+                    .lock()
+                    .map_err(|_| io::Error::other("reaper lock poisoned"))?;
                 if *reaped {
                     return Ok(());
                 }
@@ -115,12 +119,16 @@ pub(crate) async fn launch(
     let boot = crate::bootstrap::get()?;
     match method {
         StartMethod::ForkServer => {
-            let client = boot.fork_server.as_ref().filter(|c| c.is_alive()).ok_or_else(|| {
-                io::Error::other(
-                    "the fork server is not running (bootstrap without it, or it died); \
+            let client = boot
+                .fork_server
+                .as_ref()
+                .filter(|c| c.is_alive())
+                .ok_or_else(|| {
+                    io::Error::other(
+                        "the fork server is not running (bootstrap without it, or it died); \
                      use StartMethod::Spawn",
-                )
-            })?;
+                    )
+                })?;
             let worker = client
                 .spawn(exits)
                 .await

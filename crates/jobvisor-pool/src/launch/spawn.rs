@@ -86,7 +86,10 @@ pub(crate) async fn spawn(exits: ExitSender) -> io::Result<(SpawnedWorker, Arc<M
     ))
 }
 
-type SpawnJob = (Command, tokio::sync::oneshot::Sender<io::Result<std::process::Child>>);
+type SpawnJob = (
+    Command,
+    tokio::sync::oneshot::Sender<io::Result<std::process::Child>>,
+);
 
 /// Runs `cmd.spawn()` on one long-lived thread.
 ///
@@ -117,7 +120,8 @@ async fn spawn_on_spawner_thread(cmd: Command) -> io::Result<std::process::Child
         .map_err(|_| io::Error::other("spawner lock poisoned"))?
         .send((cmd, tx))
         .map_err(|_| io::Error::other("the spawner thread is gone"))?;
-    rx.await.map_err(|_| io::Error::other("the spawner thread is gone"))?
+    rx.await
+        .map_err(|_| io::Error::other("the spawner thread is gone"))?
 }
 
 /// The worker side of `spawn`: validates and adopts the two inherited fds.

@@ -81,12 +81,20 @@ pub fn zombie_children() -> Vec<u32> {
     let me = std::process::id();
     let fs = jobvisor_pool::fork_server_pid();
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // Fields after the command (which may contain spaces) start after the last ')'.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
         let mut f = rest.split_whitespace();
         let state = f.next().unwrap_or("");
         let ppid: u32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
@@ -100,15 +108,23 @@ pub fn zombie_children() -> Vec<u32> {
 /// Live (non-zombie) children of a pid.
 pub fn children_of(parent: u32) -> Vec<u32> {
     let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return out };
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
     for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
         let mut f = rest.split_whitespace();
         let state = f.next().unwrap_or("");
         let ppid: u32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        if ppid == parent && state != "Z" {
+        if ppid == parent && state != "Z" && Some(pid) != jobvisor_pool::fork_server_pid() {
             out.push(pid);
         }
     }
@@ -117,7 +133,9 @@ pub fn children_of(parent: u32) -> Vec<u32> {
 
 /// Open fds of this process.
 pub fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Blocks (off the runtime) until the FIFO at `path` yields a line.
@@ -126,7 +144,9 @@ pub async fn read_fifo_line(path: std::path::PathBuf) -> String {
         use std::io::BufRead;
         let f = std::fs::File::open(&path).expect("open fifo");
         let mut line = String::new();
-        std::io::BufReader::new(f).read_line(&mut line).expect("read fifo");
+        std::io::BufReader::new(f)
+            .read_line(&mut line)
+            .expect("read fifo");
         line.trim().to_string()
     })
     .await
