@@ -272,6 +272,8 @@ impl Dispatcher {
                 }
             }
             Command::Workers(reply) => {
+                // Place what was submitted before this query, so the snapshot shows it.
+                self.dispatch();
                 let mut list: Vec<WorkerInfo> = self
                     .workers
                     .values()

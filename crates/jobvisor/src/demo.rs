@@ -1,0 +1,107 @@
+//! `jobvisor demo`: the pool, doing its job where you can see it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use jobvisor_pool::{CallOptions, Pool, PoolError, PoolEvent};
+use jobvisor_tasks::{Exec, ExecInput, Noop, Sleep, SleepInput, Spin, SpinInput};
+
+use crate::cli::DemoArgs;
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let mut builder = Pool::builder().start_method(args.start_method);
+    if let Some(n) = args.workers {
+        builder = builder.workers(n);
+    }
+    let started = Instant::now();
+    let pool = builder.build().await.context("starting the pool")?;
+    let workers = pool.workers().await;
+    println!(
+        "pool: {} workers ({}) ready in {:.1?}: pids {:?}",
+        workers.len(),
+        args.start_method,
+        started.elapsed(),
+        workers.iter().map(|w| w.pid).collect::<Vec<_>>()
+    );
+
+    // 1. Many tiny tasks: the per-task overhead.
+    let n = 200_000u64;
+    let t = Instant::now();
+    let outs = pool.map::<Noop>((0..n).collect(), 1).await?;
+    anyhow::ensure!(outs.iter().enumerate().all(|(i, &o)| o == i as u64), "wrong results");
+    let secs = t.elapsed().as_secs_f64();
+    println!("1. {n} no-op tasks, one call each: {secs:.2} s, {:.0} tasks/s", n as f64 / secs);
+
+    // 2. CPU-bound work spread over the cores.
+    let tasks = 8 * workers.len() as u64;
+    let t = Instant::now();
+    pool.map::<Spin>((0..tasks).map(|_| SpinInput { ms: 50 }).collect(), 1).await?;
+    let wall = t.elapsed().as_secs_f64();
+    let serial = tasks as f64 * 0.050;
+    println!(
+        "2. {tasks} × 50 ms of CPU: {wall:.2} s wall, speedup {:.2}× on {} workers",
+        serial / wall,
+        workers.len()
+    );
+
+    // 3. A worker killed in the middle of a task: that task fails, the others
+    //    complete, and a replacement starts at once.
+    let mut events = pool.events();
+    let victim = pool.submit::<Sleep>(&SleepInput { ms: 10_000 }).await?;
+    let bystanders: Vec<_> = {
+        let mut v = Vec::new();
+        for _ in 0..4 {
+            v.push(pool.submit::<Spin>(&SpinInput { ms: 20 }).await?);
+        }
+        v
+    };
+    let busy = pool
+        .workers()
+        .await
+        .into_iter()
+        .find(|w| w.in_flight > 0)
+        .context("no busy worker")?;
+    let killed_at = Instant::now();
+    // SAFETY: kill(2) on a pid the pool reported as its live worker.
+    unsafe { libc::kill(busy.pid as i32, libc::SIGKILL) };
+    let mut outcome = Vec::new();
+    for h in bystanders {
+        outcome.push(h.await.is_ok());
+    }
+    match victim.await {
+        Err(e @ PoolError::WorkerDied { .. }) => println!("3. killed worker {} with SIGKILL: the task it ran failed with: {e}", busy.pid),
+        Err(e) => println!("3. killed worker {}: the task it ran failed with: {e}", busy.pid),
+        Ok(()) => println!("3. killed worker {}, but the sleep was elsewhere and finished", busy.pid),
+    }
+    let replacement = loop {
+        match events.recv().await {
+            Ok(PoolEvent::WorkerReady { pid, at, .. }) => break Some((pid, at)),
+            Ok(_) => continue,
+            Err(_) => break None,
+        }
+    };
+    if let Some((pid, at)) = replacement {
+        println!(
+            "   replacement worker {pid} ready {:.2?} after the kill; other tasks ok: {outcome:?}",
+            at.duration_since(killed_at)
+        );
+    }
+
+    // 4. A timeout: the task is stopped, the worker keeps going.
+    let opts = CallOptions { timeout: Some(Duration::from_millis(200)) };
+    let h = pool.submit_with::<Spin>(&SpinInput { ms: 60_000 }, opts).await?;
+    println!("4. a 60 s spin with a 200 ms timeout: {}", h.await.err().map_or("finished?".into(), |e| e.to_string()));
+
+    // 5. A command, with its output captured.
+    let out = pool.apply::<Exec>(&ExecInput::new(["uname", "-sr"])).await?;
+    println!(
+        "5. exec uname -sr: exit {:?}, stdout {:?}",
+        out.code,
+        String::from_utf8_lossy(&out.stdout).trim()
+    );
+
+    let t = Instant::now();
+    pool.shutdown().await;
+    println!("shut down (drained, every worker reaped) in {:.1?}", t.elapsed());
+    Ok(())
+}
