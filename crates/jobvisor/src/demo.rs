@@ -28,14 +28,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let n = 200_000u64;
     let t = Instant::now();
     let outs = pool.map::<Noop>((0..n).collect(), 1).await?;
-    anyhow::ensure!(outs.iter().enumerate().all(|(i, &o)| o == i as u64), "wrong results");
+    anyhow::ensure!(
+        outs.iter().enumerate().all(|(i, &o)| o == i as u64),
+        "wrong results"
+    );
     let secs = t.elapsed().as_secs_f64();
-    println!("1. {n} no-op tasks, one call each: {secs:.2} s, {:.0} tasks/s", n as f64 / secs);
+    println!(
+        "1. {n} no-op tasks, one call each: {secs:.2} s, {:.0} tasks/s",
+        n as f64 / secs
+    );
 
     // 2. CPU-bound work spread over the cores.
     let tasks = 8 * workers.len() as u64;
     let t = Instant::now();
-    pool.map::<Spin>((0..tasks).map(|_| SpinInput { ms: 50 }).collect(), 1).await?;
+    pool.map::<Spin>((0..tasks).map(|_| SpinInput { ms: 50 }).collect(), 1)
+        .await?;
     let wall = t.elapsed().as_secs_f64();
     let serial = tasks as f64 * 0.050;
     println!(
@@ -47,32 +54,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // 3. A worker killed in the middle of a task: that task fails, the others
     //    complete, and a replacement starts at once.
     let mut events = pool.events();
-    let victim = pool.submit::<Sleep>(&SleepInput { ms: 10_000 }).await?;
-    let bystanders: Vec<_> = {
-        let mut v = Vec::new();
-        for _ in 0..4 {
-            v.push(pool.submit::<Spin>(&SpinInput { ms: 20 }).await?);
-        }
-        v
-    };
-    let busy = pool
+    let mut sleepers = Vec::new();
+    for _ in 0..workers.len() {
+        sleepers.push(pool.submit::<Sleep>(&SleepInput { ms: 30_000 }).await?);
+    }
+    let mut bystanders = Vec::new();
+    for _ in 0..4 {
+        bystanders.push(pool.submit::<Spin>(&SpinInput { ms: 20 }).await?);
+    }
+    // One sleep per worker (dispatch spreads calls over idle workers first).
+    let victim = pool
         .workers()
         .await
-        .into_iter()
-        .find(|w| w.in_flight > 0)
-        .context("no busy worker")?;
+        .first()
+        .map(|w| w.pid)
+        .context("no worker")?;
     let killed_at = Instant::now();
     // SAFETY: kill(2) on a pid the pool reported as its live worker.
-    unsafe { libc::kill(busy.pid as i32, libc::SIGKILL) };
-    let mut outcome = Vec::new();
-    for h in bystanders {
-        outcome.push(h.await.is_ok());
-    }
-    match victim.await {
-        Err(e @ PoolError::WorkerDied { .. }) => println!("3. killed worker {} with SIGKILL: the task it ran failed with: {e}", busy.pid),
-        Err(e) => println!("3. killed worker {}: the task it ran failed with: {e}", busy.pid),
-        Ok(()) => println!("3. killed worker {}, but the sleep was elsewhere and finished", busy.pid),
-    }
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
     let replacement = loop {
         match events.recv().await {
             Ok(PoolEvent::WorkerReady { pid, at, .. }) => break Some((pid, at)),
@@ -80,20 +79,46 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             Err(_) => break None,
         }
     };
+    // The other sleeps are cancelled (cooperatively: their workers live on).
+    for h in &sleepers {
+        h.cancel().await;
+    }
+    for h in sleepers {
+        match h.await {
+            Err(e @ PoolError::WorkerDied { .. }) => {
+                println!("3. SIGKILL to worker {victim}: its task failed with: {e}")
+            }
+            Err(PoolError::Cancelled) => {}
+            other => println!("3. unexpected outcome of a sleep: {other:?}"),
+        }
+    }
+    let mut ok = 0;
+    for h in bystanders {
+        ok += usize::from(h.await.is_ok());
+    }
     if let Some((pid, at)) = replacement {
         println!(
-            "   replacement worker {pid} ready {:.2?} after the kill; other tasks ok: {outcome:?}",
+            "   replacement worker {pid} ready {:.2?} after the kill; the 4 tasks queued behind completed: {ok}/4",
             at.duration_since(killed_at)
         );
     }
 
     // 4. A timeout: the task is stopped, the worker keeps going.
-    let opts = CallOptions { timeout: Some(Duration::from_millis(200)) };
-    let h = pool.submit_with::<Spin>(&SpinInput { ms: 60_000 }, opts).await?;
-    println!("4. a 60 s spin with a 200 ms timeout: {}", h.await.err().map_or("finished?".into(), |e| e.to_string()));
+    let opts = CallOptions {
+        timeout: Some(Duration::from_millis(200)),
+    };
+    let h = pool
+        .submit_with::<Spin>(&SpinInput { ms: 60_000 }, opts)
+        .await?;
+    println!(
+        "4. a 60 s spin with a 200 ms timeout: {}",
+        h.await.err().map_or("finished?".into(), |e| e.to_string())
+    );
 
     // 5. A command, with its output captured.
-    let out = pool.apply::<Exec>(&ExecInput::new(["uname", "-sr"])).await?;
+    let out = pool
+        .apply::<Exec>(&ExecInput::new(["uname", "-sr"]))
+        .await?;
     println!(
         "5. exec uname -sr: exit {:?}, stdout {:?}",
         out.code,
@@ -102,6 +127,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let t = Instant::now();
     pool.shutdown().await;
-    println!("shut down (drained, every worker reaped) in {:.1?}", t.elapsed());
+    println!(
+        "shut down (drained, every worker reaped) in {:.1?}",
+        t.elapsed()
+    );
     Ok(())
 }
