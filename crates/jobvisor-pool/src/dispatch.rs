@@ -35,7 +35,18 @@ use crate::error::PoolError;
 use crate::launch::ProcHandle;
 use crate::pool::{PoolEvent, WorkerInfo, WorkerState};
 
-pub(crate) type Responder = oneshot::Sender<Result<Vec<u8>, PoolError>>;
+/// A call's result and the pid of the worker that ran it (when one did).
+#[derive(Debug)]
+pub(crate) struct CallResult {
+    pub(crate) pid: Option<u32>,
+    pub(crate) result: Result<Vec<u8>, PoolError>,
+}
+
+pub(crate) type Responder = oneshot::Sender<CallResult>;
+
+fn answer(reply: Responder, pid: Option<u32>, result: Result<Vec<u8>, PoolError>) {
+    let _ = reply.send(CallResult { pid, result });
+}
 
 /// A call accepted by the pool.
 #[derive(Debug)]
@@ -57,6 +68,7 @@ pub(crate) enum Command {
         done: oneshot::Sender<()>,
     },
     Workers(oneshot::Sender<Vec<WorkerInfo>>),
+    Resize(usize),
 }
 
 /// Sent once, when the first `workers` workers are ready (or one failed).
@@ -127,6 +139,9 @@ struct Worker {
     status: Option<ExitStatus>,
     /// The link closed (EOF or garbage); the process may still be alive.
     link_closed: bool,
+    /// A worker that closed its pipe after `Shutdown` is killed if it has
+    /// not exited by then.
+    kill_at: Option<Instant>,
 }
 
 pub(crate) struct Dispatcher {
@@ -234,6 +249,19 @@ impl Dispatcher {
                 break;
             }
         }
+        // Refuse what is still in the channel, then answer: once `shutdown`
+        // returns, a submit fails at once.
+        commands.close();
+        while let Ok(c) = commands.try_recv() {
+            match c {
+                Command::Submit(p) => answer(p.reply, None, Err(PoolError::Closed)),
+                Command::Shutdown { done, .. } => self.stop_waiters.push(done),
+                Command::Workers(reply) => {
+                    let _ = reply.send(Vec::new());
+                }
+                Command::Cancel(_) | Command::Resize(_) => {}
+            }
+        }
         for done in self.stop_waiters.drain(..) {
             let _ = done.send(());
         }
@@ -257,12 +285,13 @@ impl Dispatcher {
         match cmd {
             Command::Submit(p) => {
                 if self.stopping() {
-                    let _ = p.reply.send(Err(PoolError::Closed));
+                    answer(p.reply, None, Err(PoolError::Closed));
                 } else {
                     self.queue.push_back(p);
                 }
             }
             Command::Cancel(id) => self.cancel(id),
+            Command::Resize(n) => self.resize(n),
             Command::Shutdown { graceful, done } => {
                 self.stop_waiters.push(done);
                 if !graceful {
@@ -294,7 +323,7 @@ impl Dispatcher {
     fn cancel(&mut self, id: u64) {
         if let Some(pos) = self.queue.iter().position(|p| p.id == id) {
             if let Some(p) = self.queue.remove(pos) {
-                let _ = p.reply.send(Err(PoolError::Cancelled));
+                answer(p.reply, None, Err(PoolError::Cancelled));
             }
             return;
         }
@@ -329,10 +358,33 @@ impl Dispatcher {
         }
     }
 
+    fn resize(&mut self, n: usize) {
+        let n = n.max(1);
+        self.cfg.workers = n;
+        let mut ready: Vec<u64> = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Ready)
+            .map(|w| w.id)
+            .collect();
+        ready.sort_unstable();
+        // Retire the newest surplus workers: they finish what they hold, then stop.
+        let surplus = ready.len().saturating_sub(n);
+        for id in ready.into_iter().rev().take(surplus) {
+            if let Some(w) = self.workers.get_mut(&id) {
+                w.state = WorkerState::Retiring;
+                if w.inflight.is_empty() {
+                    self.send_shutdown_to(id);
+                }
+            }
+        }
+        self.ensure_workers();
+    }
+
     fn terminate(&mut self) {
         self.stop = Stop::Immediate;
         for p in self.queue.drain(..) {
-            let _ = p.reply.send(Err(PoolError::Closed));
+            answer(p.reply, None, Err(PoolError::Closed));
         }
         for w in self.workers.values_mut() {
             let _ = w.proc.signal(libc::SIGKILL);
@@ -441,6 +493,7 @@ impl Dispatcher {
             log_eof: Some(conn.log_eof),
             status: None,
             link_closed: false,
+            kill_at: None,
         };
         self.by_pid.insert(pid, id);
         self.workers.insert(id, worker);
@@ -470,11 +523,15 @@ impl Dispatcher {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
-        if w.state != WorkerState::Dead {
-            w.state = WorkerState::Dead;
-            // The link is gone or the process exited: make sure it is gone.
+        if w.state == WorkerState::Stopping && w.status.is_none() {
+            // We asked it to exit and it closed its pipe: let it finish
+            // exiting, and kill it only if it lingers.
+            w.kill_at = Some(Instant::now() + self.cfg.term_grace);
+        } else if w.state != WorkerState::Dead && w.status.is_none() {
+            // The link broke under a live worker: make sure it is gone.
             let _ = w.proc.signal(libc::SIGKILL);
         }
+        w.state = WorkerState::Dead;
         self.ensure_workers();
     }
 
@@ -542,16 +599,16 @@ impl Dispatcher {
                     stderr_tail: tail,
                 }
             };
-            let _ = head.reply.send(Err(err));
+            answer(head.reply, None, Err(err));
         }
         // The rest never started: back to the front of the queue, in order.
         while let Some(f) = w.inflight.pop_back() {
             if self.killing() {
-                let _ = f.reply.send(Err(PoolError::Closed));
+                answer(f.reply, None, Err(PoolError::Closed));
                 continue;
             }
             if f.cancel_requested {
-                let _ = f.reply.send(Err(PoolError::Cancelled));
+                answer(f.reply, None, Err(PoolError::Cancelled));
                 continue;
             }
             self.queue.push_front(Pending {
@@ -643,7 +700,7 @@ impl Dispatcher {
                 }
                 Outcome::Err(fail) => Err(PoolError::Task(fail)),
             };
-            let _ = f.reply.send(result);
+            answer(f.reply, Some(w.pid), result);
         }
         if finished_head > 0 {
             let per_call =
@@ -674,6 +731,9 @@ impl Dispatcher {
         let mut next = self.restart_not_before;
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for w in self.workers.values() {
+            if let Some(t) = w.kill_at.filter(|_| w.status.is_none()) {
+                consider(t);
+            }
             if let Some(e) = w.esc {
                 if e.stage != Stage::Kill {
                     consider(e.until);
@@ -694,6 +754,11 @@ impl Dispatcher {
             self.ensure_workers();
         }
         for w in self.workers.values_mut() {
+            if w.kill_at.is_some_and(|t| now >= t) && w.status.is_none() {
+                tracing::warn!(pid = w.pid, "worker did not exit after Shutdown; SIGKILL");
+                let _ = w.proc.signal(libc::SIGKILL);
+                w.kill_at = None;
+            }
             if w.state == WorkerState::Dead {
                 continue;
             }

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::PoolConfig;
-use crate::dispatch::{Channels, Command, Dispatcher, Pending};
+use crate::dispatch::{CallResult, Channels, Command, Dispatcher, Pending};
 use crate::error::PoolError;
 use crate::launch::StartMethod;
 
@@ -222,7 +222,7 @@ impl std::fmt::Debug for Pool {
 #[must_use = "a task handle does nothing unless awaited"]
 pub struct TaskHandle<O> {
     id: u64,
-    rx: oneshot::Receiver<Result<Vec<u8>, PoolError>>,
+    rx: oneshot::Receiver<CallResult>,
     commands: mpsc::WeakSender<Command>,
     _out: PhantomData<fn() -> O>,
 }
@@ -249,10 +249,10 @@ impl<O: DeserializeOwned> Future for TaskHandle<O> {
         match Pin::new(&mut self.rx).poll(cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Err(_)) => Poll::Ready(Err(PoolError::Closed)),
-            Poll::Ready(Ok(Err(e))) => Poll::Ready(Err(e)),
-            Poll::Ready(Ok(Ok(bytes))) => {
-                Poll::Ready(codec::decode(&bytes).map_err(|e| PoolError::Decode(e.to_string())))
-            }
+            Poll::Ready(Ok(CallResult { result: Err(e), .. })) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(CallResult {
+                result: Ok(bytes), ..
+            })) => Poll::Ready(codec::decode(&bytes).map_err(|e| PoolError::Decode(e.to_string()))),
         }
     }
 }
@@ -389,6 +389,43 @@ impl Pool {
         Ok(h)
     }
 
+    /// [`Pool::submit_raw`] that fails with [`PoolError::QueueFull`] instead of waiting.
+    ///
+    /// # Errors
+    /// As [`Pool::try_submit`].
+    pub fn try_submit_raw(
+        &self,
+        task: &str,
+        input: Vec<u8>,
+        opts: CallOptions,
+    ) -> Result<TaskHandle<RawOutput>, PoolError> {
+        let task = self.task_id(task)?;
+        let (p, h) = self.pending(task, false, input, opts)?;
+        self.try_enqueue(p)?;
+        Ok(h)
+    }
+
+    fn try_enqueue(&self, p: Pending) -> Result<(), PoolError> {
+        match self.inner.commands.try_send(Command::Submit(p)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(PoolError::QueueFull {
+                max: self.inner.cfg.max_queued,
+            }),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(PoolError::Closed),
+        }
+    }
+
+    /// Cancels a call by its id (see [`TaskHandle::cancel`]).
+    pub async fn cancel(&self, call_id: u64) {
+        let _ = self.inner.commands.send(Command::Cancel(call_id)).await;
+    }
+
+    /// Changes the number of workers: new ones start at once; surplus ones
+    /// finish the calls they hold, then stop. No call is lost.
+    pub async fn resize(&self, workers: usize) {
+        let _ = self.inner.commands.send(Command::Resize(workers)).await;
+    }
+
     /// Like [`Pool::submit`], but fails with [`PoolError::QueueFull`] instead
     /// of waiting when the pool is saturated.
     ///
@@ -400,13 +437,8 @@ impl Pool {
     ) -> Result<TaskHandle<T::Output>, PoolError> {
         let task = self.task_id(T::NAME)?;
         let (p, h) = self.pending(task, false, codec::encode(input)?, CallOptions::default())?;
-        match self.inner.commands.try_send(Command::Submit(p)) {
-            Ok(()) => Ok(h),
-            Err(mpsc::error::TrySendError::Full(_)) => Err(PoolError::QueueFull {
-                max: self.inner.cfg.max_queued,
-            }),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(PoolError::Closed),
-        }
+        self.try_enqueue(p)?;
+        Ok(h)
     }
 
     /// Runs task `T` on `input` and waits for the output.
@@ -608,9 +640,15 @@ impl<O> TaskHandle<O> {
     /// # Errors
     /// The call's failure.
     pub async fn raw(self) -> Result<Vec<u8>, PoolError> {
+        self.raw_with_pid().await.1
+    }
+
+    /// Waits for the encoded output, with the pid of the worker that ran the
+    /// call (`None` when no worker did, e.g. cancelled while queued).
+    pub async fn raw_with_pid(self) -> (Option<u32>, Result<Vec<u8>, PoolError>) {
         match self.rx.await {
-            Ok(r) => r,
-            Err(_) => Err(PoolError::Closed),
+            Ok(r) => (r.pid, r.result),
+            Err(_) => (None, Err(PoolError::Closed)),
         }
     }
 }

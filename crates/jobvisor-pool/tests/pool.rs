@@ -562,6 +562,39 @@ async fn exec_task_through_the_pool(method: StartMethod) {
     pool.shutdown().await;
 }
 
+async fn resize_grows_and_shrinks_without_losing_calls(method: StartMethod) {
+    let pool = pool(method, 2).await;
+    let mut events = pool.events();
+    let running: Vec<_> = {
+        let mut v = Vec::new();
+        for _ in 0..6 {
+            v.push(pool.submit::<Spin>(&SpinInput { ms: 30 }).await.unwrap());
+        }
+        v
+    };
+    pool.resize(3).await;
+    next_ready(&mut events).await;
+    pool.resize(1).await;
+    let mut exited = 0;
+    while exited < 2 {
+        if let PoolEvent::WorkerExited { status, .. } = events.recv().await.unwrap() {
+            assert_eq!(
+                status.code,
+                Some(0),
+                "surplus workers exit cleanly: {status}"
+            );
+            exited += 1;
+        }
+    }
+    for h in running {
+        assert!(h.await.is_ok());
+    }
+    let live = pool.workers().await;
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(pool.apply::<Noop>(&3).await.unwrap(), 3);
+    pool.shutdown().await;
+}
+
 fn main() -> ExitCode {
     let options = BootstrapOptions {
         fork_server: true,
@@ -594,6 +627,7 @@ fn main() -> ExitCode {
         terminate_fails_running_and_queued,
         initializer_state_reaches_workers,
         exec_task_through_the_pool,
+        resize_grows_and_shrinks_without_losing_calls,
     ];
     helper::run_all(&tests)
 }

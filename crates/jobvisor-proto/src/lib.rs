@@ -12,10 +12,12 @@
 //!   version and schema hash, and the error that names both sides on a mismatch.
 //! - [`worker`]: messages on the supervisor ↔ worker link.
 //! - [`forkserver`]: messages on the supervisor ↔ fork server link.
+//! - [`control`]: requests and responses on the control socket.
 //!
 //! This crate does no I/O on processes; transports live above it.
 
 pub mod codec;
+pub mod control;
 pub mod forkserver;
 pub mod frame;
 pub mod handshake;

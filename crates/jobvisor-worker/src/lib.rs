@@ -17,7 +17,7 @@ mod registry;
 mod serve;
 mod task;
 
-pub use registry::Registry;
+pub use registry::{ConvertError, Registry};
 pub use serve::run_detached;
 pub use serve::{serve, WorkerError};
 pub use task::{Ctx, Task, TaskError, Wait};

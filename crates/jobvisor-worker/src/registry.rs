@@ -56,6 +56,49 @@ impl Registry {
         self.tasks.iter().map(|t| t.name())
     }
 
+    /// Converts a JSON input for task `name` into the codec's native encoding
+    /// of its input type. This is how the daemon validates inputs at submit
+    /// time (unknown task, malformed JSON, wrong shape) and why workers only
+    /// ever see native inputs.
+    ///
+    /// # Errors
+    /// [`ConvertError::UnknownTask`] or [`ConvertError::BadInput`].
+    pub fn json_to_native(&self, name: &str, json: &str) -> Result<Vec<u8>, ConvertError> {
+        self.find(name)?.json_to_native(json)
+    }
+
+    /// Checks that native input bytes decode as task `name`'s input type.
+    ///
+    /// # Errors
+    /// [`ConvertError::UnknownTask`] or [`ConvertError::BadInput`].
+    pub fn check_native_input(&self, name: &str, input: &[u8]) -> Result<(), ConvertError> {
+        self.find(name)?.check_native(input)
+    }
+
+    /// Converts a native output of task `name` into JSON.
+    ///
+    /// # Errors
+    /// [`ConvertError::UnknownTask`] or [`ConvertError::BadOutput`].
+    pub fn native_output_to_json(&self, name: &str, output: &[u8]) -> Result<String, ConvertError> {
+        self.find(name)?.output_to_json(output)
+    }
+
+    /// Whether a task by that name is registered.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tasks.iter().any(|t| t.name() == name)
+    }
+
+    fn find(&self, name: &str) -> Result<&dyn ErasedTask, ConvertError> {
+        self.tasks
+            .iter()
+            .find(|t| t.name() == name)
+            .map(|b| &**b)
+            .ok_or_else(|| ConvertError::UnknownTask {
+                name: name.to_string(),
+                known: self.names().collect::<Vec<_>>().join(", "),
+            })
+    }
+
     pub(crate) fn call(
         &self,
         task: u32,
@@ -76,8 +119,41 @@ impl Registry {
     }
 }
 
+/// An input or output could not be converted between JSON and the native encoding.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConvertError {
+    /// No task by that name.
+    #[error("unknown task {name:?} (known: {known})")]
+    UnknownTask {
+        /// The name asked for.
+        name: String,
+        /// The registered names.
+        known: String,
+    },
+    /// The input is not valid for the task.
+    #[error("input does not fit task {task:?}: {message}")]
+    BadInput {
+        /// Task name.
+        task: String,
+        /// Why (from the decoder: position and expected shape).
+        message: String,
+    },
+    /// The output could not be converted.
+    #[error("output of task {task:?} cannot be converted: {message}")]
+    BadOutput {
+        /// Task name.
+        task: String,
+        /// Why.
+        message: String,
+    },
+}
+
 trait ErasedTask: Send + Sync {
     fn name(&self) -> &'static str;
+    fn json_to_native(&self, json: &str) -> Result<Vec<u8>, ConvertError>;
+    fn check_native(&self, input: &[u8]) -> Result<(), ConvertError>;
+    fn output_to_json(&self, output: &[u8]) -> Result<String, ConvertError>;
     fn call(&self, chunk: bool, input: &[u8], ctx: &mut Ctx<'_>) -> Result<Vec<u8>, TaskFailure>;
 }
 
@@ -130,6 +206,33 @@ fn encode_output<O: serde::Serialize>(name: &str, out: &O) -> Result<Vec<u8>, Ta
 impl<T: Task> ErasedTask for Typed<T> {
     fn name(&self) -> &'static str {
         T::NAME
+    }
+
+    fn json_to_native(&self, json: &str) -> Result<Vec<u8>, ConvertError> {
+        let bad = |message: String| ConvertError::BadInput {
+            task: T::NAME.into(),
+            message,
+        };
+        let input: T::Input = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+        codec::encode(&input).map_err(|e| bad(e.to_string()))
+    }
+
+    fn check_native(&self, input: &[u8]) -> Result<(), ConvertError> {
+        codec::decode::<T::Input>(input)
+            .map(|_| ())
+            .map_err(|e| ConvertError::BadInput {
+                task: T::NAME.into(),
+                message: e.to_string(),
+            })
+    }
+
+    fn output_to_json(&self, output: &[u8]) -> Result<String, ConvertError> {
+        let bad = |message: String| ConvertError::BadOutput {
+            task: T::NAME.into(),
+            message,
+        };
+        let out: T::Output = codec::decode(output).map_err(|e| bad(e.to_string()))?;
+        serde_json::to_string(&out).map_err(|e| bad(e.to_string()))
     }
 
     fn call(&self, chunk: bool, input: &[u8], ctx: &mut Ctx<'_>) -> Result<Vec<u8>, TaskFailure> {

@@ -1,0 +1,362 @@
+//! Messages on the control socket (clients ↔ daemon).
+//!
+//! After the [`crate::Hello`] exchange (client role `Client`, daemon role
+//! `Supervisor`), the client sends one [`Request`] frame at a time and reads one
+//! [`Response`] frame for it. `Wait` is answered when the jobs are terminal
+//! (the daemon pushes; the client never polls).
+
+use serde::{Deserialize, Serialize};
+
+/// A job's input or output: JSON text (what the CLI and any client send) or
+/// the codec's native encoding of the task's type (what a typed Rust client may send).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Payload {
+    /// JSON text.
+    Json(String),
+    /// Native (bincode) encoding of the task's input or output type.
+    Native(#[serde(with = "serde_bytes")] Vec<u8>),
+}
+
+impl Payload {
+    /// Bytes it takes.
+    pub fn len(&self) -> usize {
+        match self {
+            Payload::Json(s) => s.len(),
+            Payload::Native(b) => b.len(),
+        }
+    }
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What a client asks to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Task name.
+    pub task: String,
+    /// Task input.
+    pub input: Payload,
+    /// Named queue (default `default`).
+    pub queue: Option<String>,
+    /// Higher runs first; FIFO within a priority (default 0).
+    pub priority: i32,
+    /// Attempts in all, the first included (default from config).
+    pub max_attempts: Option<u32>,
+    /// First retry delay; doubles per attempt, with jitter (default from config).
+    pub backoff_base_ms: Option<u64>,
+    /// Cap on the retry delay (default from config).
+    pub backoff_max_ms: Option<u64>,
+    /// Per-attempt timeout.
+    pub timeout_ms: Option<u64>,
+    /// Do not start before this many ms from now.
+    pub delay_ms: Option<u64>,
+    /// Run only after all these jobs succeeded; a failed or cancelled one fails this job.
+    pub after: Vec<u64>,
+    /// Idempotency key: a second submit with the same key returns the first job.
+    pub key: Option<String>,
+}
+
+impl JobSpec {
+    /// A spec with defaults for everything but the task and its input.
+    pub fn new(task: impl Into<String>, input: Payload) -> Self {
+        Self {
+            task: task.into(),
+            input,
+            queue: None,
+            priority: 0,
+            max_attempts: None,
+            backoff_base_ms: None,
+            backoff_max_ms: None,
+            timeout_ms: None,
+            delay_ms: None,
+            after: Vec::new(),
+            key: None,
+        }
+    }
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobState {
+    /// Accepted; waiting for its time, its dependencies or a worker.
+    Queued,
+    /// An attempt is running.
+    Running,
+    /// An attempt failed; waiting out the backoff before the next.
+    Retrying,
+    /// Done with an output.
+    Succeeded,
+    /// Done with an error (attempts spent, a failed dependency, ...).
+    Failed,
+    /// Cancelled by a client.
+    Cancelled,
+    /// Dead-lettered: its crash budget or attempt budget is spent after worker deaths.
+    Dead,
+}
+
+impl JobState {
+    /// Whether the job will not change any more.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled | JobState::Dead
+        )
+    }
+    /// Lowercase name, as the CLI prints it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Retrying => "retrying",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Dead => "dead",
+        }
+    }
+    /// Parses [`JobState::as_str`].
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => JobState::Queued,
+            "running" => JobState::Running,
+            "retrying" => JobState::Retrying,
+            "succeeded" => JobState::Succeeded,
+            "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
+            "dead" => JobState::Dead,
+            _ => return None,
+        })
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptOutcome {
+    /// Still running.
+    Running,
+    /// Succeeded.
+    Ok,
+    /// The task returned an error.
+    Error(String),
+    /// The task panicked.
+    Panic(String),
+    /// The worker died: code or signal, peak RSS, last output lines.
+    Crashed {
+        /// Exit code.
+        code: Option<i32>,
+        /// Signal.
+        signal: Option<i32>,
+        /// Peak RSS in KiB.
+        max_rss_kib: u64,
+        /// Last lines of the worker's output.
+        stderr_tail: Vec<String>,
+    },
+    /// Past its timeout; how it was stopped.
+    TimedOut(String),
+    /// The daemon died while it ran.
+    Lost,
+    /// Cancelled.
+    Cancelled,
+}
+
+/// One attempt of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1-based.
+    pub number: u32,
+    /// Worker pid, when known.
+    pub worker_pid: Option<u32>,
+    /// Unix ms.
+    pub started_ms: u64,
+    /// Unix ms.
+    pub finished_ms: Option<u64>,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+}
+
+/// Everything about a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// Id.
+    pub id: u64,
+    /// Task name.
+    pub task: String,
+    /// Queue.
+    pub queue: String,
+    /// Priority.
+    pub priority: i32,
+    /// State.
+    pub state: JobState,
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Per-attempt timeout.
+    pub timeout_ms: Option<u64>,
+    /// Dependencies.
+    pub after: Vec<u64>,
+    /// Idempotency key.
+    pub key: Option<String>,
+    /// Unix ms.
+    pub created_ms: u64,
+    /// Not before (unix ms).
+    pub run_at_ms: u64,
+    /// Unix ms, when terminal.
+    pub finished_ms: Option<u64>,
+    /// Input (omitted in lists).
+    pub input: Option<Payload>,
+    /// Output, when succeeded.
+    pub output: Option<Payload>,
+    /// Why it failed, was cancelled or is dead.
+    pub error: Option<String>,
+    /// Attempts so far.
+    pub attempts: Vec<Attempt>,
+}
+
+/// The answer to one spec of a submit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Submitted {
+    /// The job's id.
+    pub id: u64,
+    /// An earlier job with the same idempotency key was returned instead.
+    pub duplicate: bool,
+}
+
+/// A worker, as `workers` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRow {
+    /// Pool-local id.
+    pub id: u64,
+    /// Pid.
+    pub pid: u32,
+    /// State name.
+    pub state: String,
+    /// Calls sent and not answered.
+    pub in_flight: u64,
+    /// Calls answered.
+    pub calls_done: u64,
+}
+
+/// Daemon figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Daemon pid.
+    pub pid: u32,
+    /// Seconds since start.
+    pub uptime_s: u64,
+    /// Worker processes.
+    pub workers: u64,
+    /// Jobs per state (name, count) among jobs in memory and in the store.
+    pub jobs: Vec<(String, u64)>,
+    /// Jobs accepted since start.
+    pub submitted: u64,
+    /// Attempts finished since start.
+    pub attempts_finished: u64,
+    /// Worker restarts since start.
+    pub worker_restarts: u64,
+    /// Jobs recovered from the store at start.
+    pub recovered: u64,
+}
+
+/// Client → daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Submit jobs; all are accepted (durably) or none.
+    Submit(Vec<JobSpec>),
+    /// One job's record.
+    Status {
+        /// Job id.
+        id: u64,
+    },
+    /// Answered when every job is terminal (or the timeout passes).
+    Wait {
+        /// Job ids.
+        ids: Vec<u64>,
+        /// Give up after this long (answer with the records as they are).
+        timeout_ms: Option<u64>,
+    },
+    /// Cancel a queued or running job.
+    Cancel {
+        /// Job id.
+        id: u64,
+    },
+    /// Jobs, newest first.
+    List {
+        /// Only this state.
+        state: Option<JobState>,
+        /// Only this queue.
+        queue: Option<String>,
+        /// At most this many.
+        limit: u32,
+    },
+    /// The worker processes.
+    Workers,
+    /// Figures.
+    Stats,
+    /// Liveness.
+    Ping,
+    /// Stop the daemon (draining running jobs when `graceful`).
+    Shutdown {
+        /// Drain first.
+        graceful: bool,
+    },
+}
+
+/// What kind of error a request met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorKind {
+    /// Malformed or contradictory request.
+    BadRequest,
+    /// No task by that name.
+    UnknownTask,
+    /// The input does not fit the task.
+    BadInput,
+    /// No such job.
+    NotFound,
+    /// A limit was hit (queue full, input too large, ...).
+    LimitReached,
+    /// The daemon is shutting down.
+    ShuttingDown,
+    /// The store failed (disk full, I/O error); nothing was accepted.
+    Storage,
+    /// This peer may not do that.
+    PermissionDenied,
+    /// A bug.
+    Internal,
+}
+
+/// An error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ControlError {
+    /// Kind.
+    pub kind: ErrorKind,
+    /// What happened, for a human.
+    pub message: String,
+}
+
+/// Daemon → client.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    /// Submit: one entry per spec, in order.
+    Submitted(Vec<Submitted>),
+    /// Status.
+    Job(JobRecord),
+    /// Wait and List.
+    Jobs(Vec<JobRecord>),
+    /// Workers.
+    Workers(Vec<WorkerRow>),
+    /// Stats.
+    Stats(Stats),
+    /// Ping.
+    Pong {
+        /// Daemon pid.
+        pid: u32,
+        /// Daemon version.
+        version: String,
+    },
+    /// Cancel, Shutdown.
+    Ok,
+    /// The request failed; nothing was changed.
+    Error(ControlError),
+}
