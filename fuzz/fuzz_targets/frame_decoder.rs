@@ -221,7 +221,7 @@ impl Cutter {
             .wrapping_add(1_013_904_223);
         // Mostly short cuts (header splits), sometimes long ones.
         let r = (self.state >> 16) as usize;
-        if r % 4 == 0 {
+        if r.is_multiple_of(4) {
             1 + r % 600
         } else {
             1 + r % 7

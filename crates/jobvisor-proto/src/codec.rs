@@ -68,13 +68,13 @@ macro_rules! decode_with_limit {
         $(
             if len <= $limit {
                 const LIMIT: usize = if $limit * CLAIM_FACTOR > 1 << 20 { $limit * CLAIM_FACTOR } else { 1 << 20 };
-                return finish(bincode::serde::decode_from_slice(
+                return finish(bincode::serde::borrow_decode_from_slice(
                     $bytes,
                     standard().with_limit::<LIMIT>(),
                 ), len);
             }
         )+
-        finish(bincode::serde::decode_from_slice(
+        finish(bincode::serde::borrow_decode_from_slice(
             $bytes,
             standard().with_limit::<{ 1usize << 32 }>(),
         ), len)
@@ -91,6 +91,11 @@ macro_rules! decode_with_limit {
 /// # Errors
 /// [`CodecError::Decode`] for invalid or truncated bytes or a claim over the
 /// limit; [`CodecError::TrailingBytes`] when bytes follow the message.
+///
+/// Decoding borrows from `bytes` (bincode's borrowing decoder) even though the
+/// result is owned: a byte string or string whose length prefix claims more
+/// than the payload holds then fails before anything is allocated, where the
+/// owning decoder would allocate the claimed length first.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     decode_with_limit!(bytes, 4096, 65536, 1048576, 16777216, 268435456, 1073741824)
 }
@@ -125,6 +130,66 @@ mod tests {
         bytes.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
         let err = decode::<Vec<u64>>(&bytes).unwrap_err();
         assert!(matches!(err, CodecError::Decode(_)), "{err}");
+    }
+
+    /// Run in a child process under a 256 MiB address-space limit: a byte
+    /// string claiming 512 MiB inside a 2 MiB payload (within the claim limit
+    /// of that size class) must fail on the missing bytes. The owning decoder
+    /// would allocate the claimed 512 MiB first, which aborts under the limit.
+    #[test]
+    fn byte_string_claiming_more_than_the_payload_fails_without_allocating() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "codec::tests::hostile_claim_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env("JOBVISOR_HOSTILE_CLAIM_CHILD", "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "child failed: {:?}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("hostile claim refused"), "{stdout}");
+    }
+
+    #[test]
+    fn hostile_claim_child() {
+        if std::env::var_os("JOBVISOR_HOSTILE_CLAIM_CHILD").is_none() {
+            return;
+        }
+        #[derive(serde::Deserialize, Debug)]
+        struct B(
+            #[allow(dead_code)]
+            #[serde(with = "crate::bytes")]
+            Vec<u8>,
+        );
+        let mut bytes = vec![0xFC];
+        bytes.extend_from_slice(&(512u32 << 20).to_le_bytes());
+        bytes.resize(2 << 20, 0);
+        let limit = 256u64 << 20;
+        // SAFETY: setrlimit on this (child) process with a valid struct.
+        let r = unsafe { libc_setrlimit_as(limit) };
+        assert_eq!(r, 0);
+        assert!(decode::<B>(&bytes).is_err());
+        println!("hostile claim refused");
+    }
+
+    extern "C" {
+        fn setrlimit(resource: i32, rlim: *const [u64; 2]) -> i32;
+    }
+
+    /// RLIMIT_AS (9 on Linux) without a libc dependency in this crate.
+    unsafe fn libc_setrlimit_as(bytes: u64) -> i32 {
+        let lim = [bytes, bytes];
+        // SAFETY: valid pointer to a two-word rlimit struct.
+        unsafe { setrlimit(9, &lim) }
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub enum Payload {
     /// JSON text.
     Json(String),
     /// Native (bincode) encoding of the task's input or output type.
-    Native(#[serde(with = "serde_bytes")] Vec<u8>),
+    Native(#[serde(with = "crate::bytes")] Vec<u8>),
 }
 
 impl Payload {

@@ -6,6 +6,7 @@
 //! *before* anything is allocated, and every decode runs with a size limit.
 //!
 //! # Layout
+//! - [`bytes`]: the serde adapter for byte fields (bounded decoding).
 //! - [`codec`]: the only module that touches `bincode`; encode / decode with a limit.
 //! - [`frame`]: framing: [`FrameBuf`] (incremental decoder) and [`encode_frame`].
 //! - [`handshake`]: the fixed-layout [`Hello`] every link starts with: protocol
@@ -16,6 +17,7 @@
 //!
 //! This crate does no I/O on processes; transports live above it.
 
+pub mod bytes;
 pub mod codec;
 pub mod control;
 pub mod forkserver;

@@ -44,7 +44,7 @@ pub struct Call {
     /// The soft deadline the worker's `ctx` reports as cancellation.
     pub timeout_ms: Option<u64>,
     /// The encoded input.
-    #[serde(with = "serde_bytes")]
+    #[serde(with = "crate::bytes")]
     pub input: Vec<u8>,
 }
 
@@ -122,7 +122,7 @@ pub struct Reply {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Outcome {
     /// The encoded output.
-    Ok(#[serde(with = "serde_bytes")] Vec<u8>),
+    Ok(#[serde(with = "crate::bytes")] Vec<u8>),
     /// The call failed inside the worker.
     Err(TaskFailure),
 }

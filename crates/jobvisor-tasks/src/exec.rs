@@ -39,33 +39,40 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Exec;
 
-/// Input of [`Exec`]. [`ExecInput::new`] fills in the defaults.
+/// Input of [`Exec`]. [`ExecInput::new`] fills in the defaults; in JSON every
+/// field but `argv` may be left out (`{"argv": ["ls", "-l"]}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecInput {
     /// The program and its arguments. The program is looked up in `PATH`
     /// unless it contains a `/`. Must not be empty.
     pub argv: Vec<String>,
     /// Environment variables to set, in order (a later entry wins).
+    #[serde(default)]
     pub env: Vec<(String, String)>,
     /// Start from an empty environment instead of the worker's.
+    #[serde(default)]
     pub clear_env: bool,
     /// Working directory; the worker's when `None`.
+    #[serde(default)]
     pub cwd: Option<String>,
     /// Bytes fed to the program's standard input, which is then closed.
     /// `None` connects standard input to `/dev/null`. If the program exits or
     /// closes its input early, the rest is dropped silently.
-    #[serde(with = "serde_bytes")]
+    #[serde(default, with = "serde_bytes")]
     pub stdin: Option<Vec<u8>>,
     /// Most bytes kept of each of stdout and stderr; the rest is read and
     /// dropped. 0 means [`ExecInput::DEFAULT_MAX_OUTPUT_BYTES`]. Both streams
     /// travel back in the reply, so keep the pool's output limit in mind.
+    #[serde(default)]
     pub max_output_bytes: u64,
     /// Stop the program after this long: the call then succeeds with
     /// [`ExecOutput::timed_out`] set. `None` means no limit of its own (the
     /// call's deadline and cancellation still apply, and fail the call).
+    #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// Time between `SIGTERM` and `SIGKILL` when stopping the program.
     /// 0 means [`ExecInput::DEFAULT_KILL_GRACE_MS`].
+    #[serde(default)]
     pub kill_grace_ms: u64,
 }
 
