@@ -11,6 +11,10 @@ pub struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
     pub log_format: LogFormat,
+    /// Control socket (default: <state dir>/control.sock, the state dir being
+    /// $XDG_STATE_HOME/jobvisor or ~/.local/state/jobvisor).
+    #[arg(long, env = "JOBVISOR_SOCKET", global = true)]
+    pub socket: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -26,10 +30,31 @@ pub enum LogFormat {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    #[command(flatten)]
+    Client(crate::client_cmds::ClientCommand),
+    /// Run the supervisor daemon: control socket, durable job store, workers.
+    Daemon(DaemonArgs),
     /// Run a short, visible demonstration of the worker pool: throughput,
     /// CPU parallelism, a worker killed mid-task and replaced, a timeout, and
     /// a command run through `exec`.
     Demo(DemoArgs),
+}
+
+/// Arguments of `jobvisor daemon`.
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// TOML configuration file (see config/jobvisor.toml); flags override it.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// State directory (job database, lock, default socket location).
+    #[arg(long)]
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Worker processes (0 = one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// How workers start: forkserver or spawn.
+    #[arg(long)]
+    pub start_method: Option<String>,
 }
 
 /// Arguments of `jobvisor demo`.
@@ -45,7 +70,13 @@ pub struct DemoArgs {
 
 pub fn init_logging(cli: &Cli) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("JOBVISOR_LOG").unwrap_or_else(|_| EnvFilter::new("warn"));
+    let default = if matches!(cli.command, Command::Daemon(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter =
+        EnvFilter::try_from_env("JOBVISOR_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -61,6 +92,44 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     match cli.command {
+        Command::Client(_) => unreachable_client(),
         Command::Demo(args) => rt.block_on(crate::demo::run(args)),
+        Command::Daemon(args) => {
+            let mut config = match &args.config {
+                Some(path) => jobvisor_daemon::Config::load(path)?,
+                None => jobvisor_daemon::Config::default(),
+            };
+            if let Some(d) = args.state_dir {
+                config.state_dir = Some(d);
+            }
+            if let Some(s) = cli.socket {
+                config.socket = Some(s);
+            }
+            if let Some(w) = args.workers {
+                config.workers = w;
+            }
+            if let Some(m) = args.start_method {
+                config.start_method = m;
+            }
+            let options = jobvisor_daemon::Options {
+                config,
+                config_path: args.config,
+                registry: jobvisor_tasks::builtin(),
+            };
+            rt.block_on(jobvisor_daemon::run(options))?;
+            Ok(())
+        }
     }
+}
+
+fn unreachable_client() -> anyhow::Result<()> {
+    anyhow::bail!("client commands are run by run_client")
+}
+
+/// The control socket clients use: `--socket`/`JOBVISOR_SOCKET`, else the
+/// default state dir's `control.sock`.
+pub fn client_socket(cli: &Cli) -> std::path::PathBuf {
+    cli.socket
+        .clone()
+        .unwrap_or_else(|| jobvisor_daemon::config::default_state_dir().join("control.sock"))
 }

@@ -2,9 +2,12 @@
 //! mode when started by the `spawn` start method), then parse the command line,
 //! run, and map the outcome to an exit code.
 //!
-//! Exit codes: 0 success, 1 failure, 2 bad usage (clap).
+//! Exit codes: see [`client_cmds`]: 0 success, 1 other error, 2 bad usage,
+//! 3 job failed or dead, 4 not found, 5 daemon unreachable, 6 job cancelled,
+//! 7 request refused.
 
 mod cli;
+mod client_cmds;
 mod demo;
 
 use std::process::ExitCode;
@@ -24,6 +27,23 @@ fn main() -> ExitCode {
     }
     let cli = cli::Cli::parse();
     cli::init_logging(&cli);
+    if let cli::Command::Client(_) = &cli.command {
+        let socket = cli::client_socket(&cli);
+        let cli::Command::Client(cmd) = cli.command else {
+            return ExitCode::FAILURE;
+        };
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("jobvisor: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        return rt.block_on(client_cmds::run(cmd, &socket));
+    }
     match cli::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,302 @@
+//! Daemon configuration: a TOML file (`config/jobvisor.toml` documents every
+//! key with its default), overridden by command-line flags.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use jobvisor_pool::StartMethod;
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the job database, the lock and (by default) the socket live.
+    pub state_dir: Option<PathBuf>,
+    /// The control socket (default `<state_dir>/control.sock`).
+    pub socket: Option<PathBuf>,
+    /// Worker processes; 0 = one per core.
+    pub workers: usize,
+    /// `forkserver` or `spawn`.
+    pub start_method: String,
+    /// Limits.
+    pub limits: Limits,
+    /// Job defaults.
+    pub jobs: JobDefaults,
+    /// Retention of finished jobs.
+    pub retention: Retention,
+    /// Named queues.
+    pub queues: BTreeMap<String, QueueConfig>,
+}
+
+/// Every bound, each with its key.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Jobs accepted and not finished (queued, waiting, running, retrying).
+    pub max_queued_jobs: usize,
+    /// Largest job input (bytes).
+    pub max_input_bytes: usize,
+    /// Largest job output kept (bytes); larger outputs fail the attempt.
+    pub max_output_bytes: usize,
+    /// Concurrent control connections.
+    pub max_connections: usize,
+    /// Largest control-socket frame (bytes).
+    pub max_frame_bytes: usize,
+    /// Jobs in one submit request.
+    pub max_batch_jobs: usize,
+    /// A client must complete its hello within this (ms).
+    pub handshake_timeout_ms: u64,
+}
+
+/// Defaults for jobs that do not say.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JobDefaults {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// First retry delay (ms); doubles per attempt, with jitter.
+    pub backoff_base_ms: u64,
+    /// Retry delay cap (ms).
+    pub backoff_max_ms: u64,
+    /// On SIGTERM, how long running jobs may finish before they are stopped
+    /// (and re-queued for the next start).
+    pub drain_grace_ms: u64,
+}
+
+/// Retention of finished jobs.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Retention {
+    /// Finished jobs older than this are deleted (seconds).
+    pub max_age_secs: u64,
+    /// At most this many finished jobs are kept.
+    pub max_jobs: u64,
+    /// How often pruning runs (seconds).
+    pub prune_interval_secs: u64,
+}
+
+/// One named queue.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Jobs of this queue running at once; 0 = no cap beyond the pool.
+    pub concurrency: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            state_dir: None,
+            socket: None,
+            workers: 0,
+            start_method: "forkserver".into(),
+            limits: Limits::default(),
+            jobs: JobDefaults::default(),
+            retention: Retention::default(),
+            queues: BTreeMap::new(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_queued_jobs: 100_000,
+            max_input_bytes: 1024 * 1024,
+            max_output_bytes: 1024 * 1024,
+            max_connections: 256,
+            max_frame_bytes: 64 * 1024 * 1024,
+            max_batch_jobs: 100_000,
+            handshake_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for JobDefaults {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 60_000,
+            drain_grace_ms: 30_000,
+        }
+    }
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            max_age_secs: 7 * 24 * 3600,
+            max_jobs: 100_000,
+            prune_interval_secs: 60,
+        }
+    }
+}
+
+/// The configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// Path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// Path.
+        path: PathBuf,
+        /// The parser's message (line, column, key).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Reads a TOML file.
+    ///
+    /// # Errors
+    /// [`ConfigError::Read`], [`ConfigError::Parse`], [`ConfigError::Invalid`].
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        self.start_method()?;
+        if self.limits.max_queued_jobs == 0 {
+            return bad("limits.max_queued_jobs must be at least 1");
+        }
+        if self.limits.max_connections == 0 {
+            return bad("limits.max_connections must be at least 1");
+        }
+        if self.limits.max_frame_bytes < 4096 {
+            return bad("limits.max_frame_bytes must be at least 4096");
+        }
+        if self.limits.max_input_bytes + 4096 > self.limits.max_frame_bytes {
+            return bad(
+                "limits.max_input_bytes must be at least 4 KiB below limits.max_frame_bytes",
+            );
+        }
+        if self.jobs.max_attempts == 0 {
+            return bad("jobs.max_attempts must be at least 1");
+        }
+        if self.jobs.backoff_base_ms > self.jobs.backoff_max_ms {
+            return bad("jobs.backoff_base_ms must not exceed jobs.backoff_max_ms");
+        }
+        Ok(())
+    }
+
+    /// The start method.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for an unknown name.
+    pub fn start_method(&self) -> Result<StartMethod, ConfigError> {
+        self.start_method
+            .parse()
+            .map_err(|e: String| ConfigError::Invalid(format!("start_method: {e}")))
+    }
+
+    /// The state directory: configured, else `$XDG_STATE_HOME/jobvisor`, else
+    /// `~/.local/state/jobvisor`.
+    pub fn state_dir(&self) -> PathBuf {
+        if let Some(d) = &self.state_dir {
+            return d.clone();
+        }
+        default_state_dir()
+    }
+
+    /// The control socket path.
+    pub fn socket(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("control.sock"))
+    }
+
+    /// Worker count, with 0 resolved to the number of cores.
+    pub fn worker_count(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            self.workers
+        }
+    }
+
+    /// A queue's concurrency cap (0 = none).
+    pub fn queue_cap(&self, queue: &str) -> usize {
+        self.queues.get(queue).map_or(0, |q| q.concurrency)
+    }
+
+    /// Whether jobs may name this queue: `default` and every configured one.
+    pub fn knows_queue(&self, queue: &str) -> bool {
+        queue == "default" || self.queues.contains_key(queue)
+    }
+}
+
+/// `$XDG_STATE_HOME/jobvisor`, else `$HOME/.local/state/jobvisor`, else `./.jobvisor`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(x).join("jobvisor");
+    }
+    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(h).join(".local/state/jobvisor");
+    }
+    PathBuf::from(".jobvisor")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_documented_file_parses_to_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/jobvisor.toml");
+        let cfg = Config::load(&path).unwrap();
+        let mut expected = Config::default();
+        expected
+            .queues
+            .insert("default".into(), QueueConfig { concurrency: 0 });
+        assert_eq!(cfg, expected);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_name() {
+        let err = toml::from_str::<Config>("[limits]\nmax_queue_jobs = 5\n").unwrap_err();
+        assert!(err.to_string().contains("max_queue_jobs"), "{err}");
+    }
+
+    #[test]
+    fn ranges_are_checked() {
+        let mut c = Config::default();
+        c.jobs.max_attempts = 0;
+        assert!(
+            matches!(c.validate(), Err(ConfigError::Invalid(m)) if m.contains("jobs.max_attempts"))
+        );
+        let c = Config {
+            start_method: "vfork".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,271 @@
+//! The jobvisor daemon: a long-lived supervisor that accepts jobs over a
+//! control socket, keeps them durably in the job store, runs them on its
+//! worker processes, and retries or fails them by policy.
+//!
+//! # Layout
+//! - [`config`]: the TOML configuration and its defaults.
+//! - `server`: the control socket (permissions, peer check, handshake, limits).
+//! - `scheduler`: the actor that owns unfinished jobs: queues, priorities,
+//!   delays, dependencies, attempts, waiters.
+//! - [`policy`]: what an attempt's end means for its job (retry, fail, ...).
+//! - [`run`]: start-up (lock, store, pool, recovery, socket), signals, and the
+//!   shutdown order.
+
+pub mod config;
+pub mod policy;
+mod scheduler;
+mod server;
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobvisor_pool::{Pool, PoolEvent};
+use jobvisor_store::{SqliteStore, StoreHandle};
+use jobvisor_worker::Registry;
+use tokio::sync::{mpsc, watch};
+
+pub use config::Config;
+
+use scheduler::{Counters, SchedCmd, Scheduler};
+
+/// The daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DaemonError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// Another daemon owns the state directory.
+    #[error("another jobvisor daemon is running with state directory {0}")]
+    Locked(PathBuf),
+    /// I/O while setting up (state dir, socket, lock).
+    #[error("{what}: {source}")]
+    Io {
+        /// What we were doing.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The job store failed.
+    #[error(transparent)]
+    Store(#[from] jobvisor_store::StoreError),
+    /// The worker pool could not start.
+    #[error(transparent)]
+    Pool(#[from] jobvisor_pool::PoolError),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
+    let what = what.into();
+    move |source| DaemonError::Io { what, source }
+}
+
+/// How to start the daemon.
+#[derive(Debug)]
+pub struct Options {
+    /// The configuration (file + flags already merged).
+    pub config: Config,
+    /// Re-read on SIGHUP, when set.
+    pub config_path: Option<PathBuf>,
+    /// The same tasks the workers have: used to validate and convert inputs at submit time.
+    pub registry: Registry,
+}
+
+/// Runs the daemon until SIGTERM/SIGINT or a `shutdown` request; returns
+/// after draining and persisting.
+///
+/// Shutdown order: stop accepting connections and submits; let running
+/// attempts finish for up to `jobs.drain_grace_ms` (a second SIGINT skips the
+/// wait); stop the pool (attempts still running are recorded `lost` and their
+/// jobs re-queued for the next start); wait for every store write to commit;
+/// remove the socket.
+///
+/// # Errors
+/// [`DaemonError`] for start-up failures.
+pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    let cfg = opts.config;
+    cfg.validate()?;
+    let state_dir = cfg.state_dir();
+    server::create_private_dir(&state_dir).map_err(io(format!(
+        "cannot create state directory {}",
+        state_dir.display()
+    )))?;
+    let _lock = lock(&state_dir)?;
+
+    let store = SqliteStore::open(&state_dir.join("jobs.db"))?;
+    let store = StoreHandle::spawn(store).map_err(io("cannot start the store thread"))?;
+
+    let workers = cfg.worker_count();
+    let pool = Pool::builder()
+        .workers(workers)
+        .start_method(cfg.start_method()?)
+        .max_frame_bytes(cfg.limits.max_input_bytes.max(cfg.limits.max_output_bytes) + 64 * 1024)
+        .build()
+        .await?;
+    let counters = Arc::new(Counters::default());
+    {
+        let mut events = pool.events();
+        let c = counters.clone();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(PoolEvent::WorkerExited { pid, status, .. }) => {
+                        c.worker_restarts.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(worker_pid = pid, %status, "worker exited");
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        c.worker_restarts.fetch_add(n, Ordering::Relaxed);
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+    }
+
+    let registry = Arc::new(opts.registry);
+    let mut scheduler =
+        Scheduler::new(cfg.clone(), pool.clone(), store.clone(), registry, counters);
+    let recovered = scheduler.recover().await?;
+    let (sched_tx, sched_rx) = mpsc::channel(1024);
+    let sched_task = tokio::spawn(scheduler.run(sched_rx));
+
+    let socket = cfg.socket();
+    let listener = server::bind(&socket)
+        .await
+        .map_err(io(format!("cannot listen on {}", socket.display())))?;
+    let (stop_tx, mut stop_rx) = watch::channel(None::<bool>);
+    let (stopping_tx, stopping_rx) = watch::channel(false);
+    let ctx = server::ServerCtx {
+        cfg: Arc::new(cfg.clone()),
+        sched: sched_tx.clone(),
+        store: store.clone(),
+        pool: pool.clone(),
+        stop: stop_tx.clone(),
+    };
+    let server_task = tokio::spawn(server::serve(listener, ctx, stopping_rx));
+    tracing::info!(
+        socket = %socket.display(),
+        state_dir = %state_dir.display(),
+        workers,
+        recovered,
+        pid = std::process::id(),
+        "jobvisor daemon ready"
+    );
+
+    let hard = spawn_signals(stop_tx, opts.config_path, pool.clone(), sched_tx.clone());
+
+    // Wait for a stop request.
+    let graceful = loop {
+        if let Some(g) = *stop_rx.borrow_and_update() {
+            break g;
+        }
+        if stop_rx.changed().await.is_err() {
+            break true;
+        }
+    };
+    tracing::info!(graceful, "shutting down");
+    let _ = stopping_tx.send(true);
+    if graceful {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if sched_tx.send(SchedCmd::Drain { reply: tx }).await.is_ok() {
+            let grace = Duration::from_millis(cfg.jobs.drain_grace_ms);
+            let mut hard = hard;
+            tokio::select! {
+                _ = rx => tracing::info!("running jobs drained"),
+                () = tokio::time::sleep(grace) => tracing::warn!(?grace, "drain grace period over; stopping running jobs"),
+                _ = hard.changed() => tracing::warn!("second interrupt: stopping now"),
+            }
+        }
+    } else {
+        let (tx, _rx) = tokio::sync::oneshot::channel();
+        let _ = sched_tx.send(SchedCmd::Drain { reply: tx }).await;
+    }
+    pool.clone().terminate().await;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if sched_tx.send(SchedCmd::Flush { reply: tx }).await.is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
+    }
+    drop(sched_tx);
+    let _ = server_task.await;
+    sched_task.abort();
+    let _ = std::fs::remove_file(&socket);
+    tracing::info!("jobvisor daemon stopped");
+    Ok(())
+}
+
+/// One task owns the signals: SIGTERM/SIGINT → graceful stop (a second
+/// SIGINT → now), SIGHUP → reload. Returns a watch that fires on "now".
+fn spawn_signals(
+    stop: watch::Sender<Option<bool>>,
+    config_path: Option<PathBuf>,
+    pool: Pool,
+    sched: mpsc::Sender<SchedCmd>,
+) -> watch::Receiver<bool> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (hard_tx, hard_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        let mut interrupts = 0;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM");
+                    let _ = stop.send(Some(true));
+                }
+                _ = int.recv() => {
+                    interrupts += 1;
+                    if interrupts == 1 {
+                        tracing::info!("SIGINT: draining (interrupt again to stop now)");
+                        let _ = stop.send(Some(true));
+                    } else {
+                        let _ = hard_tx.send(true);
+                        let _ = stop.send(Some(false));
+                    }
+                }
+                _ = hup.recv() => {
+                    let Some(path) = &config_path else {
+                        tracing::info!("SIGHUP: no config file to reload");
+                        continue;
+                    };
+                    match Config::load(path) {
+                        Ok(cfg) => {
+                            let workers = cfg.worker_count();
+                            tracing::info!(workers, "SIGHUP: configuration reloaded");
+                            pool.resize(workers).await;
+                            let _ = sched.send(SchedCmd::Reload { config: Box::new(cfg) }).await;
+                        }
+                        Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the old configuration"),
+                    }
+                }
+            }
+        }
+    });
+    hard_rx
+}
+
+/// Takes the state directory's lock (released when the process ends, even by kill -9).
+fn lock(state_dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
+    use std::io::Write;
+    let path = state_dir.join("daemon.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io(format!("cannot open {}", path.display())))?;
+    let mut locked = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|_| DaemonError::Locked(state_dir.to_owned()))?;
+    let _ = locked.set_len(0);
+    let _ = writeln!(locked, "{}", std::process::id());
+    Ok(locked)
+}

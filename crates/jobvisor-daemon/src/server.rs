@@ -1,0 +1,330 @@
+//! The control server: a Unix socket in a 0700 directory, mode 0600, peers
+//! checked with `SO_PEERCRED` (the daemon's own uid and root), a handshake
+//! with a timeout, frames bounded by `limits.max_frame_bytes`, and at most
+//! `limits.max_connections` connections. One task per connection; requests
+//! that change jobs go to the scheduler, reads go to the store directly.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jobvisor_pool::Pool;
+use jobvisor_proto::control::{ControlError, ErrorKind, Request, Response, WorkerRow};
+use jobvisor_proto::{encode_frame, FrameBuf, FrameError, Hello, Role, HELLO_BYTES};
+use jobvisor_store::StoreHandle;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+
+use crate::config::Config;
+use crate::scheduler::SchedCmd;
+
+/// What a connection can reach.
+#[derive(Clone)]
+pub(crate) struct ServerCtx {
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) sched: mpsc::Sender<SchedCmd>,
+    pub(crate) store: StoreHandle,
+    pub(crate) pool: Pool,
+    /// Set to request a shutdown: `Some(graceful)`.
+    pub(crate) stop: watch::Sender<Option<bool>>,
+}
+
+fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
+    Response::Error(ControlError {
+        kind,
+        message: message.into(),
+    })
+}
+
+/// Binds the socket: refuses if a live daemon answers there, removes a stale one.
+///
+/// # Errors
+/// I/O errors, or "already running".
+pub(crate) async fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    if path.exists() {
+        match UnixStream::connect(path).await {
+            Ok(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AddrInUse,
+                    format!("a jobvisor daemon already answers on {}", path.display()),
+                ))
+            }
+            Err(_) => std::fs::remove_file(path)?,
+        }
+    }
+    let listener = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Creates `dir` (and parents) with mode 0700; tightens an existing one we own.
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    if meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn serve(
+    listener: UnixListener,
+    ctx: ServerCtx,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(ctx.cfg.limits.max_connections));
+    // Refusals are answered by a few short-lived tasks, never unboundedly many.
+    let refusals = Arc::new(Semaphore::new(16));
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stopping.changed() => return,
+        };
+        let (stream, _) = match accepted {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                // EMFILE and friends: do not spin.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    connection(stream, &ctx).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                    let max = ctx.cfg.limits.max_connections;
+                    let timeout = Duration::from_millis(ctx.cfg.limits.handshake_timeout_ms);
+                    tokio::spawn(async move {
+                        let _ = tokio::time::timeout(
+                            timeout,
+                            refuse(stream, max, timeout.as_millis() as u64),
+                        )
+                        .await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+    }
+}
+
+async fn refuse(mut stream: UnixStream, max: usize, timeout_ms: u64) {
+    let mut out = Hello::ours(Role::Supervisor).encode().to_vec();
+    let resp = error(
+        ErrorKind::LimitReached,
+        format!("too many connections (limits.max_connections = {max}); try again later"),
+    );
+    if encode_frame(&mut out, &resp, 64 * 1024).is_ok() {
+        let _ = stream.write_all(&out).await;
+    }
+    linger(stream, timeout_ms).await;
+}
+
+/// Before closing a refused connection, read (and drop) what the client sends
+/// for a moment: closing with unread data makes the kernel reset the
+/// connection, and the client would see "broken pipe" instead of our answer.
+async fn linger(mut stream: UnixStream, timeout_ms: u64) {
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 1024];
+    let _ = tokio::time::timeout(Duration::from_millis(timeout_ms.min(1000)), async {
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("cannot read peer credentials: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if cred.uid() == me || cred.uid() == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "permission denied: uid {} may not use this daemon (it serves uid {me} and root)",
+            cred.uid()
+        ))
+    }
+}
+
+async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
+    let ours = Hello::ours(Role::Supervisor);
+    let max_frame = ctx.cfg.limits.max_frame_bytes;
+    let mut out = ours.encode().to_vec();
+    if let Err(why) = peer_allowed(&stream) {
+        tracing::warn!(%why, "refused a control connection");
+        if encode_frame(
+            &mut out,
+            &error(ErrorKind::PermissionDenied, why),
+            max_frame,
+        )
+        .is_ok()
+        {
+            let _ = stream.write_all(&out).await;
+        }
+        linger(stream, ctx.cfg.limits.handshake_timeout_ms).await;
+        return;
+    }
+    if stream.write_all(&out).await.is_err() {
+        return;
+    }
+    let timeout = Duration::from_millis(ctx.cfg.limits.handshake_timeout_ms);
+    let mut hello = [0u8; HELLO_BYTES];
+    match tokio::time::timeout(timeout, stream.read_exact(&mut hello)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) => return,
+        Err(_) => {
+            tracing::debug!("client sent no hello in time; closed");
+            return;
+        }
+    }
+    let checked = Hello::decode(&hello).and_then(|peer| ours.check_peer(&peer, Role::Client));
+    if let Err(e) = checked {
+        tracing::warn!(error = %e, "control handshake failed");
+        let mut out = Vec::new();
+        if encode_frame(
+            &mut out,
+            &error(ErrorKind::BadRequest, e.to_string()),
+            max_frame,
+        )
+        .is_ok()
+        {
+            let _ = stream.write_all(&out).await;
+        }
+        return;
+    }
+    let mut rbuf = FrameBuf::new(max_frame);
+    let mut wbuf = Vec::new();
+    loop {
+        let req = match rbuf.decode_next::<Request>() {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => {
+                match stream.read(rbuf.spare()).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => rbuf.filled(n),
+                }
+                continue;
+            }
+            Err(e) => Err(e),
+        };
+        let (resp, close) = match req {
+            Ok(req) => (handle(req, ctx).await, false),
+            Err(FrameError::TooLarge { len, max }) => (
+                error(
+                    ErrorKind::LimitReached,
+                    format!("request frame of {len} bytes exceeds limits.max_frame_bytes ({max}); connection closed"),
+                ),
+                true,
+            ),
+            Err(e) => (error(ErrorKind::BadRequest, format!("malformed request: {e}")), false),
+        };
+        wbuf.clear();
+        if let Err(e) = encode_frame(&mut wbuf, &resp, max_frame) {
+            wbuf.clear();
+            let msg = error(ErrorKind::LimitReached, format!("response too large: {e}"));
+            if encode_frame(&mut wbuf, &msg, max_frame).is_err() {
+                return;
+            }
+        }
+        if stream.write_all(&wbuf).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+async fn ask<T>(ctx: &ServerCtx, make: impl FnOnce(oneshot::Sender<T>) -> SchedCmd) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    ctx.sched.send(make(tx)).await.ok()?;
+    rx.await.ok()
+}
+
+fn gone() -> Response {
+    error(ErrorKind::ShuttingDown, "the daemon is shutting down")
+}
+
+async fn handle(req: Request, ctx: &ServerCtx) -> Response {
+    match req {
+        Request::Ping => Response::Pong {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        },
+        Request::Submit(specs) => match ask(ctx, |reply| SchedCmd::Submit { specs, reply }).await {
+            Some(Ok(v)) => Response::Submitted(v),
+            Some(Err(e)) => Response::Error(e),
+            None => gone(),
+        },
+        Request::Cancel { id } => match ask(ctx, |reply| SchedCmd::Cancel { id, reply }).await {
+            Some(Ok(())) => Response::Ok,
+            Some(Err(e)) => Response::Error(e),
+            None => gone(),
+        },
+        Request::Wait { ids, timeout_ms } => {
+            match ask(ctx, |reply| SchedCmd::Wait {
+                ids,
+                timeout_ms,
+                reply,
+            })
+            .await
+            {
+                Some(Ok(v)) => Response::Jobs(v),
+                Some(Err(e)) => Response::Error(e),
+                None => gone(),
+            }
+        }
+        Request::Status { id } => match ctx.store.get(id).await {
+            Ok(Some(rec)) => Response::Job(rec),
+            Ok(None) => error(ErrorKind::NotFound, format!("no job {id}")),
+            Err(e) => error(ErrorKind::Storage, e.to_string()),
+        },
+        Request::List {
+            state,
+            queue,
+            limit,
+        } => match ctx.store.list(state, queue, limit.clamp(1, 10_000)).await {
+            Ok(v) => Response::Jobs(v),
+            Err(e) => error(ErrorKind::Storage, e.to_string()),
+        },
+        Request::Workers => Response::Workers(
+            ctx.pool
+                .workers()
+                .await
+                .into_iter()
+                .map(|w| WorkerRow {
+                    id: w.id,
+                    pid: w.pid,
+                    state: format!("{:?}", w.state).to_lowercase(),
+                    in_flight: w.in_flight as u64,
+                    calls_done: w.calls_done,
+                })
+                .collect(),
+        ),
+        Request::Stats => match ask(ctx, |reply| SchedCmd::Stats { reply }).await {
+            Some(s) => Response::Stats(s),
+            None => gone(),
+        },
+        Request::Shutdown { graceful } => {
+            let _ = ctx.stop.send(Some(graceful));
+            Response::Ok
+        }
+    }
+}

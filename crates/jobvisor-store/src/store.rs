@@ -1,0 +1,221 @@
+//! The store interface. The daemon talks to it only through [`crate::StoreHandle`];
+//! implementations are synchronous and owned by one thread.
+
+use jobvisor_proto::control::{AttemptOutcome, JobRecord, JobState, Payload, Submitted};
+
+/// A job to insert, with every default already resolved by the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewJob {
+    /// Task name.
+    pub task: String,
+    /// Input.
+    pub input: Payload,
+    /// Queue name.
+    pub queue: String,
+    /// Priority (higher first).
+    pub priority: i32,
+    /// Attempts in all.
+    pub max_attempts: u32,
+    /// First retry delay.
+    pub backoff_base_ms: u64,
+    /// Retry delay cap.
+    pub backoff_max_ms: u64,
+    /// Per-attempt timeout.
+    pub timeout_ms: Option<u64>,
+    /// Not before (unix ms).
+    pub run_at_ms: u64,
+    /// Unix ms.
+    pub created_ms: u64,
+    /// Dependencies (must exist; the daemon checks).
+    pub after: Vec<u64>,
+    /// Idempotency key.
+    pub key: Option<String>,
+}
+
+/// What becomes of a job when an attempt ends (or without an attempt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finish {
+    /// Try again at `run_at_ms`; state `Retrying`.
+    Retry {
+        /// Next attempt not before (unix ms).
+        run_at_ms: u64,
+        /// The error of the attempt that failed.
+        error: String,
+    },
+    /// Back to `Queued` now (e.g. the attempt never really started).
+    Requeue,
+    /// `Succeeded` with an output.
+    Succeeded {
+        /// The output.
+        output: Payload,
+    },
+    /// `Failed`.
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// `Cancelled`.
+    Cancelled {
+        /// Why.
+        error: String,
+    },
+    /// `Dead` (dead-lettered).
+    Dead {
+        /// Why.
+        error: String,
+    },
+}
+
+impl Finish {
+    /// The state the job ends up in.
+    pub fn state(&self) -> JobState {
+        match self {
+            Finish::Retry { .. } => JobState::Retrying,
+            Finish::Requeue => JobState::Queued,
+            Finish::Succeeded { .. } => JobState::Succeeded,
+            Finish::Failed { .. } => JobState::Failed,
+            Finish::Cancelled { .. } => JobState::Cancelled,
+            Finish::Dead { .. } => JobState::Dead,
+        }
+    }
+}
+
+/// The store failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The disk (or the database's size limit) is full. Nothing of the
+    /// failed transaction was stored.
+    #[error("the job store is full (disk full?): {0}")]
+    Full(String),
+    /// Any other database or I/O error.
+    #[error("job store error: {0}")]
+    Db(String),
+    /// The database was written by a newer jobvisor.
+    #[error("the job store has schema version {found}, newer than this jobvisor's {supported}")]
+    TooNew {
+        /// Version found.
+        found: u32,
+        /// Newest this build knows.
+        supported: u32,
+    },
+    /// No such job.
+    #[error("no job {0}")]
+    NotFound(u64),
+    /// The store thread is gone.
+    #[error("the job store is closed")]
+    Closed,
+}
+
+/// A backend. All methods run on the store thread, inside a transaction
+/// opened by [`JobStore::begin`] unless noted.
+pub trait JobStore: Send + 'static {
+    /// Opens a transaction.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn begin(&mut self) -> Result<(), StoreError>;
+    /// Commits (and makes durable: fsync) the transaction.
+    ///
+    /// # Errors
+    /// Database errors; the transaction is rolled back.
+    fn commit(&mut self) -> Result<(), StoreError>;
+    /// Abandons the transaction.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn rollback(&mut self) -> Result<(), StoreError>;
+    /// Marks a point inside the transaction that [`JobStore::rollback_to_savepoint`] can return to.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn savepoint(&mut self) -> Result<(), StoreError>;
+    /// Releases the last savepoint (keeps its changes).
+    ///
+    /// # Errors
+    /// Database errors.
+    fn release_savepoint(&mut self) -> Result<(), StoreError>;
+    /// Undoes everything since the last savepoint, and releases it.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn rollback_to_savepoint(&mut self) -> Result<(), StoreError>;
+
+    /// Inserts a job, state `Queued`. If `key` is set and a job with that key
+    /// exists, nothing is inserted and that job's id is returned with `duplicate`.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`] (naming the dependency) when a job in `after`
+    /// does not exist; nothing is inserted then. Database errors.
+    fn insert(&mut self, job: &NewJob) -> Result<Submitted, StoreError>;
+    /// Records the start of attempt `number` (1-based); state `Running`.
+    /// Starting a number again (after a `Requeue`) replaces that attempt.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], database errors.
+    fn start_attempt(
+        &mut self,
+        id: u64,
+        number: u32,
+        worker_pid: Option<u32>,
+        at_ms: u64,
+    ) -> Result<(), StoreError>;
+    /// Records how attempt `number` ended, and the job's next state.
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], database errors.
+    fn finish_attempt(
+        &mut self,
+        id: u64,
+        number: u32,
+        outcome: &AttemptOutcome,
+        at_ms: u64,
+        next: &Finish,
+    ) -> Result<(), StoreError>;
+    /// Records which worker process ran attempt `number` (known only when it ends).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], database errors.
+    fn set_attempt_pid(&mut self, id: u64, number: u32, pid: u32) -> Result<(), StoreError>;
+    /// Moves a job to its next state without an attempt (cancel of a queued
+    /// job, a failed dependency).
+    ///
+    /// # Errors
+    /// [`StoreError::NotFound`], database errors.
+    fn finish_job(&mut self, id: u64, at_ms: u64, next: &Finish) -> Result<(), StoreError>;
+    /// A job with its input, output and attempts.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn get(&mut self, id: u64) -> Result<Option<JobRecord>, StoreError>;
+    /// Jobs, newest first, without inputs and outputs but with attempts.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn list(
+        &mut self,
+        state: Option<JobState>,
+        queue: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, StoreError>;
+    /// Recovery after a restart: every attempt still `Running` becomes `Lost`
+    /// (finished at `now_ms`); its job goes back to `Queued` if it has attempts
+    /// left (run_at unchanged), else to `Failed` ("lost: attempt budget spent").
+    /// `Retrying` and delayed `Queued` jobs keep their times. Returns every
+    /// non-terminal job, with input and attempts, in id order.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn recover(&mut self, now_ms: u64) -> Result<Vec<JobRecord>, StoreError>;
+    /// Deletes terminal jobs finished before `finished_before_ms`, and the
+    /// oldest terminal jobs beyond the newest `keep` terminal ones. Returns how many.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn prune(&mut self, finished_before_ms: u64, keep: u64) -> Result<u64, StoreError>;
+    /// Jobs per state.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn counts(&mut self) -> Result<Vec<(JobState, u64)>, StoreError>;
+}

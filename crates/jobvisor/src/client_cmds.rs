@@ -1,0 +1,2401 @@
+//! Client subcommands: talk to a running daemon over its control socket.
+//!
+//! `submit`, `status`, `wait`, `result`, `cancel`, `list`, `workers`, `stats`,
+//! `ping` and `shutdown`. Every read command takes `--json` for a
+//! machine-readable answer on stdout; human output goes to stdout too, and
+//! errors are printed as `jobvisor: <message>` on stderr.
+//!
+//! # Exit codes
+//!
+//! | code | constant              | meaning                                                       |
+//! |------|-----------------------|---------------------------------------------------------------|
+//! | 0    | [`EXIT_OK`]           | success (for `wait`, `result`, `submit --wait`: job succeeded) |
+//! | 1    | [`EXIT_ERROR`]        | any other error; also a job that is not finished yet          |
+//! | 2    | [`EXIT_USAGE`]        | bad usage (clap's own, bad `--input` JSON, bad batch file)     |
+//! | 3    | [`EXIT_JOB_FAILED`]   | a job failed or is dead                                       |
+//! | 4    | [`EXIT_NOT_FOUND`]    | no such job                                                   |
+//! | 5    | [`EXIT_UNREACHABLE`]  | the daemon is unreachable                                     |
+//! | 6    | [`EXIT_CANCELLED`]    | a job was cancelled                                           |
+//! | 7    | [`EXIT_REFUSED`]      | the daemon refused the request (bad request, unknown task, bad input, limit reached, shutting down, storage failure, permission denied) |
+//!
+//! When several jobs are involved (`wait`, `submit --wait`), the worst one
+//! decides: failed/dead (3) before cancelled (6) before unfinished (1) before
+//! succeeded (0).
+
+use std::collections::{HashMap, HashSet};
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use indicatif::{ProgressBar, ProgressStyle};
+use jobvisor_client::{Client, ClientError};
+use jobvisor_proto::control::{
+    AttemptOutcome, ErrorKind, JobRecord, JobSpec, JobState, Payload, Stats, Submitted, WorkerRow,
+};
+use serde_json::{json, Value};
+
+/// Success.
+pub const EXIT_OK: u8 = 0;
+/// Any other error (including a job that has not finished yet).
+pub const EXIT_ERROR: u8 = 1;
+/// Bad usage: clap's own errors, and input the CLI rejects before sending anything.
+pub const EXIT_USAGE: u8 = 2;
+/// A job failed or is dead.
+pub const EXIT_JOB_FAILED: u8 = 3;
+/// No such job.
+pub const EXIT_NOT_FOUND: u8 = 4;
+/// The daemon is unreachable.
+pub const EXIT_UNREACHABLE: u8 = 5;
+/// A job was cancelled.
+pub const EXIT_CANCELLED: u8 = 6;
+/// The daemon refused the request.
+pub const EXIT_REFUSED: u8 = 7;
+
+/// The task name whose input `submit exec -- CMD ARGS...` builds.
+const EXEC_TASK: &str = "exec";
+/// Per-request wait while a progress bar is shown.
+const WAIT_STEP: Duration = Duration::from_millis(200);
+/// Most ids in one `Wait` request.
+const WAIT_CHUNK: usize = 1024;
+/// Retry interval of `ping --wait`.
+const PING_RETRY: Duration = Duration::from_millis(50);
+/// Longest error shown in a `list` row.
+const LIST_ERROR_CHARS: usize = 60;
+/// Longest input/output preview shown by `status`.
+const PREVIEW_CHARS: usize = 120;
+
+/// Commands that talk to a running daemon.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientCommand {
+    /// Submit a job (`submit TASK --input JSON`, `submit exec -- CMD ARGS...`)
+    /// or a batch of jobs (`submit --batch FILE`). Prints one job id per line.
+    // Boxed so the enum stays small when flattened into another.
+    Submit(Box<SubmitArgs>),
+    /// Show one job: state, attempts, error, times.
+    Status {
+        /// Job id.
+        id: u64,
+        /// Print the full job record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until jobs finish; print each job's state. The exit code comes from
+    /// the worst state (3 failed/dead, 6 cancelled, 1 unfinished at the timeout).
+    Wait {
+        /// Job ids.
+        #[arg(required = true, num_args = 1.., value_name = "ID")]
+        ids: Vec<u64>,
+        /// Give up after this long (e.g. 500ms, 2s, 1m; a bare number is ms).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Print the job records as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a finished job's output on stdout (its error on stderr if it failed).
+    Result {
+        /// Job id.
+        id: u64,
+        /// Print `{"id", "state", "output", "error"}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a queued or running job.
+    Cancel {
+        /// Job id.
+        id: u64,
+    },
+    /// List jobs, newest first.
+    List {
+        /// Only jobs in this state (queued, running, retrying, succeeded,
+        /// failed, cancelled, dead).
+        #[arg(long, value_name = "STATE", value_parser = parse_state)]
+        state: Option<JobState>,
+        /// Only jobs of this queue.
+        #[arg(long, value_name = "QUEUE")]
+        queue: Option<String>,
+        /// At most this many jobs.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: u32,
+        /// Print the job records as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the worker processes.
+    Workers {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show daemon figures.
+    Stats {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that the daemon answers. Exit code 5 when it is unreachable.
+    Ping {
+        /// Keep retrying (every 50 ms) while the daemon is unreachable, up to
+        /// this long: for scripts waiting for the daemon to be ready.
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        wait: Option<Duration>,
+        /// Print `{"pid": N}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the daemon, letting running jobs finish unless `--now`.
+    Shutdown {
+        /// Do not wait for running jobs.
+        #[arg(long)]
+        now: bool,
+    },
+}
+
+/// Arguments of `submit`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// Task name. With `exec`, give the command after `--`.
+    #[arg(value_name = "TASK", required_unless_present = "batch")]
+    pub task: Option<String>,
+    /// The command of an `exec` job: `submit exec -- CMD ARGS...`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+    /// Task input as JSON text (required except for `exec -- CMD` and `--batch`).
+    #[arg(long, value_name = "JSON", conflicts_with = "command")]
+    pub input: Option<String>,
+    /// Working directory of an `exec` command (made absolute against the
+    /// current directory). Default: the worker's.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Environment variable for an `exec` command (repeatable).
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env_pair)]
+    pub env: Vec<(String, String)>,
+    /// Queue (default: `default`).
+    #[arg(long, value_name = "QUEUE")]
+    pub queue: Option<String>,
+    /// Priority: higher runs first (default 0).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// Attempts in all, the first included.
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Retry backoff in ms: first delay, optionally `:` the cap (e.g. 100:5000).
+    #[arg(long, value_name = "BASE[:MAX]", value_parser = parse_backoff)]
+    pub backoff_ms: Option<Backoff>,
+    /// Per-attempt timeout (e.g. 30s, 5m; a bare number is ms).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Do not start before this long from now.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+    /// Run only after this job succeeded (repeatable, or comma-separated).
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    pub after: Vec<u64>,
+    /// Idempotency key: submitting the same key again returns the first job.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// Wait for the job(s) to finish; exit with the worst job's code.
+    #[arg(long)]
+    pub wait: bool,
+    /// Submit many jobs from a JSON-lines file (`-` for stdin), one object per
+    /// line: {"task", "input", and optionally "queue", "priority",
+    /// "max_attempts", "backoff_base_ms", "backoff_max_ms", "timeout_ms",
+    /// "delay_ms", "after", "key"}. All are accepted or none. On a terminal,
+    /// shows a progress bar until all finished.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = [
+            "task", "command", "input", "cwd", "env", "queue", "priority",
+            "max_attempts", "backoff_ms", "timeout", "delay", "after", "key",
+        ]
+    )]
+    pub batch: Option<PathBuf>,
+    /// Print the submitted ids as JSON (`[{"id": N, "duplicate": false}, ...]`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `--backoff-ms BASE[:MAX]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Backoff {
+    /// First retry delay in ms.
+    pub base_ms: u64,
+    /// Cap on the retry delay in ms.
+    pub max_ms: Option<u64>,
+}
+
+/// Runs one client command against the daemon at `socket` and returns the
+/// process exit code (see the module docs). Errors are printed on stderr.
+pub async fn run(cmd: ClientCommand, socket: &Path) -> ExitCode {
+    match dispatch(cmd, socket).await {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("jobvisor: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// The exit code a job in `state` stands for: 0 succeeded, 3 failed or dead,
+/// 6 cancelled, 1 not finished.
+pub fn exit_code_for_state(state: JobState) -> u8 {
+    match state {
+        JobState::Succeeded => EXIT_OK,
+        JobState::Failed | JobState::Dead => EXIT_JOB_FAILED,
+        JobState::Cancelled => EXIT_CANCELLED,
+        JobState::Queued | JobState::Running | JobState::Retrying => EXIT_ERROR,
+    }
+}
+
+/// Parses a duration: `500ms`, `2s`, `1m`, `1h`, or a bare number of milliseconds.
+///
+/// # Errors
+/// A message naming the bad text.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    if num.is_empty() {
+        return Err(format!(
+            "invalid duration `{s}`: expected a number with an optional unit \
+             (ms, s, m, h), e.g. 500ms, 2s, 1m; a bare number is milliseconds"
+        ));
+    }
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration `{s}`: number too large"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        other => {
+            return Err(format!(
+                "invalid duration `{s}`: unknown unit `{other}` (use ms, s, m or h)"
+            ))
+        }
+    };
+    let ms = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("invalid duration `{s}`: too long"))?;
+    Ok(Duration::from_millis(ms))
+}
+
+// ---------------------------------------------------------------------------
+// Failures and output helpers
+// ---------------------------------------------------------------------------
+
+/// A command's failure: the exit code and the message for stderr.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+    fn usage(message: impl Into<String>) -> Self {
+        Self::new(EXIT_USAGE, message)
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        let code = match &e {
+            ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
+            ClientError::Server(ce) => exit_code_for_error_kind(ce.kind),
+            _ => EXIT_ERROR,
+        };
+        Self::new(code, e.to_string())
+    }
+}
+
+fn exit_code_for_error_kind(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::NotFound => EXIT_NOT_FOUND,
+        ErrorKind::Internal => EXIT_ERROR,
+        ErrorKind::BadRequest
+        | ErrorKind::UnknownTask
+        | ErrorKind::BadInput
+        | ErrorKind::LimitReached
+        | ErrorKind::ShuttingDown
+        | ErrorKind::Storage
+        | ErrorKind::PermissionDenied => EXIT_REFUSED,
+    }
+}
+
+type CmdResult = Result<u8, Failure>;
+
+/// Writes `text` to stdout. A closed pipe (`jobvisor list | head`) is not an error.
+fn emit(text: &str) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(Failure::new(EXIT_ERROR, format!("writing to stdout: {e}"))),
+    }
+}
+
+/// Writes `value` as pretty JSON and a newline.
+fn emit_json(value: &Value) -> Result<(), Failure> {
+    let mut text = serde_json::to_string_pretty(value)
+        .map_err(|e| Failure::new(EXIT_ERROR, format!("encoding JSON: {e}")))?;
+    text.push('\n');
+    emit(&text)
+}
+
+fn json_failure(e: serde_json::Error) -> Failure {
+    Failure::new(EXIT_ERROR, format!("encoding JSON: {e}"))
+}
+
+// ---------------------------------------------------------------------------
+// Dispatch
+// ---------------------------------------------------------------------------
+
+async fn dispatch(cmd: ClientCommand, socket: &Path) -> CmdResult {
+    match cmd {
+        ClientCommand::Submit(args) => submit(*args, socket).await,
+        ClientCommand::Status { id, json } => status(id, json, socket).await,
+        ClientCommand::Wait { ids, timeout, json } => wait(ids, timeout, json, socket).await,
+        ClientCommand::Result { id, json } => result(id, json, socket).await,
+        ClientCommand::Cancel { id } => {
+            let mut client = connect(socket).await?;
+            client.cancel(id).await?;
+            emit(&format!("cancelled job {id}\n"))?;
+            Ok(EXIT_OK)
+        }
+        ClientCommand::List {
+            state,
+            queue,
+            limit,
+            json,
+        } => list(state, queue, limit, json, socket).await,
+        ClientCommand::Workers { json } => workers(json, socket).await,
+        ClientCommand::Stats { json } => stats(json, socket).await,
+        ClientCommand::Ping { wait, json } => ping(wait, json, socket).await,
+        ClientCommand::Shutdown { now } => shutdown(!now, socket).await,
+    }
+}
+
+/// Connects. Failing to get a working connection (nothing listens, or it
+/// breaks during the handshake) is "unreachable"; a protocol mismatch is not.
+async fn connect(socket: &Path) -> Result<Client, Failure> {
+    Client::connect(socket)
+        .await
+        .map_err(|e| connect_failure(e, socket))
+}
+
+fn connect_failure(e: ClientError, socket: &Path) -> Failure {
+    match e {
+        ClientError::Io(io) => Failure::new(
+            EXIT_UNREACHABLE,
+            format!(
+                "cannot talk to the jobvisor daemon at {}: {io}",
+                socket.display()
+            ),
+        ),
+        other => Failure::from(other),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// submit
+// ---------------------------------------------------------------------------
+
+async fn submit(args: SubmitArgs, socket: &Path) -> CmdResult {
+    // Everything local is checked before connecting.
+    let (specs, batch) = match &args.batch {
+        Some(path) => (read_batch(path)?, true),
+        None => (vec![single_spec(&args)?], false),
+    };
+    let mut client = connect(socket).await?;
+    let submitted = client.submit(specs).await?;
+
+    if args.json {
+        emit_json(&serde_json::to_value(&submitted).map_err(json_failure)?)?;
+    } else {
+        let mut text = String::new();
+        for s in &submitted {
+            text.push_str(&s.id.to_string());
+            text.push('\n');
+        }
+        emit(&text)?;
+    }
+    report_duplicates(&submitted, &args);
+
+    let ids: Vec<u64> = submitted.iter().map(|s| s.id).collect();
+    let show_bar = batch && std::io::stdout().is_terminal();
+    if !args.wait && !show_bar {
+        return Ok(EXIT_OK);
+    }
+    let bar = show_bar.then(|| new_bar(unique(&ids).len() as u64));
+    let records = wait_all(&mut client, &ids, None, bar.as_ref()).await;
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let records = records?;
+    if batch {
+        eprintln!("jobvisor: {}", summarize(&records));
+    }
+    if !args.wait {
+        // The bar waited only to show progress; the exit code does not depend
+        // on whether stdout is a terminal.
+        return Ok(EXIT_OK);
+    }
+    for r in &records {
+        if r.state != JobState::Succeeded {
+            eprintln!("jobvisor: {}", describe_unsuccessful(r));
+        }
+    }
+    Ok(worst_exit_code(records.iter().map(|r| r.state)))
+}
+
+fn report_duplicates(submitted: &[Submitted], args: &SubmitArgs) {
+    for s in submitted.iter().filter(|s| s.duplicate) {
+        match (&args.key, args.batch.is_none()) {
+            (Some(key), true) => eprintln!(
+                "jobvisor: key `{key}` already names job {}; not submitted again",
+                s.id
+            ),
+            _ => eprintln!(
+                "jobvisor: job {} already existed with that key; not submitted again",
+                s.id
+            ),
+        }
+    }
+}
+
+/// The spec of a single `submit` (not `--batch`).
+fn single_spec(args: &SubmitArgs) -> Result<JobSpec, Failure> {
+    let task = args
+        .task
+        .clone()
+        .ok_or_else(|| Failure::usage("a TASK or --batch FILE is required"))?;
+    if args.command.is_empty() && (args.cwd.is_some() || !args.env.is_empty()) {
+        return Err(Failure::usage(
+            "--cwd and --env are only for `submit exec [OPTIONS] -- CMD ARGS...`",
+        ));
+    }
+    let input = if !args.command.is_empty() {
+        if task != EXEC_TASK {
+            return Err(Failure::usage(format!(
+                "a command after `--` is only for the `{EXEC_TASK}` task, not `{task}`; \
+                 use --input JSON"
+            )));
+        }
+        let cwd = match &args.cwd {
+            Some(dir) => Some(absolute_dir(dir)?),
+            None => None,
+        };
+        exec_input_json(&args.command, &args.env, cwd.as_deref())
+    } else {
+        let text = args.input.as_deref().ok_or_else(|| {
+            if task == EXEC_TASK {
+                Failure::usage("`submit exec` needs a command after `--` (or --input JSON)")
+            } else {
+                Failure::usage(format!(
+                    "--input JSON is required for task `{task}` (use --input null for none)"
+                ))
+            }
+        })?;
+        if let Err(e) = serde_json::from_str::<Value>(text) {
+            return Err(Failure::usage(format!("--input is not valid JSON: {e}")));
+        }
+        text.trim().to_owned()
+    };
+    let mut spec = JobSpec::new(task, Payload::Json(input));
+    spec.queue = args.queue.clone();
+    spec.priority = args.priority.unwrap_or(0);
+    spec.max_attempts = args.max_attempts;
+    if let Some(b) = args.backoff_ms {
+        spec.backoff_base_ms = Some(b.base_ms);
+        spec.backoff_max_ms = b.max_ms;
+    }
+    spec.timeout_ms = args.timeout.map(duration_ms);
+    spec.delay_ms = args.delay.map(duration_ms);
+    spec.after = args.after.clone();
+    spec.key = args.key.clone();
+    Ok(spec)
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `dir` made absolute against the current directory (the worker's directory
+/// is the daemon's, not ours), as UTF-8.
+fn absolute_dir(dir: &Path) -> Result<String, Failure> {
+    let abs = std::path::absolute(dir)
+        .map_err(|e| Failure::usage(format!("--cwd {}: {e}", dir.display())))?;
+    abs.into_os_string()
+        .into_string()
+        .map_err(|p| Failure::usage(format!("--cwd {}: not valid UTF-8", p.to_string_lossy())))
+}
+
+/// The JSON input of the `exec` task. Every field of `ExecInput` is present:
+/// the daemon decodes it strictly into that struct.
+fn exec_input_json(argv: &[String], env: &[(String, String)], cwd: Option<&str>) -> String {
+    json!({
+        "argv": argv,
+        "env": env,
+        "clear_env": false,
+        "cwd": cwd,
+        "stdin": null,
+        "max_output_bytes": 0,
+        "timeout_ms": null,
+        "kill_grace_ms": 0,
+    })
+    .to_string()
+}
+
+fn parse_env_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("expected K=V with a non-empty K, got `{s}`")),
+    }
+}
+
+fn parse_backoff(s: &str) -> Result<Backoff, String> {
+    let num = |t: &str, what: &str| {
+        t.trim().parse::<u64>().map_err(|_| {
+            format!("invalid backoff `{s}`: {what} must be a number of ms (BASE[:MAX])")
+        })
+    };
+    let b = match s.split_once(':') {
+        Some((base, max)) => Backoff {
+            base_ms: num(base, "BASE")?,
+            max_ms: Some(num(max, "MAX")?),
+        },
+        None => Backoff {
+            base_ms: num(s, "BASE")?,
+            max_ms: None,
+        },
+    };
+    if let Some(max) = b.max_ms {
+        if max < b.base_ms {
+            return Err(format!("invalid backoff `{s}`: MAX is below BASE"));
+        }
+    }
+    Ok(b)
+}
+
+fn parse_state(s: &str) -> Result<JobState, String> {
+    JobState::parse(&s.to_ascii_lowercase()).ok_or_else(|| {
+        format!(
+            "unknown state `{s}` (one of: queued, running, retrying, succeeded, failed, cancelled, dead)"
+        )
+    })
+}
+
+/// Reads a JSON-lines batch file (`-` is stdin).
+fn read_batch(path: &Path) -> Result<Vec<JobSpec>, Failure> {
+    let text = if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| Failure::usage(format!("reading the batch from stdin: {e}")))?;
+        s
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| Failure::usage(format!("reading the batch {}: {e}", path.display())))?
+    };
+    let name = if path == Path::new("-") {
+        "stdin".to_owned()
+    } else {
+        path.display().to_string()
+    };
+    parse_batch(&text).map_err(|e| Failure::usage(format!("batch {name}: {e}")))
+}
+
+/// Parses a whole JSON-lines batch; blank lines are skipped. Errors name the
+/// 1-based line number.
+fn parse_batch(text: &str) -> Result<Vec<JobSpec>, String> {
+    let mut specs = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let spec = parse_batch_line(line).map_err(|e| format!("line {}: {e}", i + 1))?;
+        specs.push(spec);
+    }
+    if specs.is_empty() {
+        return Err("no jobs in the batch".to_owned());
+    }
+    Ok(specs)
+}
+
+/// Parses one batch line: a JSON object with `task` and `input` (any JSON
+/// value, sent as its JSON text) and optional `queue`, `priority`,
+/// `max_attempts`, `backoff_base_ms`, `backoff_max_ms`, `timeout_ms`,
+/// `delay_ms`, `after`, `key`. Unknown fields are refused (they are typos).
+fn parse_batch_line(line: &str) -> Result<JobSpec, String> {
+    let value: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
+    let Value::Object(obj) = value else {
+        return Err("expected a JSON object like {\"task\": ..., \"input\": ...}".to_owned());
+    };
+    const KNOWN: &[&str] = &[
+        "task",
+        "input",
+        "queue",
+        "priority",
+        "max_attempts",
+        "backoff_base_ms",
+        "backoff_max_ms",
+        "timeout_ms",
+        "delay_ms",
+        "after",
+        "key",
+    ];
+    if let Some(unknown) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+        return Err(format!(
+            "unknown field `{unknown}` (known: {})",
+            KNOWN.join(", ")
+        ));
+    }
+
+    let task = match obj.get("task") {
+        Some(Value::String(t)) if !t.is_empty() => t.clone(),
+        Some(Value::String(_)) => return Err("field `task` is empty".to_owned()),
+        Some(_) => return Err("field `task` must be a string".to_owned()),
+        None => return Err("missing field `task`".to_owned()),
+    };
+    let input = obj
+        .get("input")
+        .ok_or_else(|| "missing field `input` (use null for none)".to_owned())?
+        .to_string();
+
+    let opt_u64 = |name: &str| -> Result<Option<u64>, String> {
+        match obj.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(Some)
+                .ok_or_else(|| format!("field `{name}` must be a non-negative integer")),
+        }
+    };
+    let opt_string = |name: &str| -> Result<Option<String>, String> {
+        match obj.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("field `{name}` must be a string")),
+        }
+    };
+
+    let mut spec = JobSpec::new(task, Payload::Json(input));
+    spec.queue = opt_string("queue")?;
+    spec.key = opt_string("key")?;
+    spec.priority = match obj.get("priority") {
+        None | Some(Value::Null) => 0,
+        Some(v) => v
+            .as_i64()
+            .and_then(|p| i32::try_from(p).ok())
+            .ok_or_else(|| "field `priority` must be a 32-bit integer".to_owned())?,
+    };
+    spec.max_attempts = match opt_u64("max_attempts")? {
+        None => None,
+        Some(n) => {
+            Some(u32::try_from(n).map_err(|_| "field `max_attempts` is too large".to_owned())?)
+        }
+    };
+    spec.backoff_base_ms = opt_u64("backoff_base_ms")?;
+    spec.backoff_max_ms = opt_u64("backoff_max_ms")?;
+    spec.timeout_ms = opt_u64("timeout_ms")?;
+    spec.delay_ms = opt_u64("delay_ms")?;
+    spec.after = match obj.get("after") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(|v| {
+                v.as_u64()
+                    .ok_or_else(|| "field `after` must be an array of job ids".to_owned())
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err("field `after` must be an array of job ids".to_owned()),
+    };
+    Ok(spec)
+}
+
+// ---------------------------------------------------------------------------
+// Waiting
+// ---------------------------------------------------------------------------
+
+fn unique(ids: &[u64]) -> Vec<u64> {
+    let mut seen = HashSet::new();
+    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
+}
+
+fn new_bar(len: u64) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    let style = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} finished {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style);
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+/// Waits until every job is terminal or `deadline` passes, and returns the
+/// latest record of each distinct id, in first-seen order. With a bar, asks in
+/// short steps so the bar moves as jobs finish.
+async fn wait_all(
+    client: &mut Client,
+    ids: &[u64],
+    deadline: Option<Instant>,
+    bar: Option<&ProgressBar>,
+) -> Result<Vec<JobRecord>, Failure> {
+    let order = unique(ids);
+    let mut latest: HashMap<u64, JobRecord> = HashMap::with_capacity(order.len());
+    let mut pending = order.clone();
+    let mut finished: u64 = 0;
+    let mut unsuccessful: u64 = 0;
+    loop {
+        let step = bar.map(|_| WAIT_STEP);
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let timeout = match (remaining, step) {
+            (Some(r), Some(s)) => Some(r.min(s)),
+            (r, s) => r.or(s),
+        };
+        let mut still = Vec::new();
+        for chunk in pending.chunks(WAIT_CHUNK) {
+            let records = client.wait(chunk.to_vec(), timeout).await?;
+            let mut by_id: HashMap<u64, JobRecord> =
+                records.into_iter().map(|r| (r.id, r)).collect();
+            for id in chunk {
+                let r = by_id.remove(id).ok_or_else(|| {
+                    Failure::new(
+                        EXIT_ERROR,
+                        format!("the daemon's answer to wait lacks job {id}"),
+                    )
+                })?;
+                if r.state.is_terminal() {
+                    finished += 1;
+                    if r.state != JobState::Succeeded {
+                        unsuccessful += 1;
+                    }
+                } else {
+                    still.push(*id);
+                }
+                latest.insert(*id, r);
+            }
+            if let Some(bar) = bar {
+                bar.set_position(finished);
+                if unsuccessful > 0 {
+                    bar.set_message(format!("({unsuccessful} not succeeded)"));
+                }
+            }
+        }
+        pending = still;
+        if pending.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        if timeout.is_none() {
+            // Asked without a timeout yet got unfinished jobs: do not spin.
+            tokio::time::sleep(PING_RETRY).await;
+        }
+    }
+    Ok(order.iter().filter_map(|id| latest.remove(id)).collect())
+}
+
+/// Worst exit code among the states: failed/dead, then cancelled, then
+/// unfinished, then succeeded.
+fn worst_exit_code(states: impl IntoIterator<Item = JobState>) -> u8 {
+    fn rank(code: u8) -> u8 {
+        match code {
+            EXIT_JOB_FAILED => 3,
+            EXIT_CANCELLED => 2,
+            EXIT_OK => 0,
+            _ => 1,
+        }
+    }
+    states
+        .into_iter()
+        .map(exit_code_for_state)
+        .max_by_key(|c| rank(*c))
+        .unwrap_or(EXIT_OK)
+}
+
+fn summarize(records: &[JobRecord]) -> String {
+    let order = [
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Dead,
+        JobState::Cancelled,
+        JobState::Queued,
+        JobState::Running,
+        JobState::Retrying,
+    ];
+    let parts: Vec<String> = order
+        .iter()
+        .filter_map(|s| {
+            let n = records.iter().filter(|r| r.state == *s).count();
+            (n > 0).then(|| format!("{n} {}", s.as_str()))
+        })
+        .collect();
+    let noun = if records.len() == 1 { "job" } else { "jobs" };
+    format!("{} {noun}: {}", records.len(), parts.join(", "))
+}
+
+fn describe_unsuccessful(r: &JobRecord) -> String {
+    let what = match r.state {
+        JobState::Queued | JobState::Running | JobState::Retrying => {
+            format!("job {} is not finished (state {})", r.id, r.state.as_str())
+        }
+        s => format!("job {} {}", r.id, s.as_str()),
+    };
+    match &r.error {
+        Some(e) => format!("{what}: {e}"),
+        None => what,
+    }
+}
+
+async fn wait(ids: Vec<u64>, timeout: Option<Duration>, json: bool, socket: &Path) -> CmdResult {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut client = connect(socket).await?;
+    let records = wait_all(&mut client, &ids, deadline, None).await?;
+    if json {
+        let list = records
+            .iter()
+            .map(record_json)
+            .collect::<Result<Vec<_>, _>>()?;
+        emit_json(&Value::Array(list))?;
+    } else {
+        let mut text = String::new();
+        for r in &records {
+            text.push_str(&format!("{} {}", r.id, r.state.as_str()));
+            if let (false, Some(e)) = (r.state == JobState::Succeeded, &r.error) {
+                text.push_str(&format!(": {}", one_line(e)));
+            }
+            text.push('\n');
+        }
+        emit(&text)?;
+    }
+    Ok(worst_exit_code(records.iter().map(|r| r.state)))
+}
+
+// ---------------------------------------------------------------------------
+// status, result
+// ---------------------------------------------------------------------------
+
+/// A payload as JSON: the parsed value for JSON text (the text as a string if
+/// it does not parse), `{"native_hex": "..."}` for native bytes.
+fn payload_json(p: &Payload) -> Value {
+    match p {
+        Payload::Json(t) => serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.clone())),
+        Payload::Native(b) => json!({ "native_hex": hex(b) }),
+    }
+}
+
+/// A record as JSON: the derived shape, but `state` as its lowercase name and
+/// `input`/`output` shown by [`payload_json`].
+fn record_json(r: &JobRecord) -> Result<Value, Failure> {
+    let mut v = serde_json::to_value(r).map_err(json_failure)?;
+    if let Value::Object(obj) = &mut v {
+        obj.insert("state".to_owned(), json!(r.state.as_str()));
+        obj.insert(
+            "input".to_owned(),
+            r.input.as_ref().map_or(Value::Null, payload_json),
+        );
+        obj.insert(
+            "output".to_owned(),
+            r.output.as_ref().map_or(Value::Null, payload_json),
+        );
+    }
+    Ok(v)
+}
+
+async fn status(id: u64, json: bool, socket: &Path) -> CmdResult {
+    let mut client = connect(socket).await?;
+    let r = client.status(id).await?;
+    if json {
+        emit_json(&record_json(&r)?)?;
+    } else {
+        emit(&format_status(&r))?;
+    }
+    Ok(EXIT_OK)
+}
+
+fn format_status(r: &JobRecord) -> String {
+    let mut s = String::new();
+    let mut field = |name: &str, value: &str| {
+        s.push_str(&format!("{:<10} {value}\n", format!("{name}:")));
+    };
+    field("job", &r.id.to_string());
+    field("task", &r.task);
+    field("state", r.state.as_str());
+    field("queue", &r.queue);
+    field("priority", &r.priority.to_string());
+    if let Some(key) = &r.key {
+        field("key", key);
+    }
+    if !r.after.is_empty() {
+        let ids: Vec<String> = r.after.iter().map(u64::to_string).collect();
+        field("after", &ids.join(", "));
+    }
+    if let Some(t) = r.timeout_ms {
+        field("timeout", &fmt_ms(t));
+    }
+    field("created", &fmt_unix_ms(r.created_ms));
+    if r.run_at_ms > r.created_ms {
+        field("run at", &fmt_unix_ms(r.run_at_ms));
+    }
+    if let Some(f) = r.finished_ms {
+        field(
+            "finished",
+            &format!(
+                "{} (after {})",
+                fmt_unix_ms(f),
+                fmt_ms(f.saturating_sub(r.created_ms))
+            ),
+        );
+    }
+    if let Some(input) = &r.input {
+        field("input", &preview(input));
+    }
+    if let Some(output) = &r.output {
+        field("output", &preview(output));
+    }
+    if let Some(e) = &r.error {
+        field("error", e);
+    }
+    field(
+        "attempts",
+        &format!("{} of at most {}", r.attempts.len(), r.max_attempts),
+    );
+    for a in &r.attempts {
+        let pid = a
+            .worker_pid
+            .map_or_else(|| "pid ?".to_owned(), |p| format!("pid {p}"));
+        let took = a
+            .finished_ms
+            .map(|f| format!(", {}", fmt_ms(f.saturating_sub(a.started_ms))))
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "  #{:<3} {pid}{took}: {}\n",
+            a.number,
+            describe_outcome(&a.outcome)
+        ));
+        if let AttemptOutcome::Crashed { stderr_tail, .. } = &a.outcome {
+            for line in stderr_tail {
+                s.push_str(&format!("        | {line}\n"));
+            }
+        }
+    }
+    s
+}
+
+fn describe_outcome(o: &AttemptOutcome) -> String {
+    match o {
+        AttemptOutcome::Running => "running".to_owned(),
+        AttemptOutcome::Ok => "ok".to_owned(),
+        AttemptOutcome::Error(e) => format!("error: {}", one_line(e)),
+        AttemptOutcome::Panic(e) => format!("panicked: {}", one_line(e)),
+        AttemptOutcome::Crashed {
+            code,
+            signal,
+            max_rss_kib,
+            ..
+        } => {
+            let how = match (code, signal) {
+                (_, Some(sig)) => format!("killed by signal {sig}{}", signal_name(*sig)),
+                (Some(c), None) => format!("exited with code {c}"),
+                (None, None) => "died".to_owned(),
+            };
+            format!("worker crashed ({how}, peak RSS {max_rss_kib} KiB)")
+        }
+        AttemptOutcome::TimedOut(how) => format!("timed out ({how})"),
+        AttemptOutcome::Lost => "lost (the daemon stopped while it ran)".to_owned(),
+        AttemptOutcome::Cancelled => "cancelled".to_owned(),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => " (SIGHUP)",
+        libc::SIGINT => " (SIGINT)",
+        libc::SIGQUIT => " (SIGQUIT)",
+        libc::SIGILL => " (SIGILL)",
+        libc::SIGABRT => " (SIGABRT)",
+        libc::SIGBUS => " (SIGBUS)",
+        libc::SIGFPE => " (SIGFPE)",
+        libc::SIGKILL => " (SIGKILL)",
+        libc::SIGSEGV => " (SIGSEGV)",
+        libc::SIGPIPE => " (SIGPIPE)",
+        libc::SIGALRM => " (SIGALRM)",
+        libc::SIGTERM => " (SIGTERM)",
+        _ => "",
+    }
+}
+
+fn preview(p: &Payload) -> String {
+    match p {
+        Payload::Json(t) => truncate_chars(&one_line(t), PREVIEW_CHARS),
+        Payload::Native(b) => format!("<{} bytes, native encoding>", b.len()),
+    }
+}
+
+async fn result(id: u64, json: bool, socket: &Path) -> CmdResult {
+    let mut client = connect(socket).await?;
+    let r = client.status(id).await?;
+    if json {
+        emit_json(&json!({
+            "id": r.id,
+            "state": r.state.as_str(),
+            "output": r.output.as_ref().map_or(Value::Null, payload_json),
+            "error": r.error,
+        }))?;
+    }
+    match r.state {
+        JobState::Succeeded => {
+            if !json {
+                match &r.output {
+                    Some(Payload::Json(t)) => {
+                        let text = match serde_json::from_str::<Value>(t) {
+                            Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_else(|_| t.clone()),
+                            Err(_) => t.clone(),
+                        };
+                        emit(&format!("{text}\n"))?;
+                    }
+                    Some(Payload::Native(b)) => {
+                        eprintln!(
+                            "jobvisor: job {id}'s output is in the native encoding ({} bytes); printing it as hex",
+                            b.len()
+                        );
+                        emit(&format!("{}\n", hex(b)))?;
+                    }
+                    None => eprintln!("jobvisor: job {id} succeeded without an output"),
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        s if s.is_terminal() => {
+            eprintln!("jobvisor: {}", describe_unsuccessful(&r));
+            Ok(exit_code_for_state(s))
+        }
+        s => {
+            if !json {
+                eprintln!("jobvisor: job {id} is not finished (state {})", s.as_str());
+            }
+            Ok(EXIT_ERROR)
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// list, workers, stats
+// ---------------------------------------------------------------------------
+
+async fn list(
+    state: Option<JobState>,
+    queue: Option<String>,
+    limit: u32,
+    json: bool,
+    socket: &Path,
+) -> CmdResult {
+    let mut client = connect(socket).await?;
+    let records = client.list(state, queue, limit).await?;
+    if json {
+        let list = records
+            .iter()
+            .map(record_json)
+            .collect::<Result<Vec<_>, _>>()?;
+        emit_json(&Value::Array(list))?;
+        return Ok(EXIT_OK);
+    }
+    let rows: Vec<Vec<String>> = records
+        .iter()
+        .map(|r| {
+            vec![
+                r.id.to_string(),
+                r.state.as_str().to_owned(),
+                r.task.clone(),
+                r.queue.clone(),
+                format!("{}/{}", r.attempts.len(), r.max_attempts),
+                r.error
+                    .as_deref()
+                    .map(|e| truncate_chars(&one_line(e), LIST_ERROR_CHARS))
+                    .unwrap_or_default(),
+            ]
+        })
+        .collect();
+    emit(&table(
+        &["ID", "STATE", "TASK", "QUEUE", "ATTEMPTS", "ERROR"],
+        &rows,
+    ))?;
+    Ok(EXIT_OK)
+}
+
+async fn workers(json: bool, socket: &Path) -> CmdResult {
+    let mut client = connect(socket).await?;
+    let rows: Vec<WorkerRow> = client.workers().await?;
+    if json {
+        emit_json(&serde_json::to_value(&rows).map_err(json_failure)?)?;
+        return Ok(EXIT_OK);
+    }
+    let cells: Vec<Vec<String>> = rows
+        .iter()
+        .map(|w| {
+            vec![
+                w.id.to_string(),
+                w.pid.to_string(),
+                w.state.clone(),
+                w.in_flight.to_string(),
+                w.calls_done.to_string(),
+            ]
+        })
+        .collect();
+    emit(&table(&["ID", "PID", "STATE", "IN_FLIGHT", "DONE"], &cells))?;
+    Ok(EXIT_OK)
+}
+
+/// Stats as JSON, with `jobs` as an object `{state: count}`.
+fn stats_json(s: &Stats) -> Result<Value, Failure> {
+    let mut v = serde_json::to_value(s).map_err(json_failure)?;
+    if let Value::Object(obj) = &mut v {
+        let jobs: serde_json::Map<String, Value> =
+            s.jobs.iter().map(|(k, n)| (k.clone(), json!(n))).collect();
+        obj.insert("jobs".to_owned(), Value::Object(jobs));
+    }
+    Ok(v)
+}
+
+async fn stats(json: bool, socket: &Path) -> CmdResult {
+    let mut client = connect(socket).await?;
+    let s = client.stats().await?;
+    if json {
+        emit_json(&stats_json(&s)?)?;
+        return Ok(EXIT_OK);
+    }
+    let jobs = if s.jobs.is_empty() {
+        "none".to_owned()
+    } else {
+        s.jobs
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let text = format!(
+        "pid:               {}\n\
+         uptime:            {}\n\
+         workers:           {}\n\
+         jobs:              {jobs}\n\
+         submitted:         {}\n\
+         attempts finished: {}\n\
+         worker restarts:   {}\n\
+         recovered:         {}\n",
+        s.pid,
+        fmt_ms(s.uptime_s.saturating_mul(1000)),
+        s.workers,
+        s.submitted,
+        s.attempts_finished,
+        s.worker_restarts,
+        s.recovered,
+    );
+    emit(&text)?;
+    Ok(EXIT_OK)
+}
+
+// ---------------------------------------------------------------------------
+// ping, shutdown
+// ---------------------------------------------------------------------------
+
+async fn ping(wait: Option<Duration>, json: bool, socket: &Path) -> CmdResult {
+    let deadline = wait.map(|w| Instant::now() + w);
+    let mut client = loop {
+        match Client::connect(socket).await {
+            Ok(c) => break c,
+            Err(e @ (ClientError::Unreachable { .. } | ClientError::Io(_))) => {
+                if deadline.is_some_and(|d| Instant::now() + PING_RETRY < d) {
+                    tokio::time::sleep(PING_RETRY).await;
+                    continue;
+                }
+                return Err(connect_failure(e, socket));
+            }
+            Err(e) => return Err(Failure::from(e)),
+        }
+    };
+    let pid = client.ping().await?;
+    if json {
+        emit_json(&json!({ "pid": pid }))?;
+    } else {
+        emit(&format!("pong from pid {pid}\n"))?;
+    }
+    Ok(EXIT_OK)
+}
+
+async fn shutdown(graceful: bool, socket: &Path) -> CmdResult {
+    let mut client = connect(socket).await?;
+    match client.shutdown(graceful).await {
+        Ok(()) => {}
+        // The daemon may close the connection as it goes away.
+        Err(ClientError::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::BrokenPipe
+            ) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let how = if graceful {
+        "shutdown requested; running jobs will finish first"
+    } else {
+        "immediate shutdown requested"
+    };
+    emit(&format!("{how}\n"))?;
+    Ok(EXIT_OK)
+}
+
+// ---------------------------------------------------------------------------
+// Formatting
+// ---------------------------------------------------------------------------
+
+/// A left-aligned table; the last column is not padded.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut l = String::new();
+        for (i, cell) in cells.enumerate() {
+            if i + 1 < widths.len() {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                l.push_str(cell);
+                l.push_str(&" ".repeat(pad + 2));
+            } else {
+                l.push_str(cell);
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        return s.to_owned();
+    }
+    let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
+    t.push('…');
+    t
+}
+
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// `1500` → `1.5s`, `90000` → `1m30s`, `3723000` → `1h02m03s`.
+fn fmt_ms(ms: u64) -> String {
+    if ms < 1_000 {
+        return format!("{ms}ms");
+    }
+    if ms < 60_000 {
+        let tenths = ms / 100;
+        return if tenths % 10 == 0 {
+            format!("{}s", tenths / 10)
+        } else {
+            format!("{}.{}s", tenths / 10, tenths % 10)
+        };
+    }
+    let secs = ms / 1_000;
+    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+    if h > 0 {
+        format!("{h}h{m:02}m{s:02}s")
+    } else {
+        format!("{m}m{s:02}s")
+    }
+}
+
+/// Unix milliseconds as a UTC timestamp: `2023-11-14 22:13:20.000Z`.
+fn fmt_unix_ms(ms: u64) -> String {
+    let secs = ms / 1_000;
+    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
+    let rem = secs % 86_400;
+    let (y, mo, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60,
+        ms % 1_000
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
+/// (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct TestCli {
+        #[command(subcommand)]
+        cmd: ClientCommand,
+    }
+
+    fn parse(args: &[&str]) -> Result<ClientCommand, clap::Error> {
+        TestCli::try_parse_from(std::iter::once("jobvisor").chain(args.iter().copied()))
+            .map(|c| c.cmd)
+    }
+
+    fn submit_args(args: &[&str]) -> SubmitArgs {
+        match parse(args).expect("parses") {
+            ClientCommand::Submit(a) => *a,
+            other => panic!("not a submit: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        TestCli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        let ms = |s| parse_duration(s).map(|d| d.as_millis());
+        assert_eq!(ms("500ms"), Ok(500));
+        assert_eq!(ms("2s"), Ok(2_000));
+        assert_eq!(ms("1m"), Ok(60_000));
+        assert_eq!(ms("1h"), Ok(3_600_000));
+        assert_eq!(ms("250"), Ok(250));
+        assert_eq!(ms("0"), Ok(0));
+        assert_eq!(ms(" 3s "), Ok(3_000));
+        assert_eq!(ms("3 s"), Ok(3_000));
+        for bad in [
+            "",
+            "s",
+            "ms",
+            "-1s",
+            "1.5s",
+            "2d",
+            "1sec",
+            "abc",
+            "99999999999999999999",
+        ] {
+            let e = parse_duration(bad).expect_err(bad);
+            assert!(e.contains("invalid duration"), "{bad}: {e}");
+        }
+        assert!(parse_duration("2d")
+            .unwrap_err()
+            .contains("unknown unit `d`"));
+        assert!(parse_duration(&format!("{}h", u64::MAX / 1000))
+            .unwrap_err()
+            .contains("too long"));
+    }
+
+    #[test]
+    fn batch_line_full() {
+        let spec = parse_batch_line(
+            r#"{"task":"hash","input":{"data":[1,2]},"queue":"q","priority":-3,"max_attempts":4,
+               "backoff_base_ms":10,"backoff_max_ms":100,"timeout_ms":5000,"delay_ms":7,
+               "after":[1,2],"key":"k1"}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.task, "hash");
+        assert_eq!(spec.input, Payload::Json(r#"{"data":[1,2]}"#.to_owned()));
+        assert_eq!(spec.queue.as_deref(), Some("q"));
+        assert_eq!(spec.priority, -3);
+        assert_eq!(spec.max_attempts, Some(4));
+        assert_eq!(spec.backoff_base_ms, Some(10));
+        assert_eq!(spec.backoff_max_ms, Some(100));
+        assert_eq!(spec.timeout_ms, Some(5000));
+        assert_eq!(spec.delay_ms, Some(7));
+        assert_eq!(spec.after, vec![1, 2]);
+        assert_eq!(spec.key.as_deref(), Some("k1"));
+    }
+
+    #[test]
+    fn batch_line_minimal_and_scalar_inputs() {
+        let spec = parse_batch_line(r#"{"task":"noop","input":null}"#).unwrap();
+        assert_eq!(spec, JobSpec::new("noop", Payload::Json("null".to_owned())));
+        let spec = parse_batch_line(r#"{"task":"sleep","input":"x\"y"}"#).unwrap();
+        assert_eq!(spec.input, Payload::Json(r#""x\"y""#.to_owned()));
+        let spec = parse_batch_line(r#"{"task":"sleep","input":42,"queue":null}"#).unwrap();
+        assert_eq!(spec.input, Payload::Json("42".to_owned()));
+        assert_eq!(spec.queue, None);
+    }
+
+    #[test]
+    fn batch_line_errors() {
+        let cases: &[(&str, &str)] = &[
+            ("{", "not valid JSON"),
+            ("[1]", "expected a JSON object"),
+            (r#"{"input":1}"#, "missing field `task`"),
+            (r#"{"task":"x"}"#, "missing field `input`"),
+            (r#"{"task":1,"input":1}"#, "`task` must be a string"),
+            (r#"{"task":"","input":1}"#, "`task` is empty"),
+            (r#"{"task":"x","input":1,"prio":1}"#, "unknown field `prio`"),
+            (r#"{"task":"x","input":1,"priority":"high"}"#, "`priority`"),
+            (
+                r#"{"task":"x","input":1,"priority":3000000000}"#,
+                "`priority`",
+            ),
+            (
+                r#"{"task":"x","input":1,"max_attempts":-1}"#,
+                "`max_attempts`",
+            ),
+            (
+                r#"{"task":"x","input":1,"max_attempts":5000000000}"#,
+                "`max_attempts` is too large",
+            ),
+            (r#"{"task":"x","input":1,"timeout_ms":1.5}"#, "`timeout_ms`"),
+            (r#"{"task":"x","input":1,"after":3}"#, "`after`"),
+            (r#"{"task":"x","input":1,"after":["a"]}"#, "`after`"),
+            (
+                r#"{"task":"x","input":1,"key":5}"#,
+                "`key` must be a string",
+            ),
+        ];
+        for (line, want) in cases {
+            let e = parse_batch_line(line).expect_err(line);
+            assert!(e.contains(want), "{line}: got `{e}`, want `{want}`");
+        }
+    }
+
+    #[test]
+    fn batch_names_the_line() {
+        let text = "{\"task\":\"noop\",\"input\":null}\n\n   \n{\"task\":\"noop\"}\n";
+        let e = parse_batch(text).unwrap_err();
+        assert!(e.starts_with("line 4: "), "{e}");
+        assert!(e.contains("missing field `input`"), "{e}");
+
+        let e = parse_batch("{\"task\":\"noop\",\"input\":1}\nnot json\n").unwrap_err();
+        assert!(e.starts_with("line 2: not valid JSON"), "{e}");
+
+        assert_eq!(parse_batch("\n \n").unwrap_err(), "no jobs in the batch");
+
+        let specs = parse_batch(
+            "{\"task\":\"a\",\"input\":1}\r\n{\"task\":\"b\",\"input\":[2]}\n\n{\"task\":\"c\",\"input\":{}}",
+        )
+        .unwrap();
+        let tasks: Vec<&str> = specs.iter().map(|s| s.task.as_str()).collect();
+        assert_eq!(tasks, ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn exec_input_decodes_into_exec_input() {
+        let argv = vec!["sh".to_owned(), "-c".to_owned(), "echo \"hi\"".to_owned()];
+        let env = vec![
+            ("A".to_owned(), "1".to_owned()),
+            ("B".to_owned(), "x=y".to_owned()),
+        ];
+        let text = exec_input_json(&argv, &env, Some("/tmp"));
+        let input: jobvisor_tasks::ExecInput = serde_json::from_str(&text).unwrap();
+        let mut want = jobvisor_tasks::ExecInput::new(argv.clone());
+        want.env = env;
+        want.cwd = Some("/tmp".to_owned());
+        assert_eq!(input, want);
+
+        let text = exec_input_json(&argv, &[], None);
+        let input: jobvisor_tasks::ExecInput = serde_json::from_str(&text).unwrap();
+        assert_eq!(input, jobvisor_tasks::ExecInput::new(argv));
+    }
+
+    #[test]
+    fn submit_exec_builds_the_exec_spec() {
+        let args = submit_args(&[
+            "submit",
+            "exec",
+            "--env",
+            "A=1",
+            "--env",
+            "B=2=3",
+            "--cwd",
+            "/srv",
+            "--queue",
+            "q",
+            "--priority",
+            "-2",
+            "--max-attempts",
+            "3",
+            "--backoff-ms",
+            "100:2000",
+            "--timeout",
+            "30s",
+            "--delay",
+            "1m",
+            "--after",
+            "7",
+            "--after",
+            "8,9",
+            "--key",
+            "k",
+            "--",
+            "ls",
+            "-l",
+            "--wait",
+        ]);
+        assert!(!args.wait, "flags after `--` belong to the command");
+        let spec = single_spec(&args).unwrap();
+        assert_eq!(spec.task, "exec");
+        let Payload::Json(text) = &spec.input else {
+            panic!("json input")
+        };
+        let input: jobvisor_tasks::ExecInput = serde_json::from_str(text).unwrap();
+        assert_eq!(input.argv, ["ls", "-l", "--wait"]);
+        assert_eq!(
+            input.env,
+            [
+                ("A".to_owned(), "1".to_owned()),
+                ("B".to_owned(), "2=3".to_owned())
+            ]
+        );
+        assert_eq!(input.cwd.as_deref(), Some("/srv"));
+        assert_eq!(spec.queue.as_deref(), Some("q"));
+        assert_eq!(spec.priority, -2);
+        assert_eq!(spec.max_attempts, Some(3));
+        assert_eq!(spec.backoff_base_ms, Some(100));
+        assert_eq!(spec.backoff_max_ms, Some(2000));
+        assert_eq!(spec.timeout_ms, Some(30_000));
+        assert_eq!(spec.delay_ms, Some(60_000));
+        assert_eq!(spec.after, [7, 8, 9]);
+        assert_eq!(spec.key.as_deref(), Some("k"));
+    }
+
+    #[test]
+    fn submit_relative_cwd_is_made_absolute() {
+        let args = submit_args(&["submit", "exec", "--cwd", "sub/dir", "--", "true"]);
+        let spec = single_spec(&args).unwrap();
+        let Payload::Json(text) = &spec.input else {
+            panic!("json input")
+        };
+        let input: jobvisor_tasks::ExecInput = serde_json::from_str(text).unwrap();
+        let cwd = input.cwd.unwrap();
+        assert!(Path::new(&cwd).is_absolute(), "{cwd}");
+        assert!(cwd.ends_with("sub/dir"), "{cwd}");
+    }
+
+    #[test]
+    fn submit_task_with_input() {
+        let args = submit_args(&["submit", "sleep", "--input", r#" {"ms": 10} "#, "--wait"]);
+        assert!(args.wait);
+        let spec = single_spec(&args).unwrap();
+        assert_eq!(
+            spec,
+            JobSpec::new("sleep", Payload::Json(r#"{"ms": 10}"#.to_owned()))
+        );
+    }
+
+    #[test]
+    fn submit_usage_errors() {
+        // clap's own.
+        assert!(parse(&["submit"]).is_err(), "TASK or --batch required");
+        assert!(parse(&["submit", "exec", "--input", "{}", "--", "ls"]).is_err());
+        assert!(parse(&["submit", "--batch", "f", "noop"]).is_err());
+        assert!(parse(&["submit", "--batch", "f", "--queue", "q"]).is_err());
+        assert!(parse(&["submit", "sleep", "--input", "1", "--timeout", "2x"]).is_err());
+        assert!(parse(&["submit", "sleep", "--input", "1", "--env", "=x", "--", "a"]).is_err());
+        assert!(parse(&["submit", "sleep", "--input", "1", "--backoff-ms", "5:1"]).is_err());
+        // Ours.
+        let e = single_spec(&submit_args(&["submit", "sleep"])).unwrap_err();
+        assert_eq!(e.code, EXIT_USAGE);
+        assert!(
+            e.message.contains("--input JSON is required"),
+            "{}",
+            e.message
+        );
+        let e = single_spec(&submit_args(&["submit", "exec"])).unwrap_err();
+        assert_eq!(e.code, EXIT_USAGE);
+        assert!(
+            e.message.contains("needs a command after `--`"),
+            "{}",
+            e.message
+        );
+        let e = single_spec(&submit_args(&["submit", "sleep", "--", "ls"])).unwrap_err();
+        assert_eq!(e.code, EXIT_USAGE);
+        assert!(
+            e.message.contains("only for the `exec` task"),
+            "{}",
+            e.message
+        );
+        let e = single_spec(&submit_args(&[
+            "submit", "exec", "--cwd", "/", "--input", "{}",
+        ]))
+        .unwrap_err();
+        assert_eq!(e.code, EXIT_USAGE);
+        assert!(e.message.contains("--cwd and --env"), "{}", e.message);
+        let e = single_spec(&submit_args(&[
+            "submit", "sleep", "--env", "A=1", "--input", "1",
+        ]))
+        .unwrap_err();
+        assert!(e.message.contains("--cwd and --env"), "{}", e.message);
+        let e = single_spec(&submit_args(&["submit", "sleep", "--input", "{nope"])).unwrap_err();
+        assert_eq!(e.code, EXIT_USAGE);
+        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+        // Batch parses.
+        let args = submit_args(&["submit", "--batch", "-", "--wait", "--json"]);
+        assert_eq!(args.batch.as_deref(), Some(Path::new("-")));
+    }
+
+    #[test]
+    fn other_commands_parse() {
+        match parse(&["wait", "1", "2", "--timeout", "2s", "--json"]).unwrap() {
+            ClientCommand::Wait { ids, timeout, json } => {
+                assert_eq!(ids, [1, 2]);
+                assert_eq!(timeout, Some(Duration::from_secs(2)));
+                assert!(json);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["wait"]).is_err());
+        match parse(&["list", "--state", "failed"]).unwrap() {
+            ClientCommand::List {
+                state, limit, json, ..
+            } => {
+                assert_eq!(state, Some(JobState::Failed));
+                assert_eq!(limit, 50);
+                assert!(!json);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["list", "--state", "bogus"]).is_err());
+        assert!(matches!(
+            parse(&["ping", "--wait", "5s"]).unwrap(),
+            ClientCommand::Ping { wait: Some(d), json: false } if d == Duration::from_secs(5)
+        ));
+        assert!(matches!(
+            parse(&["shutdown", "--now"]).unwrap(),
+            ClientCommand::Shutdown { now: true }
+        ));
+    }
+
+    #[test]
+    fn backoff_and_env_parsers() {
+        assert_eq!(
+            parse_backoff("100"),
+            Ok(Backoff {
+                base_ms: 100,
+                max_ms: None
+            })
+        );
+        assert_eq!(
+            parse_backoff("100:5000"),
+            Ok(Backoff {
+                base_ms: 100,
+                max_ms: Some(5000)
+            })
+        );
+        assert!(parse_backoff("x").is_err());
+        assert!(parse_backoff("1:").is_err());
+        assert!(parse_backoff("10:5")
+            .unwrap_err()
+            .contains("MAX is below BASE"));
+        assert_eq!(
+            parse_env_pair("A=b=c"),
+            Ok(("A".to_owned(), "b=c".to_owned()))
+        );
+        assert_eq!(parse_env_pair("A="), Ok(("A".to_owned(), String::new())));
+        assert!(parse_env_pair("A").is_err());
+        assert!(parse_env_pair("=b").is_err());
+    }
+
+    #[test]
+    fn exit_codes() {
+        assert_eq!(exit_code_for_state(JobState::Succeeded), 0);
+        assert_eq!(exit_code_for_state(JobState::Failed), 3);
+        assert_eq!(exit_code_for_state(JobState::Dead), 3);
+        assert_eq!(exit_code_for_state(JobState::Cancelled), 6);
+        assert_eq!(exit_code_for_state(JobState::Queued), 1);
+        assert_eq!(exit_code_for_state(JobState::Running), 1);
+        assert_eq!(exit_code_for_state(JobState::Retrying), 1);
+
+        use JobState::*;
+        assert_eq!(worst_exit_code([]), 0);
+        assert_eq!(worst_exit_code([Succeeded, Succeeded]), 0);
+        assert_eq!(worst_exit_code([Succeeded, Running]), 1);
+        assert_eq!(worst_exit_code([Running, Cancelled, Succeeded]), 6);
+        assert_eq!(worst_exit_code([Cancelled, Dead, Running]), 3);
+        assert_eq!(worst_exit_code([Failed, Cancelled]), 3);
+
+        for (kind, code) in [
+            (ErrorKind::NotFound, EXIT_NOT_FOUND),
+            (ErrorKind::Internal, EXIT_ERROR),
+            (ErrorKind::BadRequest, EXIT_REFUSED),
+            (ErrorKind::UnknownTask, EXIT_REFUSED),
+            (ErrorKind::BadInput, EXIT_REFUSED),
+            (ErrorKind::LimitReached, EXIT_REFUSED),
+            (ErrorKind::ShuttingDown, EXIT_REFUSED),
+            (ErrorKind::Storage, EXIT_REFUSED),
+            (ErrorKind::PermissionDenied, EXIT_REFUSED),
+        ] {
+            let e = ClientError::Server(jobvisor_proto::control::ControlError {
+                kind,
+                message: "m".to_owned(),
+            });
+            assert_eq!(Failure::from(e).code, code, "{kind:?}");
+        }
+        let unreachable = ClientError::Unreachable {
+            path: "/x".to_owned(),
+            source: std::io::ErrorKind::NotFound.into(),
+        };
+        assert_eq!(Failure::from(unreachable).code, EXIT_UNREACHABLE);
+        let io = ClientError::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert_eq!(connect_failure(io, Path::new("/x")).code, EXIT_UNREACHABLE);
+        let io = ClientError::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert_eq!(Failure::from(io).code, EXIT_ERROR, "I/O after connecting");
+    }
+
+    #[tokio::test]
+    async fn unreachable_socket_exits_5() {
+        let dir = std::env::temp_dir().join(format!("jobvisor-cli-test-{}", std::process::id()));
+        let sock = dir.join("nope.sock");
+        let code = dispatch(
+            ClientCommand::Ping {
+                wait: None,
+                json: false,
+            },
+            &sock,
+        )
+        .await;
+        assert_eq!(code.unwrap_err().code, EXIT_UNREACHABLE);
+        let started = Instant::now();
+        let code = dispatch(
+            ClientCommand::Ping {
+                wait: Some(Duration::from_millis(200)),
+                json: false,
+            },
+            &sock,
+        )
+        .await;
+        assert_eq!(code.unwrap_err().code, EXIT_UNREACHABLE);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        let code = dispatch(ClientCommand::Status { id: 1, json: false }, &sock).await;
+        assert_eq!(code.unwrap_err().code, EXIT_UNREACHABLE);
+    }
+
+    #[test]
+    fn formatting_helpers() {
+        assert_eq!(fmt_unix_ms(0), "1970-01-01 00:00:00.000Z");
+        assert_eq!(fmt_unix_ms(1_700_000_000_123), "2023-11-14 22:13:20.123Z");
+        assert_eq!(fmt_unix_ms(951_782_400_000), "2000-02-29 00:00:00.000Z");
+        assert_eq!(fmt_ms(5), "5ms");
+        assert_eq!(fmt_ms(1_500), "1.5s");
+        assert_eq!(fmt_ms(2_000), "2s");
+        assert_eq!(fmt_ms(90_000), "1m30s");
+        assert_eq!(fmt_ms(3_723_000), "1h02m03s");
+        assert_eq!(truncate_chars("héllo wörld", 5), "héll…");
+        assert_eq!(truncate_chars("abc", 5), "abc");
+        assert_eq!(one_line("a\n  b\tc"), "a b c");
+        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
+        let t = table(
+            &["ID", "STATE", "ERROR"],
+            &[
+                vec!["1".into(), "failed".into(), "boom".into()],
+                vec!["123".into(), "ok".into(), String::new()],
+            ],
+        );
+        assert_eq!(t, "ID   STATE   ERROR\n1    failed  boom\n123  ok\n");
+    }
+
+    #[test]
+    fn json_shapes() {
+        let rec = JobRecord {
+            id: 7,
+            task: "hash".into(),
+            queue: "default".into(),
+            priority: 0,
+            state: JobState::Succeeded,
+            max_attempts: 3,
+            timeout_ms: None,
+            after: vec![],
+            key: None,
+            created_ms: 1,
+            run_at_ms: 1,
+            finished_ms: Some(2),
+            input: Some(Payload::Json(r#"{"a":1}"#.into())),
+            output: Some(Payload::Native(vec![1, 2])),
+            error: None,
+            attempts: vec![],
+        };
+        let v = record_json(&rec).unwrap();
+        assert_eq!(v["input"], json!({"a": 1}));
+        assert_eq!(v["output"], json!({"native_hex": "0102"}));
+        assert_eq!(v["state"], json!("succeeded"));
+        let s = format_status(&rec);
+        assert!(s.contains("state:     succeeded"), "{s}");
+        assert!(s.contains("<2 bytes, native encoding>"), "{s}");
+
+        let stats = Stats {
+            pid: 1,
+            uptime_s: 2,
+            workers: 3,
+            jobs: vec![("queued".into(), 4)],
+            submitted: 5,
+            attempts_finished: 6,
+            worker_restarts: 7,
+            recovered: 8,
+        };
+        assert_eq!(stats_json(&stats).unwrap()["jobs"], json!({"queued": 4}));
+    }
+
+    /// A stand-in daemon on a real Unix socket. Task names decide the fate:
+    /// `ok` succeeds, `fail` fails, `cancel` is cancelled, `never` stays
+    /// running, `nope` is an unknown task. A `Wait` with a timeout finishes
+    /// at most one job; one without finishes all it can.
+    mod mock {
+        use std::collections::BTreeMap;
+        use std::path::PathBuf;
+        use std::sync::{Arc, Mutex};
+
+        use jobvisor_proto::control::{
+            ControlError, ErrorKind, JobRecord, JobState, Payload, Request, Response, Stats,
+            Submitted, WorkerRow,
+        };
+        use jobvisor_proto::{encode_frame, FrameBuf, Hello, Role, HELLO_BYTES};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::net::{UnixListener, UnixStream};
+
+        #[derive(Debug, Default)]
+        pub struct State {
+            pub jobs: BTreeMap<u64, JobRecord>,
+            pub requests: Vec<Request>,
+        }
+
+        #[derive(Debug)]
+        pub struct Mock {
+            pub dir: PathBuf,
+            pub sock: PathBuf,
+            pub state: Arc<Mutex<State>>,
+        }
+
+        impl Drop for Mock {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.dir);
+            }
+        }
+
+        pub fn socket_path(name: &str) -> (PathBuf, PathBuf) {
+            let dir = std::env::temp_dir()
+                .join(format!("jobvisor-cli-mock-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let sock = dir.join("control.sock");
+            (dir, sock)
+        }
+
+        pub fn start(name: &str) -> Mock {
+            let (dir, sock) = socket_path(name);
+            let state = Arc::new(Mutex::new(State::default()));
+            serve(UnixListener::bind(&sock).unwrap(), state.clone());
+            Mock { dir, sock, state }
+        }
+
+        pub fn serve(listener: UnixListener, state: Arc<Mutex<State>>) {
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    tokio::spawn(conn(stream, state.clone()));
+                }
+            });
+        }
+
+        async fn conn(mut stream: UnixStream, state: Arc<Mutex<State>>) {
+            let ours = Hello::ours(Role::Supervisor);
+            stream.write_all(&ours.encode()).await.unwrap();
+            let mut hello = [0u8; HELLO_BYTES];
+            stream.read_exact(&mut hello).await.unwrap();
+            let mut rbuf = FrameBuf::new(1 << 20);
+            loop {
+                while let Some(req) = rbuf.decode_next::<Request>().unwrap() {
+                    let resp = handle(&mut state.lock().unwrap(), req);
+                    let mut out = Vec::new();
+                    encode_frame(&mut out, &resp, 1 << 24).unwrap();
+                    stream.write_all(&out).await.unwrap();
+                }
+                match stream.read(rbuf.spare()).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => rbuf.filled(n),
+                }
+            }
+        }
+
+        fn record(id: u64, task: &str, input: Payload) -> JobRecord {
+            JobRecord {
+                id,
+                task: task.to_owned(),
+                queue: "default".to_owned(),
+                priority: 0,
+                state: JobState::Queued,
+                max_attempts: 3,
+                timeout_ms: None,
+                after: Vec::new(),
+                key: None,
+                created_ms: 1_700_000_000_000,
+                run_at_ms: 1_700_000_000_000,
+                finished_ms: None,
+                input: Some(input),
+                output: None,
+                error: None,
+                attempts: Vec::new(),
+            }
+        }
+
+        fn finish(r: &mut JobRecord) {
+            match r.task.as_str() {
+                "ok" => {
+                    r.state = JobState::Succeeded;
+                    r.output = Some(Payload::Json(r#"{"x":1}"#.to_owned()));
+                }
+                "fail" => {
+                    r.state = JobState::Failed;
+                    r.error = Some("boom".to_owned());
+                }
+                "cancel" => r.state = JobState::Cancelled,
+                _ => {
+                    r.state = JobState::Running;
+                    return;
+                }
+            }
+            r.finished_ms = Some(r.created_ms + 1500);
+        }
+
+        fn err(kind: ErrorKind, message: &str) -> Response {
+            Response::Error(ControlError {
+                kind,
+                message: message.to_owned(),
+            })
+        }
+
+        fn handle(st: &mut State, req: Request) -> Response {
+            st.requests.push(req.clone());
+            match req {
+                Request::Submit(specs) => {
+                    if let Some(s) = specs.iter().find(|s| s.task == "nope") {
+                        return err(ErrorKind::UnknownTask, &format!("no task `{}`", s.task));
+                    }
+                    let mut out = Vec::new();
+                    for s in specs {
+                        if let Some(k) = &s.key {
+                            if let Some(j) = st.jobs.values().find(|j| j.key.as_ref() == Some(k)) {
+                                out.push(Submitted {
+                                    id: j.id,
+                                    duplicate: true,
+                                });
+                                continue;
+                            }
+                        }
+                        let id = st.jobs.len() as u64 + 1;
+                        let mut r = record(id, &s.task, s.input);
+                        r.key = s.key;
+                        st.jobs.insert(id, r);
+                        out.push(Submitted {
+                            id,
+                            duplicate: false,
+                        });
+                    }
+                    Response::Submitted(out)
+                }
+                Request::Status { id } => match st.jobs.get(&id) {
+                    Some(j) => Response::Job(j.clone()),
+                    None => err(ErrorKind::NotFound, &format!("no job {id}")),
+                },
+                Request::Wait { ids, timeout_ms } => {
+                    if let Some(id) = ids.iter().find(|id| !st.jobs.contains_key(id)) {
+                        return err(ErrorKind::NotFound, &format!("no job {id}"));
+                    }
+                    let mut budget = if timeout_ms.is_some() { 1 } else { usize::MAX };
+                    for id in &ids {
+                        let j = st.jobs.get_mut(id).unwrap();
+                        if budget > 0 && !j.state.is_terminal() && j.task != "never" {
+                            finish(j);
+                            budget -= 1;
+                        } else if j.task == "never" {
+                            j.state = JobState::Running;
+                        }
+                    }
+                    Response::Jobs(ids.iter().map(|id| st.jobs[id].clone()).collect())
+                }
+                Request::Cancel { id } => match st.jobs.get_mut(&id) {
+                    Some(j) => {
+                        j.state = JobState::Cancelled;
+                        Response::Ok
+                    }
+                    None => err(ErrorKind::NotFound, &format!("no job {id}")),
+                },
+                Request::List { .. } => Response::Jobs(st.jobs.values().rev().cloned().collect()),
+                Request::Workers => Response::Workers(vec![WorkerRow {
+                    id: 1,
+                    pid: 4242,
+                    state: "idle".to_owned(),
+                    in_flight: 0,
+                    calls_done: 9,
+                }]),
+                Request::Stats => Response::Stats(Stats {
+                    pid: 4242,
+                    uptime_s: 3723,
+                    workers: 1,
+                    jobs: vec![("queued".to_owned(), 1)],
+                    submitted: 1,
+                    attempts_finished: 0,
+                    worker_restarts: 0,
+                    recovered: 0,
+                }),
+                Request::Ping => Response::Pong {
+                    pid: 4242,
+                    version: "test".to_owned(),
+                },
+                Request::Shutdown { .. } => Response::Ok,
+            }
+        }
+    }
+
+    fn submit_cmd(args: &[&str]) -> ClientCommand {
+        ClientCommand::Submit(Box::new(submit_args(args)))
+    }
+
+    async fn code(cmd: ClientCommand, sock: &Path) -> u8 {
+        match dispatch(cmd, sock).await {
+            Ok(c) => c,
+            Err(f) => f.code,
+        }
+    }
+
+    #[tokio::test]
+    async fn against_a_mock_daemon() {
+        let m = mock::start("flows");
+        let sock = m.sock.as_path();
+
+        // submit without --wait: 0, job left queued.
+        assert_eq!(
+            code(submit_cmd(&["submit", "ok", "--input", "{}"]), sock).await,
+            0
+        );
+        // submit --wait: the job's code.
+        assert_eq!(
+            code(
+                submit_cmd(&["submit", "ok", "--input", "1", "--wait"]),
+                sock
+            )
+            .await,
+            0
+        );
+        assert_eq!(
+            code(
+                submit_cmd(&["submit", "fail", "--input", "1", "--wait"]),
+                sock
+            )
+            .await,
+            3
+        );
+        assert_eq!(
+            code(
+                submit_cmd(&["submit", "cancel", "--input", "1", "--wait"]),
+                sock
+            )
+            .await,
+            6
+        );
+        // Refused by the daemon.
+        assert_eq!(
+            code(submit_cmd(&["submit", "nope", "--input", "1"]), sock).await,
+            7
+        );
+        // Usage errors never reach the daemon.
+        let before = m.state.lock().unwrap().requests.len();
+        assert_eq!(
+            code(submit_cmd(&["submit", "ok", "--input", "{bad"]), sock).await,
+            2
+        );
+        assert_eq!(m.state.lock().unwrap().requests.len(), before);
+        // Idempotency key: same id back.
+        let k = ["submit", "ok", "--input", "1", "--key", "K", "--json"];
+        assert_eq!(code(submit_cmd(&k), sock).await, 0);
+        assert_eq!(code(submit_cmd(&k), sock).await, 0);
+        {
+            let st = m.state.lock().unwrap();
+            let subs: Vec<_> = st
+                .requests
+                .iter()
+                .filter_map(|r| match r {
+                    jobvisor_proto::control::Request::Submit(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect();
+            let last = subs.last().unwrap();
+            assert_eq!(last[0].key.as_deref(), Some("K"));
+            assert_eq!(st.jobs.values().filter(|j| j.key.is_some()).count(), 1);
+        }
+
+        // exec: the daemon gets the full ExecInput JSON.
+        assert_eq!(
+            code(submit_cmd(&["submit", "exec", "--", "echo", "hi"]), sock).await,
+            0
+        );
+        {
+            let st = m.state.lock().unwrap();
+            let j = st.jobs.values().last().unwrap();
+            let Some(Payload::Json(t)) = &j.input else {
+                panic!("json input")
+            };
+            let input: jobvisor_tasks::ExecInput = serde_json::from_str(t).unwrap();
+            assert_eq!(input.argv, ["echo", "hi"]);
+        }
+
+        // status / result / cancel / not found.
+        assert_eq!(
+            code(ClientCommand::Status { id: 2, json: false }, sock).await,
+            0
+        );
+        assert_eq!(
+            code(ClientCommand::Status { id: 2, json: true }, sock).await,
+            0
+        );
+        assert_eq!(
+            code(
+                ClientCommand::Status {
+                    id: 999,
+                    json: false
+                },
+                sock
+            )
+            .await,
+            4
+        );
+        assert_eq!(
+            code(ClientCommand::Result { id: 2, json: false }, sock).await,
+            0
+        );
+        assert_eq!(
+            code(ClientCommand::Result { id: 3, json: false }, sock).await,
+            3
+        );
+        assert_eq!(
+            code(ClientCommand::Result { id: 4, json: true }, sock).await,
+            6
+        );
+        assert_eq!(
+            code(ClientCommand::Result { id: 1, json: false }, sock).await,
+            1,
+            "queued"
+        );
+        assert_eq!(
+            code(
+                ClientCommand::Result {
+                    id: 999,
+                    json: false
+                },
+                sock
+            )
+            .await,
+            4
+        );
+        assert_eq!(code(ClientCommand::Cancel { id: 1 }, sock).await, 0);
+        assert_eq!(code(ClientCommand::Cancel { id: 999 }, sock).await, 4);
+
+        // wait: worst state; unknown id is not found.
+        let w = |ids: Vec<u64>| ClientCommand::Wait {
+            ids,
+            timeout: None,
+            json: false,
+        };
+        assert_eq!(code(w(vec![2]), sock).await, 0);
+        assert_eq!(code(w(vec![2, 1]), sock).await, 6);
+        assert_eq!(code(w(vec![2, 1, 3]), sock).await, 3);
+        assert_eq!(code(w(vec![2, 999]), sock).await, 4);
+
+        // Read commands, human and JSON.
+        for json in [false, true] {
+            let list = ClientCommand::List {
+                state: None,
+                queue: None,
+                limit: 50,
+                json,
+            };
+            assert_eq!(code(list, sock).await, 0);
+            assert_eq!(code(ClientCommand::Workers { json }, sock).await, 0);
+            assert_eq!(code(ClientCommand::Stats { json }, sock).await, 0);
+            assert_eq!(
+                code(ClientCommand::Ping { wait: None, json }, sock).await,
+                0
+            );
+        }
+        assert_eq!(code(ClientCommand::Shutdown { now: false }, sock).await, 0);
+    }
+
+    #[tokio::test]
+    async fn wait_with_a_deadline_and_a_never_ending_job() {
+        let m = mock::start("deadline");
+        let sock = m.sock.as_path();
+        assert_eq!(
+            code(submit_cmd(&["submit", "never", "--input", "1"]), sock).await,
+            0
+        );
+        assert_eq!(
+            code(submit_cmd(&["submit", "ok", "--input", "1"]), sock).await,
+            0
+        );
+        let started = Instant::now();
+        let cmd = ClientCommand::Wait {
+            ids: vec![1, 2],
+            timeout: Some(Duration::from_millis(300)),
+            json: true,
+        };
+        assert_eq!(code(cmd, sock).await, 1, "unfinished at the deadline");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn wait_all_in_chunks_moves_the_bar() {
+        let m = mock::start("chunks");
+        let n = WAIT_CHUNK * 2 + 5;
+        let specs: Vec<JobSpec> = (0..n)
+            .map(|_| JobSpec::new("ok", Payload::Json("1".to_owned())))
+            .collect();
+        let mut client = Client::connect(&m.sock).await.unwrap();
+        let ids: Vec<u64> = client
+            .submit(specs)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        // The mock finishes one job per timed wait: shrink the work by
+        // finishing most jobs directly, leaving a few per chunk for the loop.
+        {
+            let mut st = m.state.lock().unwrap();
+            for (i, j) in st.jobs.values_mut().enumerate() {
+                if i % WAIT_CHUNK >= 3 {
+                    j.state = JobState::Succeeded;
+                }
+            }
+        }
+        let bar = ProgressBar::hidden();
+        bar.set_length(n as u64);
+        let mut with_dup = ids.clone();
+        with_dup.push(ids[0]);
+        let records = wait_all(&mut client, &with_dup, None, Some(&bar))
+            .await
+            .unwrap();
+        assert_eq!(records.len(), n, "one record per distinct id");
+        assert!(records.iter().all(|r| r.state == JobState::Succeeded));
+        assert_eq!(records.iter().map(|r| r.id).collect::<Vec<_>>(), ids);
+        assert_eq!(bar.position(), n as u64);
+        let waits = m
+            .state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .filter_map(|r| match r {
+                jobvisor_proto::control::Request::Wait { ids, timeout_ms } => {
+                    Some((ids.len(), *timeout_ms))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>();
+        assert!(waits
+            .iter()
+            .all(|(len, t)| *len <= WAIT_CHUNK && *t == Some(200)));
+        assert!(waits.len() > 3, "{waits:?}");
+    }
+
+    #[tokio::test]
+    async fn batch_submit_is_one_request() {
+        let m = mock::start("batch");
+        let file = m.dir.join("jobs.jsonl");
+        std::fs::write(
+            &file,
+            "{\"task\":\"ok\",\"input\":{\"a\":1}}\n\n{\"task\":\"fail\",\"input\":null,\"priority\":5}\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        // --wait: exit code from the worst job (stdout is not a terminal under test).
+        assert_eq!(
+            code(submit_cmd(&["submit", "--batch", f, "--wait"]), &m.sock).await,
+            3
+        );
+        {
+            let st = m.state.lock().unwrap();
+            let submits: Vec<_> = st
+                .requests
+                .iter()
+                .filter_map(|r| match r {
+                    jobvisor_proto::control::Request::Submit(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(submits.len(), 1);
+            assert_eq!(submits[0].len(), 2);
+            assert_eq!(submits[0][1].priority, 5);
+        }
+        // A bad line: usage error naming the line, nothing sent.
+        std::fs::write(&file, "{\"task\":\"ok\",\"input\":1}\n{\"task\":\"ok\"}\n").unwrap();
+        let err = dispatch(submit_cmd(&["submit", "--batch", f]), &m.sock)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, EXIT_USAGE);
+        assert!(
+            err.message.contains("line 2: missing field `input`"),
+            "{}",
+            err.message
+        );
+        let missing = m.dir.join("missing.jsonl");
+        let err = dispatch(
+            submit_cmd(&["submit", "--batch", missing.to_str().unwrap()]),
+            &m.sock,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code, EXIT_USAGE);
+    }
+
+    #[tokio::test]
+    async fn ping_wait_waits_for_the_socket() {
+        let (dir, sock) = mock::socket_path("ping");
+        let bind_at = sock.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let listener = tokio::net::UnixListener::bind(&bind_at).unwrap();
+            mock::serve(listener, Default::default());
+        });
+        let started = Instant::now();
+        let cmd = ClientCommand::Ping {
+            wait: Some(Duration::from_secs(5)),
+            json: false,
+        };
+        assert_eq!(code(cmd, &sock).await, 0);
+        assert!(started.elapsed() >= Duration::from_millis(250));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,588 @@
+//! End-to-end tests of the daemon with the real `jobvisor` binary: a temp
+//! state dir per test, readiness through `jobvisor ping --wait`, the daemon's
+//! process group killed and reaped in `Drop`.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use jobvisor_client::{Client, ErrorKind, JobSpec, JobState, Payload};
+
+fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_jobvisor")
+}
+
+struct Daemon {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    socket: PathBuf,
+    extra: Vec<String>,
+}
+
+impl Daemon {
+    fn start(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("state").join("control.sock");
+        let mut d = Daemon {
+            child: None,
+            dir,
+            socket,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        d.spawn();
+        d
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .expect("log");
+        let child = Command::new(bin())
+            .arg("daemon")
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .args(["--workers", "2"])
+            .args(&self.extra)
+            .env("JOBVISOR_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .expect("spawn daemon");
+        self.child = Some(child);
+        let out = self.cli(&["ping", "--wait", "20s"]);
+        assert!(
+            out.status.success(),
+            "daemon not ready: {}\nlog:\n{}",
+            text(&out),
+            self.log()
+        );
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run cli")
+    }
+
+    fn cli_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = Command::new(bin())
+            .arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run cli");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write");
+        child.wait_with_output().expect("wait")
+    }
+
+    async fn client(&self) -> Client {
+        Client::connect(&self.socket).await.expect("connect")
+    }
+
+    /// SIGKILL the whole process group (daemon, fork server, workers) and reap the daemon.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill(2) on the group we created.
+            unsafe { libc::kill(-(c.id() as i32), libc::SIGKILL) };
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    fn term_and_wait(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        c.wait().expect("wait")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn json_spec(task: &str, input: &str) -> JobSpec {
+    JobSpec::new(task, Payload::Json(input.into()))
+}
+
+#[test]
+fn every_builtin_task_through_submit_wait_result() {
+    let d = Daemon::start(&[]);
+    let dir = d.dir.path();
+    let file = dir.join("data.txt");
+    std::fs::write(&file, b"abc").unwrap();
+    let f = file.display().to_string();
+    let z = dir.join("data.zst").display().to_string();
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("noop", "42".into(), "42"),
+        ("spin", r#"{"ms": 5}"#.into(), "iterations"),
+        ("sleep", r#"{"ms": 5}"#.into(), "null"),
+        (
+            "hash",
+            format!(r#"{{"path": "{f}"}}"#),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+        ),
+        (
+            "compress",
+            format!(r#"{{"src": "{f}", "dst": "{z}", "level": 3}}"#),
+            "bytes_out",
+        ),
+    ];
+    for (task, input, expect) in cases {
+        let out = d.cli(&["submit", task, "--input", &input, "--wait"]);
+        assert!(out.status.success(), "{task}: {}", text(&out));
+        let id = stdout(&out).lines().next().unwrap_or("").trim().to_string();
+        let res = d.cli(&["result", &id]);
+        assert!(res.status.success(), "{task}: {}", text(&res));
+        assert!(stdout(&res).contains(expect), "{task}: {}", text(&res));
+    }
+    let out = d.cli(&[
+        "submit",
+        "exec",
+        "--wait",
+        "--",
+        "sh",
+        "-c",
+        "echo hi; exit 0",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let id = stdout(&out).lines().next().unwrap_or("").to_string();
+    let res = d.cli(&["result", &id, "--json"]);
+    assert!(stdout(&res).contains("\"code\""), "{}", text(&res));
+    // A failing command is a job that succeeded with exit code 3 recorded.
+    let status = d.cli(&["status", &id, "--json"]);
+    assert!(
+        stdout(&status).contains("\"succeeded\""),
+        "{}",
+        text(&status)
+    );
+}
+
+#[test]
+fn failed_job_exit_code_and_retries() {
+    let d = Daemon::start(&[]);
+    // A task error (missing file) is retried max_attempts times, then fails.
+    let out = d.cli(&[
+        "submit",
+        "hash",
+        "--input",
+        r#"{"path": "/nonexistent/x"}"#,
+        "--max-attempts",
+        "2",
+        "--backoff-ms",
+        "10",
+        "--wait",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let id = stdout(&out).lines().next().unwrap_or("").to_string();
+    rt().block_on(async {
+        let rec = d.client().await.status(id.parse().unwrap()).await.unwrap();
+        assert_eq!(rec.state, JobState::Failed);
+        assert_eq!(rec.attempts.len(), 2, "{rec:?}");
+        assert!(rec.error.unwrap_or_default().contains("/nonexistent/x"));
+    });
+    let out = d.cli(&["status", "999999"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+}
+
+#[test]
+fn kill_minus_nine_with_a_thousand_jobs_loses_nothing() {
+    let mut d = Daemon::start(&[]);
+    // 1,000 jobs: many short, some longer, submitted in batches; every id we
+    // get back was acknowledged after its commit.
+    let mut acked: Vec<u64> = Vec::new();
+    rt().block_on(async {
+        let mut c = d.client().await;
+        for batch in 0..10 {
+            let specs: Vec<JobSpec> = (0..100)
+                .map(|i| {
+                    let ms = if (batch * 100 + i) % 10 == 0 { 300 } else { 20 };
+                    json_spec("spin", &format!(r#"{{"ms": {ms}}}"#))
+                })
+                .collect();
+            let ids = c.submit(specs).await.expect("submit");
+            acked.extend(ids.iter().map(|s| s.id));
+        }
+    });
+    assert_eq!(acked.len(), 1000);
+    // Some are running, most are queued: now kill everything.
+    d.kill9();
+    d.spawn();
+    let records = rt().block_on(async {
+        let mut c = d.client().await;
+        c.wait(acked.clone(), Some(Duration::from_secs(120)))
+            .await
+            .expect("wait")
+    });
+    assert_eq!(records.len(), 1000);
+    let mut reruns = 0;
+    for r in &records {
+        assert_eq!(
+            r.state,
+            JobState::Succeeded,
+            "job {} ended {:?}: {:?}",
+            r.id,
+            r.state,
+            r.error
+        );
+        reruns += r
+            .attempts
+            .iter()
+            .filter(|a| a.outcome == jobvisor_client::AttemptOutcome::Lost)
+            .count();
+    }
+    let stats = rt().block_on(async { d.client().await.stats().await.unwrap() });
+    assert!(
+        stats.recovered > 0,
+        "the restart recovered the unfinished jobs: {stats:?}"
+    );
+    println!("kill -9 with 1000 jobs: all 1000 succeeded; {} were recovered; {reruns} attempts were lost and re-run", stats.recovered);
+}
+
+#[test]
+fn sigterm_drains_running_jobs_and_exits_zero() {
+    let mut d = Daemon::start(&[]);
+    let ids: Vec<u64> = rt().block_on(async {
+        let mut c = d.client().await;
+        let specs = (0..2)
+            .map(|_| json_spec("sleep", r#"{"ms": 700}"#))
+            .collect();
+        let ids: Vec<u64> = c
+            .submit(specs)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        // Wait until both run (their attempts are recorded as started).
+        loop {
+            let running = c.list(Some(JobState::Running), None, 10).await.unwrap();
+            if running.len() == 2 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        ids
+    });
+    let status = d.term_and_wait();
+    assert!(status.success(), "{status:?}\n{}", d.log());
+    assert!(!d.socket.exists(), "socket removed");
+    // Restart and check that both finished before the daemon exited.
+    d.spawn();
+    rt().block_on(async {
+        let mut c = d.client().await;
+        for id in ids {
+            let r = c.status(id).await.unwrap();
+            assert_eq!(r.state, JobState::Succeeded, "{r:?}");
+            assert_eq!(r.attempts.len(), 1);
+        }
+    });
+}
+
+#[test]
+fn cancel_a_running_exec_and_nothing_of_it_survives() {
+    let d = Daemon::start(&[]);
+    let pidfile = d.dir.path().join("pid");
+    let script = format!("echo $$ > {}; exec sleep 1000", pidfile.display());
+    let out = d.cli(&["submit", "exec", "--", "sh", "-c", &script]);
+    assert!(out.status.success(), "{}", text(&out));
+    let id: u64 = stdout(&out).parse().unwrap();
+    let pid: i32 = rt().block_on(async {
+        let mut c = d.client().await;
+        loop {
+            let r = c.status(id).await.unwrap();
+            if r.state == JobState::Running {
+                if let Ok(s) = std::fs::read_to_string(&pidfile) {
+                    if let Ok(p) = s.trim().parse() {
+                        break p;
+                    }
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+    });
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+    let out = d.cli(&["cancel", &id.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = d.cli(&["wait", &id.to_string()]);
+    assert_eq!(out.status.code(), Some(6), "cancelled: {}", text(&out));
+    // The command's process is gone (killed with its group), not a zombie either.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    assert!(
+        stat.is_empty() || stat.contains(") Z"),
+        "sleep survived: {stat}"
+    );
+}
+
+#[test]
+fn another_uid_is_refused() {
+    let d = Daemon::start(&[]);
+    // Open the directory and socket to everyone, to show the peer check is a
+    // second line and not just file permissions.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(d.state_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = Command::new(bin())
+        .arg("--socket")
+        .arg(&d.socket)
+        .arg("ping")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("run as nobody");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("uid 65534 may not use this daemon"),
+        "{}",
+        text(&out)
+    );
+    assert!(d.cli(&["ping"]).status.success());
+}
+
+#[test]
+fn queue_full_accepts_nothing_of_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("small.toml");
+    std::fs::write(&cfg, "[limits]\nmax_queued_jobs = 5\n").unwrap();
+    let d = Daemon::start(&["--config", cfg.to_str().unwrap()]);
+    rt().block_on(async {
+        let mut c = d.client().await;
+        let specs: Vec<JobSpec> = (0..10)
+            .map(|_| json_spec("sleep", r#"{"ms": 1}"#))
+            .collect();
+        let e = c.submit(specs).await.unwrap_err();
+        match e {
+            jobvisor_client::ClientError::Server(e) => {
+                assert_eq!(e.kind, ErrorKind::LimitReached);
+                assert!(e.message.contains("queue full"), "{e}");
+            }
+            other => panic!("{other}"),
+        }
+        assert!(
+            c.list(None, None, 100).await.unwrap().is_empty(),
+            "nothing half-accepted"
+        );
+        let ok = c
+            .submit((0..5).map(|_| json_spec("noop", "1")).collect())
+            .await
+            .unwrap();
+        assert_eq!(ok.len(), 5);
+    });
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_disturbs_nothing() {
+    let d = Daemon::start(&[]);
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["submit", "no-such-task", "--input", "{}"],
+            "unknown task",
+        ),
+        (
+            vec!["submit", "spin", "--input", r#"{"seconds": 3}"#],
+            "missing field `ms`",
+        ),
+        (
+            vec!["submit", "noop", "--input", "1", "--after", "987654"],
+            "missing job 987654",
+        ),
+    ];
+    for (args, expect) in cases {
+        let out = d.cli(&args);
+        assert_eq!(out.status.code(), Some(7), "{args:?}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(expect),
+            "{args:?}: {}",
+            text(&out)
+        );
+    }
+    // Malformed JSON: the CLI refuses it before sending (usage error) ...
+    let out = d.cli(&["submit", "spin", "--input", "{not json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not valid JSON"),
+        "{}",
+        text(&out)
+    );
+    // ... and the daemon refuses it from any other client.
+    rt().block_on(async {
+        let e = d
+            .client()
+            .await
+            .submit(vec![json_spec("spin", "{not json")])
+            .await
+            .unwrap_err();
+        match e {
+            jobvisor_client::ClientError::Server(e) => {
+                assert_eq!(e.kind, ErrorKind::BadInput);
+                assert!(
+                    e.message.contains("input does not fit task \"spin\""),
+                    "{e}"
+                );
+            }
+            other => panic!("{other}"),
+        }
+    });
+    // Garbage bytes and an oversize frame on the socket.
+    rt().block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+        s.write_all(&jobvisor_proto::Hello::ours(jobvisor_proto::Role::Client).encode())
+            .await
+            .unwrap();
+        let mut hello = [0u8; 24];
+        s.read_exact(&mut hello).await.unwrap();
+        // A well-framed payload of garbage: an error answer, the connection lives.
+        s.write_all(&[3, 0, 0, 0, 0xff, 0xff, 0xff]).await.unwrap();
+        let mut fb = jobvisor_proto::FrameBuf::new(1 << 20);
+        let resp = loop {
+            if let Some(r) = fb
+                .decode_next::<jobvisor_proto::control::Response>()
+                .unwrap()
+            {
+                break r;
+            }
+            let n = s.read(fb.spare()).await.unwrap();
+            assert!(n > 0);
+            fb.filled(n);
+        };
+        assert!(
+            format!("{resp:?}").contains("malformed request"),
+            "{resp:?}"
+        );
+        // A 4 GiB length: refused before reading, connection closed.
+        s.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+        let resp = loop {
+            if let Some(r) = fb
+                .decode_next::<jobvisor_proto::control::Response>()
+                .unwrap()
+            {
+                break r;
+            }
+            let n = s.read(fb.spare()).await.unwrap();
+            assert!(n > 0);
+            fb.filled(n);
+        };
+        assert!(
+            format!("{resp:?}").contains("exceeds limits.max_frame_bytes"),
+            "{resp:?}"
+        );
+        let mut rest = Vec::new();
+        assert_eq!(s.read_to_end(&mut rest).await.unwrap(), 0, "closed");
+        // A peer that is not jobvisor at all.
+        let mut s = tokio::net::UnixStream::connect(&d.socket).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf).await;
+    });
+    // The daemon and other jobs are unaffected.
+    let out = d.cli(&["submit", "noop", "--input", "5", "--wait"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn idempotency_key_dedupes_and_dependencies_order_jobs() {
+    let d = Daemon::start(&[]);
+    rt().block_on(async {
+        let mut c = d.client().await;
+        let mut a = json_spec("sleep", r#"{"ms": 50}"#);
+        a.key = Some("k-1".into());
+        let first = c.submit(vec![a.clone()]).await.unwrap()[0];
+        let second = c.submit(vec![a]).await.unwrap()[0];
+        assert_eq!(first.id, second.id);
+        assert!(second.duplicate && !first.duplicate);
+        let mut b = json_spec("noop", "7");
+        b.after = vec![first.id];
+        let b = c.submit(vec![b]).await.unwrap()[0];
+        let recs = c.wait(vec![first.id, b.id], None).await.unwrap();
+        assert!(
+            recs.iter().all(|r| r.state == JobState::Succeeded),
+            "{recs:?}"
+        );
+        assert!(
+            recs[1].attempts[0].started_ms >= recs[0].finished_ms.unwrap(),
+            "b ran after a"
+        );
+        // A failed dependency fails the dependent with the reason.
+        let bad = c
+            .submit(vec![json_spec("hash", r#"{"path": "/nope"}"#)])
+            .await
+            .unwrap()[0];
+        let mut dep = json_spec("noop", "1");
+        dep.after = vec![bad.id];
+        let dep = c.submit(vec![dep]).await.unwrap()[0];
+        let recs = c.wait(vec![dep.id], None).await.unwrap();
+        assert_eq!(recs[0].state, JobState::Failed);
+        assert!(
+            recs[0]
+                .error
+                .as_deref()
+                .unwrap_or("")
+                .contains(&format!("dependency {}", bad.id)),
+            "{recs:?}"
+        );
+    });
+}
+
+#[test]
+fn batch_submit_from_json_lines() {
+    let d = Daemon::start(&[]);
+    let lines: String = (0..50)
+        .map(|i| format!("{{\"task\": \"noop\", \"input\": {i}}}\n"))
+        .collect();
+    let out = d.cli_stdin(&["submit", "--batch", "-", "--wait"], &lines);
+    assert!(out.status.success(), "{}", text(&out));
+    let ids: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    assert_eq!(ids.len(), 50, "{}", text(&out));
+    let res = d.cli(&["result", ids[49]]);
+    assert_eq!(stdout(&res), "49");
+}
