@@ -69,6 +69,8 @@ pub struct Options {
     pub config: Config,
     /// Re-read on SIGHUP, when set.
     pub config_path: Option<PathBuf>,
+    /// `--workers` given on the command line: wins over the file, at start and on reload.
+    pub workers_override: Option<usize>,
     /// The same tasks the workers have: used to validate and convert inputs at submit time.
     pub registry: Registry,
 }
@@ -155,7 +157,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         "jobvisor daemon ready"
     );
 
-    let hard = spawn_signals(stop_tx, opts.config_path, pool.clone(), sched_tx.clone());
+    let hard = spawn_signals(
+        stop_tx,
+        opts.config_path,
+        opts.workers_override,
+        pool.clone(),
+        sched_tx.clone(),
+    );
 
     // Wait for a stop request.
     let graceful = loop {
@@ -201,6 +209,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 fn spawn_signals(
     stop: watch::Sender<Option<bool>>,
     config_path: Option<PathBuf>,
+    workers_override: Option<usize>,
     pool: Pool,
     sched: mpsc::Sender<SchedCmd>,
 ) -> watch::Receiver<bool> {
@@ -238,7 +247,10 @@ fn spawn_signals(
                         continue;
                     };
                     match Config::load(path) {
-                        Ok(cfg) => {
+                        Ok(mut cfg) => {
+                            if let Some(w) = workers_override {
+                                cfg.workers = w;
+                            }
                             let workers = cfg.worker_count();
                             tracing::info!(workers, "SIGHUP: configuration reloaded");
                             pool.resize(workers).await;

@@ -193,6 +193,10 @@ pub struct JobRecord {
     pub max_attempts: u32,
     /// Per-attempt timeout.
     pub timeout_ms: Option<u64>,
+    /// First retry delay.
+    pub backoff_base_ms: u64,
+    /// Retry delay cap.
+    pub backoff_max_ms: u64,
     /// Dependencies.
     pub after: Vec<u64>,
     /// Idempotency key.

@@ -75,7 +75,7 @@ const KIND_NATIVE: i64 = 1;
 macro_rules! job_cols {
     () => {
         "id, task, queue, priority, state, max_attempts, timeout_ms, key, created_ms, \
-         run_at_ms, finished_ms, error"
+         run_at_ms, finished_ms, error, backoff_base_ms, backoff_max_ms"
     };
 }
 
@@ -766,7 +766,7 @@ fn state_from_row(row: &Row<'_>, idx: usize) -> rusqlite::Result<JobState> {
 /// input, output kind, output. Dependencies and attempts are left empty.
 fn job_from_row(row: &Row<'_>, payloads: bool) -> rusqlite::Result<JobRecord> {
     let (input, output) = if payloads {
-        (payload_from_row(row, 12)?, payload_from_row(row, 14)?)
+        (payload_from_row(row, 14)?, payload_from_row(row, 16)?)
     } else {
         (None, None)
     };
@@ -786,6 +786,8 @@ fn job_from_row(row: &Row<'_>, payloads: bool) -> rusqlite::Result<JobRecord> {
         input,
         output,
         error: row.get(11)?,
+        backoff_base_ms: row.get(12)?,
+        backoff_max_ms: row.get(13)?,
         attempts: Vec::new(),
     })
 }

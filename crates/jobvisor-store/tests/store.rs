@@ -82,6 +82,7 @@ fn insert_get_round_trips_every_field() {
     assert_eq!(rec.state, JobState::Queued);
     assert_eq!(rec.max_attempts, 9);
     assert_eq!(rec.timeout_ms, Some(30_000));
+    assert_eq!((rec.backoff_base_ms, rec.backoff_max_ms), (250, 60_000));
     assert_eq!(rec.after, vec![b, a], "dependencies keep their order");
     assert_eq!(rec.key.as_deref(), Some("k-1"));
     assert_eq!(rec.created_ms, 4_000);

@@ -108,12 +108,14 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(w) = args.workers {
                 config.workers = w;
             }
+            let workers_override = args.workers;
             if let Some(m) = args.start_method {
                 config.start_method = m;
             }
             let options = jobvisor_daemon::Options {
                 config,
                 config_path: args.config,
+                workers_override,
                 registry: jobvisor_tasks::builtin(),
             };
             rt.block_on(jobvisor_daemon::run(options))?;

@@ -23,6 +23,12 @@ struct Daemon {
 
 impl Daemon {
     fn start(extra: &[&str]) -> Self {
+        let mut args = vec!["--workers", "2"];
+        args.extend_from_slice(extra);
+        Self::start_raw(&args)
+    }
+
+    fn start_raw(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("state").join("control.sock");
         let mut d = Daemon {
@@ -49,7 +55,6 @@ impl Daemon {
             .arg("daemon")
             .arg("--state-dir")
             .arg(self.state_dir())
-            .args(["--workers", "2"])
             .args(&self.extra)
             .env("JOBVISOR_LOG", "info")
             .stdout(Stdio::null())
@@ -585,4 +590,72 @@ fn batch_submit_from_json_lines() {
     assert_eq!(ids.len(), 50, "{}", text(&out));
     let res = d.cli(&["result", ids[49]]);
     assert_eq!(stdout(&res), "49");
+}
+
+#[test]
+fn sighup_reloads_pool_size_and_queues_without_losing_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("jobvisor.toml");
+    std::fs::write(&cfg, "workers = 1\n").unwrap();
+    let d = Daemon::start_raw(&["--config", cfg.to_str().unwrap()]);
+    rt().block_on(async {
+        let mut c = d.client().await;
+        assert_eq!(c.workers().await.unwrap().len(), 1);
+        let mut heavy = json_spec("sleep", r#"{"ms": 1}"#);
+        heavy.queue = Some("heavy".into());
+        assert!(
+            c.submit(vec![heavy.clone()]).await.is_err(),
+            "queue unknown before the reload"
+        );
+        // Jobs in flight across the reload.
+        let running: Vec<u64> = c
+            .submit(
+                (0..4)
+                    .map(|_| json_spec("sleep", r#"{"ms": 300}"#))
+                    .collect(),
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        std::fs::write(&cfg, "workers = 3\n[queues.heavy]\nconcurrency = 1\n").unwrap();
+        // SAFETY: kill(2) on the daemon we started.
+        unsafe { libc::kill(d.child.as_ref().unwrap().id() as i32, libc::SIGHUP) };
+        // The reload is applied asynchronously; poll the observable result, bounded.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ready = c
+                .workers()
+                .await
+                .unwrap()
+                .iter()
+                .filter(|w| w.state == "ready")
+                .count();
+            if ready == 3 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pool did not grow to 3 workers"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let id = loop {
+            match c.submit(vec![heavy.clone()]).await {
+                Ok(v) => break v[0].id,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("queue still unknown after the reload: {e}"),
+            }
+        };
+        let mut all = running.clone();
+        all.push(id);
+        let recs = c.wait(all, None).await.unwrap();
+        assert!(
+            recs.iter().all(|r| r.state == JobState::Succeeded),
+            "{recs:?}"
+        );
+    });
 }
