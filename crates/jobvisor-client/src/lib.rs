@@ -150,7 +150,7 @@ impl Client {
     /// As [`Client::request`]; `NotFound` as a server error.
     pub async fn status(&mut self, id: u64) -> Result<JobRecord, ClientError> {
         match self.request(&Request::Status { id }).await? {
-            Response::Job(j) => Ok(j),
+            Response::Job(j) => Ok(*j),
             other => Err(unexpected(&other)),
         }
     }

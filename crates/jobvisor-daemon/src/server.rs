@@ -292,7 +292,7 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
             }
         }
         Request::Status { id } => match ctx.store.get(id).await {
-            Ok(Some(rec)) => Response::Job(rec),
+            Ok(Some(rec)) => Response::Job(Box::new(rec)),
             Ok(None) => error(ErrorKind::NotFound, format!("no job {id}")),
             Err(e) => error(ErrorKind::Storage, e.to_string()),
         },

@@ -345,7 +345,7 @@ pub enum Response {
     /// Submit: one entry per spec, in order.
     Submitted(Vec<Submitted>),
     /// Status.
-    Job(JobRecord),
+    Job(Box<JobRecord>),
     /// Wait and List.
     Jobs(Vec<JobRecord>),
     /// Workers.

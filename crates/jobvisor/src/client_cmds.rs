@@ -2030,7 +2030,7 @@ mod tests {
                     Response::Submitted(out)
                 }
                 Request::Status { id } => match st.jobs.get(&id) {
-                    Some(j) => Response::Job(j.clone()),
+                    Some(j) => Response::Job(Box::new(j.clone())),
                     None => err(ErrorKind::NotFound, &format!("no job {id}")),
                 },
                 Request::Wait { ids, timeout_ms } => {
