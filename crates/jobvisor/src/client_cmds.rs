@@ -335,8 +335,13 @@ type CmdResult = Result<u8, Failure>;
 
 /// Writes `text` to stdout. A closed pipe (`jobvisor list | head`) is not an error.
 fn emit(text: &str) -> Result<(), Failure> {
+    emit_bytes(text.as_bytes())
+}
+
+/// Writes raw bytes to stdout; a closed pipe (`| head`) is not an error.
+fn emit_bytes(bytes: &[u8]) -> Result<(), Failure> {
     let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+    match out.write_all(bytes).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(Failure::new(EXIT_ERROR, format!("writing to stdout: {e}"))),
@@ -1057,9 +1062,19 @@ async fn result(id: u64, json: bool, socket: &Path) -> CmdResult {
             if !json {
                 match &r.output {
                     Some(Payload::Json(t)) => {
-                        let text = match serde_json::from_str::<Value>(t) {
-                            Ok(v) => serde_json::to_string_pretty(&v).unwrap_or_else(|_| t.clone()),
-                            Err(_) => t.clone(),
+                        let parsed = serde_json::from_str::<Value>(t).ok();
+                        if let Some((out, err, status)) = parsed.as_ref().and_then(exec_streams) {
+                            // An `exec` job: its captured streams, as the command wrote them.
+                            emit_bytes(&out)?;
+                            let _ = std::io::stderr().write_all(&err);
+                            eprintln!("jobvisor: job {id}: {status} (--json for the whole record)");
+                            return Ok(EXIT_OK);
+                        }
+                        let text = match parsed {
+                            Some(v) => {
+                                serde_json::to_string_pretty(&v).unwrap_or_else(|_| t.clone())
+                            }
+                            None => t.clone(),
                         };
                         emit(&format!("{text}\n"))?;
                     }
@@ -1086,6 +1101,38 @@ async fn result(id: u64, json: bool, socket: &Path) -> CmdResult {
             Ok(EXIT_ERROR)
         }
     }
+}
+
+/// The captured streams and a status line of an `exec` output
+/// (`{"stdout": [bytes], "stderr": [bytes], "code": .., "signal": .., ...}`).
+fn exec_streams(v: &Value) -> Option<(Vec<u8>, Vec<u8>, String)> {
+    let obj = v.as_object()?;
+    let bytes = |k: &str| -> Option<Vec<u8>> {
+        obj.get(k)?
+            .as_array()?
+            .iter()
+            .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
+            .collect()
+    };
+    let (out, err) = (bytes("stdout")?, bytes("stderr")?);
+    let status = match (
+        obj.get("code").and_then(Value::as_i64),
+        obj.get("signal").and_then(Value::as_i64),
+    ) {
+        (Some(code), _) => format!("exit code {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "no exit status".to_string(),
+    };
+    let cut = ["stdout_truncated", "stderr_truncated"]
+        .iter()
+        .filter(|k| obj.get(**k).and_then(Value::as_bool) == Some(true))
+        .count();
+    let status = if cut > 0 {
+        format!("{status}, output truncated")
+    } else {
+        status
+    };
+    Some((out, err, status))
 }
 
 // ---------------------------------------------------------------------------

@@ -200,6 +200,14 @@ fn every_builtin_task_through_submit_wait_result() {
     let id = stdout(&out).lines().next().unwrap_or("").to_string();
     let res = d.cli(&["result", &id, "--json"]);
     assert!(stdout(&res).contains("\"code\""), "{}", text(&res));
+    // Without --json, an exec job's result is its captured output.
+    let res = d.cli(&["result", &id]);
+    assert_eq!(stdout(&res), "hi", "{}", text(&res));
+    assert!(
+        String::from_utf8_lossy(&res.stderr).contains("exit code 0"),
+        "{}",
+        text(&res)
+    );
     // A failing command is a job that succeeded with exit code 3 recorded.
     let status = d.cli(&["status", &id, "--json"]);
     assert!(
