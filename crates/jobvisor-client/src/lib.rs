@@ -179,6 +179,14 @@ impl Client {
         self.expect_ok(&Request::Cancel { id }).await
     }
 
+    /// Re-queues a finished job that did not succeed, with fresh budgets.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub async fn retry(&mut self, id: u64) -> Result<(), ClientError> {
+        self.expect_ok(&Request::Retry { id }).await
+    }
+
     /// Lists jobs, newest first.
     ///
     /// # Errors

@@ -59,6 +59,9 @@ pub struct JobDefaults {
     pub backoff_base_ms: u64,
     /// Retry delay cap (ms).
     pub backoff_max_ms: u64,
+    /// Crash budget: a job under which this many workers died is
+    /// dead-lettered (`dead`), whatever its attempt budget.
+    pub max_crashes: u32,
     /// On SIGTERM, how long running jobs may finish before they are stopped
     /// (and re-queued for the next start).
     pub drain_grace_ms: u64,
@@ -119,6 +122,7 @@ impl Default for JobDefaults {
             max_attempts: 3,
             backoff_base_ms: 1_000,
             backoff_max_ms: 60_000,
+            max_crashes: 3,
             drain_grace_ms: 30_000,
         }
     }
@@ -198,6 +202,9 @@ impl Config {
             return bad(
                 "limits.max_input_bytes must be at least 4 KiB below limits.max_frame_bytes",
             );
+        }
+        if self.jobs.max_crashes == 0 {
+            return bad("jobs.max_crashes must be at least 1");
         }
         if self.jobs.max_attempts == 0 {
             return bad("jobs.max_attempts must be at least 1");

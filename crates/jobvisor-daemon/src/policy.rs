@@ -4,13 +4,17 @@
 //! | attempt ended with | attempt outcome | job |
 //! |---|---|---|
 //! | output | `ok` | `succeeded` |
-//! | task error, panic, output too large | `error` / `panic` | retried after backoff while attempts remain, else `failed` |
+//! | task error, panic, output too large | `error` / `panic` | retried after backoff while the *attempt budget* (`max_attempts`) lasts, else `failed` |
 //! | bad input (the input does not decode) | `error` | `failed` at once: retrying cannot help |
-//! | worker died (signal, exit, OOM kill) | `crashed` (code/signal, peak RSS, output tail) | retried while attempts remain, else `failed` |
-//! | timeout | `timed_out` (how it was stopped) | retried while attempts remain, else `failed` |
+//! | worker died (signal, exit code, memory limit) | `crashed` (code/signal, peak RSS, output tail, cause) | retried while the *crash budget* (`jobs.max_crashes`) lasts, else `dead`: a poison job never drives a crash loop |
+//! | timeout, stall (no heartbeat) | `timed_out` (how it was stopped) | retried while the attempt budget lasts, else `failed` |
 //! | cancelled by a client | `cancelled` | `cancelled` |
 //! | the pool was stopped under it (daemon shutdown) | `lost` | back to `queued`, the attempt not counted against the budget |
 //! | daemon killed while it ran (found at restart) | `lost` | `queued` while attempts remain, else `failed` (in the store's `recover`) |
+//!
+//! The two budgets are separate: a job that keeps killing workers is
+//! dead-lettered after K deaths however many task errors it may still make,
+//! and a flaky task error never counts towards poison.
 //!
 //! Backoff: `base × 2^(attempt−1)`, capped at `max`, with "equal jitter": half
 //! of it fixed, half random, so retries of many jobs do not move in lockstep.
@@ -22,16 +26,31 @@ use jobvisor_store::Finish;
 /// The facts about the job the policy needs.
 #[derive(Debug, Clone, Copy)]
 pub struct JobFacts {
-    /// Attempts made so far, including the one that just ended.
-    pub attempts: u32,
-    /// Attempts allowed.
+    /// Failed attempts charged to the attempt budget so far (this one excluded).
+    pub failures: u32,
+    /// Worker deaths charged to the job so far (this one excluded).
+    pub crashes: u32,
+    /// Attempt budget: attempts that may fail by task error or timeout, plus one.
     pub max_attempts: u32,
+    /// Crash budget: worker deaths after which the job is dead-lettered.
+    pub max_crashes: u32,
     /// First retry delay.
     pub backoff_base_ms: u64,
     /// Retry delay cap.
     pub backoff_max_ms: u64,
     /// A client asked to cancel it.
     pub cancel_requested: bool,
+}
+
+/// Which budget an attempt's end is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charge {
+    /// The attempt budget (task errors, panics, timeouts, stalls).
+    Failure,
+    /// The crash budget (the worker died under it).
+    Crash,
+    /// Neither (success, cancel, daemon shutdown).
+    None,
 }
 
 /// What an attempt's failure means.
@@ -41,27 +60,30 @@ pub struct Decision {
     pub outcome: AttemptOutcome,
     /// The job's next state.
     pub next: Finish,
-    /// Whether the attempt counts against the budget (a daemon shutdown does not).
-    pub counts: bool,
+    /// The budget it is charged to.
+    pub charge: Charge,
 }
 
 /// Decides after a failed attempt. `now_ms` and `random` (any u64) place the retry.
 pub fn on_failure(job: JobFacts, err: &PoolError, now_ms: u64, random: u64) -> Decision {
-    let retry_or_fail = |outcome: AttemptOutcome, error: String| {
-        let next = if job.attempts < job.max_attempts {
+    let tries = job.failures + job.crashes + 1;
+    let retry_at = now_ms + backoff_ms(job.backoff_base_ms, job.backoff_max_ms, tries, random);
+    let failure = |outcome: AttemptOutcome, error: String| {
+        let n = job.failures + 1;
+        let next = if n < job.max_attempts {
             Finish::Retry {
-                run_at_ms: now_ms + backoff_ms(job, random),
-                error: error.clone(),
+                run_at_ms: retry_at,
+                error,
             }
         } else {
             Finish::Failed {
-                error: format!("{error} (attempt {} of {})", job.attempts, job.max_attempts),
+                error: format!("{error} (attempt {n} of {})", job.max_attempts),
             }
         };
         Decision {
             outcome,
             next,
-            counts: true,
+            charge: Charge::Failure,
         }
     };
     if job.cancel_requested {
@@ -70,69 +92,88 @@ pub fn on_failure(job: JobFacts, err: &PoolError, now_ms: u64, random: u64) -> D
             next: Finish::Cancelled {
                 error: "cancelled by a client".into(),
             },
-            counts: true,
+            charge: Charge::None,
         };
     }
     match err {
         PoolError::Task(f) => match f.kind {
-            FailureKind::Panic => {
-                retry_or_fail(AttemptOutcome::Panic(f.message.clone()), f.to_string())
-            }
+            FailureKind::Panic => failure(AttemptOutcome::Panic(f.message.clone()), f.to_string()),
             FailureKind::BadInput | FailureKind::UnknownTask => Decision {
                 outcome: AttemptOutcome::Error(f.to_string()),
                 next: Finish::Failed {
                     error: f.to_string(),
                 },
-                counts: true,
+                charge: Charge::Failure,
             },
             FailureKind::Cancelled => Decision {
                 outcome: AttemptOutcome::Cancelled,
                 next: Finish::Cancelled {
                     error: f.to_string(),
                 },
-                counts: true,
+                charge: Charge::None,
             },
-            _ => retry_or_fail(AttemptOutcome::Error(f.message.clone()), f.to_string()),
+            _ => failure(AttemptOutcome::Error(f.message.clone()), f.to_string()),
         },
         PoolError::WorkerDied {
             status,
             stderr_tail,
+            cause,
             ..
-        } => retry_or_fail(
-            AttemptOutcome::Crashed {
+        } => {
+            let outcome = AttemptOutcome::Crashed {
                 code: status.code,
                 signal: status.signal,
                 max_rss_kib: status.max_rss_kib,
                 stderr_tail: stderr_tail.clone(),
-            },
-            err.to_string(),
-        ),
+                cause: cause.clone(),
+            };
+            let n = job.crashes + 1;
+            let next = if n >= job.max_crashes {
+                Finish::Dead {
+                    error: format!(
+                        "poison job: it killed {n} workers (jobs.max_crashes = {}); last: {err}",
+                        job.max_crashes
+                    ),
+                }
+            } else {
+                Finish::Retry {
+                    run_at_ms: retry_at,
+                    error: err.to_string(),
+                }
+            };
+            Decision {
+                outcome,
+                next,
+                charge: Charge::Crash,
+            }
+        }
         PoolError::TimedOut { how, .. } => {
-            retry_or_fail(AttemptOutcome::TimedOut(how.clone()), err.to_string())
+            failure(AttemptOutcome::TimedOut(how.clone()), err.to_string())
+        }
+        PoolError::Stalled { .. } => {
+            failure(AttemptOutcome::TimedOut(err.to_string()), err.to_string())
         }
         PoolError::Cancelled => Decision {
             outcome: AttemptOutcome::Cancelled,
             next: Finish::Cancelled {
                 error: "cancelled".into(),
             },
-            counts: true,
+            charge: Charge::None,
         },
         PoolError::Closed => Decision {
             outcome: AttemptOutcome::Lost,
             next: Finish::Requeue,
-            counts: false,
+            charge: Charge::None,
         },
-        other => retry_or_fail(AttemptOutcome::Error(other.to_string()), other.to_string()),
+        other => failure(AttemptOutcome::Error(other.to_string()), other.to_string()),
     }
 }
 
-/// The delay before the next attempt, after `job.attempts` attempts.
-pub fn backoff_ms(job: JobFacts, random: u64) -> u64 {
-    let exp = job.attempts.saturating_sub(1).min(32);
-    let full = job
-        .backoff_base_ms
-        .saturating_mul(1u64 << exp)
-        .min(job.backoff_max_ms.max(job.backoff_base_ms));
+/// The delay before attempt `tries + 1`: `base × 2^(tries−1)`, capped, half of
+/// it random.
+pub fn backoff_ms(base_ms: u64, max_ms: u64, tries: u32, random: u64) -> u64 {
+    let exp = tries.saturating_sub(1).min(32);
+    let full = base_ms.saturating_mul(1u64 << exp).min(max_ms.max(base_ms));
     let half = full / 2;
     half + if half == 0 { 0 } else { random % (half + 1) }
 }
@@ -162,10 +203,12 @@ mod tests {
     use super::*;
     use jobvisor_pool::{ExitStatus, TaskFailure};
 
-    fn facts(attempts: u32, max: u32) -> JobFacts {
+    fn facts(failures: u32, crashes: u32) -> JobFacts {
         JobFacts {
-            attempts,
-            max_attempts: max,
+            failures,
+            crashes,
+            max_attempts: 3,
+            max_crashes: 3,
             backoff_base_ms: 100,
             backoff_max_ms: 1000,
             cancel_requested: false,
@@ -179,68 +222,101 @@ mod tests {
         })
     }
 
+    fn crash(signal: i32) -> PoolError {
+        PoolError::WorkerDied {
+            cause: None,
+            pid: 7,
+            status: ExitStatus {
+                code: None,
+                signal: Some(signal),
+                core_dumped: false,
+                max_rss_kib: 123,
+            },
+            stderr_tail: vec!["last words".into()],
+        }
+    }
+
     #[test]
-    fn task_errors_retry_within_budget_then_fail() {
-        let d = on_failure(facts(1, 3), &task_err(FailureKind::Error), 1000, 0);
+    fn task_errors_retry_within_the_attempt_budget_then_fail() {
+        let d = on_failure(facts(0, 0), &task_err(FailureKind::Error), 1000, 0);
         assert!(
             matches!(d.next, Finish::Retry { run_at_ms, .. } if (1050..=1100).contains(&run_at_ms))
         );
-        let d = on_failure(facts(3, 3), &task_err(FailureKind::Error), 1000, 0);
+        assert_eq!(d.charge, Charge::Failure);
+        let d = on_failure(facts(2, 0), &task_err(FailureKind::Error), 1000, 0);
         assert!(matches!(d.next, Finish::Failed { ref error } if error.contains("attempt 3 of 3")));
     }
 
     #[test]
     fn bad_input_never_retries() {
-        let d = on_failure(facts(1, 5), &task_err(FailureKind::BadInput), 0, 0);
+        let d = on_failure(facts(0, 0), &task_err(FailureKind::BadInput), 0, 0);
         assert!(matches!(d.next, Finish::Failed { .. }));
     }
 
     #[test]
-    fn crash_records_its_evidence() {
-        let err = PoolError::WorkerDied {
-            pid: 7,
-            status: ExitStatus {
-                code: None,
-                signal: Some(9),
-                core_dumped: false,
-                max_rss_kib: 123,
-            },
-            stderr_tail: vec!["oom".into()],
-        };
-        let d = on_failure(facts(1, 2), &err, 0, 0);
+    fn crashes_spend_their_own_budget_and_dead_letter_with_evidence() {
+        // Two failures already: a crash does not spend the attempt budget.
+        let d = on_failure(facts(2, 0), &crash(9), 0, 0);
+        assert!(matches!(d.next, Finish::Retry { .. }), "{d:?}");
+        assert_eq!(d.charge, Charge::Crash);
         assert_eq!(
             d.outcome,
             AttemptOutcome::Crashed {
                 code: None,
                 signal: Some(9),
                 max_rss_kib: 123,
-                stderr_tail: vec!["oom".into()]
+                stderr_tail: vec!["last words".into()],
+                cause: None
             }
         );
-        assert!(matches!(d.next, Finish::Retry { .. }));
+        let d = on_failure(facts(0, 2), &crash(11), 0, 0);
+        match d.next {
+            Finish::Dead { error } => assert!(
+                error.contains("killed 3 workers") && error.contains("SIGSEGV"),
+                "{error}"
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
-    fn shutdown_requeues_without_spending_the_budget() {
-        let d = on_failure(facts(3, 3), &PoolError::Closed, 0, 0);
+    fn shutdown_requeues_without_spending_a_budget() {
+        let d = on_failure(facts(2, 2), &PoolError::Closed, 0, 0);
         assert_eq!(d.next, Finish::Requeue);
-        assert!(!d.counts);
+        assert_eq!(d.charge, Charge::None);
     }
 
     #[test]
     fn cancel_wins() {
-        let mut f = facts(1, 3);
+        let mut f = facts(0, 0);
         f.cancel_requested = true;
         let d = on_failure(f, &task_err(FailureKind::Error), 0, 0);
         assert!(matches!(d.next, Finish::Cancelled { .. }));
     }
 
     #[test]
+    fn timeouts_and_stalls_spend_the_attempt_budget() {
+        let t = PoolError::TimedOut {
+            timeout_ms: 5,
+            how: "SIGKILL".into(),
+        };
+        let s = PoolError::Stalled {
+            stall_ms: 5,
+            how: "SIGKILL".into(),
+        };
+        for e in [t, s] {
+            let d = on_failure(facts(2, 0), &e, 0, 0);
+            assert!(matches!(d.next, Finish::Failed { .. }));
+            assert!(matches!(d.outcome, AttemptOutcome::TimedOut(_)));
+        }
+    }
+
+    #[test]
     fn backoff_doubles_with_jitter_and_is_capped() {
         for r in [0u64, 1, 77, u64::MAX] {
-            let b1 = backoff_ms(facts(1, 9), r);
-            let b3 = backoff_ms(facts(3, 9), r);
-            let b9 = backoff_ms(facts(9, 9), r);
+            let b1 = backoff_ms(100, 1000, 1, r);
+            let b3 = backoff_ms(100, 1000, 3, r);
+            let b9 = backoff_ms(100, 1000, 9, r);
             assert!((50..=100).contains(&b1), "{b1}");
             assert!((200..=400).contains(&b3), "{b3}");
             assert!((500..=1000).contains(&b9), "{b9}");

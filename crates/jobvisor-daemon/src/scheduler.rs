@@ -49,6 +49,10 @@ pub(crate) enum SchedCmd {
         id: u64,
         reply: Reply<()>,
     },
+    Retry {
+        id: u64,
+        reply: Reply<()>,
+    },
     Wait {
         ids: Vec<u64>,
         timeout_ms: Option<u64>,
@@ -92,6 +96,10 @@ enum Internal {
     WaitTimeout {
         waiter: u64,
     },
+    Revive {
+        record: Box<JobRecord>,
+        reply: Reply<()>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -104,12 +112,18 @@ pub(crate) struct Job {
     backoff_base_ms: u64,
     backoff_max_ms: u64,
     timeout_ms: Option<u64>,
+    stall_timeout_ms: Option<u64>,
     run_at_ms: u64,
     /// Native input, as workers take it.
     input: Arc<Vec<u8>>,
     /// The client sent JSON: the output is stored as JSON too.
     json: bool,
+    /// Attempts started (numbering).
     attempts: u32,
+    /// Charged to the attempt budget.
+    failures: u32,
+    /// Charged to the crash budget.
+    crashes: u32,
     state: JobState,
     after: Vec<u64>,
     deps_left: usize,
@@ -263,10 +277,13 @@ impl Scheduler {
                 backoff_base_ms: r.backoff_base_ms,
                 backoff_max_ms: r.backoff_max_ms,
                 timeout_ms: r.timeout_ms,
+                stall_timeout_ms: r.stall_timeout_ms,
                 run_at_ms: r.run_at_ms,
                 input: Arc::new(input),
                 json,
                 attempts: r.attempts.len() as u32,
+                failures: count_charged(&r.attempts, policy::Charge::Failure),
+                crashes: count_charged(&r.attempts, policy::Charge::Crash),
                 state: r.state,
                 after: r.after,
                 deps_left: 0,
@@ -313,6 +330,7 @@ impl Scheduler {
         match cmd {
             SchedCmd::Submit { specs, reply } => self.submit(specs, reply),
             SchedCmd::Cancel { id, reply } => self.cancel(id, reply),
+            SchedCmd::Retry { id, reply } => self.retry(id, reply),
             SchedCmd::Wait {
                 ids,
                 timeout_ms,
@@ -485,6 +503,7 @@ impl Scheduler {
                 backoff_base_ms,
                 backoff_max_ms,
                 timeout_ms: spec.timeout_ms,
+                stall_timeout_ms: spec.stall_timeout_ms,
                 run_at_ms,
                 created_ms: now,
                 after: spec.after.clone(),
@@ -499,10 +518,13 @@ impl Scheduler {
                 backoff_base_ms,
                 backoff_max_ms,
                 timeout_ms: spec.timeout_ms,
+                stall_timeout_ms: spec.stall_timeout_ms,
                 run_at_ms,
                 input: Arc::new(native),
                 json,
                 attempts: 0,
+                failures: 0,
+                crashes: 0,
                 state: JobState::Queued,
                 after: spec.after,
                 deps_left: 0,
@@ -641,6 +663,109 @@ impl Scheduler {
         let _ = reply.send(Ok(()));
     }
 
+    /// `jobvisor retry ID`: a finished job that did not succeed goes back to
+    /// the queue with fresh budgets (its attempts stay in its record).
+    fn retry(&mut self, id: u64, reply: Reply<()>) {
+        if self.draining {
+            let _ = reply.send(Err(err(
+                ErrorKind::ShuttingDown,
+                "the daemon is shutting down",
+            )));
+            return;
+        }
+        if let Some(job) = self.jobs.get(&id) {
+            let _ = reply.send(Err(err(
+                ErrorKind::BadRequest,
+                format!("job {id} is {}, not finished", job.state.as_str()),
+            )));
+            return;
+        }
+        let store = self.store.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            match store.get(id).await {
+                Ok(Some(rec)) if rec.state == JobState::Succeeded => {
+                    let _ = reply.send(Err(err(
+                        ErrorKind::BadRequest,
+                        format!("job {id} already succeeded"),
+                    )));
+                }
+                Ok(Some(rec)) => {
+                    let _ = tx.send(Internal::Revive {
+                        record: Box::new(rec),
+                        reply,
+                    });
+                }
+                Ok(None) => {
+                    let _ = reply.send(Err(err(ErrorKind::NotFound, format!("no job {id}"))));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(store_err(&e)));
+                }
+            }
+        });
+    }
+
+    fn revive(&mut self, r: JobRecord, reply: Reply<()>) {
+        if self.jobs.contains_key(&r.id) || !r.state.is_terminal() {
+            let _ = reply.send(Err(err(
+                ErrorKind::BadRequest,
+                format!("job {} is not finished", r.id),
+            )));
+            return;
+        }
+        let (input, json) = match &r.input {
+            Some(Payload::Json(text)) => match self.registry.json_to_native(&r.task, text) {
+                Ok(native) => (native, true),
+                Err(e) => {
+                    let _ = reply.send(Err(err(ErrorKind::BadInput, format!("cannot retry: {e}"))));
+                    return;
+                }
+            },
+            Some(Payload::Native(bytes)) => (bytes.clone(), false),
+            None => (Vec::new(), false),
+        };
+        let now = now_ms();
+        let id = r.id;
+        self.terminal.remove(&id);
+        self.jobs.insert(
+            id,
+            Job {
+                id,
+                task: r.task,
+                queue: r.queue,
+                priority: r.priority,
+                max_attempts: r.max_attempts,
+                backoff_base_ms: r.backoff_base_ms,
+                backoff_max_ms: r.backoff_max_ms,
+                timeout_ms: r.timeout_ms,
+                stall_timeout_ms: r.stall_timeout_ms,
+                run_at_ms: now,
+                input: Arc::new(input),
+                json,
+                attempts: r.attempts.len() as u32,
+                failures: 0,
+                crashes: 0,
+                state: JobState::Retrying,
+                after: Vec::new(),
+                deps_left: 0,
+                call: None,
+                cancel_requested: false,
+            },
+        );
+        self.spawn_finish_job(
+            id,
+            Finish::Retry {
+                run_at_ms: now,
+                error: "retried by a client".into(),
+            },
+            false,
+        );
+        self.place(id);
+        tracing::info!(job = id, "re-queued by a client");
+        let _ = reply.send(Ok(()));
+    }
+
     fn wait(&mut self, ids: Vec<u64>, timeout_ms: Option<u64>, reply: Reply<Vec<JobRecord>>) {
         let remaining: HashSet<u64> = ids
             .iter()
@@ -704,6 +829,7 @@ impl Scheduler {
         let workers = self.pool.config().workers as u64;
         let uptime_s = self.started.elapsed().as_secs();
         let recovered = self.recovered;
+        let health = self.pool.health();
         tokio::spawn(async move {
             let mut jobs: Vec<(String, u64)> = Vec::new();
             if let Ok(counts) = store.counts().await {
@@ -732,6 +858,8 @@ impl Scheduler {
                 attempts_finished: c.attempts_finished.load(Ordering::Relaxed),
                 worker_restarts: c.worker_restarts.load(Ordering::Relaxed),
                 recovered,
+                degraded: health.degraded,
+                restart_delay_ms: health.restart_delay.as_millis() as u64,
             });
         });
     }
@@ -802,6 +930,7 @@ impl Scheduler {
         };
         let opts = CallOptions {
             timeout: job.timeout_ms.map(Duration::from_millis),
+            stall_timeout: job.stall_timeout_ms.map(Duration::from_millis),
         };
         let handle = match self
             .pool
@@ -881,6 +1010,7 @@ impl Scheduler {
                     self.notify_waiters(id);
                 }
             }
+            Internal::Revive { record, reply } => self.revive(*record, reply),
             Internal::WaitTimeout { waiter } => {
                 if let Some(w) = self.waiters.remove(&waiter) {
                     for id in &w.remaining {
@@ -948,15 +1078,19 @@ impl Scheduler {
             }
             Err(e) => {
                 let facts = JobFacts {
-                    attempts: job.attempts,
+                    failures: job.failures,
+                    crashes: job.crashes,
                     max_attempts: job.max_attempts,
+                    max_crashes: self.cfg.jobs.max_crashes,
                     backoff_base_ms: job.backoff_base_ms,
                     backoff_max_ms: job.backoff_max_ms,
                     cancel_requested: job.cancel_requested,
                 };
                 let d = policy::on_failure(facts, &e, now_ms(), policy::jitter_seed());
-                if !d.counts {
-                    job.attempts = job.attempts.saturating_sub(1);
+                match d.charge {
+                    policy::Charge::Failure => job.failures += 1,
+                    policy::Charge::Crash => job.crashes += 1,
+                    policy::Charge::None => {}
                 }
                 (d.outcome, d.next)
             }
@@ -1104,4 +1238,23 @@ impl Scheduler {
             }
         }
     }
+}
+
+/// Attempts of a recovered job charged to a budget, by their recorded outcome.
+fn count_charged(attempts: &[jobvisor_proto::control::Attempt], charge: policy::Charge) -> u32 {
+    attempts
+        .iter()
+        .filter(|a| {
+            matches!(
+                (&a.outcome, charge),
+                (AttemptOutcome::Crashed { .. }, policy::Charge::Crash)
+                    | (
+                        AttemptOutcome::Error(_)
+                            | AttemptOutcome::Panic(_)
+                            | AttemptOutcome::TimedOut(_),
+                        policy::Charge::Failure
+                    )
+            )
+        })
+        .count() as u32
 }

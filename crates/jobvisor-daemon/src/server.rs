@@ -278,6 +278,11 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
             Some(Err(e)) => Response::Error(e),
             None => gone(),
         },
+        Request::Retry { id } => match ask(ctx, |reply| SchedCmd::Retry { id, reply }).await {
+            Some(Ok(())) => Response::Ok,
+            Some(Err(e)) => Response::Error(e),
+            None => gone(),
+        },
         Request::Wait { ids, timeout_ms } => {
             match ask(ctx, |reply| SchedCmd::Wait {
                 ids,

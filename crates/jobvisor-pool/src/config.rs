@@ -37,8 +37,27 @@ pub struct PoolConfig {
     pub max_log_line_bytes: usize,
     /// How long a new worker may take to complete its handshake (default 10 s).
     pub start_timeout: Duration,
-    /// First delay before retrying a failed worker start; doubles up to 5 s.
+    /// First delay before a worker restart once the restart intensity is
+    /// exceeded; doubles per further death, up to `restart_backoff_max`.
     pub restart_backoff: Duration,
+    /// Cap of the restart delay.
+    pub restart_backoff_max: Duration,
+    /// Restart intensity: more than `max_restarts` worker deaths (crashes and
+    /// failed starts; not recycling, not our own kills) within
+    /// `restart_window`, and restarts are delayed (the pool is "degraded").
+    pub max_restarts: u32,
+    /// See `max_restarts`.
+    pub restart_window: Duration,
+    /// A degraded pool becomes healthy again (delay reset) after this long
+    /// without a worker death.
+    pub healthy_after: Duration,
+    /// Hard memory limit per worker, bytes: the worker's address space is
+    /// capped (`RLIMIT_AS`), so an allocation past it fails and the worker
+    /// dies; its task fails with "memory limit exceeded". None = no limit.
+    pub memory_limit_bytes: Option<u64>,
+    /// Soft memory limit per worker, bytes: a worker whose resident set is
+    /// above it after a call is recycled (between calls, nothing fails).
+    pub memory_soft_limit_bytes: Option<u64>,
 }
 
 impl Default for PoolConfig {
@@ -56,7 +75,13 @@ impl Default for PoolConfig {
             stderr_tail_lines: 20,
             max_log_line_bytes: 4096,
             start_timeout: Duration::from_secs(10),
-            restart_backoff: Duration::from_millis(50),
+            restart_backoff: Duration::from_millis(100),
+            restart_backoff_max: Duration::from_secs(30),
+            max_restarts: 10,
+            restart_window: Duration::from_secs(10),
+            healthy_after: Duration::from_secs(30),
+            memory_limit_bytes: None,
+            memory_soft_limit_bytes: None,
         }
     }
 }

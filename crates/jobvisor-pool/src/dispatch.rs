@@ -18,6 +18,7 @@
 //!   queue is kept meanwhile. The pool never turns "broken".
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,7 @@ pub(crate) struct Pending {
     pub(crate) task: u32,
     pub(crate) chunk: bool,
     pub(crate) timeout: Option<Duration>,
+    pub(crate) stall: Option<Duration>,
     pub(crate) input: Vec<u8>,
     pub(crate) reply: Responder,
 }
@@ -96,6 +98,7 @@ enum Stop {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reason {
     Timeout,
+    Stall,
     Cancel,
 }
 
@@ -119,6 +122,7 @@ struct InFlight {
     task: u32,
     chunk: bool,
     timeout: Option<Duration>,
+    stall: Option<Duration>,
     input: Vec<u8>,
     reply: Responder,
     cancel_requested: bool,
@@ -132,6 +136,8 @@ struct Worker {
     state: WorkerState,
     inflight: VecDeque<InFlight>,
     head_since: Instant,
+    /// Last sign of life of the running call (its start, a heartbeat, progress).
+    last_beat: Instant,
     esc: Option<Escalation>,
     calls_done: u64,
     tail: Arc<std::sync::Mutex<VecDeque<String>>>,
@@ -142,6 +148,8 @@ struct Worker {
     /// A worker that closed its pipe after `Shutdown` is killed if it has
     /// not exited by then.
     kill_at: Option<Instant>,
+    /// Its state when it was marked dead (tells a death from a retirement).
+    state_before_death: WorkerState,
 }
 
 pub(crate) struct Dispatcher {
@@ -151,7 +159,11 @@ pub(crate) struct Dispatcher {
     by_pid: HashMap<u32, u64>,
     starting: usize,
     next_worker_id: u64,
-    start_failures: u32,
+    /// Recent unexpected worker deaths (crashes, failed starts).
+    deaths: VecDeque<Instant>,
+    /// Current restart delay (zero while healthy).
+    restart_delay: Duration,
+    health: Arc<Health>,
     restart_not_before: Option<Instant>,
     stop: Stop,
     stop_waiters: Vec<oneshot::Sender<()>>,
@@ -178,6 +190,7 @@ impl Dispatcher {
         channels: Channels,
         events: broadcast::Sender<PoolEvent>,
         started: StartedReply,
+        health: Arc<Health>,
     ) {
         let (link_tx, link_rx) = mpsc::unbounded_channel();
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
@@ -189,7 +202,9 @@ impl Dispatcher {
             by_pid: HashMap::new(),
             starting: 0,
             next_worker_id: 1,
-            start_failures: 0,
+            deaths: VecDeque::new(),
+            restart_delay: Duration::ZERO,
+            health,
             restart_not_before: None,
             stop: Stop::No,
             stop_waiters: Vec::new(),
@@ -450,19 +465,17 @@ impl Dispatcher {
         let conn = match result {
             Ok(c) => c,
             Err(e) => {
-                self.start_failures += 1;
-                let backoff = self
-                    .cfg
-                    .restart_backoff
-                    .saturating_mul(1u32 << self.start_failures.min(16))
-                    .min(Duration::from_secs(5));
-                tracing::error!(error = %e, retry_in = ?backoff, "worker failed to start");
+                tracing::error!(error = %e, "worker failed to start");
+                let _ = self.events.send(PoolEvent::WorkerStartFailed {
+                    error: e.to_string(),
+                    at: Instant::now(),
+                });
                 if let Some(reply) = self.started_reply.take() {
                     let _ = reply.send(Err(PoolError::Startup(e.to_string())));
                     self.terminate();
                     return;
                 }
-                self.restart_not_before = Some(Instant::now() + backoff);
+                self.record_death();
                 return;
             }
         };
@@ -478,7 +491,6 @@ impl Dispatcher {
         } else {
             self.task_names = Some(conn.tasks.clone());
         }
-        self.start_failures = 0;
         let worker = Worker {
             id,
             pid,
@@ -487,6 +499,7 @@ impl Dispatcher {
             state: WorkerState::Ready,
             inflight: VecDeque::new(),
             head_since: Instant::now(),
+            last_beat: Instant::now(),
             esc: None,
             calls_done: 0,
             tail: conn.tail,
@@ -494,6 +507,7 @@ impl Dispatcher {
             status: None,
             link_closed: false,
             kill_at: None,
+            state_before_death: WorkerState::Ready,
         };
         self.by_pid.insert(pid, id);
         self.workers.insert(id, worker);
@@ -519,6 +533,61 @@ impl Dispatcher {
         }
     }
 
+    /// Restart intensity (OTP style): more than `max_restarts` deaths within
+    /// `restart_window` delays further restarts, doubling up to the cap;
+    /// `healthy_after` without a death resets it.
+    fn record_death(&mut self) {
+        let now = Instant::now();
+        self.deaths.push_back(now);
+        self.health.deaths.fetch_add(1, Ordering::Relaxed);
+        while self
+            .deaths
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.cfg.restart_window)
+        {
+            self.deaths.pop_front();
+        }
+        if self.deaths.len() > self.cfg.max_restarts as usize {
+            self.restart_delay = if self.restart_delay.is_zero() {
+                self.cfg.restart_backoff
+            } else {
+                (self.restart_delay * 2).min(self.cfg.restart_backoff_max)
+            };
+            self.restart_not_before = Some(now + self.restart_delay);
+            if !self.health.degraded.swap(true, Ordering::Relaxed) {
+                tracing::error!(
+                    deaths = self.deaths.len(),
+                    window = ?self.cfg.restart_window,
+                    "workers die faster than the restart intensity allows; delaying restarts (degraded)"
+                );
+            }
+            tracing::warn!(delay = ?self.restart_delay, "worker restart delayed");
+            self.health
+                .restart_delay_ms
+                .store(self.restart_delay.as_millis() as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn check_healthy(&mut self, now: Instant) {
+        if self.restart_delay.is_zero() {
+            return;
+        }
+        let quiet = self
+            .deaths
+            .back()
+            .is_none_or(|t| now.duration_since(*t) >= self.cfg.healthy_after);
+        if quiet {
+            tracing::info!(
+                "no worker death for {:?}: healthy again",
+                self.cfg.healthy_after
+            );
+            self.restart_delay = Duration::ZERO;
+            self.deaths.clear();
+            self.health.degraded.store(false, Ordering::Relaxed);
+            self.health.restart_delay_ms.store(0, Ordering::Relaxed);
+        }
+    }
+
     fn mark_dead(&mut self, id: u64) {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
@@ -530,6 +599,9 @@ impl Dispatcher {
         } else if w.state != WorkerState::Dead && w.status.is_none() {
             // The link broke under a live worker: make sure it is gone.
             let _ = w.proc.signal(libc::SIGKILL);
+        }
+        if w.state != WorkerState::Dead {
+            w.state_before_death = w.state;
         }
         w.state = WorkerState::Dead;
         self.ensure_workers();
@@ -564,11 +636,19 @@ impl Dispatcher {
             core_dumped: false,
             max_rss_kib: 0,
         });
-        let expected = self.stopping() || w.inflight.is_empty();
-        if expected {
+        // A death is an exit we did not ask for: not a retirement, not a
+        // shutdown, not our own kill of a call past its deadline or cancelled.
+        let asked = self.stopping()
+            || matches!(
+                w.state_before_death,
+                WorkerState::Stopping | WorkerState::Retiring
+            )
+            || w.esc.is_some();
+        if asked {
             tracing::debug!(worker = id, pid = w.pid, %status, "worker exited");
         } else {
             tracing::warn!(worker = id, pid = w.pid, %status, "worker died");
+            self.record_death();
         }
         let _ = self.events.send(PoolEvent::WorkerExited {
             worker: id,
@@ -585,21 +665,27 @@ impl Dispatcher {
                         timeout_ms: head.timeout.map_or(0, |t| t.as_millis() as u64),
                         how: format!("stopped by {}", stage_text(esc.stage)),
                     },
+                    Reason::Stall => PoolError::Stalled {
+                        stall_ms: head.stall.map_or(0, |t| t.as_millis() as u64),
+                        how: format!("stopped by {}", stage_text(esc.stage)),
+                    },
                     Reason::Cancel => PoolError::Cancelled,
                 }
             } else {
-                let tail = w
+                let tail: Vec<String> = w
                     .tail
                     .lock()
                     .map(|t| t.iter().cloned().collect())
                     .unwrap_or_default();
+                let cause = death_cause(&status, &tail, self.cfg.memory_limit_bytes);
                 PoolError::WorkerDied {
+                    cause,
                     pid: w.pid,
                     status,
                     stderr_tail: tail,
                 }
             };
-            answer(head.reply, None, Err(err));
+            answer(head.reply, Some(w.pid), Err(err));
         }
         // The rest never started: back to the front of the queue, in order.
         while let Some(f) = w.inflight.pop_back() {
@@ -616,6 +702,34 @@ impl Dispatcher {
                 task: f.task,
                 chunk: f.chunk,
                 timeout: f.timeout,
+                stall: f.stall,
+                input: f.input,
+                reply: f.reply,
+            });
+        }
+        self.ensure_workers();
+    }
+
+    /// The worker passed its soft memory limit and exits after this frame:
+    /// the calls it holds never started; they go back to the queue now.
+    fn on_retiring(&mut self, id: u64, reason: &str) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        tracing::info!(worker = id, pid = w.pid, reason, "worker recycles itself");
+        w.state = WorkerState::Stopping;
+        let back: Vec<InFlight> = w.inflight.drain(..).collect();
+        for f in back.into_iter().rev() {
+            if f.cancel_requested {
+                answer(f.reply, None, Err(PoolError::Cancelled));
+                continue;
+            }
+            self.queue.push_front(Pending {
+                id: f.id,
+                task: f.task,
+                chunk: f.chunk,
+                timeout: f.timeout,
+                stall: f.stall,
                 input: f.input,
                 reply: f.reply,
             });
@@ -640,7 +754,14 @@ impl Dispatcher {
         match ev {
             LinkEvent::Frame { worker, msg } => match msg {
                 FromWorker::Done(replies) => self.on_done(worker, replies),
-                FromWorker::Heartbeat { .. } | FromWorker::Progress { .. } => {}
+                FromWorker::Heartbeat { id: call } | FromWorker::Progress { id: call, .. } => {
+                    if let Some(w) = self.workers.get_mut(&worker) {
+                        if w.inflight.front().is_some_and(|f| f.id == call) {
+                            w.last_beat = Instant::now();
+                        }
+                    }
+                }
+                FromWorker::Retiring { reason } => self.on_retiring(worker, &reason),
                 FromWorker::Ready { .. } => {
                     tracing::warn!(worker, "unexpected Ready from a running worker");
                 }
@@ -678,6 +799,7 @@ impl Dispatcher {
             let esc = w.esc.filter(|e| e.call == f.id);
             if pos == 0 {
                 w.head_since = now;
+                w.last_beat = now;
                 w.esc = None;
                 finished_head += 1;
             }
@@ -687,6 +809,11 @@ impl Dispatcher {
                 Outcome::Err(fail) if fail.kind == FailureKind::Cancelled => {
                     if f.cancel_requested {
                         Err(PoolError::Cancelled)
+                    } else if esc.is_some_and(|e| e.reason == Reason::Stall) {
+                        Err(PoolError::Stalled {
+                            stall_ms: f.stall.map_or(0, |t| t.as_millis() as u64),
+                            how: "the task stopped at the cancel".into(),
+                        })
                     } else if f.timeout.is_some()
                         || esc.is_some_and(|e| e.reason == Reason::Timeout)
                     {
@@ -729,6 +856,12 @@ impl Dispatcher {
 
     fn next_timer(&self) -> Option<Instant> {
         let mut next = self.restart_not_before;
+        if !self.restart_delay.is_zero() {
+            if let Some(t) = self.deaths.back() {
+                let at = *t + self.cfg.healthy_after;
+                next = Some(next.map_or(at, |n| n.min(at)));
+            }
+        }
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for w in self.workers.values() {
             if let Some(t) = w.kill_at.filter(|_| w.status.is_none()) {
@@ -738,9 +871,14 @@ impl Dispatcher {
                 if e.stage != Stage::Kill {
                     consider(e.until);
                 }
-            } else if let Some(t) = w.inflight.front().and_then(|f| f.timeout) {
-                if w.state != WorkerState::Dead {
-                    consider(w.head_since + t);
+            } else if w.state != WorkerState::Dead {
+                if let Some(head) = w.inflight.front() {
+                    if let Some(t) = head.timeout {
+                        consider(w.head_since + t);
+                    }
+                    if let Some(s) = head.stall {
+                        consider(w.last_beat.max(w.head_since) + s);
+                    }
                 }
             }
         }
@@ -749,6 +887,7 @@ impl Dispatcher {
 
     fn on_timer(&mut self) {
         let now = Instant::now();
+        self.check_healthy(now);
         if self.restart_not_before.is_some_and(|t| now >= t) {
             self.restart_not_before = None;
             self.ensure_workers();
@@ -767,11 +906,27 @@ impl Dispatcher {
                     let Some(head) = w.inflight.front() else {
                         continue;
                     };
-                    let Some(t) = head.timeout else { continue };
-                    if now >= w.head_since + t {
+                    if head.timeout.is_some_and(|t| now >= w.head_since + t) {
                         tracing::warn!(pid = w.pid, call = head.id, "call past its deadline");
+                        // The worker enforces the same deadline itself (soft stage).
                         w.esc = Some(Escalation {
                             reason: Reason::Timeout,
+                            stage: Stage::Soft,
+                            until: now + self.cfg.cancel_grace,
+                            call: head.id,
+                        });
+                    } else if head
+                        .stall
+                        .is_some_and(|s| now >= w.last_beat.max(w.head_since) + s)
+                    {
+                        tracing::warn!(pid = w.pid, call = head.id, "call stalled: no heartbeat");
+                        let mut frame = Vec::new();
+                        let cancel = ToWorker::Cancel { id: head.id };
+                        if encode_frame(&mut frame, &cancel, self.cfg.max_frame_bytes).is_ok() {
+                            let _ = w.tx.send(frame);
+                        }
+                        w.esc = Some(Escalation {
+                            reason: Reason::Stall,
                             stage: Stage::Soft,
                             until: now + self.cfg.cancel_grace,
                             call: head.id,
@@ -860,12 +1015,14 @@ impl Dispatcher {
                 };
                 if w.inflight.is_empty() {
                     w.head_since = Instant::now();
+                    w.last_beat = w.head_since;
                 }
                 w.inflight.push_back(InFlight {
                     id: p.id,
                     task: p.task,
                     chunk: p.chunk,
                     timeout: p.timeout,
+                    stall: p.stall,
                     input: p.input,
                     reply: p.reply,
                     cancel_requested: false,
@@ -931,4 +1088,26 @@ fn stage_text(stage: Stage) -> &'static str {
         Stage::Term => "SIGTERM to the worker's process group",
         Stage::Kill => "SIGKILL of the worker",
     }
+}
+
+/// Shared health figures of a pool (restart intensity).
+#[derive(Debug, Default)]
+pub(crate) struct Health {
+    pub(crate) degraded: std::sync::atomic::AtomicBool,
+    pub(crate) restart_delay_ms: std::sync::atomic::AtomicU64,
+    pub(crate) deaths: std::sync::atomic::AtomicU64,
+}
+
+/// Why a worker died, when its status and last output say so.
+fn death_cause(status: &ExitStatus, tail: &[String], memory_limit: Option<u64>) -> Option<String> {
+    let alloc_failed = tail.iter().any(|l| l.contains("memory allocation of"));
+    if alloc_failed
+        || (memory_limit.is_some()
+            && status.signal == Some(libc::SIGKILL)
+            && tail.iter().any(|l| l.contains("Out of memory")))
+    {
+        let limit = memory_limit.map_or(String::new(), |b| format!(" ({} MiB)", b / (1024 * 1024)));
+        return Some(format!("memory limit exceeded{limit}"));
+    }
+    None
 }

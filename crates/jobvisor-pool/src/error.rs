@@ -44,14 +44,25 @@ pub enum PoolError {
         how: String,
     },
     /// The worker died while running the task.
-    #[error("worker {pid} died while running the task: {status}{}", tail_text(.stderr_tail))]
+    #[error("worker {pid} died while running the task: {}{status}{}", cause_text(.cause), tail_text(.stderr_tail))]
     WorkerDied {
+        /// What killed it, when known: "memory limit exceeded".
+        cause: Option<String>,
         /// The worker's pid.
         pid: u32,
         /// Exit code or signal, and peak RSS.
         status: ExitStatus,
         /// The last lines the worker wrote to stderr/stdout.
         stderr_tail: Vec<String>,
+    },
+    /// The task stopped sending heartbeats (or progress) for longer than its
+    /// stall timeout, and was stopped.
+    #[error("task stalled: no heartbeat for {stall_ms} ms ({how})")]
+    Stalled {
+        /// The stall timeout.
+        stall_ms: u64,
+        /// How it was stopped.
+        how: String,
     },
     /// The task was cancelled before it finished.
     #[error("task cancelled")]
@@ -68,6 +79,10 @@ pub enum PoolError {
     /// The pool could not start its workers.
     #[error("cannot start the pool: {0}")]
     Startup(String),
+}
+
+fn cause_text(cause: &Option<String>) -> String {
+    cause.as_ref().map_or(String::new(), |c| format!("{c}; "))
 }
 
 fn tail_text(lines: &[String]) -> String {

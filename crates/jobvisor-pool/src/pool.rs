@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::PoolConfig;
-use crate::dispatch::{CallResult, Channels, Command, Dispatcher, Pending};
+use crate::dispatch::{CallResult, Channels, Command, Dispatcher, Health, Pending};
 use crate::error::PoolError;
 use crate::launch::StartMethod;
 
@@ -36,6 +36,13 @@ pub enum PoolEvent {
         /// Its pid.
         pid: u32,
         /// When the dispatcher saw it ready.
+        at: Instant,
+    },
+    /// A worker could not be started (or died during its handshake).
+    WorkerStartFailed {
+        /// Why.
+        error: String,
+        /// When the dispatcher learned it.
         at: Instant,
     },
     /// A worker exited and was reaped.
@@ -84,6 +91,9 @@ pub struct WorkerInfo {
 pub struct CallOptions {
     /// Stop the call after this long (overrides the pool's default).
     pub timeout: Option<Duration>,
+    /// Stop the call when it sends no heartbeat or progress (`ctx.heartbeat()`,
+    /// `ctx.progress()`) for this long: a watchdog for hung or stopped workers.
+    pub stall_timeout: Option<Duration>,
 }
 
 /// Builds a [`Pool`].
@@ -129,6 +139,38 @@ impl PoolBuilder {
         self.cfg.max_tasks_per_worker = Some(n.max(1));
         self
     }
+    /// Hard memory limit per worker (`RLIMIT_AS`), bytes.
+    #[must_use]
+    pub fn memory_limit_bytes(mut self, n: u64) -> Self {
+        self.cfg.memory_limit_bytes = Some(n);
+        self
+    }
+    /// Soft memory limit per worker (recycle between calls), bytes.
+    #[must_use]
+    pub fn memory_soft_limit_bytes(mut self, n: u64) -> Self {
+        self.cfg.memory_soft_limit_bytes = Some(n);
+        self
+    }
+    /// Restart intensity: more than `max` deaths within `window` → restarts are delayed.
+    #[must_use]
+    pub fn restart_intensity(mut self, max: u32, window: Duration) -> Self {
+        self.cfg.max_restarts = max;
+        self.cfg.restart_window = window;
+        self
+    }
+    /// Restart delay bounds and the quiet time that resets it.
+    #[must_use]
+    pub fn restart_backoff(
+        mut self,
+        first: Duration,
+        max: Duration,
+        healthy_after: Duration,
+    ) -> Self {
+        self.cfg.restart_backoff = first;
+        self.cfg.restart_backoff_max = max;
+        self.cfg.healthy_after = healthy_after;
+        self
+    }
     /// Timeout for calls submitted without one.
     #[must_use]
     pub fn default_timeout(mut self, t: Duration) -> Self {
@@ -164,11 +206,13 @@ impl PoolBuilder {
         let (tx, rx) = mpsc::channel(COMMAND_CHANNEL);
         let (events, _) = broadcast::channel(1024);
         let (started_tx, started_rx) = oneshot::channel();
+        let health = Arc::new(Health::default());
         Dispatcher::spawn(
             self.cfg.clone(),
             Channels { commands: rx },
             events.clone(),
             started_tx,
+            health.clone(),
         );
         let names = started_rx
             .await
@@ -186,6 +230,7 @@ impl PoolBuilder {
                 next_id: AtomicU64::new(1),
                 cfg: self.cfg,
                 events,
+                health,
             }),
         })
     }
@@ -198,6 +243,19 @@ struct Inner {
     next_id: AtomicU64,
     cfg: PoolConfig,
     events: broadcast::Sender<PoolEvent>,
+    health: Arc<Health>,
+}
+
+/// The pool's health (restart intensity).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolHealth {
+    /// Workers die faster than `max_restarts` per `restart_window`: restarts
+    /// are being delayed. The queue is kept.
+    pub degraded: bool,
+    /// The current restart delay.
+    pub restart_delay: Duration,
+    /// Unexpected worker deaths (crashes, failed starts) since the pool started.
+    pub deaths: u64,
 }
 
 /// A pool of worker processes. Cheap to clone; the workers stop when the last
@@ -273,6 +331,16 @@ impl Pool {
         &self.inner.names
     }
 
+    /// Restart-intensity health.
+    pub fn health(&self) -> PoolHealth {
+        let h = &self.inner.health;
+        PoolHealth {
+            degraded: h.degraded.load(Ordering::Relaxed),
+            restart_delay: Duration::from_millis(h.restart_delay_ms.load(Ordering::Relaxed)),
+            deaths: h.deaths.load(Ordering::Relaxed),
+        }
+    }
+
     /// Worker lifecycle events, from now on.
     pub fn events(&self) -> broadcast::Receiver<PoolEvent> {
         self.inner.events.subscribe()
@@ -325,6 +393,7 @@ impl Pool {
             task,
             chunk,
             timeout: opts.timeout.or(self.inner.cfg.default_timeout),
+            stall: opts.stall_timeout,
             input,
             reply: tx,
         };

@@ -347,6 +347,7 @@ async fn infinite_loop_hits_timeout_and_worker_is_replaced(method: StartMethod) 
     let before = pool.apply::<Pid>(&()).await.unwrap();
     let opts = CallOptions {
         timeout: Some(Duration::from_millis(100)),
+        ..CallOptions::default()
     };
     let h = pool.submit_with::<Forever>(&false, opts).await.unwrap();
     match h.await {

@@ -56,6 +56,9 @@ pub struct JobSpec {
     pub after: Vec<u64>,
     /// Idempotency key: a second submit with the same key returns the first job.
     pub key: Option<String>,
+    /// Stall timeout: an attempt that sends no heartbeat or progress for this
+    /// long is stopped (cancel, SIGTERM, SIGKILL) and counted as timed out.
+    pub stall_timeout_ms: Option<u64>,
 }
 
 impl JobSpec {
@@ -73,6 +76,7 @@ impl JobSpec {
             delay_ms: None,
             after: Vec::new(),
             key: None,
+            stall_timeout_ms: None,
         }
     }
 }
@@ -152,6 +156,8 @@ pub enum AttemptOutcome {
         max_rss_kib: u64,
         /// Last lines of the worker's output.
         stderr_tail: Vec<String>,
+        /// What killed it, when known (e.g. "memory limit exceeded").
+        cause: Option<String>,
     },
     /// Past its timeout; how it was stopped.
     TimedOut(String),
@@ -193,6 +199,8 @@ pub struct JobRecord {
     pub max_attempts: u32,
     /// Per-attempt timeout.
     pub timeout_ms: Option<u64>,
+    /// Stall timeout (no heartbeat for this long).
+    pub stall_timeout_ms: Option<u64>,
     /// First retry delay.
     pub backoff_base_ms: u64,
     /// Retry delay cap.
@@ -260,6 +268,11 @@ pub struct Stats {
     pub worker_restarts: u64,
     /// Jobs recovered from the store at start.
     pub recovered: u64,
+    /// Workers die faster than the restart intensity allows: restarts are
+    /// being delayed (the queue is kept).
+    pub degraded: bool,
+    /// The current delay before a worker restart, in ms (0 when healthy).
+    pub restart_delay_ms: u64,
 }
 
 /// Client → daemon.
@@ -281,6 +294,11 @@ pub enum Request {
     },
     /// Cancel a queued or running job.
     Cancel {
+        /// Job id.
+        id: u64,
+    },
+    /// Re-queue a finished (dead, failed or cancelled) job with fresh budgets.
+    Retry {
         /// Job id.
         id: u64,
     },

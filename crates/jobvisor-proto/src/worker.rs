@@ -18,6 +18,13 @@ pub enum ToWorker {
         max_frame_bytes: u64,
         /// Largest encoded task output the worker may return; larger ones fail.
         max_output_bytes: u64,
+        /// Soft memory limit: after a call, a worker whose resident set is
+        /// above this many bytes announces `Retiring` and exits (0 = none).
+        memory_soft_limit_bytes: u64,
+        /// Hard memory limit: the worker caps its address space
+        /// (`RLIMIT_AS`) at this many bytes, so an allocation past it fails
+        /// (0 = none).
+        memory_limit_bytes: u64,
     },
     /// Calls to run, in order.
     Run(Vec<Call>),
@@ -60,6 +67,10 @@ pub enum ToWorkerRef<'a> {
         max_frame_bytes: u64,
         /// See [`ToWorker::Configure`].
         max_output_bytes: u64,
+        /// See [`ToWorker::Configure`].
+        memory_soft_limit_bytes: u64,
+        /// See [`ToWorker::Configure`].
+        memory_limit_bytes: u64,
     },
     /// See [`ToWorker::Run`].
     Run(&'a [CallRef<'a>]),
@@ -97,6 +108,12 @@ pub enum FromWorker {
     Heartbeat {
         /// The running call.
         id: u64,
+    },
+    /// The worker will exit after this frame (soft memory limit): the calls it
+    /// has not answered never started.
+    Retiring {
+        /// Why.
+        reason: String,
     },
     /// Progress of the running call.
     Progress {
@@ -212,10 +229,14 @@ mod tests {
         let cfg = ToWorker::Configure {
             max_frame_bytes: 9,
             max_output_bytes: 7,
+            memory_soft_limit_bytes: 5,
+            memory_limit_bytes: 3,
         };
         let cfg_ref = ToWorkerRef::Configure {
             max_frame_bytes: 9,
             max_output_bytes: 7,
+            memory_soft_limit_bytes: 5,
+            memory_limit_bytes: 3,
         };
         assert_eq!(encode(&cfg).unwrap(), encode(&cfg_ref).unwrap());
     }

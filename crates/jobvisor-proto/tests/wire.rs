@@ -37,7 +37,7 @@ use serde::Serialize;
 
 /// `jobvisor_proto::SCHEMA_HASH` when the fixtures were last blessed. Changing
 /// `SCHEMA` without updating this (and re-blessing) fails `schema_is_recorded`.
-const RECORDED_SCHEMA_HASH: u64 = 0x6747_3dc1_be67_7bf3;
+const RECORDED_SCHEMA_HASH: u64 = 0xad62_8dca_89bc_fbcf;
 /// `jobvisor_proto::PROTOCOL_VERSION` when the fixtures were last blessed.
 const RECORDED_PROTOCOL_VERSION: u32 = 1;
 
@@ -168,6 +168,8 @@ fn fixtures() -> Vec<Fixture> {
             ToWorker::Configure {
                 max_frame_bytes: 64 << 20,
                 max_output_bytes: 250,
+                memory_soft_limit_bytes: 1 << 30,
+                memory_limit_bytes: 0,
             },
         ),
         message("to_worker_run", ToWorker::Run(two_calls())),
@@ -395,12 +397,16 @@ fn arb_call() -> impl Strategy<Value = Call> {
 
 fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
     prop_oneof![
-        1 => (any::<u64>(), any::<u64>()).prop_map(|(max_frame_bytes, max_output_bytes)| {
-            ToWorker::Configure {
-                max_frame_bytes,
-                max_output_bytes,
+        1 => (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(max_frame_bytes, max_output_bytes, memory_soft_limit_bytes, memory_limit_bytes)| {
+                ToWorker::Configure {
+                    max_frame_bytes,
+                    max_output_bytes,
+                    memory_soft_limit_bytes,
+                    memory_limit_bytes,
+                }
             }
-        }),
+        ),
         4 => proptest::collection::vec(arb_call(), 0..8).prop_map(ToWorker::Run),
         1 => any::<u64>().prop_map(|id| ToWorker::Cancel { id }),
         1 => Just(ToWorker::Shutdown),

@@ -60,6 +60,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_state_finished ON jobs(state, finished_ms);
     CREATE INDEX jobs_queue ON jobs(queue);
     CREATE INDEX attempts_running ON attempts(job_id) WHERE finished_ms IS NULL;",
+    // v2: per-job stall timeout (watchdog).
+    "ALTER TABLE jobs ADD COLUMN stall_timeout_ms INTEGER;",
 ];
 
 /// The schema version this build writes (and the newest it can read).
@@ -75,7 +77,7 @@ const KIND_NATIVE: i64 = 1;
 macro_rules! job_cols {
     () => {
         "id, task, queue, priority, state, max_attempts, timeout_ms, key, created_ms, \
-         run_at_ms, finished_ms, error, backoff_base_ms, backoff_max_ms"
+         run_at_ms, finished_ms, error, backoff_base_ms, backoff_max_ms, stall_timeout_ms"
     };
 }
 
@@ -314,8 +316,9 @@ impl SqliteStore {
         self.conn
             .prepare_cached(
                 "INSERT INTO jobs (task, queue, priority, state, max_attempts, backoff_base_ms, \
-                 backoff_max_ms, timeout_ms, run_at_ms, created_ms, key, input_kind, input) \
-                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                 backoff_max_ms, timeout_ms, run_at_ms, created_ms, key, input_kind, input, \
+                 stall_timeout_ms) \
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )?
             .execute(params![
                 job.task,
@@ -330,6 +333,7 @@ impl SqliteStore {
                 job.key,
                 input_kind,
                 input,
+                job.stall_timeout_ms,
             ])?;
         let id = u64::try_from(self.conn.last_insert_rowid())
             .map_err(|_| StoreError::Db("negative job id".into()))?;
@@ -766,7 +770,7 @@ fn state_from_row(row: &Row<'_>, idx: usize) -> rusqlite::Result<JobState> {
 /// input, output kind, output. Dependencies and attempts are left empty.
 fn job_from_row(row: &Row<'_>, payloads: bool) -> rusqlite::Result<JobRecord> {
     let (input, output) = if payloads {
-        (payload_from_row(row, 14)?, payload_from_row(row, 16)?)
+        (payload_from_row(row, 15)?, payload_from_row(row, 17)?)
     } else {
         (None, None)
     };
@@ -788,6 +792,7 @@ fn job_from_row(row: &Row<'_>, payloads: bool) -> rusqlite::Result<JobRecord> {
         error: row.get(11)?,
         backoff_base_ms: row.get(12)?,
         backoff_max_ms: row.get(13)?,
+        stall_timeout_ms: row.get(14)?,
         attempts: Vec::new(),
     })
 }
@@ -808,6 +813,34 @@ fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<Attempt> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_version_1_database_is_migrated_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO jobs (task, queue, priority, state, max_attempts, backoff_base_ms, \
+                 backoff_max_ms, run_at_ms, created_ms, input_kind, input) \
+                 VALUES ('noop', 'default', 0, 'queued', 3, 10, 100, 1, 1, 0, '5')",
+                [],
+            )
+            .unwrap();
+        }
+        let mut store = SqliteStore::open(&path).unwrap();
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, i64::from(SCHEMA_VERSION));
+        let rec = store.get(1).unwrap().expect("the v1 job survives");
+        assert_eq!(rec.task, "noop");
+        assert_eq!(rec.input, Some(Payload::Json("5".into())));
+        assert_eq!(rec.stall_timeout_ms, None);
+    }
 
     #[test]
     fn migrations_match_the_version() {

@@ -22,6 +22,8 @@ pub struct NewJob {
     pub backoff_max_ms: u64,
     /// Per-attempt timeout.
     pub timeout_ms: Option<u64>,
+    /// Stall timeout (no heartbeat for this long).
+    pub stall_timeout_ms: Option<u64>,
     /// Not before (unix ms).
     pub run_at_ms: u64,
     /// Unix ms.

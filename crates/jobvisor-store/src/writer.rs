@@ -580,6 +580,7 @@ mod tests {
             backoff_base_ms: 10,
             backoff_max_ms: 100,
             timeout_ms: None,
+            stall_timeout_ms: None,
             run_at_ms: 0,
             created_ms: 0,
             after,

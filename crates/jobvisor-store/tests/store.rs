@@ -19,6 +19,7 @@ fn job(task: &str, input: Payload) -> NewJob {
         backoff_base_ms: 100,
         backoff_max_ms: 10_000,
         timeout_ms: None,
+        stall_timeout_ms: None,
         run_at_ms: 1_000,
         created_ms: 1_000,
         after: Vec::new(),
@@ -66,6 +67,7 @@ fn insert_get_round_trips_every_field() {
         backoff_base_ms: 250,
         backoff_max_ms: 60_000,
         timeout_ms: Some(30_000),
+        stall_timeout_ms: Some(2_000),
         run_at_ms: 5_000,
         created_ms: 4_000,
         after: vec![b, a],
@@ -83,6 +85,7 @@ fn insert_get_round_trips_every_field() {
     assert_eq!(rec.max_attempts, 9);
     assert_eq!(rec.timeout_ms, Some(30_000));
     assert_eq!((rec.backoff_base_ms, rec.backoff_max_ms), (250, 60_000));
+    assert_eq!(rec.stall_timeout_ms, Some(2_000));
     assert_eq!(rec.after, vec![b, a], "dependencies keep their order");
     assert_eq!(rec.key.as_deref(), Some("k-1"));
     assert_eq!(rec.created_ms, 4_000);
@@ -187,12 +190,14 @@ fn all_outcomes() -> Vec<AttemptOutcome> {
             signal: Some(9),
             max_rss_kib: 123_456,
             stderr_tail: vec!["line 1".into(), "line 2 ✓".into()],
+            cause: Some("memory limit exceeded".into()),
         },
         AttemptOutcome::Crashed {
             code: None,
             signal: None,
             max_rss_kib: 0,
             stderr_tail: Vec::new(),
+            cause: None,
         },
         AttemptOutcome::TimedOut("SIGTERM then SIGKILL".into()),
         AttemptOutcome::Lost,

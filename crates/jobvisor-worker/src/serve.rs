@@ -55,7 +55,8 @@ pub fn serve(registry: &Registry, input: OwnedFd, output: OwnedFd) -> Result<(),
     let peer = link.read_hello(HANDSHAKE_TIMEOUT)?;
     ours.check_peer(&peer, Role::Supervisor)?;
 
-    let max_output_bytes = configure(&mut link)?;
+    let (max_output_bytes, soft_limit) = configure(&mut link)?;
+    let mut last_rss_check = Instant::now();
     link.send(&FromWorker::Ready {
         pid: std::process::id(),
         tasks: registry.names().map(str::to_owned).collect(),
@@ -140,6 +141,23 @@ pub fn serve(registry: &Registry, input: OwnedFd, output: OwnedFd) -> Result<(),
         )?;
         since_flush += 1;
         let now = Instant::now();
+        if soft_limit > 0
+            && (pending.is_empty() || now.duration_since(last_rss_check) >= RSS_CHECK_INTERVAL)
+        {
+            last_rss_check = now;
+            if let Some(rss) = resident_bytes().filter(|&r| r > soft_limit) {
+                // Recycle between calls: the supervisor re-dispatches what we
+                // have not answered (none of it started) and starts a fresh worker.
+                let reason = format!(
+                    "resident set {} KiB is over the soft memory limit of {} KiB",
+                    rss / 1024,
+                    soft_limit / 1024
+                );
+                link.send(&FromWorker::Retiring { reason })?;
+                link.flush()?;
+                return Ok(());
+            }
+        }
         if since_flush >= FLUSH_EVERY || now.duration_since(last_ingest) >= FLUSH_INTERVAL {
             link.flush()?;
             since_flush = 0;
@@ -152,8 +170,35 @@ pub fn serve(registry: &Registry, input: OwnedFd, output: OwnedFd) -> Result<(),
     }
 }
 
-/// Waits for `Configure` and applies it; returns `max_output_bytes`.
-fn configure(link: &mut Link) -> Result<u64, WorkerError> {
+/// How often, at most, the soft memory limit is checked while calls are queued.
+const RSS_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Caps this process's address space: allocations beyond it fail (Rust then
+/// aborts the worker, which the supervisor reports as "memory limit exceeded").
+fn limit_address_space(bytes: u64) -> Result<(), WorkerError> {
+    let lim = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: setrlimit with a valid pointer to a local struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) } != 0 {
+        return Err(WorkerError::Io(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// This process's resident set in bytes, from `/proc/self/statm`.
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).unwrap_or(4096))
+}
+
+/// Waits for `Configure` and applies it; returns `max_output_bytes` and the
+/// soft memory limit.
+fn configure(link: &mut Link) -> Result<(u64, u64), WorkerError> {
     let until = Instant::now() + HANDSHAKE_TIMEOUT;
     loop {
         if let Some(msg) = link.rbuf.decode_next::<ToWorker>()? {
@@ -161,11 +206,16 @@ fn configure(link: &mut Link) -> Result<u64, WorkerError> {
                 ToWorker::Configure {
                     max_frame_bytes,
                     max_output_bytes,
+                    memory_soft_limit_bytes,
+                    memory_limit_bytes,
                 } => {
+                    if memory_limit_bytes > 0 {
+                        limit_address_space(memory_limit_bytes)?;
+                    }
                     let max = usize::try_from(max_frame_bytes).unwrap_or(usize::MAX);
                     link.max_frame_bytes = max;
                     link.rbuf.set_max_frame_bytes(max);
-                    Ok(max_output_bytes)
+                    Ok((max_output_bytes, memory_soft_limit_bytes))
                 }
                 other => Err(WorkerError::Protocol(format!(
                     "expected Configure first, got {other:?}"

@@ -106,6 +106,12 @@ pub enum ClientCommand {
         /// Job id.
         id: u64,
     },
+    /// Re-queue a finished job that did not succeed (dead, failed,
+    /// cancelled), with fresh attempt and crash budgets.
+    Retry {
+        /// Job id.
+        id: u64,
+    },
     /// List jobs, newest first.
     List {
         /// Only jobs in this state (queued, running, retrying, succeeded,
@@ -186,6 +192,9 @@ pub struct SubmitArgs {
     /// Per-attempt timeout (e.g. 30s, 5m; a bare number is ms).
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
+    /// Watchdog: stop an attempt that sends no heartbeat or progress for this long.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub stall_timeout: Option<Duration>,
     /// Do not start before this long from now.
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub delay: Option<Duration>,
@@ -376,6 +385,12 @@ async fn dispatch(cmd: ClientCommand, socket: &Path) -> CmdResult {
             emit(&format!("cancelled job {id}\n"))?;
             Ok(EXIT_OK)
         }
+        ClientCommand::Retry { id } => {
+            let mut client = connect(socket).await?;
+            client.retry(id).await?;
+            emit(&format!("re-queued job {id}\n"))?;
+            Ok(EXIT_OK)
+        }
         ClientCommand::List {
             state,
             queue,
@@ -524,6 +539,7 @@ fn single_spec(args: &SubmitArgs) -> Result<JobSpec, Failure> {
         spec.backoff_max_ms = b.max_ms;
     }
     spec.timeout_ms = args.timeout.map(duration_ms);
+    spec.stall_timeout_ms = args.stall_timeout.map(duration_ms);
     spec.delay_ms = args.delay.map(duration_ms);
     spec.after = args.after.clone();
     spec.key = args.key.clone();
@@ -654,6 +670,7 @@ fn parse_batch_line(line: &str) -> Result<JobSpec, String> {
         "backoff_base_ms",
         "backoff_max_ms",
         "timeout_ms",
+        "stall_timeout_ms",
         "delay_ms",
         "after",
         "key",
@@ -712,6 +729,7 @@ fn parse_batch_line(line: &str) -> Result<JobSpec, String> {
     spec.backoff_base_ms = opt_u64("backoff_base_ms")?;
     spec.backoff_max_ms = opt_u64("backoff_max_ms")?;
     spec.timeout_ms = opt_u64("timeout_ms")?;
+    spec.stall_timeout_ms = opt_u64("stall_timeout_ms")?;
     spec.delay_ms = opt_u64("delay_ms")?;
     spec.after = match obj.get("after") {
         None | Some(Value::Null) => Vec::new(),
@@ -1237,7 +1255,8 @@ async fn stats(json: bool, socket: &Path) -> CmdResult {
          submitted:         {}\n\
          attempts finished: {}\n\
          worker restarts:   {}\n\
-         recovered:         {}\n",
+         recovered:         {}\n\
+         health:            {}\n",
         s.pid,
         fmt_ms(s.uptime_s.saturating_mul(1000)),
         s.workers,
@@ -1245,6 +1264,14 @@ async fn stats(json: bool, socket: &Path) -> CmdResult {
         s.attempts_finished,
         s.worker_restarts,
         s.recovered,
+        if s.degraded {
+            format!(
+                "degraded: workers die too fast; restarts delayed by {}",
+                fmt_ms(s.restart_delay_ms)
+            )
+        } else {
+            "ok".to_string()
+        },
     );
     emit(&text)?;
     Ok(EXIT_OK)
@@ -1885,6 +1912,7 @@ mod tests {
             state: JobState::Succeeded,
             max_attempts: 3,
             timeout_ms: None,
+            stall_timeout_ms: None,
             backoff_base_ms: 1000,
             backoff_max_ms: 60000,
             after: vec![],
@@ -1914,6 +1942,8 @@ mod tests {
             attempts_finished: 6,
             worker_restarts: 7,
             recovered: 8,
+            degraded: false,
+            restart_delay_ms: 0,
         };
         assert_eq!(stats_json(&stats).unwrap()["jobs"], json!({"queued": 4}));
     }
@@ -2007,6 +2037,7 @@ mod tests {
                 state: JobState::Queued,
                 max_attempts: 3,
                 timeout_ms: None,
+                stall_timeout_ms: None,
                 backoff_base_ms: 1000,
                 backoff_max_ms: 60000,
                 after: Vec::new(),
@@ -2096,6 +2127,13 @@ mod tests {
                     }
                     Response::Jobs(ids.iter().map(|id| st.jobs[id].clone()).collect())
                 }
+                Request::Retry { id } => match st.jobs.get_mut(&id) {
+                    Some(j) => {
+                        j.state = JobState::Retrying;
+                        Response::Ok
+                    }
+                    None => err(ErrorKind::NotFound, &format!("no job {id}")),
+                },
                 Request::Cancel { id } => match st.jobs.get_mut(&id) {
                     Some(j) => {
                         j.state = JobState::Cancelled;
@@ -2120,6 +2158,8 @@ mod tests {
                     attempts_finished: 0,
                     worker_restarts: 0,
                     recovered: 0,
+                    degraded: false,
+                    restart_delay_ms: 0,
                 }),
                 Request::Ping => Response::Pong {
                     pid: 4242,

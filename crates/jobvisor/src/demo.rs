@@ -106,6 +106,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // 4. A timeout: the task is stopped, the worker keeps going.
     let opts = CallOptions {
         timeout: Some(Duration::from_millis(200)),
+        ..CallOptions::default()
     };
     let h = pool
         .submit_with::<Spin>(&SpinInput { ms: 60_000 }, opts)
