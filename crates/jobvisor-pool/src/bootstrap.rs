@@ -37,6 +37,10 @@ pub struct BootstrapOptions {
     /// loads (tables, models) is shared copy-on-write by every worker. With the
     /// `spawn` start method each worker is a fresh image and runs it itself.
     pub initializer: Option<Box<dyn FnOnce() + Send>>,
+    /// Runs in every worker process when it starts, before its handshake (per
+    /// worker set-up: a connection, a seed). A worker that exits here counts as
+    /// a failed start.
+    pub worker_init: Option<fn()>,
 }
 
 impl std::fmt::Debug for BootstrapOptions {
@@ -44,6 +48,7 @@ impl std::fmt::Debug for BootstrapOptions {
         f.debug_struct("BootstrapOptions")
             .field("fork_server", &self.fork_server)
             .field("initializer", &self.initializer.is_some())
+            .field("worker_init", &self.worker_init.is_some())
             .finish()
     }
 }
@@ -68,6 +73,7 @@ pub fn bootstrap(registry: Registry) -> io::Result<Bootstrap> {
         BootstrapOptions {
             fork_server: true,
             initializer: None,
+            worker_init: None,
         },
     )
 }
@@ -85,13 +91,20 @@ pub fn bootstrap_with(registry: Registry, options: BootstrapOptions) -> io::Resu
         if let Some(init) = options.initializer {
             init();
         }
+        if let Some(init) = options.worker_init {
+            init();
+        }
         return Ok(Bootstrap::Worker(run_spawned_worker(&registry, &args[2..])));
     }
     if BOOT.get().is_some() {
         return Err(io::Error::other("jobvisor_pool::bootstrap() called twice"));
     }
     let fork_server = if options.fork_server {
-        Some(forkserver::start(registry, options.initializer)?)
+        Some(forkserver::start(
+            registry,
+            options.initializer,
+            options.worker_init,
+        )?)
     } else {
         None
     };

@@ -138,6 +138,71 @@ impl Task for Chatty {
     }
 }
 
+/// Allocates (and touches) memory without bound.
+struct Hog;
+impl Task for Hog {
+    const NAME: &'static str = "test.hog";
+    type Input = ();
+    type Output = ();
+    fn run(&self, _: (), _ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
+        let mut keep: Vec<Vec<u8>> = Vec::new();
+        loop {
+            keep.push(vec![1u8; 16 << 20]);
+            std::hint::black_box(&keep);
+        }
+    }
+}
+
+/// Allocates `mib` MiB, touches it and keeps it (a leak), then returns its pid.
+struct Hold;
+impl Task for Hold {
+    const NAME: &'static str = "test.hold";
+    type Input = usize;
+    type Output = u32;
+    fn run(&self, mib: usize, _ctx: &mut Ctx<'_>) -> Result<u32, TaskError> {
+        let v = vec![7u8; mib << 20];
+        std::mem::forget(std::hint::black_box(v));
+        Ok(std::process::id())
+    }
+}
+
+/// Announces its pid on a FIFO, then heartbeats every 10 ms for `ms`.
+struct Beat;
+impl Task for Beat {
+    const NAME: &'static str = "test.beat";
+    type Input = (String, u64);
+    type Output = ();
+    fn run(&self, (fifo, ms): (String, u64), ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().write(true).open(&fifo)?;
+        writeln!(f, "{}", std::process::id())?;
+        drop(f);
+        let until = std::time::Instant::now() + Duration::from_millis(ms);
+        while std::time::Instant::now() < until {
+            if ctx.heartbeat() || !ctx.sleep(Duration::from_millis(10)) {
+                return Err(TaskError::cancelled());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Env var naming a file whose existence makes every new worker exit at start-up.
+const DIE_FLAG_ENV: &str = "JOBVISOR_TEST_DIE_FLAG";
+
+fn die_if_flagged() {
+    if let Some(p) = std::env::var_os(DIE_FLAG_ENV) {
+        if std::path::Path::new(&p).exists() {
+            eprintln!("worker refuses to start: {} exists", p.to_string_lossy());
+            std::process::exit(1);
+        }
+    }
+}
+
+fn die_flag() -> std::path::PathBuf {
+    std::path::PathBuf::from(std::env::var_os(DIE_FLAG_ENV).expect("set in main"))
+}
+
 static PRELOADED: OnceLock<u64> = OnceLock::new();
 
 /// Returns what the initializer preloaded.
@@ -160,7 +225,10 @@ fn registry() -> Registry {
         .register(Forever)
         .register(Announce)
         .register(Chatty)
-        .register(Preloaded);
+        .register(Preloaded)
+        .register(Hog)
+        .register(Hold)
+        .register(Beat);
     r
 }
 
@@ -596,12 +664,220 @@ async fn resize_grows_and_shrinks_without_losing_calls(method: StartMethod) {
     pool.shutdown().await;
 }
 
+async fn memory_limit_fails_the_task_and_replaces_the_worker(method: StartMethod) {
+    let pool = Pool::builder()
+        .workers(1)
+        .start_method(method)
+        .memory_limit_bytes(1 << 30)
+        .build()
+        .await
+        .unwrap();
+    match pool.apply::<Hog>(&()).await {
+        Err(e @ PoolError::WorkerDied { .. }) => {
+            let PoolError::WorkerDied { ref cause, .. } = e else {
+                unreachable!()
+            };
+            assert_eq!(
+                cause.as_deref(),
+                Some("memory limit exceeded (1024 MiB)"),
+                "{e}"
+            );
+        }
+        other => panic!("expected a memory-limit death, got {other:?}"),
+    }
+    assert_eq!(pool.apply::<Noop>(&1).await.unwrap(), 1, "the pool goes on");
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
+async fn soft_memory_limit_recycles_between_calls(method: StartMethod) {
+    let pool = Pool::builder()
+        .workers(1)
+        .start_method(method)
+        .memory_soft_limit_bytes(64 << 20)
+        .build()
+        .await
+        .unwrap();
+    let mut events = pool.events();
+    // Queue a second call behind the one that leaks: it must not fail.
+    let first = pool.submit::<Hold>(&128).await.unwrap();
+    let second = pool.submit::<Pid>(&()).await.unwrap();
+    let fat = first
+        .await
+        .expect("the call that crossed the soft limit succeeds");
+    let next = second
+        .await
+        .expect("queued calls are re-dispatched, not failed");
+    assert_ne!(fat, next, "the worker over its soft limit was recycled");
+    loop {
+        if let PoolEvent::WorkerExited { pid, status, .. } = events.recv().await.unwrap() {
+            assert_eq!(pid, fat);
+            assert_eq!(status.code, Some(0), "recycled cleanly: {status}");
+            break;
+        }
+    }
+    pool.shutdown().await;
+}
+
+async fn stall_timeout_catches_a_stopped_worker(method: StartMethod) {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = Pool::builder()
+        .workers(1)
+        .start_method(method)
+        .cancel_grace(Duration::from_millis(100))
+        .term_grace(Duration::from_millis(100))
+        .build()
+        .await
+        .unwrap();
+    let opts = CallOptions {
+        stall_timeout: Some(Duration::from_millis(300)),
+        ..CallOptions::default()
+    };
+    // A task that heartbeats is not stalled, however long it runs.
+    let fifo = helper::mkfifo(dir.path(), "a");
+    let h = pool
+        .submit_with::<Beat>(&(fifo.to_string_lossy().into_owned(), 900), opts)
+        .await
+        .unwrap();
+    helper::read_fifo_line(fifo).await;
+    h.await.expect("a beating task runs to the end");
+    // The same task, its worker SIGSTOPped: caught by the watchdog.
+    let fifo = helper::mkfifo(dir.path(), "b");
+    let h = pool
+        .submit_with::<Beat>(&(fifo.to_string_lossy().into_owned(), 60_000), opts)
+        .await
+        .unwrap();
+    let pid: i32 = helper::read_fifo_line(fifo).await.parse().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .unwrap();
+    match h.await {
+        Err(PoolError::Stalled { stall_ms, how }) => {
+            assert_eq!(stall_ms, 300);
+            assert!(
+                how.contains("SIGKILL"),
+                "a stopped worker needs SIGKILL: {how}"
+            );
+        }
+        other => panic!("expected Stalled, got {other:?}"),
+    }
+    assert_eq!(pool.apply::<Noop>(&2).await.unwrap(), 2);
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime, stime, cutime, cstime: fields 14..17 of stat, 12..15 after the ')'.
+    let ticks: f64 = f.get(11..15).map_or(0.0, |v| {
+        v.iter().filter_map(|x| x.parse::<f64>().ok()).sum()
+    });
+    ticks / 100.0
+}
+
+async fn restart_intensity_bounds_a_crash_loop(method: StartMethod) {
+    let flag = die_flag();
+    let _ = std::fs::remove_file(&flag);
+    let pool = Pool::builder()
+        .workers(2)
+        .start_method(method)
+        .restart_intensity(3, Duration::from_secs(1))
+        .restart_backoff(
+            Duration::from_millis(100),
+            Duration::from_millis(400),
+            Duration::from_millis(700),
+        )
+        .build()
+        .await
+        .unwrap();
+    let mut events = pool.events();
+    std::fs::write(&flag, b"x").unwrap();
+    let cpu_before =
+        cpu_seconds(std::process::id()) + jobvisor_pool::fork_server_pid().map_or(0.0, cpu_seconds);
+    let wall = std::time::Instant::now();
+    for w in pool.workers().await {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(w.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+    }
+    let mut exited = 0;
+    let mut failed = 0u32;
+    while exited < 2 {
+        match events.recv().await.unwrap() {
+            PoolEvent::WorkerExited { .. } => exited += 1,
+            PoolEvent::WorkerStartFailed { .. } => failed += 1,
+            _ => {}
+        }
+    }
+    // Work submitted while no worker can start is kept, not failed.
+    let kept = pool.submit::<Noop>(&77).await.unwrap();
+    // Count failed starts over 1.5 s of a crash loop.
+    let window = tokio::time::sleep(Duration::from_millis(1500));
+    tokio::pin!(window);
+    loop {
+        tokio::select! {
+            () = &mut window => break,
+            ev = events.recv() => {
+                if let Ok(PoolEvent::WorkerStartFailed { .. }) = ev {
+                    failed += 1;
+                }
+            }
+        }
+    }
+    let cpu = cpu_seconds(std::process::id())
+        + jobvisor_pool::fork_server_pid().map_or(0.0, cpu_seconds)
+        - cpu_before;
+    let health = pool.health();
+    assert!(health.degraded, "{health:?}");
+    assert!(failed >= 3, "the loop was observed: {failed}");
+    // Unbounded, this loop forks hundreds of workers a second; with the
+    // intensity rule it is a handful plus one per backoff step.
+    assert!(
+        failed <= 20,
+        "restarts were not bounded: {failed} failed starts in 1.5 s"
+    );
+    assert!(
+        cpu < 0.5 * wall.elapsed().as_secs_f64(),
+        "CPU was pegged: {cpu:.2}s in {:?}",
+        wall.elapsed()
+    );
+    // The cause goes away: the pool recovers by itself and runs the kept work.
+    std::fs::remove_file(&flag).unwrap();
+    assert_eq!(kept.await.unwrap(), 77);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pool.health().degraded {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still degraded: {:?}",
+            pool.health()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
 fn main() -> ExitCode {
+    // Set before the fork server starts, so every worker inherits it (a
+    // spawned worker re-runs main and keeps the inherited value).
+    if std::env::var_os(DIE_FLAG_ENV).is_none() {
+        std::env::set_var(
+            DIE_FLAG_ENV,
+            std::env::temp_dir().join(format!("jobvisor-die-{}", std::process::id())),
+        );
+    }
     let options = BootstrapOptions {
         fork_server: true,
         initializer: Some(Box::new(|| {
             let _ = PRELOADED.set(4242);
         })),
+        worker_init: Some(die_if_flagged),
     };
     match bootstrap_with(registry(), options).expect("bootstrap") {
         Bootstrap::Worker(code) => return code,
@@ -629,6 +905,10 @@ fn main() -> ExitCode {
         initializer_state_reaches_workers,
         exec_task_through_the_pool,
         resize_grows_and_shrinks_without_losing_calls,
+        memory_limit_fails_the_task_and_replaces_the_worker,
+        soft_memory_limit_recycles_between_calls,
+        stall_timeout_catches_a_stopped_worker,
+        restart_intensity_bounds_a_crash_loop,
     ];
     helper::run_all(&tests)
 }

@@ -98,6 +98,7 @@ fn recv_packet<T: serde::de::DeserializeOwned>(
 pub(crate) fn start(
     registry: Registry,
     initializer: Option<Box<dyn FnOnce() + Send>>,
+    worker_init: Option<fn()>,
 ) -> io::Result<ForkServerClient> {
     let threads = sys::thread_count()?;
     if threads != 1 {
@@ -118,7 +119,7 @@ pub(crate) fn start(
     match unsafe { fork() }? {
         ForkResult::Child => {
             drop(ours);
-            let code = match server_main(theirs, parent, registry, initializer) {
+            let code = match server_main(theirs, parent, registry, initializer, worker_init) {
                 Ok(()) => 0,
                 Err(e) => {
                     eprintln!("jobvisor fork server: {e}");
@@ -140,6 +141,7 @@ fn server_main(
     parent: Pid,
     registry: Registry,
     initializer: Option<Box<dyn FnOnce() + Send>>,
+    worker_init: Option<fn()>,
 ) -> io::Result<()> {
     sys::set_parent_death_signal()?;
     if nix::unistd::getppid() != parent {
@@ -163,6 +165,7 @@ fn server_main(
         old_mask: old,
         live: HashSet::new(),
         registry,
+        worker_init,
     };
     server.run()
 }
@@ -173,6 +176,7 @@ struct Server {
     old_mask: SigSet,
     live: HashSet<i32>,
     registry: Registry,
+    worker_init: Option<fn()>,
 }
 
 impl Server {
@@ -334,6 +338,9 @@ fn worker_main(
         return 1;
     }
     drop(log);
+    if let Some(init) = server.worker_init {
+        init();
+    }
     finish_worker(jobvisor_worker::serve(&server.registry, input, output))
 }
 
