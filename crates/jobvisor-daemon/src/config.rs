@@ -25,6 +25,8 @@ pub struct Config {
     pub jobs: JobDefaults,
     /// Retention of finished jobs.
     pub retention: Retention,
+    /// Worker processes: memory limits and restart intensity.
+    pub pool: PoolSettings,
     /// Named queues.
     pub queues: BTreeMap<String, QueueConfig>,
 }
@@ -79,6 +81,44 @@ pub struct Retention {
     pub prune_interval_secs: u64,
 }
 
+/// Worker memory limits and restart intensity.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolSettings {
+    /// Hard memory limit per worker (bytes, address space); 0 = none. A task
+    /// that allocates past it kills its worker and is charged "memory limit
+    /// exceeded" (a crash, counted against `jobs.max_crashes`).
+    pub memory_limit_bytes: u64,
+    /// Soft memory limit per worker (bytes, resident); 0 = none. A worker
+    /// above it after a task is recycled; nothing fails.
+    pub memory_soft_limit_bytes: u64,
+    /// More than this many worker deaths within `restart_window_ms` and
+    /// restarts are delayed (the daemon reports itself degraded).
+    pub max_restarts: u32,
+    /// See `max_restarts`.
+    pub restart_window_ms: u64,
+    /// First restart delay once degraded; doubles per further death.
+    pub restart_backoff_ms: u64,
+    /// Cap of the restart delay.
+    pub restart_backoff_max_ms: u64,
+    /// Degraded → healthy after this long without a worker death.
+    pub healthy_after_ms: u64,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self {
+            memory_limit_bytes: 0,
+            memory_soft_limit_bytes: 0,
+            max_restarts: 10,
+            restart_window_ms: 10_000,
+            restart_backoff_ms: 100,
+            restart_backoff_max_ms: 30_000,
+            healthy_after_ms: 30_000,
+        }
+    }
+}
+
 /// One named queue.
 #[derive(Debug, Clone, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -97,6 +137,7 @@ impl Default for Config {
             limits: Limits::default(),
             jobs: JobDefaults::default(),
             retention: Retention::default(),
+            pool: PoolSettings::default(),
             queues: BTreeMap::new(),
         }
     }

@@ -100,12 +100,28 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let store = StoreHandle::spawn(store).map_err(io("cannot start the store thread"))?;
 
     let workers = cfg.worker_count();
-    let pool = Pool::builder()
+    let p = &cfg.pool;
+    let mut builder = Pool::builder()
         .workers(workers)
         .start_method(cfg.start_method()?)
         .max_frame_bytes(cfg.limits.max_input_bytes.max(cfg.limits.max_output_bytes) + 64 * 1024)
-        .build()
-        .await?;
+        .restart_intensity(p.max_restarts, Duration::from_millis(p.restart_window_ms))
+        .restart_backoff(
+            Duration::from_millis(p.restart_backoff_ms),
+            Duration::from_millis(p.restart_backoff_max_ms),
+            Duration::from_millis(p.healthy_after_ms),
+        );
+    if p.memory_limit_bytes > 0 {
+        builder = builder.memory_limit_bytes(p.memory_limit_bytes);
+        tracing::info!(
+            bytes = p.memory_limit_bytes,
+            "worker memory limit enforced with RLIMIT_AS (cgroup v2 memory.max is not used)"
+        );
+    }
+    if p.memory_soft_limit_bytes > 0 {
+        builder = builder.memory_soft_limit_bytes(p.memory_soft_limit_bytes);
+    }
+    let pool = builder.build().await?;
     let counters = Arc::new(Counters::default());
     {
         let mut events = pool.events();
