@@ -98,6 +98,45 @@ impl Task for Sleep {
     }
 }
 
+/// `"crash"`: kills the worker it runs in, on purpose: with a signal, or by
+/// exiting with a code. For rehearsing failure handling (poison jobs, restart
+/// intensity, chaos runs) against the real daemon; never needed otherwise.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Crash;
+
+/// Input of [`Crash`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrashInput {
+    /// Raise this signal (e.g. 9 for SIGKILL, 6 for SIGABRT)...
+    #[serde(default)]
+    pub signal: Option<i32>,
+    /// ...or else exit with this code (default 1).
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+}
+
+impl Task for Crash {
+    const NAME: &'static str = "crash";
+    type Input = CrashInput;
+    type Output = ();
+
+    fn run(&self, input: CrashInput, _ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
+        eprintln!("crash task: taking this worker down on purpose");
+        if let Some(sig) = input.signal {
+            // SAFETY: raising a signal in our own process.
+            unsafe { libc::raise(sig) };
+            // A signal that was ignored or handled (SIGSEGV is caught by std's
+            // stack-overflow handler) must not let the worker live on.
+            // SAFETY: restoring the default action, then raising again.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+                libc::raise(sig);
+            }
+        }
+        std::process::exit(input.exit_code.unwrap_or(1));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,7 +34,7 @@ mod hash;
 
 use jobvisor_worker::Registry;
 
-pub use basic::{Noop, Sleep, SleepInput, Spin, SpinInput, SpinOutput};
+pub use basic::{Crash, CrashInput, Noop, Sleep, SleepInput, Spin, SpinInput, SpinOutput};
 pub use compress::{Compress, CompressInput, CompressOutput};
 pub use exec::{Exec, ExecInput, ExecOutput};
 pub use hash::{Hash, HashInput, HashOutput};
@@ -50,7 +50,8 @@ pub fn register_builtins(r: &mut Registry) {
         .register(Sleep)
         .register(Exec)
         .register(Hash)
-        .register(Compress);
+        .register(Compress)
+        .register(Crash);
 }
 
 /// A registry holding every built-in task.
@@ -77,9 +78,13 @@ mod tests {
                 Sleep::NAME,
                 Exec::NAME,
                 Hash::NAME,
-                Compress::NAME
+                Compress::NAME,
+                Crash::NAME
             ]
         );
-        assert_eq!(names, ["noop", "spin", "sleep", "exec", "hash", "compress"]);
+        assert_eq!(
+            names,
+            ["noop", "spin", "sleep", "exec", "hash", "compress", "crash"]
+        );
     }
 }

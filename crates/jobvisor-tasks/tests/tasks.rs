@@ -85,7 +85,10 @@ fn first_line_pid(out: &[u8]) -> i32 {
 #[test]
 fn builtin_registry_lists_all_tasks() {
     let names: Vec<_> = builtin().names().collect();
-    assert_eq!(names, ["noop", "spin", "sleep", "exec", "hash", "compress"]);
+    assert_eq!(
+        names,
+        ["noop", "spin", "sleep", "exec", "hash", "compress", "crash"]
+    );
 }
 
 #[test]

@@ -791,3 +791,46 @@ fn memory_limit_is_configured_and_logged() {
         text(&out)
     );
 }
+
+#[test]
+fn crash_task_is_dead_lettered_and_the_daemon_stays_healthy() {
+    let d = Daemon::start(&[]);
+    let out = d.cli(&[
+        "submit",
+        "crash",
+        "--input",
+        r#"{"exit_code": 7}"#,
+        "--backoff-ms",
+        "10",
+        "--wait",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "dead: {}", text(&out));
+    let id = stdout(&out).lines().next().unwrap_or("").to_string();
+    rt().block_on(async {
+        let mut c = d.client().await;
+        let r = c.status(id.parse().unwrap()).await.unwrap();
+        assert_eq!(r.state, JobState::Dead);
+        assert_eq!(r.attempts.len(), 3, "jobs.max_crashes = 3");
+        for a in &r.attempts {
+            match &a.outcome {
+                jobvisor_client::AttemptOutcome::Crashed {
+                    code, stderr_tail, ..
+                } => {
+                    assert_eq!(*code, Some(7));
+                    assert!(
+                        stderr_tail.iter().any(|l| l.contains("on purpose")),
+                        "{stderr_tail:?}"
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        let stats = c.stats().await.unwrap();
+        assert!(
+            !stats.degraded,
+            "3 deaths stay within the restart intensity: {stats:?}"
+        );
+    });
+    let out = d.cli(&["submit", "noop", "--input", "9", "--wait"]);
+    assert!(out.status.success(), "{}", text(&out));
+}
