@@ -131,6 +131,46 @@ pub(crate) struct Job {
     cancel_requested: bool,
 }
 
+impl Job {
+    /// A job as the store holds it: the input converted to the native
+    /// encoding, budgets counted from its attempts. Fails (with the job's id)
+    /// when its task no longer accepts its input.
+    fn from_record(r: JobRecord, registry: &Registry) -> Result<Job, (u64, ConvertError)> {
+        let (input, json) = match &r.input {
+            Some(Payload::Json(text)) => (
+                registry
+                    .json_to_native(&r.task, text)
+                    .map_err(|e| (r.id, e))?,
+                true,
+            ),
+            Some(Payload::Native(bytes)) => (bytes.clone(), false),
+            None => (Vec::new(), false),
+        };
+        Ok(Job {
+            id: r.id,
+            failures: count_charged(&r.attempts, policy::Charge::Failure),
+            crashes: count_charged(&r.attempts, policy::Charge::Crash),
+            attempts: r.attempts.len() as u32,
+            task: r.task,
+            queue: r.queue,
+            priority: r.priority,
+            max_attempts: r.max_attempts,
+            backoff_base_ms: r.backoff_base_ms,
+            backoff_max_ms: r.backoff_max_ms,
+            timeout_ms: r.timeout_ms,
+            stall_timeout_ms: r.stall_timeout_ms,
+            run_at_ms: r.run_at_ms,
+            input: Arc::new(input),
+            json,
+            state: r.state,
+            after: r.after,
+            deps_left: 0,
+            call: None,
+            cancel_requested: false,
+        })
+    }
+}
+
 struct Waiter {
     ids: Vec<u64>,
     remaining: HashSet<u64>,
@@ -251,45 +291,13 @@ impl Scheduler {
         let n = records.len() as u64;
         let mut jobs = Vec::with_capacity(records.len());
         for r in records {
-            let (input, json) = match &r.input {
-                Some(Payload::Json(text)) => match self.registry.json_to_native(&r.task, text) {
-                    Ok(native) => (native, true),
-                    Err(e) => {
-                        self.spawn_finish_job(
-                            r.id,
-                            Finish::Failed {
-                                error: format!("cannot resume: {e}"),
-                            },
-                            true,
-                        );
-                        continue;
-                    }
-                },
-                Some(Payload::Native(bytes)) => (bytes.clone(), false),
-                None => (Vec::new(), false),
-            };
-            jobs.push(Job {
-                id: r.id,
-                task: r.task,
-                queue: r.queue,
-                priority: r.priority,
-                max_attempts: r.max_attempts,
-                backoff_base_ms: r.backoff_base_ms,
-                backoff_max_ms: r.backoff_max_ms,
-                timeout_ms: r.timeout_ms,
-                stall_timeout_ms: r.stall_timeout_ms,
-                run_at_ms: r.run_at_ms,
-                input: Arc::new(input),
-                json,
-                attempts: r.attempts.len() as u32,
-                failures: count_charged(&r.attempts, policy::Charge::Failure),
-                crashes: count_charged(&r.attempts, policy::Charge::Crash),
-                state: r.state,
-                after: r.after,
-                deps_left: 0,
-                call: None,
-                cancel_requested: false,
-            });
+            match Job::from_record(r, &self.registry) {
+                Ok(job) => jobs.push(job),
+                Err((id, e)) => {
+                    let error = format!("cannot resume: {e}");
+                    self.spawn_finish_job(id, Finish::Failed { error }, true);
+                }
+            }
         }
         self.admit(jobs, &dep_states);
         self.recovered = n;
@@ -714,45 +722,23 @@ impl Scheduler {
             )));
             return;
         }
-        let (input, json) = match &r.input {
-            Some(Payload::Json(text)) => match self.registry.json_to_native(&r.task, text) {
-                Ok(native) => (native, true),
-                Err(e) => {
-                    let _ = reply.send(Err(err(ErrorKind::BadInput, format!("cannot retry: {e}"))));
-                    return;
-                }
-            },
-            Some(Payload::Native(bytes)) => (bytes.clone(), false),
-            None => (Vec::new(), false),
-        };
         let now = now_ms();
         let id = r.id;
+        let mut job = match Job::from_record(r, &self.registry) {
+            Ok(job) => job,
+            Err((_, e)) => {
+                let _ = reply.send(Err(err(ErrorKind::BadInput, format!("cannot retry: {e}"))));
+                return;
+            }
+        };
+        // Fresh budgets, no dependencies to wait for; the history stays.
+        job.failures = 0;
+        job.crashes = 0;
+        job.after.clear();
+        job.state = JobState::Retrying;
+        job.run_at_ms = now;
         self.terminal.remove(&id);
-        self.jobs.insert(
-            id,
-            Job {
-                id,
-                task: r.task,
-                queue: r.queue,
-                priority: r.priority,
-                max_attempts: r.max_attempts,
-                backoff_base_ms: r.backoff_base_ms,
-                backoff_max_ms: r.backoff_max_ms,
-                timeout_ms: r.timeout_ms,
-                stall_timeout_ms: r.stall_timeout_ms,
-                run_at_ms: now,
-                input: Arc::new(input),
-                json,
-                attempts: r.attempts.len() as u32,
-                failures: 0,
-                crashes: 0,
-                state: JobState::Retrying,
-                after: Vec::new(),
-                deps_left: 0,
-                call: None,
-                cancel_requested: false,
-            },
-        );
+        self.jobs.insert(id, job);
         self.spawn_finish_job(
             id,
             Finish::Retry {

@@ -688,7 +688,15 @@ impl Dispatcher {
             answer(head.reply, Some(w.pid), Err(err));
         }
         // The rest never started: back to the front of the queue, in order.
-        while let Some(f) = w.inflight.pop_back() {
+        self.requeue_unstarted(w.inflight.drain(..).collect());
+        self.ensure_workers();
+    }
+
+    /// Calls a worker held but never started go back to the front of the
+    /// queue, in their order (or fail, when the pool is being killed or the
+    /// call was cancelled meanwhile).
+    fn requeue_unstarted(&mut self, calls: Vec<InFlight>) {
+        for f in calls.into_iter().rev() {
             if self.killing() {
                 answer(f.reply, None, Err(PoolError::Closed));
                 continue;
@@ -707,7 +715,6 @@ impl Dispatcher {
                 reply: f.reply,
             });
         }
-        self.ensure_workers();
     }
 
     /// The worker passed its soft memory limit and exits after this frame:
@@ -719,21 +726,7 @@ impl Dispatcher {
         tracing::info!(worker = id, pid = w.pid, reason, "worker recycles itself");
         w.state = WorkerState::Stopping;
         let back: Vec<InFlight> = w.inflight.drain(..).collect();
-        for f in back.into_iter().rev() {
-            if f.cancel_requested {
-                answer(f.reply, None, Err(PoolError::Cancelled));
-                continue;
-            }
-            self.queue.push_front(Pending {
-                id: f.id,
-                task: f.task,
-                chunk: f.chunk,
-                timeout: f.timeout,
-                stall: f.stall,
-                input: f.input,
-                reply: f.reply,
-            });
-        }
+        self.requeue_unstarted(back);
         self.ensure_workers();
     }
 
