@@ -178,6 +178,26 @@ pub fn backoff_ms(base_ms: u64, max_ms: u64, tries: u32, random: u64) -> u64 {
     half + if half == 0 { 0 } else { random % (half + 1) }
 }
 
+/// "Which kind is it?": advice from a task's CPU time against its wall time,
+/// once there is enough to judge (5 attempts and 100 ms of wall time).
+///
+/// A CPU task (`Task`) holds a worker for its whole wall time; if the worker's
+/// thread computed for less than half of it, the task mostly waited (on a
+/// child process, the network, a disk, a sleep) and would not need a worker
+/// of its own as an I/O task.
+pub fn advice(attempts: u64, cpu_us: u64, wall_us: u64) -> Option<String> {
+    if attempts < 5 || wall_us < 100_000 {
+        return None;
+    }
+    let pct = cpu_us.saturating_mul(100) / wall_us.max(1);
+    (pct < 50).then(|| {
+        format!(
+            "mostly waits: CPU for {pct}% of its wall time; it holds a worker process while \
+             idle: an I/O-bound task (an AsyncTask would not hold a worker)"
+        )
+    })
+}
+
 /// A cheap random number for jitter (no cryptographic use).
 pub fn jitter_seed() -> u64 {
     use std::cell::Cell;
@@ -309,6 +329,14 @@ mod tests {
             assert!(matches!(d.next, Finish::Failed { .. }));
             assert!(matches!(d.outcome, AttemptOutcome::TimedOut(_)));
         }
+    }
+
+    #[test]
+    fn advice_flags_waiting_tasks_only_with_enough_data() {
+        assert!(advice(10, 10_000, 1_000_000).is_some_and(|a| a.contains("CPU for 1%")));
+        assert_eq!(advice(10, 900_000, 1_000_000), None, "CPU-bound: fine");
+        assert_eq!(advice(2, 0, 1_000_000), None, "too few attempts");
+        assert_eq!(advice(10, 0, 50_000), None, "too little time");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use jobvisor_pool::{CallOptions, Pool, PoolError};
 use jobvisor_proto::control::{
     AttemptOutcome, ControlError, ErrorKind, JobRecord, JobSpec, JobState, Payload, Stats,
-    Submitted,
+    Submitted, TaskUsage,
 };
 use jobvisor_store::{Finish, NewJob, StoreError, StoreHandle};
 use jobvisor_worker::{ConvertError, Registry};
@@ -87,6 +87,7 @@ enum Internal {
         id: u64,
         attempt: u32,
         pid: Option<u32>,
+        usage: Option<jobvisor_pool::CallUsage>,
         result: Result<Vec<u8>, PoolError>,
     },
     Written {
@@ -177,6 +178,14 @@ struct Waiter {
     reply: Reply<Vec<JobRecord>>,
 }
 
+/// Time spent by the attempts of one task.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    attempts: u64,
+    cpu_us: u64,
+    wall_us: u64,
+}
+
 /// Counters shared with whoever reports them.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -228,6 +237,8 @@ pub(crate) struct Scheduler {
     drain_waiters: Vec<oneshot::Sender<()>>,
     flush_waiters: Vec<oneshot::Sender<()>>,
     counters: Arc<Counters>,
+    /// CPU and wall time per task name since start ("which kind is it?").
+    usage: HashMap<String, Usage>,
     started: Instant,
     recovered: u64,
     internal_tx: mpsc::UnboundedSender<Internal>,
@@ -267,6 +278,7 @@ impl Scheduler {
             drain_waiters: Vec::new(),
             flush_waiters: Vec::new(),
             counters,
+            usage: HashMap::new(),
             started: Instant::now(),
             recovered: 0,
             internal_tx,
@@ -816,6 +828,18 @@ impl Scheduler {
         let uptime_s = self.started.elapsed().as_secs();
         let recovered = self.recovered;
         let health = self.pool.health();
+        let mut tasks: Vec<TaskUsage> = self
+            .usage
+            .iter()
+            .map(|(task, u)| TaskUsage {
+                task: task.clone(),
+                attempts: u.attempts,
+                cpu_ms: u.cpu_us / 1000,
+                wall_ms: u.wall_us / 1000,
+                advice: policy::advice(u.attempts, u.cpu_us, u.wall_us),
+            })
+            .collect();
+        tasks.sort_by(|a, b| a.task.cmp(&b.task));
         tokio::spawn(async move {
             let mut jobs: Vec<(String, u64)> = Vec::new();
             if let Ok(counts) = store.counts().await {
@@ -846,6 +870,7 @@ impl Scheduler {
                 recovered,
                 degraded: health.degraded,
                 restart_delay_ms: health.restart_delay.as_millis() as u64,
+                tasks,
             });
         });
     }
@@ -937,6 +962,7 @@ impl Scheduler {
                     id,
                     attempt,
                     pid: None,
+                    usage: None,
                     result: Err(e),
                 });
                 return true;
@@ -965,12 +991,13 @@ impl Scheduler {
         });
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
-            let (pid, result) = handle.raw_with_pid().await;
+            let r = handle.report().await;
             let _ = tx.send(Internal::AttemptDone {
                 id,
                 attempt,
-                pid,
-                result,
+                pid: r.pid,
+                usage: r.usage,
+                result: r.result,
             });
         });
         true
@@ -988,8 +1015,17 @@ impl Scheduler {
                 id,
                 attempt,
                 pid,
+                usage,
                 result,
-            } => self.on_attempt_done(id, attempt, pid, result),
+            } => {
+                if let (Some(u), Some(job)) = (usage, self.jobs.get(&id)) {
+                    let e = self.usage.entry(job.task.clone()).or_default();
+                    e.attempts += 1;
+                    e.cpu_us += u.cpu.as_micros() as u64;
+                    e.wall_us += u.wall.as_micros() as u64;
+                }
+                self.on_attempt_done(id, attempt, pid, result)
+            }
             Internal::Written { id, terminal } => {
                 self.pending_writes -= 1;
                 if terminal {

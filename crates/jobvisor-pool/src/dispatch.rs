@@ -41,12 +41,18 @@ use crate::pool::{PoolEvent, WorkerInfo, WorkerState};
 pub(crate) struct CallResult {
     pub(crate) pid: Option<u32>,
     pub(crate) result: Result<Vec<u8>, PoolError>,
+    /// CPU and wall time of the call in the worker, when it ran to an answer.
+    pub(crate) usage: Option<crate::pool::CallUsage>,
 }
 
 pub(crate) type Responder = oneshot::Sender<CallResult>;
 
 fn answer(reply: Responder, pid: Option<u32>, result: Result<Vec<u8>, PoolError>) {
-    let _ = reply.send(CallResult { pid, result });
+    let _ = reply.send(CallResult {
+        pid,
+        result,
+        usage: None,
+    });
 }
 
 /// A call accepted by the pool.
@@ -820,7 +826,15 @@ impl Dispatcher {
                 }
                 Outcome::Err(fail) => Err(PoolError::Task(fail)),
             };
-            answer(f.reply, Some(w.pid), result);
+            let usage = crate::pool::CallUsage {
+                cpu: Duration::from_micros(r.cpu_us),
+                wall: Duration::from_micros(r.wall_us),
+            };
+            let _ = f.reply.send(CallResult {
+                pid: Some(w.pid),
+                result,
+                usage: Some(usage),
+            });
         }
         if finished_head > 0 {
             let per_call =

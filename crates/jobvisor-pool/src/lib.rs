@@ -50,6 +50,6 @@ pub use jobvisor_proto::worker::{FailureKind, TaskFailure};
 pub use jobvisor_worker::{Ctx, Registry, Task, TaskError};
 pub use launch::StartMethod;
 pub use pool::{
-    CallOptions, ImapUnordered, Pool, PoolBuilder, PoolEvent, PoolHealth, RawOutput, TaskHandle,
-    WorkerInfo, WorkerState,
+    CallOptions, CallReport, CallUsage, ImapUnordered, Pool, PoolBuilder, PoolEvent, PoolHealth,
+    RawOutput, TaskHandle, WorkerInfo, WorkerState,
 };

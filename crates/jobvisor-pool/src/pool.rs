@@ -86,6 +86,26 @@ pub struct WorkerInfo {
     pub calls_done: u64,
 }
 
+/// Where a call's time went, as measured in the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallUsage {
+    /// CPU time of the worker's thread.
+    pub cpu: Duration,
+    /// Wall time.
+    pub wall: Duration,
+}
+
+/// Everything known about a finished call.
+#[derive(Debug)]
+pub struct CallReport {
+    /// The worker that ran it, when one did.
+    pub pid: Option<u32>,
+    /// Its CPU and wall time, when the worker answered.
+    pub usage: Option<CallUsage>,
+    /// The encoded output, or why there is none.
+    pub result: Result<Vec<u8>, PoolError>,
+}
+
 /// Per-call options.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallOptions {
@@ -715,9 +735,24 @@ impl<O> TaskHandle<O> {
     /// Waits for the encoded output, with the pid of the worker that ran the
     /// call (`None` when no worker did, e.g. cancelled while queued).
     pub async fn raw_with_pid(self) -> (Option<u32>, Result<Vec<u8>, PoolError>) {
+        let r = self.report().await;
+        (r.pid, r.result)
+    }
+
+    /// Waits for the call and returns everything known about it: encoded
+    /// output, worker pid, CPU and wall time.
+    pub async fn report(self) -> CallReport {
         match self.rx.await {
-            Ok(r) => (r.pid, r.result),
-            Err(_) => (None, Err(PoolError::Closed)),
+            Ok(r) => CallReport {
+                pid: r.pid,
+                usage: r.usage,
+                result: r.result,
+            },
+            Err(_) => CallReport {
+                pid: None,
+                usage: None,
+                result: Err(PoolError::Closed),
+            },
         }
     }
 }

@@ -768,6 +768,36 @@ async fn stall_timeout_catches_a_stopped_worker(method: StartMethod) {
     assert_no_zombies().await;
 }
 
+async fn call_usage_tells_computing_from_waiting(method: StartMethod) {
+    let pool = pool(method, 1).await;
+    let input = jobvisor_proto_input(&SpinInput { ms: 60 });
+    let spin = pool
+        .submit_raw("spin", input, CallOptions::default())
+        .await
+        .unwrap()
+        .report()
+        .await;
+    let input = jobvisor_proto_input(&SleepInput { ms: 60 });
+    let sleep = pool
+        .submit_raw("sleep", input, CallOptions::default())
+        .await
+        .unwrap()
+        .report()
+        .await;
+    let (spin, sleep) = (spin.usage.unwrap(), sleep.usage.unwrap());
+    assert!(spin.wall >= Duration::from_millis(60) && sleep.wall >= Duration::from_millis(60));
+    // Spinning is CPU for most of its wall time (unless the machine is
+    // overloaded); sleeping is almost none of it.
+    assert!(spin.cpu * 4 >= spin.wall, "spin: {spin:?}");
+    assert!(sleep.cpu * 10 < sleep.wall, "sleep: {sleep:?}");
+    pool.shutdown().await;
+}
+
+/// The codec's encoding of an input, as `submit` produces it.
+fn jobvisor_proto_input<T: Serialize>(v: &T) -> Vec<u8> {
+    jobvisor_proto::codec::encode(v).expect("encode")
+}
+
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
@@ -909,6 +939,7 @@ fn main() -> ExitCode {
         soft_memory_limit_recycles_between_calls,
         stall_timeout_catches_a_stopped_worker,
         restart_intensity_bounds_a_crash_loop,
+        call_usage_tells_computing_from_waiting,
     ];
     helper::run_all(&tests)
 }

@@ -273,6 +273,23 @@ pub struct Stats {
     pub degraded: bool,
     /// The current delay before a worker restart, in ms (0 when healthy).
     pub restart_delay_ms: u64,
+    /// Per task: CPU time against wall time, and what it suggests.
+    pub tasks: Vec<TaskUsage>,
+}
+
+/// How a task spends its time, over the attempts since the daemon started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskUsage {
+    /// Task name.
+    pub task: String,
+    /// Attempts measured.
+    pub attempts: u64,
+    /// CPU time of the worker thread in those attempts, ms.
+    pub cpu_ms: u64,
+    /// Wall time of those attempts, ms.
+    pub wall_ms: u64,
+    /// A hint when the task looks misplaced (e.g. a CPU task that mostly waits).
+    pub advice: Option<String>,
 }
 
 /// Client → daemon.

@@ -17,7 +17,7 @@ pub const SCHEMA: &str = "\
 ToWorker{Configure{max_frame_bytes:u64,max_output_bytes:u64,memory_soft_limit_bytes:u64,memory_limit_bytes:u64},Run(Vec<Call>),Cancel{id:u64},Shutdown}\
 Call{id:u64,task:u32,chunk:bool,timeout_ms:Option<u64>,input:bytes}\
 FromWorker{Ready{pid:u32,tasks:Vec<String>},Done(Vec<Reply>),Heartbeat{id:u64},Retiring{reason:String},Progress{id:u64,done:u64,total:u64}}\
-Reply{id:u64,outcome:Outcome}\
+Reply{id:u64,outcome:Outcome,cpu_us:u64,wall_us:u64}\
 Outcome{Ok(bytes),Err(TaskFailure)}\
 TaskFailure{kind:FailureKind,message:String}\
 FailureKind{Error,Panic,BadInput,UnknownTask,Cancelled,OutputTooLarge}\
@@ -32,7 +32,8 @@ Attempt{number:u32,worker_pid:Option<u32>,started_ms:u64,finished_ms:Option<u64>
 JobRecord{id:u64,task:String,queue:String,priority:i32,state:JobState,max_attempts:u32,timeout_ms:Option<u64>,stall_timeout_ms:Option<u64>,backoff_base_ms:u64,backoff_max_ms:u64,after:Vec<u64>,key:Option<String>,created_ms:u64,run_at_ms:u64,finished_ms:Option<u64>,input:Option<Payload>,output:Option<Payload>,error:Option<String>,attempts:Vec<Attempt>}\
 Submitted{id:u64,duplicate:bool}\
 WorkerRow{id:u64,pid:u32,state:String,in_flight:u64,calls_done:u64}\
-Stats{pid:u32,uptime_s:u64,workers:u64,jobs:Vec<(String,u64)>,submitted:u64,attempts_finished:u64,worker_restarts:u64,recovered:u64,degraded:bool,restart_delay_ms:u64}\
+Stats{pid:u32,uptime_s:u64,workers:u64,jobs:Vec<(String,u64)>,submitted:u64,attempts_finished:u64,worker_restarts:u64,recovered:u64,degraded:bool,restart_delay_ms:u64,tasks:Vec<TaskUsage>}\
+TaskUsage{task:String,attempts:u64,cpu_ms:u64,wall_ms:u64,advice:Option<String>}\
 Request{Submit(Vec<JobSpec>),Status{id:u64},Wait{ids:Vec<u64>,timeout_ms:Option<u64>},Cancel{id:u64},Retry{id:u64},List{state:Option<JobState>,queue:Option<String>,limit:u32},Workers,Stats,Ping,Shutdown{graceful:bool}}\
 ErrorKind{BadRequest,UnknownTask,BadInput,NotFound,LimitReached,ShuttingDown,Storage,PermissionDenied,Internal}\
 ControlError{kind:ErrorKind,message:String}\

@@ -133,6 +133,10 @@ pub struct Reply {
     pub id: u64,
     /// What happened.
     pub outcome: Outcome,
+    /// CPU time the worker's thread spent in the call, in µs.
+    pub cpu_us: u64,
+    /// Wall time of the call, in µs.
+    pub wall_us: u64,
 }
 
 /// Success with the encoded output, or a failure.

@@ -37,7 +37,7 @@ use serde::Serialize;
 
 /// `jobvisor_proto::SCHEMA_HASH` when the fixtures were last blessed. Changing
 /// `SCHEMA` without updating this (and re-blessing) fails `schema_is_recorded`.
-const RECORDED_SCHEMA_HASH: u64 = 0xad62_8dca_89bc_fbcf;
+const RECORDED_SCHEMA_HASH: u64 = 0xd73b_a622_c0e3_f144;
 /// `jobvisor_proto::PROTOCOL_VERSION` when the fixtures were last blessed.
 const RECORDED_PROTOCOL_VERSION: u32 = 1;
 
@@ -189,6 +189,8 @@ fn fixtures() -> Vec<Fixture> {
                 Reply {
                     id: 1,
                     outcome: Outcome::Ok(vec![0xde, 0xad, 0xbe, 0xef]),
+                    cpu_us: 1234,
+                    wall_us: 5678,
                 },
                 Reply {
                     id: 251,
@@ -196,6 +198,8 @@ fn fixtures() -> Vec<Fixture> {
                         kind: FailureKind::Panic,
                         message: "boom".into(),
                     }),
+                    cpu_us: 0,
+                    wall_us: 1,
                 },
             ]),
         ),

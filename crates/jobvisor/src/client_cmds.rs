@@ -1273,6 +1273,28 @@ async fn stats(json: bool, socket: &Path) -> CmdResult {
             "ok".to_string()
         },
     );
+    let mut text = text;
+    if !s.tasks.is_empty() {
+        text.push_str(
+            "\nwhich kind is it? (CPU time of the worker thread against wall time, per task)\n",
+        );
+        text.push_str(&format!(
+            "{:<12} {:>9} {:>10} {:>10} {:>5}  advice\n",
+            "TASK", "ATTEMPTS", "CPU", "WALL", "CPU%"
+        ));
+        for t in &s.tasks {
+            let pct = t.cpu_ms.saturating_mul(100) / t.wall_ms.max(1);
+            text.push_str(&format!(
+                "{:<12} {:>9} {:>10} {:>10} {:>4}%  {}\n",
+                t.task,
+                t.attempts,
+                fmt_ms(t.cpu_ms),
+                fmt_ms(t.wall_ms),
+                pct,
+                t.advice.as_deref().unwrap_or("-")
+            ));
+        }
+    }
     emit(&text)?;
     Ok(EXIT_OK)
 }
@@ -1944,6 +1966,7 @@ mod tests {
             recovered: 8,
             degraded: false,
             restart_delay_ms: 0,
+            tasks: Vec::new(),
         };
         assert_eq!(stats_json(&stats).unwrap()["jobs"], json!({"queued": 4}));
     }
@@ -2160,6 +2183,7 @@ mod tests {
                     recovered: 0,
                     degraded: false,
                     restart_delay_ms: 0,
+                    tasks: Vec::new(),
                 }),
                 Request::Ping => Response::Pong {
                     pid: 4242,

@@ -834,3 +834,51 @@ fn crash_task_is_dead_lettered_and_the_daemon_stays_healthy() {
     let out = d.cli(&["submit", "noop", "--input", "9", "--wait"]);
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[test]
+fn stats_tell_cpu_bound_from_waiting_tasks() {
+    let d = Daemon::start(&[]);
+    rt().block_on(async {
+        let mut c = d.client().await;
+        let mut specs: Vec<JobSpec> = (0..6).map(|_| json_spec("spin", r#"{"ms": 30}"#)).collect();
+        specs.extend((0..6).map(|_| json_spec("sleep", r#"{"ms": 30}"#)));
+        let ids: Vec<u64> = c
+            .submit(specs)
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        c.wait(ids, None).await.unwrap();
+        let stats = c.stats().await.unwrap();
+        let row = |name: &str| {
+            stats
+                .tasks
+                .iter()
+                .find(|t| t.task == name)
+                .cloned()
+                .expect(name)
+        };
+        let (spin, sleep) = (row("spin"), row("sleep"));
+        assert_eq!((spin.attempts, sleep.attempts), (6, 6));
+        assert!(
+            sleep.wall_ms >= 180 && sleep.cpu_ms * 10 < sleep.wall_ms,
+            "{sleep:?}"
+        );
+        assert!(
+            sleep
+                .advice
+                .as_deref()
+                .unwrap_or("")
+                .contains("mostly waits"),
+            "{sleep:?}"
+        );
+        assert!(spin.cpu_ms * 4 >= spin.wall_ms, "{spin:?}");
+        assert_eq!(
+            spin.advice, None,
+            "a CPU-bound task belongs on a worker: {spin:?}"
+        );
+    });
+    let out = d.cli(&["stats"]);
+    assert!(stdout(&out).contains("which kind is it?"), "{}", text(&out));
+}
