@@ -24,8 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 pub use jobvisor_proto::control::{
-    Attempt, AttemptOutcome, ControlError, ErrorKind, JobRecord, JobSpec, JobState, Payload, Stats,
-    Submitted, WorkerRow,
+    Attempt, AttemptOutcome, ControlError, ErrorKind, Event, EventKind, JobRecord, JobSpec,
+    JobState, Payload, Stats, Submitted, WorkerRow,
 };
 
 /// Largest response frame the client accepts (the daemon bounds outputs below this).
@@ -251,10 +251,43 @@ impl Client {
         self.expect_ok(&Request::Shutdown { graceful }).await
     }
 
+    /// Subscribes to job and worker events: the connection becomes a stream.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub async fn events(mut self) -> Result<EventStream, ClientError> {
+        self.wbuf.clear();
+        encode_frame(&mut self.wbuf, &Request::Events, MAX_RESPONSE_BYTES)?;
+        self.stream.write_all(&self.wbuf).await?;
+        Ok(EventStream { client: self })
+    }
+
     async fn expect_ok(&mut self, req: &Request) -> Result<(), ClientError> {
         match self.request(req).await? {
             Response::Ok => Ok(()),
             other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// Events pushed by the daemon, from [`Client::events`].
+#[derive(Debug)]
+pub struct EventStream {
+    client: Client,
+}
+
+impl EventStream {
+    /// The next event; `Ok(None)` when the daemon closed the stream.
+    ///
+    /// # Errors
+    /// I/O, framing, or an error answer from the daemon.
+    pub async fn next(&mut self) -> Result<Option<Event>, ClientError> {
+        match self.client.read_response().await {
+            Ok(Response::Event(e)) => Ok(Some(e)),
+            Ok(Response::Error(e)) => Err(ClientError::Server(e)),
+            Ok(other) => Err(unexpected(&other)),
+            Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }

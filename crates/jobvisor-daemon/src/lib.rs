@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobvisor_pool::{Pool, PoolEvent};
+use jobvisor_proto::control::{Event, EventKind};
 use jobvisor_store::{SqliteStore, StoreHandle};
 use jobvisor_worker::Registry;
 use tokio::sync::{mpsc, watch};
@@ -123,15 +124,32 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     }
     let pool = builder.build().await?;
     let counters = Arc::new(Counters::default());
+    let (events_tx, _) = tokio::sync::broadcast::channel::<Event>(4096);
     {
         let mut events = pool.events();
         let c = counters.clone();
+        let out = events_tx.clone();
         tokio::spawn(async move {
+            let publish = |kind: EventKind| {
+                if out.receiver_count() > 0 {
+                    let _ = out.send(Event {
+                        at_ms: scheduler::now_ms(),
+                        kind,
+                    });
+                }
+            };
             loop {
                 match events.recv().await {
                     Ok(PoolEvent::WorkerExited { pid, status, .. }) => {
                         c.worker_restarts.fetch_add(1, Ordering::Relaxed);
                         tracing::debug!(worker_pid = pid, %status, "worker exited");
+                        publish(EventKind::WorkerExited {
+                            pid,
+                            status: status.to_string(),
+                        });
+                    }
+                    Ok(PoolEvent::WorkerReady { pid, .. }) => {
+                        publish(EventKind::WorkerStarted { pid })
                     }
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
@@ -144,8 +162,14 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     }
 
     let registry = Arc::new(opts.registry);
-    let mut scheduler =
-        Scheduler::new(cfg.clone(), pool.clone(), store.clone(), registry, counters);
+    let mut scheduler = Scheduler::new(
+        cfg.clone(),
+        pool.clone(),
+        store.clone(),
+        registry,
+        counters,
+        events_tx.clone(),
+    );
     let recovered = scheduler.recover().await?;
     let (sched_tx, sched_rx) = mpsc::channel(1024);
     let sched_task = tokio::spawn(scheduler.run(sched_rx));
@@ -162,6 +186,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         store: store.clone(),
         pool: pool.clone(),
         stop: stop_tx.clone(),
+        events: events_tx.clone(),
     };
     let server_task = tokio::spawn(server::serve(listener, ctx, stopping_rx));
     tracing::info!(

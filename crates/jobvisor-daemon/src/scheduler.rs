@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use jobvisor_pool::{CallOptions, Pool, PoolError};
 use jobvisor_proto::control::{
-    AttemptOutcome, ControlError, ErrorKind, JobRecord, JobSpec, JobState, Payload, Stats,
-    Submitted, TaskUsage,
+    AttemptOutcome, ControlError, ErrorKind, Event, EventKind, JobRecord, JobSpec, JobState,
+    Payload, Stats, Submitted, TaskUsage,
 };
 use jobvisor_store::{Finish, NewJob, StoreError, StoreHandle};
 use jobvisor_worker::{ConvertError, Registry};
@@ -237,6 +237,8 @@ pub(crate) struct Scheduler {
     drain_waiters: Vec<oneshot::Sender<()>>,
     flush_waiters: Vec<oneshot::Sender<()>>,
     counters: Arc<Counters>,
+    /// Job events for `jobvisor events --follow` subscribers.
+    events: tokio::sync::broadcast::Sender<Event>,
     /// CPU and wall time per task name since start ("which kind is it?").
     usage: HashMap<String, Usage>,
     started: Instant,
@@ -246,12 +248,14 @@ pub(crate) struct Scheduler {
 }
 
 impl Scheduler {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         cfg: Config,
         pool: Pool,
         store: StoreHandle,
         registry: Arc<Registry>,
         counters: Arc<Counters>,
+        events: tokio::sync::broadcast::Sender<Event>,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
         let max_inflight = pool.config().workers * 16;
@@ -279,6 +283,7 @@ impl Scheduler {
             flush_waiters: Vec::new(),
             counters,
             usage: HashMap::new(),
+            events,
             started: Instant::now(),
             recovered: 0,
             internal_tx,
@@ -589,6 +594,7 @@ impl Scheduler {
     fn admit(&mut self, jobs: Vec<Job>, dep_states: &HashMap<u64, JobState>) {
         for job in &jobs {
             self.jobs.insert(job.id, job.clone());
+            self.emit(job.id, job.task.clone(), job.state, None, None, None);
         }
         let mut failed = Vec::new();
         for job in jobs {
@@ -972,8 +978,11 @@ impl Scheduler {
         job.state = JobState::Running;
         job.call = Some(handle.id());
         let attempt = job.attempts;
+        let task = job.task.clone();
+        let queue = job.queue.clone();
+        self.emit(id, task, JobState::Running, Some(attempt), None, None);
         self.inflight += 1;
-        *self.running_per_queue.entry(job.queue.clone()).or_default() += 1;
+        *self.running_per_queue.entry(queue).or_default() += 1;
         let store = self.store.clone();
         let tx = self.internal_tx.clone();
         self.pending_writes += 1;
@@ -1136,6 +1145,19 @@ impl Scheduler {
     ) {
         let state = next.state();
         let mut released = Vec::new();
+        if let Some(task) = self.jobs.get(&id).map(|j| j.task.clone()) {
+            let error = match &next {
+                Finish::Retry { error, .. }
+                | Finish::Failed { error }
+                | Finish::Cancelled { error }
+                | Finish::Dead { error } => Some(error.clone()),
+                Finish::Requeue | Finish::Succeeded { .. } => None,
+            };
+            let (n, pid) = attempt
+                .as_ref()
+                .map_or((None, None), |(n, _, pid)| (Some(*n), *pid));
+            self.emit(id, task, state, n, pid, error);
+        }
         if let Some(job) = self.jobs.get_mut(&id) {
             job.state = state;
             match &next {
@@ -1204,6 +1226,32 @@ impl Scheduler {
                 );
             }
         }
+    }
+
+    /// Publishes a job event to `events` subscribers (none: nothing happens).
+    fn emit(
+        &self,
+        id: u64,
+        task: String,
+        state: JobState,
+        attempt: Option<u32>,
+        worker_pid: Option<u32>,
+        error: Option<String>,
+    ) {
+        if self.events.receiver_count() == 0 {
+            return;
+        }
+        let _ = self.events.send(Event {
+            at_ms: now_ms(),
+            kind: EventKind::Job {
+                id,
+                task,
+                state,
+                attempt,
+                worker_pid,
+                error,
+            },
+        });
     }
 
     fn remember_terminal(&mut self, id: u64, state: JobState) {

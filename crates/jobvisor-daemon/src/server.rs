@@ -28,6 +28,8 @@ pub(crate) struct ServerCtx {
     pub(crate) pool: Pool,
     /// Set to request a shutdown: `Some(graceful)`.
     pub(crate) stop: watch::Sender<Option<bool>>,
+    /// Job and worker events, for `Events` subscribers.
+    pub(crate) events: tokio::sync::broadcast::Sender<jobvisor_proto::control::Event>,
 }
 
 fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
@@ -228,6 +230,10 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
             Err(e) => Err(e),
         };
         let (resp, close) = match req {
+            Ok(Request::Events) => {
+                stream_events(&mut stream, ctx, max_frame).await;
+                return;
+            }
             Ok(req) => (handle(req, ctx).await, false),
             Err(FrameError::TooLarge { len, max }) => (
                 error(
@@ -247,6 +253,37 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
             }
         }
         if stream.write_all(&wbuf).await.is_err() || close {
+            return;
+        }
+    }
+}
+
+/// Streams events to a subscriber until it goes away (or the daemon stops).
+/// A slow subscriber never slows the daemon: it misses events and is told how many.
+async fn stream_events(stream: &mut UnixStream, ctx: &ServerCtx, max_frame: usize) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut rx = ctx.events.subscribe();
+    let mut buf = Vec::new();
+    let mut probe = [0u8; 64];
+    loop {
+        let ev = tokio::select! {
+            ev = rx.recv() => ev,
+            // The client closed (or wrote something, which it should not).
+            _ = stream.read(&mut probe) => return,
+        };
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(RecvError::Lagged(missed)) => jobvisor_proto::control::Event {
+                at_ms: crate::scheduler::now_ms(),
+                kind: jobvisor_proto::control::EventKind::Lagged { missed },
+            },
+            Err(RecvError::Closed) => return,
+        };
+        buf.clear();
+        if encode_frame(&mut buf, &Response::Event(ev), max_frame).is_err() {
+            continue;
+        }
+        if stream.write_all(&buf).await.is_err() {
             return;
         }
     }
@@ -327,6 +364,8 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
             Some(s) => Response::Stats(s),
             None => gone(),
         },
+        // Handled by the connection loop (a stream, not one answer).
+        Request::Events => error(ErrorKind::BadRequest, "events is a subscription"),
         Request::Shutdown { graceful } => {
             let _ = ctx.stop.send(Some(graceful));
             Response::Ok

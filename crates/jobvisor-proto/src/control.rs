@@ -292,6 +292,52 @@ pub struct TaskUsage {
     pub advice: Option<String>,
 }
 
+/// Something that happened in the daemon, as `jobvisor events --follow` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unix ms.
+    pub at_ms: u64,
+    /// What.
+    pub kind: EventKind,
+}
+
+/// Kinds of [`Event`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A job changed state.
+    Job {
+        /// Job id.
+        id: u64,
+        /// Task name.
+        task: String,
+        /// The new state.
+        state: JobState,
+        /// The attempt concerned, when one is.
+        attempt: Option<u32>,
+        /// The worker that ran it, when known.
+        worker_pid: Option<u32>,
+        /// The error, for failures.
+        error: Option<String>,
+    },
+    /// A worker process started.
+    WorkerStarted {
+        /// Its pid.
+        pid: u32,
+    },
+    /// A worker process exited.
+    WorkerExited {
+        /// Its pid.
+        pid: u32,
+        /// How (exit code or signal, peak RSS).
+        status: String,
+    },
+    /// This subscriber fell behind and missed this many events.
+    Lagged {
+        /// Missed events.
+        missed: u64,
+    },
+}
+
 /// Client → daemon.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -334,6 +380,9 @@ pub enum Request {
     Stats,
     /// Liveness.
     Ping,
+    /// Subscribe: the daemon streams [`Response::Event`] frames on this
+    /// connection until the client closes it.
+    Events,
     /// Stop the daemon (draining running jobs when `graceful`).
     Shutdown {
         /// Drain first.
@@ -394,6 +443,8 @@ pub enum Response {
         /// Daemon version.
         version: String,
     },
+    /// One event of an `Events` subscription.
+    Event(Event),
     /// Cancel, Shutdown.
     Ok,
     /// The request failed; nothing was changed.

@@ -34,10 +34,12 @@ Submitted{id:u64,duplicate:bool}\
 WorkerRow{id:u64,pid:u32,state:String,in_flight:u64,calls_done:u64}\
 Stats{pid:u32,uptime_s:u64,workers:u64,jobs:Vec<(String,u64)>,submitted:u64,attempts_finished:u64,worker_restarts:u64,recovered:u64,degraded:bool,restart_delay_ms:u64,tasks:Vec<TaskUsage>}\
 TaskUsage{task:String,attempts:u64,cpu_ms:u64,wall_ms:u64,advice:Option<String>}\
-Request{Submit(Vec<JobSpec>),Status{id:u64},Wait{ids:Vec<u64>,timeout_ms:Option<u64>},Cancel{id:u64},Retry{id:u64},List{state:Option<JobState>,queue:Option<String>,limit:u32},Workers,Stats,Ping,Shutdown{graceful:bool}}\
+Request{Submit(Vec<JobSpec>),Status{id:u64},Wait{ids:Vec<u64>,timeout_ms:Option<u64>},Cancel{id:u64},Retry{id:u64},List{state:Option<JobState>,queue:Option<String>,limit:u32},Workers,Stats,Ping,Events,Shutdown{graceful:bool}}\
+Event{at_ms:u64,kind:EventKind}\
+EventKind{Job{id:u64,task:String,state:JobState,attempt:Option<u32>,worker_pid:Option<u32>,error:Option<String>},WorkerStarted{pid:u32},WorkerExited{pid:u32,status:String},Lagged{missed:u64}}\
 ErrorKind{BadRequest,UnknownTask,BadInput,NotFound,LimitReached,ShuttingDown,Storage,PermissionDenied,Internal}\
 ControlError{kind:ErrorKind,message:String}\
-Response{Submitted(Vec<Submitted>),Job(JobRecord),Jobs(Vec<JobRecord>),Workers(Vec<WorkerRow>),Stats(Stats),Pong{pid:u32,version:String},Ok,Error(ControlError)}";
+Response{Submitted(Vec<Submitted>),Job(JobRecord),Jobs(Vec<JobRecord>),Workers(Vec<WorkerRow>),Stats(Stats),Pong{pid:u32,version:String},Event(Event),Ok,Error(ControlError)}";
 
 const fn fnv1a64(bytes: &[u8]) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;

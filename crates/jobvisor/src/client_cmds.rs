@@ -150,6 +150,15 @@ pub enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stream job and worker events as they happen, until interrupted.
+    Events {
+        /// Keep following (the default; accepted for clarity in scripts).
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop the daemon, letting running jobs finish unless `--now`.
     Shutdown {
         /// Do not wait for running jobs.
@@ -400,6 +409,7 @@ async fn dispatch(cmd: ClientCommand, socket: &Path) -> CmdResult {
         ClientCommand::Workers { json } => workers(json, socket).await,
         ClientCommand::Stats { json } => stats(json, socket).await,
         ClientCommand::Ping { wait, json } => ping(wait, json, socket).await,
+        ClientCommand::Events { follow: _, json } => events(json, socket).await,
         ClientCommand::Shutdown { now } => shutdown(!now, socket).await,
     }
 }
@@ -1407,6 +1417,58 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// `1500` → `1.5s`, `90000` → `1m30s`, `3723000` → `1h02m03s`.
+async fn events(json: bool, socket: &Path) -> CmdResult {
+    use jobvisor_client::EventKind;
+    let client = connect(socket).await?;
+    let mut stream = client.events().await?;
+    while let Some(ev) = stream.next().await? {
+        let line = if json {
+            let mut v = serde_json::to_value(&ev)
+                .map_err(|e| Failure::new(EXIT_ERROR, format!("encoding JSON: {e}")))?;
+            // Lowercase states, as everywhere else in --json output.
+            if let Some(state) = v.pointer_mut("/kind/Job/state") {
+                if let Some(s) = state.as_str().map(str::to_lowercase) {
+                    *state = Value::String(s);
+                }
+            }
+            format!("{v}\n")
+        } else {
+            let at = fmt_unix_ms(ev.at_ms);
+            match ev.kind {
+                EventKind::Job {
+                    id,
+                    task,
+                    state,
+                    attempt,
+                    worker_pid,
+                    error,
+                } => {
+                    let mut l = format!("{at} job {id} {task} {}", state.as_str());
+                    if let Some(a) = attempt {
+                        l.push_str(&format!(" attempt {a}"));
+                    }
+                    if let Some(p) = worker_pid {
+                        l.push_str(&format!(" pid {p}"));
+                    }
+                    if let Some(e) = error {
+                        l.push_str(&format!(": {e}"));
+                    }
+                    l + "\n"
+                }
+                EventKind::WorkerStarted { pid } => format!("{at} worker {pid} started\n"),
+                EventKind::WorkerExited { pid, status } => {
+                    format!("{at} worker {pid} exited: {status}\n")
+                }
+                EventKind::Lagged { missed } => {
+                    format!("{at} (missed {missed} events: this reader was too slow)\n")
+                }
+            }
+        };
+        emit(&line)?;
+    }
+    Ok(EXIT_OK)
+}
+
 fn fmt_ms(ms: u64) -> String {
     if ms < 1_000 {
         return format!("{ms}ms");
@@ -2185,6 +2247,7 @@ mod tests {
                     restart_delay_ms: 0,
                     tasks: Vec::new(),
                 }),
+                Request::Events => err(ErrorKind::BadRequest, "not in this mock"),
                 Request::Ping => Response::Pong {
                     pid: 4242,
                     version: "test".to_owned(),

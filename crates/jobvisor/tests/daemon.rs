@@ -882,3 +882,83 @@ fn stats_tell_cpu_bound_from_waiting_tasks() {
     let out = d.cli(&["stats"]);
     assert!(stdout(&out).contains("which kind is it?"), "{}", text(&out));
 }
+
+#[test]
+fn events_follow_streams_job_and_worker_events() {
+    let d = Daemon::start(&[]);
+    let mut follower = Command::new(bin())
+        .arg("--socket")
+        .arg(&d.socket)
+        .args(["events", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("events");
+    let out_pipe = follower.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out_pipe).lines() {
+            let Ok(line) = line else { return };
+            let Ok(v) = serde_json::from_str(&line) else {
+                return;
+            };
+            if tx.send(v).is_err() {
+                return;
+            }
+        }
+    });
+    // The subscription is live once an event arrives: submit no-op jobs until
+    // one does (bounded), then the job whose whole life we check.
+    let mut live = false;
+    for _ in 0..100 {
+        assert!(d.cli(&["submit", "noop", "--input", "0"]).status.success());
+        if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+            live = true;
+            break;
+        }
+    }
+    assert!(live, "no event ever arrived");
+    let out = d.cli(&[
+        "submit",
+        "crash",
+        "--input",
+        r#"{"exit_code": 3}"#,
+        "--max-attempts",
+        "1",
+        "--backoff-ms",
+        "5",
+    ]);
+    let id: u64 = stdout(&out).parse().unwrap();
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let is_dead = |v: &serde_json::Value| {
+        v.pointer("/kind/Job/id").and_then(|x| x.as_u64()) == Some(id)
+            && v.pointer("/kind/Job/state").and_then(|s| s.as_str()) == Some("dead")
+    };
+    while !seen.iter().any(is_dead) {
+        let v = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("stream stalled; saw {seen:?}"));
+        seen.push(v);
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let states: Vec<&str> = seen
+        .iter()
+        .filter(|v| v.pointer("/kind/Job/id").and_then(|x| x.as_u64()) == Some(id))
+        .filter_map(|v| v.pointer("/kind/Job/state").and_then(|s| s.as_str()))
+        .collect();
+    assert_eq!(states.first(), Some(&"queued"), "{seen:?}");
+    assert!(
+        states.contains(&"running") && states.contains(&"retrying"),
+        "{states:?}"
+    );
+    assert_eq!(states.last(), Some(&"dead"));
+    assert!(
+        seen.iter()
+            .any(|v| v.pointer("/kind/WorkerExited").is_some())
+            && seen
+                .iter()
+                .any(|v| v.pointer("/kind/WorkerStarted").is_some()),
+        "worker deaths and replacements are events too: {seen:?}"
+    );
+}
