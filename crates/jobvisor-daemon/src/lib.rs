@@ -8,10 +8,12 @@
 //! - `scheduler`: the actor that owns unfinished jobs: queues, priorities,
 //!   delays, dependencies, attempts, waiters.
 //! - [`policy`]: what an attempt's end means for its job (retry, fail, ...).
+//! - `pipeline`: jobs that take their input from other jobs' outputs.
 //! - [`run`]: start-up (lock, store, pool, recovery, socket), signals, and the
 //!   shutdown order.
 
 pub mod config;
+mod pipeline;
 pub mod policy;
 mod scheduler;
 mod server;

@@ -29,6 +29,7 @@ use jobvisor_worker::{ConvertError, Registry};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
+use crate::pipeline;
 use crate::policy::{self, JobFacts};
 
 /// How many finished job states the scheduler remembers for dependency checks.
@@ -101,6 +102,10 @@ enum Internal {
         record: Box<JobRecord>,
         reply: Reply<()>,
     },
+    InputBuilt {
+        id: u64,
+        input: Result<String, String>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -115,8 +120,14 @@ pub(crate) struct Job {
     timeout_ms: Option<u64>,
     stall_timeout_ms: Option<u64>,
     run_at_ms: u64,
-    /// Native input, as workers take it.
+    /// Native input, as workers take it (empty until a pipeline step's
+    /// sources are in).
     input: Arc<Vec<u8>>,
+    /// A pipeline step's JSON input before the sources' outputs are merged in;
+    /// `None` once merged (or for ordinary jobs).
+    template: Option<String>,
+    /// Where a pipeline step takes input from (resolved to ids once stored).
+    input_from: Vec<jobvisor_proto::control::InputRef>,
     /// The client sent JSON: the output is stored as JSON too.
     json: bool,
     /// Attempts started (numbering).
@@ -137,7 +148,9 @@ impl Job {
     /// encoding, budgets counted from its attempts. Fails (with the job's id)
     /// when its task no longer accepts its input.
     fn from_record(r: JobRecord, registry: &Registry) -> Result<Job, (u64, ConvertError)> {
+        let pipeline = !r.input_from.is_empty();
         let (input, json) = match &r.input {
+            Some(Payload::Json(_)) if pipeline => (Vec::new(), true),
             Some(Payload::Json(text)) => (
                 registry
                     .json_to_native(&r.task, text)
@@ -162,6 +175,11 @@ impl Job {
             stall_timeout_ms: r.stall_timeout_ms,
             run_at_ms: r.run_at_ms,
             input: Arc::new(input),
+            template: match &r.input {
+                Some(Payload::Json(t)) if pipeline => Some(t.clone()),
+                _ => None,
+            },
+            input_from: r.input_from,
             json,
             state: r.state,
             after: r.after,
@@ -480,7 +498,28 @@ impl Scheduler {
                     )),
                 ));
             }
+            let pipeline = !spec.input_from.is_empty();
+            if pipeline {
+                pipeline::check_refs(&spec.input_from, i, &spec.input)
+                    .map_err(|m| err(ErrorKind::BadRequest, at(m)))?;
+                if !self.registry.contains(&spec.task) {
+                    return Err(err(
+                        ErrorKind::UnknownTask,
+                        at(format!("unknown task {:?}", spec.task)),
+                    ));
+                }
+                for r in &spec.input_from {
+                    if let jobvisor_proto::control::JobRef::Id(d) = r.job {
+                        if !self.jobs.contains_key(&d) && !self.terminal.contains_key(&d) {
+                            unknown_deps.push(d);
+                        }
+                    }
+                }
+            }
             let (native, json) = match &spec.input {
+                // A pipeline step's input is complete only once its sources
+                // finished: it is converted (and checked) then.
+                Payload::Json(_) if pipeline => (Ok(Vec::new()), true),
                 Payload::Json(text) => (self.registry.json_to_native(&spec.task, text), true),
                 Payload::Native(bytes) => (
                     self.registry
@@ -493,6 +532,10 @@ impl Scheduler {
                 ConvertError::UnknownTask { .. } => err(ErrorKind::UnknownTask, at(e.to_string())),
                 other => err(ErrorKind::BadInput, at(other.to_string())),
             })?;
+            let mut template = match (&spec.input, pipeline) {
+                (Payload::Json(t), true) => Some(t.clone()),
+                _ => None,
+            };
             let queue = spec.queue.clone().unwrap_or_else(|| "default".into());
             if !self.cfg.knows_queue(&queue) {
                 return Err(err(
@@ -529,6 +572,7 @@ impl Scheduler {
                 backoff_max_ms,
                 timeout_ms: spec.timeout_ms,
                 stall_timeout_ms: spec.stall_timeout_ms,
+                input_from: spec.input_from.clone(),
                 run_at_ms,
                 created_ms: now,
                 after: spec.after.clone(),
@@ -546,6 +590,8 @@ impl Scheduler {
                 stall_timeout_ms: spec.stall_timeout_ms,
                 run_at_ms,
                 input: Arc::new(native),
+                template: template.take(),
+                input_from: spec.input_from.clone(),
                 json,
                 attempts: 0,
                 failures: 0,
@@ -575,12 +621,24 @@ impl Scheduler {
                 return;
             }
         };
+        let ids: Vec<u64> = submitted.iter().map(|s| s.id).collect();
         let mut fresh = Vec::new();
         for (job, s) in jobs.iter_mut().zip(&submitted) {
             if s.duplicate {
                 continue;
             }
             job.id = s.id;
+            // As the store did: batch positions become ids and dependencies.
+            for r in &mut job.input_from {
+                if let jobvisor_proto::control::JobRef::Batch(b) = r.job {
+                    r.job = jobvisor_proto::control::JobRef::Id(ids[b as usize]);
+                }
+                if let jobvisor_proto::control::JobRef::Id(d) = r.job {
+                    if !job.after.contains(&d) {
+                        job.after.push(d);
+                    }
+                }
+            }
             fresh.push(job.clone());
         }
         self.counters
@@ -633,6 +691,19 @@ impl Scheduler {
         let Some(job) = self.jobs.get(&id) else {
             return;
         };
+        if let Some(template) = &job.template {
+            // A pipeline step whose sources are done: fetch their outputs and
+            // build its input first; it comes back here when that is done.
+            let refs = job.input_from.clone();
+            let template = template.clone();
+            let store = self.store.clone();
+            let tx = self.internal_tx.clone();
+            tokio::spawn(async move {
+                let input = pipeline::build_input(&store, &template, &refs).await;
+                let _ = tx.send(Internal::InputBuilt { id, input });
+            });
+            return;
+        }
         if job.run_at_ms > now_ms() {
             self.delayed.insert((job.run_at_ms, id));
         } else {
@@ -1042,6 +1113,7 @@ impl Scheduler {
                 }
             }
             Internal::Revive { record, reply } => self.revive(*record, reply),
+            Internal::InputBuilt { id, input } => self.on_input_built(id, input),
             Internal::WaitTimeout { waiter } => {
                 if let Some(w) = self.waiters.remove(&waiter) {
                     for id in &w.remaining {
@@ -1224,6 +1296,28 @@ impl Scheduler {
                     },
                     None,
                 );
+            }
+        }
+    }
+
+    fn on_input_built(&mut self, id: u64, input: Result<String, String>) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        let native = input.and_then(|text| {
+            self.registry
+                .json_to_native(&job.task, &text)
+                .map_err(|e| format!("the pipeline input does not fit: {e}"))
+        });
+        match native {
+            Ok(native) => {
+                job.input = Arc::new(native);
+                job.template = None;
+                self.place(id);
+            }
+            Err(why) => {
+                self.unplace(id);
+                self.end_job(id, Finish::Failed { error: why }, None);
             }
         }
     }

@@ -59,6 +59,30 @@ pub struct JobSpec {
     /// Stall timeout: an attempt that sends no heartbeat or progress for this
     /// long is stopped (cancel, SIGTERM, SIGKILL) and counted as timed out.
     pub stall_timeout_ms: Option<u64>,
+    /// Pipeline: take (part of) the outputs of these jobs into the input. Each
+    /// one is also a dependency. Needs a JSON input (or none: `{}`).
+    pub input_from: Vec<InputRef>,
+}
+
+/// A job named in a submit: by id, or by its position in the same batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobRef {
+    /// An existing job.
+    Id(u64),
+    /// The job at this 0-based position of the same submit batch (an earlier one).
+    Batch(u32),
+}
+
+/// Where a pipeline step takes part of its input from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputRef {
+    /// The job whose (JSON) output is used.
+    pub job: JobRef,
+    /// A JSON pointer into that output (RFC 6901, e.g. `/sha256`); the whole output when `None`.
+    pub pointer: Option<String>,
+    /// Put the value under this key of the input; without it, an object value is
+    /// merged into the input (keys the input already has are kept).
+    pub field: Option<String>,
 }
 
 impl JobSpec {
@@ -77,6 +101,7 @@ impl JobSpec {
             after: Vec::new(),
             key: None,
             stall_timeout_ms: None,
+            input_from: Vec::new(),
         }
     }
 }
@@ -201,6 +226,8 @@ pub struct JobRecord {
     pub timeout_ms: Option<u64>,
     /// Stall timeout (no heartbeat for this long).
     pub stall_timeout_ms: Option<u64>,
+    /// Pipeline inputs (resolved to job ids).
+    pub input_from: Vec<InputRef>,
     /// First retry delay.
     pub backoff_base_ms: u64,
     /// Retry delay cap.

@@ -37,7 +37,7 @@ use serde::Serialize;
 
 /// `jobvisor_proto::SCHEMA_HASH` when the fixtures were last blessed. Changing
 /// `SCHEMA` without updating this (and re-blessing) fails `schema_is_recorded`.
-const RECORDED_SCHEMA_HASH: u64 = 0x0826_854b_4397_0063;
+const RECORDED_SCHEMA_HASH: u64 = 0x76a1_78f5_e373_74d0;
 /// `jobvisor_proto::PROTOCOL_VERSION` when the fixtures were last blessed.
 const RECORDED_PROTOCOL_VERSION: u32 = 1;
 

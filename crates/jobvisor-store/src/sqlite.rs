@@ -13,7 +13,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use jobvisor_proto::codec;
-use jobvisor_proto::control::{Attempt, AttemptOutcome, JobRecord, JobState, Payload, Submitted};
+use jobvisor_proto::control::{
+    Attempt, AttemptOutcome, JobRecord, JobRef, JobState, Payload, Submitted,
+};
 use rusqlite::types::{ToSqlOutput, Type, ValueRef};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
 
@@ -62,6 +64,8 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX attempts_running ON attempts(job_id) WHERE finished_ms IS NULL;",
     // v2: per-job stall timeout (watchdog).
     "ALTER TABLE jobs ADD COLUMN stall_timeout_ms INTEGER;",
+    // v3: pipeline inputs (codec-encoded Vec<InputRef>, resolved to job ids).
+    "ALTER TABLE jobs ADD COLUMN input_from BLOB;",
 ];
 
 /// The schema version this build writes (and the newest it can read).
@@ -77,7 +81,7 @@ const KIND_NATIVE: i64 = 1;
 macro_rules! job_cols {
     () => {
         "id, task, queue, priority, state, max_attempts, timeout_ms, key, created_ms, \
-         run_at_ms, finished_ms, error, backoff_base_ms, backoff_max_ms, stall_timeout_ms"
+         run_at_ms, finished_ms, error, backoff_base_ms, backoff_max_ms, stall_timeout_ms, input_from"
     };
 }
 
@@ -313,12 +317,30 @@ impl SqliteStore {
             }
         }
         let (input_kind, input) = payload_to_sql(&job.input);
+        let input_from = if job.input_from.is_empty() {
+            None
+        } else {
+            if job
+                .input_from
+                .iter()
+                .any(|r| matches!(r.job, JobRef::Batch(_)))
+            {
+                return Err(StoreError::Db(
+                    "input_from names a batch position; resolve it first".into(),
+                )
+                .into());
+            }
+            Some(
+                codec::encode(&job.input_from)
+                    .map_err(|e| StoreError::Db(format!("cannot encode input_from: {e}")))?,
+            )
+        };
         self.conn
             .prepare_cached(
                 "INSERT INTO jobs (task, queue, priority, state, max_attempts, backoff_base_ms, \
                  backoff_max_ms, timeout_ms, run_at_ms, created_ms, key, input_kind, input, \
-                 stall_timeout_ms) \
-                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+                 stall_timeout_ms, input_from) \
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
             )?
             .execute(params![
                 job.task,
@@ -334,6 +356,7 @@ impl SqliteStore {
                 input_kind,
                 input,
                 job.stall_timeout_ms,
+                input_from,
             ])?;
         let id = u64::try_from(self.conn.last_insert_rowid())
             .map_err(|_| StoreError::Db("negative job id".into()))?;
@@ -770,7 +793,7 @@ fn state_from_row(row: &Row<'_>, idx: usize) -> rusqlite::Result<JobState> {
 /// input, output kind, output. Dependencies and attempts are left empty.
 fn job_from_row(row: &Row<'_>, payloads: bool) -> rusqlite::Result<JobRecord> {
     let (input, output) = if payloads {
-        (payload_from_row(row, 15)?, payload_from_row(row, 17)?)
+        (payload_from_row(row, 16)?, payload_from_row(row, 18)?)
     } else {
         (None, None)
     };
@@ -793,6 +816,11 @@ fn job_from_row(row: &Row<'_>, payloads: bool) -> rusqlite::Result<JobRecord> {
         backoff_base_ms: row.get(12)?,
         backoff_max_ms: row.get(13)?,
         stall_timeout_ms: row.get(14)?,
+        input_from: match row.get::<_, Option<Vec<u8>>>(15)? {
+            None => Vec::new(),
+            Some(blob) => codec::decode(&blob)
+                .map_err(|e| conversion_error(15, Type::Blob, format!("bad input_from: {e}")))?,
+        },
         attempts: Vec::new(),
     })
 }

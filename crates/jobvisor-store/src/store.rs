@@ -24,6 +24,11 @@ pub struct NewJob {
     pub timeout_ms: Option<u64>,
     /// Stall timeout (no heartbeat for this long).
     pub stall_timeout_ms: Option<u64>,
+    /// Pipeline inputs. In [`crate::StoreHandle::insert_all`] a
+    /// [`JobRef::Batch`](jobvisor_proto::control::JobRef::Batch) names an
+    /// earlier job of the same call and is resolved to its id (and made a
+    /// dependency); [`JobStore::insert`] takes resolved ids only.
+    pub input_from: Vec<jobvisor_proto::control::InputRef>,
     /// Not before (unix ms).
     pub run_at_ms: u64,
     /// Unix ms.

@@ -121,11 +121,7 @@ impl Op {
     fn execute<S: JobStore>(self, store: &mut S) -> (Done, Option<StoreError>) {
         match self {
             Op::InsertAll { jobs, reply } => {
-                let (r, lost) = in_savepoint(store, |s| {
-                    jobs.iter()
-                        .map(|job| s.insert(job))
-                        .collect::<Result<Vec<_>, _>>()
-                });
+                let (r, lost) = in_savepoint(store, |s| insert_batch(s, jobs));
                 (done(reply, r), lost)
             }
             Op::StartAttempt {
@@ -564,6 +560,33 @@ impl StoreHandle {
     }
 }
 
+/// Inserts a batch in order, resolving references to earlier jobs of the same
+/// batch (pipelines) to their ids; a referenced job is also a dependency.
+fn insert_batch<S: JobStore>(
+    store: &mut S,
+    jobs: Vec<NewJob>,
+) -> Result<Vec<Submitted>, StoreError> {
+    use jobvisor_proto::control::JobRef;
+    let mut out: Vec<Submitted> = Vec::with_capacity(jobs.len());
+    for (i, mut job) in jobs.into_iter().enumerate() {
+        for r in &mut job.input_from {
+            if let JobRef::Batch(b) = r.job {
+                let earlier = out.get(b as usize).filter(|_| (b as usize) < i).ok_or_else(|| {
+                    StoreError::Db(format!("job #{} of the batch takes input from #{}, which is not an earlier job", i + 1, b + 1))
+                })?;
+                r.job = JobRef::Id(earlier.id);
+            }
+            if let JobRef::Id(id) = r.job {
+                if !job.after.contains(&id) {
+                    job.after.push(id);
+                }
+            }
+        }
+        out.push(store.insert(&job)?);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -581,6 +604,7 @@ mod tests {
             backoff_max_ms: 100,
             timeout_ms: None,
             stall_timeout_ms: None,
+            input_from: Vec::new(),
             run_at_ms: 0,
             created_ms: 0,
             after,

@@ -20,6 +20,7 @@ fn job(task: &str, input: Payload) -> NewJob {
         backoff_max_ms: 10_000,
         timeout_ms: None,
         stall_timeout_ms: None,
+        input_from: Vec::new(),
         run_at_ms: 1_000,
         created_ms: 1_000,
         after: Vec::new(),
@@ -68,6 +69,11 @@ fn insert_get_round_trips_every_field() {
         backoff_max_ms: 60_000,
         timeout_ms: Some(30_000),
         stall_timeout_ms: Some(2_000),
+        input_from: vec![jobvisor_proto::control::InputRef {
+            job: jobvisor_proto::control::JobRef::Id(a),
+            pointer: Some("/sha256".into()),
+            field: Some("digest".into()),
+        }],
         run_at_ms: 5_000,
         created_ms: 4_000,
         after: vec![b, a],
@@ -86,6 +92,7 @@ fn insert_get_round_trips_every_field() {
     assert_eq!(rec.timeout_ms, Some(30_000));
     assert_eq!((rec.backoff_base_ms, rec.backoff_max_ms), (250, 60_000));
     assert_eq!(rec.stall_timeout_ms, Some(2_000));
+    assert_eq!(rec.input_from, full.input_from);
     assert_eq!(rec.after, vec![b, a], "dependencies keep their order");
     assert_eq!(rec.key.as_deref(), Some("k-1"));
     assert_eq!(rec.created_ms, 4_000);
@@ -832,4 +839,43 @@ fn acknowledged_inserts_survive_sigkill() {
     // Recovery works on what the killed writer left.
     let live = in_tx(&mut store, |s| s.recover(1).unwrap());
     assert!(live.len() >= WANT);
+}
+
+#[tokio::test]
+async fn batch_references_resolve_to_ids_and_become_dependencies() {
+    use jobvisor_proto::control::{InputRef, JobRef};
+    let dir = tempfile::tempdir().unwrap();
+    let handle = StoreHandle::spawn(open(dir.path())).unwrap();
+    let first = job("download", json(1));
+    let mut second = job("hash", json(2));
+    second.input_from = vec![InputRef {
+        job: JobRef::Batch(0),
+        pointer: Some("/path".into()),
+        field: Some("path".into()),
+    }];
+    let ids = handle.insert_all(vec![first, second]).await.unwrap();
+    let rec = handle.get(ids[1].id).await.unwrap().unwrap();
+    assert_eq!(
+        rec.after,
+        vec![ids[0].id],
+        "the referenced job is a dependency"
+    );
+    assert_eq!(rec.input_from[0].job, JobRef::Id(ids[0].id));
+    // A reference to a later (or missing) position refuses the whole batch.
+    let mut bad = job("hash", json(3));
+    bad.input_from = vec![InputRef {
+        job: JobRef::Batch(5),
+        pointer: None,
+        field: None,
+    }];
+    let before = handle.counts().await.unwrap();
+    assert!(handle
+        .insert_all(vec![job("a", json(4)), bad])
+        .await
+        .is_err());
+    assert_eq!(
+        handle.counts().await.unwrap(),
+        before,
+        "nothing of the batch was stored"
+    );
 }

@@ -210,6 +210,11 @@ pub struct SubmitArgs {
     /// Run only after this job succeeded (repeatable, or comma-separated).
     #[arg(long, value_name = "ID", value_delimiter = ',')]
     pub after: Vec<u64>,
+    /// Pipeline: take input from job ID's JSON output, after it succeeded:
+    /// `ID` merges the output object into the input, `ID:/json/pointer` takes
+    /// part of it, `...@field` puts the value under that key (repeatable).
+    #[arg(long, value_name = "ID[:/PTR][@FIELD]", value_parser = parse_input_from)]
+    pub input_from: Vec<jobvisor_proto::control::InputRef>,
     /// Idempotency key: submitting the same key again returns the first job.
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
@@ -226,7 +231,7 @@ pub struct SubmitArgs {
         value_name = "FILE",
         conflicts_with_all = [
             "task", "command", "input", "cwd", "env", "queue", "priority",
-            "max_attempts", "backoff_ms", "timeout", "delay", "after", "key",
+            "max_attempts", "backoff_ms", "timeout", "delay", "after", "key", "input_from",
         ]
     )]
     pub batch: Option<PathBuf>,
@@ -552,6 +557,7 @@ fn single_spec(args: &SubmitArgs) -> Result<JobSpec, Failure> {
     spec.stall_timeout_ms = args.stall_timeout.map(duration_ms);
     spec.delay_ms = args.delay.map(duration_ms);
     spec.after = args.after.clone();
+    spec.input_from = args.input_from.clone();
     spec.key = args.key.clone();
     Ok(spec)
 }
@@ -684,6 +690,7 @@ fn parse_batch_line(line: &str) -> Result<JobSpec, String> {
         "delay_ms",
         "after",
         "key",
+        "input_from",
     ];
     if let Some(unknown) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(format!(
@@ -752,7 +759,83 @@ fn parse_batch_line(line: &str) -> Result<JobSpec, String> {
             .collect::<Result<_, _>>()?,
         Some(_) => return Err("field `after` must be an array of job ids".to_owned()),
     };
+    spec.input_from = match obj.get("input_from") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .map(input_ref_from_json)
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err("field `input_from` must be an array".to_owned()),
+    };
     Ok(spec)
+}
+
+/// `{"job": 12 | "#2", "pointer": "/x", "field": "f"}`, or the CLI's string
+/// form `"12:/x@f"`; `#N` is the N-th line (1-based) of the same batch.
+fn input_ref_from_json(v: &Value) -> Result<jobvisor_proto::control::InputRef, String> {
+    use jobvisor_proto::control::{InputRef, JobRef};
+    if let Some(s) = v.as_str() {
+        return parse_input_from(s);
+    }
+    let obj = v
+        .as_object()
+        .ok_or("each `input_from` entry must be an object or a string")?;
+    let job = match obj.get("job") {
+        Some(Value::Number(n)) => JobRef::Id(n.as_u64().ok_or("`job` must be a job id")?),
+        Some(Value::String(s)) => parse_job_ref(s)?,
+        _ => {
+            return Err(
+                "each `input_from` entry needs `job`: an id or \"#N\" (a line of this batch)"
+                    .into(),
+            )
+        }
+    };
+    let text = |k: &str| -> Result<Option<String>, String> {
+        match obj.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(format!("`{k}` must be a string")),
+        }
+    };
+    Ok(InputRef {
+        job,
+        pointer: text("pointer")?,
+        field: text("field")?,
+    })
+}
+
+fn parse_job_ref(s: &str) -> Result<jobvisor_proto::control::JobRef, String> {
+    use jobvisor_proto::control::JobRef;
+    if let Some(n) = s.strip_prefix('#') {
+        let n: u32 = n
+            .parse()
+            .map_err(|_| format!("bad batch reference {s:?}"))?;
+        if n == 0 {
+            return Err("batch references count lines from #1".into());
+        }
+        return Ok(JobRef::Batch(n - 1));
+    }
+    s.parse()
+        .map(JobRef::Id)
+        .map_err(|_| format!("bad job reference {s:?} (an id, or #N for a line of the batch)"))
+}
+
+/// `ID[:/json/pointer][@field]` (ID may be `#N` in a batch).
+pub fn parse_input_from(s: &str) -> Result<jobvisor_proto::control::InputRef, String> {
+    let (rest, field) = match s.rsplit_once('@') {
+        Some((r, f)) if !f.is_empty() => (r, Some(f.to_string())),
+        Some(_) => return Err(format!("empty field after '@' in {s:?}")),
+        None => (s, None),
+    };
+    let (job, pointer) = match rest.split_once(':') {
+        Some((j, p)) => (j, Some(p.to_string())),
+        None => (rest, None),
+    };
+    Ok(jobvisor_proto::control::InputRef {
+        job: parse_job_ref(job)?,
+        pointer,
+        field,
+    })
 }
 
 // ---------------------------------------------------------------------------
@@ -1550,6 +1633,21 @@ mod tests {
     }
 
     #[test]
+    fn input_from_syntax() {
+        use jobvisor_proto::control::JobRef;
+        let r = parse_input_from("12:/a/b@field").unwrap();
+        assert_eq!(
+            (r.job, r.pointer.as_deref(), r.field.as_deref()),
+            (JobRef::Id(12), Some("/a/b"), Some("field"))
+        );
+        let r = parse_input_from("#2").unwrap();
+        assert_eq!((r.job, r.pointer, r.field), (JobRef::Batch(1), None, None));
+        assert!(parse_input_from("#0").is_err());
+        assert!(parse_input_from("x").is_err());
+        assert!(parse_input_from("3@").is_err());
+    }
+
+    #[test]
     fn durations() {
         let ms = |s| parse_duration(s).map(|d| d.as_millis());
         assert_eq!(ms("500ms"), Ok(500));
@@ -1997,6 +2095,7 @@ mod tests {
             max_attempts: 3,
             timeout_ms: None,
             stall_timeout_ms: None,
+            input_from: Vec::new(),
             backoff_base_ms: 1000,
             backoff_max_ms: 60000,
             after: vec![],
@@ -2123,6 +2222,7 @@ mod tests {
                 max_attempts: 3,
                 timeout_ms: None,
                 stall_timeout_ms: None,
+                input_from: Vec::new(),
                 backoff_base_ms: 1000,
                 backoff_max_ms: 60000,
                 after: Vec::new(),

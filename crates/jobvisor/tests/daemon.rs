@@ -962,3 +962,57 @@ fn events_follow_streams_job_and_worker_events() {
         "worker deaths and replacements are events too: {seen:?}"
     );
 }
+
+#[test]
+fn pipelines_take_input_from_earlier_outputs() {
+    let d = Daemon::start(&[]);
+    let file = d.dir.path().join("data.txt");
+    std::fs::write(&file, b"hello").unwrap();
+    // A batch chain: hash → noop fed the byte count → noop fed that output whole.
+    let lines = format!(
+        "{{\"task\": \"hash\", \"input\": {{\"path\": \"{}\"}}}}\n\
+         {{\"task\": \"noop\", \"input\": {{}}, \"input_from\": [\"#1:/bytes\"]}}\n\
+         {{\"task\": \"noop\", \"input\": {{}}, \"input_from\": [{{\"job\": \"#2\"}}]}}\n",
+        file.display()
+    );
+    let out = d.cli_stdin(&["submit", "--batch", "-", "--wait"], &lines);
+    assert!(out.status.success(), "{}", text(&out));
+    let ids: Vec<String> = stdout(&out).lines().map(String::from).collect();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(
+        stdout(&d.cli(&["result", &ids[2]])),
+        "5",
+        "the byte count flowed through two steps"
+    );
+    // On the command line, with a field, next to static input.
+    let out = d.cli(&[
+        "submit",
+        "compress",
+        "--input",
+        "{\"dst\": \"/nonexistent-dir/x.zst\", \"level\": 3}",
+        "--input-from",
+        &format!("{}:/path@src", ids[0]),
+    ]);
+    // hash's output has no /path: the step fails with the reason, not a hang.
+    let id = stdout(&out);
+    let out = d.cli(&["wait", &id]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let st = d.cli(&["status", &id, "--json"]);
+    assert!(
+        stdout(&st).contains("has nothing at /path"),
+        "{}",
+        text(&st)
+    );
+    // A failed step fails the steps after it, with the reason.
+    let lines = "{\"task\": \"hash\", \"input\": {\"path\": \"/no/such\"}, \"max_attempts\": 1}\n\
+                 {\"task\": \"noop\", \"input\": {}, \"input_from\": [\"#1:/bytes\"]}\n";
+    let out = d.cli_stdin(&["submit", "--batch", "-", "--wait"], lines);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let second = stdout(&out).lines().nth(1).unwrap_or("").to_string();
+    let st = d.cli(&["status", &second, "--json"]);
+    assert!(
+        stdout(&st).contains("dependency") && stdout(&st).contains("failed"),
+        "{}",
+        text(&st)
+    );
+}
