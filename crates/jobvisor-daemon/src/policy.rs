@@ -67,7 +67,12 @@ pub struct Decision {
 /// Decides after a failed attempt. `now_ms` and `random` (any u64) place the retry.
 pub fn on_failure(job: JobFacts, err: &PoolError, now_ms: u64, random: u64) -> Decision {
     let tries = job.failures + job.crashes + 1;
-    let retry_at = now_ms + backoff_ms(job.backoff_base_ms, job.backoff_max_ms, tries, random);
+    let retry_at = now_ms.saturating_add(backoff_ms(
+        job.backoff_base_ms,
+        job.backoff_max_ms,
+        tries,
+        random,
+    ));
     let failure = |outcome: AttemptOutcome, error: String| {
         let n = job.failures + 1;
         let next = if n < job.max_attempts {

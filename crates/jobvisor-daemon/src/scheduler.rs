@@ -498,6 +498,7 @@ impl Scheduler {
                     )),
                 ));
             }
+            check_ranges(&spec).map_err(|m| err(ErrorKind::BadRequest, at(m)))?;
             let pipeline = !spec.input_from.is_empty();
             if pipeline {
                 pipeline::check_refs(&spec.input_from, i, &spec.input)
@@ -561,7 +562,7 @@ impl Scheduler {
                     unknown_deps.push(*d);
                 }
             }
-            let run_at_ms = now + spec.delay_ms.unwrap_or(0);
+            let run_at_ms = now.saturating_add(spec.delay_ms.unwrap_or(0));
             new_jobs.push(NewJob {
                 task: spec.task.clone(),
                 input: spec.input,
@@ -1421,4 +1422,39 @@ fn count_charged(attempts: &[jobvisor_proto::control::Attempt], charge: policy::
             )
         })
         .count() as u32
+}
+
+/// The longest duration a job may ask for (delay, timeouts, backoff): ten years.
+const MAX_DURATION_MS: u64 = 10 * 365 * 24 * 3600 * 1000;
+
+/// Numbers a client sent that the store could not keep, refused as bad requests.
+fn check_ranges(spec: &JobSpec) -> Result<(), String> {
+    let durations = [
+        ("delay_ms", spec.delay_ms),
+        ("timeout_ms", spec.timeout_ms),
+        ("stall_timeout_ms", spec.stall_timeout_ms),
+        ("backoff_base_ms", spec.backoff_base_ms),
+        ("backoff_max_ms", spec.backoff_max_ms),
+    ];
+    for (name, v) in durations {
+        if v.is_some_and(|v| v > MAX_DURATION_MS) {
+            return Err(format!(
+                "{name} must be at most {MAX_DURATION_MS} (ten years)"
+            ));
+        }
+    }
+    let ids = spec
+        .after
+        .iter()
+        .copied()
+        .chain(spec.input_from.iter().filter_map(|r| match r.job {
+            jobvisor_proto::control::JobRef::Id(id) => Some(id),
+            jobvisor_proto::control::JobRef::Batch(_) => None,
+        }));
+    for id in ids {
+        if id > i64::MAX as u64 {
+            return Err(format!("{id} is not a job id"));
+        }
+    }
+    Ok(())
 }

@@ -19,6 +19,9 @@ use crate::store::{Finish, JobStore, NewJob, StoreError};
 
 /// Most operations run in one transaction.
 const MAX_BATCH: usize = 4096;
+/// First and longest wait before job-state writes held by a full disk are tried again.
+const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
+const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -81,18 +84,44 @@ enum Op {
 
 /// An executed operation whose answer waits for the end of its transaction:
 /// called with `None` after the commit, or with the error that undid the
-/// transaction (which replaces a successful result).
-type Done = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+/// transaction (which replaces a successful result). A job-state write that
+/// met a full disk is not answered: it comes back, to be run again (in order,
+/// before anything queued after it) once there is room.
+type Done = Box<dyn FnOnce(Option<&StoreError>) -> Option<Op> + Send>;
+
+fn outcome<T>(result: Result<T, StoreError>, undone: Option<&StoreError>) -> Result<T, StoreError> {
+    match (result, undone) {
+        (Ok(_), Some(e)) => Err(e.clone()),
+        (result, _) => result,
+    }
+}
 
 fn done<T: Send + 'static>(reply: Reply<T>, result: Result<T, StoreError>) -> Done {
     Box::new(move |undone: Option<&StoreError>| {
-        let result = match (result, undone) {
-            (Ok(_), Some(e)) => Err(e.clone()),
-            (result, _) => result,
-        };
         // The caller may have stopped waiting; nothing to do then.
-        let _ = reply.send(result);
+        let _ = reply.send(outcome(result, undone));
+        None
     })
+}
+
+/// [`done`] for a job-state write: on a full disk it hands back `retry`
+/// (the same operation, same reply) instead of answering. Submits fail on a
+/// full disk; what the daemon learned about jobs it already accepted must
+/// not be dropped, or a finished job would stay `running` in the store.
+fn done_or_retry(
+    reply: Reply<()>,
+    result: Result<(), StoreError>,
+    retry: impl FnOnce(Reply<()>) -> Op + Send + 'static,
+) -> Done {
+    Box::new(
+        move |undone: Option<&StoreError>| match outcome(result, undone) {
+            Err(StoreError::Full(_)) => Some(retry(reply)),
+            r => {
+                let _ = reply.send(r);
+                None
+            }
+        },
+    )
 }
 
 impl Op {
@@ -133,7 +162,14 @@ impl Op {
             } => {
                 let (r, lost) =
                     in_savepoint(store, |s| s.start_attempt(id, number, worker_pid, at_ms));
-                (done(reply, r), lost)
+                let retry = move |reply| Op::StartAttempt {
+                    id,
+                    number,
+                    worker_pid,
+                    at_ms,
+                    reply,
+                };
+                (done_or_retry(reply, r, retry), lost)
             }
             Op::FinishAttempt {
                 id,
@@ -146,7 +182,15 @@ impl Op {
                 let (r, lost) = in_savepoint(store, |s| {
                     s.finish_attempt(id, number, &outcome, at_ms, &next)
                 });
-                (done(reply, r), lost)
+                let retry = move |reply| Op::FinishAttempt {
+                    id,
+                    number,
+                    outcome,
+                    at_ms,
+                    next,
+                    reply,
+                };
+                (done_or_retry(reply, r, retry), lost)
             }
             Op::FinishJob {
                 id,
@@ -155,7 +199,13 @@ impl Op {
                 reply,
             } => {
                 let (r, lost) = in_savepoint(store, |s| s.finish_job(id, at_ms, &next));
-                (done(reply, r), lost)
+                let retry = move |reply| Op::FinishJob {
+                    id,
+                    at_ms,
+                    next,
+                    reply,
+                };
+                (done_or_retry(reply, r, retry), lost)
             }
             Op::SetAttemptPid {
                 id,
@@ -164,7 +214,13 @@ impl Op {
                 reply,
             } => {
                 let (r, lost) = in_savepoint(store, |s| s.set_attempt_pid(id, number, pid));
-                (done(reply, r), lost)
+                let retry = move |reply| Op::SetAttemptPid {
+                    id,
+                    number,
+                    pid,
+                    reply,
+                };
+                (done_or_retry(reply, r, retry), lost)
             }
             Op::Get { id, reply } => {
                 let (r, lost) = in_savepoint(store, |s| s.get(id));
@@ -223,18 +279,19 @@ fn in_savepoint<S: JobStore, T>(
 
 /// Runs one batch: one transaction (more only if one is lost midway), one
 /// commit, then the answers.
-fn run_batch<S: JobStore>(store: &mut S, ops: Vec<Op>, commits: &AtomicU64) {
+fn run_batch<S: JobStore>(store: &mut S, ops: Vec<Op>, commits: &AtomicU64) -> Vec<Op> {
     let mut ops = ops.into_iter();
     let mut pending: Vec<Done> = Vec::with_capacity(ops.len());
+    let mut retry = Vec::new();
     loop {
         if ops.as_slice().is_empty() {
-            return;
+            return retry;
         }
         if let Err(e) = store.begin() {
             for op in ops {
                 op.fail(e.clone());
             }
-            return;
+            return retry;
         }
         let mut lost = None;
         for op in ops.by_ref() {
@@ -249,9 +306,7 @@ fn run_batch<S: JobStore>(store: &mut S, ops: Vec<Op>, commits: &AtomicU64) {
             Some(e) => {
                 // Best effort: SQLite may already have rolled it back.
                 let _ = store.rollback();
-                for d in pending.drain(..) {
-                    d(Some(&e));
-                }
+                retry.extend(pending.drain(..).filter_map(|d| d(Some(&e))));
                 // The rest of the batch gets a new transaction.
             }
             None => break,
@@ -260,17 +315,14 @@ fn run_batch<S: JobStore>(store: &mut S, ops: Vec<Op>, commits: &AtomicU64) {
     match store.commit() {
         Ok(()) => {
             commits.fetch_add(1, Ordering::Relaxed);
-            for d in pending {
-                d(None);
-            }
+            retry.extend(pending.into_iter().filter_map(|d| d(None)));
         }
         Err(e) => {
             let _ = store.rollback();
-            for d in pending {
-                d(Some(&e));
-            }
+            retry.extend(pending.into_iter().filter_map(|d| d(Some(&e))));
         }
     }
+    retry
 }
 
 fn run<S: JobStore>(
@@ -279,17 +331,48 @@ fn run<S: JobStore>(
     commits: Arc<AtomicU64>,
     exited: oneshot::Sender<()>,
 ) {
-    // `recv` yields what is queued before it reports that every sender is gone.
-    while let Ok(first) = ops.recv() {
-        let mut batch = Vec::with_capacity(64);
-        batch.push(first);
+    // Job-state writes held back by a full disk; they go first, in order.
+    let mut held: Vec<Op> = Vec::new();
+    let mut delay = RETRY_FIRST;
+    loop {
+        let mut batch = std::mem::take(&mut held);
+        if batch.is_empty() {
+            // `recv` yields what is queued before it reports that every sender is gone.
+            match ops.recv() {
+                Ok(first) => batch.push(first),
+                Err(_) => break,
+            }
+        } else {
+            // Try again when something else arrives, or after a while.
+            match ops.recv_timeout(delay) {
+                Ok(op) => batch.push(op),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    if delay >= RETRY_MAX {
+                        // Shutting down with the disk still full: give up.
+                        for op in batch {
+                            op.fail(StoreError::Full(
+                                "the disk is still full at shutdown".into(),
+                            ));
+                        }
+                        break;
+                    }
+                }
+            }
+        }
         while batch.len() < MAX_BATCH {
             match ops.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
         }
-        run_batch(&mut store, batch, &commits);
+        held = run_batch(&mut store, batch, &commits);
+        if held.is_empty() {
+            delay = RETRY_FIRST;
+        } else {
+            tracing::warn!(writes = held.len(), retry_in = ?delay, "job store full: holding job-state writes until there is room");
+            delay = (delay * 2).min(RETRY_MAX);
+        }
     }
     drop(store);
     let _ = exited.send(());
