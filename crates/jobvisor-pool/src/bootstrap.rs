@@ -130,9 +130,17 @@ fn run_spawned_worker(registry: &Registry, args: &[String]) -> ExitCode {
         eprintln!("jobvisor worker: not started by a live jobvisor supervisor");
         return ExitCode::from(2);
     }
-    match adopt_worker_fds(args) {
-        Ok((input, output)) => {
-            let code = forkserver::finish_worker(jobvisor_worker::serve(registry, input, output));
+    let adopted = adopt_worker_fds(args).and_then(|(input, output, beacon)| {
+        Ok((input, output, jobvisor_worker::Beacon::map(beacon)?))
+    });
+    match adopted {
+        Ok((input, output, beacon)) => {
+            let code = forkserver::finish_worker(jobvisor_worker::serve_with_beacon(
+                registry,
+                input,
+                output,
+                Some(beacon),
+            ));
             ExitCode::from(u8::try_from(code).unwrap_or(1))
         }
         Err(e) => {

@@ -42,6 +42,8 @@ pub(crate) struct WorkerConn {
     pub(crate) tail: Arc<Mutex<VecDeque<String>>>,
     /// Fires when the worker's output pipe reaches EOF (all its output is in `tail`).
     pub(crate) log_eof: oneshot::Receiver<()>,
+    /// Which call the worker runs (read when it dies).
+    pub(crate) beacon: jobvisor_worker::Beacon,
 }
 
 pub(crate) async fn read_some(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
@@ -79,6 +81,7 @@ pub(crate) async fn start(
     events: mpsc::UnboundedSender<LinkEvent>,
 ) -> io::Result<WorkerConn> {
     let (spawned, proc) = launch::launch(cfg.start_method, exits).await?;
+    let beacon = spawned.beacon;
     let pid = spawned.pid;
     let kill_on_error = |e: io::Error| {
         let _ = proc.signal(libc::SIGKILL);
@@ -135,6 +138,7 @@ pub(crate) async fn start(
         tx,
         tail,
         log_eof,
+        beacon,
     })
 }
 

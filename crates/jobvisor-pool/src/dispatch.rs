@@ -156,6 +156,10 @@ struct Worker {
     kill_at: Option<Instant>,
     /// Its state when it was marked dead (tells a death from a retirement).
     state_before_death: WorkerState,
+    /// Names the call it was running (shared page the worker writes).
+    beacon: jobvisor_worker::Beacon,
+    /// Reaped, but its pipe still has frames to read: finish when it closes.
+    reap_waiting: bool,
 }
 
 pub(crate) struct Dispatcher {
@@ -510,6 +514,8 @@ impl Dispatcher {
             calls_done: 0,
             tail: conn.tail,
             log_eof: Some(conn.log_eof),
+            beacon: conn.beacon,
+            reap_waiting: false,
             status: None,
             link_closed: false,
             kill_at: None,
@@ -633,6 +639,20 @@ impl Dispatcher {
     }
 
     fn on_reaped(&mut self, id: u64) {
+        // Read every reply the worker wrote before charging its death: a
+        // reply still in the pipe means that call finished.
+        if let Some(w) = self.workers.get_mut(&id) {
+            if !w.link_closed && !w.reap_waiting {
+                w.reap_waiting = true;
+                let internal = self.internal_tx.clone();
+                tokio::spawn(async move {
+                    // The pipe closes when the process is gone; this is a backstop.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = internal.send(Internal::Reaped { id });
+                });
+                return;
+            }
+        }
         let Some(mut w) = self.workers.remove(&id) else {
             return;
         };
@@ -662,7 +682,15 @@ impl Dispatcher {
             status,
             at: Instant::now(),
         });
-        if let Some(head) = w.inflight.pop_front() {
+        // The call the worker was running, by its beacon; the others had not
+        // started, or had finished with their replies lost with the worker:
+        // they go back to the queue (at-least-once), uncharged.
+        let running = w.beacon.get();
+        let running = w
+            .inflight
+            .iter()
+            .position(|f| running != 0 && f.id == running);
+        if let Some(head) = running.and_then(|pos| w.inflight.remove(pos)) {
             let err = if self.killing() {
                 PoolError::Closed
             } else if let Some(esc) = w.esc.filter(|e| e.call == head.id) {
@@ -693,7 +721,6 @@ impl Dispatcher {
             };
             answer(head.reply, Some(w.pid), Err(err));
         }
-        // The rest never started: back to the front of the queue, in order.
         self.requeue_unstarted(w.inflight.drain(..).collect());
         self.ensure_workers();
     }
@@ -768,6 +795,9 @@ impl Dispatcher {
             LinkEvent::Closed { worker, error } => {
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.link_closed = true;
+                    if w.reap_waiting {
+                        let _ = self.internal_tx.send(Internal::Reaped { id: worker });
+                    }
                     if let Some(e) = &error {
                         tracing::error!(worker, pid = w.pid, error = %e, "worker link broken");
                     }

@@ -768,6 +768,35 @@ async fn stall_timeout_catches_a_stopped_worker(method: StartMethod) {
     assert_no_zombies().await;
 }
 
+/// Replies travel in batches, so when a worker dies some finished calls may
+/// not have been reported yet: the death must be charged to the call that was
+/// running (the worker's beacon says which), never to one that had finished.
+async fn a_death_is_charged_to_the_call_that_caused_it(method: StartMethod) {
+    let pool = pool(method, 1).await;
+    let mut noops = Vec::new();
+    let mut crashes = Vec::new();
+    for i in 0..50u64 {
+        noops.push(pool.submit::<Noop>(&i).await.unwrap());
+        crashes.push(
+            pool.submit::<Die>(&DieHow::Signal(libc::SIGKILL))
+                .await
+                .unwrap(),
+        );
+    }
+    for (i, h) in noops.into_iter().enumerate() {
+        assert_eq!(
+            h.await.unwrap(),
+            i as u64,
+            "an innocent call was charged with a crash"
+        );
+    }
+    for h in crashes {
+        assert!(matches!(h.await, Err(PoolError::WorkerDied { .. })));
+    }
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
 async fn call_usage_tells_computing_from_waiting(method: StartMethod) {
     let pool = pool(method, 1).await;
     let input = jobvisor_proto_input(&SpinInput { ms: 60 });
@@ -940,6 +969,7 @@ fn main() -> ExitCode {
         stall_timeout_catches_a_stopped_worker,
         restart_intensity_bounds_a_crash_loop,
         call_usage_tells_computing_from_waiting,
+        a_death_is_charged_to_the_call_that_caused_it,
     ];
     helper::run_all(&tests)
 }

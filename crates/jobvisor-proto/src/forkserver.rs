@@ -28,9 +28,10 @@ pub enum ForkRequest {
 /// Fork server → supervisor.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ForkReply {
-    /// A worker was forked. Four fds travel with this packet, in order: the
+    /// A worker was forked. Five fds travel with this packet, in order: the
     /// write end of the worker's input pipe, the read end of its output pipe,
-    /// the read end of its stdout/stderr pipe, and a pidfd.
+    /// the read end of its stdout/stderr pipe, a pidfd, and the worker's call
+    /// beacon (a memfd page naming the call it runs).
     Spawned {
         /// From the request.
         token: u64,

@@ -544,15 +544,11 @@ impl SqliteStore {
             "UPDATE attempts SET finished_ms = ?1, outcome = ?2 WHERE finished_ms IS NULL",
             params![now_ms, lost],
         )?;
+        // A lost attempt is not charged to either budget (the job did not
+        // fail: the daemon died), so every job that was running runs again.
         self.conn.execute(
-            "UPDATE jobs SET state = 'queued' WHERE state = 'running' \
-             AND (SELECT COUNT(*) FROM attempts WHERE job_id = jobs.id) < max_attempts",
+            "UPDATE jobs SET state = 'queued' WHERE state = 'running'",
             [],
-        )?;
-        self.conn.execute(
-            "UPDATE jobs SET state = 'failed', finished_ms = ?1, \
-             error = 'lost: attempt budget spent' WHERE state = 'running'",
-            [now_ms],
         )?;
         let mut stmt = self.conn.prepare_cached(SELECT_LIVE)?;
         let mut jobs = stmt

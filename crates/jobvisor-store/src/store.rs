@@ -206,8 +206,8 @@ pub trait JobStore: Send + 'static {
         limit: u32,
     ) -> Result<Vec<JobRecord>, StoreError>;
     /// Recovery after a restart: every attempt still `Running` becomes `Lost`
-    /// (finished at `now_ms`); its job goes back to `Queued` if it has attempts
-    /// left (run_at unchanged), else to `Failed` ("lost: attempt budget spent").
+    /// (finished at `now_ms`) and its job goes back to `Queued` (run_at
+    /// unchanged): a lost attempt is not charged to the job's budgets.
     /// `Retrying` and delayed `Queued` jobs keep their times. Returns every
     /// non-terminal job, with input and attempts, in id order.
     ///

@@ -391,7 +391,7 @@ fn recover_after_a_crash() {
     let mut store = open(dir.path());
     let live = in_tx(&mut store, |s| s.recover(7_777).unwrap());
     let live_ids: Vec<u64> = live.iter().map(|j| j.id).collect();
-    assert_eq!(live_ids, vec![a, c, d], "non-terminal jobs in id order");
+    assert_eq!(live_ids, vec![a, b, c, d], "non-terminal jobs in id order");
     assert_eq!(
         live[0].input,
         Some(json(1)),
@@ -405,10 +405,11 @@ fn recover_after_a_crash() {
     assert_eq!(ra.attempts[0].finished_ms, Some(7_777));
     assert_eq!(live[0], ra);
 
+    // Its only attempt allowed was lost: lost attempts are not charged, so it
+    // runs again.
     let rb = store.get(b).unwrap().unwrap();
-    assert_eq!(rb.state, JobState::Failed);
-    assert_eq!(rb.finished_ms, Some(7_777));
-    assert_eq!(rb.error.as_deref(), Some("lost: attempt budget spent"));
+    assert_eq!(rb.state, JobState::Queued);
+    assert_eq!(rb.finished_ms, None);
     assert_eq!(rb.attempts[0].outcome, AttemptOutcome::Lost);
 
     let rc = store.get(c).unwrap().unwrap();

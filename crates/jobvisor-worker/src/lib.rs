@@ -12,12 +12,14 @@
 //! - `link`: the blocking framed link over the two pipes.
 //! - `serve`: the worker loop, [`serve`].
 
+mod beacon;
 mod link;
 mod registry;
 mod serve;
 mod task;
 
+pub use beacon::Beacon;
 pub use registry::{ConvertError, Registry};
 pub use serve::run_detached;
-pub use serve::{serve, WorkerError};
+pub use serve::{serve, serve_with_beacon, WorkerError};
 pub use task::{Ctx, Task, TaskError, Wait};

@@ -49,6 +49,20 @@ pub enum WorkerError {
 /// # Errors
 /// [`WorkerError`] when the link breaks in a way that is not a plain close.
 pub fn serve(registry: &Registry, input: OwnedFd, output: OwnedFd) -> Result<(), WorkerError> {
+    serve_with_beacon(registry, input, output, None)
+}
+
+/// [`serve`], marking the running call in `beacon` (see [`crate::Beacon`]) so
+/// the supervisor knows, should this worker die, which call it was running.
+///
+/// # Errors
+/// As [`serve`].
+pub fn serve_with_beacon(
+    registry: &Registry,
+    input: OwnedFd,
+    output: OwnedFd,
+    beacon: Option<crate::Beacon>,
+) -> Result<(), WorkerError> {
     let mut link = Link::new(input, output, BOOTSTRAP_MAX_FRAME)?;
     let ours = Hello::ours(Role::Worker);
     link.write_raw(&ours.encode())?;
@@ -91,6 +105,9 @@ pub fn serve(registry: &Registry, input: OwnedFd, output: OwnedFd) -> Result<(),
         let Some(call) = pending.pop_front() else {
             continue;
         };
+        if let Some(b) = &beacon {
+            b.set(call.id);
+        }
         let started = Instant::now();
         let cpu_before = thread_cpu_us();
         let deadline = call
@@ -133,6 +150,9 @@ pub fn serve(registry: &Registry, input: OwnedFd, output: OwnedFd) -> Result<(),
             Outcome::Ok(b) => b.len(),
             Outcome::Err(f) => f.message.len(),
         };
+        if let Some(b) = &beacon {
+            b.set(0);
+        }
         link.push_reply(
             Reply {
                 id: call.id,

@@ -56,7 +56,7 @@ fn recv_packet<T: serde::de::DeserializeOwned>(
     sock: RawFd,
 ) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
     let mut buf = [0u8; MAX_PACKET];
-    let mut cmsg_space = nix::cmsg_space!([RawFd; 4]);
+    let mut cmsg_space = nix::cmsg_space!([RawFd; 5]);
     loop {
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = match recvmsg::<()>(
@@ -289,7 +289,9 @@ impl Server {
     }
 
     /// Forks one worker; returns its pid and the supervisor's four fds.
-    fn spawn(&mut self) -> io::Result<(i32, [OwnedFd; 4])> {
+    fn spawn(&mut self) -> io::Result<(i32, [OwnedFd; 5])> {
+        let beacon = jobvisor_worker::Beacon::create()?;
+        let beacon_fd = beacon.try_clone_fd()?;
         let (in_r, in_w) = pipe2(OFlag::O_CLOEXEC)?;
         let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC)?;
         let (log_r, log_w) = pipe2(OFlag::O_CLOEXEC)?;
@@ -297,7 +299,9 @@ impl Server {
         // SAFETY: the fork server is single-threaded.
         match unsafe { fork() }? {
             ForkResult::Child => {
-                let code = worker_main(self, me, in_r, out_w, log_w, [in_w, out_r, log_r]);
+                drop(beacon_fd);
+                let ends = [in_w, out_r, log_r];
+                let code = worker_main(self, me, in_r, out_w, log_w, ends, beacon);
                 // SAFETY: leave without running anything the fork server set up.
                 unsafe { libc::_exit(code) }
             }
@@ -305,8 +309,8 @@ impl Server {
                 let pid = child.as_raw();
                 // Opened before we could reap it, so it names this very process.
                 let pidfd = sys::pidfd_open(pid)?;
-                drop((in_r, out_w, log_w));
-                Ok((pid, [in_w, out_r, log_r, pidfd]))
+                drop((in_r, out_w, log_w, beacon));
+                Ok((pid, [in_w, out_r, log_r, pidfd, beacon_fd]))
             }
         }
     }
@@ -320,6 +324,7 @@ fn worker_main(
     output: OwnedFd,
     log: OwnedFd,
     supervisor_ends: [OwnedFd; 3],
+    beacon: jobvisor_worker::Beacon,
 ) -> i32 {
     drop(supervisor_ends);
     // The fork server's own descriptors must not live on in the worker: the
@@ -341,7 +346,12 @@ fn worker_main(
     if let Some(init) = server.worker_init {
         init();
     }
-    finish_worker(jobvisor_worker::serve(&server.registry, input, output))
+    finish_worker(jobvisor_worker::serve_with_beacon(
+        &server.registry,
+        input,
+        output,
+        Some(beacon),
+    ))
 }
 
 /// stdin from /dev/null, stdout and stderr into the log pipe.
@@ -474,19 +484,22 @@ fn reader(sock: Arc<OwnedFd>, routes: Arc<Mutex<Routes>>) {
                         let Some((tx, exits)) = r.pending.remove(&token) else {
                             continue;
                         };
-                        let worker = <[OwnedFd; 4]>::try_from(fds)
+                        let worker = <[OwnedFd; 5]>::try_from(fds)
                             .map_err(|v| {
                                 io::Error::other(format!(
-                                    "fork server sent {} fds, expected 4",
+                                    "fork server sent {} fds, expected 5",
                                     v.len()
                                 ))
                             })
-                            .map(|[to_worker, from_worker, log, pidfd]| SpawnedWorker {
-                                pid,
-                                pidfd,
-                                to_worker,
-                                from_worker,
-                                log,
+                            .and_then(|[to_worker, from_worker, log, pidfd, beacon]| {
+                                Ok(SpawnedWorker {
+                                    pid,
+                                    pidfd,
+                                    to_worker,
+                                    from_worker,
+                                    log,
+                                    beacon: jobvisor_worker::Beacon::map(beacon)?,
+                                })
                             });
                         if worker.is_ok() {
                             r.exits.insert(pid, exits);

@@ -35,6 +35,8 @@ pub(crate) struct SpawnedWorker {
     pub(crate) from_worker: OwnedFd,
     /// Read end of the worker's stdout/stderr pipe.
     pub(crate) log: OwnedFd,
+    /// Which call the worker is running (shared page).
+    pub(crate) beacon: jobvisor_worker::Beacon,
 }
 
 /// How to start workers.

@@ -26,11 +26,15 @@ pub(crate) async fn spawn(exits: ExitSender) -> io::Result<(SpawnedWorker, Arc<M
     let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC)?;
     let (log_r, log_w) = pipe2(OFlag::O_CLOEXEC)?;
     let exe = std::env::current_exe()?;
-    let (in_raw, out_raw) = (in_r.as_raw_fd(), out_w.as_raw_fd());
+    let beacon = jobvisor_worker::Beacon::create()?;
+    let beacon_fd = beacon.try_clone_fd()?;
+    let (in_raw, out_raw, beacon_raw) =
+        (in_r.as_raw_fd(), out_w.as_raw_fd(), beacon_fd.as_raw_fd());
     let mut cmd = Command::new(exe);
     cmd.arg(WORKER_ARG)
         .arg(in_raw.to_string())
         .arg(out_raw.to_string())
+        .arg(beacon_raw.to_string())
         .env(PARENT_ENV, std::process::id().to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::from(log_w.try_clone()?))
@@ -42,7 +46,7 @@ pub(crate) async fn spawn(exits: ExitSender) -> io::Result<(SpawnedWorker, Arc<M
         cmd.pre_exec(move || {
             sys::set_parent_death_signal()?;
             // Let exactly the two protocol pipes through exec.
-            for fd in [in_raw, out_raw] {
+            for fd in [in_raw, out_raw, beacon_raw] {
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(io::Error::last_os_error());
                 }
@@ -51,7 +55,7 @@ pub(crate) async fn spawn(exits: ExitSender) -> io::Result<(SpawnedWorker, Arc<M
         });
     }
     let child = spawn_on_spawner_thread(cmd).await?;
-    drop((in_r, out_w));
+    drop((in_r, out_w, beacon_fd));
     let pid = child.id();
     // We are the parent and nobody has waited for it: the pid is still this process.
     let pidfd = sys::pidfd_open(pid as i32)?;
@@ -81,6 +85,7 @@ pub(crate) async fn spawn(exits: ExitSender) -> io::Result<(SpawnedWorker, Arc<M
             to_worker: in_w,
             from_worker: out_r,
             log: log_r,
+            beacon,
         },
         reaped,
     ))
@@ -125,17 +130,28 @@ async fn spawn_on_spawner_thread(cmd: Command) -> io::Result<std::process::Child
 }
 
 /// The worker side of `spawn`: validates and adopts the two inherited fds.
-pub(crate) fn adopt_worker_fds(args: &[String]) -> io::Result<(OwnedFd, OwnedFd)> {
+pub(crate) fn adopt_worker_fds(args: &[String]) -> io::Result<(OwnedFd, OwnedFd, OwnedFd)> {
     let parse = |s: Option<&String>| -> io::Result<i32> {
-        s.and_then(|s| s.parse().ok())
-            .ok_or_else(|| io::Error::other("usage: <exe> __jobvisor-worker IN_FD OUT_FD"))
+        s.and_then(|s| s.parse().ok()).ok_or_else(|| {
+            io::Error::other("usage: <exe> __jobvisor-worker IN_FD OUT_FD BEACON_FD")
+        })
     };
-    let (input, output) = (parse(args.first())?, parse(args.get(1))?);
-    if input < 3 || output < 3 || input == output {
+    let (input, output, beacon) = (
+        parse(args.first())?,
+        parse(args.get(1))?,
+        parse(args.get(2))?,
+    );
+    if input < 3
+        || output < 3
+        || beacon < 3
+        || input == output
+        || beacon == input
+        || beacon == output
+    {
         return Err(io::Error::other("worker fds must be distinct and above 2"));
     }
-    let mut fds = Vec::with_capacity(2);
-    for fd in [input, output] {
+    let mut fds = Vec::with_capacity(3);
+    for fd in [input, output, beacon] {
         // SAFETY: F_GETFD only inspects the descriptor.
         if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
             return Err(io::Error::other(format!("worker fd {fd} is not open")));
@@ -147,7 +163,8 @@ pub(crate) fn adopt_worker_fds(args: &[String]) -> io::Result<(OwnedFd, OwnedFd)
         // fresh process owns them.
         fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
     }
+    let beacon = fds.pop().ok_or_else(|| io::Error::other("fd"))?;
     let output = fds.pop().ok_or_else(|| io::Error::other("fd"))?;
     let input = fds.pop().ok_or_else(|| io::Error::other("fd"))?;
-    Ok((input, output))
+    Ok((input, output, beacon))
 }

@@ -1,0 +1,120 @@
+//! The call beacon: one shared page between a worker and its supervisor that
+//! says which call the worker is running right now.
+//!
+//! Replies travel in batches, so when a worker dies the supervisor cannot
+//! tell from the pipe which call killed it: several may have finished with
+//! their replies still in the worker's buffer. The worker stores the id of
+//! the call it is about to run (and 0 once it is done) in this page — an
+//! atomic store, no syscall — and the supervisor reads it after the death:
+//! that call is charged; the others were not running and go back to the queue.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A mapped beacon page.
+#[derive(Debug)]
+pub struct Beacon {
+    ptr: *mut AtomicU64,
+    _fd: OwnedFd,
+}
+
+// SAFETY: the mapping is process-wide memory accessed only through an
+// AtomicU64; the pointer stays valid until Drop unmaps it.
+unsafe impl Send for Beacon {}
+// SAFETY: as above; all access is atomic.
+unsafe impl Sync for Beacon {}
+
+const PAGE: usize = 4096;
+
+impl Beacon {
+    /// Creates a new beacon (a `memfd`, close-on-exec) reading 0.
+    ///
+    /// # Errors
+    /// `memfd_create`, `ftruncate` or `mmap` failed.
+    pub fn create() -> io::Result<Self> {
+        // SAFETY: memfd_create with a NUL-terminated name and valid flags.
+        let fd = unsafe { libc::memfd_create(c"jobvisor-beacon".as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: ftruncate on a valid fd.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), PAGE as libc::off_t) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Self::map(fd)
+    }
+
+    /// Maps a beacon received from the other side.
+    ///
+    /// # Errors
+    /// `mmap` failed (e.g. the fd is not a beacon of at least a page).
+    pub fn map(fd: OwnedFd) -> io::Result<Self> {
+        // SAFETY: a fresh shared mapping of PAGE bytes of a valid fd; checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            ptr: ptr.cast(),
+            _fd: fd,
+        })
+    }
+
+    /// The descriptor, to hand to the other side (dup it; the beacon keeps its own).
+    ///
+    /// # Errors
+    /// `dup` failed.
+    pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
+        self._fd.try_clone()
+    }
+
+    fn cell(&self) -> &AtomicU64 {
+        // SAFETY: ptr points to a live, page-aligned shared mapping (see map).
+        unsafe { &*self.ptr }
+    }
+
+    /// Marks call `id` as running (0: none).
+    pub fn set(&self, id: u64) {
+        self.cell().store(id, Ordering::Release);
+    }
+
+    /// The call that is (or was, when the worker died) running; 0 for none.
+    pub fn get(&self) -> u64 {
+        self.cell().load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Beacon {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the region mapped in `map`.
+        unsafe { libc::munmap(self.ptr.cast(), PAGE) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_mappings_see_each_other() {
+        let a = Beacon::create().unwrap();
+        let b = Beacon::map(a.try_clone_fd().unwrap()).unwrap();
+        assert_eq!(b.get(), 0);
+        a.set(42);
+        assert_eq!(b.get(), 42);
+        b.set(0);
+        assert_eq!(a.get(), 0);
+    }
+}
