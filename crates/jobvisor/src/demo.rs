@@ -63,6 +63,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         bystanders.push(pool.submit::<Spin>(&SpinInput { ms: 20 }).await?);
     }
     // One sleep per worker (dispatch spreads calls over idle workers first).
+    // Give them a moment to start: a worker killed before it starts a call
+    // fails nothing (that call simply runs elsewhere), which is not the demo.
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let victim = pool
         .workers()
         .await

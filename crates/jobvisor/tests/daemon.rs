@@ -674,9 +674,11 @@ fn sighup_reloads_pool_size_and_queues_without_losing_jobs() {
 #[test]
 fn poison_job_is_dead_lettered_with_evidence_and_can_be_retried() {
     let d = Daemon::start(&[]);
+    // A long spin: its worker burning CPU is the sign that the call started
+    // (a worker killed before it starts a call is not charged for it).
     let out = d.cli(&[
         "submit",
-        "sleep",
+        "spin",
         "--input",
         r#"{"ms": 60000}"#,
         "--backoff-ms",
@@ -684,10 +686,19 @@ fn poison_job_is_dead_lettered_with_evidence_and_can_be_retried() {
     ]);
     assert!(out.status.success(), "{}", text(&out));
     let id: u64 = stdout(&out).parse().unwrap();
+    let cpu_ticks = |pid: u32| -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        rest.split_whitespace()
+            .nth(11)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
     rt().block_on(async {
         let mut c = d.client().await;
         for kill in 1..=3u32 {
-            // Wait until the job runs its attempt number `kill`, then kill its worker.
+            // Wait until the job runs its attempt number `kill` (its worker
+            // burns CPU), then kill that worker.
             let pid = loop {
                 let r = c.status(id).await.unwrap();
                 if r.state == JobState::Running && r.attempts.len() == kill as usize {
@@ -696,7 +707,7 @@ fn poison_job_is_dead_lettered_with_evidence_and_can_be_retried() {
                         .await
                         .unwrap()
                         .into_iter()
-                        .find(|w| w.in_flight > 0)
+                        .find(|w| w.in_flight > 0 && cpu_ticks(w.pid) > 0)
                     {
                         break w.pid;
                     }
