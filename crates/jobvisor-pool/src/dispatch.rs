@@ -856,14 +856,15 @@ impl Dispatcher {
                 }
                 Outcome::Err(fail) => Err(PoolError::Task(fail)),
             };
-            let usage = crate::pool::CallUsage {
+            // 0/0: the worker did not measure this (tiny) call.
+            let usage = (r.wall_us > 0).then(|| crate::pool::CallUsage {
                 cpu: Duration::from_micros(r.cpu_us),
                 wall: Duration::from_micros(r.wall_us),
-            };
+            });
             let _ = f.reply.send(CallResult {
                 pid: Some(w.pid),
                 result,
-                usage: Some(usage),
+                usage,
             });
         }
         if finished_head > 0 {

@@ -100,7 +100,9 @@ pub struct CallUsage {
 pub struct CallReport {
     /// The worker that ran it, when one did.
     pub pid: Option<u32>,
-    /// Its CPU and wall time, when the worker answered.
+    /// Its CPU and wall time, when the worker measured them: every call of
+    /// 50 µs or more, and one in 16 shorter ones (thread CPU time costs a
+    /// syscall, which would double the cost of a no-op call).
     pub usage: Option<CallUsage>,
     /// The encoded output, or why there is none.
     pub result: Result<Vec<u8>, PoolError>,

@@ -772,7 +772,15 @@ async fn stall_timeout_catches_a_stopped_worker(method: StartMethod) {
 /// not have been reported yet: the death must be charged to the call that was
 /// running (the worker's beacon says which), never to one that had finished.
 async fn a_death_is_charged_to_the_call_that_caused_it(method: StartMethod) {
-    let pool = pool(method, 1).await;
+    // 50 deliberate crashes: lift the restart intensity, which would
+    // otherwise (rightly) slow the restarts down.
+    let pool = Pool::builder()
+        .workers(1)
+        .start_method(method)
+        .restart_intensity(1000, Duration::from_secs(1))
+        .build()
+        .await
+        .unwrap();
     let mut noops = Vec::new();
     let mut crashes = Vec::new();
     for i in 0..50u64 {

@@ -133,9 +133,11 @@ pub struct Reply {
     pub id: u64,
     /// What happened.
     pub outcome: Outcome,
-    /// CPU time the worker's thread spent in the call, in µs.
+    /// CPU time the worker's thread spent in the call, in µs (0 with
+    /// `wall_us` 0: not measured).
     pub cpu_us: u64,
-    /// Wall time of the call, in µs.
+    /// Wall time of the call, in µs; 0 when the worker did not measure this
+    /// call (short calls are sampled).
     pub wall_us: u64,
 }
 
