@@ -875,11 +875,13 @@ impl Scheduler {
     }
 
     fn answer_wait(&self, ids: Vec<u64>, reply: Reply<Vec<JobRecord>>) {
-        let store = self.store.clone();
+        // All reads are queued now, so the store thread serves them in one
+        // transaction (one round trip per wait, not per id).
+        let reads: Vec<_> = ids.iter().map(|&id| (id, self.store.get(id))).collect();
         tokio::spawn(async move {
-            let mut out = Vec::with_capacity(ids.len());
-            for id in ids {
-                match store.get(id).await {
+            let mut out = Vec::with_capacity(reads.len());
+            for (id, read) in reads {
+                match read.await {
                     Ok(Some(rec)) => out.push(rec),
                     Ok(None) => {
                         let _ = reply.send(Err(err(ErrorKind::NotFound, format!("no job {id}"))));

@@ -206,6 +206,9 @@ impl SqliteStore {
             return Err(StoreError::Db(format!("cannot use WAL (journal_mode is {mode})")).into());
         }
         self.conn.pragma_update(None, "synchronous", "FULL")?;
+        // Every operation runs in a savepoint; keep SQLite's temporary
+        // structures for that in memory, not in temp files (a write each).
+        self.conn.pragma_update(None, "temp_store", "MEMORY")?;
         self.conn.pragma_update(None, "foreign_keys", "ON")?;
         self.migrate()
     }
