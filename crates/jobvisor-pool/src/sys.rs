@@ -147,3 +147,11 @@ pub(crate) fn async_fd(
     unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
         .map_err(io::Error::from)
 }
+
+/// Grows a pipe's buffer (best effort: the kernel caps it at
+/// `/proc/sys/fs/pipe-max-size` for unprivileged users). A 1 MiB input then
+/// crosses in one read instead of sixteen 64 KiB ones.
+pub(crate) fn grow_pipe(fd: BorrowedFd<'_>, bytes: i32) {
+    // SAFETY: fcntl(F_SETPIPE_SZ) on a valid borrowed fd; failure is harmless.
+    unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) };
+}

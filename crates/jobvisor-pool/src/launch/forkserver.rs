@@ -34,6 +34,11 @@ use tokio::sync::oneshot;
 use super::{ExitSender, SpawnedWorker};
 use crate::sys;
 
+/// Size the call pipe (supervisor → worker) is grown to: large inputs cross
+/// in one read. The reply pipe keeps the default: growing it too measurably
+/// slowed small calls.
+pub(crate) const PIPE_BYTES: i32 = 1 << 20;
+
 /// Largest packet on the fork server socket.
 const MAX_PACKET: usize = 4096;
 
@@ -295,6 +300,7 @@ impl Server {
         let (in_r, in_w) = pipe2(OFlag::O_CLOEXEC)?;
         let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC)?;
         let (log_r, log_w) = pipe2(OFlag::O_CLOEXEC)?;
+        sys::grow_pipe(in_w.as_fd(), PIPE_BYTES);
         let me = nix::unistd::getpid();
         // SAFETY: the fork server is single-threaded.
         match unsafe { fork() }? {

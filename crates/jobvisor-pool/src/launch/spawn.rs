@@ -4,7 +4,7 @@
 //! safe from the multi-threaded supervisor.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -25,6 +25,7 @@ pub(crate) async fn spawn(exits: ExitSender) -> io::Result<(SpawnedWorker, Arc<M
     let (in_r, in_w) = pipe2(OFlag::O_CLOEXEC)?;
     let (out_r, out_w) = pipe2(OFlag::O_CLOEXEC)?;
     let (log_r, log_w) = pipe2(OFlag::O_CLOEXEC)?;
+    sys::grow_pipe(in_w.as_fd(), super::forkserver::PIPE_BYTES);
     let exe = std::env::current_exe()?;
     let beacon = jobvisor_worker::Beacon::create()?;
     let beacon_fd = beacon.try_clone_fd()?;
