@@ -76,10 +76,8 @@ pub fn run_all(tests: &[Test]) -> std::process::ExitCode {
     }
 }
 
-/// Pids of this process's zombie children and the fork server's.
-pub fn zombie_children() -> Vec<u32> {
-    let me = std::process::id();
-    let fs = jobvisor_pool::fork_server_pid();
+/// Every process as `(pid, state, ppid)`, from `/proc/<pid>/stat`.
+fn processes() -> Vec<(u32, String, u32)> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return out;
@@ -96,39 +94,32 @@ pub fn zombie_children() -> Vec<u32> {
             continue;
         };
         let mut f = rest.split_whitespace();
-        let state = f.next().unwrap_or("");
+        let state = f.next().unwrap_or("").to_string();
         let ppid: u32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        if state == "Z" && (ppid == me || Some(ppid) == fs) {
-            out.push(pid);
-        }
+        out.push((pid, state, ppid));
     }
     out
 }
 
-/// Live (non-zombie) children of a pid.
+/// Pids of this process's zombie children and the fork server's.
+pub fn zombie_children() -> Vec<u32> {
+    let me = std::process::id();
+    let fs = jobvisor_pool::fork_server_pid();
+    processes()
+        .into_iter()
+        .filter(|(_, state, ppid)| state == "Z" && (*ppid == me || Some(*ppid) == fs))
+        .map(|(pid, _, _)| pid)
+        .collect()
+}
+
+/// Live (non-zombie) children of a pid, the fork server excepted.
 pub fn children_of(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-            continue;
-        };
-        let mut f = rest.split_whitespace();
-        let state = f.next().unwrap_or("");
-        let ppid: u32 = f.next().and_then(|p| p.parse().ok()).unwrap_or(0);
-        if ppid == parent && state != "Z" && Some(pid) != jobvisor_pool::fork_server_pid() {
-            out.push(pid);
-        }
-    }
-    out
+    let fs = jobvisor_pool::fork_server_pid();
+    processes()
+        .into_iter()
+        .filter(|(pid, state, ppid)| *ppid == parent && state != "Z" && Some(*pid) != fs)
+        .map(|(pid, _, _)| pid)
+        .collect()
 }
 
 /// Open fds of this process.
