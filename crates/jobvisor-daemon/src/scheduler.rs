@@ -1255,28 +1255,17 @@ impl Scheduler {
         }
         let terminal = state.is_terminal();
         self.pending_writes += 1;
-        let store = self.store.clone();
         let tx = self.internal_tx.clone();
         let at = now_ms();
         // Queued now, in call order (after this attempt's start), awaited in the task.
-        let (set_pid, finish) = match attempt {
-            Some((n, outcome, pid)) => (
-                pid.map(|p| store.set_attempt_pid(id, n, p)),
-                Box::pin(store.finish_attempt(id, n, outcome, at, next)) as WriteFuture,
-            ),
-            None => (
-                None,
-                Box::pin(store.finish_job(id, at, next)) as WriteFuture,
-            ),
+        let write: WriteFuture = match attempt {
+            Some((n, outcome, pid)) => {
+                Box::pin(self.store.finish_attempt(id, n, pid, outcome, at, next))
+            }
+            None => Box::pin(self.store.finish_job(id, at, next)),
         };
         tokio::spawn(async move {
-            if let Some(f) = set_pid {
-                if let Err(e) = f.await {
-                    tracing::warn!(job = id, error = %e, "cannot record the worker pid");
-                }
-            }
-            let r = finish.await;
-            if let Err(e) = r {
+            if let Err(e) = write.await {
                 tracing::error!(job = id, error = %e, "cannot record the job's state");
             }
             let _ = tx.send(Internal::Written { id, terminal });

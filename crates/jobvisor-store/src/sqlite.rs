@@ -407,6 +407,7 @@ impl SqliteStore {
         &self,
         id: u64,
         number: u32,
+        worker_pid: Option<u32>,
         outcome: &AttemptOutcome,
         at_ms: u64,
         next: &Finish,
@@ -415,9 +416,10 @@ impl SqliteStore {
         let changed = self
             .conn
             .prepare_cached(
-                "UPDATE attempts SET finished_ms = ?3, outcome = ?4 WHERE job_id = ?1 AND number = ?2",
+                "UPDATE attempts SET finished_ms = ?3, outcome = ?4, \
+                 worker_pid = COALESCE(?5, worker_pid) WHERE job_id = ?1 AND number = ?2",
             )?
-            .execute(params![id, number, at_ms, outcome])?;
+            .execute(params![id, number, at_ms, outcome, worker_pid])?;
         if changed == 0 {
             return Err(StoreError::NotFound(id).into());
         }
@@ -658,27 +660,12 @@ impl JobStore for SqliteStore {
         &mut self,
         id: u64,
         number: u32,
+        worker_pid: Option<u32>,
         outcome: &AttemptOutcome,
         at_ms: u64,
         next: &Finish,
     ) -> Result<(), StoreError> {
-        let r = self.finish_attempt_inner(id, number, outcome, at_ms, next);
-        self.wrap(r)
-    }
-
-    fn set_attempt_pid(&mut self, id: u64, number: u32, pid: u32) -> Result<(), StoreError> {
-        let r = self
-            .conn
-            .prepare_cached("UPDATE attempts SET worker_pid = ?3 WHERE job_id = ?1 AND number = ?2")
-            .and_then(|mut st| st.execute(params![id, number, pid]))
-            .map_err(Error::from)
-            .and_then(|changed| {
-                if changed == 0 {
-                    Err(StoreError::NotFound(id).into())
-                } else {
-                    Ok(())
-                }
-            });
+        let r = self.finish_attempt_inner(id, number, worker_pid, outcome, at_ms, next);
         self.wrap(r)
     }
 

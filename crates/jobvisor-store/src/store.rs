@@ -167,7 +167,9 @@ pub trait JobStore: Send + 'static {
         worker_pid: Option<u32>,
         at_ms: u64,
     ) -> Result<(), StoreError>;
-    /// Records how attempt `number` ended, and the job's next state.
+    /// Records how attempt `number` ended, which worker ran it (known only
+    /// when it ends; `None` keeps what `start_attempt` recorded), and the
+    /// job's next state.
     ///
     /// # Errors
     /// [`StoreError::NotFound`], database errors.
@@ -175,15 +177,11 @@ pub trait JobStore: Send + 'static {
         &mut self,
         id: u64,
         number: u32,
+        worker_pid: Option<u32>,
         outcome: &AttemptOutcome,
         at_ms: u64,
         next: &Finish,
     ) -> Result<(), StoreError>;
-    /// Records which worker process ran attempt `number` (known only when it ends).
-    ///
-    /// # Errors
-    /// [`StoreError::NotFound`], database errors.
-    fn set_attempt_pid(&mut self, id: u64, number: u32, pid: u32) -> Result<(), StoreError>;
     /// Moves a job to its next state without an attempt (cancel of a queued
     /// job, a failed dependency).
     ///

@@ -41,6 +41,7 @@ enum Op {
     FinishAttempt {
         id: u64,
         number: u32,
+        worker_pid: Option<u32>,
         outcome: AttemptOutcome,
         at_ms: u64,
         next: Finish,
@@ -50,12 +51,6 @@ enum Op {
         id: u64,
         at_ms: u64,
         next: Finish,
-        reply: Reply<()>,
-    },
-    SetAttemptPid {
-        id: u64,
-        number: u32,
-        pid: u32,
         reply: Reply<()>,
     },
     Get {
@@ -134,8 +129,7 @@ impl Op {
             Op::InsertAll { reply, .. } => send(reply, err),
             Op::StartAttempt { reply, .. }
             | Op::FinishAttempt { reply, .. }
-            | Op::FinishJob { reply, .. }
-            | Op::SetAttemptPid { reply, .. } => send(reply, err),
+            | Op::FinishJob { reply, .. } => send(reply, err),
             Op::Get { reply, .. } => send(reply, err),
             Op::List { reply, .. } | Op::Recover { reply, .. } => send(reply, err),
             Op::Prune { reply, .. } => send(reply, err),
@@ -174,17 +168,19 @@ impl Op {
             Op::FinishAttempt {
                 id,
                 number,
+                worker_pid,
                 outcome,
                 at_ms,
                 next,
                 reply,
             } => {
                 let (r, lost) = in_savepoint(store, |s| {
-                    s.finish_attempt(id, number, &outcome, at_ms, &next)
+                    s.finish_attempt(id, number, worker_pid, &outcome, at_ms, &next)
                 });
                 let retry = move |reply| Op::FinishAttempt {
                     id,
                     number,
+                    worker_pid,
                     outcome,
                     at_ms,
                     next,
@@ -203,21 +199,6 @@ impl Op {
                     id,
                     at_ms,
                     next,
-                    reply,
-                };
-                (done_or_retry(reply, r, retry), lost)
-            }
-            Op::SetAttemptPid {
-                id,
-                number,
-                pid,
-                reply,
-            } => {
-                let (r, lost) = in_savepoint(store, |s| s.set_attempt_pid(id, number, pid));
-                let retry = move |reply| Op::SetAttemptPid {
-                    id,
-                    number,
-                    pid,
                     reply,
                 };
                 (done_or_retry(reply, r, retry), lost)
@@ -487,6 +468,7 @@ impl StoreHandle {
         &self,
         id: u64,
         number: u32,
+        worker_pid: Option<u32>,
         outcome: AttemptOutcome,
         at_ms: u64,
         next: Finish,
@@ -496,6 +478,7 @@ impl StoreHandle {
             Op::FinishAttempt {
                 id,
                 number,
+                worker_pid,
                 outcome,
                 at_ms,
                 next,
@@ -521,28 +504,6 @@ impl StoreHandle {
                 id,
                 at_ms,
                 next,
-                reply,
-            },
-            rx,
-        )
-    }
-
-    /// See [`JobStore::set_attempt_pid`].
-    ///
-    /// # Errors
-    /// As there; [`StoreError::Closed`] when the store thread is gone.
-    pub fn set_attempt_pid(
-        &self,
-        id: u64,
-        number: u32,
-        pid: u32,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
-        let (reply, rx) = oneshot::channel();
-        self.call(
-            Op::SetAttemptPid {
-                id,
-                number,
-                pid,
                 reply,
             },
             rx,
@@ -775,17 +736,15 @@ mod tests {
                 &mut self,
                 id: u64,
                 n: u32,
+                pid: Option<u32>,
                 o: &AttemptOutcome,
                 at: u64,
                 next: &Finish,
             ) -> Result<(), StoreError> {
-                self.0.finish_attempt(id, n, o, at, next)
+                self.0.finish_attempt(id, n, pid, o, at, next)
             }
             fn finish_job(&mut self, id: u64, at: u64, next: &Finish) -> Result<(), StoreError> {
                 self.0.finish_job(id, at, next)
-            }
-            fn set_attempt_pid(&mut self, id: u64, n: u32, pid: u32) -> Result<(), StoreError> {
-                self.0.set_attempt_pid(id, n, pid)
             }
             fn get(&mut self, id: u64) -> Result<Option<JobRecord>, StoreError> {
                 self.0.get(id)

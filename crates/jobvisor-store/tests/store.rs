@@ -239,7 +239,9 @@ fn attempts_lifecycle_round_trips_every_outcome() {
             error: format!("e{n}"),
         };
         in_tx(&mut store, |s| {
-            s.finish_attempt(id, n, outcome, 10 * u64::from(n) + 5, &next)
+            // Odd attempts learn their worker only at the end; even ones keep the start's.
+            let pid = (n % 2 == 1).then_some(2000 + n);
+            s.finish_attempt(id, n, pid, outcome, 10 * u64::from(n) + 5, &next)
                 .unwrap()
         });
     }
@@ -251,6 +253,12 @@ fn attempts_lifecycle_round_trips_every_outcome() {
         assert_eq!(a.started_ms, 10 * u64::from(n));
         assert_eq!(a.finished_ms, Some(10 * u64::from(n) + 5));
         assert_eq!(&a.outcome, o);
+        let pid = if n % 2 == 1 { 2000 + n } else { 1000 + n };
+        assert_eq!(
+            a.worker_pid,
+            Some(pid),
+            "the end's pid wins; None keeps the start's"
+        );
     }
     assert_eq!(rec.state, JobState::Retrying);
     assert_eq!(rec.run_at_ms, 7_000 + outcomes.len() as u64);
@@ -267,7 +275,7 @@ fn attempts_lifecycle_round_trips_every_outcome() {
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
-        store.finish_attempt(id, 99, &AttemptOutcome::Ok, 0, &Finish::Requeue),
+        store.finish_attempt(id, 99, None, &AttemptOutcome::Ok, 0, &Finish::Requeue),
         Err(StoreError::NotFound(_))
     ));
     assert!(matches!(
@@ -311,7 +319,7 @@ fn finish_states() {
         in_tx(&mut store, |s| {
             if via_attempt {
                 s.start_attempt(id, 1, None, 2_000).unwrap();
-                s.finish_attempt(id, 1, &AttemptOutcome::Ok, 3_000, next)
+                s.finish_attempt(id, 1, None, &AttemptOutcome::Ok, 3_000, next)
                     .unwrap();
             } else {
                 s.finish_job(id, 3_000, next).unwrap();
@@ -368,6 +376,7 @@ fn recover_after_a_crash() {
         s.finish_attempt(
             c,
             1,
+            None,
             &AttemptOutcome::Error("x".into()),
             2_100,
             &Finish::Retry {
@@ -380,6 +389,7 @@ fn recover_after_a_crash() {
         s.finish_attempt(
             e,
             1,
+            None,
             &AttemptOutcome::Ok,
             2_200,
             &Finish::Succeeded { output: json(0) },
@@ -442,6 +452,7 @@ fn prune_by_age_and_by_count_only_terminal_and_ids_are_not_reused() {
             s.finish_attempt(
                 id,
                 1,
+                None,
                 &AttemptOutcome::Error("e".into()),
                 i * 100,
                 &Finish::Failed { error: "e".into() },
@@ -523,6 +534,7 @@ fn list_filters_newest_first_without_payloads() {
         s.finish_attempt(
             ids[4],
             1,
+            None,
             &AttemptOutcome::Ok,
             2,
             &Finish::Succeeded { output: json(99) },
@@ -660,6 +672,7 @@ async fn writer_runs_every_operation() {
     let finish = handle.finish_attempt(
         a,
         1,
+        None,
         AttemptOutcome::Ok,
         20,
         Finish::Succeeded { output: json(3) },
