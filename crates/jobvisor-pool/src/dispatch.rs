@@ -162,6 +162,17 @@ struct Worker {
     reap_waiting: bool,
 }
 
+impl Worker {
+    /// Queues one control message (cancel, shutdown) for the worker's writer.
+    /// A gone worker is noticed by its reader, so a failed send is not an error.
+    fn send(&self, msg: &ToWorker, max_frame_bytes: usize) {
+        let mut frame = Vec::new();
+        if encode_frame(&mut frame, msg, max_frame_bytes).is_ok() {
+            let _ = self.tx.send(frame);
+        }
+    }
+}
+
 pub(crate) struct Dispatcher {
     cfg: PoolConfig,
     queue: VecDeque<Pending>,
@@ -361,16 +372,7 @@ impl Dispatcher {
             if w.state == WorkerState::Dead {
                 return;
             }
-            let mut frame = Vec::new();
-            if encode_frame(
-                &mut frame,
-                &ToWorker::Cancel { id },
-                self.cfg.max_frame_bytes,
-            )
-            .is_ok()
-            {
-                let _ = w.tx.send(frame);
-            }
+            w.send(&ToWorker::Cancel { id }, self.cfg.max_frame_bytes);
             if pos == 0 && w.esc.is_none() {
                 w.esc = Some(Escalation {
                     reason: Reason::Cancel,
@@ -767,10 +769,7 @@ impl Dispatcher {
         let Some(w) = self.workers.get_mut(&id) else {
             return;
         };
-        let mut frame = Vec::new();
-        if encode_frame(&mut frame, &ToWorker::Shutdown, self.cfg.max_frame_bytes).is_ok() {
-            let _ = w.tx.send(frame);
-        }
+        w.send(&ToWorker::Shutdown, self.cfg.max_frame_bytes);
         w.state = WorkerState::Stopping;
     }
 
@@ -958,11 +957,7 @@ impl Dispatcher {
                         .is_some_and(|s| now >= w.last_beat.max(w.head_since) + s)
                     {
                         tracing::warn!(pid = w.pid, call = head.id, "call stalled: no heartbeat");
-                        let mut frame = Vec::new();
-                        let cancel = ToWorker::Cancel { id: head.id };
-                        if encode_frame(&mut frame, &cancel, self.cfg.max_frame_bytes).is_ok() {
-                            let _ = w.tx.send(frame);
-                        }
+                        w.send(&ToWorker::Cancel { id: head.id }, self.cfg.max_frame_bytes);
                         w.esc = Some(Escalation {
                             reason: Reason::Stall,
                             stage: Stage::Soft,
