@@ -286,6 +286,22 @@ fn queue_full_accepts_nothing_of_the_request() {
     });
 }
 
+/// Reads one response frame from a raw control connection.
+async fn read_response(
+    s: &mut tokio::net::UnixStream,
+    fb: &mut jobvisor_proto::FrameBuf,
+) -> jobvisor_proto::control::Response {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(r) = fb.decode_next().unwrap() {
+            return r;
+        }
+        let n = s.read(fb.spare()).await.unwrap();
+        assert!(n > 0, "the daemon closed the connection without an answer");
+        fb.filled(n);
+    }
+}
+
 #[test]
 fn bad_input_gets_a_clear_error_and_disturbs_nothing() {
     let d = Daemon::start(&[]);
@@ -351,34 +367,14 @@ fn bad_input_gets_a_clear_error_and_disturbs_nothing() {
         // A well-framed payload of garbage: an error answer, the connection lives.
         s.write_all(&[3, 0, 0, 0, 0xff, 0xff, 0xff]).await.unwrap();
         let mut fb = jobvisor_proto::FrameBuf::new(1 << 20);
-        let resp = loop {
-            if let Some(r) = fb
-                .decode_next::<jobvisor_proto::control::Response>()
-                .unwrap()
-            {
-                break r;
-            }
-            let n = s.read(fb.spare()).await.unwrap();
-            assert!(n > 0);
-            fb.filled(n);
-        };
+        let resp = read_response(&mut s, &mut fb).await;
         assert!(
             format!("{resp:?}").contains("malformed request"),
             "{resp:?}"
         );
         // A 4 GiB length: refused before reading, connection closed.
         s.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
-        let resp = loop {
-            if let Some(r) = fb
-                .decode_next::<jobvisor_proto::control::Response>()
-                .unwrap()
-            {
-                break r;
-            }
-            let n = s.read(fb.spare()).await.unwrap();
-            assert!(n > 0);
-            fb.filled(n);
-        };
+        let resp = read_response(&mut s, &mut fb).await;
         assert!(
             format!("{resp:?}").contains("exceeds limits.max_frame_bytes"),
             "{resp:?}"
