@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use jobvisor_pool::StartMethod;
+use jobvisor_proto::control::JobState;
 use serde::Deserialize;
 
 /// The whole configuration.
@@ -27,6 +28,8 @@ pub struct Config {
     pub retention: Retention,
     /// Worker processes: memory limits and restart intensity.
     pub pool: PoolSettings,
+    /// Completion notifications: limits shared by every queue and job.
+    pub notify: NotifySettings,
     /// Named queues.
     pub queues: BTreeMap<String, QueueConfig>,
 }
@@ -103,6 +106,10 @@ pub struct PoolSettings {
     pub restart_backoff_max_ms: u64,
     /// Degraded → healthy after this long without a worker death.
     pub healthy_after_ms: u64,
+    /// Async (I/O) tasks running at once on each worker's event loop. They
+    /// do not take CPU slots: a worker runs one CPU task and up to this many
+    /// I/O tasks at the same time.
+    pub io_concurrency_per_worker: usize,
 }
 
 impl Default for PoolSettings {
@@ -115,6 +122,43 @@ impl Default for PoolSettings {
             restart_backoff_ms: 100,
             restart_backoff_max_ms: 30_000,
             healthy_after_ms: 30_000,
+            io_concurrency_per_worker: 256,
+        }
+    }
+}
+
+/// Limits of completion notifications (`[notify]`). Read at start only.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifySettings {
+    /// Deliveries (HTTP requests, commands) running at once.
+    pub max_concurrency: usize,
+    /// Deliveries pending (waiting, running or between attempts); beyond it a
+    /// new one is dropped, logged and counted (`jobvisor stats`).
+    pub max_queued: usize,
+    /// Attempts per delivery, the first included.
+    pub max_attempts: u32,
+    /// First retry delay (ms); doubles per attempt, with jitter.
+    pub backoff_base_ms: u64,
+    /// Retry delay cap (ms).
+    pub backoff_max_ms: u64,
+    /// One HTTP request or command may take this long (ms); a command is
+    /// killed then.
+    pub timeout_ms: u64,
+    /// On a graceful stop, how long pending deliveries may finish (ms).
+    pub drain_grace_ms: u64,
+}
+
+impl Default for NotifySettings {
+    fn default() -> Self {
+        Self {
+            max_concurrency: 16,
+            max_queued: 10_000,
+            max_attempts: 5,
+            backoff_base_ms: 500,
+            backoff_max_ms: 30_000,
+            timeout_ms: 10_000,
+            drain_grace_ms: 5_000,
         }
     }
 }
@@ -125,6 +169,43 @@ impl Default for PoolSettings {
 pub struct QueueConfig {
     /// Jobs of this queue running at once; 0 = no cap beyond the pool.
     pub concurrency: usize,
+    /// POST the record of each of its jobs that ends (see `notify_on`) here.
+    pub notify_url: Option<String>,
+    /// Run this command (argv, no shell) for each of its jobs that ends, the
+    /// record as JSON on its stdin.
+    pub notify_command: Option<Vec<String>>,
+    /// Which terminal states `notify_url`/`notify_command` are told of
+    /// (default: all of them).
+    pub notify_on: Option<Vec<TerminalState>>,
+}
+
+/// A terminal job state as the configuration names it: `succeeded`,
+/// `failed`, `cancelled` or `dead`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct TerminalState(pub JobState);
+
+impl TryFrom<String> for TerminalState {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        match JobState::parse(&s) {
+            Some(state) if state.is_terminal() => Ok(Self(state)),
+            _ => Err(format!(
+                "{s:?} is not a terminal job state (succeeded, failed, cancelled, dead)"
+            )),
+        }
+    }
+}
+
+impl QueueConfig {
+    /// Whether this queue's `notify_url`/`notify_command` are told of `state`.
+    pub fn notifies_on(&self, state: JobState) -> bool {
+        state.is_terminal()
+            && self
+                .notify_on
+                .as_ref()
+                .is_none_or(|on| on.iter().any(|t| t.0 == state))
+    }
 }
 
 impl Default for Config {
@@ -138,6 +219,7 @@ impl Default for Config {
             jobs: JobDefaults::default(),
             retention: Retention::default(),
             pool: PoolSettings::default(),
+            notify: NotifySettings::default(),
             queues: BTreeMap::new(),
         }
     }
@@ -253,6 +335,48 @@ impl Config {
         if self.jobs.backoff_base_ms > self.jobs.backoff_max_ms {
             return bad("jobs.backoff_base_ms must not exceed jobs.backoff_max_ms");
         }
+        self.validate_notify()
+    }
+
+    fn validate_notify(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let n = &self.notify;
+        if n.max_concurrency == 0 {
+            return bad("notify.max_concurrency must be at least 1".into());
+        }
+        if n.max_queued == 0 {
+            return bad("notify.max_queued must be at least 1".into());
+        }
+        // The semaphore that bounds pending deliveries holds at most this many permits.
+        if n.max_queued > crate::notify::MAX_QUEUED {
+            return bad(format!(
+                "notify.max_queued must be at most {}",
+                crate::notify::MAX_QUEUED
+            ));
+        }
+        if n.max_attempts == 0 {
+            return bad("notify.max_attempts must be at least 1".into());
+        }
+        if n.backoff_base_ms > n.backoff_max_ms {
+            return bad("notify.backoff_base_ms must not exceed notify.backoff_max_ms".into());
+        }
+        if n.timeout_ms == 0 {
+            return bad("notify.timeout_ms must be at least 1".into());
+        }
+        for (name, q) in &self.queues {
+            if let Some(url) = &q.notify_url {
+                if let Err(e) = crate::notify::check_url(url) {
+                    return bad(format!("queues.{name}.notify_url: {e}"));
+                }
+            }
+            if let Some(argv) = &q.notify_command {
+                if argv.first().is_none_or(|p| p.is_empty()) {
+                    return bad(format!(
+                        "queues.{name}.notify_command must name a program (a non-empty list)"
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -324,8 +448,90 @@ mod tests {
         let mut expected = Config::default();
         expected
             .queues
-            .insert("default".into(), QueueConfig { concurrency: 0 });
+            .insert("default".into(), QueueConfig::default());
         assert_eq!(cfg, expected);
+    }
+
+    #[test]
+    fn notify_settings_and_queue_notifications_parse() {
+        let cfg: Config = toml::from_str(
+            r#"
+            [notify]
+            max_concurrency = 4
+            max_queued = 100
+            max_attempts = 2
+            backoff_base_ms = 10
+            backoff_max_ms = 20
+            timeout_ms = 300
+            drain_grace_ms = 0
+
+            [queues.reports]
+            notify_url = "https://hooks.example.com/jobvisor"
+            notify_command = ["/usr/bin/logger", "-t", "jobvisor"]
+            notify_on = ["failed", "dead"]
+
+            [queues.plain]
+            "#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(
+            cfg.notify,
+            NotifySettings {
+                max_concurrency: 4,
+                max_queued: 100,
+                max_attempts: 2,
+                backoff_base_ms: 10,
+                backoff_max_ms: 20,
+                timeout_ms: 300,
+                drain_grace_ms: 0,
+            }
+        );
+        let q = &cfg.queues["reports"];
+        assert_eq!(
+            q.notify_url.as_deref(),
+            Some("https://hooks.example.com/jobvisor")
+        );
+        assert_eq!(q.notify_command.as_ref().map(Vec::len), Some(3));
+        assert!(q.notifies_on(JobState::Failed) && q.notifies_on(JobState::Dead));
+        assert!(!q.notifies_on(JobState::Succeeded) && !q.notifies_on(JobState::Cancelled));
+        let plain = &cfg.queues["plain"];
+        assert_eq!((&plain.notify_url, &plain.notify_command), (&None, &None));
+        for s in [
+            JobState::Succeeded,
+            JobState::Failed,
+            JobState::Cancelled,
+            JobState::Dead,
+        ] {
+            assert!(plain.notifies_on(s), "all terminal states by default");
+        }
+        assert!(!plain.notifies_on(JobState::Retrying));
+    }
+
+    #[test]
+    fn bad_notify_settings_are_refused_with_their_key() {
+        let err = toml::from_str::<Config>("[queues.q]\nnotify_on = [\"running\"]\n").unwrap_err();
+        assert!(
+            err.to_string().contains("not a terminal job state"),
+            "{err}"
+        );
+        let invalid = |toml: &str| match toml::from_str::<Config>(toml).unwrap().validate() {
+            Err(ConfigError::Invalid(m)) => m,
+            other => panic!("{toml}: {other:?}"),
+        };
+        let m = invalid("[queues.q]\nnotify_url = \"ftp://x/\"\n");
+        assert!(
+            m.contains("queues.q.notify_url") && m.contains("http"),
+            "{m}"
+        );
+        let m = invalid("[queues.q]\nnotify_command = []\n");
+        assert!(m.contains("queues.q.notify_command"), "{m}");
+        let m = invalid("[notify]\nmax_concurrency = 0\n");
+        assert!(m.contains("notify.max_concurrency"), "{m}");
+        let m = invalid("[notify]\nbackoff_base_ms = 10\nbackoff_max_ms = 5\n");
+        assert!(m.contains("notify.backoff_base_ms"), "{m}");
+        let m = invalid("[notify]\nmax_attempts = 0\n");
+        assert!(m.contains("notify.max_attempts"), "{m}");
     }
 
     #[test]

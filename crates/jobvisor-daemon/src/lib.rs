@@ -9,10 +9,15 @@
 //!   delays, dependencies, attempts, waiters.
 //! - [`policy`]: what an attempt's end means for its job (retry, fail, ...).
 //! - `pipeline`: jobs that take their input from other jobs' outputs.
+//! - `notify`: completion notifications (webhooks, commands), in their own
+//!   tasks; the scheduler only hands them over.
+//! - [`json`]: the JSON shape of a job record (`status --json`, notifications).
 //! - [`run`]: start-up (lock, store, pool, recovery, socket), signals, and the
 //!   shutdown order.
 
 pub mod config;
+pub mod json;
+mod notify;
 mod pipeline;
 pub mod policy;
 mod scheduler;
@@ -58,6 +63,9 @@ pub enum DaemonError {
     /// The worker pool could not start.
     #[error(transparent)]
     Pool(#[from] jobvisor_pool::PoolError),
+    /// The notifier could not start.
+    #[error(transparent)]
+    Notify(#[from] notify::NotifyStartError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {
@@ -108,6 +116,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         .workers(workers)
         .start_method(cfg.start_method()?)
         .max_frame_bytes(cfg.limits.max_input_bytes.max(cfg.limits.max_output_bytes) + 64 * 1024)
+        .io_concurrency_per_worker(p.io_concurrency_per_worker.clamp(1, 100_000))
         .restart_intensity(p.max_restarts, Duration::from_millis(p.restart_window_ms))
         .restart_backoff(
             Duration::from_millis(p.restart_backoff_ms),
@@ -164,6 +173,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     }
 
     let registry = Arc::new(opts.registry);
+    let notifier = notify::Notifier::spawn(&cfg.notify, store.clone())?;
     let mut scheduler = Scheduler::new(
         cfg.clone(),
         pool.clone(),
@@ -171,6 +181,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         registry,
         counters,
         events_tx.clone(),
+        notifier.clone(),
     );
     let recovered = scheduler.recover().await?;
     let (sched_tx, sched_rx) = mpsc::channel(1024);
@@ -238,6 +249,18 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
     if sched_tx.send(SchedCmd::Flush { reply: tx }).await.is_ok() {
         let _ = tokio::time::timeout(Duration::from_secs(30), rx).await;
+    }
+    // Every terminal state has committed and been handed to the notifier.
+    if graceful {
+        let grace = Duration::from_millis(cfg.notify.drain_grace_ms);
+        let left = notifier.drain(grace).await;
+        if left > 0 {
+            tracing::warn!(
+                pending = left,
+                ?grace,
+                "notifications still pending at exit are abandoned"
+            );
+        }
     }
     drop(sched_tx);
     let _ = server_task.await;

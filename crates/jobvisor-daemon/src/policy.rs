@@ -204,6 +204,25 @@ pub fn advice(attempts: u64, cpu_us: u64, wall_us: u64) -> Option<String> {
     })
 }
 
+/// Advice for an async (I/O) task from its event-loop figures: `cpu_us` is
+/// the time its polls held the loop, `max_poll_us` its longest single poll.
+/// An async task that holds its loop for long stretches stalls every other
+/// I/O task of that worker meanwhile: it is CPU-bound work in the wrong kind.
+pub fn async_advice(attempts: u64, cpu_us: u64, wall_us: u64, max_poll_us: u64) -> Option<String> {
+    // One poll this long is proof enough; a busy share needs a few attempts.
+    const STALL_US: u64 = 10_000;
+    let pct = cpu_us.saturating_mul(100) / wall_us.max(1);
+    let busy = attempts >= 5 && wall_us >= 100_000 && pct >= 50;
+    (max_poll_us >= STALL_US || busy).then(|| {
+        format!(
+            "blocks its event loop: held it for up to {} ms at once ({pct}% of its wall time), \
+             stalling the other I/O tasks of its worker: CPU-bound work (a Task runs beside \
+             the loop instead)",
+            max_poll_us / 1000
+        )
+    })
+}
+
 /// A cheap random number for jitter (no cryptographic use).
 pub fn jitter_seed() -> u64 {
     use std::cell::Cell;
@@ -343,6 +362,21 @@ mod tests {
         assert_eq!(advice(10, 900_000, 1_000_000), None, "CPU-bound: fine");
         assert_eq!(advice(2, 0, 1_000_000), None, "too few attempts");
         assert_eq!(advice(10, 0, 50_000), None, "too little time");
+    }
+
+    #[test]
+    fn async_advice_flags_loop_blockers_only() {
+        // A well-behaved download: tiny polls, long waits.
+        assert_eq!(async_advice(100, 5_000, 10_000_000, 300), None);
+        // One 50 ms poll is enough to flag.
+        assert!(async_advice(1, 60_000, 100_000, 50_000).is_some_and(|a| a.contains("up to 50 ms")));
+        // Mostly busy on the loop, in short polls, over enough attempts.
+        assert!(async_advice(10, 900_000, 1_000_000, 2_000).is_some_and(|a| a.contains("90%")));
+        assert_eq!(
+            async_advice(2, 900_000, 1_000_000, 2_000),
+            None,
+            "too few attempts"
+        );
     }
 
     #[test]

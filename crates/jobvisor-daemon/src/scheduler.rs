@@ -7,11 +7,17 @@
 //! next. Delayed and retrying jobs wait in a time-ordered set; jobs with
 //! unfinished dependencies wait on them. At most `max_inflight` attempts are
 //! handed to the pool at once, so priorities and cancels stay the scheduler's.
+//! CPU jobs and I/O jobs (async tasks) are two lanes with separate ready sets
+//! and separate caps, so neither kind can starve the other: a thousand
+//! waiting downloads do not delay a hash, and a queue of hashes does not hold
+//! back a download.
 //!
 //! Durability: a submit is answered after its store commit. Attempt starts are
 //! written without waiting (a crash before that commit leaves the job
 //! `queued`, so it runs again: at-least-once). Attempt ends and job ends are
-//! written, then waiters are answered.
+//! written, then waiters are answered. A terminal state's completion
+//! notifications (`notify.rs`) are decided here and handed over, without
+//! waiting, once it has committed.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -29,6 +35,7 @@ use jobvisor_worker::{ConvertError, Registry};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
+use crate::notify::{Notice, Notifier};
 use crate::pipeline;
 use crate::policy::{self, JobFacts};
 
@@ -141,6 +148,8 @@ pub(crate) struct Job {
     deps_left: usize,
     call: Option<u64>,
     cancel_requested: bool,
+    /// The job's own completion webhook.
+    notify_url: Option<String>,
 }
 
 impl Job {
@@ -186,6 +195,7 @@ impl Job {
             deps_left: 0,
             call: None,
             cancel_requested: false,
+            notify_url: r.notify_url,
         })
     }
 }
@@ -202,6 +212,7 @@ struct Usage {
     attempts: u64,
     cpu_us: u64,
     wall_us: u64,
+    max_poll_us: u64,
 }
 
 /// Counters shared with whoever reports them.
@@ -238,12 +249,16 @@ pub(crate) struct Scheduler {
     store: StoreHandle,
     registry: Arc<Registry>,
     jobs: HashMap<u64, Job>,
-    ready: BTreeMap<String, BTreeSet<(Reverse<i32>, u64)>>,
+    /// Ready jobs per lane ([`CPU`] and [`IO`]), per queue.
+    ready: [ReadySet; 2],
     delayed: BTreeSet<(u64, u64)>,
     dependents: HashMap<u64, Vec<u64>>,
     running_per_queue: HashMap<String, usize>,
-    inflight: usize,
-    max_inflight: usize,
+    /// Attempts in the pool, per lane.
+    inflight: [usize; 2],
+    /// Cap of `inflight`, per lane: a few pool windows of CPU calls, and the
+    /// workers' event-loop slots (plus a little to keep them full) of I/O calls.
+    max_inflight: [usize; 2],
     reserved: usize,
     terminal: HashMap<u64, JobState>,
     terminal_order: VecDeque<u64>,
@@ -263,6 +278,26 @@ pub(crate) struct Scheduler {
     recovered: u64,
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: Option<mpsc::UnboundedReceiver<Internal>>,
+    /// Completion notifications, handed over once a terminal state commits.
+    notifier: Notifier,
+}
+
+/// Ready jobs of one lane: per queue, best first (highest priority, then
+/// oldest id).
+type ReadySet = BTreeMap<String, BTreeSet<(Reverse<i32>, u64)>>;
+
+/// Index of the CPU lane in per-lane arrays.
+const CPU: usize = 0;
+/// Index of the I/O lane (async tasks).
+const IO: usize = 1;
+
+/// The lane of a task: [`IO`] for async tasks, [`CPU`] for the rest.
+fn lane_of(registry: &Registry, task: &str) -> usize {
+    if registry.kind(task) == Some(jobvisor_worker::TaskKind::Io) {
+        IO
+    } else {
+        CPU
+    }
 }
 
 impl Scheduler {
@@ -274,20 +309,25 @@ impl Scheduler {
         registry: Arc<Registry>,
         counters: Arc<Counters>,
         events: tokio::sync::broadcast::Sender<Event>,
+        notifier: Notifier,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
-        let max_inflight = pool.config().workers * 16;
+        let pc = pool.config();
+        let max_inflight = [
+            pc.workers * 16,
+            pc.workers * (pc.io_concurrency_per_worker + 16),
+        ];
         Self {
             cfg,
             pool,
             store,
             registry,
             jobs: HashMap::new(),
-            ready: BTreeMap::new(),
+            ready: [BTreeMap::new(), BTreeMap::new()],
             delayed: BTreeSet::new(),
             dependents: HashMap::new(),
             running_per_queue: HashMap::new(),
-            inflight: 0,
+            inflight: [0, 0],
             max_inflight,
             reserved: 0,
             terminal: HashMap::new(),
@@ -306,6 +346,7 @@ impl Scheduler {
             recovered: 0,
             internal_tx,
             internal_rx: Some(internal_rx),
+            notifier,
         }
     }
 
@@ -326,11 +367,17 @@ impl Scheduler {
         let n = records.len() as u64;
         let mut jobs = Vec::with_capacity(records.len());
         for r in records {
+            // Used only if the job cannot resume (None unless someone asked).
+            let url = r.notify_url.as_deref();
+            let state = JobState::Failed;
+            let notice = self
+                .notifier
+                .notice(&self.cfg, r.id, &r.task, &r.queue, url, state);
             match Job::from_record(r, &self.registry) {
                 Ok(job) => jobs.push(job),
                 Err((id, e)) => {
                     let error = format!("cannot resume: {e}");
-                    self.spawn_finish_job(id, Finish::Failed { error }, true);
+                    self.spawn_finish_job(id, Finish::Failed { error }, true, notice);
                 }
             }
         }
@@ -578,6 +625,7 @@ impl Scheduler {
                 created_ms: now,
                 after: spec.after.clone(),
                 key: spec.key,
+                notify_url: spec.notify_url.clone(),
             });
             jobs.push(Job {
                 id: 0,
@@ -602,6 +650,7 @@ impl Scheduler {
                 deps_left: 0,
                 call: None,
                 cancel_requested: false,
+                notify_url: spec.notify_url,
             });
         }
         Ok((jobs, new_jobs, unknown_deps))
@@ -708,7 +757,7 @@ impl Scheduler {
         if job.run_at_ms > now_ms() {
             self.delayed.insert((job.run_at_ms, id));
         } else {
-            self.ready
+            self.ready[lane_of(&self.registry, &job.task)]
                 .entry(job.queue.clone())
                 .or_default()
                 .insert((Reverse(job.priority), id));
@@ -720,7 +769,7 @@ impl Scheduler {
             return;
         };
         self.delayed.remove(&(job.run_at_ms, id));
-        if let Some(set) = self.ready.get_mut(&job.queue) {
+        if let Some(set) = self.ready[lane_of(&self.registry, &job.task)].get_mut(&job.queue) {
             set.remove(&(Reverse(job.priority), id));
         }
     }
@@ -836,6 +885,7 @@ impl Scheduler {
                 error: "retried by a client".into(),
             },
             false,
+            None,
         );
         self.place(id);
         tracing::info!(job = id, "re-queued by a client");
@@ -906,17 +956,27 @@ impl Scheduler {
         let c = self.counters.clone();
         let workers = self.pool.config().workers as u64;
         let uptime_s = self.started.elapsed().as_secs();
+        let (notify_delivered, notify_failed, notify_dropped) = self.notifier.counts();
         let recovered = self.recovered;
         let health = self.pool.health();
         let mut tasks: Vec<TaskUsage> = self
             .usage
             .iter()
-            .map(|(task, u)| TaskUsage {
-                task: task.clone(),
-                attempts: u.attempts,
-                cpu_ms: u.cpu_us / 1000,
-                wall_ms: u.wall_us / 1000,
-                advice: policy::advice(u.attempts, u.cpu_us, u.wall_us),
+            .map(|(task, u)| {
+                let io = lane_of(&self.registry, task) == IO;
+                TaskUsage {
+                    task: task.clone(),
+                    attempts: u.attempts,
+                    cpu_ms: u.cpu_us / 1000,
+                    wall_ms: u.wall_us / 1000,
+                    advice: if io {
+                        policy::async_advice(u.attempts, u.cpu_us, u.wall_us, u.max_poll_us)
+                    } else {
+                        policy::advice(u.attempts, u.cpu_us, u.wall_us)
+                    },
+                    kind: if io { "io" } else { "cpu" }.to_string(),
+                    max_poll_ms: u.max_poll_us / 1000,
+                }
             })
             .collect();
         tasks.sort_by(|a, b| a.task.cmp(&b.task));
@@ -951,6 +1011,9 @@ impl Scheduler {
                 degraded: health.degraded,
                 restart_delay_ms: health.restart_delay.as_millis() as u64,
                 tasks,
+                notify_delivered,
+                notify_failed,
+                notify_dropped,
             });
         });
     }
@@ -979,7 +1042,7 @@ impl Scheduler {
             }
             self.delayed.pop_first();
             if let Some(job) = self.jobs.get(&id) {
-                self.ready
+                self.ready[lane_of(&self.registry, &job.task)]
                     .entry(job.queue.clone())
                     .or_default()
                     .insert((Reverse(job.priority), id));
@@ -991,24 +1054,29 @@ impl Scheduler {
         if self.draining {
             return;
         }
-        while self.inflight < self.max_inflight {
-            let mut best: Option<((Reverse<i32>, u64), String)> = None;
-            for (q, set) in &self.ready {
-                let Some(head) = set.first() else { continue };
-                let cap = self.cfg.queue_cap(q);
-                if cap > 0 && self.running_per_queue.get(q).copied().unwrap_or(0) >= cap {
-                    continue;
+        // The lanes fill independently: I/O jobs never wait behind CPU jobs
+        // for a pool slot, nor the reverse (each has its own capacity in
+        // the workers: the CPU thread, the event loop).
+        for lane in [CPU, IO] {
+            while self.inflight[lane] < self.max_inflight[lane] {
+                let mut best: Option<((Reverse<i32>, u64), String)> = None;
+                for (q, set) in &self.ready[lane] {
+                    let Some(head) = set.first() else { continue };
+                    let cap = self.cfg.queue_cap(q);
+                    if cap > 0 && self.running_per_queue.get(q).copied().unwrap_or(0) >= cap {
+                        continue;
+                    }
+                    if best.as_ref().is_none_or(|(b, _)| head < b) {
+                        best = Some((*head, q.clone()));
+                    }
                 }
-                if best.as_ref().is_none_or(|(b, _)| head < b) {
-                    best = Some((*head, q.clone()));
+                let Some((key, queue)) = best else { break };
+                if let Some(set) = self.ready[lane].get_mut(&queue) {
+                    set.remove(&key);
                 }
-            }
-            let Some((key, queue)) = best else { return };
-            if let Some(set) = self.ready.get_mut(&queue) {
-                set.remove(&key);
-            }
-            if !self.start(key.1) {
-                return;
+                if !self.start(key.1) {
+                    return;
+                }
             }
         }
     }
@@ -1029,7 +1097,7 @@ impl Scheduler {
         {
             Ok(h) => h,
             Err(PoolError::QueueFull { .. }) => {
-                self.ready
+                self.ready[lane_of(&self.registry, &job.task)]
                     .entry(job.queue.clone())
                     .or_default()
                     .insert((Reverse(job.priority), id));
@@ -1054,8 +1122,8 @@ impl Scheduler {
         let attempt = job.attempts;
         let task = job.task.clone();
         let queue = job.queue.clone();
+        self.inflight[lane_of(&self.registry, &task)] += 1;
         self.emit(id, task, JobState::Running, Some(attempt), None, None);
-        self.inflight += 1;
         *self.running_per_queue.entry(queue).or_default() += 1;
         let store = self.store.clone();
         let tx = self.internal_tx.clone();
@@ -1106,6 +1174,7 @@ impl Scheduler {
                     e.attempts += 1;
                     e.cpu_us += u.cpu.as_micros() as u64;
                     e.wall_us += u.wall.as_micros() as u64;
+                    e.max_poll_us = e.max_poll_us.max(u.max_poll.as_micros() as u64);
                 }
                 self.on_attempt_done(id, attempt, pid, result)
             }
@@ -1141,7 +1210,7 @@ impl Scheduler {
             return;
         };
         if job.state == JobState::Running && job.call.is_some() {
-            self.inflight -= 1;
+            self.inflight[lane_of(&self.registry, &job.task)] -= 1;
             if let Some(n) = self.running_per_queue.get_mut(&job.queue) {
                 *n = n.saturating_sub(1);
             }
@@ -1233,6 +1302,12 @@ impl Scheduler {
                 .map_or((None, None), |(n, _, pid)| (Some(*n), *pid));
             self.emit(id, task, state, n, pid, error);
         }
+        // Decided while the job is in memory; sent once its state has committed.
+        let notice = self.jobs.get(&id).and_then(|j| {
+            let url = j.notify_url.as_deref();
+            self.notifier
+                .notice(&self.cfg, id, &j.task, &j.queue, url, state)
+        });
         if let Some(job) = self.jobs.get_mut(&id) {
             job.state = state;
             match &next {
@@ -1241,7 +1316,7 @@ impl Scheduler {
                     self.delayed.insert((*run_at_ms, id));
                 }
                 Finish::Requeue => {
-                    self.ready
+                    self.ready[lane_of(&self.registry, &job.task)]
                         .entry(job.queue.clone())
                         .or_default()
                         .insert((Reverse(job.priority), id));
@@ -1265,8 +1340,13 @@ impl Scheduler {
             None => Box::pin(self.store.finish_job(id, at, next)),
         };
         tokio::spawn(async move {
-            if let Err(e) = write.await {
-                tracing::error!(job = id, error = %e, "cannot record the job's state");
+            match write.await {
+                Err(e) => tracing::error!(job = id, error = %e, "cannot record the job's state"),
+                Ok(()) => {
+                    if let Some(n) = notice {
+                        n.send();
+                    }
+                }
             }
             let _ = tx.send(Internal::Written { id, terminal });
         });
@@ -1370,25 +1450,31 @@ impl Scheduler {
         }
     }
 
-    fn spawn_finish_job(&mut self, id: u64, next: Finish, terminal: bool) {
+    fn spawn_finish_job(&mut self, id: u64, next: Finish, terminal: bool, notice: Option<Notice>) {
         self.pending_writes += 1;
         let write = self.store.finish_job(id, now_ms(), next);
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
-            if let Err(e) = write.await {
-                tracing::error!(job = id, error = %e, "cannot record the job's state");
+            match write.await {
+                Err(e) => tracing::error!(job = id, error = %e, "cannot record the job's state"),
+                Ok(()) => {
+                    if let Some(n) = notice {
+                        n.send();
+                    }
+                }
             }
             let _ = tx.send(Internal::Written { id, terminal });
         });
     }
 
     fn check_idle(&mut self) {
-        if self.inflight == 0 {
+        let inflight = self.inflight[CPU] + self.inflight[IO];
+        if inflight == 0 {
             for w in self.drain_waiters.drain(..) {
                 let _ = w.send(());
             }
         }
-        if self.pending_writes == 0 && self.inflight == 0 && self.reserved == 0 {
+        if self.pending_writes == 0 && inflight == 0 && self.reserved == 0 {
             for w in self.flush_waiters.drain(..) {
                 let _ = w.send(());
             }
@@ -1446,6 +1532,9 @@ fn check_ranges(spec: &JobSpec) -> Result<(), String> {
         if id > i64::MAX as u64 {
             return Err(format!("{id} is not a job id"));
         }
+    }
+    if let Some(url) = &spec.notify_url {
+        crate::notify::check_url(url).map_err(|e| format!("notify_url: {e}"))?;
     }
     Ok(())
 }

@@ -22,6 +22,10 @@ pub struct PoolConfig {
     /// waits for the supervisor. Only the first one runs; the rest are queued in
     /// the worker and go back to the pool's queue if the worker dies.
     pub window: usize,
+    /// Async (I/O) calls running at once on each worker's event loop (default
+    /// 256). They do not count against `window`: the two kinds fill separate
+    /// capacity, so neither waits behind the other.
+    pub io_concurrency_per_worker: usize,
     /// Recycle a worker after this many calls (default: never).
     pub max_tasks_per_worker: Option<u64>,
     /// Timeout applied to tasks submitted without one (default: none).
@@ -68,6 +72,7 @@ impl Default for PoolConfig {
             max_frame_bytes: 64 * 1024 * 1024,
             max_queued: 65_536,
             window: 64,
+            io_concurrency_per_worker: 256,
             max_tasks_per_worker: None,
             default_timeout: None,
             cancel_grace: Duration::from_millis(100),

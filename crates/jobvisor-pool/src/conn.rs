@@ -36,6 +36,8 @@ pub(crate) enum LinkEvent {
 pub(crate) struct WorkerConn {
     pub(crate) proc: ProcHandle,
     pub(crate) tasks: Vec<String>,
+    /// Their kinds, in the same order.
+    pub(crate) kinds: Vec<jobvisor_proto::worker::TaskKind>,
     /// Encoded frames for the writer task.
     pub(crate) tx: mpsc::UnboundedSender<Vec<u8>>,
     /// The last lines of the worker's output.
@@ -105,7 +107,7 @@ pub(crate) async fn start(
     ));
 
     let handshake = handshake(&writer, &reader, cfg);
-    let (fb, tasks) = match tokio::time::timeout(cfg.start_timeout, handshake).await {
+    let (fb, tasks, kinds) = match tokio::time::timeout(cfg.start_timeout, handshake).await {
         Ok(Ok(v)) => v,
         Ok(Err(e)) => {
             let _ = proc.signal(libc::SIGKILL);
@@ -135,6 +137,7 @@ pub(crate) async fn start(
     Ok(WorkerConn {
         proc,
         tasks,
+        kinds,
         tx,
         tail,
         log_eof,
@@ -146,7 +149,7 @@ async fn handshake(
     writer: &AsyncFd<OwnedFd>,
     reader: &AsyncFd<OwnedFd>,
     cfg: &PoolConfig,
-) -> io::Result<(FrameBuf, Vec<String>)> {
+) -> io::Result<(FrameBuf, Vec<String>, Vec<jobvisor_proto::worker::TaskKind>)> {
     let ours = Hello::ours(Role::Supervisor);
     let mut out = ours.encode().to_vec();
     let configure = ToWorker::Configure {
@@ -181,7 +184,9 @@ async fn handshake(
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?
         {
             return match msg {
-                FromWorker::Ready { tasks, .. } => Ok((fb, tasks)),
+                FromWorker::Ready { tasks, kinds, .. } if kinds.len() == tasks.len() => {
+                    Ok((fb, tasks, kinds))
+                }
                 other => Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("expected Ready from the worker, got {other:?}"),

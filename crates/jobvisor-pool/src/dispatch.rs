@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use jobvisor_proto::encode_frame;
 use jobvisor_proto::forkserver::ExitStatus;
 use jobvisor_proto::worker::{
-    CallRef, FailureKind, FromWorker, Outcome, Reply, ToWorker, ToWorkerRef,
+    CallRef, FailureKind, FromWorker, Outcome, Reply, TaskKind, ToWorker, ToWorkerRef,
 };
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
@@ -134,13 +134,28 @@ struct InFlight {
     cancel_requested: bool,
 }
 
+/// An async call on a worker's event loop: it runs from the moment it is
+/// sent, beside the worker's other async calls, and finishes in any order.
+struct IoFlight {
+    f: InFlight,
+    since: Instant,
+    last_beat: Instant,
+    esc: Option<Escalation>,
+}
+
 struct Worker {
     id: u64,
     pid: u32,
     proc: ProcHandle,
     tx: mpsc::UnboundedSender<Vec<u8>>,
     state: WorkerState,
+    /// CPU calls sent to the worker, in order: the head runs, the rest wait.
     inflight: VecDeque<InFlight>,
+    /// Async calls on the worker's event loop, all running.
+    io: HashMap<u64, IoFlight>,
+    /// How many of `io` have a timer (timeout, stall, escalation): the timer
+    /// code skips a worker with none, so 1,000 untimed calls cost nothing.
+    io_timed: usize,
     head_since: Instant,
     /// Last sign of life of the running call (its start, a heartbeat, progress).
     last_beat: Instant,
@@ -163,6 +178,11 @@ struct Worker {
 }
 
 impl Worker {
+    /// Holds no call of either kind.
+    fn idle(&self) -> bool {
+        self.inflight.is_empty() && self.io.is_empty()
+    }
+
     /// Queues one control message (cancel, shutdown) for the worker's writer.
     /// A gone worker is noticed by its reader, so a failed send is not an error.
     fn send(&self, msg: &ToWorker, max_frame_bytes: usize) {
@@ -175,7 +195,15 @@ impl Worker {
 
 pub(crate) struct Dispatcher {
     cfg: PoolConfig,
+    /// CPU calls not yet sent to a worker.
     queue: VecDeque<Pending>,
+    /// Async calls not yet sent to a worker. The two kinds queue apart and fill
+    /// separate capacity (a worker's CPU window, its event loop's
+    /// `io_concurrency_per_worker` slots), so neither kind waits behind the
+    /// other.
+    io_queue: VecDeque<Pending>,
+    /// `task_kinds[task id]`, from the first worker's `Ready`.
+    task_kinds: Vec<TaskKind>,
     workers: HashMap<u64, Worker>,
     by_pid: HashMap<u32, u64>,
     starting: usize,
@@ -219,6 +247,8 @@ impl Dispatcher {
         let d = Dispatcher {
             cfg,
             queue: VecDeque::new(),
+            io_queue: VecDeque::new(),
+            task_kinds: Vec::new(),
             workers: HashMap::new(),
             by_pid: HashMap::new(),
             starting: 0,
@@ -254,7 +284,7 @@ impl Dispatcher {
         let mut link_buf = Vec::with_capacity(64);
         loop {
             let timer = self.next_timer();
-            let accept = self.commands_open && self.queue.len() < self.cfg.max_queued;
+            let accept = self.commands_open && self.queued() < self.cfg.max_queued;
             tokio::select! {
                 biased;
                 n = links.recv_many(&mut link_buf, 64) => {
@@ -304,7 +334,25 @@ impl Dispatcher {
     }
 
     fn is_done(&self) -> bool {
-        self.stopping() && self.workers.is_empty() && self.starting == 0 && self.queue.is_empty()
+        self.stopping() && self.workers.is_empty() && self.starting == 0 && self.queued() == 0
+    }
+
+    /// Calls of both kinds not yet sent to a worker.
+    fn queued(&self) -> usize {
+        self.queue.len() + self.io_queue.len()
+    }
+
+    fn is_io(&self, task: u32) -> bool {
+        self.task_kinds.get(task as usize) == Some(&TaskKind::Io)
+    }
+
+    /// The queue for a call of task `task`.
+    fn queue_for(&mut self, task: u32) -> &mut VecDeque<Pending> {
+        if self.is_io(task) {
+            &mut self.io_queue
+        } else {
+            &mut self.queue
+        }
     }
 
     fn stopping(&self) -> bool {
@@ -323,7 +371,7 @@ impl Dispatcher {
                 if self.stopping() {
                     answer(p.reply, None, Err(PoolError::Closed));
                 } else {
-                    self.queue.push_back(p);
+                    self.queue_for(p.task).push_back(p);
                 }
             }
             Command::Cancel(id) => self.cancel(id),
@@ -346,7 +394,7 @@ impl Dispatcher {
                         id: w.id,
                         pid: w.pid,
                         state: w.state,
-                        in_flight: w.inflight.len(),
+                        in_flight: w.inflight.len() + w.io.len(),
                         calls_done: w.calls_done,
                     })
                     .collect();
@@ -357,14 +405,38 @@ impl Dispatcher {
     }
 
     fn cancel(&mut self, id: u64) {
-        if let Some(pos) = self.queue.iter().position(|p| p.id == id) {
-            if let Some(p) = self.queue.remove(pos) {
-                answer(p.reply, None, Err(PoolError::Cancelled));
+        for q in [&mut self.queue, &mut self.io_queue] {
+            if let Some(pos) = q.iter().position(|p| p.id == id) {
+                if let Some(p) = q.remove(pos) {
+                    answer(p.reply, None, Err(PoolError::Cancelled));
+                }
+                return;
             }
-            return;
         }
         let now = Instant::now();
         for w in self.workers.values_mut() {
+            if let Some(f) = w.io.get_mut(&id) {
+                // The worker drops the call's future and answers Cancelled; a
+                // loop too blocked to do so within the grace is escalated.
+                f.f.cancel_requested = true;
+                if w.state == WorkerState::Dead {
+                    return;
+                }
+                let had_timer = has_timer(f);
+                if f.esc.is_none() {
+                    f.esc = Some(Escalation {
+                        reason: Reason::Cancel,
+                        stage: Stage::Soft,
+                        until: now + self.cfg.cancel_grace,
+                        call: id,
+                    });
+                }
+                if !had_timer {
+                    w.io_timed += 1;
+                }
+                w.send(&ToWorker::Cancel { id }, self.cfg.max_frame_bytes);
+                return;
+            }
             let Some(pos) = w.inflight.iter().position(|f| f.id == id) else {
                 continue;
             };
@@ -400,7 +472,7 @@ impl Dispatcher {
         for id in ready.into_iter().rev().take(surplus) {
             if let Some(w) = self.workers.get_mut(&id) {
                 w.state = WorkerState::Retiring;
-                if w.inflight.is_empty() {
+                if w.idle() {
                     self.send_shutdown_to(id);
                 }
             }
@@ -410,7 +482,7 @@ impl Dispatcher {
 
     fn terminate(&mut self) {
         self.stop = Stop::Immediate;
-        for p in self.queue.drain(..) {
+        for p in self.queue.drain(..).chain(self.io_queue.drain(..)) {
             answer(p.reply, None, Err(PoolError::Closed));
         }
         for w in self.workers.values_mut() {
@@ -419,13 +491,13 @@ impl Dispatcher {
     }
 
     fn maybe_finish_graceful(&mut self) {
-        if self.stop != Stop::Graceful || !self.queue.is_empty() {
+        if self.stop != Stop::Graceful || self.queued() > 0 {
             return;
         }
         let idle: Vec<u64> = self
             .workers
             .values()
-            .filter(|w| w.state == WorkerState::Ready && w.inflight.is_empty())
+            .filter(|w| w.state == WorkerState::Ready && w.idle())
             .map(|w| w.id)
             .collect();
         for id in idle {
@@ -438,7 +510,7 @@ impl Dispatcher {
     fn ensure_workers(&mut self) {
         // A draining pool still replaces workers while there is work left
         // (a worker died and its queued calls came back).
-        if self.killing() || (self.stopping() && self.queue.is_empty()) {
+        if self.killing() || (self.stopping() && self.queued() == 0) {
             return;
         }
         if self.restart_not_before.is_some_and(|t| Instant::now() < t) {
@@ -502,6 +574,7 @@ impl Dispatcher {
             }
         } else {
             self.task_names = Some(conn.tasks.clone());
+            self.task_kinds.clone_from(&conn.kinds);
         }
         let worker = Worker {
             id,
@@ -510,6 +583,8 @@ impl Dispatcher {
             tx: conn.tx,
             state: WorkerState::Ready,
             inflight: VecDeque::new(),
+            io: HashMap::new(),
+            io_timed: 0,
             head_since: Instant::now(),
             last_beat: Instant::now(),
             esc: None,
@@ -671,7 +746,10 @@ impl Dispatcher {
                 w.state_before_death,
                 WorkerState::Stopping | WorkerState::Retiring
             )
-            || w.esc.is_some();
+            || w.esc.is_some()
+            || w.io
+                .values()
+                .any(|f| f.esc.is_some_and(|e| e.stage != Stage::Soft));
         if asked {
             tracing::debug!(worker = id, pid = w.pid, %status, "worker exited");
         } else {
@@ -692,38 +770,48 @@ impl Dispatcher {
             .inflight
             .iter()
             .position(|f| running != 0 && f.id == running);
+        let killing = self.killing();
+        let memory_limit = self.cfg.memory_limit_bytes;
+        let death = |w: &Worker, f: &InFlight, esc: Option<Escalation>| {
+            if killing {
+                return PoolError::Closed;
+            }
+            if let Some(esc) = esc.filter(|e| e.call == f.id) {
+                return escalation_error(f, esc);
+            }
+            let tail: Vec<String> = w
+                .tail
+                .lock()
+                .map(|t| t.iter().cloned().collect())
+                .unwrap_or_default();
+            let cause = death_cause(&status, &tail, memory_limit);
+            PoolError::WorkerDied {
+                cause,
+                pid: w.pid,
+                status,
+                stderr_tail: tail,
+            }
+        };
         if let Some(head) = running.and_then(|pos| w.inflight.remove(pos)) {
-            let err = if self.killing() {
-                PoolError::Closed
-            } else if let Some(esc) = w.esc.filter(|e| e.call == head.id) {
-                match esc.reason {
-                    Reason::Timeout => PoolError::TimedOut {
-                        timeout_ms: head.timeout.map_or(0, |t| t.as_millis() as u64),
-                        how: format!("stopped by {}", stage_text(esc.stage)),
-                    },
-                    Reason::Stall => PoolError::Stalled {
-                        stall_ms: head.stall.map_or(0, |t| t.as_millis() as u64),
-                        how: format!("stopped by {}", stage_text(esc.stage)),
-                    },
-                    Reason::Cancel => PoolError::Cancelled,
-                }
-            } else {
-                let tail: Vec<String> = w
-                    .tail
-                    .lock()
-                    .map(|t| t.iter().cloned().collect())
-                    .unwrap_or_default();
-                let cause = death_cause(&status, &tail, self.cfg.memory_limit_bytes);
-                PoolError::WorkerDied {
-                    cause,
-                    pid: w.pid,
-                    status,
-                    stderr_tail: tail,
-                }
-            };
+            let err = death(&w, &head, w.esc);
             answer(head.reply, Some(w.pid), Err(err));
         }
-        self.requeue_unstarted(w.inflight.drain(..).collect());
+        // Async calls: the one being polled when the worker died (its I/O
+        // beacon) and the ones we escalated to a signal are charged; the
+        // others were waiting on I/O, innocent, and run again (uncharged).
+        let polled = w.beacon.get_io();
+        let mut back: Vec<InFlight> = w.inflight.drain(..).collect();
+        w.io_timed = 0;
+        for (id, f) in std::mem::take(&mut w.io) {
+            let signalled = f.esc.filter(|e| e.stage != Stage::Soft);
+            if (polled != 0 && id == polled) || signalled.is_some() {
+                let err = death(&w, &f.f, f.esc);
+                answer(f.f.reply, Some(w.pid), Err(err));
+            } else {
+                back.push(f.f);
+            }
+        }
+        self.requeue_unstarted(back);
         self.ensure_workers();
     }
 
@@ -740,7 +828,12 @@ impl Dispatcher {
                 answer(f.reply, None, Err(PoolError::Cancelled));
                 continue;
             }
-            self.queue.push_front(Pending {
+            let kind_queue = if self.is_io(f.task) {
+                &mut self.io_queue
+            } else {
+                &mut self.queue
+            };
+            kind_queue.push_front(Pending {
                 id: f.id,
                 task: f.task,
                 chunk: f.chunk,
@@ -760,7 +853,10 @@ impl Dispatcher {
         };
         tracing::info!(worker = id, pid = w.pid, reason, "worker recycles itself");
         w.state = WorkerState::Stopping;
-        let back: Vec<InFlight> = w.inflight.drain(..).collect();
+        // Its async calls were running; the worker drops them as it exits, so
+        // they run again elsewhere (at-least-once, uncharged).
+        let mut back: Vec<InFlight> = w.inflight.drain(..).collect();
+        back.extend(take_io(w));
         self.requeue_unstarted(back);
         self.ensure_workers();
     }
@@ -783,6 +879,8 @@ impl Dispatcher {
                     if let Some(w) = self.workers.get_mut(&worker) {
                         if w.inflight.front().is_some_and(|f| f.id == call) {
                             w.last_beat = Instant::now();
+                        } else if let Some(f) = w.io.get_mut(&call) {
+                            f.last_beat = Instant::now();
                         }
                     }
                 }
@@ -814,23 +912,31 @@ impl Dispatcher {
         let mut finished_head = 0u32;
         let first_since = w.head_since;
         for r in replies {
-            let pos = if w.inflight.front().is_some_and(|f| f.id == r.id) {
-                0
-            } else if let Some(p) = w.inflight.iter().position(|f| f.id == r.id) {
-                p
+            let (f, esc) = if let Some(io) = w.io.remove(&r.id) {
+                if has_timer(&io) {
+                    w.io_timed -= 1;
+                }
+                (io.f, io.esc)
             } else {
-                continue;
+                let pos = if w.inflight.front().is_some_and(|f| f.id == r.id) {
+                    0
+                } else if let Some(p) = w.inflight.iter().position(|f| f.id == r.id) {
+                    p
+                } else {
+                    continue;
+                };
+                let Some(f) = w.inflight.remove(pos) else {
+                    continue;
+                };
+                let esc = w.esc.filter(|e| e.call == f.id);
+                if pos == 0 {
+                    w.head_since = now;
+                    w.last_beat = now;
+                    w.esc = None;
+                    finished_head += 1;
+                }
+                (f, esc)
             };
-            let Some(f) = w.inflight.remove(pos) else {
-                continue;
-            };
-            let esc = w.esc.filter(|e| e.call == f.id);
-            if pos == 0 {
-                w.head_since = now;
-                w.last_beat = now;
-                w.esc = None;
-                finished_head += 1;
-            }
             w.calls_done += 1;
             let result = match r.outcome {
                 Outcome::Ok(bytes) => Ok(bytes),
@@ -859,6 +965,7 @@ impl Dispatcher {
             let usage = (r.wall_us > 0).then(|| crate::pool::CallUsage {
                 cpu: Duration::from_micros(r.cpu_us),
                 wall: Duration::from_micros(r.wall_us),
+                max_poll: Duration::from_micros(r.max_poll_us),
             });
             let _ = f.reply.send(CallResult {
                 pid: Some(w.pid),
@@ -884,7 +991,7 @@ impl Dispatcher {
         let Some(w) = self.workers.get(&id) else {
             return;
         };
-        if w.state == WorkerState::Retiring && w.inflight.is_empty() {
+        if w.state == WorkerState::Retiring && w.idle() {
             self.send_shutdown_to(id);
         }
     }
@@ -903,6 +1010,22 @@ impl Dispatcher {
         for w in self.workers.values() {
             if let Some(t) = w.kill_at.filter(|_| w.status.is_none()) {
                 consider(t);
+            }
+            if w.state != WorkerState::Dead && w.io_timed > 0 {
+                for f in w.io.values() {
+                    if let Some(e) = f.esc {
+                        if e.stage != Stage::Kill {
+                            consider(e.until);
+                        }
+                        continue;
+                    }
+                    if let Some(t) = f.f.timeout {
+                        consider(f.since + t);
+                    }
+                    if let Some(s) = f.f.stall {
+                        consider(f.last_beat + s);
+                    }
+                }
             }
             if let Some(e) = w.esc {
                 if e.stage != Stage::Kill {
@@ -938,6 +1061,56 @@ impl Dispatcher {
             if w.state == WorkerState::Dead {
                 continue;
             }
+            if w.io_timed > 0 {
+                let mut cancel = Vec::new();
+                for (&id, f) in &mut w.io {
+                    match f.esc {
+                        None => {
+                            if f.f.timeout.is_some_and(|t| now >= f.since + t) {
+                                // The worker drops the future at the same
+                                // deadline and answers; this waits for that.
+                                f.esc = Some(Escalation {
+                                    reason: Reason::Timeout,
+                                    stage: Stage::Soft,
+                                    until: now + self.cfg.cancel_grace,
+                                    call: id,
+                                });
+                            } else if f.f.stall.is_some_and(|s| now >= f.last_beat + s) {
+                                tracing::warn!(
+                                    pid = w.pid,
+                                    call = id,
+                                    "async call stalled: no heartbeat"
+                                );
+                                cancel.push(id);
+                                f.esc = Some(Escalation {
+                                    reason: Reason::Stall,
+                                    stage: Stage::Soft,
+                                    until: now + self.cfg.cancel_grace,
+                                    call: id,
+                                });
+                            }
+                        }
+                        Some(mut e) if now >= e.until && e.stage != Stage::Kill => {
+                            // No answer: the event loop is blocked (a task
+                            // that does not yield). Only killing the worker
+                            // frees it; its other async calls run again.
+                            advance(
+                                &mut e,
+                                &w.proc,
+                                w.pid,
+                                now,
+                                &self.cfg,
+                                "its event loop is blocked",
+                            );
+                            f.esc = Some(e);
+                        }
+                        Some(_) => {}
+                    }
+                }
+                for id in cancel {
+                    w.send(&ToWorker::Cancel { id }, self.cfg.max_frame_bytes);
+                }
+            }
             match w.esc {
                 None => {
                     let Some(head) = w.inflight.front() else {
@@ -967,29 +1140,14 @@ impl Dispatcher {
                     }
                 }
                 Some(mut e) if now >= e.until => {
-                    match e.stage {
-                        Stage::Soft => {
-                            tracing::warn!(
-                                pid = w.pid,
-                                call = e.call,
-                                "no answer after the soft deadline; SIGTERM to the worker's group"
-                            );
-                            let _ = w.proc.signal_group(libc::SIGTERM);
-                            e.stage = Stage::Term;
-                            e.until = now + self.cfg.term_grace;
-                        }
-                        Stage::Term => {
-                            tracing::warn!(
-                                pid = w.pid,
-                                call = e.call,
-                                "still alive after SIGTERM; SIGKILL"
-                            );
-                            let _ = w.proc.signal(libc::SIGKILL);
-                            let _ = w.proc.signal_group(libc::SIGKILL);
-                            e.stage = Stage::Kill;
-                        }
-                        Stage::Kill => {}
-                    }
+                    advance(
+                        &mut e,
+                        &w.proc,
+                        w.pid,
+                        now,
+                        &self.cfg,
+                        "no answer after the soft deadline",
+                    );
                     w.esc = Some(e);
                 }
                 Some(_) => {}
@@ -1009,6 +1167,81 @@ impl Dispatcher {
     }
 
     fn dispatch(&mut self) {
+        self.dispatch_cpu();
+        self.dispatch_io();
+    }
+
+    /// Fills every worker's event loop, up to `io_concurrency_per_worker`
+    /// async calls each, least loaded first.
+    fn dispatch_io(&mut self) {
+        if self.io_queue.is_empty() {
+            return;
+        }
+        let per_worker = self.cfg.io_concurrency_per_worker.max(1);
+        let max_calls = self.cfg.max_tasks_per_worker;
+        let room = |w: &Worker| {
+            let budget = max_calls.map_or(usize::MAX, |m| {
+                usize::try_from(m.saturating_sub(w.calls_done)).unwrap_or(usize::MAX)
+            });
+            per_worker
+                .saturating_sub(w.io.len())
+                .min(budget.saturating_sub(w.inflight.len() + w.io.len()))
+        };
+        let mut ready: Vec<(usize, u64)> = self
+            .workers
+            .values()
+            .filter(|w| w.state == WorkerState::Ready)
+            .map(|w| (room(w), w.id))
+            .filter(|(r, _)| *r > 0)
+            .collect();
+        if ready.is_empty() {
+            return;
+        }
+        // Most room first; spread the queue evenly: each worker gets its share.
+        ready.sort_unstable_by(|a, b| b.cmp(a));
+        let total_room: usize = ready.iter().map(|(r, _)| r).sum();
+        let mut left = self.io_queue.len().min(total_room);
+        let mut workers_left = ready.len();
+        let now = Instant::now();
+        for (room, id) in ready {
+            let share = left.div_ceil(workers_left).min(room);
+            workers_left -= 1;
+            if share == 0 {
+                continue;
+            }
+            left -= share;
+            let Some(w) = self.workers.get_mut(&id) else {
+                continue;
+            };
+            let mut ids = Vec::with_capacity(share);
+            for p in self.io_queue.drain(..share) {
+                ids.push(p.id);
+                let f = IoFlight {
+                    f: InFlight {
+                        id: p.id,
+                        task: p.task,
+                        chunk: p.chunk,
+                        timeout: p.timeout,
+                        stall: p.stall,
+                        input: p.input,
+                        reply: p.reply,
+                        cancel_requested: false,
+                    },
+                    since: now,
+                    last_beat: now,
+                    esc: None,
+                };
+                if has_timer(&f) {
+                    w.io_timed += 1;
+                }
+                w.io.insert(p.id, f);
+            }
+            let calls = ids.iter().filter_map(|i| w.io.get(i)).map(|f| &f.f);
+            send_run(&mut self.frame_buf, &w.tx, calls, self.cfg.max_frame_bytes);
+        }
+    }
+
+    fn dispatch_cpu(&mut self) {
         if self.queue.is_empty() {
             return;
         }
@@ -1072,47 +1305,112 @@ impl Dispatcher {
         }
     }
 
-    /// Encodes the last `n` in-flight calls of worker `id` into as few frames as
-    /// the frame limit allows and queues them for its writer.
+    /// Sends the last `n` CPU calls of worker `id`.
     fn send_calls(&mut self, id: u64, n: usize) {
         let Some(w) = self.workers.get(&id) else {
             return;
         };
-        let max = self.cfg.max_frame_bytes;
         let start = w.inflight.len() - n;
-        let mut refs: Vec<CallRef<'_>> = Vec::with_capacity(n);
-        let mut size = 0usize;
-        let buf = &mut self.frame_buf;
-        buf.clear();
-        let flush = |refs: &mut Vec<CallRef<'_>>, buf: &mut Vec<u8>| {
-            if refs.is_empty() {
-                return;
-            }
-            if let Err(e) = encode_frame(buf, &ToWorkerRef::Run(refs), max) {
-                // Inputs were size-checked at submit; this is a bug, not bad input.
-                tracing::error!(error = %e, "cannot encode a Run frame");
-            }
-            refs.clear();
-        };
-        for f in w.inflight.range(start..) {
-            let cost = f.input.len() + 64;
-            if !refs.is_empty() && size + cost > max.saturating_sub(64) {
-                flush(&mut refs, buf);
-                size = 0;
-            }
-            size += cost;
-            refs.push(CallRef {
-                id: f.id,
-                task: f.task,
-                chunk: f.chunk,
-                timeout_ms: f.timeout.map(|t| t.as_millis() as u64),
-                input: &f.input,
-            });
-        }
-        flush(&mut refs, buf);
-        let frame = std::mem::take(&mut self.frame_buf);
-        let _ = w.tx.send(frame);
+        send_run(
+            &mut self.frame_buf,
+            &w.tx,
+            w.inflight.range(start..),
+            self.cfg.max_frame_bytes,
+        );
     }
+}
+
+/// Encodes `calls` into as few `Run` frames as the frame limit allows and
+/// queues them for the worker's writer.
+fn send_run<'a>(
+    frame_buf: &mut Vec<u8>,
+    tx: &mpsc::UnboundedSender<Vec<u8>>,
+    calls: impl Iterator<Item = &'a InFlight>,
+    max: usize,
+) {
+    let mut refs: Vec<CallRef<'_>> = Vec::new();
+    let mut size = 0usize;
+    let buf = frame_buf;
+    buf.clear();
+    let flush = |refs: &mut Vec<CallRef<'_>>, buf: &mut Vec<u8>| {
+        if refs.is_empty() {
+            return;
+        }
+        if let Err(e) = encode_frame(buf, &ToWorkerRef::Run(refs), max) {
+            // Inputs were size-checked at submit; this is a bug, not bad input.
+            tracing::error!(error = %e, "cannot encode a Run frame");
+        }
+        refs.clear();
+    };
+    for f in calls {
+        let cost = f.input.len() + 64;
+        if !refs.is_empty() && size + cost > max.saturating_sub(64) {
+            flush(&mut refs, buf);
+            size = 0;
+        }
+        size += cost;
+        refs.push(CallRef {
+            id: f.id,
+            task: f.task,
+            chunk: f.chunk,
+            timeout_ms: f.timeout.map(|t| t.as_millis() as u64),
+            input: &f.input,
+        });
+    }
+    flush(&mut refs, buf);
+    let _ = tx.send(std::mem::take(buf));
+}
+
+/// The next step of an escalation whose stage timed out: SIGTERM to the
+/// worker's process group, then SIGKILL.
+fn advance(
+    e: &mut Escalation,
+    proc: &ProcHandle,
+    pid: u32,
+    now: Instant,
+    cfg: &PoolConfig,
+    why: &str,
+) {
+    match e.stage {
+        Stage::Soft => {
+            tracing::warn!(pid, call = e.call, "{why}; SIGTERM to the worker's group");
+            let _ = proc.signal_group(libc::SIGTERM);
+            e.stage = Stage::Term;
+            e.until = now + cfg.term_grace;
+        }
+        Stage::Term => {
+            tracing::warn!(pid, call = e.call, "still alive after SIGTERM; SIGKILL");
+            let _ = proc.signal(libc::SIGKILL);
+            let _ = proc.signal_group(libc::SIGKILL);
+            e.stage = Stage::Kill;
+        }
+        Stage::Kill => {}
+    }
+}
+
+/// The error of a call stopped by an escalation.
+fn escalation_error(f: &InFlight, esc: Escalation) -> PoolError {
+    match esc.reason {
+        Reason::Timeout => PoolError::TimedOut {
+            timeout_ms: f.timeout.map_or(0, |t| t.as_millis() as u64),
+            how: format!("stopped by {}", stage_text(esc.stage)),
+        },
+        Reason::Stall => PoolError::Stalled {
+            stall_ms: f.stall.map_or(0, |t| t.as_millis() as u64),
+            how: format!("stopped by {}", stage_text(esc.stage)),
+        },
+        Reason::Cancel => PoolError::Cancelled,
+    }
+}
+
+fn has_timer(f: &IoFlight) -> bool {
+    f.f.timeout.is_some() || f.f.stall.is_some() || f.esc.is_some()
+}
+
+/// Takes a worker's async calls (they go back to the queue).
+fn take_io(w: &mut Worker) -> Vec<InFlight> {
+    w.io_timed = 0;
+    w.io.drain().map(|(_, f)| f.f).collect()
 }
 
 fn stage_text(stage: Stage) -> &'static str {

@@ -47,7 +47,7 @@ pub use config::PoolConfig;
 pub use error::PoolError;
 pub use jobvisor_proto::forkserver::ExitStatus;
 pub use jobvisor_proto::worker::{FailureKind, TaskFailure};
-pub use jobvisor_worker::{Ctx, Registry, Task, TaskError};
+pub use jobvisor_worker::{AsyncCtx, AsyncTask, Ctx, Registry, Task, TaskError, TaskKind};
 pub use launch::StartMethod;
 pub use pool::{
     CallOptions, CallReport, CallUsage, ImapUnordered, Pool, PoolBuilder, PoolEvent, PoolHealth,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use jobvisor_proto::codec;
 use jobvisor_proto::forkserver::ExitStatus;
 use jobvisor_proto::worker::TaskFailure;
-use jobvisor_worker::Task;
+use jobvisor_worker::{AsyncTask, Task};
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -89,10 +89,14 @@ pub struct WorkerInfo {
 /// Where a call's time went, as measured in the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallUsage {
-    /// CPU time of the worker's thread.
+    /// CPU time of the worker's thread (async calls: the time their polls
+    /// held the event loop).
     pub cpu: Duration,
     /// Wall time.
     pub wall: Duration,
+    /// Async calls: the longest single poll, i.e. the longest the call kept
+    /// its worker's event loop from everything else (zero for CPU calls).
+    pub max_poll: Duration,
 }
 
 /// Everything known about a finished call.
@@ -153,6 +157,13 @@ impl PoolBuilder {
     #[must_use]
     pub fn window(mut self, n: usize) -> Self {
         self.cfg.window = n.max(1);
+        self
+    }
+    /// Async calls running at once on each worker's event loop (see
+    /// [`PoolConfig::io_concurrency_per_worker`]).
+    #[must_use]
+    pub fn io_concurrency_per_worker(mut self, n: usize) -> Self {
+        self.cfg.io_concurrency_per_worker = n.max(1);
         self
     }
     /// Recycle workers after this many calls.
@@ -461,6 +472,43 @@ impl Pool {
         let (p, h) = self.pending(task, false, codec::encode(input)?, opts)?;
         self.enqueue(p).await?;
         Ok(h)
+    }
+
+    /// Submits async task `T` (an [`AsyncTask`]) with `input`: it runs on a
+    /// worker's event loop beside up to `io_concurrency_per_worker - 1`
+    /// others. Waits only if the queue is full.
+    ///
+    /// # Errors
+    /// As [`Pool::submit`].
+    pub async fn submit_io<T: AsyncTask>(
+        &self,
+        input: &T::Input,
+    ) -> Result<TaskHandle<T::Output>, PoolError> {
+        self.submit_io_with::<T>(input, CallOptions::default())
+            .await
+    }
+
+    /// [`Pool::submit_io`] with per-call options.
+    ///
+    /// # Errors
+    /// As [`Pool::submit`].
+    pub async fn submit_io_with<T: AsyncTask>(
+        &self,
+        input: &T::Input,
+        opts: CallOptions,
+    ) -> Result<TaskHandle<T::Output>, PoolError> {
+        let task = self.task_id(T::NAME)?;
+        let (p, h) = self.pending(task, false, codec::encode(input)?, opts)?;
+        self.enqueue(p).await?;
+        Ok(h)
+    }
+
+    /// Runs async task `T` on `input` and waits for the output.
+    ///
+    /// # Errors
+    /// Whatever the submission or the task failed with.
+    pub async fn apply_io<T: AsyncTask>(&self, input: &T::Input) -> Result<T::Output, PoolError> {
+        self.submit_io::<T>(input).await?.await
     }
 
     /// Submits by task name with an already encoded input (the codec's

@@ -14,8 +14,10 @@ use jobvisor_pool::{
     bootstrap_with, Bootstrap, BootstrapOptions, CallOptions, Ctx, FailureKind, Pool, PoolError,
     PoolEvent, Registry, StartMethod, Task, TaskError,
 };
+use jobvisor_pool::{AsyncCtx, AsyncTask};
 use jobvisor_tasks::{Noop, Sleep, SleepInput, Spin, SpinInput};
 use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 // ---- tasks only these tests use -------------------------------------------
 
@@ -216,6 +218,100 @@ impl Task for Preloaded {
     }
 }
 
+// ---- async tasks only these tests use ---------------------------------------
+
+/// What an async test task says first on its connection to the test.
+const TAG_WAIT: u8 = b'W';
+const TAG_BLOCK: u8 = b'B';
+const TAG_ABORT: u8 = b'A';
+
+/// Connects to the test's listener, says `tag` and its pid, and returns the
+/// pid once the test answers one byte. A rendezvous: the test holds every
+/// call until all of them are connected, which only concurrent calls can be.
+async fn meet(port: u16, tag: u8) -> Result<u32, TaskError> {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let mut hello = vec![tag];
+    hello.extend_from_slice(&std::process::id().to_le_bytes());
+    s.write_all(&hello).await?;
+    let mut b = [0u8; 1];
+    s.read_exact(&mut b).await?;
+    Ok(std::process::id())
+}
+
+struct Rendezvous;
+impl AsyncTask for Rendezvous {
+    const NAME: &'static str = "test.rendezvous";
+    type Input = u16;
+    type Output = u32;
+    async fn run(&self, port: u16, _ctx: AsyncCtx) -> Result<u32, TaskError> {
+        meet(port, TAG_WAIT).await
+    }
+}
+
+/// Meets the test, then blocks its event loop for good (a CPU task written
+/// as an async one).
+struct BlockLoop;
+impl AsyncTask for BlockLoop {
+    const NAME: &'static str = "test.block_loop";
+    type Input = u16;
+    type Output = ();
+    async fn run(&self, port: u16, _ctx: AsyncCtx) -> Result<(), TaskError> {
+        meet(port, TAG_BLOCK).await?;
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+/// Meets the test, then aborts the worker from inside its poll.
+struct AbortInPoll;
+impl AsyncTask for AbortInPoll {
+    const NAME: &'static str = "test.abort_in_poll";
+    type Input = u16;
+    type Output = ();
+    async fn run(&self, port: u16, _ctx: AsyncCtx) -> Result<(), TaskError> {
+        meet(port, TAG_ABORT).await?;
+        std::process::abort();
+    }
+}
+
+/// Never finishes, but yields (a well-behaved wait).
+struct Pending;
+impl AsyncTask for Pending {
+    const NAME: &'static str = "test.pending";
+    type Input = ();
+    type Output = ();
+    async fn run(&self, _: (), _ctx: AsyncCtx) -> Result<(), TaskError> {
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+/// Holds its event loop for `ms` (a blocking sleep inside an async task).
+struct HoldLoop;
+impl AsyncTask for HoldLoop {
+    const NAME: &'static str = "test.hold_loop";
+    type Input = u64;
+    type Output = ();
+    async fn run(&self, ms: u64, _ctx: AsyncCtx) -> Result<(), TaskError> {
+        tokio::task::yield_now().await;
+        std::thread::sleep(Duration::from_millis(ms));
+        Ok(())
+    }
+}
+
+/// Panics on the event loop.
+struct AsyncPanics;
+impl AsyncTask for AsyncPanics {
+    const NAME: &'static str = "test.async_panics";
+    type Input = ();
+    type Output = u32;
+    async fn run(&self, _: (), _ctx: AsyncCtx) -> Result<u32, TaskError> {
+        tokio::task::yield_now().await;
+        panic!("async boom");
+    }
+}
+
 fn registry() -> Registry {
     let mut r = jobvisor_tasks::builtin();
     r.register(Die)
@@ -229,6 +325,12 @@ fn registry() -> Registry {
         .register(Hog)
         .register(Hold)
         .register(Beat);
+    r.register_async(Rendezvous)
+        .register_async(BlockLoop)
+        .register_async(AbortInPoll)
+        .register_async(Pending)
+        .register_async(AsyncPanics)
+        .register_async(HoldLoop);
     r
 }
 
@@ -550,7 +652,7 @@ async fn cancel_queued_and_running(method: StartMethod) {
         .await
         .unwrap();
     let queued = pool
-        .submit::<Sleep>(&SleepInput { ms: 60_000 })
+        .submit_io::<Sleep>(&SleepInput { ms: 60_000 })
         .await
         .unwrap();
     let pid: u32 = helper::read_fifo_line(fifo).await.parse().unwrap();
@@ -599,11 +701,11 @@ async fn graceful_shutdown_drains(method: StartMethod) {
 async fn terminate_fails_running_and_queued(method: StartMethod) {
     let pool = pool(method, 1).await;
     let a = pool
-        .submit::<Sleep>(&SleepInput { ms: 60_000 })
+        .submit_io::<Sleep>(&SleepInput { ms: 60_000 })
         .await
         .unwrap();
     let b = pool
-        .submit::<Sleep>(&SleepInput { ms: 60_000 })
+        .submit_io::<Sleep>(&SleepInput { ms: 60_000 })
         .await
         .unwrap();
     pool.clone().terminate().await;
@@ -831,6 +933,26 @@ async fn call_usage_tells_computing_from_waiting(method: StartMethod) {
         share(spin) > 4.0 * share(sleep).max(0.001),
         "spin {spin:?} vs sleep {sleep:?}"
     );
+    // An async task that blocks its loop shows it in its longest poll; one
+    // that awaits does not.
+    let hold = pool
+        .submit_raw(
+            "test.hold_loop",
+            jobvisor_proto_input(&40u64),
+            CallOptions::default(),
+        )
+        .await
+        .unwrap()
+        .report()
+        .await
+        .usage
+        .unwrap();
+    assert!(hold.max_poll >= Duration::from_millis(40), "{hold:?}");
+    assert!(
+        sleep.max_poll < hold.max_poll,
+        "sleep {sleep:?} vs hold {hold:?}"
+    );
+    assert_eq!(spin.max_poll, Duration::ZERO, "CPU calls have no polls");
     pool.shutdown().await;
 }
 
@@ -934,6 +1056,203 @@ async fn restart_intensity_bounds_a_crash_loop(method: StartMethod) {
     assert_no_zombies().await;
 }
 
+// ---- async calls on the workers' event loops --------------------------------
+
+/// A connection from an async test task: its tag and its worker's pid.
+struct Met {
+    tag: u8,
+    pid: u32,
+    stream: tokio::net::TcpStream,
+}
+
+async fn accept_met(listener: &tokio::net::TcpListener) -> Met {
+    let (mut stream, _) = tokio::time::timeout(Duration::from_secs(60), listener.accept())
+        .await
+        .expect("an async call connects within 60 s")
+        .unwrap();
+    let mut hello = [0u8; 5];
+    stream.read_exact(&mut hello).await.unwrap();
+    Met {
+        tag: hello[0],
+        pid: u32::from_le_bytes([hello[1], hello[2], hello[3], hello[4]]),
+        stream,
+    }
+}
+
+async fn loopback() -> (tokio::net::TcpListener, u16) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    (l, port)
+}
+
+async fn io_calls_run_together_beside_cpu_calls(method: StartMethod) {
+    let pool = Pool::builder()
+        .workers(1)
+        .start_method(method)
+        .io_concurrency_per_worker(64)
+        .build()
+        .await
+        .unwrap();
+    let (listener, port) = loopback().await;
+    let mut calls = Vec::new();
+    for _ in 0..50 {
+        calls.push(pool.submit_io::<Rendezvous>(&port).await.unwrap());
+    }
+    // All 50 are connected at once: one worker runs them concurrently (a
+    // worker running them one by one would never get past the second).
+    let mut met = Vec::new();
+    for _ in 0..50 {
+        met.push(accept_met(&listener).await);
+    }
+    let pid = met[0].pid;
+    assert!(met.iter().all(|m| m.tag == TAG_WAIT && m.pid == pid));
+    // While they all wait, the same worker's CPU thread still answers.
+    assert_eq!(pool.apply::<Noop>(&7).await.unwrap(), 7);
+    assert_eq!(pool.apply::<Pid>(&()).await.unwrap(), pid);
+    for m in &mut met {
+        m.stream.write_all(b"x").await.unwrap();
+    }
+    for c in calls {
+        assert_eq!(c.await.unwrap(), pid);
+    }
+    // And the converse: an async call finishes while a CPU call holds the
+    // worker's CPU thread.
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = helper::mkfifo(dir.path(), "announce");
+    let cpu = pool
+        .submit::<Announce>(&(fifo.to_string_lossy().into_owned(), 60_000))
+        .await
+        .unwrap();
+    assert_eq!(
+        helper::read_fifo_line(fifo).await.parse::<u32>().unwrap(),
+        pid
+    );
+    let io = pool.submit_io::<Rendezvous>(&port).await.unwrap();
+    let mut m = accept_met(&listener).await;
+    m.stream.write_all(b"x").await.unwrap();
+    assert_eq!(io.await.unwrap(), pid);
+    cpu.cancel().await;
+    assert!(matches!(cpu.await, Err(PoolError::Cancelled)));
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
+async fn io_timeout_cancel_and_panic_keep_the_worker(method: StartMethod) {
+    let pool = pool(method, 1).await;
+    let pid = pool.apply::<Pid>(&()).await.unwrap();
+    let opts = CallOptions {
+        timeout: Some(Duration::from_millis(100)),
+        ..CallOptions::default()
+    };
+    let r = pool
+        .submit_io_with::<Pending>(&(), opts)
+        .await
+        .unwrap()
+        .await;
+    assert!(matches!(r, Err(PoolError::TimedOut { .. })), "{r:?}");
+    let waiting = pool.submit_io::<Pending>(&()).await.unwrap();
+    let panics = pool.submit_io::<AsyncPanics>(&()).await.unwrap();
+    match panics.await {
+        Err(PoolError::Task(f)) => {
+            assert_eq!(f.kind, FailureKind::Panic);
+            assert!(f.message.contains("async boom"), "{}", f.message);
+        }
+        other => panic!("expected a panic failure, got {other:?}"),
+    }
+    waiting.cancel().await;
+    let r = waiting.await;
+    assert!(matches!(r, Err(PoolError::Cancelled)), "{r:?}");
+    // Dropping futures is how async calls stop: the worker lives on.
+    assert_eq!(pool.apply::<Pid>(&()).await.unwrap(), pid);
+    pool.shutdown().await;
+}
+
+async fn a_blocked_event_loop_is_killed_and_only_its_blocker_fails(method: StartMethod) {
+    let pool = Pool::builder()
+        .workers(1)
+        .start_method(method)
+        .cancel_grace(Duration::from_millis(50))
+        .term_grace(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap();
+    let (listener, port) = loopback().await;
+    let opts = CallOptions {
+        timeout: Some(Duration::from_millis(200)),
+        ..CallOptions::default()
+    };
+    let blocker = pool.submit_io_with::<BlockLoop>(&port, opts).await.unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..5 {
+        waiters.push(pool.submit_io::<Rendezvous>(&port).await.unwrap());
+    }
+    // Answer every waiter that connects, on the old worker or on its
+    // replacement; remember the blocker's worker.
+    let (blocked_tx, blocked_rx) = tokio::sync::oneshot::channel();
+    let acceptor = tokio::spawn(async move {
+        let mut blocked_tx = Some(blocked_tx);
+        let mut held = Vec::new();
+        loop {
+            let mut m = accept_met(&listener).await;
+            if m.tag == TAG_BLOCK {
+                if let Some(tx) = blocked_tx.take() {
+                    let _ = tx.send(m.pid);
+                }
+            }
+            let _ = m.stream.write_all(b"x").await;
+            held.push(m);
+        }
+    });
+    let blocked_pid = blocked_rx.await.unwrap();
+    let r = blocker.await;
+    assert!(
+        matches!(&r, Err(PoolError::TimedOut { how, .. }) if how.contains("SIG")),
+        "{r:?}"
+    );
+    // The waiters were innocent: they ran again (or had finished) and succeed.
+    for w in waiters {
+        w.await.unwrap();
+    }
+    let now = pool.apply::<Pid>(&()).await.unwrap();
+    assert_ne!(now, blocked_pid, "the blocked worker was replaced");
+    assert!(!helper::alive(blocked_pid));
+    acceptor.abort();
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
+async fn a_crash_in_a_poll_is_charged_to_that_call(method: StartMethod) {
+    let pool = pool(method, 1).await;
+    let (listener, port) = loopback().await;
+    let mut waiters = Vec::new();
+    for _ in 0..5 {
+        waiters.push(pool.submit_io::<Rendezvous>(&port).await.unwrap());
+    }
+    let crasher = pool.submit_io::<AbortInPoll>(&port).await.unwrap();
+    let acceptor = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let mut m = accept_met(&listener).await;
+            let _ = m.stream.write_all(b"x").await;
+            held.push(m);
+        }
+    });
+    // A crash charged to nobody would re-run the crasher forever: bound it.
+    let r = tokio::time::timeout(Duration::from_secs(60), crasher)
+        .await
+        .expect("the crash is charged to the call that was being polled");
+    match r {
+        Err(PoolError::WorkerDied { status, .. }) => assert_eq!(status.signal, Some(libc::SIGABRT)),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    for w in waiters {
+        w.await.unwrap();
+    }
+    acceptor.abort();
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
 fn main() -> ExitCode {
     // Set before the fork server starts, so every worker inherits it (a
     // spawned worker re-runs main and keeps the inherited value).
@@ -982,6 +1301,10 @@ fn main() -> ExitCode {
         restart_intensity_bounds_a_crash_loop,
         call_usage_tells_computing_from_waiting,
         a_death_is_charged_to_the_call_that_caused_it,
+        io_calls_run_together_beside_cpu_calls,
+        io_timeout_cancel_and_panic_keep_the_worker,
+        a_blocked_event_loop_is_killed_and_only_its_blocker_fails,
+        a_crash_in_a_poll_is_charged_to_that_call,
     ];
     helper::run_all(&tests)
 }

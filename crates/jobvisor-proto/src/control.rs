@@ -62,6 +62,11 @@ pub struct JobSpec {
     /// Pipeline: take (part of) the outputs of these jobs into the input. Each
     /// one is also a dependency. Needs a JSON input (or none: `{}`).
     pub input_from: Vec<InputRef>,
+    /// Completion webhook: when the job reaches a terminal state the daemon
+    /// POSTs its record as JSON here (http or https; at most 2,048 bytes).
+    /// Kept with the job, so it survives a restart. Delivery is at-least-once
+    /// while the daemon runs; see the daemon's notification docs.
+    pub notify_url: Option<String>,
 }
 
 /// A job named in a submit: by id, or by its position in the same batch.
@@ -102,6 +107,7 @@ impl JobSpec {
             key: None,
             stall_timeout_ms: None,
             input_from: Vec::new(),
+            notify_url: None,
         }
     }
 }
@@ -250,6 +256,8 @@ pub struct JobRecord {
     pub error: Option<String>,
     /// Attempts so far.
     pub attempts: Vec<Attempt>,
+    /// The job's own completion webhook ([`JobSpec::notify_url`]).
+    pub notify_url: Option<String>,
 }
 
 /// The answer to one spec of a submit.
@@ -302,6 +310,12 @@ pub struct Stats {
     pub restart_delay_ms: u64,
     /// Per task: CPU time against wall time, and what it suggests.
     pub tasks: Vec<TaskUsage>,
+    /// Completion notifications (webhook POSTs, commands) delivered since start.
+    pub notify_delivered: u64,
+    /// Notifications given up on after their last attempt since start.
+    pub notify_failed: u64,
+    /// Notifications dropped since start because `notify.max_queued` were pending.
+    pub notify_dropped: u64,
 }
 
 /// How a task spends its time, over the attempts since the daemon started.
@@ -315,8 +329,14 @@ pub struct TaskUsage {
     pub cpu_ms: u64,
     /// Wall time of those attempts, ms.
     pub wall_ms: u64,
-    /// A hint when the task looks misplaced (e.g. a CPU task that mostly waits).
+    /// A hint when the task looks misplaced (a CPU task that mostly waits,
+    /// an async task that blocks its event loop).
     pub advice: Option<String>,
+    /// `"cpu"` for a `Task`, `"io"` for an `AsyncTask`.
+    pub kind: String,
+    /// Async tasks: the longest single poll seen, ms — the longest the task
+    /// held its worker's event loop, stalling every other I/O task there.
+    pub max_poll_ms: u64,
 }
 
 /// Something that happened in the daemon, as `jobvisor events --follow` shows it.

@@ -16,8 +16,9 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const SCHEMA: &str = "\
 ToWorker{Configure{max_frame_bytes:u64,max_output_bytes:u64,memory_soft_limit_bytes:u64,memory_limit_bytes:u64},Run(Vec<Call>),Cancel{id:u64},Shutdown}\
 Call{id:u64,task:u32,chunk:bool,timeout_ms:Option<u64>,input:bytes}\
-FromWorker{Ready{pid:u32,tasks:Vec<String>},Done(Vec<Reply>),Heartbeat{id:u64},Retiring{reason:String},Progress{id:u64,done:u64,total:u64}}\
-Reply{id:u64,outcome:Outcome,cpu_us:u64,wall_us:u64}\
+FromWorker{Ready{pid:u32,tasks:Vec<String>,kinds:Vec<TaskKind>},Done(Vec<Reply>),Heartbeat{id:u64},Retiring{reason:String},Progress{id:u64,done:u64,total:u64}}\
+Reply{id:u64,outcome:Outcome,cpu_us:u64,wall_us:u64,max_poll_us:u64}\
+TaskKind{Cpu,Io}\
 Outcome{Ok(bytes),Err(TaskFailure)}\
 TaskFailure{kind:FailureKind,message:String}\
 FailureKind{Error,Panic,BadInput,UnknownTask,Cancelled,OutputTooLarge}\
@@ -25,17 +26,17 @@ ForkRequest{Spawn{token:u64},Signal{pid:u32,signal:i32,group:bool}}\
 ForkReply{Spawned{token:u64,pid:u32},SpawnFailed{token:u64,message:String},Exited{pid:u32,status:ExitStatus}}\
 ExitStatus{code:Option<i32>,signal:Option<i32>,core_dumped:bool,max_rss_kib:u64}\
 Payload{Json(String),Native(bytes)}\
-JobSpec{task:String,input:Payload,queue:Option<String>,priority:i32,max_attempts:Option<u32>,backoff_base_ms:Option<u64>,backoff_max_ms:Option<u64>,timeout_ms:Option<u64>,delay_ms:Option<u64>,after:Vec<u64>,key:Option<String>,stall_timeout_ms:Option<u64>,input_from:Vec<InputRef>}\
+JobSpec{task:String,input:Payload,queue:Option<String>,priority:i32,max_attempts:Option<u32>,backoff_base_ms:Option<u64>,backoff_max_ms:Option<u64>,timeout_ms:Option<u64>,delay_ms:Option<u64>,after:Vec<u64>,key:Option<String>,stall_timeout_ms:Option<u64>,input_from:Vec<InputRef>,notify_url:Option<String>}\
 JobRef{Id(u64),Batch(u32)}\
 InputRef{job:JobRef,pointer:Option<String>,field:Option<String>}\
 JobState{Queued,Running,Retrying,Succeeded,Failed,Cancelled,Dead}\
 AttemptOutcome{Running,Ok,Error(String),Panic(String),Crashed{code:Option<i32>,signal:Option<i32>,max_rss_kib:u64,stderr_tail:Vec<String>,cause:Option<String>},TimedOut(String),Lost,Cancelled}\
 Attempt{number:u32,worker_pid:Option<u32>,started_ms:u64,finished_ms:Option<u64>,outcome:AttemptOutcome}\
-JobRecord{id:u64,task:String,queue:String,priority:i32,state:JobState,max_attempts:u32,timeout_ms:Option<u64>,stall_timeout_ms:Option<u64>,input_from:Vec<InputRef>,backoff_base_ms:u64,backoff_max_ms:u64,after:Vec<u64>,key:Option<String>,created_ms:u64,run_at_ms:u64,finished_ms:Option<u64>,input:Option<Payload>,output:Option<Payload>,error:Option<String>,attempts:Vec<Attempt>}\
+JobRecord{id:u64,task:String,queue:String,priority:i32,state:JobState,max_attempts:u32,timeout_ms:Option<u64>,stall_timeout_ms:Option<u64>,input_from:Vec<InputRef>,backoff_base_ms:u64,backoff_max_ms:u64,after:Vec<u64>,key:Option<String>,created_ms:u64,run_at_ms:u64,finished_ms:Option<u64>,input:Option<Payload>,output:Option<Payload>,error:Option<String>,attempts:Vec<Attempt>,notify_url:Option<String>}\
 Submitted{id:u64,duplicate:bool}\
 WorkerRow{id:u64,pid:u32,state:String,in_flight:u64,calls_done:u64}\
-Stats{pid:u32,uptime_s:u64,workers:u64,jobs:Vec<(String,u64)>,submitted:u64,attempts_finished:u64,worker_restarts:u64,recovered:u64,degraded:bool,restart_delay_ms:u64,tasks:Vec<TaskUsage>}\
-TaskUsage{task:String,attempts:u64,cpu_ms:u64,wall_ms:u64,advice:Option<String>}\
+Stats{pid:u32,uptime_s:u64,workers:u64,jobs:Vec<(String,u64)>,submitted:u64,attempts_finished:u64,worker_restarts:u64,recovered:u64,degraded:bool,restart_delay_ms:u64,tasks:Vec<TaskUsage>,notify_delivered:u64,notify_failed:u64,notify_dropped:u64}\
+TaskUsage{task:String,attempts:u64,cpu_ms:u64,wall_ms:u64,advice:Option<String>,kind:String,max_poll_ms:u64}\
 Request{Submit(Vec<JobSpec>),Status{id:u64},Wait{ids:Vec<u64>,timeout_ms:Option<u64>},Cancel{id:u64},Retry{id:u64},List{state:Option<JobState>,queue:Option<String>,limit:u32},Workers,Stats,Ping,Events,Shutdown{graceful:bool}}\
 Event{at_ms:u64,kind:EventKind}\
 EventKind{Job{id:u64,task:String,state:JobState,attempt:Option<u32>,worker_pid:Option<u32>,error:Option<String>},WorkerStarted{pid:u32},WorkerExited{pid:u32,status:String},Lagged{missed:u64}}\

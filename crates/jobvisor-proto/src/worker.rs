@@ -5,7 +5,8 @@
 //! task names (their positions are the task ids used in [`Call::task`]), and
 //! then calls flow down in batches and replies flow up in batches. A worker runs
 //! CPU calls one at a time, in the order they arrived, so replies to CPU calls
-//! come back in order.
+//! come back in order; I/O calls run many at once on the worker's event loop
+//! and their replies come back in any order.
 
 use serde::{Deserialize, Serialize};
 
@@ -101,6 +102,8 @@ pub enum FromWorker {
         pid: u32,
         /// Registered task names, in id order.
         tasks: Vec<String>,
+        /// The kind of each task, in the same order.
+        kinds: Vec<TaskKind>,
     },
     /// Finished calls.
     Done(Vec<Reply>),
@@ -139,6 +142,20 @@ pub struct Reply {
     /// Wall time of the call, in µs; 0 when the worker did not measure this
     /// call (short calls are sampled).
     pub wall_us: u64,
+    /// Async calls only: the longest single poll of the call's future, in µs,
+    /// i.e. the longest time it held its worker's event loop (0 for CPU calls).
+    pub max_poll_us: u64,
+}
+
+/// The two kinds of task (see the worker crate's `Task` and `AsyncTask`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskKind {
+    /// CPU-bound: runs alone on the worker's CPU thread, one call at a time,
+    /// in arrival order.
+    Cpu,
+    /// I/O-bound: many calls at once on the worker's event loop; they finish
+    /// in any order.
+    Io,
 }
 
 /// Success with the encoded output, or a failure.

@@ -26,7 +26,8 @@ use std::path::{Path, PathBuf};
 use jobvisor_proto::codec;
 use jobvisor_proto::forkserver::{ExitStatus, ForkReply, ForkRequest};
 use jobvisor_proto::worker::{
-    Call, CallRef, FailureKind, FromWorker, Outcome, Reply, TaskFailure, ToWorker, ToWorkerRef,
+    Call, CallRef, FailureKind, FromWorker, Outcome, Reply, TaskFailure, TaskKind, ToWorker,
+    ToWorkerRef,
 };
 use jobvisor_proto::{
     encode_frame, FrameBuf, Hello, Role, HELLO_BYTES, PROTOCOL_VERSION, SCHEMA_HASH,
@@ -37,7 +38,7 @@ use serde::Serialize;
 
 /// `jobvisor_proto::SCHEMA_HASH` when the fixtures were last blessed. Changing
 /// `SCHEMA` without updating this (and re-blessing) fails `schema_is_recorded`.
-const RECORDED_SCHEMA_HASH: u64 = 0x76a1_78f5_e373_74d0;
+const RECORDED_SCHEMA_HASH: u64 = 0x276e_33a5_d66e_4fa0;
 /// `jobvisor_proto::PROTOCOL_VERSION` when the fixtures were last blessed.
 const RECORDED_PROTOCOL_VERSION: u32 = 1;
 
@@ -181,6 +182,7 @@ fn fixtures() -> Vec<Fixture> {
             FromWorker::Ready {
                 pid: 4242,
                 tasks: vec!["echo".into(), "sleep".into(), "größe".into()],
+                kinds: vec![TaskKind::Cpu, TaskKind::Io, TaskKind::Cpu],
             },
         ),
         message(
@@ -191,6 +193,7 @@ fn fixtures() -> Vec<Fixture> {
                     outcome: Outcome::Ok(vec![0xde, 0xad, 0xbe, 0xef]),
                     cpu_us: 1234,
                     wall_us: 5678,
+                    max_poll_us: 0,
                 },
                 Reply {
                     id: 251,
@@ -200,6 +203,7 @@ fn fixtures() -> Vec<Fixture> {
                     }),
                     cpu_us: 0,
                     wall_us: 1,
+                    max_poll_us: 321,
                 },
             ]),
         ),

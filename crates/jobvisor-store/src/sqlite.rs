@@ -66,6 +66,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE jobs ADD COLUMN stall_timeout_ms INTEGER;",
     // v3: pipeline inputs (codec-encoded Vec<InputRef>, resolved to job ids).
     "ALTER TABLE jobs ADD COLUMN input_from BLOB;",
+    // v4: per-job completion webhook (NULL: none).
+    "ALTER TABLE jobs ADD COLUMN notify_url TEXT;",
 ];
 
 /// The schema version this build writes (and the newest it can read).
@@ -81,7 +83,8 @@ const KIND_NATIVE: i64 = 1;
 macro_rules! job_cols {
     () => {
         "id, task, queue, priority, state, max_attempts, timeout_ms, key, created_ms, \
-         run_at_ms, finished_ms, error, backoff_base_ms, backoff_max_ms, stall_timeout_ms, input_from"
+         run_at_ms, finished_ms, error, backoff_base_ms, backoff_max_ms, stall_timeout_ms, input_from, \
+         notify_url"
     };
 }
 
@@ -342,8 +345,8 @@ impl SqliteStore {
             .prepare_cached(
                 "INSERT INTO jobs (task, queue, priority, state, max_attempts, backoff_base_ms, \
                  backoff_max_ms, timeout_ms, run_at_ms, created_ms, key, input_kind, input, \
-                 stall_timeout_ms, input_from) \
-                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 stall_timeout_ms, input_from, notify_url) \
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
                 job.task,
@@ -360,6 +363,7 @@ impl SqliteStore {
                 input,
                 job.stall_timeout_ms,
                 input_from,
+                job.notify_url,
             ])?;
         let id = u64::try_from(self.conn.last_insert_rowid())
             .map_err(|_| StoreError::Db("negative job id".into()))?;
@@ -779,7 +783,7 @@ fn state_from_row(row: &Row<'_>, idx: usize) -> rusqlite::Result<JobState> {
 /// input, output kind, output. Dependencies and attempts are left empty.
 fn job_from_row(row: &Row<'_>, payloads: bool) -> rusqlite::Result<JobRecord> {
     let (input, output) = if payloads {
-        (payload_from_row(row, 16)?, payload_from_row(row, 18)?)
+        (payload_from_row(row, 17)?, payload_from_row(row, 19)?)
     } else {
         (None, None)
     };
@@ -808,6 +812,7 @@ fn job_from_row(row: &Row<'_>, payloads: bool) -> rusqlite::Result<JobRecord> {
                 .map_err(|e| conversion_error(15, Type::Blob, format!("bad input_from: {e}")))?,
         },
         attempts: Vec::new(),
+        notify_url: row.get(16)?,
     })
 }
 
@@ -854,6 +859,73 @@ mod tests {
         assert_eq!(rec.task, "noop");
         assert_eq!(rec.input, Some(Payload::Json("5".into())));
         assert_eq!(rec.stall_timeout_ms, None);
+        assert!(rec.input_from.is_empty());
+        assert_eq!(rec.notify_url, None);
+    }
+
+    /// v3 → v4 adds the nullable `notify_url` column: an existing job reads
+    /// back without one, and a new job keeps its URL.
+    #[test]
+    fn a_version_3_database_gets_notify_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..3] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute(
+                "INSERT INTO jobs (task, queue, priority, state, max_attempts, backoff_base_ms, \
+                 backoff_max_ms, run_at_ms, created_ms, input_kind, input, stall_timeout_ms) \
+                 VALUES ('noop', 'default', 0, 'succeeded', 3, 10, 100, 1, 1, 0, '5', 70)",
+                [],
+            )
+            .unwrap();
+        }
+        let mut store = SqliteStore::open(&path).unwrap();
+        assert_eq!(SCHEMA_VERSION, 4);
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 4);
+        let old = store.get(1).unwrap().expect("the v3 job survives");
+        assert_eq!(old.state, JobState::Succeeded);
+        assert_eq!(old.stall_timeout_ms, Some(70));
+        assert_eq!(old.notify_url, None);
+
+        let url = "http://127.0.0.1:9/hook";
+        store.begin().unwrap();
+        let s = store
+            .insert(&NewJob {
+                task: "noop".into(),
+                input: Payload::Json("1".into()),
+                queue: "default".into(),
+                priority: 0,
+                max_attempts: 1,
+                backoff_base_ms: 10,
+                backoff_max_ms: 100,
+                timeout_ms: None,
+                stall_timeout_ms: None,
+                input_from: Vec::new(),
+                run_at_ms: 1,
+                created_ms: 1,
+                after: Vec::new(),
+                key: None,
+                notify_url: Some(url.into()),
+            })
+            .unwrap();
+        store.commit().unwrap();
+        let new = store.get(s.id).unwrap().unwrap();
+        assert_eq!(new.notify_url.as_deref(), Some(url));
+        let live = store.recover(2).unwrap();
+        assert_eq!(live.len(), 1);
+        assert_eq!(
+            live[0].notify_url.as_deref(),
+            Some(url),
+            "recovery keeps it"
+        );
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct NewJob {
     pub after: Vec<u64>,
     /// Idempotency key.
     pub key: Option<String>,
+    /// Completion webhook of this job (checked by the daemon).
+    pub notify_url: Option<String>,
 }
 
 /// What becomes of a job when an attempt ends (or without an attempt).

@@ -653,6 +653,7 @@ mod tests {
             created_ms: 0,
             after,
             key: None,
+            notify_url: None,
         }
     }
 

@@ -25,6 +25,7 @@ fn job(task: &str, input: Payload) -> NewJob {
         created_ms: 1_000,
         after: Vec::new(),
         key: None,
+        notify_url: None,
     }
 }
 
@@ -78,6 +79,7 @@ fn insert_get_round_trips_every_field() {
         created_ms: 4_000,
         after: vec![b, a],
         key: Some("k-1".into()),
+        notify_url: Some("https://hooks.example/jobs?x=1".into()),
     };
     let c = insert(&mut store, &full);
     assert!(c > b && b > a);
@@ -102,11 +104,13 @@ fn insert_get_round_trips_every_field() {
     assert_eq!(rec.output, None);
     assert_eq!(rec.error, None);
     assert!(rec.attempts.is_empty());
+    assert_eq!(rec.notify_url, full.notify_url);
 
     let rec = store.get(a).unwrap().unwrap();
     assert_eq!(rec.input, Some(json(1)));
     assert_eq!(rec.timeout_ms, None);
     assert_eq!(rec.key, None);
+    assert_eq!(rec.notify_url, None);
     assert!(rec.after.is_empty());
 
     assert!(store.get(c + 100).unwrap().is_none());

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use jobvisor_worker::{Ctx, Task, TaskError};
+use jobvisor_worker::{AsyncCtx, AsyncTask, Ctx, Task, TaskError};
 use serde::{Deserialize, Serialize};
 
 /// `"noop"`: returns its input. Measures pure per-call overhead.
@@ -74,6 +74,9 @@ impl Task for Spin {
 }
 
 /// `"sleep"`: waits without using the CPU.
+///
+/// An [`AsyncTask`]: it waits on the worker's event loop, so many sleeps share
+/// a worker with each other and with a CPU task. Cancellation drops the timer.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Sleep;
 
@@ -84,17 +87,14 @@ pub struct SleepInput {
     pub ms: u64,
 }
 
-impl Task for Sleep {
+impl AsyncTask for Sleep {
     const NAME: &'static str = "sleep";
     type Input = SleepInput;
     type Output = ();
 
-    fn run(&self, input: SleepInput, ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
-        if ctx.sleep(Duration::from_millis(input.ms)) {
-            Ok(())
-        } else {
-            Err(TaskError::cancelled())
-        }
+    async fn run(&self, input: SleepInput, _ctx: AsyncCtx) -> Result<(), TaskError> {
+        tokio::time::sleep(Duration::from_millis(input.ms)).await;
+        Ok(())
     }
 }
 
@@ -140,7 +140,7 @@ impl Task for Crash {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jobvisor_worker::run_detached;
+    use jobvisor_worker::{run_detached, run_detached_async};
 
     #[test]
     fn noop_echoes() {
@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn sleep_sleeps() {
         let start = Instant::now();
-        let res = run_detached(&Sleep, SleepInput { ms: 30 }, None);
+        let res = run_detached_async(&Sleep, SleepInput { ms: 30 }, None);
         assert!(res.is_ok(), "{res:?}");
         assert!(start.elapsed() >= Duration::from_millis(30));
     }
@@ -191,7 +191,7 @@ mod tests {
     #[test]
     fn sleep_is_cancelled_by_the_soft_deadline() {
         let start = Instant::now();
-        let res = run_detached(
+        let res = run_detached_async(
             &Sleep,
             SleepInput { ms: 60_000 },
             Some(Duration::from_millis(30)),

@@ -1,14 +1,14 @@
 //! `"compress"`: zstd-compresses a file into another, atomically.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fs::{self, File};
+use std::io::Write;
+use std::path::Path;
 
 use jobvisor_worker::{Ctx, Task, TaskError};
 use serde::{Deserialize, Serialize};
 
 use crate::chunks::for_each_chunk;
+use crate::tmpfile::TempFile;
 
 /// `"compress"`: streams `src` through a zstd encoder into `dst`.
 ///
@@ -105,61 +105,6 @@ impl Task for Compress {
             bytes_in,
             bytes_out,
         })
-    }
-}
-
-/// A file that deletes itself on drop unless `persisted` is set.
-struct TempFile {
-    path: PathBuf,
-    file: Option<File>,
-    persisted: bool,
-}
-
-impl TempFile {
-    /// Creates `.<name>.<pid>.<n>.tmp` in `dir`: the same directory as the
-    /// destination, so the final rename stays on one filesystem and is atomic;
-    /// hidden and unique per process so concurrent workers do not collide.
-    fn create(dir: &Path, name: &std::ffi::OsStr) -> Result<Self, TaskError> {
-        static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let pid = std::process::id();
-        let mut last_err = None;
-        // A stale file from a crashed worker with a recycled pid can collide;
-        // a few tries with a new counter get past it.
-        for _ in 0..16 {
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let mut file_name = std::ffi::OsString::from(".");
-            file_name.push(name);
-            file_name.push(format!(".{pid}.{n}.tmp"));
-            let path = dir.join(file_name);
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(file) => {
-                    return Ok(Self {
-                        path,
-                        file: Some(file),
-                        persisted: false,
-                    })
-                }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => last_err = Some(e),
-                Err(e) => {
-                    return Err(TaskError::msg(format!(
-                        "cannot create a temporary file in {dir:?}: {e}"
-                    )))
-                }
-            }
-        }
-        Err(TaskError::msg(format!(
-            "cannot create a temporary file in {dir:?}: {}",
-            last_err.map_or_else(|| "no attempt made".to_string(), |e| e.to_string())
-        )))
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.persisted {
-            self.file = None;
-            let _ = fs::remove_file(&self.path);
-        }
     }
 }
 

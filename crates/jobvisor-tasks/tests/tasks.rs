@@ -1,5 +1,7 @@
-//! End-to-end tests of the built-in tasks through `run_detached`, plus the
-//! wire encoding of their inputs and outputs.
+//! End-to-end tests of the built-in tasks through `run_detached` (and
+//! `run_detached_async`), plus the wire encoding of their inputs and outputs.
+
+mod http;
 
 use std::fs;
 use std::path::Path;
@@ -87,7 +89,7 @@ fn builtin_registry_lists_all_tasks() {
     let names: Vec<_> = builtin().names().collect();
     assert_eq!(
         names,
-        ["noop", "spin", "sleep", "exec", "hash", "compress", "crash"]
+        ["noop", "spin", "sleep", "exec", "hash", "compress", "crash", "http", "notify"]
     );
 }
 

@@ -80,19 +80,33 @@ impl Beacon {
         self._fd.try_clone()
     }
 
-    fn cell(&self) -> &AtomicU64 {
-        // SAFETY: ptr points to a live, page-aligned shared mapping (see map).
-        unsafe { &*self.ptr }
+    fn cell(&self, slot: usize) -> &AtomicU64 {
+        debug_assert!(slot < 2);
+        // SAFETY: ptr points to a live, page-aligned shared mapping of PAGE
+        // bytes (see map); slots 0 and 1 are its first 16 bytes.
+        unsafe { &*self.ptr.add(slot) }
     }
 
-    /// Marks call `id` as running (0: none).
+    /// Marks CPU call `id` as running (0: none).
     pub fn set(&self, id: u64) {
-        self.cell().store(id, Ordering::Release);
+        self.cell(0).store(id, Ordering::Release);
     }
 
-    /// The call that is (or was, when the worker died) running; 0 for none.
+    /// The CPU call that is (or was, when the worker died) running; 0 for none.
     pub fn get(&self) -> u64 {
-        self.cell().load(Ordering::Acquire)
+        self.cell(0).load(Ordering::Acquire)
+    }
+
+    /// Marks async call `id` as being polled on the event loop right now (0:
+    /// none): only a call whose code is running can crash the worker.
+    pub fn set_io(&self, id: u64) {
+        self.cell(1).store(id, Ordering::Release);
+    }
+
+    /// The async call that is (or was, when the worker died) being polled; 0
+    /// for none.
+    pub fn get_io(&self) -> u64 {
+        self.cell(1).load(Ordering::Acquire)
     }
 }
 
@@ -116,5 +130,7 @@ mod tests {
         assert_eq!(b.get(), 42);
         b.set(0);
         assert_eq!(a.get(), 0);
+        a.set_io(7);
+        assert_eq!((b.get(), b.get_io()), (0, 7));
     }
 }

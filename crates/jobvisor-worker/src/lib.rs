@@ -1,8 +1,10 @@
 //! Life inside a jobvisor worker process.
 //!
-//! A worker is a plain single-threaded process: it reads batches of calls from
-//! its input pipe, runs them one at a time, and writes batches of replies to
-//! its output pipe. Tasks see the link only through [`Ctx`], which lets them
+//! A worker reads batches of calls from its input pipe and writes batches of
+//! replies to its output pipe. CPU calls ([`Task`]) run one at a time on the
+//! worker's main thread; async calls ([`AsyncTask`]) run many at once on an
+//! event loop on a second thread (the I/O lane, started only when the
+//! registry has async tasks). Tasks see the link only through [`Ctx`], which lets them
 //! notice cancellation (and their soft deadline), send heartbeats and report
 //! progress, all without a second thread.
 //!
@@ -11,14 +13,20 @@
 //! - `registry`: [`Registry`], task names → type-erased tasks.
 //! - `link`: the blocking framed link over the two pipes.
 //! - `serve`: the worker loop, [`serve`].
+//! - `async_task`: [`AsyncTask`] and [`AsyncCtx`].
+//! - `io_lane`: the event loop that runs async calls.
 
+mod async_task;
 mod beacon;
+mod io_lane;
 mod link;
 mod registry;
 mod serve;
 mod task;
 
+pub use async_task::{run_detached_async, AsyncCtx, AsyncTask};
 pub use beacon::Beacon;
+pub use jobvisor_proto::worker::TaskKind;
 pub use registry::{ConvertError, Registry};
 pub use serve::run_detached;
 pub use serve::{serve, serve_with_beacon, WorkerError};

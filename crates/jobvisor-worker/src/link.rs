@@ -6,6 +6,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jobvisor_proto::worker::{FromWorker, Reply};
@@ -13,9 +14,38 @@ use jobvisor_proto::{encode_frame, FrameBuf, FrameError, Hello, HELLO_BYTES};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+/// The write end of the output pipe, shared by the CPU thread's [`Link`] and
+/// the I/O lane: whole frames are written under the lock, so two threads'
+/// frames never interleave on the pipe.
+#[derive(Debug)]
+pub(crate) struct SharedOut {
+    fd: Mutex<OwnedFd>,
+}
+
+impl SharedOut {
+    /// Writes `bytes` (whole frames) as one unit.
+    pub(crate) fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
+        let fd = self
+            .fd
+            .lock()
+            .map_err(|_| io::Error::other("output lock poisoned"))?;
+        write_all(fd.as_fd(), bytes)
+    }
+}
+
+/// Where the CPU thread sends the calls of async tasks (and cancels it does
+/// not own): the I/O lane, when the worker has one.
+pub(crate) struct IoRoute {
+    pub(crate) tx: tokio::sync::mpsc::UnboundedSender<crate::io_lane::IoMsg>,
+    /// `is_async[task id]`.
+    pub(crate) is_async: Vec<bool>,
+}
+
 pub(crate) struct Link {
     rfd: OwnedFd,
-    wfd: OwnedFd,
+    out: Arc<SharedOut>,
+    /// The I/O lane, when this worker has async tasks.
+    pub(crate) io: Option<IoRoute>,
     pub(crate) rbuf: FrameBuf,
     wbuf: Vec<u8>,
     /// Replies not yet framed; framed together into one `Done` at flush.
@@ -44,7 +74,10 @@ impl Link {
         )?;
         Ok(Self {
             rfd,
-            wfd,
+            out: Arc::new(SharedOut {
+                fd: Mutex::new(wfd),
+            }),
+            io: None,
             rbuf: FrameBuf::new(max_frame_bytes),
             wbuf: Vec::with_capacity(64 * 1024),
             replies: Vec::new(),
@@ -138,7 +171,19 @@ impl Link {
     }
 
     pub(crate) fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        write_all(self.wfd.as_fd(), bytes)
+        self.out.write_all(bytes)
+    }
+
+    /// The shared write end, for the I/O lane.
+    pub(crate) fn shared_out(&self) -> Arc<SharedOut> {
+        Arc::clone(&self.out)
+    }
+
+    /// Whether task id `task` is an async task run by the I/O lane.
+    pub(crate) fn is_async(&self, task: u32) -> bool {
+        self.io
+            .as_ref()
+            .is_some_and(|r| r.is_async.get(task as usize).copied().unwrap_or(false))
     }
 
     pub(crate) fn send(&mut self, msg: &FromWorker) -> Result<(), FrameError> {
@@ -190,7 +235,7 @@ impl Link {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        let res = write_all(self.wfd.as_fd(), &self.wbuf);
+        let res = self.out.write_all(&self.wbuf);
         self.wbuf.clear();
         if self.wbuf.capacity() > 1 << 20 {
             self.wbuf.shrink_to(64 * 1024);

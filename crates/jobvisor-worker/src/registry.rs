@@ -2,9 +2,13 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use futures_util::future::LocalBoxFuture;
 use jobvisor_proto::codec;
-use jobvisor_proto::worker::{FailureKind, TaskFailure};
+use jobvisor_proto::worker::{FailureKind, TaskFailure, TaskKind};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
+use crate::async_task::{AsyncCtx, AsyncTask};
 use crate::task::{Ctx, Task, TaskError};
 
 /// The tasks a worker can run. Built once (before the fork server starts), so
@@ -32,13 +36,46 @@ impl Registry {
     /// When a task with the same name is already registered: two tasks with one
     /// name is a programming error that would make calls ambiguous.
     pub fn register<T: Task>(&mut self, task: T) -> &mut Self {
+        self.add(Box::new(Typed(task)))
+    }
+
+    /// Adds an async (I/O-bound) task: its calls run many at once on the
+    /// worker's event loop.
+    ///
+    /// # Panics
+    /// As [`Registry::register`].
+    pub fn register_async<T: AsyncTask>(&mut self, task: T) -> &mut Self {
+        self.add(Box::new(AsyncTyped(task)))
+    }
+
+    fn add(&mut self, task: Box<dyn ErasedTask>) -> &mut Self {
         assert!(
-            !self.tasks.iter().any(|t| t.name() == T::NAME),
+            !self.tasks.iter().any(|t| t.name() == task.name()),
             "task {:?} registered twice",
-            T::NAME
+            task.name()
         );
-        self.tasks.push(Box::new(Typed(task)));
+        self.tasks.push(task);
         self
+    }
+
+    /// Builder-style [`Registry::register_async`].
+    ///
+    /// # Panics
+    /// As [`Registry::register`].
+    #[must_use]
+    pub fn with_async<T: AsyncTask>(mut self, task: T) -> Self {
+        self.register_async(task);
+        self
+    }
+
+    /// Task kinds in id order.
+    pub fn kinds(&self) -> Vec<TaskKind> {
+        self.tasks.iter().map(|t| t.kind()).collect()
+    }
+
+    /// The kind of task `name`, when it is registered.
+    pub fn kind(&self, name: &str) -> Option<TaskKind> {
+        self.find(name).ok().map(|t| t.kind())
     }
 
     /// Builder-style [`Registry::register`].
@@ -99,6 +136,30 @@ impl Registry {
             })
     }
 
+    /// Starts async call `task`: the input is decoded now, the future runs
+    /// on the I/O lane.
+    pub(crate) fn call_async<'a>(
+        &'a self,
+        task: u32,
+        chunk: bool,
+        input: &[u8],
+        ctx: AsyncCtx,
+    ) -> LocalBoxFuture<'a, Result<Vec<u8>, TaskFailure>> {
+        match self.tasks.get(task as usize) {
+            Some(t) => t.call_async(chunk, input, ctx),
+            None => {
+                let message = format!(
+                    "no task with id {task} (this worker has {})",
+                    self.tasks.len()
+                );
+                Box::pin(std::future::ready(Err(TaskFailure {
+                    kind: FailureKind::UnknownTask,
+                    message,
+                })))
+            }
+        }
+    }
+
     pub(crate) fn call(
         &self,
         task: u32,
@@ -151,13 +212,66 @@ pub enum ConvertError {
 
 trait ErasedTask: Send + Sync {
     fn name(&self) -> &'static str;
+    fn kind(&self) -> TaskKind;
     fn json_to_native(&self, json: &str) -> Result<Vec<u8>, ConvertError>;
     fn check_native(&self, input: &[u8]) -> Result<(), ConvertError>;
     fn output_to_json(&self, output: &[u8]) -> Result<String, ConvertError>;
     fn call(&self, chunk: bool, input: &[u8], ctx: &mut Ctx<'_>) -> Result<Vec<u8>, TaskFailure>;
+    fn call_async<'a>(
+        &'a self,
+        chunk: bool,
+        input: &[u8],
+        ctx: AsyncCtx,
+    ) -> LocalBoxFuture<'a, Result<Vec<u8>, TaskFailure>>;
 }
 
 struct Typed<T>(T);
+struct AsyncTyped<T>(T);
+
+fn wrong_lane(name: &str, kind: TaskKind) -> TaskFailure {
+    TaskFailure {
+        kind: FailureKind::UnknownTask,
+        message: format!("task {name:?} is a {kind:?} task and was routed to the wrong lane"),
+    }
+}
+
+// The JSON ↔ native conversions, shared by both kinds of task.
+
+fn json_to_native_as<I: Serialize + DeserializeOwned>(
+    name: &'static str,
+    json: &str,
+) -> Result<Vec<u8>, ConvertError> {
+    let bad = |message: String| ConvertError::BadInput {
+        task: name.into(),
+        message,
+    };
+    let input: I = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    codec::encode(&input).map_err(|e| bad(e.to_string()))
+}
+
+fn check_native_as<I: DeserializeOwned>(
+    name: &'static str,
+    input: &[u8],
+) -> Result<(), ConvertError> {
+    codec::decode::<I>(input)
+        .map(|_| ())
+        .map_err(|e| ConvertError::BadInput {
+            task: name.into(),
+            message: e.to_string(),
+        })
+}
+
+fn output_to_json_as<O: Serialize + DeserializeOwned>(
+    name: &'static str,
+    output: &[u8],
+) -> Result<String, ConvertError> {
+    let bad = |message: String| ConvertError::BadOutput {
+        task: name.into(),
+        message,
+    };
+    let out: O = codec::decode(output).map_err(|e| bad(e.to_string()))?;
+    serde_json::to_string(&out).map_err(|e| bad(e.to_string()))
+}
 
 fn failure(e: TaskError) -> TaskFailure {
     TaskFailure {
@@ -173,7 +287,7 @@ fn bad_input(name: &str, e: codec::CodecError) -> TaskFailure {
     }
 }
 
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -208,31 +322,29 @@ impl<T: Task> ErasedTask for Typed<T> {
         T::NAME
     }
 
+    fn kind(&self) -> TaskKind {
+        TaskKind::Cpu
+    }
+
     fn json_to_native(&self, json: &str) -> Result<Vec<u8>, ConvertError> {
-        let bad = |message: String| ConvertError::BadInput {
-            task: T::NAME.into(),
-            message,
-        };
-        let input: T::Input = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
-        codec::encode(&input).map_err(|e| bad(e.to_string()))
+        json_to_native_as::<T::Input>(T::NAME, json)
     }
 
     fn check_native(&self, input: &[u8]) -> Result<(), ConvertError> {
-        codec::decode::<T::Input>(input)
-            .map(|_| ())
-            .map_err(|e| ConvertError::BadInput {
-                task: T::NAME.into(),
-                message: e.to_string(),
-            })
+        check_native_as::<T::Input>(T::NAME, input)
     }
 
     fn output_to_json(&self, output: &[u8]) -> Result<String, ConvertError> {
-        let bad = |message: String| ConvertError::BadOutput {
-            task: T::NAME.into(),
-            message,
-        };
-        let out: T::Output = codec::decode(output).map_err(|e| bad(e.to_string()))?;
-        serde_json::to_string(&out).map_err(|e| bad(e.to_string()))
+        output_to_json_as::<T::Output>(T::NAME, output)
+    }
+
+    fn call_async<'a>(
+        &'a self,
+        _chunk: bool,
+        _input: &[u8],
+        _ctx: AsyncCtx,
+    ) -> LocalBoxFuture<'a, Result<Vec<u8>, TaskFailure>> {
+        Box::pin(std::future::ready(Err(wrong_lane(T::NAME, TaskKind::Cpu))))
     }
 
     fn call(&self, chunk: bool, input: &[u8], ctx: &mut Ctx<'_>) -> Result<Vec<u8>, TaskFailure> {
@@ -251,5 +363,68 @@ impl<T: Task> ErasedTask for Typed<T> {
             outs.push(self.run_one(input, ctx));
         }
         encode_output(T::NAME, &outs)
+    }
+}
+
+impl<T: AsyncTask> ErasedTask for AsyncTyped<T> {
+    fn name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn kind(&self) -> TaskKind {
+        TaskKind::Io
+    }
+
+    fn json_to_native(&self, json: &str) -> Result<Vec<u8>, ConvertError> {
+        json_to_native_as::<T::Input>(T::NAME, json)
+    }
+
+    fn check_native(&self, input: &[u8]) -> Result<(), ConvertError> {
+        check_native_as::<T::Input>(T::NAME, input)
+    }
+
+    fn output_to_json(&self, output: &[u8]) -> Result<String, ConvertError> {
+        output_to_json_as::<T::Output>(T::NAME, output)
+    }
+
+    fn call(
+        &self,
+        _chunk: bool,
+        _input: &[u8],
+        _ctx: &mut Ctx<'_>,
+    ) -> Result<Vec<u8>, TaskFailure> {
+        Err(wrong_lane(T::NAME, TaskKind::Io))
+    }
+
+    fn call_async<'a>(
+        &'a self,
+        chunk: bool,
+        input: &[u8],
+        ctx: AsyncCtx,
+    ) -> LocalBoxFuture<'a, Result<Vec<u8>, TaskFailure>> {
+        if !chunk {
+            let input: T::Input = match codec::decode(input) {
+                Ok(i) => i,
+                Err(e) => return Box::pin(std::future::ready(Err(bad_input(T::NAME, e)))),
+            };
+            return Box::pin(async move {
+                let out = self.0.run(input, ctx).await.map_err(failure)?;
+                encode_output(T::NAME, &out)
+            });
+        }
+        let inputs: Vec<T::Input> = match codec::decode(input) {
+            Ok(i) => i,
+            Err(e) => return Box::pin(std::future::ready(Err(bad_input(T::NAME, e)))),
+        };
+        // A chunk's items run concurrently, like separate calls.
+        Box::pin(async move {
+            let outs: Vec<Result<T::Output, TaskFailure>> =
+                futures_util::future::join_all(inputs.into_iter().map(|input| {
+                    let ctx = ctx.clone();
+                    async move { self.0.run(input, ctx).await.map_err(failure) }
+                }))
+                .await;
+            encode_output(T::NAME, &outs)
+        })
     }
 }

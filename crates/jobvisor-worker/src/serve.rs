@@ -1,6 +1,7 @@
 //! The worker loop.
 //!
-//! Handshake, then: take calls from the pipe, run them in order, batch the
+//! Handshake, then: take calls from the pipe, run the CPU calls in order on
+//! this thread, hand the async ones to the I/O lane (`io_lane`), batch the
 //! replies into `Done` frames. The replies go out when the worker runs out of
 //! work, every [`FLUSH_EVERY`] calls and at least every [`FLUSH_INTERVAL`], so
 //! the supervisor can refill the pipeline while the worker keeps going.
@@ -11,11 +12,12 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use jobvisor_proto::worker::{
-    Call, FailureKind, FromWorker, Outcome, Reply, TaskFailure, ToWorker,
+    Call, FailureKind, FromWorker, Outcome, Reply, TaskFailure, TaskKind, ToWorker,
 };
 use jobvisor_proto::{FrameError, HandshakeError, Hello, Role};
 
-use crate::link::Link;
+use crate::io_lane::{self, IoMsg, LaneConfig};
+use crate::link::{IoRoute, Link};
 use crate::registry::Registry;
 use crate::task::Ctx;
 
@@ -70,15 +72,64 @@ pub fn serve_with_beacon(
     ours.check_peer(&peer, Role::Supervisor)?;
 
     let (max_output_bytes, soft_limit) = configure(&mut link)?;
-    let mut last_rss_check = Instant::now();
-    let mut last_wall_us = 0u64;
-    let mut since_sample = MEASURE_EVERY;
+    let kinds = registry.kinds();
     link.send(&FromWorker::Ready {
         pid: std::process::id(),
         tasks: registry.names().map(str::to_owned).collect(),
+        kinds: kinds.clone(),
     })?;
     link.flush()?;
 
+    let beacon = beacon.as_ref();
+    std::thread::scope(|scope| {
+        if kinds.contains(&TaskKind::Io) {
+            // The I/O lane: async calls on an event loop beside this thread.
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            let out = link.shared_out();
+            let cfg = LaneConfig {
+                max_frame_bytes: link.max_frame_bytes,
+                max_output_bytes,
+            };
+            std::thread::Builder::new()
+                .name("jobvisor-io".into())
+                .spawn_scoped(scope, move || io_lane::run(registry, rx, out, &cfg, beacon))?;
+            link.io = Some(IoRoute {
+                tx,
+                is_async: kinds.iter().map(|k| *k == TaskKind::Io).collect(),
+            });
+        }
+        let r = cpu_loop(registry, &mut link, beacon, max_output_bytes, soft_limit);
+        if let Some(io) = link.io.take() {
+            // After a Shutdown the lane finishes what runs (its channel just
+            // closes); otherwise the worker is going away now.
+            if !matches!(r, Ok(Exit::Finished)) {
+                let _ = io.tx.send(IoMsg::Abort);
+            }
+        }
+        r.map(|_| ())
+    })
+}
+
+/// How the CPU loop ended.
+enum Exit {
+    /// `Shutdown`, and everything queued is done.
+    Finished,
+    /// The supervisor closed the pipe, or the worker retired.
+    Gone,
+}
+
+/// The CPU thread: reads the pipe, runs CPU calls in order, routes async ones
+/// to the I/O lane.
+fn cpu_loop(
+    registry: &Registry,
+    link: &mut Link,
+    beacon: Option<&crate::Beacon>,
+    max_output_bytes: u64,
+    soft_limit: u64,
+) -> Result<Exit, WorkerError> {
+    let mut last_rss_check = Instant::now();
+    let mut last_wall_us = 0u64;
+    let mut since_sample = MEASURE_EVERY;
     let mut pending: VecDeque<Call> = VecDeque::new();
     let mut shutdown = false;
     let mut since_flush = 0usize;
@@ -88,18 +139,18 @@ pub fn serve_with_beacon(
             link.flush()?;
             since_flush = 0;
             if shutdown {
-                return Ok(());
+                return Ok(Exit::Finished);
             }
             if !link.fill_nonblocking()? {
-                return Ok(());
+                return Ok(Exit::Gone);
             }
-            take_frames(&mut link, &mut pending, &mut shutdown, None)?;
+            take_frames(link, &mut pending, &mut shutdown, None)?;
             if pending.is_empty() && !shutdown {
                 link.wait_readable(None)?;
                 if !link.fill_nonblocking()? {
-                    return Ok(());
+                    return Ok(Exit::Gone);
                 }
-                take_frames(&mut link, &mut pending, &mut shutdown, None)?;
+                take_frames(link, &mut pending, &mut shutdown, None)?;
             }
             last_ingest = Instant::now();
             continue;
@@ -107,7 +158,7 @@ pub fn serve_with_beacon(
         let Some(call) = pending.pop_front() else {
             continue;
         };
-        if let Some(b) = &beacon {
+        if let Some(b) = beacon {
             b.set(call.id);
         }
         let started = Instant::now();
@@ -119,7 +170,7 @@ pub fn serve_with_beacon(
             .timeout_ms
             .map(|ms| started + Duration::from_millis(ms));
         let result = {
-            let mut ctx = Ctx::new(call.id, &mut link, &mut pending, deadline, &mut shutdown);
+            let mut ctx = Ctx::new(call.id, link, &mut pending, deadline, &mut shutdown);
             let r = registry.call(call.task, call.chunk, &call.input, &mut ctx);
             match r {
                 // A task that noticed the cancel but returned Ok anyway still
@@ -140,22 +191,9 @@ pub fn serve_with_beacon(
                 Err(f) => Err(f),
             }
         };
-        let outcome = match result {
-            Ok(bytes) if bytes.len() as u64 > max_output_bytes => Outcome::Err(TaskFailure {
-                kind: FailureKind::OutputTooLarge,
-                message: format!(
-                    "output of {} bytes exceeds max_output_bytes ({max_output_bytes})",
-                    bytes.len()
-                ),
-            }),
-            Ok(bytes) => Outcome::Ok(bytes),
-            Err(f) => Outcome::Err(f),
-        };
-        let size = match &outcome {
-            Outcome::Ok(b) => b.len(),
-            Outcome::Err(f) => f.message.len(),
-        };
-        if let Some(b) = &beacon {
+        let outcome = outcome(result, max_output_bytes);
+        let size = outcome_size(&outcome);
+        if let Some(b) = beacon {
             b.set(0);
         }
         let wall_us = started.elapsed().as_micros() as u64;
@@ -171,6 +209,7 @@ pub fn serve_with_beacon(
                     0
                 },
                 wall_us: if measure { wall_us } else { 0 },
+                max_poll_us: 0,
             },
             size,
         )?;
@@ -182,7 +221,7 @@ pub fn serve_with_beacon(
             last_rss_check = now;
             if let Some(rss) = resident_bytes().filter(|&r| r > soft_limit) {
                 // Recycle between calls: the supervisor re-dispatches what we
-                // have not answered (none of it started) and starts a fresh worker.
+                // have not answered and starts a fresh worker.
                 let reason = format!(
                     "resident set {} KiB is over the soft memory limit of {} KiB",
                     rss / 1024,
@@ -190,18 +229,41 @@ pub fn serve_with_beacon(
                 );
                 link.send(&FromWorker::Retiring { reason })?;
                 link.flush()?;
-                return Ok(());
+                return Ok(Exit::Gone);
             }
         }
         if since_flush >= FLUSH_EVERY || now.duration_since(last_ingest) >= FLUSH_INTERVAL {
             link.flush()?;
             since_flush = 0;
             if !link.fill_nonblocking()? {
-                return Ok(());
+                return Ok(Exit::Gone);
             }
-            take_frames(&mut link, &mut pending, &mut shutdown, None)?;
+            take_frames(link, &mut pending, &mut shutdown, None)?;
             last_ingest = now;
         }
+    }
+}
+
+/// A call's result as the reply's outcome, with the output size limit applied.
+pub(crate) fn outcome(result: Result<Vec<u8>, TaskFailure>, max_output_bytes: u64) -> Outcome {
+    match result {
+        Ok(bytes) if bytes.len() as u64 > max_output_bytes => Outcome::Err(TaskFailure {
+            kind: FailureKind::OutputTooLarge,
+            message: format!(
+                "output of {} bytes exceeds max_output_bytes ({max_output_bytes})",
+                bytes.len()
+            ),
+        }),
+        Ok(bytes) => Outcome::Ok(bytes),
+        Err(f) => Outcome::Err(f),
+    }
+}
+
+/// The payload size of an outcome (for framing replies under the limit).
+pub(crate) fn outcome_size(outcome: &Outcome) -> usize {
+    match outcome {
+        Outcome::Ok(b) => b.len(),
+        Outcome::Err(f) => f.message.len(),
     }
 }
 
@@ -299,7 +361,22 @@ pub(crate) fn take_frames(
     let mut hit = false;
     while let Some(msg) = link.rbuf.decode_next::<ToWorker>()? {
         match msg {
-            ToWorker::Run(calls) => pending.extend(calls),
+            ToWorker::Run(calls) => {
+                for call in calls {
+                    if !link.is_async(call.task) {
+                        pending.push_back(call);
+                        continue;
+                    }
+                    let id = call.id;
+                    let sent = link
+                        .io
+                        .as_ref()
+                        .is_some_and(|io| io.tx.send(IoMsg::Run(call)).is_ok());
+                    if !sent {
+                        link.push_reply(io_lane::lane_gone(id), 64)?;
+                    }
+                }
+            }
             ToWorker::Cancel { id } => {
                 if Some(id) == running {
                     hit = true;
@@ -313,13 +390,17 @@ pub(crate) fn take_frames(
                         }),
                         cpu_us: 0,
                         wall_us: 0,
+                        max_poll_us: 0,
                     };
                     link.push_reply(reply, 32)?;
                     // Answer now: the running call may take a long time.
                     link.flush()
                         .map_err(|e| FrameError::Codec(jobvisor_proto::CodecError::Io(e)))?;
+                } else if let Some(io) = &link.io {
+                    // An async call (the lane ignores ids it does not run), or
+                    // one that finished already and whose reply is on the way.
+                    let _ = io.tx.send(IoMsg::Cancel(id));
                 }
-                // Otherwise it finished already; its reply is on the way.
             }
             ToWorker::Shutdown => *shutdown = true,
             // Limits are set once, at the start; a late Configure is ignored.

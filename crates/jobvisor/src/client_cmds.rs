@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use jobvisor_client::{Client, ClientError};
+use jobvisor_daemon::json::payload_json;
 use jobvisor_proto::control::{
     AttemptOutcome, ErrorKind, JobRecord, JobSpec, JobState, Payload, Stats, Submitted, WorkerRow,
 };
@@ -218,13 +219,18 @@ pub struct SubmitArgs {
     /// Idempotency key: submitting the same key again returns the first job.
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
+    /// When the job ends (succeeded, failed, cancelled, dead), POST its record
+    /// as JSON to this http(s) URL (at-least-once while the daemon runs;
+    /// dedupe on the `x-jobvisor-delivery` header).
+    #[arg(long, value_name = "URL")]
+    pub notify_url: Option<String>,
     /// Wait for the job(s) to finish; exit with the worst job's code.
     #[arg(long)]
     pub wait: bool,
     /// Submit many jobs from a JSON-lines file (`-` for stdin), one object per
     /// line: {"task", "input", and optionally "queue", "priority",
     /// "max_attempts", "backoff_base_ms", "backoff_max_ms", "timeout_ms",
-    /// "delay_ms", "after", "key"}. All are accepted or none. On a terminal,
+    /// "delay_ms", "after", "key", "notify_url"}. All are accepted or none. On a terminal,
     /// shows a progress bar until all finished.
     #[arg(
         long,
@@ -232,6 +238,7 @@ pub struct SubmitArgs {
         conflicts_with_all = [
             "task", "command", "input", "cwd", "env", "queue", "priority",
             "max_attempts", "backoff_ms", "timeout", "delay", "after", "key", "input_from",
+            "notify_url",
         ]
     )]
     pub batch: Option<PathBuf>,
@@ -559,6 +566,7 @@ fn single_spec(args: &SubmitArgs) -> Result<JobSpec, Failure> {
     spec.after = args.after.clone();
     spec.input_from = args.input_from.clone();
     spec.key = args.key.clone();
+    spec.notify_url = args.notify_url.clone();
     Ok(spec)
 }
 
@@ -671,7 +679,7 @@ fn parse_batch(text: &str) -> Result<Vec<JobSpec>, String> {
 /// Parses one batch line: a JSON object with `task` and `input` (any JSON
 /// value, sent as its JSON text) and optional `queue`, `priority`,
 /// `max_attempts`, `backoff_base_ms`, `backoff_max_ms`, `timeout_ms`,
-/// `delay_ms`, `after`, `key`. Unknown fields are refused (they are typos).
+/// `delay_ms`, `after`, `key`, `notify_url`. Unknown fields are refused (they are typos).
 fn parse_batch_line(line: &str) -> Result<JobSpec, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
     let Value::Object(obj) = value else {
@@ -691,6 +699,7 @@ fn parse_batch_line(line: &str) -> Result<JobSpec, String> {
         "after",
         "key",
         "input_from",
+        "notify_url",
     ];
     if let Some(unknown) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
         return Err(format!(
@@ -730,6 +739,7 @@ fn parse_batch_line(line: &str) -> Result<JobSpec, String> {
     let mut spec = JobSpec::new(task, Payload::Json(input));
     spec.queue = opt_string("queue")?;
     spec.key = opt_string("key")?;
+    spec.notify_url = opt_string("notify_url")?;
     spec.priority = match obj.get("priority") {
         None | Some(Value::Null) => 0,
         Some(v) => v
@@ -1000,31 +1010,11 @@ async fn wait(ids: Vec<u64>, timeout: Option<Duration>, json: bool, socket: &Pat
 // status, result
 // ---------------------------------------------------------------------------
 
-/// A payload as JSON: the parsed value for JSON text (the text as a string if
-/// it does not parse), `{"native_hex": "..."}` for native bytes.
-fn payload_json(p: &Payload) -> Value {
-    match p {
-        Payload::Json(t) => serde_json::from_str(t).unwrap_or_else(|_| Value::String(t.clone())),
-        Payload::Native(b) => json!({ "native_hex": hex(b) }),
-    }
-}
-
 /// A record as JSON: the derived shape, but `state` as its lowercase name and
-/// `input`/`output` shown by [`payload_json`].
+/// `input`/`output` shown by [`payload_json`]. The daemon's completion
+/// notifications send the same shape.
 fn record_json(r: &JobRecord) -> Result<Value, Failure> {
-    let mut v = serde_json::to_value(r).map_err(json_failure)?;
-    if let Value::Object(obj) = &mut v {
-        obj.insert("state".to_owned(), json!(r.state.as_str()));
-        obj.insert(
-            "input".to_owned(),
-            r.input.as_ref().map_or(Value::Null, payload_json),
-        );
-        obj.insert(
-            "output".to_owned(),
-            r.output.as_ref().map_or(Value::Null, payload_json),
-        );
-    }
-    Ok(v)
+    jobvisor_daemon::json::record_json(r).map_err(json_failure)
 }
 
 async fn status(id: u64, json: bool, socket: &Path) -> CmdResult {
@@ -1050,6 +1040,9 @@ fn format_status(r: &JobRecord) -> String {
     field("priority", &r.priority.to_string());
     if let Some(key) = &r.key {
         field("key", key);
+    }
+    if let Some(url) = &r.notify_url {
+        field("notify", url);
     }
     if !r.after.is_empty() {
         let ids: Vec<String> = r.after.iter().map(u64::to_string).collect();
@@ -1349,6 +1342,7 @@ async fn stats(json: bool, socket: &Path) -> CmdResult {
          attempts finished: {}\n\
          worker restarts:   {}\n\
          recovered:         {}\n\
+         notifications:     {} delivered, {} failed, {} dropped (queue full)\n\
          health:            {}\n",
         s.pid,
         fmt_ms(s.uptime_s.saturating_mul(1000)),
@@ -1357,6 +1351,9 @@ async fn stats(json: bool, socket: &Path) -> CmdResult {
         s.attempts_finished,
         s.worker_restarts,
         s.recovered,
+        s.notify_delivered,
+        s.notify_failed,
+        s.notify_dropped,
         if s.degraded {
             format!(
                 "degraded: workers die too fast; restarts delayed by {}",
@@ -1369,21 +1366,29 @@ async fn stats(json: bool, socket: &Path) -> CmdResult {
     let mut text = text;
     if !s.tasks.is_empty() {
         text.push_str(
-            "\nwhich kind is it? (CPU time of the worker thread against wall time, per task)\n",
+            "\nwhich kind is it? (CPU tasks: CPU time of the worker thread against wall time; \
+             I/O tasks: time holding the event loop, and its longest single hold)\n",
         );
         text.push_str(&format!(
-            "{:<12} {:>9} {:>10} {:>10} {:>5}  advice\n",
-            "TASK", "ATTEMPTS", "CPU", "WALL", "CPU%"
+            "{:<12} {:<4} {:>9} {:>10} {:>10} {:>5} {:>9}  advice\n",
+            "TASK", "KIND", "ATTEMPTS", "CPU", "WALL", "CPU%", "MAX-HOLD"
         ));
         for t in &s.tasks {
             let pct = t.cpu_ms.saturating_mul(100) / t.wall_ms.max(1);
+            let hold = if t.kind == "io" {
+                fmt_ms(t.max_poll_ms)
+            } else {
+                "-".to_string()
+            };
             text.push_str(&format!(
-                "{:<12} {:>9} {:>10} {:>10} {:>4}%  {}\n",
+                "{:<12} {:<4} {:>9} {:>10} {:>10} {:>4}% {:>9}  {}\n",
                 t.task,
+                t.kind,
                 t.attempts,
                 fmt_ms(t.cpu_ms),
                 fmt_ms(t.wall_ms),
                 pct,
+                hold,
                 t.advice.as_deref().unwrap_or("-")
             ));
         }
@@ -2107,8 +2112,10 @@ mod tests {
             output: Some(Payload::Native(vec![1, 2])),
             error: None,
             attempts: vec![],
+            notify_url: Some("http://127.0.0.1:1/hook".into()),
         };
         let v = record_json(&rec).unwrap();
+        assert_eq!(v["notify_url"], json!("http://127.0.0.1:1/hook"));
         assert_eq!(v["input"], json!({"a": 1}));
         assert_eq!(v["output"], json!({"native_hex": "0102"}));
         assert_eq!(v["state"], json!("succeeded"));
@@ -2128,7 +2135,11 @@ mod tests {
             degraded: false,
             restart_delay_ms: 0,
             tasks: Vec::new(),
+            notify_delivered: 9,
+            notify_failed: 10,
+            notify_dropped: 11,
         };
+        assert_eq!(stats_json(&stats).unwrap()["notify_dropped"], json!(11));
         assert_eq!(stats_json(&stats).unwrap()["jobs"], json!({"queued": 4}));
     }
 
@@ -2234,6 +2245,7 @@ mod tests {
                 output: None,
                 error: None,
                 attempts: Vec::new(),
+                notify_url: None,
             }
         }
 
@@ -2346,6 +2358,9 @@ mod tests {
                     degraded: false,
                     restart_delay_ms: 0,
                     tasks: Vec::new(),
+                    notify_delivered: 0,
+                    notify_failed: 0,
+                    notify_dropped: 0,
                 }),
                 Request::Events => err(ErrorKind::BadRequest, "not in this mock"),
                 Request::Ping => Response::Pong {

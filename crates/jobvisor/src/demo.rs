@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use jobvisor_pool::{CallOptions, Pool, PoolError, PoolEvent};
-use jobvisor_tasks::{Exec, ExecInput, Noop, Sleep, SleepInput, Spin, SpinInput};
+use jobvisor_tasks::{Exec, ExecInput, Noop, Spin, SpinInput};
 
 use crate::cli::DemoArgs;
 
@@ -54,15 +54,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     // 3. A worker killed in the middle of a task: that task fails, the others
     //    complete, and a replacement starts at once.
     let mut events = pool.events();
-    let mut sleepers = Vec::new();
+    let mut spinners = Vec::new();
     for _ in 0..workers.len() {
-        sleepers.push(pool.submit::<Sleep>(&SleepInput { ms: 30_000 }).await?);
+        spinners.push(pool.submit::<Spin>(&SpinInput { ms: 30_000 }).await?);
     }
     let mut bystanders = Vec::new();
     for _ in 0..4 {
         bystanders.push(pool.submit::<Spin>(&SpinInput { ms: 20 }).await?);
     }
-    // One sleep per worker (dispatch spreads calls over idle workers first).
+    // One long spin per worker (dispatch spreads calls over idle workers first).
     // Give them a moment to start: a worker killed before it starts a call
     // fails nothing (that call simply runs elsewhere), which is not the demo.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -82,17 +82,17 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             Err(_) => break None,
         }
     };
-    // The other sleeps are cancelled (cooperatively: their workers live on).
-    for h in &sleepers {
+    // The other spins are cancelled (cooperatively: their workers live on).
+    for h in &spinners {
         h.cancel().await;
     }
-    for h in sleepers {
+    for h in spinners {
         match h.await {
             Err(e @ PoolError::WorkerDied { .. }) => {
                 println!("3. SIGKILL to worker {victim}: its task failed with: {e}")
             }
             Err(PoolError::Cancelled) => {}
-            other => println!("3. unexpected outcome of a sleep: {other:?}"),
+            other => println!("3. unexpected outcome of a spin: {other:?}"),
         }
     }
     let mut ok = 0;

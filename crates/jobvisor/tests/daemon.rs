@@ -12,6 +12,9 @@ use jobvisor_client::{ErrorKind, JobSpec, JobState};
 mod support;
 use support::*;
 
+#[path = "daemon/notify.rs"]
+mod notify;
+
 #[test]
 fn every_builtin_task_through_submit_wait_result() {
     let d = Daemon::start(&[]);
@@ -704,6 +707,9 @@ fn stats_tell_cpu_bound_from_waiting_tasks() {
     rt().block_on(async {
         let mut c = d.client().await;
         let mut specs: Vec<JobSpec> = (0..6).map(|_| json_spec("spin", r#"{"ms": 30}"#)).collect();
+        // A CPU task that waits (it holds a worker's CPU thread while idle).
+        specs.extend((0..6).map(|_| json_spec("exec", r#"{"argv": ["sleep", "0.03"]}"#)));
+        // The async sleep waits on the event loop: the right kind, no advice.
         specs.extend((0..6).map(|_| json_spec("sleep", r#"{"ms": 30}"#)));
         let ids: Vec<u64> = c
             .submit(specs)
@@ -722,8 +728,12 @@ fn stats_tell_cpu_bound_from_waiting_tasks() {
                 .cloned()
                 .expect(name)
         };
-        let (spin, sleep) = (row("spin"), row("sleep"));
+        let (spin, sleep) = (row("spin"), row("exec"));
         assert_eq!((spin.attempts, sleep.attempts), (6, 6));
+        let io = row("sleep");
+        assert_eq!((io.kind.as_str(), io.attempts), ("io", 6), "{io:?}");
+        assert_eq!(io.advice, None, "an async sleep is the right kind: {io:?}");
+        assert_eq!((spin.kind.as_str(), sleep.kind.as_str()), ("cpu", "cpu"));
         assert!(
             sleep.wall_ms >= 180 && sleep.cpu_ms * 10 < sleep.wall_ms,
             "{sleep:?}"

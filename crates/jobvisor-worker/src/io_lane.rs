@@ -1,0 +1,297 @@
+//! The I/O lane: a worker's event loop for async calls.
+//!
+//! A thread beside the CPU thread runs a current-thread tokio runtime, created
+//! after the fork (the fork server and every worker start single-threaded).
+//! The CPU thread reads the pipe and hands the lane the calls of async tasks;
+//! the lane runs all of them at once and writes their replies itself, in
+//! whatever order they finish, through the shared write end (whole frames
+//! under a lock, so the two threads' frames never interleave).
+//!
+//! Each call's future is wrapped so that the lane knows, per call, the time
+//! it held the loop (the sum of its polls, reported as its CPU time) and its
+//! longest single poll (`max_poll_us`: the "blocks its event loop" advice),
+//! and names the call in the beacon's I/O slot while it is polled, so a crash
+//! inside a poll is charged to that call alone.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_util::future::LocalBoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use futures_util::FutureExt;
+use jobvisor_proto::encode_frame;
+use jobvisor_proto::worker::{Call, FailureKind, FromWorker, Outcome, Reply, TaskFailure};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::async_task::{AsyncCtx, Report};
+use crate::beacon::Beacon;
+use crate::link::SharedOut;
+use crate::registry::Registry;
+
+/// What the CPU thread tells the lane.
+#[derive(Debug)]
+pub(crate) enum IoMsg {
+    /// Start this call.
+    Run(Call),
+    /// Drop this call's future and answer it `Cancelled` (ignored when it is
+    /// not running here).
+    Cancel(u64),
+    /// The worker is going away: drop everything now, answer nothing.
+    Abort,
+}
+
+/// The lane's settings.
+pub(crate) struct LaneConfig {
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) max_output_bytes: u64,
+}
+
+type Finished = (u64, Reply, usize);
+
+/// Runs the lane until the CPU thread drops its sender (after finishing what
+/// runs) or sends [`IoMsg::Abort`].
+pub(crate) fn run(
+    registry: &Registry,
+    rx: mpsc::UnboundedReceiver<IoMsg>,
+    out: Arc<SharedOut>,
+    cfg: &LaneConfig,
+    beacon: Option<&Beacon>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("jobvisor worker: cannot start the event loop: {e}");
+            // Without a loop no async call can run: the process must go so
+            // the supervisor re-dispatches them to a working worker.
+            std::process::abort();
+        }
+    };
+    rt.block_on(serve_lane(registry, rx, out, cfg, beacon));
+}
+
+async fn serve_lane(
+    registry: &Registry,
+    mut rx: mpsc::UnboundedReceiver<IoMsg>,
+    out: Arc<SharedOut>,
+    cfg: &LaneConfig,
+    beacon: Option<&Beacon>,
+) {
+    let report: Report = {
+        let out = Arc::clone(&out);
+        let max = cfg.max_frame_bytes;
+        Rc::new(move |msg: &FromWorker| {
+            let mut buf = Vec::new();
+            if encode_frame(&mut buf, msg, max).is_ok() {
+                let _ = out.write_all(&buf);
+            }
+        })
+    };
+    let mut running: FuturesUnordered<LocalBoxFuture<'_, Finished>> = FuturesUnordered::new();
+    let mut cancels: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
+    let mut replies = Replies::new(cfg.max_frame_bytes);
+    let mut open = true;
+    loop {
+        if !open && running.is_empty() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            Some(done) = running.next(), if !running.is_empty() => {
+                cancels.remove(&done.0);
+                replies.push(done.1, done.2);
+                // Gather whatever else is finished, then write one frame.
+                while let Some(Some(done)) = running.next().now_or_never() {
+                    cancels.remove(&done.0);
+                    replies.push(done.1, done.2);
+                }
+                if replies.write(&out).is_err() {
+                    return;
+                }
+            }
+            msg = rx.recv(), if open => match msg {
+                Some(IoMsg::Run(call)) => {
+                    let (tx, cancel) = oneshot::channel();
+                    cancels.insert(call.id, tx);
+                    running.push(Box::pin(run_call(
+                        registry,
+                        call,
+                        cancel,
+                        Rc::clone(&report),
+                        cfg.max_output_bytes,
+                        beacon,
+                    )));
+                }
+                Some(IoMsg::Cancel(id)) => {
+                    if let Some(tx) = cancels.remove(&id) {
+                        let _ = tx.send(());
+                    }
+                }
+                Some(IoMsg::Abort) => return,
+                None => open = false,
+            },
+        }
+    }
+}
+
+async fn run_call<'a>(
+    registry: &'a Registry,
+    call: Call,
+    cancel: oneshot::Receiver<()>,
+    report: Report,
+    max_output_bytes: u64,
+    beacon: Option<&'a Beacon>,
+) -> Finished {
+    let started = Instant::now();
+    let deadline = call
+        .timeout_ms
+        .map(|ms| started + Duration::from_millis(ms));
+    let ctx = AsyncCtx::new(call.id, deadline, Some(report));
+    let mut timed = Timed {
+        fut: registry.call_async(call.task, call.chunk, &call.input, ctx),
+        id: call.id,
+        beacon,
+        busy: Duration::ZERO,
+        max_poll: Duration::ZERO,
+    };
+    let cancelled = |message: String| {
+        Err(TaskFailure {
+            kind: FailureKind::Cancelled,
+            message,
+        })
+    };
+    let result = tokio::select! {
+        r = &mut timed => r,
+        _ = cancel => cancelled("cancelled while running".into()),
+        () = sleep_until_opt(deadline) => cancelled(format!(
+            "soft timeout of {} ms reached",
+            call.timeout_ms.unwrap_or(0)
+        )),
+    };
+    let outcome = crate::serve::outcome(result, max_output_bytes);
+    let size = crate::serve::outcome_size(&outcome);
+    let reply = Reply {
+        id: call.id,
+        outcome,
+        cpu_us: timed.busy.as_micros() as u64,
+        wall_us: (started.elapsed().as_micros() as u64).max(1),
+        max_poll_us: timed.max_poll.as_micros() as u64,
+    };
+    (call.id, reply, size)
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A call's future, measured: time spent in its polls, its longest poll; a
+/// panic in a poll ends the call (the loop and the other calls live on).
+struct Timed<'a> {
+    fut: LocalBoxFuture<'a, Result<Vec<u8>, TaskFailure>>,
+    id: u64,
+    beacon: Option<&'a Beacon>,
+    busy: Duration,
+    max_poll: Duration,
+}
+
+impl Future for Timed<'_> {
+    type Output = Result<Vec<u8>, TaskFailure>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        if let Some(b) = this.beacon {
+            b.set_io(this.id);
+        }
+        let t0 = Instant::now();
+        let r = catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx)));
+        let took = t0.elapsed();
+        if let Some(b) = this.beacon {
+            b.set_io(0);
+        }
+        this.busy += took;
+        this.max_poll = this.max_poll.max(took);
+        match r {
+            Ok(p) => p,
+            Err(payload) => Poll::Ready(Err(TaskFailure {
+                kind: FailureKind::Panic,
+                message: format!(
+                    "async task panicked: {}",
+                    crate::registry::panic_message(&*payload)
+                ),
+            })),
+        }
+    }
+}
+
+/// Replies framed into `Done` frames no larger than the frame limit.
+struct Replies {
+    max_frame_bytes: usize,
+    batch: Vec<Reply>,
+    batch_bytes: usize,
+    buf: Vec<u8>,
+}
+
+impl Replies {
+    fn new(max_frame_bytes: usize) -> Self {
+        Self {
+            max_frame_bytes,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            buf: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, reply: Reply, size: usize) {
+        let cost = size + 48;
+        if !self.batch.is_empty() && self.batch_bytes + cost > self.max_frame_bytes {
+            self.frame();
+        }
+        self.batch_bytes += cost;
+        self.batch.push(reply);
+    }
+
+    fn frame(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let msg = FromWorker::Done(std::mem::take(&mut self.batch));
+        self.batch_bytes = 0;
+        if let Err(e) = encode_frame(&mut self.buf, &msg, self.max_frame_bytes) {
+            // Outputs were checked against max_output_bytes, which is below the
+            // frame limit; this would be a bug.
+            eprintln!("jobvisor worker: cannot frame replies: {e}");
+        }
+    }
+
+    fn write(&mut self, out: &SharedOut) -> std::io::Result<()> {
+        self.frame();
+        let r = out.write_all(&self.buf);
+        self.buf.clear();
+        r
+    }
+}
+
+/// The reply for an async call that could not be handed to the lane.
+pub(crate) fn lane_gone(id: u64) -> Reply {
+    Reply {
+        id,
+        outcome: Outcome::Err(TaskFailure {
+            kind: FailureKind::Error,
+            message: "the worker's event loop is gone".into(),
+        }),
+        cpu_us: 0,
+        wall_us: 0,
+        max_poll_us: 0,
+    }
+}

@@ -1,0 +1,372 @@
+//! Completion notifications end to end: the real daemon POSTs to a receiver
+//! in this test (hand-written HTTP/1.1 on 127.0.0.1) and runs commands.
+//! Everything is awaited through the receiver's channel or the daemon's
+//! counters (`stats`), each with a deadline; no sleep orders anything.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use jobvisor_client::Stats;
+use serde_json::{json, Value};
+
+use super::*;
+
+/// How long a test waits for one notification.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// One request the receiver got, and what it answered.
+#[derive(Debug)]
+struct Hit {
+    method: String,
+    path: String,
+    /// Lowercase names.
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+    answered: u16,
+}
+
+impl Hit {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", String::as_str)
+    }
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// A webhook receiver: one request per connection (it answers `connection:
+/// close`), `500` to the first `fail_first` requests and `200` after, each
+/// request sent to a channel. Stopped and joined in `Drop`.
+struct Hook {
+    url: String,
+    addr: SocketAddr,
+    hits: mpsc::Receiver<Hit>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Hook {
+    fn start(fail_first: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, hits) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let served = AtomicUsize::new(0);
+        let thread = std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(mut conn) = conn else { continue };
+                let fail = served.fetch_add(1, Ordering::SeqCst) < fail_first;
+                if let Some(hit) = serve(&mut conn, fail) {
+                    let _ = tx.send(hit);
+                }
+            }
+        });
+        Hook {
+            url: format!("http://{addr}/hook"),
+            addr,
+            hits,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// The next request, within [`WAIT`].
+    fn next(&self) -> Hit {
+        self.hits
+            .recv_timeout(WAIT)
+            .unwrap_or_else(|e| panic!("no notification within {WAIT:?}: {e}"))
+    }
+
+    /// Requests received and not taken yet.
+    fn pending(&self) -> Vec<Hit> {
+        self.hits.try_iter().collect()
+    }
+}
+
+impl Drop for Hook {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wakes the accept loop, which sees the flag.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads one request (headers, then `content-length` bytes) and answers it.
+fn serve(conn: &mut TcpStream, fail: bool) -> Option<Hit> {
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        if buf.len() > 64 * 1024 {
+            return None;
+        }
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let mut request_line = lines.next()?.split(' ');
+    let method = request_line.next()?.to_owned();
+    let path = request_line.next()?.to_owned();
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers.get("content-length")?.parse().ok()?;
+    let mut body = buf[head_end + 4..].to_vec();
+    while body.len() < len {
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 {
+            return None;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    let (answered, status_line) = if fail {
+        (500, "500 Internal Server Error")
+    } else {
+        (200, "200 OK")
+    };
+    let response =
+        format!("HTTP/1.1 {status_line}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    conn.write_all(response.as_bytes()).ok()?;
+    Some(Hit {
+        method,
+        path,
+        headers,
+        body,
+        answered,
+    })
+}
+
+/// The daemon's stats once `done` holds for them (bounded: a notification's
+/// outcome is counted just after the receiver answered).
+fn stats_when(d: &Daemon, done: impl Fn(&Stats) -> bool) -> Stats {
+    rt().block_on(async {
+        let mut c = d.client().await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let s = c.stats().await.expect("stats");
+            if done(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "stats never got there: {s:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+}
+
+fn daemon_with_config(toml: &str) -> Daemon {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = config(&dir, toml);
+    let mut d = Daemon::new(dir, None, &["--workers", "2", "--config", &cfg]);
+    d.spawn();
+    d
+}
+
+fn submitted_id(out: &std::process::Output) -> String {
+    assert!(out.status.success(), "{}", text(out));
+    stdout(out).lines().next().unwrap_or("").trim().to_owned()
+}
+
+#[test]
+fn a_jobs_notify_url_gets_one_post_with_its_record() {
+    let hook = Hook::start(0);
+    let d = Daemon::start(&[]);
+    // A URL the daemon cannot use is refused at submit, naming the field.
+    for bad in ["ftp://127.0.0.1/x", "not a url", "unix:/run/x.sock"] {
+        let out = d.cli(&["submit", "noop", "--input", "1", "--notify-url", bad]);
+        assert_eq!(out.status.code(), Some(7), "{bad}: {}", text(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("notify_url"),
+            "{}",
+            text(&out)
+        );
+    }
+
+    let out = d.cli(&[
+        "submit",
+        "noop",
+        "--input",
+        "42",
+        "--notify-url",
+        &hook.url,
+        "--wait",
+    ]);
+    let id = submitted_id(&out);
+    let hit = hook.next();
+    assert_eq!((hit.method.as_str(), hit.path.as_str()), ("POST", "/hook"));
+    assert_eq!(hit.header("content-type"), "application/json");
+    assert_eq!(hit.header("x-jobvisor-event"), "job.succeeded");
+    assert_eq!(hit.header("x-jobvisor-delivery"), format!("{id}-succeeded"));
+    let body = hit.json();
+    assert_eq!(body["id"], json!(id.parse::<u64>().unwrap()));
+    assert_eq!(body["state"], json!("succeeded"));
+    assert_eq!(body["output"], json!(42));
+    assert_eq!(body["notify_url"], json!(hook.url));
+    // The shape `jobvisor status --json` prints.
+    let status: Value =
+        serde_json::from_str(&stdout(&d.cli(&["status", &id, "--json"]))).expect("status --json");
+    assert_eq!(body, status);
+
+    // Exactly one: counted as delivered (after the 200), nothing else came.
+    let s = stats_when(&d, |s| s.notify_delivered >= 1);
+    assert_eq!(
+        (s.notify_delivered, s.notify_failed, s.notify_dropped),
+        (1, 0, 0)
+    );
+    assert!(hook.pending().is_empty());
+    let text = stdout(&d.cli(&["stats"]));
+    assert!(text.contains("1 delivered, 0 failed, 0 dropped"), "{text}");
+}
+
+#[test]
+fn a_queues_notify_url_hears_of_failures_only_when_told_so() {
+    let hook = Hook::start(0);
+    let d = daemon_with_config(&format!(
+        "[queues.alerts]\nnotify_url = \"{}\"\nnotify_on = [\"failed\", \"dead\"]\n",
+        hook.url
+    ));
+    let ok = d.cli(&[
+        "submit", "noop", "--input", "1", "--queue", "alerts", "--wait",
+    ]);
+    submitted_id(&ok);
+    let out = d.cli(&[
+        "submit",
+        "hash",
+        "--input",
+        r#"{"path": "/nonexistent/notify-test"}"#,
+        "--queue",
+        "alerts",
+        "--max-attempts",
+        "1",
+        "--wait",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let failed = stdout(&out).lines().next().unwrap_or("").trim().to_owned();
+
+    let hit = hook.next();
+    assert_eq!(hit.header("x-jobvisor-event"), "job.failed");
+    assert_eq!(
+        hit.header("x-jobvisor-delivery"),
+        format!("{failed}-failed")
+    );
+    let body = hit.json();
+    assert_eq!(body["id"], json!(failed.parse::<u64>().unwrap()));
+    assert_eq!(
+        (&body["state"], &body["queue"]),
+        (&json!("failed"), &json!("alerts"))
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("/nonexistent/notify-test")),
+        "{body}"
+    );
+    assert_eq!(body["attempts"].as_array().map(Vec::len), Some(1));
+    // The succeeded job (it ended first) was not notified.
+    let s = stats_when(&d, |s| s.notify_delivered >= 1);
+    assert_eq!((s.notify_delivered, s.notify_failed), (1, 0));
+    assert!(hook.pending().is_empty());
+}
+
+#[test]
+fn a_failing_receiver_is_retried_with_the_same_delivery_id() {
+    // 500, 500, then 200: three POSTs of one delivery.
+    let hook = Hook::start(2);
+    let d = daemon_with_config("[notify]\nbackoff_base_ms = 10\nbackoff_max_ms = 40\n");
+    let out = d.cli(&[
+        "submit",
+        "noop",
+        "--input",
+        "7",
+        "--notify-url",
+        &hook.url,
+        "--wait",
+    ]);
+    let id = submitted_id(&out);
+    let hits: Vec<Hit> = (0..3).map(|_| hook.next()).collect();
+    assert_eq!(
+        hits.iter().map(|h| h.answered).collect::<Vec<_>>(),
+        vec![500, 500, 200]
+    );
+    for h in &hits {
+        assert_eq!(h.header("x-jobvisor-delivery"), format!("{id}-succeeded"));
+        assert_eq!(h.json()["id"], json!(id.parse::<u64>().unwrap()));
+    }
+    let s = stats_when(&d, |s| s.notify_delivered >= 1);
+    assert_eq!((s.notify_delivered, s.notify_failed), (1, 0));
+    assert!(hook.pending().is_empty(), "no fourth attempt after the 200");
+}
+
+#[test]
+fn a_queues_notify_command_gets_the_job_on_stdin_and_in_its_environment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out_file = dir.path().join("notified");
+    // TOML literal strings: no escapes; the script's $0 is the output path.
+    let d = daemon_with_config(&format!(
+        "[queues.default]\nnotify_command = ['/bin/sh', '-c', \
+         'cat > \"$0.json\" && printf \"%s %s %s\" \"$JOBVISOR_JOB_ID\" \"$JOBVISOR_JOB_STATE\" \
+         \"$JOBVISOR_JOB_QUEUE\" > \"$0\"', '{}']\n",
+        out_file.display()
+    ));
+    let id = submitted_id(&d.cli(&["submit", "noop", "--input", "5", "--wait"]));
+    let s = stats_when(&d, |s| s.notify_delivered + s.notify_failed >= 1);
+    assert_eq!((s.notify_delivered, s.notify_failed), (1, 0), "{}", d.log());
+    assert_eq!(
+        std::fs::read_to_string(&out_file).expect("the command ran"),
+        format!("{id} succeeded default")
+    );
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(dir.path().join("notified.json")).expect("stdin saved"),
+    )
+    .expect("stdin is the record as JSON");
+    assert_eq!(record["id"], json!(id.parse::<u64>().unwrap()));
+    assert_eq!(record["output"], json!(5));
+}
+
+#[test]
+fn a_jobs_notify_url_survives_a_daemon_crash() {
+    let hook = Hook::start(0);
+    let mut d = Daemon::start(&[]);
+    // Delayed, so it is still queued when the daemon is killed.
+    let out = d.cli(&[
+        "submit",
+        "noop",
+        "--input",
+        "3",
+        "--delay",
+        "2s",
+        "--notify-url",
+        &hook.url,
+    ]);
+    let id = submitted_id(&out);
+    d.kill9();
+    d.spawn();
+    let hit = hook.next();
+    assert_eq!(hit.header("x-jobvisor-delivery"), format!("{id}-succeeded"));
+    let s = stats_when(&d, |s| s.notify_delivered >= 1);
+    assert!(s.recovered >= 1, "{s:?}");
+}
