@@ -15,6 +15,9 @@ use support::*;
 #[path = "daemon/notify.rs"]
 mod notify;
 
+#[path = "daemon/io.rs"]
+mod io;
+
 #[test]
 fn every_builtin_task_through_submit_wait_result() {
     let d = Daemon::start(&[]);
