@@ -186,7 +186,7 @@ def read_results(path, prefix=""):
 def fmt(v):
     if v is None:
         return "n/a"
-    if abs(v) >= 100:
+    if abs(v) >= 100 or (v == int(v) and abs(v) < 1e15):
         return f"{v:,.0f}"
     if abs(v) >= 10:
         return f"{v:.1f}"
@@ -218,6 +218,10 @@ def table(directory):
         sys.exit(f"bench_io.py: no rust.*.txt / python.*.txt in {directory}")
     jv_runs = [read_results(f) for f in rust_files]
     py_runs = [read_results(f, "py.") for f in py_files]
+    parts = [f"io.cpu_us_per_call.{k}" for k in ("supervisor", "workers", "server")]
+    for r in jv_runs:
+        if all(k in r for k in parts):
+            r["io.cpu_us_per_call.total"] = str(sum(float(r[k]) for k in parts))
 
     def values(runs, key):
         vals = []
@@ -263,7 +267,13 @@ def table(directory):
          "1.00", "≤ 1.2", verdict(None if jv_over is None else jv_over <= 1.2)),
         ("peak GETs in flight at the server", cell(jv_runs, "io.peak_in_flight"),
          cell(py_runs, "amp.peak_in_flight"), cell(py_runs, "mp.peak_in_flight"),
-         f"{int(w) * int(c) if w != '?' and c != '?' else '?'} / {w} for Pool", "", ""),
+         f"{fmt(int(w) * int(c)) if w != '?' and c != '?' else '?'} / {w} for Pool", "", ""),
+        ("connections opened during the run", cell(jv_runs, "io.connections_opened"),
+         cell(py_runs, "amp.connections_opened"), f"{mp_n} (no keep-alive)", "0", "", ""),
+        ("CPU per GET, supervisor + workers + server (µs)",
+         cell(jv_runs, "io.cpu_us_per_call.total"), "", "", "", "", ""),
+        ("other processes' CPU meanwhile (% of one CPU)", cell(jv_runs, "io.others_cpu_pct"),
+         "", "", "0", "", ""),
     ]
     r_amp = jv_rate / amp_rate if jv_rate and amp_rate else None
     r_mp = jv_rate / mp_rate if jv_rate and mp_rate else None
@@ -291,6 +301,12 @@ def table(directory):
                          cell(jv_runs, f"mix.{kind}_mixed_per_s"), fmt(med(jv_runs, ideal_key)),
                          cell(jv_runs, f"mix.{kind}_drop_pct"), "≤ 10 %",
                          verdict(None if drop is None else drop <= 10)))
+    mix_rows.append(("spin: CPU rounds per call, mixed ÷ alone", "",
+                      cell(jv_runs, "mix.spin_cpu_share"), "1.00", "", "", ""))
+    mix_rows.append(("other processes' CPU (% of one CPU), spin / http alone",
+                     f"{cell(jv_runs, 'mix.spin_alone.others_cpu_pct')} / "
+                     f"{cell(jv_runs, 'mix.io_alone.others_cpu_pct')}",
+                     cell(jv_runs, "mix.both.others_cpu_pct"), "0", "", "", ""))
     print()
     print(f"Mixed (jobvisor only): each kind in a closed loop for {jv0.get('mix.secs', '?')} s, "
           "alone and then both at once on the same pool.")

@@ -341,8 +341,11 @@ impl Config {
     fn validate_notify(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let n = &self.notify;
-        if n.max_concurrency == 0 {
-            return bad("notify.max_concurrency must be at least 1".into());
+        if n.max_concurrency == 0 || n.max_concurrency > crate::notify::MAX_CONCURRENCY {
+            return bad(format!(
+                "notify.max_concurrency must be between 1 and {}",
+                crate::notify::MAX_CONCURRENCY
+            ));
         }
         if n.max_queued == 0 {
             return bad("notify.max_queued must be at least 1".into());
@@ -528,6 +531,10 @@ mod tests {
         assert!(m.contains("queues.q.notify_command"), "{m}");
         let m = invalid("[notify]\nmax_concurrency = 0\n");
         assert!(m.contains("notify.max_concurrency"), "{m}");
+        let m = invalid("[notify]\nmax_concurrency = 1000000000\n");
+        assert!(m.contains("notify.max_concurrency"), "{m}");
+        let m = invalid("[notify]\nmax_queued = 0\n");
+        assert!(m.contains("notify.max_queued"), "{m}");
         let m = invalid("[notify]\nbackoff_base_ms = 10\nbackoff_max_ms = 5\n");
         assert!(m.contains("notify.backoff_base_ms"), "{m}");
         let m = invalid("[notify]\nmax_attempts = 0\n");

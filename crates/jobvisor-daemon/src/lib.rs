@@ -35,6 +35,7 @@ use jobvisor_worker::Registry;
 use tokio::sync::{mpsc, watch};
 
 pub use config::Config;
+pub use notify::NotifyStartError;
 
 use scheduler::{Counters, SchedCmd, Scheduler};
 
@@ -65,7 +66,7 @@ pub enum DaemonError {
     Pool(#[from] jobvisor_pool::PoolError),
     /// The notifier could not start.
     #[error(transparent)]
-    Notify(#[from] notify::NotifyStartError),
+    Notify(#[from] NotifyStartError),
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DaemonError {

@@ -47,6 +47,8 @@ use crate::policy;
 pub const MAX_URL_BYTES: usize = 2048;
 /// Largest `notify.max_queued` (permits of one semaphore).
 pub const MAX_QUEUED: usize = 1_000_000;
+/// Largest `notify.max_concurrency`.
+pub const MAX_CONCURRENCY: usize = 10_000;
 /// Bytes of a notification command's stderr kept for the log; the rest is read and discarded.
 const STDERR_KEEP_BYTES: usize = 4096;
 /// After a command exits, how long its stderr may take to reach EOF (a
@@ -232,6 +234,7 @@ struct Shared {
 
 /// The notifier could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 #[error("cannot build the notification HTTP client: {0}")]
 pub struct NotifyStartError(#[source] reqwest::Error);
 

@@ -792,14 +792,18 @@ impl Dispatcher {
                 stderr_tail: tail,
             }
         };
+        let mut charged_cpu = false;
         if let Some(head) = running.and_then(|pos| w.inflight.remove(pos)) {
             let err = death(&w, &head, w.esc);
             answer(head.reply, Some(w.pid), Err(err));
+            charged_cpu = true;
         }
-        // Async calls: the one being polled when the worker died (its I/O
-        // beacon) and the ones we escalated to a signal are charged; the
-        // others were waiting on I/O, innocent, and run again (uncharged).
-        let polled = w.beacon.get_io();
+        // Async calls: the ones we escalated to a signal are charged, and the
+        // one being polled when the worker died (its I/O beacon) unless a CPU
+        // call was running: a death is charged to one call, and a poll lasts
+        // microseconds where a CPU call lasts its whole run. The others were
+        // waiting on I/O, innocent, and run again (uncharged).
+        let polled = if charged_cpu { 0 } else { w.beacon.get_io() };
         let mut back: Vec<InFlight> = w.inflight.drain(..).collect();
         w.io_timed = 0;
         for (id, f) in std::mem::take(&mut w.io) {

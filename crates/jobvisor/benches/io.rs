@@ -476,18 +476,45 @@ fn proc_cpu(pid: &str) -> Duration {
             .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
     };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_micros((ticks(11) + ticks(12)) * 1_000_000 / hz)
+    ticks_to_duration(ticks(11) + ticks(12))
 }
 
-/// CPU used so far by the supervisor (this process), the workers and the
-/// server; and the connections the server has accepted.
-#[derive(Debug, Clone, Copy, Default)]
+fn ticks_to_duration(ticks: u64) -> Duration {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// CPU time the whole machine has spent busy (all CPUs), from `/proc/stat`.
+fn machine_busy() -> Duration {
+    let Ok(text) = std::fs::read_to_string("/proc/stat") else {
+        return Duration::ZERO;
+    };
+    let Some(line) = text.lines().next() else {
+        return Duration::ZERO;
+    };
+    // cpu user nice system idle iowait irq softirq steal (guest is in user).
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let busy = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .map(|&i| f.get(i).copied().unwrap_or(0))
+        .sum();
+    ticks_to_duration(busy)
+}
+
+/// CPU used so far by the supervisor (this process), the workers, the server
+/// and the whole machine; and the connections the server has accepted.
+#[derive(Debug, Clone, Copy)]
 struct CpuSample {
+    at: Instant,
     supervisor: Duration,
     workers: Duration,
     server: Duration,
+    machine: Duration,
     accepted: u64,
 }
 
@@ -498,6 +525,8 @@ async fn cpu_sample(pool: &Pool, url: &str) -> CpuSample {
     }
     let stats = server_stats(url, false).await.unwrap_or_default();
     CpuSample {
+        at: Instant::now(),
+        machine: machine_busy(),
         supervisor: proc_cpu("self"),
         workers,
         server: Duration::from_micros(stat_u64(&stats, "cpu_us")),
@@ -513,11 +542,28 @@ fn report_cpu(key: &str, before: CpuSample, after: CpuSample, calls: u64) {
         per_call(after.workers, before.workers),
         per_call(after.server, before.server),
     );
+    // Everything else on the machine (other users' builds and tests), in % of
+    // one CPU: this is a 2-core machine with no spare core.
+    let ours = [
+        after.supervisor.saturating_sub(before.supervisor),
+        after.workers.saturating_sub(before.workers),
+        after.server.saturating_sub(before.server),
+    ]
+    .iter()
+    .sum::<Duration>();
+    let others = after
+        .machine
+        .saturating_sub(before.machine)
+        .saturating_sub(ours);
+    let others_pct =
+        others.as_secs_f64() * 100.0 / after.at.duration_since(before.at).as_secs_f64();
     println!(
         "    CPU per call: supervisor {s:.1} µs, workers {w:.1} µs, server {v:.1} µs \
-         (total {:.1} µs; /proc tick = 10 ms, so short phases are coarse)",
+         (total {:.1} µs; /proc tick = 10 ms, so short phases are coarse); \
+         other processes: {others_pct:.0} % of a CPU",
         s + w + v
     );
+    result(&format!("{key}.others_cpu_pct"), format!("{others_pct:.1}"));
     result(
         &format!("{key}.cpu_us_per_call.supervisor"),
         format!("{s:.1}"),
@@ -756,6 +802,8 @@ async fn mixed(pool: &Pool, p: &Params, url: &str) -> Result<()> {
         drop_pct(spin_alone, spin_mixed),
         drop_pct(io_alone, io_mixed),
     );
+    // Below 1: the spinning workers got less CPU per call with the I/O beside them.
+    let cpu_share = spin_mixed.rounds_per_call() / spin_alone.rounds_per_call();
     println!(
         "(b) spin {} ms alone, {} in flight, {:.1} s: {} calls, {:.1} calls/s (ideal {spin_ideal:.0})",
         p.spin_ms,

@@ -1,4 +1,5 @@
-//! The chaos proof: thousands of mixed jobs (spin, exec, hash, some failing,
+//! The chaos proof: thousands of mixed jobs (spin, exec, hash, async sleep
+//! and http on the workers' event loops, some failing,
 //! some poison) through the real `jobvisor` daemon while workers are SIGKILLed
 //! at random every few ms, one worker is SIGSTOPped for a while, and the
 //! daemon itself is SIGKILLed and restarted several times. At the end one line
@@ -185,6 +186,17 @@ enum Kind {
     HashMissing,
     /// `crash` with SIGKILL: dead after `max_crashes` worker deaths.
     Poison,
+    /// Async `sleep` 1..20 ms on the workers' event loops: succeeds.
+    Sleep,
+    /// Async `http` to a closed port: fails after `max_attempts` task errors.
+    HttpRefused,
+}
+
+impl Kind {
+    /// Jobs that fail by design (task errors every attempt).
+    fn fails(self) -> bool {
+        matches!(self, Kind::HashMissing | Kind::HttpRefused)
+    }
 }
 
 #[derive(Debug)]
@@ -227,10 +239,20 @@ fn plan(cfg: &ChaosConfig, dir: &Path, data: &Path) -> Vec<Planned> {
         .map(|n| {
             let r = rng.below(100);
             let (kind, task, input) = match r {
-                0..=59 => (
+                0..=49 => (
                     Kind::Spin,
                     "spin",
                     format!(r#"{{"ms": {}}}"#, 1 + rng.below(5)),
+                ),
+                50..=57 => (
+                    Kind::Sleep,
+                    "sleep",
+                    format!(r#"{{"ms": {}}}"#, 1 + rng.below(20)),
+                ),
+                58..=59 => (
+                    Kind::HttpRefused,
+                    "http",
+                    r#"{"url": "http://127.0.0.1:1/", "connect_timeout_ms": 2000}"#.to_string(),
                 ),
                 60..=67 => (Kind::ExecTrue, "exec", r#"{"argv": ["true"]}"#.to_string()),
                 68..=74 => (
@@ -1042,7 +1064,7 @@ async fn drive(shared: &Shared, cfg: &ChaosConfig, plan: &[Planned], started: In
             batch
                 .iter()
                 .zip(&subs)
-                .filter(|(p, _)| !matches!(p.kind, Kind::Poison | Kind::HashMissing))
+                .filter(|(p, _)| p.kind != Kind::Poison && !p.kind.fails())
                 .map(|(_, s)| s.id)
                 .collect(),
         );
@@ -1205,7 +1227,7 @@ fn check_records(
                 );
             }
             f.normal_attempts += r.attempts.len() - lost as usize;
-            if p.kind == Kind::HashMissing {
+            if p.kind.fails() {
                 f.failing += 1;
             } else {
                 f.normal += 1;
@@ -1230,7 +1252,7 @@ fn check_records(
         }
         let expect = match p.kind {
             Kind::Poison => JobState::Dead,
-            Kind::HashMissing => JobState::Failed,
+            k if k.fails() => JobState::Failed,
             _ => JobState::Succeeded,
         };
         if r.state != expect {
@@ -1239,7 +1261,7 @@ fn check_records(
                     (Kind::Poison, JobState::Failed) => "poison job failed instead of dead",
                     (Kind::Poison, _) => "poison job not dead",
                     (_, JobState::Dead) => "job dead-lettered that is not poison",
-                    (Kind::HashMissing, _) => "failing job not failed",
+                    (k, _) if k.fails() => "failing job not failed",
                     _ => "job did not succeed",
                 },
                 r,
@@ -1283,7 +1305,8 @@ fn check_records(
                 let error = r.error.as_deref().unwrap_or("");
                 // Its attempt budget spent by task errors; or, as documented,
                 // by task errors plus attempts lost to daemon kills.
-                let spent = (failures == cfg.max_attempts && error.contains("missing-"))
+                let by_design = error.contains("missing-") || error.contains("127.0.0.1:1/");
+                let spent = (failures == cfg.max_attempts && by_design)
                     || (lost > 0 && failures + lost >= cfg.max_attempts && error.contains("lost"));
                 if !spent {
                     flag("failed without spending exactly its attempt budget", r);
@@ -1351,7 +1374,7 @@ fn run_chaos(cfg: ChaosConfig) -> ChaosReport {
         });
     let plan = plan(&cfg, &dir, &data);
     let n_poison = plan.iter().filter(|p| p.kind == Kind::Poison).count();
-    let n_failing = plan.iter().filter(|p| p.kind == Kind::HashMissing).count();
+    let n_failing = plan.iter().filter(|p| p.kind.fails()).count();
     let n_normal = plan.len() - n_poison - n_failing;
     let p_prior = cfg.p_hit_prior();
     println!(
