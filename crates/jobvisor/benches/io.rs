@@ -4,8 +4,8 @@
 //!
 //! `harness = false`. Two modes in one binary:
 //!
-//! - `--serve [--port N] [--delay-ms MS] [--max-secs S]`: the loopback delay server. A
-//!   hand-written HTTP/1.1 server with keep-alive on a current-thread tokio
+//! - `--serve [--port N] [--delay-ms MS] [--max-secs S]`: the loopback delay
+//!   server. A hand-written HTTP/1.1 server with keep-alive on a current-thread tokio
 //!   runtime of its own: read a request head (up to `\r\n\r\n`, at most 8 KiB),
 //!   discard a `Content-Length` body, wait `delay` (default 100 ms, or `?ms=N`
 //!   in the target), answer `200 OK` with a 3-byte body. `GET /_stats` answers
@@ -23,7 +23,14 @@
 //!     workers) calls of `{"ms": 10}` for `--mix-secs` (default 3 s); `http`
 //!     alone: a closed loop of `--io-in-flight` (default 200) GETs, as long;
 //!   - (c) both loops at once: each kind's throughput next to its own (b), and
-//!     the drop in %.
+//!     the drop in %. A `spin` call lasts its 10 ms of wall time whatever CPU
+//!     it gets, so the rounds of arithmetic it did per second are reported as
+//!     well, next to the drop that the CPU the `http` calls need themselves
+//!     forces on a machine with no spare core.
+//!
+//! Each phase also reports CPU per call of the supervisor (this process), the
+//! workers (`/proc/PID/stat`) and the server (its `/_stats`), the connections
+//! the server accepted, and the CPU other processes used meanwhile.
 //!
 //! Every figure is printed as a `RESULT <key> <value>` line next to the human
 //! text. `--quick` divides the counts by 10 and shortens the loops to 1 s.
@@ -534,7 +541,8 @@ async fn cpu_sample(pool: &Pool, url: &str) -> CpuSample {
     }
 }
 
-fn report_cpu(key: &str, before: CpuSample, after: CpuSample, calls: u64) {
+/// Prints where the CPU went between two samples; returns the total per call (µs).
+fn report_cpu(key: &str, before: CpuSample, after: CpuSample, calls: u64) -> f64 {
     let per_call =
         |a: Duration, b: Duration| a.saturating_sub(b).as_secs_f64() * 1e6 / calls.max(1) as f64;
     let (s, w, v) = (
@@ -570,6 +578,7 @@ fn report_cpu(key: &str, before: CpuSample, after: CpuSample, calls: u64) {
     );
     result(&format!("{key}.cpu_us_per_call.workers"), format!("{w:.1}"));
     result(&format!("{key}.cpu_us_per_call.server"), format!("{v:.1}"));
+    s + w + v
 }
 
 // ---- the benchmark ------------------------------------------------------------
@@ -719,8 +728,8 @@ impl LoopResult {
         self.calls as f64 / self.wall.as_secs_f64()
     }
 
-    fn rounds_per_call(self) -> f64 {
-        self.spin_rounds as f64 / self.calls.max(1) as f64
+    fn rounds_per_s(self) -> f64 {
+        self.spin_rounds as f64 / self.wall.as_secs_f64()
     }
 }
 
@@ -796,14 +805,6 @@ async fn mixed(pool: &Pool, p: &Params, url: &str) -> Result<()> {
     let (spin_mixed, io_mixed) = (spin_mixed?, io_mixed?);
     let after = cpu_sample(pool, url).await;
 
-    let drop_pct =
-        |alone: LoopResult, mixed: LoopResult| (1.0 - mixed.rate() / alone.rate()) * 100.0;
-    let (spin_drop, io_drop) = (
-        drop_pct(spin_alone, spin_mixed),
-        drop_pct(io_alone, io_mixed),
-    );
-    // Below 1: the spinning workers got less CPU per call with the I/O beside them.
-    let cpu_share = spin_mixed.rounds_per_call() / spin_alone.rounds_per_call();
     println!(
         "(b) spin {} ms alone, {} in flight, {:.1} s: {} calls, {:.1} calls/s (ideal {spin_ideal:.0})",
         p.spin_ms,
@@ -820,13 +821,36 @@ async fn mixed(pool: &Pool, p: &Params, url: &str) -> Result<()> {
         io_alone.calls,
         io_alone.rate()
     );
-    report_cpu("mix.io_alone", mid, after_io, io_alone.calls);
+    let io_cpu_us = report_cpu("mix.io_alone", mid, after_io, io_alone.calls);
+
+    let drop_pct =
+        |alone: LoopResult, mixed: LoopResult| (1.0 - mixed.rate() / alone.rate()) * 100.0;
+    let (spin_drop, io_drop) = (
+        drop_pct(spin_alone, spin_mixed),
+        drop_pct(io_alone, io_mixed),
+    );
+    // A spin call lasts 10 ms of wall time whatever CPU it gets, so its calls/s
+    // hides lost CPU; the rounds of arithmetic it did per second do not.
+    let work_drop = (1.0 - spin_mixed.rounds_per_s() / spin_alone.rounds_per_s()) * 100.0;
+    // What the http calls need for themselves (supervisor, workers, server),
+    // in CPUs, and so the most CPU left for the spinning workers.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let io_cpus = io_cpu_us * io_mixed.rate() / 1e6;
+    let work_bound = ((cpus - io_cpus) / p.workers as f64).min(1.0);
     println!(
         "(c) both at once, {:.1} s: spin {:.1} calls/s ({spin_drop:+.1} % drop), \
-         http {:.1} calls/s ({io_drop:+.1} % drop); spin rounds per call mixed / alone {cpu_share:.3}",
+         http {:.1} calls/s ({io_drop:+.1} % drop)",
         spin_mixed.wall.max(io_mixed.wall).as_secs_f64(),
         spin_mixed.rate(),
         io_mixed.rate(),
+    );
+    println!(
+        "    spin CPU work: {:.3e} rounds/s alone, {:.3e} mixed ({work_drop:+.1} % drop); the http \
+         calls need {io_cpus:.2} of the {cpus} CPUs, which leaves the spinning workers at most \
+         {:.1} % of what they had alone",
+        spin_alone.rounds_per_s(),
+        spin_mixed.rounds_per_s(),
+        work_bound * 100.0
     );
     report_cpu(
         "mix.both",
@@ -846,7 +870,20 @@ async fn mixed(pool: &Pool, p: &Params, url: &str) -> Result<()> {
     result("mix.io_mixed_per_s", format!("{:.1}", io_mixed.rate()));
     result("mix.spin_drop_pct", format!("{spin_drop:.2}"));
     result("mix.io_drop_pct", format!("{io_drop:.2}"));
-    result("mix.spin_cpu_share", format!("{cpu_share:.4}"));
+    result(
+        "mix.spin_rounds_alone_per_s",
+        format!("{:.0}", spin_alone.rounds_per_s()),
+    );
+    result(
+        "mix.spin_rounds_mixed_per_s",
+        format!("{:.0}", spin_mixed.rounds_per_s()),
+    );
+    result("mix.spin_work_drop_pct", format!("{work_drop:.2}"));
+    result("mix.io_cpus", format!("{io_cpus:.3}"));
+    result(
+        "mix.spin_work_bound_drop_pct",
+        format!("{:.2}", (1.0 - work_bound) * 100.0),
+    );
     Ok(())
 }
 

@@ -11,7 +11,7 @@ pub struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
     pub log_format: LogFormat,
-    /// Control socket (default: <state dir>/control.sock, the state dir being
+    /// Control socket (default: STATE_DIR/control.sock, STATE_DIR being
     /// $XDG_STATE_HOME/jobvisor or ~/.local/state/jobvisor).
     #[arg(long, env = "JOBVISOR_SOCKET", global = true)]
     pub socket: Option<std::path::PathBuf>,
