@@ -6,7 +6,7 @@
 //! hostile length prefix inside a payload cannot make us allocate more than a
 //! fixed multiple ([`CLAIM_FACTOR`]) of the (already bounded) frame size.
 //! bincode counts claims in *decoded* bytes (a `Vec<T>` of n elements claims
-//! n × size_of::<T>()), which is why the factor is well above 1: a small
+//! n × `size_of::<T>()`), which is why the factor is well above 1: a small
 //! struct can take 1 byte on the wire and 48 in memory.
 
 use bincode::config::{self, Configuration};
