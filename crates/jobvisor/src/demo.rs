@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use jobvisor_pool::{CallOptions, Pool, PoolError, PoolEvent};
-use jobvisor_tasks::{Exec, ExecInput, Noop, Spin, SpinInput};
+use jobvisor_tasks::{Exec, ExecInput, Noop, Sleep, SleepInput, Spin, SpinInput};
 
 use crate::cli::DemoArgs;
 
@@ -49,6 +49,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "2. {tasks} × 50 ms of CPU: {wall:.2} s wall, speedup {:.2}× on {} workers",
         serial / wall,
         workers.len()
+    );
+
+    // 2b. I/O-bound work on the workers' event loops, beside CPU work: a
+    //     thousand waits share the workers without taking their CPU threads.
+    let per_worker = pool.config().io_concurrency_per_worker;
+    let n_io = (2 * per_worker * workers.len()).min(5_000);
+    let t = Instant::now();
+    let cpu = pool.submit::<Spin>(&SpinInput { ms: 300 }).await?;
+    let mut waits = Vec::with_capacity(n_io);
+    for _ in 0..n_io {
+        waits.push(pool.submit_io::<Sleep>(&SleepInput { ms: 100 }).await?);
+    }
+    for h in waits {
+        h.await?;
+    }
+    let io_wall = t.elapsed().as_secs_f64();
+    cpu.await?;
+    let ideal = n_io as f64 * 0.1 / (per_worker * workers.len()) as f64;
+    println!(
+        "2b. {n_io} async sleeps of 100 ms ({per_worker} at once per worker, beside a 300 ms spin): \
+         {io_wall:.2} s wall (ideal {ideal:.2} s; one at a time per process: {:.0} s)",
+        n_io as f64 * 0.1 / workers.len() as f64
     );
 
     // 3. A worker killed in the middle of a task: that task fails, the others
