@@ -849,6 +849,30 @@ impl Dispatcher {
         }
     }
 
+    /// The worker passed its soft memory limit while async calls run on its
+    /// event loop: it gets nothing more, a replacement starts now, and it is
+    /// stopped once it holds nothing (the recycling path).
+    fn on_draining(&mut self, id: u64, reason: &str) {
+        let Some(w) = self.workers.get_mut(&id) else {
+            return;
+        };
+        if w.state != WorkerState::Ready {
+            return;
+        }
+        tracing::info!(
+            worker = id,
+            pid = w.pid,
+            reason,
+            "worker drains to recycle itself"
+        );
+        w.state = WorkerState::Retiring;
+        let idle = w.idle();
+        self.ensure_workers();
+        if idle {
+            self.send_shutdown_to(id);
+        }
+    }
+
     /// The worker passed its soft memory limit and exits after this frame:
     /// the calls it holds never started; they go back to the queue now.
     fn on_retiring(&mut self, id: u64, reason: &str) {
@@ -889,6 +913,7 @@ impl Dispatcher {
                     }
                 }
                 FromWorker::Retiring { reason } => self.on_retiring(worker, &reason),
+                FromWorker::Draining { reason } => self.on_draining(worker, &reason),
                 FromWorker::Ready { .. } => {
                     tracing::warn!(worker, "unexpected Ready from a running worker");
                 }

@@ -300,6 +300,20 @@ impl AsyncTask for HoldLoop {
     }
 }
 
+/// Leaks `mib` MiB on the event loop (touched, kept), then returns its pid.
+struct IoLeak;
+impl AsyncTask for IoLeak {
+    const NAME: &'static str = "test.io_leak";
+    type Input = usize;
+    type Output = u32;
+    async fn run(&self, mib: usize, _ctx: AsyncCtx) -> Result<u32, TaskError> {
+        tokio::task::yield_now().await;
+        let v = vec![7u8; mib << 20];
+        std::mem::forget(std::hint::black_box(v));
+        Ok(std::process::id())
+    }
+}
+
 /// Panics on the event loop.
 struct AsyncPanics;
 impl AsyncTask for AsyncPanics {
@@ -330,7 +344,8 @@ fn registry() -> Registry {
         .register_async(AbortInPoll)
         .register_async(Pending)
         .register_async(AsyncPanics)
-        .register_async(HoldLoop);
+        .register_async(HoldLoop)
+        .register_async(IoLeak);
     r
 }
 
@@ -821,6 +836,41 @@ async fn soft_memory_limit_recycles_between_calls(method: StartMethod) {
     pool.shutdown().await;
 }
 
+async fn soft_memory_limit_drains_a_worker_with_async_calls(method: StartMethod) {
+    let pool = Pool::builder()
+        .workers(1)
+        .start_method(method)
+        .memory_soft_limit_bytes(64 << 20)
+        .build()
+        .await
+        .unwrap();
+    let mut events = pool.events();
+    // Async calls beside the leak keep running: draining fails nothing.
+    let (listener, port) = loopback().await;
+    let waiter = pool.submit_io::<Rendezvous>(&port).await.unwrap();
+    let mut met = accept_met(&listener).await;
+    let fat = pool.apply_io::<IoLeak>(&128).await.unwrap();
+    assert_eq!(met.pid, fat);
+    // The worker announced it drains: a replacement starts, and new calls go
+    // there while the old one finishes what it holds.
+    let fresh = tokio::time::timeout(Duration::from_secs(30), next_ready(&mut events))
+        .await
+        .expect("the draining worker gets a replacement");
+    assert_ne!(fresh, fat);
+    assert_eq!(pool.apply_io::<IoLeak>(&0).await.unwrap(), fresh);
+    assert!(helper::alive(fat), "still finishing its async call");
+    met.stream.write_all(b"x").await.unwrap();
+    assert_eq!(waiter.await.unwrap(), fat);
+    loop {
+        if let PoolEvent::WorkerExited { pid, status, .. } = events.recv().await.unwrap() {
+            assert_eq!(pid, fat);
+            assert_eq!(status.code, Some(0), "recycled cleanly: {status}");
+            break;
+        }
+    }
+    pool.shutdown().await;
+}
+
 async fn stall_timeout_catches_a_stopped_worker(method: StartMethod) {
     let dir = tempfile::tempdir().unwrap();
     let pool = Pool::builder()
@@ -1297,6 +1347,7 @@ fn main() -> ExitCode {
         resize_grows_and_shrinks_without_losing_calls,
         memory_limit_fails_the_task_and_replaces_the_worker,
         soft_memory_limit_recycles_between_calls,
+        soft_memory_limit_drains_a_worker_with_async_calls,
         stall_timeout_catches_a_stopped_worker,
         restart_intensity_bounds_a_crash_loop,
         call_usage_tells_computing_from_waiting,

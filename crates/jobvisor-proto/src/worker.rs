@@ -127,6 +127,13 @@ pub enum FromWorker {
         /// Units in all (0 when unknown).
         total: u64,
     },
+    /// The worker is over its soft memory limit while async calls run on
+    /// its event loop: send it nothing more; it finishes what it holds and
+    /// is then stopped with `Shutdown` like any recycled worker.
+    Draining {
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The result of one call.

@@ -50,6 +50,9 @@ pub(crate) enum IoMsg {
 pub(crate) struct LaneConfig {
     pub(crate) max_frame_bytes: usize,
     pub(crate) max_output_bytes: u64,
+    /// Soft memory limit in bytes (0 = none): over it, the lane announces
+    /// `Draining` once, and the supervisor recycles the worker when idle.
+    pub(crate) soft_limit: u64,
 }
 
 type Finished = (u64, Reply, usize);
@@ -99,6 +102,7 @@ async fn serve_lane(
     let mut cancels: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
     let mut replies = Replies::new(cfg.max_frame_bytes);
     let mut open = true;
+    let mut memory = MemoryCheck::new(cfg.soft_limit);
     loop {
         if !open && running.is_empty() {
             return;
@@ -115,6 +119,9 @@ async fn serve_lane(
                 }
                 if replies.write(&out).is_err() {
                     return;
+                }
+                if let Some(reason) = memory.over() {
+                    report(&FromWorker::Draining { reason });
                 }
             }
             msg = rx.recv(), if open => match msg {
@@ -186,6 +193,46 @@ async fn run_call<'a>(
         max_poll_us: timed.max_poll.as_micros() as u64,
     };
     (call.id, reply, size)
+}
+
+/// The soft memory limit, seen from the event loop: checked after calls
+/// finish, at most every 10 ms, announced once.
+struct MemoryCheck {
+    limit: u64,
+    last: Option<Instant>,
+    announced: bool,
+}
+
+impl MemoryCheck {
+    fn new(limit: u64) -> Self {
+        Self {
+            limit,
+            last: None,
+            announced: false,
+        }
+    }
+
+    /// Why the worker must drain, the first time it is over the limit.
+    fn over(&mut self) -> Option<String> {
+        if self.limit == 0 || self.announced {
+            return None;
+        }
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(10))
+        {
+            return None;
+        }
+        self.last = Some(now);
+        let rss = crate::serve::resident_bytes().filter(|&r| r > self.limit)?;
+        self.announced = true;
+        Some(format!(
+            "resident set {} KiB is over the soft memory limit of {} KiB",
+            rss / 1024,
+            self.limit / 1024
+        ))
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -89,6 +89,7 @@ pub fn serve_with_beacon(
             let cfg = LaneConfig {
                 max_frame_bytes: link.max_frame_bytes,
                 max_output_bytes,
+                soft_limit,
             };
             std::thread::Builder::new()
                 .name("jobvisor-io".into())
@@ -304,7 +305,7 @@ fn limit_address_space(bytes: u64) -> Result<(), WorkerError> {
 }
 
 /// This process's resident set in bytes, from `/proc/self/statm`.
-fn resident_bytes() -> Option<u64> {
+pub(crate) fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
