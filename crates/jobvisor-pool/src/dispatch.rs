@@ -134,6 +134,22 @@ struct InFlight {
     cancel_requested: bool,
 }
 
+impl InFlight {
+    /// A queued call, as sent to a worker.
+    fn sent(p: Pending) -> Self {
+        Self {
+            id: p.id,
+            task: p.task,
+            chunk: p.chunk,
+            timeout: p.timeout,
+            stall: p.stall,
+            input: p.input,
+            reply: p.reply,
+            cancel_requested: false,
+        }
+    }
+}
+
 /// An async call on a worker's event loop: it runs from the moment it is
 /// sent, beside the worker's other async calls, and finishes in any order.
 struct IoFlight {
@@ -1245,17 +1261,9 @@ impl Dispatcher {
             let mut ids = Vec::with_capacity(share);
             for p in self.io_queue.drain(..share) {
                 ids.push(p.id);
+                let id = p.id;
                 let f = IoFlight {
-                    f: InFlight {
-                        id: p.id,
-                        task: p.task,
-                        chunk: p.chunk,
-                        timeout: p.timeout,
-                        stall: p.stall,
-                        input: p.input,
-                        reply: p.reply,
-                        cancel_requested: false,
-                    },
+                    f: InFlight::sent(p),
                     since: now,
                     last_beat: now,
                     esc: None,
@@ -1263,7 +1271,7 @@ impl Dispatcher {
                 if has_timer(&f) {
                     w.io_timed += 1;
                 }
-                w.io.insert(p.id, f);
+                w.io.insert(id, f);
             }
             let calls = ids.iter().filter_map(|i| w.io.get(i)).map(|f| &f.f);
             send_run(&mut self.frame_buf, &w.tx, calls, self.cfg.max_frame_bytes);
@@ -1312,16 +1320,7 @@ impl Dispatcher {
                     w.head_since = Instant::now();
                     w.last_beat = w.head_since;
                 }
-                w.inflight.push_back(InFlight {
-                    id: p.id,
-                    task: p.task,
-                    chunk: p.chunk,
-                    timeout: p.timeout,
-                    stall: p.stall,
-                    input: p.input,
-                    reply: p.reply,
-                    cancel_requested: false,
-                });
+                w.inflight.push_back(InFlight::sent(p));
                 *added.entry(*id).or_insert(0) += 1;
                 progressed = true;
             }

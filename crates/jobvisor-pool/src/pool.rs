@@ -468,7 +468,18 @@ impl Pool {
         input: &T::Input,
         opts: CallOptions,
     ) -> Result<TaskHandle<T::Output>, PoolError> {
-        let task = self.task_id(T::NAME)?;
+        self.submit_named(T::NAME, input, opts).await
+    }
+
+    /// Encodes `input` and submits it to task `name`; waits only if the queue
+    /// is full.
+    async fn submit_named<I: serde::Serialize, O>(
+        &self,
+        name: &str,
+        input: &I,
+        opts: CallOptions,
+    ) -> Result<TaskHandle<O>, PoolError> {
+        let task = self.task_id(name)?;
         let (p, h) = self.pending(task, false, codec::encode(input)?, opts)?;
         self.enqueue(p).await?;
         Ok(h)
@@ -497,10 +508,7 @@ impl Pool {
         input: &T::Input,
         opts: CallOptions,
     ) -> Result<TaskHandle<T::Output>, PoolError> {
-        let task = self.task_id(T::NAME)?;
-        let (p, h) = self.pending(task, false, codec::encode(input)?, opts)?;
-        self.enqueue(p).await?;
-        Ok(h)
+        self.submit_named(T::NAME, input, opts).await
     }
 
     /// Runs async task `T` on `input` and waits for the output.

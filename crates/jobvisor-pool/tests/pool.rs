@@ -360,6 +360,18 @@ async fn pool(method: StartMethod, workers: usize) -> Pool {
         .expect("pool starts")
 }
 
+/// One worker, with short grace periods before SIGTERM and SIGKILL.
+async fn quick_kill_pool(method: StartMethod) -> Pool {
+    Pool::builder()
+        .workers(1)
+        .start_method(method)
+        .cancel_grace(Duration::from_millis(50))
+        .term_grace(Duration::from_millis(200))
+        .build()
+        .await
+        .unwrap()
+}
+
 async fn next_ready(events: &mut tokio::sync::broadcast::Receiver<PoolEvent>) -> u32 {
     loop {
         match events.recv().await.expect("events") {
@@ -520,14 +532,7 @@ async fn panic_and_error_keep_the_worker(method: StartMethod) {
 }
 
 async fn infinite_loop_hits_timeout_and_worker_is_replaced(method: StartMethod) {
-    let pool = Pool::builder()
-        .workers(1)
-        .start_method(method)
-        .cancel_grace(Duration::from_millis(50))
-        .term_grace(Duration::from_millis(200))
-        .build()
-        .await
-        .unwrap();
+    let pool = quick_kill_pool(method).await;
     let mut events = pool.events();
     let before = pool.apply::<Pid>(&()).await.unwrap();
     let opts = CallOptions {
@@ -1218,14 +1223,7 @@ async fn io_timeout_cancel_and_panic_keep_the_worker(method: StartMethod) {
 }
 
 async fn a_blocked_event_loop_is_killed_and_only_its_blocker_fails(method: StartMethod) {
-    let pool = Pool::builder()
-        .workers(1)
-        .start_method(method)
-        .cancel_grace(Duration::from_millis(50))
-        .term_grace(Duration::from_millis(200))
-        .build()
-        .await
-        .unwrap();
+    let pool = quick_kill_pool(method).await;
     let (listener, port) = loopback().await;
     let opts = CallOptions {
         timeout: Some(Duration::from_millis(200)),
