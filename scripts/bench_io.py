@@ -30,6 +30,8 @@ import sys
 import time
 import urllib.request
 
+from benchlib import print_table, read_results, result
+
 # ---- tasks (module level, so the child processes find them) -----------------
 
 _session = None
@@ -60,10 +62,6 @@ def fetch_blocking(url):
 
 
 # ---- helpers ------------------------------------------------------------------
-
-
-def result(key, value):
-    print(f"RESULT py.{key} {value}", flush=True)
 
 
 def server_stats(url, reset=False):
@@ -173,16 +171,6 @@ def run(args):
 # ---- the table ------------------------------------------------------------------
 
 
-def read_results(path, prefix=""):
-    out = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3 and parts[0] == "RESULT" and parts[1].startswith(prefix):
-                out[parts[1][len(prefix):]] = parts[2]
-    return out
-
-
 def fmt(v):
     if v is None:
         return "n/a"
@@ -191,21 +179,6 @@ def fmt(v):
     if abs(v) >= 10:
         return f"{v:.1f}"
     return f"{v:.2f}"
-
-
-def print_table(header, rows, right):
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-
-    def line(cells):
-        return "| " + " | ".join(
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
-        ) + " |"
-
-    print(line(header))
-    print("|" + "|".join(("-" * (wd + 1) + ":") if i in right else "-" * (wd + 2)
-                         for i, wd in enumerate(widths)) + "|")
-    for r in rows:
-        print(line(r))
 
 
 def table(directory):

@@ -30,6 +30,8 @@ import os
 import sys
 import time
 
+from benchlib import print_table, read_results, result
+
 # ---- tasks (module level, so the workers find them) -------------------------
 
 
@@ -51,10 +53,6 @@ def spin(ms):
 
 
 # ---- helpers ------------------------------------------------------------------
-
-
-def result(key, value):
-    print(f"RESULT py.{key} {value}", flush=True)
 
 
 def percentile(sorted_samples, p):
@@ -292,16 +290,6 @@ def run(args):
 # ---- the table ------------------------------------------------------------------
 
 
-def read_results(path, prefix=""):
-    out = {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) >= 3 and parts[0] == "RESULT" and parts[1].startswith(prefix):
-                out[parts[1][len(prefix):]] = parts[2]
-    return out
-
-
 def numbers(runs, key):
     vals = []
     for r in runs:
@@ -365,21 +353,6 @@ ROWS = [
     ("(g) supervisor RSS, idle pool (KiB)", "g.supervisor_rss_kib", "g.supervisor_rss_kib", "down", "", None),
     ("(g) supervisor peak RSS, whole run (KiB)", "supervisor_hwm_kib", "supervisor_hwm_kib", "down", "", None),
 ]
-
-
-def print_table(header, rows, right):
-    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
-
-    def line(cells):
-        return "| " + " | ".join(
-            c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(cells)
-        ) + " |"
-
-    print(line(header))
-    print("|" + "|".join(("-" * (wd + 1) + ":") if i in right else "-" * (wd + 2)
-                         for i, wd in enumerate(widths)) + "|")
-    for r in rows:
-        print(line(r))
 
 
 def table(directory):
