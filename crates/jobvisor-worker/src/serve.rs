@@ -72,6 +72,7 @@ pub fn serve_with_beacon(
     ours.check_peer(&peer, Role::Supervisor)?;
 
     let (max_output_bytes, soft_limit) = configure(&mut link)?;
+    tune_malloc();
     let kinds = registry.kinds();
     link.send(&FromWorker::Ready {
         pid: std::process::id(),
@@ -265,6 +266,19 @@ pub(crate) fn outcome_size(outcome: &Outcome) -> usize {
     match outcome {
         Outcome::Ok(b) => b.len(),
         Outcome::Err(f) => f.message.len(),
+    }
+}
+
+/// Keeps freed frame-sized buffers in the heap instead of returning them to
+/// the kernel after every call: glibc trims the heap top above 128 KiB by
+/// default, and serves allocations above its mmap threshold with fresh
+/// mappings, so every 1 MiB input would be page-faulted in anew.
+fn tune_malloc() {
+    // SAFETY: mallopt only adjusts allocator parameters; called before the
+    // I/O lane thread exists.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
     }
 }
 
