@@ -61,11 +61,18 @@ type Finished = (u64, Reply, usize);
 /// runs) or sends [`IoMsg::Abort`].
 pub(crate) fn run(
     registry: &Registry,
-    rx: mpsc::UnboundedReceiver<IoMsg>,
+    mut rx: mpsc::UnboundedReceiver<IoMsg>,
     out: Arc<SharedOut>,
     cfg: &LaneConfig,
     beacon: Option<&Beacon>,
 ) {
+    // The event loop is built when the first async call arrives: a worker
+    // that only ever runs CPU tasks does not pay for it (its memory, its
+    // epoll and timer).
+    let first = match rx.blocking_recv() {
+        None | Some(IoMsg::Abort) => return,
+        Some(msg) => msg,
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -78,11 +85,12 @@ pub(crate) fn run(
             std::process::abort();
         }
     };
-    rt.block_on(serve_lane(registry, rx, out, cfg, beacon));
+    rt.block_on(serve_lane(registry, first, rx, out, cfg, beacon));
 }
 
 async fn serve_lane(
     registry: &Registry,
+    first: IoMsg,
     mut rx: mpsc::UnboundedReceiver<IoMsg>,
     out: Arc<SharedOut>,
     cfg: &LaneConfig,
@@ -103,9 +111,17 @@ async fn serve_lane(
     let mut replies = Replies::new(cfg.max_frame_bytes);
     let mut open = true;
     let mut memory = MemoryCheck::new(cfg.soft_limit);
+    let mut first = Some(first);
     loop {
         if !open && running.is_empty() {
             return;
+        }
+        if let Some(IoMsg::Run(call)) = first.take() {
+            // It arrived before the loop existed (a first Cancel has nothing
+            // to cancel).
+            let fut = start(call, &mut cancels, registry, &report, cfg, beacon);
+            running.push(fut);
+            continue;
         }
         tokio::select! {
             biased;
@@ -126,16 +142,8 @@ async fn serve_lane(
             }
             msg = rx.recv(), if open => match msg {
                 Some(IoMsg::Run(call)) => {
-                    let (tx, cancel) = oneshot::channel();
-                    cancels.insert(call.id, tx);
-                    running.push(Box::pin(run_call(
-                        registry,
-                        call,
-                        cancel,
-                        Rc::clone(&report),
-                        cfg.max_output_bytes,
-                        beacon,
-                    )));
+                    let fut = start(call, &mut cancels, registry, &report, cfg, beacon);
+                    running.push(fut);
                 }
                 Some(IoMsg::Cancel(id)) => {
                     if let Some(tx) = cancels.remove(&id) {
@@ -147,6 +155,27 @@ async fn serve_lane(
             },
         }
     }
+}
+
+/// A call's future, registered for cancellation.
+fn start<'a>(
+    call: Call,
+    cancels: &mut HashMap<u64, oneshot::Sender<()>>,
+    registry: &'a Registry,
+    report: &Report,
+    cfg: &LaneConfig,
+    beacon: Option<&'a Beacon>,
+) -> LocalBoxFuture<'a, Finished> {
+    let (tx, cancel) = oneshot::channel();
+    cancels.insert(call.id, tx);
+    Box::pin(run_call(
+        registry,
+        call,
+        cancel,
+        Rc::clone(report),
+        cfg.max_output_bytes,
+        beacon,
+    ))
 }
 
 async fn run_call<'a>(
