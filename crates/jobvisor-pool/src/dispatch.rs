@@ -35,6 +35,7 @@ use crate::conn::{self, LinkEvent, WorkerConn, LOG_EOF_WAIT};
 use crate::error::PoolError;
 use crate::launch::ProcHandle;
 use crate::pool::{PoolEvent, WorkerInfo, WorkerState};
+use jobvisor_worker::CrashedThread;
 
 /// A call's result and the pid of the worker that ran it (when one did).
 #[derive(Debug)]
@@ -121,6 +122,9 @@ struct Escalation {
     stage: Stage,
     until: Instant,
     call: u64,
+    /// When it started (bounds how long an async call's soft stage may be
+    /// extended while its loop is not stuck in a poll).
+    began: Instant,
 }
 
 struct InFlight {
@@ -445,6 +449,8 @@ impl Dispatcher {
                         stage: Stage::Soft,
                         until: now + self.cfg.cancel_grace,
                         call: id,
+
+                        began: now,
                     });
                 }
                 if !had_timer {
@@ -467,6 +473,8 @@ impl Dispatcher {
                     stage: Stage::Soft,
                     until: now + self.cfg.cancel_grace,
                     call: id,
+
+                    began: now,
                 });
             }
             return;
@@ -808,18 +816,41 @@ impl Dispatcher {
                 stderr_tail: tail,
             }
         };
+        // Who is to blame. The worker's SIGABRT handler says which thread
+        // aborted (panic=abort, a failed allocation, a stack overflow); we
+        // know which async calls we escalated to a signal. Otherwise (SIGKILL
+        // from outside, SIGSEGV, an exit) the running CPU call is charged if
+        // there is one, else the async call being polled: a death is charged
+        // to one call, and a poll lasts microseconds where a CPU call lasts
+        // its whole run.
+        let crashed = w.beacon.crashed_thread();
+        let io_kill =
+            w.io.values()
+                .any(|f| f.esc.is_some_and(|e| e.stage != Stage::Soft));
+        let blame_cpu = match crashed {
+            CrashedThread::Cpu => true,
+            CrashedThread::Io => false,
+            // Our own kill for an async call is not the CPU call's doing.
+            CrashedThread::Unknown => !(io_kill && w.esc.is_none()),
+        };
         let mut charged_cpu = false;
-        if let Some(head) = running.and_then(|pos| w.inflight.remove(pos)) {
-            let err = death(&w, &head, w.esc);
-            answer(head.reply, Some(w.pid), Err(err));
-            charged_cpu = true;
+        if let Some(pos) = running.filter(|_| blame_cpu) {
+            if let Some(head) = w.inflight.remove(pos) {
+                let err = death(&w, &head, w.esc);
+                answer(head.reply, Some(w.pid), Err(err));
+                charged_cpu = true;
+            }
         }
         // Async calls: the ones we escalated to a signal are charged, and the
-        // one being polled when the worker died (its I/O beacon) unless a CPU
-        // call was running: a death is charged to one call, and a poll lasts
-        // microseconds where a CPU call lasts its whole run. The others were
-        // waiting on I/O, innocent, and run again (uncharged).
-        let polled = if charged_cpu { 0 } else { w.beacon.get_io() };
+        // one being polled when the worker died (its I/O beacon) if the blame
+        // is not the CPU call's. The others were waiting on I/O, innocent, and
+        // run again (uncharged), as does an innocent CPU call.
+        let polled = match crashed {
+            CrashedThread::Cpu => 0,
+            CrashedThread::Io => w.beacon.get_io(),
+            CrashedThread::Unknown if charged_cpu => 0,
+            CrashedThread::Unknown => w.beacon.get_io(),
+        };
         let mut back: Vec<InFlight> = w.inflight.drain(..).collect();
         w.io_timed = 0;
         for (id, f) in std::mem::take(&mut w.io) {
@@ -897,6 +928,8 @@ impl Dispatcher {
         };
         tracing::info!(worker = id, pid = w.pid, reason, "worker recycles itself");
         w.state = WorkerState::Stopping;
+        // It exits after that frame; one that does not is killed.
+        w.kill_at = Some(Instant::now() + self.cfg.term_grace);
         // Its async calls were running; the worker drops them as it exits, so
         // they run again elsewhere (at-least-once, uncharged).
         let mut back: Vec<InFlight> = w.inflight.drain(..).collect();
@@ -911,6 +944,9 @@ impl Dispatcher {
         };
         w.send(&ToWorker::Shutdown, self.cfg.max_frame_bytes);
         w.state = WorkerState::Stopping;
+        // It holds nothing: it should be gone at once; one that lingers (a
+        // loop blocked in a call's drop, say) is killed.
+        w.kill_at = Some(Instant::now() + self.cfg.term_grace.max(SHUTDOWN_GRACE));
     }
 
     // ---- frames ---------------------------------------------------------
@@ -1072,11 +1108,14 @@ impl Dispatcher {
                     }
                 }
             }
-            if let Some(e) = w.esc {
+            if w.state == WorkerState::Dead {
+                // Nothing escalates on a dead worker (on_timer skips it);
+                // its reaping is an event of its own.
+            } else if let Some(e) = w.esc {
                 if e.stage != Stage::Kill {
                     consider(e.until);
                 }
-            } else if w.state != WorkerState::Dead {
+            } else {
                 if let Some(head) = w.inflight.front() {
                     if let Some(t) = head.timeout {
                         consider(w.head_since + t);
@@ -1107,6 +1146,7 @@ impl Dispatcher {
                 continue;
             }
             if w.io_timed > 0 {
+                let io_patience = ASYNC_PATIENCE.max(self.cfg.cancel_grace + self.cfg.term_grace);
                 let mut cancel = Vec::new();
                 for (&id, f) in &mut w.io {
                     match f.esc {
@@ -1119,6 +1159,8 @@ impl Dispatcher {
                                     stage: Stage::Soft,
                                     until: now + self.cfg.cancel_grace,
                                     call: id,
+
+                                    began: now,
                                 });
                             } else if f.f.stall.is_some_and(|s| now >= f.last_beat + s) {
                                 tracing::warn!(
@@ -1132,8 +1174,24 @@ impl Dispatcher {
                                     stage: Stage::Soft,
                                     until: now + self.cfg.cancel_grace,
                                     call: id,
+
+                                    began: now,
                                 });
                             }
+                        }
+                        Some(mut e)
+                            if now >= e.until
+                                && e.stage == Stage::Soft
+                                && w.beacon.get_io() == 0
+                                && now < e.began + io_patience =>
+                        {
+                            // No answer, but the loop is not inside a poll:
+                            // the call has not reached it yet (the CPU thread
+                            // routes calls, and a CPU task that never looks at
+                            // its ctx delays that). Killing would fail the
+                            // CPU call for nothing: wait a while longer.
+                            e.until = now + self.cfg.cancel_grace;
+                            f.esc = Some(e);
                         }
                         Some(mut e) if now >= e.until && e.stage != Stage::Kill => {
                             // No answer: the event loop is blocked (a task
@@ -1169,6 +1227,8 @@ impl Dispatcher {
                             stage: Stage::Soft,
                             until: now + self.cfg.cancel_grace,
                             call: head.id,
+
+                            began: now,
                         });
                     } else if head
                         .stall
@@ -1181,6 +1241,8 @@ impl Dispatcher {
                             stage: Stage::Soft,
                             until: now + self.cfg.cancel_grace,
                             call: head.id,
+
+                            began: now,
                         });
                     }
                 }
@@ -1242,8 +1304,9 @@ impl Dispatcher {
         if ready.is_empty() {
             return;
         }
-        // Most room first; spread the queue evenly: each worker gets its share.
-        ready.sort_unstable_by(|a, b| b.cmp(a));
+        // Least room first, each worker taking its even share of what is
+        // left: what a small worker cannot take flows to the larger ones.
+        ready.sort_unstable();
         let total_room: usize = ready.iter().map(|(r, _)| r).sum();
         let mut left = self.io_queue.len().min(total_room);
         let mut workers_left = ready.len();
@@ -1388,6 +1451,14 @@ fn send_run<'a>(
     flush(&mut refs, buf);
     let _ = tx.send(std::mem::take(buf));
 }
+
+/// How long a worker told to stop while idle gets before it is killed.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// How long, at least, an async call's soft stage is extended while its
+/// worker's loop is not stuck in a poll, before the worker is killed anyway
+/// (a stopped worker, a call held up behind a CPU task that ignores its ctx).
+const ASYNC_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The next step of an escalation whose stage timed out: SIGTERM to the
 /// worker's process group, then SIGKILL.

@@ -314,6 +314,55 @@ impl AsyncTask for IoLeak {
     }
 }
 
+/// An input whose decoding panics (a user's `Deserialize` can): outside the
+/// task's own `catch_unwind`.
+#[derive(Debug)]
+struct PanicsOnDecode;
+impl Serialize for PanicsOnDecode {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+impl<'de> Deserialize<'de> for PanicsOnDecode {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        panic!("decode boom")
+    }
+}
+
+struct CpuDecodePanics;
+impl Task for CpuDecodePanics {
+    const NAME: &'static str = "test.cpu_decode_panics";
+    type Input = PanicsOnDecode;
+    type Output = ();
+    fn run(&self, _: PanicsOnDecode, _ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
+        Ok(())
+    }
+}
+
+struct IoDecodePanics;
+impl AsyncTask for IoDecodePanics {
+    const NAME: &'static str = "test.io_decode_panics";
+    type Input = PanicsOnDecode;
+    type Output = ();
+    async fn run(&self, _: PanicsOnDecode, _ctx: AsyncCtx) -> Result<(), TaskError> {
+        Ok(())
+    }
+}
+
+/// Holds `mib` MiB while it meets the test, then returns its pid.
+struct IoHoldMeet;
+impl AsyncTask for IoHoldMeet {
+    const NAME: &'static str = "test.io_hold_meet";
+    type Input = (u16, usize);
+    type Output = u32;
+    async fn run(&self, (port, mib): (u16, usize), _ctx: AsyncCtx) -> Result<u32, TaskError> {
+        let v = std::hint::black_box(vec![7u8; mib << 20]);
+        let pid = meet(port, TAG_WAIT).await?;
+        drop(v);
+        Ok(pid)
+    }
+}
+
 /// Panics on the event loop.
 struct AsyncPanics;
 impl AsyncTask for AsyncPanics {
@@ -338,7 +387,9 @@ fn registry() -> Registry {
         .register(Preloaded)
         .register(Hog)
         .register(Hold)
-        .register(Beat);
+        .register(Beat)
+        .register(CpuDecodePanics);
+    r.register_async(IoDecodePanics).register_async(IoHoldMeet);
     r.register_async(Rendezvous)
         .register_async(BlockLoop)
         .register_async(AbortInPoll)
@@ -1301,6 +1352,98 @@ async fn a_crash_in_a_poll_is_charged_to_that_call(method: StartMethod) {
     assert_no_zombies().await;
 }
 
+async fn panics_outside_the_task_body_fail_one_call(method: StartMethod) {
+    let pool = pool(method, 1).await;
+    let pid = pool.apply::<Pid>(&()).await.unwrap();
+    // On the event loop: caught, the call fails, the worker lives on.
+    match pool.apply_io::<IoDecodePanics>(&PanicsOnDecode).await {
+        Err(PoolError::Task(f)) => {
+            assert_eq!(f.kind, FailureKind::Panic);
+            assert!(f.message.contains("decode boom"), "{}", f.message);
+        }
+        other => panic!("expected a panic failure, got {other:?}"),
+    }
+    assert_eq!(pool.apply::<Pid>(&()).await.unwrap(), pid);
+    // On the CPU thread, outside the task's catch_unwind: the worker dies
+    // (rather than hang with its event loop still up), the call is charged,
+    // and the pool goes on.
+    let r = tokio::time::timeout(
+        Duration::from_secs(30),
+        pool.apply::<CpuDecodePanics>(&PanicsOnDecode),
+    )
+    .await
+    .expect("answered, not hung");
+    match r {
+        Err(PoolError::WorkerDied { pid: p, status, .. }) => {
+            assert_eq!(p, pid);
+            assert_eq!(status.signal, Some(libc::SIGABRT));
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert_ne!(pool.apply::<Pid>(&()).await.unwrap(), pid);
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
+async fn an_abort_on_the_event_loop_is_not_charged_to_the_cpu_call(method: StartMethod) {
+    let pool = pool(method, 1).await;
+    let (listener, port) = loopback().await;
+    let spin = pool.submit::<Spin>(&SpinInput { ms: 300 }).await.unwrap();
+    let crasher = pool.submit_io::<AbortInPoll>(&port).await.unwrap();
+    let acceptor = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let mut m = accept_met(&listener).await;
+            let _ = m.stream.write_all(b"x").await;
+            held.push(m);
+        }
+    });
+    let r = tokio::time::timeout(Duration::from_secs(60), crasher)
+        .await
+        .expect("charged, not re-run forever");
+    match r {
+        Err(PoolError::WorkerDied { status, .. }) => {
+            assert_eq!(status.signal, Some(libc::SIGABRT));
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    // The worker's SIGABRT handler said the lane aborted: the spin that was
+    // running on the CPU thread is innocent and runs again.
+    spin.await.expect("the CPU call is not charged");
+    acceptor.abort();
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
+async fn cpu_calls_over_the_soft_limit_drain_a_worker_holding_async_calls(method: StartMethod) {
+    let pool = Pool::builder()
+        .workers(1)
+        .start_method(method)
+        .memory_soft_limit_bytes(64 << 20)
+        .build()
+        .await
+        .unwrap();
+    let mut events = pool.events();
+    let (listener, port) = loopback().await;
+    let held = pool.submit_io::<IoHoldMeet>(&(port, 100)).await.unwrap();
+    let mut met = accept_met(&listener).await;
+    // CPU calls finish while the async call holds the memory: the worker
+    // must drain, not leave (which would re-run the async call for ever).
+    for i in 0..3u64 {
+        assert_eq!(pool.apply::<Noop>(&i).await.unwrap(), i);
+    }
+    let fresh = tokio::time::timeout(Duration::from_secs(30), next_ready(&mut events))
+        .await
+        .expect("the draining worker gets a replacement");
+    assert_ne!(fresh, met.pid);
+    met.stream.write_all(b"x").await.unwrap();
+    assert_eq!(held.await.unwrap(), met.pid, "finished where it ran");
+    // It ran once: no second connection from a re-run.
+    let again = tokio::time::timeout(Duration::from_millis(300), listener.accept()).await;
+    assert!(again.is_err(), "the async call ran again");
+    pool.shutdown().await;
+}
+
 fn main() -> ExitCode {
     // Set before the fork server starts, so every worker inherits it (a
     // spawned worker re-runs main and keeps the inherited value).
@@ -1354,6 +1497,9 @@ fn main() -> ExitCode {
         io_timeout_cancel_and_panic_keep_the_worker,
         a_blocked_event_loop_is_killed_and_only_its_blocker_fails,
         a_crash_in_a_poll_is_charged_to_that_call,
+        panics_outside_the_task_body_fail_one_call,
+        an_abort_on_the_event_loop_is_not_charged_to_the_cpu_call,
+        cpu_calls_over_the_soft_limit_drain_a_worker_holding_async_calls,
     ];
     helper::run_all(&tests)
 }

@@ -10,7 +10,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering};
 
 /// A mapped beacon page.
 #[derive(Debug)]
@@ -81,10 +81,41 @@ impl Beacon {
     }
 
     fn cell(&self, slot: usize) -> &AtomicU64 {
-        debug_assert!(slot < 2);
+        debug_assert!(slot < 3);
         // SAFETY: ptr points to a live, page-aligned shared mapping of PAGE
-        // bytes (see map); slots 0 and 1 are its first 16 bytes.
+        // bytes (see map); slots 0, 1 and 2 are its first 24 bytes.
         unsafe { &*self.ptr.add(slot) }
+    }
+
+    /// In the worker: records, should the process abort (`SIGABRT`: a panic
+    /// under `panic=abort`, a failed allocation, a stack overflow,
+    /// `std::process::abort`), which of its threads aborted, so that the
+    /// supervisor charges the CPU call or the async call, not a bystander.
+    /// Installs a one-shot `SIGABRT` handler that only stores to this page.
+    pub fn mark_crashing_thread(&self) {
+        CRASH_SLOT.store(
+            std::ptr::from_ref(self.cell(2)).cast_mut(),
+            Ordering::Release,
+        );
+        // SAFETY: a zeroed sigaction with a handler that is async-signal-safe
+        // (an atomic load, gettid, an atomic store); SA_RESETHAND restores the
+        // default action, so the abort then proceeds as usual.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_abort as extern "C" fn(libc::c_int) as usize;
+            sa.sa_flags = libc::SA_RESETHAND;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(libc::SIGABRT, &sa, std::ptr::null_mut());
+        }
+    }
+
+    /// Which thread of the worker aborted (read after its death).
+    pub fn crashed_thread(&self) -> CrashedThread {
+        match self.cell(2).load(Ordering::Acquire) {
+            1 => CrashedThread::Cpu,
+            2 => CrashedThread::Io,
+            _ => CrashedThread::Unknown,
+        }
     }
 
     /// Marks CPU call `id` as running (0: none).
@@ -110,8 +141,57 @@ impl Beacon {
     }
 }
 
+/// Which thread of a dead worker aborted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashedThread {
+    /// It did not abort (a signal from outside, `SIGSEGV`, an exit), or it
+    /// did not say.
+    Unknown,
+    /// The CPU thread: the running CPU call is the cause.
+    Cpu,
+    /// The I/O lane: the async call being polled is the cause.
+    Io,
+}
+
+/// Slot 2 of the worker's beacon, for the `SIGABRT` handler.
+static CRASH_SLOT: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// The kernel thread id of the I/O lane (0: none).
+static LANE_TID: AtomicI64 = AtomicI64::new(0);
+
+/// Called by the I/O lane's thread when it starts.
+pub(crate) fn this_is_the_lane_thread() {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+    LANE_TID.store(tid, Ordering::Release);
+}
+
+extern "C" fn on_abort(sig: libc::c_int) {
+    let slot = CRASH_SLOT.load(Ordering::Acquire);
+    if !slot.is_null() {
+        // SAFETY: gettid is async-signal-safe and has no preconditions.
+        let tid = unsafe { libc::syscall(libc::SYS_gettid) };
+        let lane = LANE_TID.load(Ordering::Acquire);
+        let who = if lane != 0 && tid == lane { 2 } else { 1 };
+        // SAFETY: CRASH_SLOT points into a live beacon mapping; Drop clears
+        // it before unmapping.
+        unsafe { (*slot).store(who, Ordering::Release) };
+    }
+    // SA_RESETHAND restored the default action; the signal is blocked while
+    // this handler runs, so raising it again makes it fatal as it returns,
+    // whether it came from abort(3) or from a bare raise(SIGABRT).
+    // SAFETY: raise is async-signal-safe.
+    unsafe { libc::raise(sig) };
+}
+
 impl Drop for Beacon {
     fn drop(&mut self) {
+        let mine = std::ptr::from_ref(self.cell(2)).cast_mut();
+        let _ = CRASH_SLOT.compare_exchange(
+            mine,
+            std::ptr::null_mut(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
         // SAFETY: unmapping exactly the region mapped in `map`.
         unsafe { libc::munmap(self.ptr.cast(), PAGE) };
     }

@@ -18,6 +18,7 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -53,6 +54,38 @@ pub(crate) struct LaneConfig {
     /// Soft memory limit in bytes (0 = none): over it, the lane announces
     /// `Draining` once, and the supervisor recycles the worker when idle.
     pub(crate) soft_limit: u64,
+    /// Shared with the CPU thread.
+    pub(crate) state: Arc<LaneState>,
+}
+
+/// What the CPU thread and the lane share: how many async calls the worker
+/// holds (counted when routed, uncounted when answered), and whether the
+/// worker announced it drains (once, by whichever thread sees it first).
+#[derive(Debug, Default)]
+pub(crate) struct LaneState {
+    held: AtomicUsize,
+    draining: AtomicBool,
+}
+
+impl LaneState {
+    /// The CPU thread routed a call to the lane.
+    pub(crate) fn routed(&self) {
+        self.held.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn answered(&self, n: usize) {
+        self.held.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Async calls routed and not answered yet.
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Whether this caller is the one to announce `Draining`.
+    pub(crate) fn start_draining(&self) -> bool {
+        !self.draining.swap(true, Ordering::AcqRel)
+    }
 }
 
 type Finished = (u64, Reply, usize);
@@ -60,6 +93,23 @@ type Finished = (u64, Reply, usize);
 /// Runs the lane until the CPU thread drops its sender (after finishing what
 /// runs) or sends [`IoMsg::Abort`].
 pub(crate) fn run(
+    registry: &Registry,
+    rx: mpsc::UnboundedReceiver<IoMsg>,
+    out: Arc<SharedOut>,
+    cfg: &LaneConfig,
+    beacon: Option<&Beacon>,
+) {
+    crate::beacon::this_is_the_lane_thread();
+    // A panic here, outside any call's guard, would leave the process alive
+    // with its async calls unanswered: die instead, so they run elsewhere.
+    let lane = AssertUnwindSafe(|| run_lane(registry, rx, out, cfg, beacon));
+    if catch_unwind(lane).is_err() {
+        eprintln!("jobvisor worker: the I/O lane panicked outside a call; aborting");
+        std::process::abort();
+    }
+}
+
+fn run_lane(
     registry: &Registry,
     mut rx: mpsc::UnboundedReceiver<IoMsg>,
     out: Arc<SharedOut>,
@@ -86,6 +136,9 @@ pub(crate) fn run(
         }
     };
     rt.block_on(serve_lane(registry, first, rx, out, cfg, beacon));
+    // Do not wait for blocking-pool work (DNS lookups, file writes of
+    // dropped calls): the process is about to exit.
+    rt.shutdown_background();
 }
 
 async fn serve_lane(
@@ -110,7 +163,11 @@ async fn serve_lane(
     let mut cancels: HashMap<u64, oneshot::Sender<()>> = HashMap::new();
     let mut replies = Replies::new(cfg.max_frame_bytes);
     let mut open = true;
-    let mut memory = MemoryCheck::new(cfg.soft_limit);
+    let mut memory = MemoryCheck::new(cfg.soft_limit, Arc::clone(&cfg.state));
+    // Long calls may grow without finishing: look at the memory now and then
+    // too, not only when calls end.
+    let mut memory_tick = tokio::time::interval(Duration::from_millis(100));
+    memory_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = Some(first);
     loop {
         if !open && running.is_empty() {
@@ -133,9 +190,16 @@ async fn serve_lane(
                     cancels.remove(&done.0);
                     replies.push(done.1, done.2);
                 }
+                let answered = replies.pending();
                 if replies.write(&out).is_err() {
                     return;
                 }
+                cfg.state.answered(answered);
+                if let Some(reason) = memory.over() {
+                    report(&FromWorker::Draining { reason });
+                }
+            }
+            _ = memory_tick.tick(), if cfg.soft_limit > 0 && !running.is_empty() => {
                 if let Some(reason) = memory.over() {
                     report(&FromWorker::Draining { reason });
                 }
@@ -168,23 +232,97 @@ fn start<'a>(
 ) -> LocalBoxFuture<'a, Finished> {
     let (tx, cancel) = oneshot::channel();
     cancels.insert(call.id, tx);
-    Box::pin(run_call(
-        registry,
-        call,
-        cancel,
-        Rc::clone(report),
-        cfg.max_output_bytes,
+    let id = call.id;
+    Box::pin(Guarded {
+        fut: Some(Box::pin(run_call(
+            registry,
+            call,
+            cancel,
+            Rc::clone(report),
+            cfg.max_output_bytes,
+        ))),
+        id,
         beacon,
-    ))
+    })
 }
 
-async fn run_call<'a>(
-    registry: &'a Registry,
+/// Everything a call does on the loop (decoding its input, its polls, the
+/// drop of its future at a cancel or deadline) runs under this guard: the
+/// beacon names the call meanwhile, so a crash there is charged to it, and a
+/// panic there fails this call alone.
+struct Guarded<'a> {
+    fut: Option<LocalBoxFuture<'a, Finished>>,
+    id: u64,
+    beacon: Option<&'a Beacon>,
+}
+
+impl Future for Guarded<'_> {
+    type Output = Finished;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Finished> {
+        let this = &mut *self;
+        let Some(fut) = this.fut.as_mut() else {
+            return Poll::Pending;
+        };
+        if let Some(b) = this.beacon {
+            b.set_io(this.id);
+        }
+        let r = catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(cx)));
+        let out = match r {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(done)) => {
+                this.fut = None;
+                Poll::Ready(done)
+            }
+            Err(payload) => {
+                // The future is poisoned: drop it, still guarded.
+                let fut = this.fut.take();
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(fut)));
+                let failure = TaskFailure {
+                    kind: FailureKind::Panic,
+                    message: format!(
+                        "async task panicked: {}",
+                        crate::registry::panic_message(&*payload)
+                    ),
+                };
+                let reply = Reply {
+                    id: this.id,
+                    outcome: Outcome::Err(failure),
+                    cpu_us: 0,
+                    wall_us: 1,
+                    max_poll_us: 0,
+                };
+                Poll::Ready((this.id, reply, 64))
+            }
+        };
+        if let Some(b) = this.beacon {
+            b.set_io(0);
+        }
+        out
+    }
+}
+
+impl Drop for Guarded<'_> {
+    fn drop(&mut self) {
+        // Dropped unfinished only when the whole lane stops (Abort).
+        if let Some(fut) = self.fut.take() {
+            if let Some(b) = self.beacon {
+                b.set_io(self.id);
+            }
+            let _ = catch_unwind(AssertUnwindSafe(move || drop(fut)));
+            if let Some(b) = self.beacon {
+                b.set_io(0);
+            }
+        }
+    }
+}
+
+async fn run_call(
+    registry: &Registry,
     call: Call,
     cancel: oneshot::Receiver<()>,
     report: Report,
     max_output_bytes: u64,
-    beacon: Option<&'a Beacon>,
 ) -> Finished {
     let started = Instant::now();
     let deadline = call
@@ -193,8 +331,6 @@ async fn run_call<'a>(
     let ctx = AsyncCtx::new(call.id, deadline, Some(report));
     let mut timed = Timed {
         fut: registry.call_async(call.task, call.chunk, &call.input, ctx),
-        id: call.id,
-        beacon,
         busy: Duration::ZERO,
         max_poll: Duration::ZERO,
     };
@@ -229,21 +365,22 @@ async fn run_call<'a>(
 struct MemoryCheck {
     limit: u64,
     last: Option<Instant>,
-    announced: bool,
+    state: Arc<LaneState>,
 }
 
 impl MemoryCheck {
-    fn new(limit: u64) -> Self {
+    fn new(limit: u64, state: Arc<LaneState>) -> Self {
         Self {
             limit,
             last: None,
-            announced: false,
+            state,
         }
     }
 
-    /// Why the worker must drain, the first time it is over the limit.
+    /// Why the worker must drain, the first time it is over the limit (and
+    /// the CPU thread has not said so already).
     fn over(&mut self) -> Option<String> {
-        if self.limit == 0 || self.announced {
+        if self.limit == 0 || self.state.draining.load(Ordering::Acquire) {
             return None;
         }
         let now = Instant::now();
@@ -255,7 +392,9 @@ impl MemoryCheck {
         }
         self.last = Some(now);
         let rss = crate::serve::resident_bytes().filter(|&r| r > self.limit)?;
-        self.announced = true;
+        if !self.state.start_draining() {
+            return None;
+        }
         Some(format!(
             "resident set {} KiB is over the soft memory limit of {} KiB",
             rss / 1024,
@@ -271,12 +410,9 @@ async fn sleep_until_opt(deadline: Option<Instant>) {
     }
 }
 
-/// A call's future, measured: time spent in its polls, its longest poll; a
-/// panic in a poll ends the call (the loop and the other calls live on).
+/// A call's future, measured: time spent in its polls, its longest poll.
 struct Timed<'a> {
     fut: LocalBoxFuture<'a, Result<Vec<u8>, TaskFailure>>,
-    id: u64,
-    beacon: Option<&'a Beacon>,
     busy: Duration,
     max_poll: Duration,
 }
@@ -286,27 +422,12 @@ impl Future for Timed<'_> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        if let Some(b) = this.beacon {
-            b.set_io(this.id);
-        }
         let t0 = Instant::now();
-        let r = catch_unwind(AssertUnwindSafe(|| this.fut.as_mut().poll(cx)));
+        let r = this.fut.as_mut().poll(cx);
         let took = t0.elapsed();
-        if let Some(b) = this.beacon {
-            b.set_io(0);
-        }
         this.busy += took;
         this.max_poll = this.max_poll.max(took);
-        match r {
-            Ok(p) => p,
-            Err(payload) => Poll::Ready(Err(TaskFailure {
-                kind: FailureKind::Panic,
-                message: format!(
-                    "async task panicked: {}",
-                    crate::registry::panic_message(&*payload)
-                ),
-            })),
-        }
+        r
     }
 }
 
@@ -316,6 +437,8 @@ struct Replies {
     batch: Vec<Reply>,
     batch_bytes: usize,
     buf: Vec<u8>,
+    /// Replies pushed since the last write.
+    pending: usize,
 }
 
 impl Replies {
@@ -325,7 +448,13 @@ impl Replies {
             batch: Vec::new(),
             batch_bytes: 0,
             buf: Vec::new(),
+            pending: 0,
         }
+    }
+
+    /// Replies pushed since the last write.
+    fn pending(&self) -> usize {
+        self.pending
     }
 
     fn push(&mut self, reply: Reply, size: usize) {
@@ -335,6 +464,7 @@ impl Replies {
         }
         self.batch_bytes += cost;
         self.batch.push(reply);
+        self.pending += 1;
     }
 
     fn frame(&mut self) {
@@ -354,20 +484,7 @@ impl Replies {
         self.frame();
         let r = out.write_all(&self.buf);
         self.buf.clear();
+        self.pending = 0;
         r
-    }
-}
-
-/// The reply for an async call that could not be handed to the lane.
-pub(crate) fn lane_gone(id: u64) -> Reply {
-    Reply {
-        id,
-        outcome: Outcome::Err(TaskFailure {
-            kind: FailureKind::Error,
-            message: "the worker's event loop is gone".into(),
-        }),
-        cpu_us: 0,
-        wall_us: 0,
-        max_poll_us: 0,
     }
 }

@@ -39,6 +39,8 @@ pub(crate) struct IoRoute {
     pub(crate) tx: tokio::sync::mpsc::UnboundedSender<crate::io_lane::IoMsg>,
     /// `is_async[task id]`.
     pub(crate) is_async: Vec<bool>,
+    /// What the two threads share about the lane (calls held, draining).
+    pub(crate) state: Arc<crate::io_lane::LaneState>,
 }
 
 pub(crate) struct Link {

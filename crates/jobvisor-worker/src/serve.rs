@@ -9,6 +9,8 @@
 use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jobvisor_proto::worker::{
@@ -16,7 +18,7 @@ use jobvisor_proto::worker::{
 };
 use jobvisor_proto::{FrameError, HandshakeError, Hello, Role};
 
-use crate::io_lane::{self, IoMsg, LaneConfig};
+use crate::io_lane::{self, IoMsg, LaneConfig, LaneState};
 use crate::link::{IoRoute, Link};
 use crate::registry::Registry;
 use crate::task::Ctx;
@@ -81,16 +83,21 @@ pub fn serve_with_beacon(
     })?;
     link.flush()?;
 
+    if let Some(b) = &beacon {
+        b.mark_crashing_thread();
+    }
     let beacon = beacon.as_ref();
     std::thread::scope(|scope| {
         if kinds.contains(&TaskKind::Io) {
             // The I/O lane: async calls on an event loop beside this thread.
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let out = link.shared_out();
+            let state = Arc::new(LaneState::default());
             let cfg = LaneConfig {
                 max_frame_bytes: link.max_frame_bytes,
                 max_output_bytes,
                 soft_limit,
+                state: Arc::clone(&state),
             };
             std::thread::Builder::new()
                 .name("jobvisor-io".into())
@@ -98,9 +105,21 @@ pub fn serve_with_beacon(
             link.io = Some(IoRoute {
                 tx,
                 is_async: kinds.iter().map(|k| *k == TaskKind::Io).collect(),
+                state,
             });
         }
-        let r = cpu_loop(registry, &mut link, beacon, max_output_bytes, soft_limit);
+        // A panic outside a task's own catch_unwind (a Deserialize or
+        // Serialize impl, say) must not leave the lane running in a process
+        // whose CPU thread is gone: die, and let the beacon name the call.
+        let r = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+            cpu_loop(registry, &mut link, beacon, max_output_bytes, soft_limit)
+        })) {
+            Ok(r) => r,
+            Err(_) => {
+                eprintln!("jobvisor worker: the CPU thread panicked outside a task; aborting");
+                std::process::abort();
+            }
+        };
         if let Some(io) = link.io.take() {
             // After a Shutdown the lane finishes what runs (its channel just
             // closes); otherwise the worker is going away now.
@@ -222,16 +241,29 @@ fn cpu_loop(
         {
             last_rss_check = now;
             if let Some(rss) = resident_bytes().filter(|&r| r > soft_limit) {
-                // Recycle between calls: the supervisor re-dispatches what we
-                // have not answered and starts a fresh worker.
                 let reason = format!(
                     "resident set {} KiB is over the soft memory limit of {} KiB",
                     rss / 1024,
                     soft_limit / 1024
                 );
-                link.send(&FromWorker::Retiring { reason })?;
-                link.flush()?;
-                return Ok(Exit::Gone);
+                match &link.io {
+                    // Async calls are running: they must finish here, so the
+                    // worker drains (announced once, by whichever thread
+                    // sees it first) instead of leaving at once.
+                    Some(io) if io.state.held() > 0 => {
+                        if io.state.start_draining() {
+                            link.send(&FromWorker::Draining { reason })?;
+                            link.flush()?;
+                        }
+                    }
+                    // Recycle between calls: the supervisor re-dispatches what
+                    // we have not answered and starts a fresh worker.
+                    _ => {
+                        link.send(&FromWorker::Retiring { reason })?;
+                        link.flush()?;
+                        return Ok(Exit::Gone);
+                    }
+                }
             }
         }
         if since_flush >= FLUSH_EVERY || now.duration_since(last_ingest) >= FLUSH_INTERVAL {
@@ -382,13 +414,17 @@ pub(crate) fn take_frames(
                         pending.push_back(call);
                         continue;
                     }
-                    let id = call.id;
-                    let sent = link
-                        .io
-                        .as_ref()
-                        .is_some_and(|io| io.tx.send(IoMsg::Run(call)).is_ok());
+                    let sent = link.io.as_ref().is_some_and(|io| {
+                        // Counted here, before the lane sees it, so the CPU
+                        // thread's soft-limit check never misses a call.
+                        io.state.routed();
+                        io.tx.send(IoMsg::Run(call)).is_ok()
+                    });
                     if !sent {
-                        link.push_reply(io_lane::lane_gone(id), 64)?;
+                        // The lane only ends when told to; a lane that is gone
+                        // is a broken worker. Dying re-dispatches its calls.
+                        eprintln!("jobvisor worker: the I/O lane is gone; aborting");
+                        std::process::abort();
                     }
                 }
             }
