@@ -291,6 +291,15 @@ const CPU: usize = 0;
 /// Index of the I/O lane (async tasks).
 const IO: usize = 1;
 
+/// The in-pool caps of the two lanes for `workers` workers: a few CPU
+/// windows, and the event loops' slots plus a little to keep them full.
+fn lane_caps(workers: usize, pool: &jobvisor_pool::PoolConfig) -> [usize; 2] {
+    [
+        workers * 16,
+        workers * (pool.io_concurrency_per_worker + 16),
+    ]
+}
+
 /// The lane of a task: [`IO`] for async tasks, [`CPU`] for the rest.
 fn lane_of(registry: &Registry, task: &str) -> usize {
     if registry.kind(task) == Some(jobvisor_worker::TaskKind::Io) {
@@ -312,11 +321,7 @@ impl Scheduler {
         notifier: Notifier,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
-        let pc = pool.config();
-        let max_inflight = [
-            pc.workers * 16,
-            pc.workers * (pc.io_concurrency_per_worker + 16),
-        ];
+        let max_inflight = lane_caps(pool.config().workers, pool.config());
         Self {
             cfg,
             pool,
@@ -434,6 +439,8 @@ impl Scheduler {
             SchedCmd::Flush { reply } => self.flush_waiters.push(reply),
             SchedCmd::Reload { config } => {
                 tracing::info!(queues = ?config.queues, "configuration reloaded");
+                // The pool was resized to this many workers: the caps follow.
+                self.max_inflight = lane_caps(config.worker_count(), self.pool.config());
                 self.cfg.queues = config.queues;
             }
         }
