@@ -250,7 +250,10 @@ pub(crate) struct Dispatcher {
 }
 
 pub(crate) struct Channels {
+    /// Submits (bounded: submitters wait while the queue is full).
     pub(crate) commands: mpsc::Receiver<Command>,
+    /// Everything else, always read.
+    pub(crate) control: mpsc::UnboundedReceiver<Command>,
 }
 
 impl Dispatcher {
@@ -289,16 +292,20 @@ impl Dispatcher {
             exits_tx,
             frame_buf: Vec::new(),
         };
-        tokio::spawn(d.run(channels.commands, link_rx, internal_rx, exits_rx));
+        tokio::spawn(d.run(channels, link_rx, internal_rx, exits_rx));
     }
 
     async fn run(
         mut self,
-        mut commands: mpsc::Receiver<Command>,
+        channels: Channels,
         mut links: mpsc::UnboundedReceiver<LinkEvent>,
         mut internal: mpsc::UnboundedReceiver<Internal>,
         mut exits: mpsc::UnboundedReceiver<(u32, ExitStatus)>,
     ) {
+        let Channels {
+            mut commands,
+            mut control,
+        } = channels;
         self.ensure_workers();
         let mut cmd_buf = Vec::with_capacity(512);
         let mut link_buf = Vec::with_capacity(64);
@@ -315,6 +322,15 @@ impl Dispatcher {
                 }
                 Some((pid, status)) = exits.recv() => self.on_exit(pid, status),
                 Some(ev) = internal.recv() => self.on_internal(ev),
+                Some(c) = control.recv() => {
+                    // What a caller submitted before this comes first (its
+                    // submit returned once the command was in the channel),
+                    // even past max_queued: at most the channel's capacity.
+                    while let Ok(s) = commands.try_recv() {
+                        self.on_command(s);
+                    }
+                    self.on_command(c);
+                }
                 n = commands.recv_many(&mut cmd_buf, 512), if accept => {
                     if n == 0 {
                         // Every Pool handle is gone: stop now.
@@ -338,7 +354,8 @@ impl Dispatcher {
         // Refuse what is still in the channel, then answer: once `shutdown`
         // returns, a submit fails at once.
         commands.close();
-        while let Ok(c) = commands.try_recv() {
+        control.close();
+        while let Ok(c) = commands.try_recv().or_else(|_| control.try_recv()) {
             match c {
                 Command::Submit(p) => answer(p.reply, None, Err(PoolError::Closed)),
                 Command::Shutdown { done, .. } => self.stop_waiters.push(done),

@@ -237,12 +237,18 @@ impl PoolBuilder {
     pub async fn build(self) -> Result<Pool, PoolError> {
         crate::bootstrap::get().map_err(|e| PoolError::Startup(e.to_string()))?;
         let (tx, rx) = mpsc::channel(COMMAND_CHANNEL);
+        // Cancel, shutdown, resize and snapshots: never stuck behind submits
+        // waiting for queue space (one per caller at a time: bounded by them).
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(1024);
         let (started_tx, started_rx) = oneshot::channel();
         let health = Arc::new(Health::default());
         Dispatcher::spawn(
             self.cfg.clone(),
-            Channels { commands: rx },
+            Channels {
+                commands: rx,
+                control: control_rx,
+            },
             events.clone(),
             started_tx,
             health.clone(),
@@ -258,6 +264,7 @@ impl PoolBuilder {
         Ok(Pool {
             inner: Arc::new(Inner {
                 commands: tx,
+                control: control_tx,
                 tasks,
                 names,
                 next_id: AtomicU64::new(1),
@@ -271,6 +278,7 @@ impl PoolBuilder {
 
 struct Inner {
     commands: mpsc::Sender<Command>,
+    control: mpsc::UnboundedSender<Command>,
     tasks: HashMap<String, u32>,
     names: Vec<String>,
     next_id: AtomicU64,
@@ -314,7 +322,7 @@ impl std::fmt::Debug for Pool {
 pub struct TaskHandle<O> {
     id: u64,
     rx: oneshot::Receiver<CallResult>,
-    commands: mpsc::WeakSender<Command>,
+    control: mpsc::WeakUnboundedSender<Command>,
     _out: PhantomData<fn() -> O>,
 }
 
@@ -328,8 +336,8 @@ impl<O> TaskHandle<O> {
     /// one sees `ctx.is_cancelled()`, and is stopped by signals after the
     /// grace periods if it does not return.
     pub async fn cancel(&self) {
-        if let Some(tx) = self.commands.upgrade() {
-            let _ = tx.send(Command::Cancel(self.id)).await;
+        if let Some(tx) = self.control.upgrade() {
+            let _ = tx.send(Command::Cancel(self.id));
         }
     }
 }
@@ -382,13 +390,7 @@ impl Pool {
     /// A snapshot of the workers.
     pub async fn workers(&self) -> Vec<WorkerInfo> {
         let (tx, rx) = oneshot::channel();
-        if self
-            .inner
-            .commands
-            .send(Command::Workers(tx))
-            .await
-            .is_err()
-        {
+        if self.inner.control.send(Command::Workers(tx)).is_err() {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
@@ -433,7 +435,7 @@ impl Pool {
         let handle = TaskHandle {
             id,
             rx,
-            commands: self.inner.commands.downgrade(),
+            control: self.inner.control.downgrade(),
             _out: PhantomData,
         };
         Ok((pending, handle))
@@ -564,13 +566,13 @@ impl Pool {
 
     /// Cancels a call by its id (see [`TaskHandle::cancel`]).
     pub async fn cancel(&self, call_id: u64) {
-        let _ = self.inner.commands.send(Command::Cancel(call_id)).await;
+        let _ = self.inner.control.send(Command::Cancel(call_id));
     }
 
     /// Changes the number of workers: new ones start at once; surplus ones
     /// finish the calls they hold, then stop. No call is lost.
     pub async fn resize(&self, workers: usize) {
-        let _ = self.inner.commands.send(Command::Resize(workers)).await;
+        let _ = self.inner.control.send(Command::Resize(workers));
     }
 
     /// Like [`Pool::submit`], but fails with [`PoolError::QueueFull`] instead
@@ -753,9 +755,8 @@ impl Pool {
         let (tx, rx) = oneshot::channel();
         if self
             .inner
-            .commands
+            .control
             .send(Command::Shutdown { graceful, done: tx })
-            .await
             .is_ok()
         {
             let _ = rx.await;

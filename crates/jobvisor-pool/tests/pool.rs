@@ -1444,6 +1444,60 @@ async fn cpu_calls_over_the_soft_limit_drain_a_worker_holding_async_calls(method
     pool.shutdown().await;
 }
 
+async fn control_commands_do_not_wait_behind_a_full_queue(method: StartMethod) {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = helper::mkfifo(dir.path(), "announce");
+    let pool = Pool::builder()
+        .workers(1)
+        .start_method(method)
+        .max_queued(4)
+        .window(1)
+        .build()
+        .await
+        .unwrap();
+    let running = pool
+        .submit::<Announce>(&(fifo.to_string_lossy().into_owned(), 60_000))
+        .await
+        .unwrap();
+    helper::read_fifo_line(fifo).await;
+    // Fill the queue, then keep submitters waiting for room.
+    let mut queued = Vec::new();
+    for i in 0..4u64 {
+        queued.push(pool.submit::<Noop>(&i).await.unwrap());
+    }
+    let mut blocked = Vec::new();
+    for i in 0..8u64 {
+        let p = pool.clone();
+        blocked.push(tokio::spawn(async move { p.submit::<Noop>(&i).await }));
+    }
+    // A snapshot and a cancel get through while the submits wait.
+    let within = Duration::from_secs(10);
+    let workers = tokio::time::timeout(within, pool.workers())
+        .await
+        .expect("workers() waited behind the submits");
+    assert_eq!(workers.len(), 1);
+    tokio::time::timeout(within, queued[0].cancel())
+        .await
+        .expect("cancel waited behind the submits");
+    assert!(matches!(queued.remove(0).await, Err(PoolError::Cancelled)));
+    // And terminate stops everything now.
+    tokio::time::timeout(within, pool.clone().terminate())
+        .await
+        .expect("terminate waited behind the submits");
+    assert!(matches!(running.await, Err(PoolError::Closed)));
+    for h in queued {
+        assert!(matches!(h.await, Err(PoolError::Closed)));
+    }
+    for b in blocked {
+        match b.await.unwrap() {
+            Err(PoolError::Closed) => {}
+            Ok(h) => assert!(matches!(h.await, Err(PoolError::Closed))),
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    assert_no_zombies().await;
+}
+
 fn main() -> ExitCode {
     // Set before the fork server starts, so every worker inherits it (a
     // spawned worker re-runs main and keeps the inherited value).
@@ -1500,6 +1554,7 @@ fn main() -> ExitCode {
         panics_outside_the_task_body_fail_one_call,
         an_abort_on_the_event_loop_is_not_charged_to_the_cpu_call,
         cpu_calls_over_the_soft_limit_drain_a_worker_holding_async_calls,
+        control_commands_do_not_wait_behind_a_full_queue,
     ];
     helper::run_all(&tests)
 }
