@@ -17,7 +17,7 @@ use jobvisor_proto::control::{
     Attempt, AttemptOutcome, JobRecord, JobRef, JobState, Payload, Submitted,
 };
 use rusqlite::types::{ToSqlOutput, Type, ValueRef};
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row};
+use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, ToSql};
 
 use crate::store::{Finish, JobStore, NewJob, StoreError};
 
@@ -75,6 +75,18 @@ pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
 
 /// How long a statement waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Rows per multi-row `INSERT` of plain jobs, largest first. A run of plain
+/// jobs is written with as few statements as these sizes allow; each size is
+/// one prepared (cached) statement.
+const INSERT_ROWS: [usize; 3] = [32, 8, 1];
+
+/// The columns a plain job sets (see [`SqliteStore::insert_plain`]), in the
+/// order of its parameters; `state` is the literal `'queued'`.
+const PLAIN_COLS: &str = "task, queue, priority, state, max_attempts, backoff_base_ms, \
+     backoff_max_ms, timeout_ms, run_at_ms, created_ms, input_kind, input, stall_timeout_ms, \
+     notify_url";
+const PLAIN_ROW: &str = "(?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 const KIND_JSON: i64 = 0;
 const KIND_NATIVE: i64 = 1;
@@ -154,6 +166,8 @@ struct JobUpdate<'a> {
 /// The SQLite [`JobStore`]: one connection, used by one thread.
 pub struct SqliteStore {
     conn: Connection,
+    /// The multi-row `INSERT` of each size in [`INSERT_ROWS`].
+    plain_inserts: [(usize, String); INSERT_ROWS.len()],
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -176,7 +190,10 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path)
             .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
-        let store = SqliteStore { conn };
+        let store = SqliteStore {
+            conn,
+            plain_inserts: INSERT_ROWS.map(|rows| (rows, plain_insert_sql(rows))),
+        };
         let setup = store.setup();
         store.wrap(setup)?;
         Ok(store)
@@ -381,6 +398,88 @@ impl SqliteStore {
         })
     }
 
+    /// [`JobStore::insert_many`]: runs of plain jobs (no key, dependencies or
+    /// pipeline inputs: nothing to look up first) go in with multi-row
+    /// `INSERT`s; the others one by one.
+    fn insert_many_inner(&self, jobs: &[NewJob]) -> Result<Vec<Submitted>, Error> {
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut rest = jobs;
+        while let Some(first) = rest.first() {
+            if !is_plain(first) {
+                out.push(self.insert_inner(first)?);
+                rest = &rest[1..];
+                continue;
+            }
+            let run = rest.iter().take_while(|j| is_plain(j)).count();
+            let mut left = &rest[..run];
+            while !left.is_empty() {
+                let (rows, sql) = self
+                    .plain_inserts
+                    .iter()
+                    .find(|(rows, _)| *rows <= left.len())
+                    .ok_or_else(|| StoreError::Db("INSERT_ROWS must end with 1".into()))?;
+                let (chunk, tail) = left.split_at(*rows);
+                self.insert_plain(sql, chunk, &mut out)?;
+                left = tail;
+            }
+            rest = &rest[run..];
+        }
+        Ok(out)
+    }
+
+    /// Inserts plain jobs with `sql`, the statement for that many rows, and
+    /// appends their ids to `out`.
+    fn insert_plain(
+        &self,
+        sql: &str,
+        jobs: &[NewJob],
+        out: &mut Vec<Submitted>,
+    ) -> Result<(), Error> {
+        let mut stmt = self.conn.prepare_cached(sql)?;
+        let mut idx = 0;
+        for job in jobs {
+            let (input_kind, input) = payload_to_sql(&job.input);
+            // In the order of PLAIN_COLS.
+            let row: [&dyn ToSql; 13] = [
+                &job.task,
+                &job.queue,
+                &job.priority,
+                &job.max_attempts,
+                &job.backoff_base_ms,
+                &job.backoff_max_ms,
+                &job.timeout_ms,
+                &job.run_at_ms,
+                &job.created_ms,
+                &input_kind,
+                &input,
+                &job.stall_timeout_ms,
+                &job.notify_url,
+            ];
+            for value in row {
+                idx += 1;
+                stmt.raw_bind_parameter(idx, value)?;
+            }
+        }
+        let inserted = stmt.raw_execute()?;
+        drop(stmt);
+        if inserted != jobs.len() {
+            return Err(
+                StoreError::Db(format!("inserted {inserted} of {} jobs", jobs.len())).into(),
+            );
+        }
+        // AUTOINCREMENT gives each row the next id (one more than the largest
+        // ever used), so the rows of one statement have the ids up to the
+        // last one, in order.
+        let last = u64::try_from(self.conn.last_insert_rowid())
+            .map_err(|_| StoreError::Db("negative job id".into()))?;
+        let first = last + 1 - jobs.len() as u64;
+        out.extend((first..=last).map(|id| Submitted {
+            id,
+            duplicate: false,
+        }));
+        Ok(())
+    }
+
     fn start_attempt_inner(
         &self,
         id: u64,
@@ -428,6 +527,33 @@ impl SqliteStore {
             return Err(StoreError::NotFound(id).into());
         }
         self.apply_finish(id, at_ms, next)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_and_finish_attempt_inner(
+        &self,
+        id: u64,
+        number: u32,
+        started_ms: u64,
+        worker_pid: Option<u32>,
+        outcome: &AttemptOutcome,
+        at_ms: u64,
+        next: &Finish,
+    ) -> Result<(), Error> {
+        // The job first: a missing one is `NotFound`, as for start_attempt,
+        // before anything is written.
+        self.apply_finish(id, at_ms, next)?;
+        let outcome = encode_outcome(outcome)?;
+        self.conn
+            .prepare_cached(
+                "INSERT INTO attempts (job_id, number, worker_pid, started_ms, finished_ms, outcome) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (job_id, number) DO UPDATE SET worker_pid = excluded.worker_pid, \
+                 started_ms = excluded.started_ms, finished_ms = excluded.finished_ms, \
+                 outcome = excluded.outcome",
+            )?
+            .execute(params![id, number, worker_pid, started_ms, at_ms, outcome])?;
+        Ok(())
     }
 
     fn apply_finish(&self, id: u64, at_ms: u64, next: &Finish) -> Result<(), Error> {
@@ -649,6 +775,11 @@ impl JobStore for SqliteStore {
         self.wrap(r)
     }
 
+    fn insert_many(&mut self, jobs: &[NewJob]) -> Result<Vec<Submitted>, StoreError> {
+        let r = self.insert_many_inner(jobs);
+        self.wrap(r)
+    }
+
     fn start_attempt(
         &mut self,
         id: u64,
@@ -670,6 +801,22 @@ impl JobStore for SqliteStore {
         next: &Finish,
     ) -> Result<(), StoreError> {
         let r = self.finish_attempt_inner(id, number, worker_pid, outcome, at_ms, next);
+        self.wrap(r)
+    }
+
+    fn start_and_finish_attempt(
+        &mut self,
+        id: u64,
+        number: u32,
+        started_ms: u64,
+        worker_pid: Option<u32>,
+        outcome: &AttemptOutcome,
+        at_ms: u64,
+        next: &Finish,
+    ) -> Result<(), StoreError> {
+        let r = self.start_and_finish_attempt_inner(
+            id, number, started_ms, worker_pid, outcome, at_ms, next,
+        );
         self.wrap(r)
     }
 
@@ -707,6 +854,23 @@ impl JobStore for SqliteStore {
         let r = self.counts_inner();
         self.wrap(r)
     }
+}
+
+/// A job with nothing to look up or write besides its row.
+fn is_plain(job: &NewJob) -> bool {
+    job.key.is_none() && job.after.is_empty() && job.input_from.is_empty()
+}
+
+/// `INSERT` of `rows` plain jobs.
+fn plain_insert_sql(rows: usize) -> String {
+    let mut sql = format!("INSERT INTO jobs ({PLAIN_COLS}) VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(PLAIN_ROW);
+    }
+    sql
 }
 
 fn check_version(found: i64) -> Result<(), StoreError> {

@@ -157,6 +157,16 @@ pub trait JobStore: Send + 'static {
     /// [`StoreError::NotFound`] (naming the dependency) when a job in `after`
     /// does not exist; nothing is inserted then. Database errors.
     fn insert(&mut self, job: &NewJob) -> Result<Submitted, StoreError>;
+    /// Inserts `jobs` in order, each as [`JobStore::insert`] does (so a key
+    /// already used earlier in `jobs` is a duplicate too); one answer per
+    /// job. A backend may write many jobs with one statement.
+    ///
+    /// # Errors
+    /// As [`JobStore::insert`], for the first job that fails. Jobs before it
+    /// may have been written: undo the savepoint or transaction.
+    fn insert_many(&mut self, jobs: &[NewJob]) -> Result<Vec<Submitted>, StoreError> {
+        jobs.iter().map(|job| self.insert(job)).collect()
+    }
     /// Records the start of attempt `number` (1-based); state `Running`.
     /// Starting a number again (after a `Requeue`) replaces that attempt.
     ///
@@ -184,6 +194,26 @@ pub trait JobStore: Send + 'static {
         at_ms: u64,
         next: &Finish,
     ) -> Result<(), StoreError>;
+    /// [`JobStore::start_attempt`] then [`JobStore::finish_attempt`] of the
+    /// same attempt, written as one (the writer combines the two when they
+    /// meet in one transaction). `worker_pid` is the one to record.
+    ///
+    /// # Errors
+    /// As those two; nothing is written when the job does not exist.
+    #[allow(clippy::too_many_arguments)]
+    fn start_and_finish_attempt(
+        &mut self,
+        id: u64,
+        number: u32,
+        started_ms: u64,
+        worker_pid: Option<u32>,
+        outcome: &AttemptOutcome,
+        at_ms: u64,
+        next: &Finish,
+    ) -> Result<(), StoreError> {
+        self.start_attempt(id, number, worker_pid, started_ms)?;
+        self.finish_attempt(id, number, worker_pid, outcome, at_ms, next)
+    }
     /// Moves a job to its next state without an attempt (cancel of a queued
     /// job, a failed dependency).
     ///

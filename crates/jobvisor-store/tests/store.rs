@@ -190,6 +190,116 @@ async fn insert_all_is_all_or_nothing() {
     handle.close().await;
 }
 
+/// `insert_many` writes runs of plain jobs with multi-row statements (of
+/// several sizes): every job gets its own id, in order, and every column of
+/// its own row; keyed and dependent jobs in between keep their rules.
+#[test]
+fn insert_many_gives_each_job_its_own_row_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut store = open(dir.path());
+    let base = insert(&mut store, &job("base", json(0)));
+    let mut jobs = Vec::new();
+    for n in 1..=300u64 {
+        let mut j = job(&format!("t{n}"), json(n));
+        j.priority = n as i32 - 150;
+        j.queue = format!("q{}", n % 3);
+        j.max_attempts = n as u32;
+        j.backoff_base_ms = n;
+        j.backoff_max_ms = 2 * n;
+        j.timeout_ms = (n % 2 == 0).then_some(n * 10);
+        j.stall_timeout_ms = (n % 3 == 0).then_some(n * 20);
+        j.run_at_ms = 1_000 + n;
+        j.created_ms = 500 + n;
+        j.notify_url = (n % 5 == 0).then(|| format!("http://127.0.0.1:9/{n}"));
+        if n % 7 == 0 {
+            j.input = Payload::Native(vec![n as u8; n as usize]);
+        }
+        match n {
+            // A keyed job, and a later one with the same key: a duplicate.
+            150 | 250 => j.key = Some("dup".into()),
+            200 => j.after = vec![base],
+            _ => {}
+        }
+        jobs.push(j);
+    }
+    let out = in_tx(&mut store, |s| s.insert_many(&jobs).unwrap());
+    assert_eq!(out.len(), jobs.len());
+    let mut last = base;
+    for (j, s) in jobs.iter().zip(&out) {
+        if j.key.is_some() && s.duplicate {
+            assert_eq!(s.id, out[149].id, "the second keyed job is the first one");
+            continue;
+        }
+        assert!(s.id > last, "ids grow in order: {} after {last}", s.id);
+        last = s.id;
+        let rec = store.get(s.id).unwrap().unwrap();
+        assert_eq!(rec.task, j.task);
+        assert_eq!(rec.input.as_ref(), Some(&j.input));
+        assert_eq!(rec.queue, j.queue);
+        assert_eq!(rec.priority, j.priority);
+        assert_eq!(rec.state, JobState::Queued);
+        assert_eq!(rec.max_attempts, j.max_attempts);
+        assert_eq!(
+            (rec.backoff_base_ms, rec.backoff_max_ms),
+            (j.backoff_base_ms, j.backoff_max_ms)
+        );
+        assert_eq!(rec.timeout_ms, j.timeout_ms);
+        assert_eq!(rec.stall_timeout_ms, j.stall_timeout_ms);
+        assert_eq!((rec.run_at_ms, rec.created_ms), (j.run_at_ms, j.created_ms));
+        assert_eq!(rec.notify_url, j.notify_url);
+        assert_eq!(rec.key, j.key);
+        assert_eq!(rec.after, j.after);
+    }
+    assert!(out[249].duplicate && !out[149].duplicate);
+    assert_eq!(
+        store.list(None, None, 1_000).unwrap().len(),
+        300,
+        "base and 299 new jobs"
+    );
+}
+
+/// A failing job after multi-row inserts fails the call (through the writer:
+/// nothing of it stays), and ids are never handed out twice, even after the
+/// jobs that had them are pruned and the store is reopened.
+#[tokio::test]
+async fn insert_many_is_all_or_nothing_and_ids_are_not_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let handle = StoreHandle::spawn(open(dir.path())).unwrap();
+    let mut bad = job("bad", json(0));
+    bad.after = vec![999_999];
+    let mut jobs: Vec<NewJob> = (1..=200).map(|n| job("plain", json(n))).collect();
+    jobs.push(bad);
+    let failed = handle.insert_all(jobs).await;
+    assert!(
+        matches!(failed, Err(StoreError::NotFound(999_999))),
+        "{failed:?}"
+    );
+    assert!(handle.counts().await.unwrap().is_empty());
+
+    let first = handle
+        .insert_all((1..=200).map(|n| job("plain", json(n))).collect())
+        .await
+        .unwrap();
+    let max = first.iter().map(|s| s.id).max().unwrap();
+    for s in &first {
+        let fin = handle.finish_job(s.id, 5, Finish::Cancelled { error: "x".into() });
+        fin.await.unwrap();
+    }
+    assert_eq!(handle.prune(u64::MAX, 0).await.unwrap(), 200);
+    handle.close().await;
+
+    let handle = StoreHandle::spawn(open(dir.path())).unwrap();
+    let again = handle
+        .insert_all((1..=10).map(|n| job("again", json(n))).collect())
+        .await
+        .unwrap();
+    assert!(
+        again.iter().all(|s| s.id > max),
+        "{again:?} reuses an id up to {max}"
+    );
+    handle.close().await;
+}
+
 fn all_outcomes() -> Vec<AttemptOutcome> {
     vec![
         AttemptOutcome::Running,
