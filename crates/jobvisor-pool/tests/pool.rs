@@ -363,6 +363,22 @@ impl AsyncTask for IoHoldMeet {
     }
 }
 
+/// Heartbeats every 20 ms for `ms`.
+struct IoBeat;
+impl AsyncTask for IoBeat {
+    const NAME: &'static str = "test.io_beat";
+    type Input = u64;
+    type Output = ();
+    async fn run(&self, ms: u64, ctx: AsyncCtx) -> Result<(), TaskError> {
+        let until = tokio::time::Instant::now() + Duration::from_millis(ms);
+        while tokio::time::Instant::now() < until {
+            ctx.heartbeat();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
+    }
+}
+
 /// Panics on the event loop.
 struct AsyncPanics;
 impl AsyncTask for AsyncPanics {
@@ -389,7 +405,9 @@ fn registry() -> Registry {
         .register(Hold)
         .register(Beat)
         .register(CpuDecodePanics);
-    r.register_async(IoDecodePanics).register_async(IoHoldMeet);
+    r.register_async(IoDecodePanics)
+        .register_async(IoHoldMeet)
+        .register_async(IoBeat);
     r.register_async(Rendezvous)
         .register_async(BlockLoop)
         .register_async(AbortInPoll)
@@ -1498,6 +1516,31 @@ async fn control_commands_do_not_wait_behind_a_full_queue(method: StartMethod) {
     assert_no_zombies().await;
 }
 
+async fn async_stall_timeouts_follow_heartbeats(method: StartMethod) {
+    let pool = pool(method, 1).await;
+    let pid = pool.apply::<Pid>(&()).await.unwrap();
+    let opts = CallOptions {
+        stall_timeout: Some(Duration::from_millis(150)),
+        ..CallOptions::default()
+    };
+    // Heartbeats every 20 ms (the worker sends at most one per 100 ms) keep
+    // a 600 ms call alive past a 150 ms stall timeout.
+    pool.submit_io_with::<IoBeat>(&600, opts.clone())
+        .await
+        .unwrap()
+        .await
+        .expect("heartbeats reach the supervisor");
+    // Silence does not.
+    let r = pool
+        .submit_io_with::<Pending>(&(), opts)
+        .await
+        .unwrap()
+        .await;
+    assert!(matches!(r, Err(PoolError::Stalled { .. })), "{r:?}");
+    assert_eq!(pool.apply::<Pid>(&()).await.unwrap(), pid, "no kill needed");
+    pool.shutdown().await;
+}
+
 fn main() -> ExitCode {
     // Set before the fork server starts, so every worker inherits it (a
     // spawned worker re-runs main and keeps the inherited value).
@@ -1555,6 +1598,7 @@ fn main() -> ExitCode {
         an_abort_on_the_event_loop_is_not_charged_to_the_cpu_call,
         cpu_calls_over_the_soft_limit_drain_a_worker_holding_async_calls,
         control_commands_do_not_wait_behind_a_full_queue,
+        async_stall_timeouts_follow_heartbeats,
     ];
     helper::run_all(&tests)
 }

@@ -13,6 +13,7 @@
 //! and names the call in the beacon's I/O slot while it is polled, so a crash
 //! inside a poll is charged to that call alone.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -149,13 +150,19 @@ async fn serve_lane(
     cfg: &LaneConfig,
     beacon: Option<&Beacon>,
 ) {
+    // Heartbeats, progress and Draining are framed into a buffer that the
+    // loop writes between polls: a write that waits for a full pipe must not
+    // count as a call holding the loop (its "blocks its event loop" figure).
+    let reports: Rc<RefCell<Vec<u8>>> = Rc::new(RefCell::new(Vec::new()));
+    let reported = Rc::new(tokio::sync::Notify::new());
     let report: Report = {
-        let out = Arc::clone(&out);
+        let reports = Rc::clone(&reports);
+        let reported = Rc::clone(&reported);
         let max = cfg.max_frame_bytes;
         Rc::new(move |msg: &FromWorker| {
-            let mut buf = Vec::new();
-            if encode_frame(&mut buf, msg, max).is_ok() {
-                let _ = out.write_all(&buf);
+            let mut buf = reports.borrow_mut();
+            if buf.len() < MAX_REPORT_BYTES && encode_frame(&mut buf, msg, max).is_ok() {
+                reported.notify_one();
             }
         })
     };
@@ -170,6 +177,10 @@ async fn serve_lane(
     memory_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = Some(first);
     loop {
+        let pending_reports = std::mem::take(&mut *reports.borrow_mut());
+        if !pending_reports.is_empty() && out.write_all(&pending_reports).is_err() {
+            return;
+        }
         if !open && running.is_empty() {
             return;
         }
@@ -204,6 +215,7 @@ async fn serve_lane(
                     report(&FromWorker::Draining { reason });
                 }
             }
+            () = reported.notified() => {}
             msg = rx.recv(), if open => match msg {
                 Some(IoMsg::Run(call)) => {
                     let fut = start(call, &mut cancels, registry, &report, cfg, beacon);
@@ -220,6 +232,10 @@ async fn serve_lane(
         }
     }
 }
+
+/// Heartbeat and progress frames buffered between two turns of the loop, at
+/// most (more are dropped: they only say "alive").
+const MAX_REPORT_BYTES: usize = 1 << 20;
 
 /// A call's future, registered for cancellation.
 fn start<'a>(
