@@ -1525,7 +1525,7 @@ async fn async_stall_timeouts_follow_heartbeats(method: StartMethod) {
     };
     // Heartbeats every 20 ms (the worker sends at most one per 100 ms) keep
     // a 600 ms call alive past a 150 ms stall timeout.
-    pool.submit_io_with::<IoBeat>(&600, opts.clone())
+    pool.submit_io_with::<IoBeat>(&600, opts)
         .await
         .unwrap()
         .await
