@@ -17,7 +17,8 @@
 //! - Failed starts back off exponentially (from `restart_backoff` to 5 s); the
 //!   queue is kept meanwhile. The pool never turns "broken".
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -173,9 +174,11 @@ struct Worker {
     inflight: VecDeque<InFlight>,
     /// Async calls on the worker's event loop, all running.
     io: HashMap<u64, IoFlight>,
-    /// How many of `io` have a timer (timeout, stall, escalation): the timer
-    /// code skips a worker with none, so 1,000 untimed calls cost nothing.
-    io_timed: usize,
+    /// When something may be due for an async call (its timeout, its stall
+    /// deadline, its escalation's next stage), earliest first. Entries are
+    /// not removed when a call ends or its deadline moves: the timer skips
+    /// them when they come up. Calls without timers never appear here.
+    io_timers: BinaryHeap<Reverse<(Instant, u64)>>,
     head_since: Instant,
     /// Last sign of life of the running call (its start, a heartbeat, progress).
     last_beat: Instant,
@@ -459,19 +462,16 @@ impl Dispatcher {
                 if w.state == WorkerState::Dead {
                     return;
                 }
-                let had_timer = has_timer(f);
                 if f.esc.is_none() {
+                    let until = now + self.cfg.cancel_grace;
                     f.esc = Some(Escalation {
                         reason: Reason::Cancel,
                         stage: Stage::Soft,
-                        until: now + self.cfg.cancel_grace,
+                        until,
                         call: id,
-
                         began: now,
                     });
-                }
-                if !had_timer {
-                    w.io_timed += 1;
+                    w.io_timers.push(Reverse((until, id)));
                 }
                 w.send(&ToWorker::Cancel { id }, self.cfg.max_frame_bytes);
                 return;
@@ -490,7 +490,6 @@ impl Dispatcher {
                     stage: Stage::Soft,
                     until: now + self.cfg.cancel_grace,
                     call: id,
-
                     began: now,
                 });
             }
@@ -625,7 +624,7 @@ impl Dispatcher {
             state: WorkerState::Ready,
             inflight: VecDeque::new(),
             io: HashMap::new(),
-            io_timed: 0,
+            io_timers: BinaryHeap::new(),
             head_since: Instant::now(),
             last_beat: Instant::now(),
             esc: None,
@@ -869,7 +868,7 @@ impl Dispatcher {
             CrashedThread::Unknown => w.beacon.get_io(),
         };
         let mut back: Vec<InFlight> = w.inflight.drain(..).collect();
-        w.io_timed = 0;
+        w.io_timers.clear();
         for (id, f) in std::mem::take(&mut w.io) {
             let signalled = f.esc.filter(|e| e.stage != Stage::Soft);
             if (polled != 0 && id == polled) || signalled.is_some() {
@@ -978,6 +977,9 @@ impl Dispatcher {
                             w.last_beat = Instant::now();
                         } else if let Some(f) = w.io.get_mut(&call) {
                             f.last_beat = Instant::now();
+                            if let Some(s) = f.f.stall {
+                                w.io_timers.push(Reverse((f.last_beat + s, call)));
+                            }
                         }
                     }
                 }
@@ -1011,9 +1013,6 @@ impl Dispatcher {
         let first_since = w.head_since;
         for r in replies {
             let (f, esc) = if let Some(io) = w.io.remove(&r.id) {
-                if has_timer(&io) {
-                    w.io_timed -= 1;
-                }
                 (io.f, io.esc)
             } else {
                 let pos = if w.inflight.front().is_some_and(|f| f.id == r.id) {
@@ -1109,20 +1108,9 @@ impl Dispatcher {
             if let Some(t) = w.kill_at.filter(|_| w.status.is_none()) {
                 consider(t);
             }
-            if w.state != WorkerState::Dead && w.io_timed > 0 {
-                for f in w.io.values() {
-                    if let Some(e) = f.esc {
-                        if e.stage != Stage::Kill {
-                            consider(e.until);
-                        }
-                        continue;
-                    }
-                    if let Some(t) = f.f.timeout {
-                        consider(f.since + t);
-                    }
-                    if let Some(s) = f.f.stall {
-                        consider(f.last_beat + s);
-                    }
+            if w.state != WorkerState::Dead {
+                if let Some(Reverse((t, _))) = w.io_timers.peek() {
+                    consider(*t);
                 }
             }
             if w.state == WorkerState::Dead {
@@ -1162,74 +1150,92 @@ impl Dispatcher {
             if w.state == WorkerState::Dead {
                 continue;
             }
-            if w.io_timed > 0 {
-                let io_patience = ASYNC_PATIENCE.max(self.cfg.cancel_grace + self.cfg.term_grace);
-                let mut cancel = Vec::new();
-                for (&id, f) in &mut w.io {
-                    match f.esc {
-                        None => {
-                            if f.f.timeout.is_some_and(|t| now >= f.since + t) {
-                                // The worker drops the future at the same
-                                // deadline and answers; this waits for that.
-                                f.esc = Some(Escalation {
-                                    reason: Reason::Timeout,
-                                    stage: Stage::Soft,
-                                    until: now + self.cfg.cancel_grace,
-                                    call: id,
-
-                                    began: now,
-                                });
-                            } else if f.f.stall.is_some_and(|s| now >= f.last_beat + s) {
-                                tracing::warn!(
-                                    pid = w.pid,
-                                    call = id,
-                                    "async call stalled: no heartbeat"
-                                );
-                                cancel.push(id);
-                                f.esc = Some(Escalation {
-                                    reason: Reason::Stall,
-                                    stage: Stage::Soft,
-                                    until: now + self.cfg.cancel_grace,
-                                    call: id,
-
-                                    began: now,
-                                });
-                            }
-                        }
-                        Some(mut e)
-                            if now >= e.until
-                                && e.stage == Stage::Soft
-                                && w.beacon.get_io() == 0
-                                && now < e.began + io_patience =>
-                        {
-                            // No answer, but the loop is not inside a poll:
-                            // the call has not reached it yet (the CPU thread
-                            // routes calls, and a CPU task that never looks at
-                            // its ctx delays that). Killing would fail the
-                            // CPU call for nothing: wait a while longer.
-                            e.until = now + self.cfg.cancel_grace;
-                            f.esc = Some(e);
-                        }
-                        Some(mut e) if now >= e.until && e.stage != Stage::Kill => {
-                            // No answer: the event loop is blocked (a task
-                            // that does not yield). Only killing the worker
-                            // frees it; its other async calls run again.
-                            advance(
-                                &mut e,
-                                &w.proc,
-                                w.pid,
-                                now,
-                                &self.cfg,
-                                "its event loop is blocked",
+            let mut due = Vec::new();
+            while let Some(&Reverse((t, id))) = w.io_timers.peek() {
+                if t > now {
+                    break;
+                }
+                w.io_timers.pop();
+                due.push(id);
+            }
+            due.sort_unstable();
+            due.dedup();
+            let io_patience = ASYNC_PATIENCE.max(self.cfg.cancel_grace + self.cfg.term_grace);
+            let mut cancel = Vec::new();
+            let mut rearm = Vec::new();
+            for id in due {
+                // Entries of calls that finished, or whose deadline moved
+                // (a newer heartbeat), are stale: nothing is due for them.
+                let Some(f) = w.io.get_mut(&id) else {
+                    continue;
+                };
+                match f.esc {
+                    None => {
+                        if f.f.timeout.is_some_and(|t| now >= f.since + t) {
+                            // The worker drops the future at the same
+                            // deadline and answers; this waits for that.
+                            f.esc = Some(Escalation {
+                                reason: Reason::Timeout,
+                                stage: Stage::Soft,
+                                until: now + self.cfg.cancel_grace,
+                                call: id,
+                                began: now,
+                            });
+                        } else if f.f.stall.is_some_and(|s| now >= f.last_beat + s) {
+                            tracing::warn!(
+                                pid = w.pid,
+                                call = id,
+                                "async call stalled: no heartbeat"
                             );
-                            f.esc = Some(e);
+                            cancel.push(id);
+                            f.esc = Some(Escalation {
+                                reason: Reason::Stall,
+                                stage: Stage::Soft,
+                                until: now + self.cfg.cancel_grace,
+                                call: id,
+                                began: now,
+                            });
                         }
-                        Some(_) => {}
                     }
+                    Some(mut e)
+                        if now >= e.until
+                            && e.stage == Stage::Soft
+                            && w.beacon.get_io() == 0
+                            && now < e.began + io_patience =>
+                    {
+                        // No answer, but the loop is not inside a poll: the
+                        // call has not reached it yet (the CPU thread routes
+                        // calls, and a CPU task that never looks at its ctx
+                        // delays that). Killing would fail the CPU call for
+                        // nothing: wait a while longer.
+                        e.until = now + self.cfg.cancel_grace;
+                        f.esc = Some(e);
+                    }
+                    Some(mut e) if now >= e.until && e.stage != Stage::Kill => {
+                        // No answer: the event loop is blocked (a task that
+                        // does not yield). Only killing the worker frees it;
+                        // its other async calls run again.
+                        advance(
+                            &mut e,
+                            &w.proc,
+                            w.pid,
+                            now,
+                            &self.cfg,
+                            "its event loop is blocked",
+                        );
+                        f.esc = Some(e);
+                    }
+                    Some(_) => {}
                 }
-                for id in cancel {
-                    w.send(&ToWorker::Cancel { id }, self.cfg.max_frame_bytes);
+                if let Some(e) = f.esc.filter(|e| e.stage != Stage::Kill) {
+                    rearm.push((e.until, id));
                 }
+            }
+            for (t, id) in rearm {
+                w.io_timers.push(Reverse((t, id)));
+            }
+            for id in cancel {
+                w.send(&ToWorker::Cancel { id }, self.cfg.max_frame_bytes);
             }
             match w.esc {
                 None => {
@@ -1244,7 +1250,6 @@ impl Dispatcher {
                             stage: Stage::Soft,
                             until: now + self.cfg.cancel_grace,
                             call: head.id,
-
                             began: now,
                         });
                     } else if head
@@ -1258,7 +1263,6 @@ impl Dispatcher {
                             stage: Stage::Soft,
                             until: now + self.cfg.cancel_grace,
                             call: head.id,
-
                             began: now,
                         });
                     }
@@ -1348,8 +1352,11 @@ impl Dispatcher {
                     last_beat: now,
                     esc: None,
                 };
-                if has_timer(&f) {
-                    w.io_timed += 1;
+                if let Some(t) = f.f.timeout {
+                    w.io_timers.push(Reverse((now + t, id)));
+                }
+                if let Some(s) = f.f.stall {
+                    w.io_timers.push(Reverse((now + s, id)));
                 }
                 w.io.insert(id, f);
             }
@@ -1519,13 +1526,9 @@ fn escalation_error(f: &InFlight, esc: Escalation) -> PoolError {
     }
 }
 
-fn has_timer(f: &IoFlight) -> bool {
-    f.f.timeout.is_some() || f.f.stall.is_some() || f.esc.is_some()
-}
-
 /// Takes a worker's async calls (they go back to the queue).
 fn take_io(w: &mut Worker) -> Vec<InFlight> {
-    w.io_timed = 0;
+    w.io_timers.clear();
     w.io.drain().map(|(_, f)| f.f).collect()
 }
 
