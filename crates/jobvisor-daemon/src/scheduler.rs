@@ -119,6 +119,8 @@ enum Internal {
 pub(crate) struct Job {
     id: u64,
     task: String,
+    /// [`CPU`] or [`IO`], from the task's kind (looked up once, here).
+    lane: usize,
     queue: String,
     priority: i32,
     max_attempts: u32,
@@ -171,6 +173,7 @@ impl Job {
         };
         Ok(Job {
             id: r.id,
+            lane: lane_of(registry, &r.task),
             failures: count_charged(&r.attempts, policy::Charge::Failure),
             crashes: count_charged(&r.attempts, policy::Charge::Crash),
             attempts: r.attempts.len() as u32,
@@ -636,6 +639,7 @@ impl Scheduler {
             });
             jobs.push(Job {
                 id: 0,
+                lane: lane_of(&self.registry, &spec.task),
                 task: spec.task,
                 queue,
                 priority: spec.priority,
@@ -764,7 +768,7 @@ impl Scheduler {
         if job.run_at_ms > now_ms() {
             self.delayed.insert((job.run_at_ms, id));
         } else {
-            self.ready[lane_of(&self.registry, &job.task)]
+            self.ready[job.lane]
                 .entry(job.queue.clone())
                 .or_default()
                 .insert((Reverse(job.priority), id));
@@ -776,7 +780,7 @@ impl Scheduler {
             return;
         };
         self.delayed.remove(&(job.run_at_ms, id));
-        if let Some(set) = self.ready[lane_of(&self.registry, &job.task)].get_mut(&job.queue) {
+        if let Some(set) = self.ready[job.lane].get_mut(&job.queue) {
             set.remove(&(Reverse(job.priority), id));
         }
     }
@@ -1049,7 +1053,7 @@ impl Scheduler {
             }
             self.delayed.pop_first();
             if let Some(job) = self.jobs.get(&id) {
-                self.ready[lane_of(&self.registry, &job.task)]
+                self.ready[job.lane]
                     .entry(job.queue.clone())
                     .or_default()
                     .insert((Reverse(job.priority), id));
@@ -1104,7 +1108,7 @@ impl Scheduler {
         {
             Ok(h) => h,
             Err(PoolError::QueueFull { .. }) => {
-                self.ready[lane_of(&self.registry, &job.task)]
+                self.ready[job.lane]
                     .entry(job.queue.clone())
                     .or_default()
                     .insert((Reverse(job.priority), id));
@@ -1129,7 +1133,7 @@ impl Scheduler {
         let attempt = job.attempts;
         let task = job.task.clone();
         let queue = job.queue.clone();
-        self.inflight[lane_of(&self.registry, &task)] += 1;
+        self.inflight[job.lane] += 1;
         self.emit(id, task, JobState::Running, Some(attempt), None, None);
         *self.running_per_queue.entry(queue).or_default() += 1;
         let store = self.store.clone();
@@ -1217,7 +1221,7 @@ impl Scheduler {
             return;
         };
         if job.state == JobState::Running && job.call.is_some() {
-            self.inflight[lane_of(&self.registry, &job.task)] -= 1;
+            self.inflight[job.lane] -= 1;
             if let Some(n) = self.running_per_queue.get_mut(&job.queue) {
                 *n = n.saturating_sub(1);
             }
@@ -1323,7 +1327,7 @@ impl Scheduler {
                     self.delayed.insert((*run_at_ms, id));
                 }
                 Finish::Requeue => {
-                    self.ready[lane_of(&self.registry, &job.task)]
+                    self.ready[job.lane]
                         .entry(job.queue.clone())
                         .or_default()
                         .insert((Reverse(job.priority), id));
@@ -1336,8 +1340,6 @@ impl Scheduler {
             }
         }
         let terminal = state.is_terminal();
-        self.pending_writes += 1;
-        let tx = self.internal_tx.clone();
         let at = now_ms();
         // Queued now, in call order (after this attempt's start), awaited in the task.
         let write: WriteFuture = match attempt {
@@ -1346,17 +1348,7 @@ impl Scheduler {
             }
             None => Box::pin(self.store.finish_job(id, at, next)),
         };
-        tokio::spawn(async move {
-            match write.await {
-                Err(e) => tracing::error!(job = id, error = %e, "cannot record the job's state"),
-                Ok(()) => {
-                    if let Some(n) = notice {
-                        n.send();
-                    }
-                }
-            }
-            let _ = tx.send(Internal::Written { id, terminal });
-        });
+        self.spawn_state_write(id, write, terminal, notice);
         for d in released {
             if state == JobState::Succeeded {
                 let Some(dep) = self.jobs.get_mut(&d) else {
@@ -1458,8 +1450,20 @@ impl Scheduler {
     }
 
     fn spawn_finish_job(&mut self, id: u64, next: Finish, terminal: bool, notice: Option<Notice>) {
+        let write = Box::pin(self.store.finish_job(id, now_ms(), next));
+        self.spawn_state_write(id, write, terminal, notice);
+    }
+
+    /// Awaits a queued job-state write in a task: a notification goes out
+    /// only after it committed; then the scheduler hears `Written`.
+    fn spawn_state_write(
+        &mut self,
+        id: u64,
+        write: WriteFuture,
+        terminal: bool,
+        notice: Option<Notice>,
+    ) {
         self.pending_writes += 1;
-        let write = self.store.finish_job(id, now_ms(), next);
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             match write.await {

@@ -1171,30 +1171,14 @@ impl Dispatcher {
                 };
                 match f.esc {
                     None => {
-                        if f.f.timeout.is_some_and(|t| now >= f.since + t) {
-                            // The worker drops the future at the same
-                            // deadline and answers; this waits for that.
-                            f.esc = Some(Escalation {
-                                reason: Reason::Timeout,
-                                stage: Stage::Soft,
-                                until: now + self.cfg.cancel_grace,
-                                call: id,
-                                began: now,
-                            });
-                        } else if f.f.stall.is_some_and(|s| now >= f.last_beat + s) {
+                        f.esc = Escalation::due(&f.f, f.since, f.last_beat, now, &self.cfg);
+                        if f.esc.is_some_and(|e| e.reason == Reason::Stall) {
                             tracing::warn!(
                                 pid = w.pid,
                                 call = id,
                                 "async call stalled: no heartbeat"
                             );
                             cancel.push(id);
-                            f.esc = Some(Escalation {
-                                reason: Reason::Stall,
-                                stage: Stage::Soft,
-                                until: now + self.cfg.cancel_grace,
-                                call: id,
-                                began: now,
-                            });
                         }
                     }
                     Some(mut e)
@@ -1242,29 +1226,21 @@ impl Dispatcher {
                     let Some(head) = w.inflight.front() else {
                         continue;
                     };
-                    if head.timeout.is_some_and(|t| now >= w.head_since + t) {
-                        tracing::warn!(pid = w.pid, call = head.id, "call past its deadline");
-                        // The worker enforces the same deadline itself (soft stage).
-                        w.esc = Some(Escalation {
-                            reason: Reason::Timeout,
-                            stage: Stage::Soft,
-                            until: now + self.cfg.cancel_grace,
-                            call: head.id,
-                            began: now,
-                        });
-                    } else if head
-                        .stall
-                        .is_some_and(|s| now >= w.last_beat.max(w.head_since) + s)
-                    {
-                        tracing::warn!(pid = w.pid, call = head.id, "call stalled: no heartbeat");
-                        w.send(&ToWorker::Cancel { id: head.id }, self.cfg.max_frame_bytes);
-                        w.esc = Some(Escalation {
-                            reason: Reason::Stall,
-                            stage: Stage::Soft,
-                            until: now + self.cfg.cancel_grace,
-                            call: head.id,
-                            began: now,
-                        });
+                    let last_beat = w.last_beat.max(w.head_since);
+                    w.esc = Escalation::due(head, w.head_since, last_beat, now, &self.cfg);
+                    match w.esc.map(|e| e.reason) {
+                        Some(Reason::Timeout) => {
+                            tracing::warn!(pid = w.pid, call = head.id, "call past its deadline");
+                        }
+                        Some(Reason::Stall) => {
+                            tracing::warn!(
+                                pid = w.pid,
+                                call = head.id,
+                                "call stalled: no heartbeat"
+                            );
+                            w.send(&ToWorker::Cancel { id: head.id }, self.cfg.max_frame_bytes);
+                        }
+                        _ => {}
                     }
                 }
                 Some(mut e) if now >= e.until => {
@@ -1483,6 +1459,36 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// worker's loop is not stuck in a poll, before the worker is killed anyway
 /// (a stopped worker, a call held up behind a CPU task that ignores its ctx).
 const ASYNC_PATIENCE: Duration = Duration::from_secs(10);
+
+impl Escalation {
+    /// The escalation call `f` starts now, if any: its timeout passed since
+    /// `since` (the worker enforces the same deadline itself: the soft stage
+    /// waits for its answer), or no sign of life since `last_beat` for its
+    /// stall timeout (the caller sends it a Cancel). One rule for CPU calls
+    /// and async calls.
+    fn due(
+        f: &InFlight,
+        since: Instant,
+        last_beat: Instant,
+        now: Instant,
+        cfg: &PoolConfig,
+    ) -> Option<Self> {
+        let reason = if f.timeout.is_some_and(|t| now >= since + t) {
+            Reason::Timeout
+        } else if f.stall.is_some_and(|s| now >= last_beat + s) {
+            Reason::Stall
+        } else {
+            return None;
+        };
+        Some(Escalation {
+            reason,
+            stage: Stage::Soft,
+            until: now + cfg.cancel_grace,
+            call: f.id,
+            began: now,
+        })
+    }
+}
 
 /// The next step of an escalation whose stage timed out: SIGTERM to the
 /// worker's process group, then SIGKILL.

@@ -525,13 +525,8 @@ async fn sigkill_mid_task_fails_only_that_task(method: StartMethod) {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    match victim.await {
-        Err(PoolError::WorkerDied { pid: p, status, .. }) => {
-            assert_eq!(p, pid);
-            assert_eq!(status.signal, Some(libc::SIGKILL));
-        }
-        other => panic!("expected WorkerDied, got {other:?}"),
-    }
+    let (p, status) = died(victim.await);
+    assert_eq!((p, status.signal), (pid, Some(libc::SIGKILL)));
     for (i, h) in others.into_iter().enumerate() {
         assert_eq!(h.await.unwrap(), i as u64);
     }
@@ -1209,6 +1204,35 @@ async fn loopback() -> (tokio::net::TcpListener, u16) {
     (l, port)
 }
 
+/// Answers every async test task that connects, on any worker, until
+/// aborted; says who connected (tag, worker pid) on the channel.
+fn answer_everyone(
+    listener: tokio::net::TcpListener,
+) -> (
+    tokio::task::JoinHandle<()>,
+    tokio::sync::mpsc::UnboundedReceiver<(u8, u32)>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let acceptor = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let mut m = accept_met(&listener).await;
+            let _ = tx.send((m.tag, m.pid));
+            let _ = m.stream.write_all(b"x").await;
+            held.push(m);
+        }
+    });
+    (acceptor, rx)
+}
+
+/// The pid and exit status of a call that failed with `WorkerDied`.
+fn died<T: std::fmt::Debug>(r: Result<T, PoolError>) -> (u32, jobvisor_pool::ExitStatus) {
+    match r {
+        Err(PoolError::WorkerDied { pid, status, .. }) => (pid, status),
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+}
+
 async fn io_calls_run_together_beside_cpu_calls(method: StartMethod) {
     let pool = Pool::builder()
         .workers(1)
@@ -1305,22 +1329,13 @@ async fn a_blocked_event_loop_is_killed_and_only_its_blocker_fails(method: Start
     }
     // Answer every waiter that connects, on the old worker or on its
     // replacement; remember the blocker's worker.
-    let (blocked_tx, blocked_rx) = tokio::sync::oneshot::channel();
-    let acceptor = tokio::spawn(async move {
-        let mut blocked_tx = Some(blocked_tx);
-        let mut held = Vec::new();
-        loop {
-            let mut m = accept_met(&listener).await;
-            if m.tag == TAG_BLOCK {
-                if let Some(tx) = blocked_tx.take() {
-                    let _ = tx.send(m.pid);
-                }
-            }
-            let _ = m.stream.write_all(b"x").await;
-            held.push(m);
+    let (acceptor, mut met) = answer_everyone(listener);
+    let blocked_pid = loop {
+        match met.recv().await.unwrap() {
+            (TAG_BLOCK, pid) => break pid,
+            _ => continue,
         }
-    });
-    let blocked_pid = blocked_rx.await.unwrap();
+    };
     let r = blocker.await;
     assert!(
         matches!(&r, Err(PoolError::TimedOut { how, .. }) if how.contains("SIG")),
@@ -1346,22 +1361,12 @@ async fn a_crash_in_a_poll_is_charged_to_that_call(method: StartMethod) {
         waiters.push(pool.submit_io::<Rendezvous>(&port).await.unwrap());
     }
     let crasher = pool.submit_io::<AbortInPoll>(&port).await.unwrap();
-    let acceptor = tokio::spawn(async move {
-        let mut held = Vec::new();
-        loop {
-            let mut m = accept_met(&listener).await;
-            let _ = m.stream.write_all(b"x").await;
-            held.push(m);
-        }
-    });
+    let (acceptor, _met) = answer_everyone(listener);
     // A crash charged to nobody would re-run the crasher forever: bound it.
     let r = tokio::time::timeout(Duration::from_secs(60), crasher)
         .await
         .expect("the crash is charged to the call that was being polled");
-    match r {
-        Err(PoolError::WorkerDied { status, .. }) => assert_eq!(status.signal, Some(libc::SIGABRT)),
-        other => panic!("expected WorkerDied, got {other:?}"),
-    }
+    assert_eq!(died(r).1.signal, Some(libc::SIGABRT));
     for w in waiters {
         w.await.unwrap();
     }
@@ -1391,13 +1396,8 @@ async fn panics_outside_the_task_body_fail_one_call(method: StartMethod) {
     )
     .await
     .expect("answered, not hung");
-    match r {
-        Err(PoolError::WorkerDied { pid: p, status, .. }) => {
-            assert_eq!(p, pid);
-            assert_eq!(status.signal, Some(libc::SIGABRT));
-        }
-        other => panic!("expected WorkerDied, got {other:?}"),
-    }
+    let (p, status) = died(r);
+    assert_eq!((p, status.signal), (pid, Some(libc::SIGABRT)));
     assert_ne!(pool.apply::<Pid>(&()).await.unwrap(), pid);
     pool.shutdown().await;
     assert_no_zombies().await;
@@ -1408,23 +1408,11 @@ async fn an_abort_on_the_event_loop_is_not_charged_to_the_cpu_call(method: Start
     let (listener, port) = loopback().await;
     let spin = pool.submit::<Spin>(&SpinInput { ms: 300 }).await.unwrap();
     let crasher = pool.submit_io::<AbortInPoll>(&port).await.unwrap();
-    let acceptor = tokio::spawn(async move {
-        let mut held = Vec::new();
-        loop {
-            let mut m = accept_met(&listener).await;
-            let _ = m.stream.write_all(b"x").await;
-            held.push(m);
-        }
-    });
+    let (acceptor, _met) = answer_everyone(listener);
     let r = tokio::time::timeout(Duration::from_secs(60), crasher)
         .await
         .expect("charged, not re-run forever");
-    match r {
-        Err(PoolError::WorkerDied { status, .. }) => {
-            assert_eq!(status.signal, Some(libc::SIGABRT));
-        }
-        other => panic!("expected WorkerDied, got {other:?}"),
-    }
+    assert_eq!(died(r).1.signal, Some(libc::SIGABRT));
     // The worker's SIGABRT handler said the lane aborted: the spin that was
     // running on the CPU thread is innocent and runs again.
     spin.await.expect("the CPU call is not charged");
