@@ -77,29 +77,22 @@ impl Task for Compress {
             _ => Path::new("."),
         };
         let mut tmp = TempFile::create(dir, name)?;
-        let tmp_name = format!("{:?}", tmp.path);
-        let write_err = |e: std::io::Error| TaskError::msg(format!("cannot write {tmp_name}: {e}"));
-
-        let file = tmp
-            .file
-            .take()
-            .ok_or_else(|| TaskError::msg("temporary file vanished"))?;
-        let mut enc = zstd::stream::write::Encoder::new(file, level).map_err(write_err)?;
+        let write_err = tmp.write_err();
+        let file = tmp.take_file()?;
+        let mut enc = zstd::stream::write::Encoder::new(file, level).map_err(&write_err)?;
         let bytes_in = for_each_chunk(&mut src, &src_name, total, ctx, |chunk| {
-            enc.write_all(chunk).map_err(write_err)
+            enc.write_all(chunk).map_err(&write_err)
         })?;
-        let file = enc.finish().map_err(write_err)?;
+        let file = enc.finish().map_err(&write_err)?;
         // Flush to disk before the rename, so a crash cannot leave a `dst`
         // that is renamed but empty.
-        file.sync_all().map_err(write_err)?;
-        let bytes_out = file.metadata().map_err(write_err)?.len();
+        file.sync_all().map_err(&write_err)?;
+        let bytes_out = file.metadata().map_err(&write_err)?.len();
         drop(file);
         if ctx.is_cancelled() {
             return Err(TaskError::cancelled());
         }
-        fs::rename(&tmp.path, dst).map_err(|e| {
-            TaskError::msg(format!("cannot rename {tmp_name} to {:?}: {e}", input.dst))
-        })?;
+        fs::rename(&tmp.path, dst).map_err(|e| tmp.rename_err(dst, &e))?;
         tmp.persisted = true;
         Ok(CompressOutput {
             bytes_in,

@@ -24,12 +24,11 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::error::Error as StdError;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use jobvisor_worker::{AsyncCtx, AsyncTask, TaskError};
+use jobvisor_worker::{error_chain, AsyncCtx, AsyncTask, TaskError};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::{Client, Method, Response, Url};
 use serde::{Deserialize, Serialize};
@@ -390,20 +389,12 @@ impl Request {
     /// (its own copy of the URL is dropped: it is in the prefix already, and
     /// would keep the password).
     fn error(&self, e: reqwest::Error) -> TaskError {
-        TaskError::msg(format!("{}: {}", self.what(), chain(&e.without_url())))
+        TaskError::msg(format!(
+            "{}: {}",
+            self.what(),
+            error_chain(&e.without_url())
+        ))
     }
-}
-
-/// `e` and its sources, joined with `": "`.
-fn chain(e: &dyn StdError) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
-    }
-    message
 }
 
 fn parse_method(method: &str) -> Result<Method, TaskError> {
@@ -542,12 +533,8 @@ impl SaveTo {
         // Creating the file is one open(2), as cheap as the unlink when the
         // guard drops: not worth a trip through the blocking pool.
         let mut tmp = TempFile::create(dir, name)?;
-        let tmp_name = format!("{:?}", tmp.path);
-        let write_err = |e: std::io::Error| TaskError::msg(format!("cannot write {tmp_name}: {e}"));
-        let file = tmp
-            .file
-            .take()
-            .ok_or_else(|| TaskError::msg("temporary file vanished"))?;
+        let write_err = tmp.write_err();
+        let file = tmp.take_file()?;
         // tokio's file does its writes on the blocking pool, off the event loop.
         let mut file = tokio::fs::File::from_std(file);
         let mut written: u64 = 0;
@@ -556,19 +543,17 @@ impl SaveTo {
             if written > cap {
                 return Err(too_big(&format!("more than {cap}")));
             }
-            file.write_all(&chunk).await.map_err(write_err)?;
+            file.write_all(&chunk).await.map_err(&write_err)?;
             ctx.progress(written, total);
         }
-        file.flush().await.map_err(write_err)?;
+        file.flush().await.map_err(&write_err)?;
         // On disk before the rename, so a crash cannot leave a renamed but
         // empty file.
-        file.sync_all().await.map_err(write_err)?;
+        file.sync_all().await.map_err(&write_err)?;
         drop(file);
         tokio::fs::rename(&tmp.path, &self.path)
             .await
-            .map_err(|e| {
-                TaskError::msg(format!("cannot rename {tmp_name} to {:?}: {e}", self.path))
-            })?;
+            .map_err(|e| tmp.rename_err(&self.path, &e))?;
         tmp.persisted = true;
         Ok(written)
     }
@@ -624,7 +609,9 @@ fn client(connect_timeout: Duration) -> Result<Client, TaskError> {
             .no_proxy()
             .user_agent(concat!("jobvisor/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| TaskError::msg(format!("cannot build the HTTP client: {}", chain(&e))))?;
+            .map_err(|e| {
+                TaskError::msg(format!("cannot build the HTTP client: {}", error_chain(&e)))
+            })?;
         if clients.by_connect_timeout.len() >= MAX_CLIENTS {
             clients.by_connect_timeout.remove(0);
         }

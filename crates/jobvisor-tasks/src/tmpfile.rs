@@ -55,6 +55,26 @@ impl TempFile {
     }
 }
 
+impl TempFile {
+    /// The open file, to write (once).
+    pub(crate) fn take_file(&mut self) -> Result<File, TaskError> {
+        self.file
+            .take()
+            .ok_or_else(|| TaskError::msg("temporary file vanished"))
+    }
+
+    /// Maps a write error to a task error naming this file.
+    pub(crate) fn write_err(&self) -> impl Fn(std::io::Error) -> TaskError {
+        let name = format!("{:?}", self.path);
+        move |e| TaskError::msg(format!("cannot write {name}: {e}"))
+    }
+
+    /// A failed rename of this file over `dst`, as a task error.
+    pub(crate) fn rename_err(&self, dst: &Path, e: &std::io::Error) -> TaskError {
+        TaskError::msg(format!("cannot rename {:?} to {dst:?}: {e}", self.path))
+    }
+}
+
 impl Drop for TempFile {
     fn drop(&mut self) {
         if !self.persisted {

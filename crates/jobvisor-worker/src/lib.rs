@@ -30,4 +30,4 @@ pub use jobvisor_proto::worker::TaskKind;
 pub use registry::{ConvertError, Registry};
 pub use serve::run_detached;
 pub use serve::{serve, serve_with_beacon, WorkerError};
-pub use task::{Ctx, Task, TaskError, Wait};
+pub use task::{error_chain, Ctx, Task, TaskError, Wait};

@@ -69,16 +69,22 @@ impl TaskError {
     }
 }
 
+/// `e` and its sources, joined with `": "` (how a `TaskError` made from an
+/// error reads).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        message.push_str(": ");
+        message.push_str(&s.to_string());
+        source = s.source();
+    }
+    message
+}
+
 impl<E: std::error::Error> From<E> for TaskError {
     fn from(e: E) -> Self {
-        let mut message = e.to_string();
-        let mut source = e.source();
-        while let Some(s) = source {
-            message.push_str(": ");
-            message.push_str(&s.to_string());
-            source = s.source();
-        }
-        Self::msg(message)
+        Self::msg(error_chain(&e))
     }
 }
 
