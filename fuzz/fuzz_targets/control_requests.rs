@@ -20,9 +20,12 @@
 //! - Nothing panics.
 #![no_main]
 
+#[path = "common/mod.rs"]
+mod common;
+use common::{round_trip, Cutter};
+
 use std::fmt::Debug;
 
-use jobvisor_proto::codec;
 use jobvisor_proto::control::{ControlError, ErrorKind, JobState, Request, Response};
 use jobvisor_proto::{encode_frame, FrameBuf, FrameError, FRAME_HEADER_BYTES};
 use libfuzzer_sys::fuzz_target;
@@ -35,29 +38,6 @@ const MAX_FRAME: usize = 4096;
 /// the request held.
 const MAX_ERROR_ANSWER: usize = 1024;
 
-fn round_trip<T>(data: &[u8]) -> Option<T>
-where
-    T: DeserializeOwned + Serialize + PartialEq + Debug,
-{
-    let value = codec::decode::<T>(data).ok()?;
-    let bytes = codec::encode(&value).expect("a decoded value must encode");
-    assert!(
-        bytes.len() <= data.len(),
-        "re-encoding grew from {} to {} bytes: {value:?}",
-        data.len(),
-        bytes.len()
-    );
-    let back: T = codec::decode(&bytes).expect("a re-encoded value must decode");
-    assert_eq!(back, value);
-    assert_eq!(
-        codec::encode(&back).unwrap(),
-        bytes,
-        "encoding is not canonical"
-    );
-    Some(value)
-}
-
-/// What the daemon and the CLI derive from a request's fields never panics.
 fn inspect_request(req: &Request) {
     match req {
         Request::List { state: Some(s), .. } => {
@@ -217,44 +197,6 @@ where
             Step::TooLarge
         }
         Err(e) => panic!("unexpected error from decode_next: {e:?}"),
-    }
-}
-
-/// Chunk lengths: fixed for a selector below 0x80, else from a small LCG.
-struct Cutter {
-    fixed: Option<usize>,
-    state: u32,
-}
-
-impl Cutter {
-    fn new(selector: u8) -> Self {
-        if selector < 0x80 {
-            Self {
-                fixed: Some(usize::from(selector) + 1),
-                state: 0,
-            }
-        } else {
-            Self {
-                fixed: None,
-                state: u32::from(selector),
-            }
-        }
-    }
-
-    fn next_len(&mut self) -> usize {
-        if let Some(n) = self.fixed {
-            return n;
-        }
-        self.state = self
-            .state
-            .wrapping_mul(1_664_525)
-            .wrapping_add(1_013_904_223);
-        let r = (self.state >> 16) as usize;
-        if r.is_multiple_of(4) {
-            1 + r % 600
-        } else {
-            1 + r % 7
-        }
     }
 }
 

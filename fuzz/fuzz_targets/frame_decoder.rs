@@ -16,6 +16,11 @@
 //! may panic, and every decoded message must survive a re-encode.
 #![no_main]
 
+#[path = "common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+use common::Cutter;
+
 use std::fmt::Debug;
 
 use jobvisor_proto::codec;
@@ -188,45 +193,6 @@ fn too_large(before: usize, after: usize, len: u64, max: usize) -> Step {
     assert!(len > MAX_FRAME as u64, "TooLarge for {len} <= {max}");
     assert_eq!(after, before, "TooLarge consumed bytes");
     Step::TooLarge
-}
-
-/// Chunk lengths: fixed for a selector below 0x80, else from a small LCG.
-struct Cutter {
-    fixed: Option<usize>,
-    state: u32,
-}
-
-impl Cutter {
-    fn new(selector: u8) -> Self {
-        if selector < 0x80 {
-            Self {
-                fixed: Some(usize::from(selector) + 1),
-                state: 0,
-            }
-        } else {
-            Self {
-                fixed: None,
-                state: u32::from(selector),
-            }
-        }
-    }
-
-    fn next_len(&mut self) -> usize {
-        if let Some(n) = self.fixed {
-            return n;
-        }
-        self.state = self
-            .state
-            .wrapping_mul(1_664_525)
-            .wrapping_add(1_013_904_223);
-        // Mostly short cuts (header splits), sometimes long ones.
-        let r = (self.state >> 16) as usize;
-        if r.is_multiple_of(4) {
-            1 + r % 600
-        } else {
-            1 + r % 7
-        }
-    }
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -6,7 +6,10 @@
 //! parsed as a [`Hello`], whose fixed layout must round-trip byte for byte.
 #![no_main]
 
-use std::fmt::Debug;
+#[path = "common/mod.rs"]
+#[allow(dead_code)]
+mod common;
+use common::round_trip;
 
 use jobvisor_proto::codec;
 use jobvisor_proto::forkserver::{ExitStatus, ForkReply, ForkRequest};
@@ -14,30 +17,6 @@ use jobvisor_proto::handshake::HandshakeError;
 use jobvisor_proto::worker::{Call, CallRef, FromWorker, Reply, ToWorker, ToWorkerRef};
 use jobvisor_proto::{Hello, Role, HELLO_BYTES};
 use libfuzzer_sys::fuzz_target;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
-
-fn round_trip<T>(data: &[u8]) -> Option<T>
-where
-    T: DeserializeOwned + Serialize + PartialEq + Debug,
-{
-    let value = codec::decode::<T>(data).ok()?;
-    let bytes = codec::encode(&value).expect("a decoded value must encode");
-    assert!(
-        bytes.len() <= data.len(),
-        "re-encoding grew from {} to {} bytes: {value:?}",
-        data.len(),
-        bytes.len()
-    );
-    let back: T = codec::decode(&bytes).expect("a re-encoded value must decode");
-    assert_eq!(back, value);
-    assert_eq!(
-        codec::encode(&back).unwrap(),
-        bytes,
-        "encoding is not canonical"
-    );
-    Some(value)
-}
 
 fn hello(prefix: &[u8; HELLO_BYTES]) {
     match Hello::decode(prefix) {
