@@ -168,13 +168,7 @@ fn sigterm_drains_running_jobs_and_exits_zero() {
         let specs = (0..2)
             .map(|_| json_spec("sleep", r#"{"ms": 700}"#))
             .collect();
-        let ids: Vec<u64> = c
-            .submit(specs)
-            .await
-            .unwrap()
-            .iter()
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<u64> = submit_ids(&mut c, specs).await;
         // Wait until both run (their attempts are recorded as started).
         loop {
             let running = c.list(Some(JobState::Running), None, 10).await.unwrap();
@@ -474,17 +468,13 @@ fn sighup_reloads_pool_size_and_queues_without_losing_jobs() {
             "queue unknown before the reload"
         );
         // Jobs in flight across the reload.
-        let running: Vec<u64> = c
-            .submit(
-                (0..4)
-                    .map(|_| json_spec("sleep", r#"{"ms": 300}"#))
-                    .collect(),
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|s| s.id)
-            .collect();
+        let running: Vec<u64> = submit_ids(
+            &mut c,
+            (0..4)
+                .map(|_| json_spec("sleep", r#"{"ms": 300}"#))
+                .collect(),
+        )
+        .await;
         std::fs::write(&cfg, "workers = 3\n[queues.heavy]\nconcurrency = 1\n").unwrap();
         // SAFETY: kill(2) on the daemon we started.
         unsafe { libc::kill(d.child.as_ref().unwrap().id() as i32, libc::SIGHUP) };
@@ -714,13 +704,7 @@ fn stats_tell_cpu_bound_from_waiting_tasks() {
         specs.extend((0..6).map(|_| json_spec("exec", r#"{"argv": ["sleep", "0.03"]}"#)));
         // The async sleep waits on the event loop: the right kind, no advice.
         specs.extend((0..6).map(|_| json_spec("sleep", r#"{"ms": 30}"#)));
-        let ids: Vec<u64> = c
-            .submit(specs)
-            .await
-            .unwrap()
-            .iter()
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<u64> = submit_ids(&mut c, specs).await;
         c.wait(ids, None).await.unwrap();
         let stats = c.stats().await.unwrap();
         let row = |name: &str| {

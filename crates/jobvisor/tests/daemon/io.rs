@@ -122,13 +122,8 @@ fn io_jobs_run_together_on_one_worker_beside_cpu_jobs() {
     rt().block_on(async {
         let mut c = d.client().await;
         let input = format!(r#"{{"url": "{}/hold", "timeout_ms": 60000}}"#, server.url);
-        let ids: Vec<u64> = c
-            .submit((0..N).map(|_| json_spec("http", &input)).collect())
-            .await
-            .unwrap()
-            .iter()
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<u64> =
+            submit_ids(&mut c, (0..N).map(|_| json_spec("http", &input)).collect()).await;
         // All N requests are in the server at once, from one worker: its
         // event loop runs them concurrently (one at a time, the second
         // would never arrive).

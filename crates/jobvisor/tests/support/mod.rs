@@ -278,6 +278,16 @@ pub fn config(dir: &tempfile::TempDir, toml: &str) -> String {
     path.display().to_string()
 }
 
+/// Submits `specs` in one request and returns their job ids.
+pub async fn submit_ids(c: &mut Client, specs: Vec<JobSpec>) -> Vec<u64> {
+    c.submit(specs)
+        .await
+        .expect("submit")
+        .iter()
+        .map(|s| s.id)
+        .collect()
+}
+
 pub fn json_spec(task: &str, input: &str) -> JobSpec {
     JobSpec::new(task, Payload::Json(input.into()))
 }
