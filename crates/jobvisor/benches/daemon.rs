@@ -644,19 +644,34 @@ async fn seq_submits(p: &Params, d: &Daemon, r: &mut Results) -> Result<()> {
     let el = t0.elapsed();
     let after = Cpu::take(d).await;
     wait_all(&mut c, &ids).await?;
+    let what = format!("{n} submits of 1 job, sequential, one connection");
+    let keys = ("seq", "seq_submits_per_s", "seq_ack_p50_ms");
+    report_submits(keys, &what, n, el, lat, (&before, &after), r);
+    Ok(())
+}
+
+/// Prints and records a run of single-job submits: rate and ack latency.
+fn report_submits(
+    (key, rate_key, p50_key): (&str, &'static str, &'static str),
+    what: &str,
+    n: usize,
+    el: Duration,
+    mut lat: Vec<Duration>,
+    (before, after): (&Cpu, &Cpu),
+    r: &mut Results,
+) {
     lat.sort();
     println!(
-        "seq: {n} submits of 1 job, sequential, one connection: {:.2} s, {:.0} submits/s; ack p50 {:.3} ms p99 {:.3} ms",
+        "{key}: {what}: {:.2} s, {:.0} jobs/s; ack p50 {:.3} ms p99 {:.3} ms",
         el.as_secs_f64(),
         n as f64 / el.as_secs_f64(),
         ms(pct(&lat, 0.5)),
         ms(pct(&lat, 0.99)),
     );
-    println!("  {}", after.since(&before, el));
-    r.mark(&before, &after, el);
-    r.add("seq_submits_per_s", n as f64 / el.as_secs_f64());
-    r.add("seq_ack_p50_ms", ms(pct(&lat, 0.5)));
-    Ok(())
+    println!("  {}", after.since(before, el));
+    r.mark(before, after, el);
+    r.add(rate_key, n as f64 / el.as_secs_f64());
+    r.add(p50_key, ms(pct(&lat, 0.5)));
 }
 
 async fn batch_submits(p: &Params, d: &Daemon, r: &mut Results) -> Result<()> {
@@ -729,18 +744,9 @@ async fn conc_submits(p: &Params, d: &Daemon, r: &mut Results) -> Result<()> {
     let after = Cpu::take(d).await;
     let mut c = Client::connect(&d.socket).await?;
     wait_all(&mut c, &ids).await?;
-    lat.sort();
-    println!(
-        "conc: {n} submits of 1 job from {CONNECTIONS} connections: {:.2} s, {:.0} jobs/s; ack p50 {:.2} ms p99 {:.2} ms",
-        el.as_secs_f64(),
-        n as f64 / el.as_secs_f64(),
-        ms(pct(&lat, 0.5)),
-        ms(pct(&lat, 0.99)),
-    );
-    println!("  {}", after.since(&before, el));
-    r.mark(&before, &after, el);
-    r.add("conc_submits_per_s", n as f64 / el.as_secs_f64());
-    r.add("conc_ack_p50_ms", ms(pct(&lat, 0.5)));
+    let what = format!("{n} submits of 1 job from {CONNECTIONS} connections");
+    let keys = ("conc", "conc_submits_per_s", "conc_ack_p50_ms");
+    report_submits(keys, &what, n, el, lat, (&before, &after), r);
     Ok(())
 }
 
