@@ -116,6 +116,16 @@ mod tests {
         v
     }
 
+    /// Compresses `src` into `dst` outside any pool, without a deadline.
+    fn compress(src: &Path, dst: &Path, level: i32) -> Result<CompressOutput, TaskError> {
+        let input = CompressInput {
+            src: s(src),
+            dst: s(dst),
+            level,
+        };
+        run_detached(&Compress, input, None)
+    }
+
     fn s(p: &Path) -> String {
         p.to_string_lossy().into_owned()
     }
@@ -129,16 +139,7 @@ mod tests {
             .flat_map(|i| (i % 1000).to_le_bytes())
             .collect();
         fs::write(&src, &content).expect("write");
-        let out = run_detached(
-            &Compress,
-            CompressInput {
-                src: s(&src),
-                dst: s(&dst),
-                level: 0,
-            },
-            None,
-        )
-        .expect("compress");
+        let out = compress(&src, &dst, 0).expect("compress");
         assert_eq!(out.bytes_in, content.len() as u64);
         let compressed = fs::read(&dst).expect("read dst");
         assert_eq!(out.bytes_out, compressed.len() as u64);
@@ -162,16 +163,7 @@ mod tests {
         let dst = dir.path().join("out.zst");
         fs::write(&src, b"").expect("write");
         fs::write(&dst, b"old contents").expect("write");
-        let out = run_detached(
-            &Compress,
-            CompressInput {
-                src: s(&src),
-                dst: s(&dst),
-                level: 19,
-            },
-            None,
-        )
-        .expect("compress");
+        let out = compress(&src, &dst, 19).expect("compress");
         assert_eq!(out.bytes_in, 0);
         let back = zstd::decode_all(&fs::read(&dst).expect("read")[..]).expect("decode");
         assert!(back.is_empty());
@@ -183,16 +175,8 @@ mod tests {
         let src = dir.path().join("in");
         fs::write(&src, b"abc").expect("write");
         for level in [-1, 23, i32::MAX] {
-            let err = run_detached(
-                &Compress,
-                CompressInput {
-                    src: s(&src),
-                    dst: s(&dir.path().join("out")),
-                    level,
-                },
-                None,
-            )
-            .expect_err("level out of range must fail");
+            let err = compress(&src, &dir.path().join("out"), level)
+                .expect_err("level out of range must fail");
             assert!(format!("{err:?}").contains("BadInput"), "{err:?}");
             assert!(err.to_string().contains("level"), "{err}");
         }
@@ -205,16 +189,7 @@ mod tests {
         let src = dir.path().join("in");
         fs::write(&src, b"abc").expect("write");
         let dst = dir.path().join("missing").join("out.zst");
-        let err = run_detached(
-            &Compress,
-            CompressInput {
-                src: s(&src),
-                dst: s(&dst),
-                level: 1,
-            },
-            None,
-        )
-        .expect_err("missing directory must fail");
+        let err = compress(&src, &dst, 1).expect_err("missing directory must fail");
         assert!(!err.is_cancelled());
         assert_eq!(entries(dir.path()), ["in"]);
     }
@@ -229,16 +204,7 @@ mod tests {
         let dst = dir.path().join("taken");
         fs::create_dir(&dst).expect("mkdir");
         fs::write(dst.join("x"), b"").expect("write");
-        let err = run_detached(
-            &Compress,
-            CompressInput {
-                src: s(&src),
-                dst: s(&dst),
-                level: 1,
-            },
-            None,
-        )
-        .expect_err("renaming over a directory must fail");
+        let err = compress(&src, &dst, 1).expect_err("renaming over a directory must fail");
         assert!(err.to_string().contains("rename"), "{err}");
         assert_eq!(entries(dir.path()), ["in", "taken"]);
     }
@@ -268,17 +234,9 @@ mod tests {
     #[test]
     fn missing_source_names_the_path() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let src = s(&dir.path().join("nope"));
-        let err = run_detached(
-            &Compress,
-            CompressInput {
-                src: src.clone(),
-                dst: s(&dir.path().join("out")),
-                level: 0,
-            },
-            None,
-        )
-        .expect_err("missing source must fail");
+        let src = dir.path().join("nope");
+        let err = compress(&src, &dir.path().join("out"), 0).expect_err("missing source must fail");
+        let src = s(&src);
         assert!(err.to_string().contains(&src), "{err}");
         assert!(entries(dir.path()).is_empty());
     }
