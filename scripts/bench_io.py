@@ -30,7 +30,7 @@ import sys
 import time
 import urllib.request
 
-from benchlib import print_table, read_results, result
+from benchlib import load_runs, print_table, result
 
 # ---- tasks (module level, so the child processes find them) -----------------
 
@@ -182,15 +182,9 @@ def fmt(v):
 
 
 def table(directory):
-    import glob
     import statistics
 
-    rust_files = sorted(glob.glob(os.path.join(directory, "rust.*.txt")))
-    py_files = sorted(glob.glob(os.path.join(directory, "python.*.txt")))
-    if not rust_files or not py_files:
-        sys.exit(f"bench_io.py: no rust.*.txt / python.*.txt in {directory}")
-    jv_runs = [read_results(f) for f in rust_files]
-    py_runs = [read_results(f, "py.") for f in py_files]
+    jv_runs, py_runs = load_runs(directory, "bench_io.py")
     parts = [f"io.cpu_us_per_call.{k}" for k in ("supervisor", "workers", "server")]
     for r in jv_runs:
         if all(k in r for k in parts):

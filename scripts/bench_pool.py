@@ -30,7 +30,7 @@ import os
 import sys
 import time
 
-from benchlib import print_table, read_results, result
+from benchlib import load_runs, print_table, result
 
 # ---- tasks (module level, so the workers find them) -------------------------
 
@@ -356,15 +356,9 @@ ROWS = [
 
 
 def table(directory):
-    import glob
     import statistics
 
-    rust_files = sorted(glob.glob(os.path.join(directory, "rust.*.txt")))
-    py_files = sorted(glob.glob(os.path.join(directory, "python.*.txt")))
-    if not rust_files or not py_files:
-        sys.exit(f"bench_pool.py: no rust.*.txt / python.*.txt in {directory}")
-    jv_runs = [read_results(f) for f in rust_files]
-    py_runs = [read_results(f, "py.") for f in py_files]
+    jv_runs, py_runs = load_runs(directory, "bench_pool.py")
     first = jv_runs[0]
     names = {"n": first.get("n", "?"), "w": first.get("workers", "?"),
              "spin": first.get("d.tasks", "?"), "mib": first.get("e.tasks", "?")}

@@ -19,6 +19,21 @@ def read_results(path, prefix=""):
     return out
 
 
+def load_runs(directory, script):
+    """The RESULT figures of every run in `directory`: (jobvisor runs from
+    rust.*.txt, Python runs from python.*.txt with their `py.` prefix off).
+    Exits naming `script` when either side has none."""
+    import glob
+    import os
+    import sys
+
+    rust_files = sorted(glob.glob(os.path.join(directory, "rust.*.txt")))
+    py_files = sorted(glob.glob(os.path.join(directory, "python.*.txt")))
+    if not rust_files or not py_files:
+        sys.exit(f"{script}: no rust.*.txt / python.*.txt in {directory}")
+    return [read_results(f) for f in rust_files], [read_results(f, "py.") for f in py_files]
+
+
 def print_table(header, rows, right):
     """Prints a markdown table, padded; columns in `right` are right-aligned."""
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
