@@ -201,6 +201,15 @@ struct Worker {
 }
 
 impl Worker {
+    /// Calls it may still be sent before `max_tasks_per_worker` recycles it,
+    /// counting what it holds of both kinds (recycling is exact).
+    fn recycle_room(&self, max_calls: Option<u64>) -> usize {
+        let budget = max_calls.map_or(usize::MAX, |m| {
+            usize::try_from(m.saturating_sub(self.calls_done)).unwrap_or(usize::MAX)
+        });
+        budget.saturating_sub(self.inflight.len() + self.io.len())
+    }
+
     /// Holds no call of either kind.
     fn idle(&self) -> bool {
         self.inflight.is_empty() && self.io.is_empty()
@@ -1284,12 +1293,9 @@ impl Dispatcher {
         let per_worker = self.cfg.io_concurrency_per_worker.max(1);
         let max_calls = self.cfg.max_tasks_per_worker;
         let room = |w: &Worker| {
-            let budget = max_calls.map_or(usize::MAX, |m| {
-                usize::try_from(m.saturating_sub(w.calls_done)).unwrap_or(usize::MAX)
-            });
             per_worker
                 .saturating_sub(w.io.len())
-                .min(budget.saturating_sub(w.inflight.len() + w.io.len()))
+                .min(w.recycle_room(max_calls))
         };
         let mut ready: Vec<(usize, u64)> = self
             .workers
@@ -1349,10 +1355,9 @@ impl Dispatcher {
         let max_calls = self.cfg.max_tasks_per_worker;
         // Room per worker: the window, and never past its recycling budget.
         let room = |w: &Worker| {
-            let budget = max_calls.map_or(usize::MAX, |m| {
-                usize::try_from(m.saturating_sub(w.calls_done)).unwrap_or(usize::MAX)
-            });
-            window.min(budget).saturating_sub(w.inflight.len())
+            window
+                .saturating_sub(w.inflight.len())
+                .min(w.recycle_room(max_calls))
         };
         let mut ready: Vec<u64> = self
             .workers

@@ -1529,6 +1529,43 @@ async fn async_stall_timeouts_follow_heartbeats(method: StartMethod) {
     pool.shutdown().await;
 }
 
+async fn recycling_counts_calls_of_both_kinds(method: StartMethod) {
+    let pool = Pool::builder()
+        .workers(1)
+        .start_method(method)
+        .max_tasks_per_worker(4)
+        .build()
+        .await
+        .unwrap();
+    let (listener, port) = loopback().await;
+    let held = [
+        pool.submit_io::<Rendezvous>(&port).await.unwrap(),
+        pool.submit_io::<Rendezvous>(&port).await.unwrap(),
+    ];
+    let mut met = [accept_met(&listener).await, accept_met(&listener).await];
+    let first = met[0].pid;
+    let mut cpu = Vec::new();
+    for _ in 0..4 {
+        cpu.push(pool.submit::<Pid>(&()).await.unwrap());
+    }
+    let mut cpu = cpu.into_iter();
+    // Two async calls and two CPU calls make the worker's four.
+    for h in cpu.by_ref().take(2) {
+        assert_eq!(h.await.unwrap(), first);
+    }
+    for m in &mut met {
+        m.stream.write_all(b"x").await.unwrap();
+    }
+    for h in held {
+        assert_eq!(h.await.unwrap(), first);
+    }
+    // The other two run on its replacement.
+    for h in cpu {
+        assert_ne!(h.await.unwrap(), first);
+    }
+    pool.shutdown().await;
+}
+
 fn main() -> ExitCode {
     // Set before the fork server starts, so every worker inherits it (a
     // spawned worker re-runs main and keeps the inherited value).
@@ -1587,6 +1624,7 @@ fn main() -> ExitCode {
         cpu_calls_over_the_soft_limit_drain_a_worker_holding_async_calls,
         control_commands_do_not_wait_behind_a_full_queue,
         async_stall_timeouts_follow_heartbeats,
+        recycling_counts_calls_of_both_kinds,
     ];
     helper::run_all(&tests)
 }

@@ -407,15 +407,8 @@ impl MemoryCheck {
             return None;
         }
         self.last = Some(now);
-        let rss = crate::serve::resident_bytes().filter(|&r| r > self.limit)?;
-        if !self.state.start_draining() {
-            return None;
-        }
-        Some(format!(
-            "resident set {} KiB is over the soft memory limit of {} KiB",
-            rss / 1024,
-            self.limit / 1024
-        ))
+        let reason = crate::serve::over_soft_limit(self.limit)?;
+        self.state.start_draining().then_some(reason)
     }
 }
 

@@ -240,12 +240,7 @@ fn cpu_loop(
             && (pending.is_empty() || now.duration_since(last_rss_check) >= RSS_CHECK_INTERVAL)
         {
             last_rss_check = now;
-            if let Some(rss) = resident_bytes().filter(|&r| r > soft_limit) {
-                let reason = format!(
-                    "resident set {} KiB is over the soft memory limit of {} KiB",
-                    rss / 1024,
-                    soft_limit / 1024
-                );
+            if let Some(reason) = over_soft_limit(soft_limit) {
                 match &link.io {
                     // Async calls are running: they must finish here, so the
                     // worker drains (announced once, by whichever thread
@@ -350,8 +345,19 @@ fn limit_address_space(bytes: u64) -> Result<(), WorkerError> {
     Ok(())
 }
 
+/// Why the worker must recycle itself, when its resident set is over the
+/// soft memory limit of `limit` bytes.
+pub(crate) fn over_soft_limit(limit: u64) -> Option<String> {
+    let rss = resident_bytes().filter(|&r| r > limit)?;
+    Some(format!(
+        "resident set {} KiB is over the soft memory limit of {} KiB",
+        rss / 1024,
+        limit / 1024
+    ))
+}
+
 /// This process's resident set in bytes, from `/proc/self/statm`.
-pub(crate) fn resident_bytes() -> Option<u64> {
+fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     // SAFETY: sysconf has no preconditions.
