@@ -40,6 +40,9 @@ pub(crate) struct WorkerConn {
     pub(crate) kinds: Vec<jobvisor_proto::worker::TaskKind>,
     /// Encoded frames for the writer task.
     pub(crate) tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// The writer task: it ends, closing its end of the pipe, once every
+    /// `tx` is dropped.
+    pub(crate) writer: tokio::task::JoinHandle<()>,
     /// The last lines of the worker's output.
     pub(crate) tail: Arc<Mutex<VecDeque<String>>>,
     /// Fires when the worker's output pipe reaches EOF (all its output is in `tail`).
@@ -132,13 +135,14 @@ pub(crate) async fn start(
         }
     };
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(write_loop(writer, rx));
+    let writer = tokio::spawn(write_loop(writer, rx));
     tokio::spawn(read_loop(reader, fb, id, events));
     Ok(WorkerConn {
         proc,
         tasks,
         kinds,
         tx,
+        writer,
         tail,
         log_eof,
         beacon,
@@ -219,8 +223,9 @@ async fn write_loop(fd: AsyncFd<OwnedFd>, mut rx: mpsc::UnboundedReceiver<Vec<u8
             std::mem::take(&mut batch)
         };
         if write_all(&fd, &buf).await.is_err() {
-            // The worker is gone; the reader reports it. Keep draining so
-            // senders never notice.
+            // The worker is gone; the reader reports it. Close the pipe now
+            // and keep draining so senders never notice.
+            drop(fd);
             while rx.recv().await.is_some() {}
             return;
         }
@@ -233,7 +238,7 @@ async fn read_loop(
     worker: u64,
     events: mpsc::UnboundedSender<LinkEvent>,
 ) {
-    let error = loop {
+    let error = 'link: loop {
         loop {
             match fb.decode_next::<FromWorker>() {
                 Ok(Some(msg)) => {
@@ -242,13 +247,7 @@ async fn read_loop(
                     }
                 }
                 Ok(None) => break,
-                Err(e) => {
-                    let _ = events.send(LinkEvent::Closed {
-                        worker,
-                        error: Some(e.to_string()),
-                    });
-                    return;
-                }
+                Err(e) => break 'link Some(e.to_string()),
             }
         }
         match read_some(&fd, fb.spare()).await {
@@ -257,6 +256,8 @@ async fn read_loop(
             Err(e) => break Some(e.to_string()),
         }
     };
+    // Closed before it is reported: a reaped worker holds no fd of ours.
+    drop(fd);
     let _ = events.send(LinkEvent::Closed { worker, error });
 }
 
@@ -306,6 +307,7 @@ async fn drain_log(
     if !line.is_empty() {
         emit(&mut line, cut);
     }
+    drop(fd);
     let _ = eof.send(());
 }
 

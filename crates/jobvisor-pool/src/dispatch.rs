@@ -169,6 +169,8 @@ struct Worker {
     pid: u32,
     proc: ProcHandle,
     tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// The writer task, taken when the worker exits (see `on_exit`).
+    writer: Option<tokio::task::JoinHandle<()>>,
     state: WorkerState,
     /// CPU calls sent to the worker, in order: the head runs, the rest wait.
     inflight: VecDeque<InFlight>,
@@ -630,6 +632,7 @@ impl Dispatcher {
             pid,
             proc: conn.proc,
             tx: conn.tx,
+            writer: Some(conn.writer),
             state: WorkerState::Ready,
             inflight: VecDeque::new(),
             io: HashMap::new(),
@@ -753,8 +756,17 @@ impl Dispatcher {
         if let Some(w) = self.workers.get_mut(&id) {
             w.status = Some(status);
             let eof = w.log_eof.take();
+            // Nothing more goes to a dead worker: dropping the sender ends
+            // the writer task, which closes the pipe. Its death is reported
+            // after that, so a pool whose workers have all exited holds none
+            // of their fds.
+            w.tx = mpsc::unbounded_channel().0;
+            let writer = w.writer.take();
             let internal = self.internal_tx.clone();
             tokio::spawn(async move {
+                if let Some(writer) = writer {
+                    let _ = tokio::time::timeout(LOG_EOF_WAIT, writer).await;
+                }
                 if let Some(eof) = eof {
                     let _ = tokio::time::timeout(LOG_EOF_WAIT, eof).await;
                 }
@@ -805,12 +817,6 @@ impl Dispatcher {
             tracing::warn!(worker = id, pid = w.pid, %status, "worker died");
             self.record_death();
         }
-        let _ = self.events.send(PoolEvent::WorkerExited {
-            worker: id,
-            pid: w.pid,
-            status,
-            at: Instant::now(),
-        });
         // The call the worker was running, by its beacon; the others had not
         // started, or had finished with their replies lost with the worker:
         // they go back to the queue (at-least-once), uncharged.
@@ -888,6 +894,16 @@ impl Dispatcher {
             }
         }
         self.requeue_unstarted(back);
+        // Reported once its calls are answered and its pidfd and beacon are
+        // closed.
+        let pid = w.pid;
+        drop(w);
+        let _ = self.events.send(PoolEvent::WorkerExited {
+            worker: id,
+            pid,
+            status,
+            at: Instant::now(),
+        });
         self.ensure_workers();
     }
 
