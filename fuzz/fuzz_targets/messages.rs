@@ -50,6 +50,7 @@ fuzz_target!(|data: &[u8]| {
                 task: c.task,
                 chunk: c.chunk,
                 timeout_ms: c.timeout_ms,
+                stall_ms: c.stall_ms,
                 input: &c.input,
             })
             .collect();

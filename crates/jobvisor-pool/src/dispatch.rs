@@ -832,7 +832,7 @@ impl Dispatcher {
                 return PoolError::Closed;
             }
             if let Some(esc) = esc.filter(|e| e.call == f.id) {
-                return escalation_error(f, esc);
+                return escalation_error(f, esc, &status);
             }
             let tail: Vec<String> = w
                 .tail
@@ -1185,7 +1185,7 @@ impl Dispatcher {
             }
             due.sort_unstable();
             due.dedup();
-            let io_patience = ASYNC_PATIENCE.max(self.cfg.cancel_grace + self.cfg.term_grace);
+            let io_patience = patience(&self.cfg);
             let mut cancel = Vec::new();
             let mut rearm = Vec::new();
             for id in due {
@@ -1269,14 +1269,18 @@ impl Dispatcher {
                     }
                 }
                 Some(mut e) if now >= e.until => {
-                    advance(
-                        &mut e,
-                        &w.proc,
-                        w.pid,
-                        now,
-                        &self.cfg,
-                        "no answer after the soft deadline",
-                    );
+                    if let Some(later) = cpu_soft_extension(w, &e, now, &self.cfg) {
+                        e.until = later;
+                    } else {
+                        advance(
+                            &mut e,
+                            &w.proc,
+                            w.pid,
+                            now,
+                            &self.cfg,
+                            "no answer after the soft deadline",
+                        );
+                    }
                     w.esc = Some(e);
                 }
                 Some(_) => {}
@@ -1466,6 +1470,7 @@ fn send_run<'a>(
             task: f.task,
             chunk: f.chunk,
             timeout_ms: f.timeout.map(|t| t.as_millis() as u64),
+            stall_ms: f.stall.map(|t| t.as_millis() as u64),
             input: &f.input,
         });
     }
@@ -1476,10 +1481,17 @@ fn send_run<'a>(
 /// How long a worker told to stop while idle gets before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
-/// How long, at least, an async call's soft stage is extended while its
-/// worker's loop is not stuck in a poll, before the worker is killed anyway
-/// (a stopped worker, a call held up behind a CPU task that ignores its ctx).
-const ASYNC_PATIENCE: Duration = Duration::from_secs(10);
+/// How long, at least, the soft stage of a call's escalation is extended
+/// while the call has not reached the worker's code (an async call whose loop
+/// is not in a poll; a CPU call the beacon does not show running), before the
+/// worker is killed anyway: a stopped worker, a call held up behind a CPU task
+/// that ignores its ctx, a machine too loaded to schedule the worker.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// [`PATIENCE`], or a whole escalation when that is longer.
+fn patience(cfg: &PoolConfig) -> Duration {
+    PATIENCE.max(cfg.cancel_grace + cfg.term_grace)
+}
 
 impl Escalation {
     /// The escalation call `f` starts now, if any: its timeout passed since
@@ -1511,6 +1523,36 @@ impl Escalation {
     }
 }
 
+/// When the soft stage of a CPU call's timeout ends later than planned: the
+/// worker counts the timeout from when it started the call, we from when it
+/// was sent (or reached the head of the worker's line), and on a loaded
+/// machine the worker can start a call well after that. A call the beacon
+/// shows running gets `cancel_grace` after its own deadline; one not started
+/// yet gets more time, up to [`patience`] (a stopped worker, a call whose
+/// reply is on its way). `None`: escalate now.
+fn cpu_soft_extension(
+    w: &Worker,
+    e: &Escalation,
+    now: Instant,
+    cfg: &PoolConfig,
+) -> Option<Instant> {
+    if e.stage != Stage::Soft || e.reason != Reason::Timeout {
+        return None;
+    }
+    if w.beacon.get() != e.call {
+        return (now < e.began + patience(cfg)).then(|| now + cfg.cancel_grace);
+    }
+    let theirs = w.beacon.cpu_deadline()?;
+    let ours = jobvisor_worker::monotonic_us();
+    let deadline = if theirs >= ours {
+        now + Duration::from_micros(theirs - ours)
+    } else {
+        now.checked_sub(Duration::from_micros(ours - theirs))?
+    };
+    let until = deadline + cfg.cancel_grace;
+    (until > now).then_some(until)
+}
+
 /// The next step of an escalation whose stage timed out: SIGTERM to the
 /// worker's process group, then SIGKILL.
 fn advance(
@@ -1538,16 +1580,26 @@ fn advance(
     }
 }
 
-/// The error of a call stopped by an escalation.
-fn escalation_error(f: &InFlight, esc: Escalation) -> PoolError {
+/// The error of a call stopped by an escalation, given how its worker
+/// ended.
+fn escalation_error(f: &InFlight, esc: Escalation, status: &ExitStatus) -> PoolError {
+    // Once we signalled, the signal the process died of says which stage
+    // stopped it: a reap seen late can find the escalation a stage further
+    // on (SIGKILL sent to a process SIGTERM had already ended).
+    let stage = match (esc.stage, status.signal) {
+        (Stage::Soft, _) => Stage::Soft,
+        (_, Some(libc::SIGTERM)) => Stage::Term,
+        (_, Some(libc::SIGKILL)) => Stage::Kill,
+        (stage, _) => stage,
+    };
     match esc.reason {
         Reason::Timeout => PoolError::TimedOut {
             timeout_ms: f.timeout.map_or(0, |t| t.as_millis() as u64),
-            how: format!("stopped by {}", stage_text(esc.stage)),
+            how: format!("stopped by {}", stage_text(stage)),
         },
         Reason::Stall => PoolError::Stalled {
             stall_ms: f.stall.map_or(0, |t| t.as_millis() as u64),
-            how: format!("stopped by {}", stage_text(esc.stage)),
+            how: format!("stopped by {}", stage_text(stage)),
         },
         Reason::Cancel => PoolError::Cancelled,
     }

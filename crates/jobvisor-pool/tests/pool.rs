@@ -429,6 +429,19 @@ async fn pool(method: StartMethod, workers: usize) -> Pool {
         .expect("pool starts")
 }
 
+/// One worker, with a grace before SIGTERM that a loaded machine cannot run
+/// out of: for tests of tasks that stop when told (a task that did not would
+/// still lose its worker, 5 s later).
+async fn patient_pool(method: StartMethod) -> Pool {
+    Pool::builder()
+        .workers(1)
+        .start_method(method)
+        .cancel_grace(Duration::from_secs(5))
+        .build()
+        .await
+        .unwrap()
+}
+
 /// One worker, with short grace periods before SIGTERM and SIGKILL.
 async fn quick_kill_pool(method: StartMethod) -> Pool {
     Pool::builder()
@@ -619,14 +632,49 @@ async fn infinite_loop_hits_timeout_and_worker_is_replaced(method: StartMethod) 
     }
     let after = next_ready(&mut events).await;
     assert_ne!(after, before);
-    // A cooperative task stops at its soft deadline without losing the worker.
+    pool.shutdown().await;
+    // A cooperative task stops at its soft deadline without losing the
+    // worker.
+    let pool = patient_pool(method).await;
     let pid = pool.apply::<Pid>(&()).await.unwrap();
     let h = pool
         .submit_with::<Spin>(&SpinInput { ms: 60_000 }, opts)
         .await
         .unwrap();
-    assert!(matches!(h.await, Err(PoolError::TimedOut { .. })));
+    match h.await {
+        Err(PoolError::TimedOut { how, .. }) => assert!(how.contains("soft deadline"), "{how}"),
+        other => panic!("expected TimedOut, got {other:?}"),
+    }
     assert_eq!(pool.apply::<Pid>(&()).await.unwrap(), pid);
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
+async fn a_timeout_counts_from_when_the_worker_starts_the_call(method: StartMethod) {
+    let pool = quick_kill_pool(method).await;
+    let pid = pool.apply::<Pid>(&()).await.unwrap();
+    let worker = nix::unistd::Pid::from_raw(pid as i32);
+    // A worker that cannot get to the call (stopped here; on a loaded
+    // machine, not scheduled yet) has not started its clock.
+    nix::sys::signal::kill(worker, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let opts = CallOptions {
+        timeout: Some(Duration::from_millis(100)),
+        ..CallOptions::default()
+    };
+    let h = pool
+        .submit_with::<Spin>(&SpinInput { ms: 60_000 }, opts)
+        .await
+        .unwrap();
+    // Let the whole escalation the supervisor would run on its own clock
+    // pass (100 ms + 50 ms grace + 200 ms to SIGKILL): there is no event
+    // for "nothing happened", only time.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nix::sys::signal::kill(worker, nix::sys::signal::Signal::SIGCONT).unwrap();
+    match h.await {
+        Err(PoolError::TimedOut { how, .. }) => assert!(how.contains("soft deadline"), "{how}"),
+        other => panic!("expected TimedOut at the worker's own deadline, got {other:?}"),
+    }
+    assert_eq!(pool.apply::<Pid>(&()).await.unwrap(), pid, "not killed");
     pool.shutdown().await;
     assert_no_zombies().await;
 }
@@ -730,7 +778,7 @@ async fn bad_input_fails_only_that_call(method: StartMethod) {
 async fn cancel_queued_and_running(method: StartMethod) {
     let dir = tempfile::tempdir().unwrap();
     let fifo = helper::mkfifo(dir.path(), "announce");
-    let pool = pool(method, 1).await;
+    let pool = patient_pool(method).await;
     let running = pool
         .submit::<Announce>(&(fifo.to_string_lossy().into_owned(), 60_000))
         .await
@@ -1101,7 +1149,10 @@ async fn restart_intensity_bounds_a_crash_loop(method: StartMethod) {
         .restart_backoff(
             Duration::from_millis(100),
             Duration::from_millis(400),
-            Duration::from_millis(700),
+            // Far above a failed start plus the longest delay, even on a
+            // loaded machine where a spawned worker takes long to exec:
+            // the crash loop never looks healthy in between.
+            Duration::from_secs(3),
         )
         .build()
         .await
@@ -1162,7 +1213,7 @@ async fn restart_intensity_bounds_a_crash_loop(method: StartMethod) {
     // The cause goes away: the pool recovers by itself and runs the kept work.
     std::fs::remove_file(&flag).unwrap();
     assert_eq!(kept.await.unwrap(), 77);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while pool.health().degraded {
         assert!(
             std::time::Instant::now() < deadline,
@@ -1339,8 +1390,11 @@ async fn io_timeout_cancel_and_panic_keep_the_worker(method: StartMethod) {
 async fn a_blocked_event_loop_is_killed_and_only_its_blocker_fails(method: StartMethod) {
     let pool = quick_kill_pool(method).await;
     let (listener, port) = loopback().await;
+    // Long enough for the blocker to meet the test before its deadline on a
+    // loaded machine: dropped at its deadline while still meeting, it would
+    // end cooperatively, with no kill to see.
     let opts = CallOptions {
-        timeout: Some(Duration::from_millis(200)),
+        timeout: Some(Duration::from_secs(1)),
         ..CallOptions::default()
     };
     let blocker = pool.submit_io_with::<BlockLoop>(&port, opts).await.unwrap();
@@ -1529,12 +1583,12 @@ async fn async_stall_timeouts_follow_heartbeats(method: StartMethod) {
     let pool = pool(method, 1).await;
     let pid = pool.apply::<Pid>(&()).await.unwrap();
     let opts = CallOptions {
-        stall_timeout: Some(Duration::from_millis(150)),
+        stall_timeout: Some(Duration::from_millis(400)),
         ..CallOptions::default()
     };
     // Heartbeats every 20 ms (the worker sends at most one per 100 ms) keep
-    // a 600 ms call alive past a 150 ms stall timeout.
-    pool.submit_io_with::<IoBeat>(&600, opts)
+    // a 1.2 s call alive past a 400 ms stall timeout.
+    pool.submit_io_with::<IoBeat>(&1200, opts)
         .await
         .unwrap()
         .await
@@ -1620,6 +1674,7 @@ fn main() -> ExitCode {
         crash_reports_exit_code_and_last_output,
         panic_and_error_keep_the_worker,
         infinite_loop_hits_timeout_and_worker_is_replaced,
+        a_timeout_counts_from_when_the_worker_starts_the_call,
         stdout_noise_does_not_corrupt_the_protocol,
         thousand_restarts_leak_no_fds,
         bad_input_fails_only_that_call,

@@ -51,6 +51,9 @@ pub struct Call {
     pub chunk: bool,
     /// The soft deadline the worker's `ctx` reports as cancellation.
     pub timeout_ms: Option<u64>,
+    /// The call's stall timeout, enforced by the supervisor: the worker
+    /// sends heartbeats often enough for it (at least 4 per stall timeout).
+    pub stall_ms: Option<u64>,
     /// The encoded input.
     #[serde(with = "crate::bytes")]
     pub input: Vec<u8>,
@@ -88,6 +91,8 @@ pub struct CallRef<'a> {
     pub chunk: bool,
     /// See [`Call::timeout_ms`].
     pub timeout_ms: Option<u64>,
+    /// See [`Call::stall_ms`].
+    pub stall_ms: Option<u64>,
     /// See [`Call::input`].
     #[serde(with = "serde_bytes")]
     pub input: &'a [u8],
@@ -232,6 +237,7 @@ mod tests {
                 task: 2,
                 chunk: false,
                 timeout_ms: None,
+                stall_ms: Some(7),
                 input: vec![1, 2, 3],
             },
             Call {
@@ -239,6 +245,7 @@ mod tests {
                 task: 0,
                 chunk: true,
                 timeout_ms: Some(5),
+                stall_ms: None,
                 input: vec![],
             },
         ];
@@ -249,6 +256,7 @@ mod tests {
                 task: c.task,
                 chunk: c.chunk,
                 timeout_ms: c.timeout_ms,
+                stall_ms: c.stall_ms,
                 input: &c.input,
             })
             .collect();

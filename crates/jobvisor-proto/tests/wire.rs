@@ -38,7 +38,7 @@ use serde::Serialize;
 
 /// `jobvisor_proto::SCHEMA_HASH` when the fixtures were last blessed. Changing
 /// `SCHEMA` without updating this (and re-blessing) fails `schema_is_recorded`.
-const RECORDED_SCHEMA_HASH: u64 = 0xc40f_9cd9_9e33_36f3;
+const RECORDED_SCHEMA_HASH: u64 = 0x6a90_1f60_1a2d_f728;
 /// `jobvisor_proto::PROTOCOL_VERSION` when the fixtures were last blessed.
 const RECORDED_PROTOCOL_VERSION: u32 = 1;
 
@@ -149,6 +149,7 @@ fn two_calls() -> Vec<Call> {
             task: 0,
             chunk: false,
             timeout_ms: None,
+            stall_ms: None,
             input: b"\x00\x01\x02input".to_vec(),
         },
         Call {
@@ -157,6 +158,7 @@ fn two_calls() -> Vec<Call> {
             task: 70_000,
             chunk: true,
             timeout_ms: Some(30_000),
+            stall_ms: Some(5_000),
             input: Vec::new(),
         },
     ]
@@ -392,13 +394,15 @@ fn arb_call() -> impl Strategy<Value = Call> {
         any::<u32>(),
         any::<bool>(),
         proptest::option::of(any::<u64>()),
+        proptest::option::of(any::<u64>()),
         proptest::collection::vec(any::<u8>(), 0..300),
     )
-        .prop_map(|(id, task, chunk, timeout_ms, input)| Call {
+        .prop_map(|(id, task, chunk, timeout_ms, stall_ms, input)| Call {
             id,
             task,
             chunk,
             timeout_ms,
+            stall_ms,
             input,
         })
 }
@@ -468,6 +472,7 @@ proptest! {
                     task: c.task,
                     chunk: c.chunk,
                     timeout_ms: c.timeout_ms,
+                    stall_ms: c.stall_ms,
                     input: &c.input,
                 })
                 .collect();

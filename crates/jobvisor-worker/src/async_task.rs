@@ -74,6 +74,7 @@ pub struct AsyncCtx {
     deadline: Option<Instant>,
     report: Option<Report>,
     last_report: Rc<Cell<Option<Instant>>>,
+    report_every: Duration,
 }
 
 impl fmt::Debug for AsyncCtx {
@@ -85,9 +86,6 @@ impl fmt::Debug for AsyncCtx {
     }
 }
 
-/// How often, at most, heartbeats and progress frames are sent per call.
-const REPORT_INTERVAL: Duration = Duration::from_millis(100);
-
 impl AsyncCtx {
     pub(crate) fn new(id: u64, deadline: Option<Instant>, report: Option<Report>) -> Self {
         Self {
@@ -95,7 +93,14 @@ impl AsyncCtx {
             deadline,
             report,
             last_report: Rc::new(Cell::new(None)),
+            report_every: crate::task::report_interval(None),
         }
+    }
+
+    /// Sets how often, at most, heartbeats and progress are sent.
+    pub(crate) fn with_report_interval(mut self, every: Duration) -> Self {
+        self.report_every = every;
+        self
     }
 
     /// The supervisor's id of this call.
@@ -115,8 +120,8 @@ impl AsyncCtx {
             .map(|d| d.saturating_duration_since(Instant::now()))
     }
 
-    /// Tells the supervisor the call is alive (rate-limited); resets its stall
-    /// timer.
+    /// Tells the supervisor the call is alive; resets its stall timer.
+    /// Rate-limited like [`crate::Ctx::heartbeat`].
     pub fn heartbeat(&self) {
         if self.report_due() {
             if let Some(r) = &self.report {
@@ -143,7 +148,7 @@ impl AsyncCtx {
         if self
             .last_report
             .get()
-            .is_some_and(|t| now.duration_since(t) < REPORT_INTERVAL)
+            .is_some_and(|t| now.duration_since(t) < self.report_every)
         {
             return false;
         }

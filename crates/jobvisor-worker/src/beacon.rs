@@ -81,9 +81,9 @@ impl Beacon {
     }
 
     fn cell(&self, slot: usize) -> &AtomicU64 {
-        debug_assert!(slot < 3);
+        debug_assert!(slot < 4);
         // SAFETY: ptr points to a live, page-aligned shared mapping of PAGE
-        // bytes (see map); slots 0, 1 and 2 are its first 24 bytes.
+        // bytes (see map); slots 0 to 3 are its first 32 bytes.
         unsafe { &*self.ptr.add(slot) }
     }
 
@@ -123,6 +123,22 @@ impl Beacon {
         self.cell(0).store(id, Ordering::Release);
     }
 
+    /// Marks CPU call `id` as running with its soft deadline, in
+    /// [`monotonic_us`] (0: none). The worker counts a call's timeout from
+    /// when it starts the call, the supervisor from when it sent it; with
+    /// this, the supervisor waits for the worker's own deadline before it
+    /// escalates, however late the worker got to the call.
+    pub fn set_with_deadline(&self, id: u64, deadline_us: u64) {
+        self.cell(3).store(deadline_us, Ordering::Relaxed);
+        self.cell(0).store(id, Ordering::Release);
+    }
+
+    /// The soft deadline of the running CPU call, in [`monotonic_us`], if it
+    /// has one. Read after [`Beacon::get`] named the call.
+    pub fn cpu_deadline(&self) -> Option<u64> {
+        Some(self.cell(3).load(Ordering::Acquire)).filter(|&d| d != 0)
+    }
+
     /// The CPU call that is (or was, when the worker died) running; 0 for none.
     pub fn get(&self) -> u64 {
         self.cell(0).load(Ordering::Acquire)
@@ -139,6 +155,18 @@ impl Beacon {
     pub fn get_io(&self) -> u64 {
         self.cell(1).load(Ordering::Acquire)
     }
+}
+
+/// `CLOCK_MONOTONIC` in microseconds: one clock for every process of the
+/// machine (the clock behind `std::time::Instant` on Linux).
+pub fn monotonic_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
 }
 
 /// Which thread of a dead worker aborted.

@@ -344,7 +344,8 @@ async fn run_call(
     let deadline = call
         .timeout_ms
         .map(|ms| started + Duration::from_millis(ms));
-    let ctx = AsyncCtx::new(call.id, deadline, Some(report));
+    let ctx = AsyncCtx::new(call.id, deadline, Some(report))
+        .with_report_interval(crate::task::report_interval(call.stall_ms));
     let mut timed = Timed {
         fut: registry.call_async(call.task, call.chunk, &call.input, ctx),
         busy: Duration::ZERO,

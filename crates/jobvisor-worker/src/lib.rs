@@ -25,7 +25,7 @@ mod serve;
 mod task;
 
 pub use async_task::{run_detached_async, AsyncCtx, AsyncTask};
-pub use beacon::{Beacon, CrashedThread};
+pub use beacon::{monotonic_us, Beacon, CrashedThread};
 pub use jobvisor_proto::worker::TaskKind;
 pub use registry::{ConvertError, Registry};
 pub use serve::run_detached;

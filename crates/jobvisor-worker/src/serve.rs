@@ -180,7 +180,10 @@ fn cpu_loop(
             continue;
         };
         if let Some(b) = beacon {
-            b.set(call.id);
+            let deadline_us = call.timeout_ms.map_or(0, |ms| {
+                crate::beacon::monotonic_us().saturating_add(ms.saturating_mul(1000))
+            });
+            b.set_with_deadline(call.id, deadline_us);
         }
         let started = Instant::now();
         // Thread CPU time costs a syscall (~0.4 µs): measure every call that
@@ -192,6 +195,7 @@ fn cpu_loop(
             .map(|ms| started + Duration::from_millis(ms));
         let result = {
             let mut ctx = Ctx::new(call.id, link, &mut pending, deadline, &mut shutdown);
+            ctx.set_report_interval(crate::task::report_interval(call.stall_ms));
             let r = registry.call(call.task, call.chunk, &call.input, &mut ctx);
             match r {
                 // A task that noticed the cancel but returned Ok anyway still

@@ -102,8 +102,20 @@ impl fmt::Display for TaskError {
 
 /// How often, at most, `is_cancelled` looks at the pipe (a syscall).
 const POLL_INTERVAL: Duration = Duration::from_millis(1);
-/// How often, at most, heartbeats and progress frames are sent.
+/// How often, at most, heartbeats and progress frames are sent by default.
 const REPORT_INTERVAL: Duration = Duration::from_millis(100);
+/// The shortest interval a stall timeout can ask for.
+const MIN_REPORT_INTERVAL: Duration = Duration::from_millis(5);
+
+/// How often, at most, a call's heartbeats and progress frames are sent:
+/// every 100 ms, or 4 times per stall timeout when that is shorter (so a
+/// task that beats often enough for its stall timeout is never stalled by
+/// the rate limit), but not more often than every 5 ms.
+pub(crate) fn report_interval(stall_ms: Option<u64>) -> Duration {
+    stall_ms.map_or(REPORT_INTERVAL, |ms| {
+        (Duration::from_millis(ms) / 4).clamp(MIN_REPORT_INTERVAL, REPORT_INTERVAL)
+    })
+}
 
 /// What [`Ctx::wait_fd`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +138,7 @@ pub struct Ctx<'a> {
     pub(crate) shutdown: &'a mut bool,
     last_poll: Instant,
     last_report: Option<Instant>,
+    report_every: Duration,
 }
 
 impl fmt::Debug for Ctx<'_> {
@@ -154,7 +167,13 @@ impl<'a> Ctx<'a> {
             shutdown,
             last_poll: Instant::now(),
             last_report: None,
+            report_every: REPORT_INTERVAL,
         }
+    }
+
+    /// Sets how often, at most, heartbeats and progress are sent.
+    pub(crate) fn set_report_interval(&mut self, every: Duration) {
+        self.report_every = every;
     }
 
     /// The supervisor's id of this call.
@@ -199,8 +218,11 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// Tells the supervisor the task is alive (rate-limited), and checks for
-    /// cancellation like [`Ctx::is_cancelled`].
+    /// Tells the supervisor the task is alive, and checks for cancellation
+    /// like [`Ctx::is_cancelled`]. Rate-limited: at most one frame per
+    /// 100 ms, or per quarter of the call's stall timeout when that is
+    /// shorter (5 ms at least), so calling it more often than the stall
+    /// timeout is always enough.
     pub fn heartbeat(&mut self) -> bool {
         if self.report_due() {
             let _ = self.link.send_heartbeat(self.id);
@@ -220,7 +242,7 @@ impl<'a> Ctx<'a> {
         let now = Instant::now();
         if self
             .last_report
-            .is_some_and(|t| now.duration_since(t) < REPORT_INTERVAL)
+            .is_some_and(|t| now.duration_since(t) < self.report_every)
         {
             return false;
         }
@@ -284,5 +306,21 @@ impl<'a> Ctx<'a> {
         if let Ok(true) = self.link.wait_readable(timeout) {
             self.ingest();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_keep_up_with_short_stall_timeouts() {
+        assert_eq!(report_interval(None), Duration::from_millis(100));
+        assert_eq!(report_interval(Some(60_000)), Duration::from_millis(100));
+        // Four frames per stall timeout, so beating often enough is enough.
+        assert_eq!(report_interval(Some(200)), Duration::from_millis(50));
+        assert_eq!(report_interval(Some(60)), Duration::from_millis(15));
+        // Not a frame per call of heartbeat().
+        assert_eq!(report_interval(Some(1)), Duration::from_millis(5));
     }
 }

@@ -75,6 +75,8 @@ pub(crate) async fn spawn(exits: ExitSender) -> io::Result<(SpawnedWorker, Arc<M
             *done = true;
             status
         };
+        // Closed before the exit is reported (it ends in `WorkerExited`).
+        drop(watch);
         if let Ok(status) = status {
             let _ = exits.send((pid, status));
         }
