@@ -204,16 +204,34 @@ pub fn advice(attempts: u64, cpu_us: u64, wall_us: u64) -> Option<String> {
     })
 }
 
+/// A poll at least this long (µs) holds the event loop for too long.
+pub const LONG_POLL_US: u64 = 10_000;
+
+/// A single poll this long (µs) is proof enough on its own.
+const PROOF_POLL_US: u64 = 1_000_000;
+
 /// Advice for an async (I/O) task from its event-loop figures: `cpu_us` is
-/// the time its polls held the loop, `max_poll_us` its longest single poll.
-/// An async task that holds its loop for long stretches stalls every other
-/// I/O task of that worker meanwhile: it is CPU-bound work in the wrong kind.
-pub fn async_advice(attempts: u64, cpu_us: u64, wall_us: u64, max_poll_us: u64) -> Option<String> {
-    // One poll this long is proof enough; a busy share needs a few attempts.
-    const STALL_US: u64 = 10_000;
+/// the time its polls held the loop, `max_poll_us` its longest single poll,
+/// `long_poll_attempts` how many attempts had a poll of [`LONG_POLL_US`] or
+/// more. An async task that holds its loop for long stretches stalls every
+/// other I/O task of that worker meanwhile: it is CPU-bound work in the
+/// wrong kind.
+///
+/// A poll is timed by the wall clock, so one long poll can be the machine's
+/// doing (the loop's thread preempted mid-poll on a loaded machine): long
+/// polls count when they recur (in 2 attempts and 10% of them), or when one
+/// lasts a second.
+pub fn async_advice(
+    attempts: u64,
+    cpu_us: u64,
+    wall_us: u64,
+    max_poll_us: u64,
+    long_poll_attempts: u64,
+) -> Option<String> {
     let pct = cpu_us.saturating_mul(100) / wall_us.max(1);
     let busy = attempts >= 5 && wall_us >= 100_000 && pct >= 50;
-    (max_poll_us >= STALL_US || busy).then(|| {
+    let recurring = long_poll_attempts >= 2 && long_poll_attempts.saturating_mul(10) >= attempts;
+    (recurring || max_poll_us >= PROOF_POLL_US || busy).then(|| {
         format!(
             "blocks its event loop: held it for up to {} ms at once ({pct}% of its wall time), \
              stalling the other I/O tasks of its worker: CPU-bound work (a Task runs beside \
@@ -367,13 +385,22 @@ mod tests {
     #[test]
     fn async_advice_flags_loop_blockers_only() {
         // A well-behaved download: tiny polls, long waits.
-        assert_eq!(async_advice(100, 5_000, 10_000_000, 300), None);
-        // One 50 ms poll is enough to flag.
-        assert!(async_advice(1, 60_000, 100_000, 50_000).is_some_and(|a| a.contains("up to 50 ms")));
+        assert_eq!(async_advice(100, 5_000, 10_000_000, 300, 0), None);
+        // Long polls that recur flag it.
+        assert!(
+            async_advice(2, 60_000, 200_000, 50_000, 2).is_some_and(|a| a.contains("up to 50 ms"))
+        );
+        assert!(async_advice(20, 60_000, 2_000_000, 50_000, 2).is_some());
+        // One could be the machine's doing (a preempted loop), and so could
+        // a few among many.
+        assert_eq!(async_advice(6, 60_000, 200_000, 50_000, 1), None);
+        assert_eq!(async_advice(100, 60_000, 10_000_000, 50_000, 2), None);
+        // One poll of a second is not preemption.
+        assert!(async_advice(1, 1_200_000, 1_300_000, 1_200_000, 1).is_some());
         // Mostly busy on the loop, in short polls, over enough attempts.
-        assert!(async_advice(10, 900_000, 1_000_000, 2_000).is_some_and(|a| a.contains("90%")));
+        assert!(async_advice(10, 900_000, 1_000_000, 2_000, 0).is_some_and(|a| a.contains("90%")));
         assert_eq!(
-            async_advice(2, 900_000, 1_000_000, 2_000),
+            async_advice(2, 900_000, 1_000_000, 2_000, 0),
             None,
             "too few attempts"
         );

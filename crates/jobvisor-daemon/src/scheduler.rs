@@ -81,6 +81,11 @@ pub(crate) enum SchedCmd {
     Reload {
         config: Box<Config>,
     },
+    /// The jobs of these pool calls (`None`: a call of no running job).
+    JobsOfCalls {
+        calls: Vec<u64>,
+        reply: oneshot::Sender<Vec<Option<u64>>>,
+    },
 }
 
 #[derive(Debug)]
@@ -216,6 +221,8 @@ struct Usage {
     cpu_us: u64,
     wall_us: u64,
     max_poll_us: u64,
+    /// Attempts with a poll of `policy::LONG_POLL_US` or more.
+    long_poll_attempts: u64,
 }
 
 /// Counters shared with whoever reports them.
@@ -435,6 +442,15 @@ impl Scheduler {
                 reply,
             } => self.wait(ids, timeout_ms, reply),
             SchedCmd::Stats { reply } => self.stats(reply),
+            SchedCmd::JobsOfCalls { calls, reply } => {
+                let mut of: HashMap<u64, Option<u64>> = calls.iter().map(|&c| (c, None)).collect();
+                for (&id, job) in &self.jobs {
+                    if let Some(slot) = job.call.and_then(|c| of.get_mut(&c)) {
+                        *slot = Some(id);
+                    }
+                }
+                let _ = reply.send(calls.iter().map(|c| of[c]).collect());
+            }
             SchedCmd::Drain { reply } => {
                 self.draining = true;
                 self.drain_waiters.push(reply);
@@ -981,7 +997,13 @@ impl Scheduler {
                     cpu_ms: u.cpu_us / 1000,
                     wall_ms: u.wall_us / 1000,
                     advice: if io {
-                        policy::async_advice(u.attempts, u.cpu_us, u.wall_us, u.max_poll_us)
+                        policy::async_advice(
+                            u.attempts,
+                            u.cpu_us,
+                            u.wall_us,
+                            u.max_poll_us,
+                            u.long_poll_attempts,
+                        )
                     } else {
                         policy::advice(u.attempts, u.cpu_us, u.wall_us)
                     },
@@ -1185,7 +1207,11 @@ impl Scheduler {
                     e.attempts += 1;
                     e.cpu_us += u.cpu.as_micros() as u64;
                     e.wall_us += u.wall.as_micros() as u64;
-                    e.max_poll_us = e.max_poll_us.max(u.max_poll.as_micros() as u64);
+                    let max_poll_us = u.max_poll.as_micros() as u64;
+                    e.max_poll_us = e.max_poll_us.max(max_poll_us);
+                    if max_poll_us >= policy::LONG_POLL_US {
+                        e.long_poll_attempts += 1;
+                    }
                 }
                 self.on_attempt_done(id, attempt, pid, result)
             }

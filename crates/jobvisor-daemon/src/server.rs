@@ -346,20 +346,27 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
             Ok(v) => Response::Jobs(v),
             Err(e) => error(ErrorKind::Storage, e.to_string()),
         },
-        Request::Workers => Response::Workers(
-            ctx.pool
-                .workers()
-                .await
-                .into_iter()
-                .map(|w| WorkerRow {
-                    id: w.id,
-                    pid: w.pid,
-                    state: format!("{:?}", w.state).to_lowercase(),
-                    in_flight: w.in_flight as u64,
-                    calls_done: w.calls_done,
-                })
-                .collect(),
-        ),
+        Request::Workers => {
+            let workers = ctx.pool.workers().await;
+            let calls: Vec<u64> = workers.iter().filter_map(|w| w.running).collect();
+            let Some(jobs) = ask(ctx, |reply| SchedCmd::JobsOfCalls { calls, reply }).await else {
+                return gone();
+            };
+            let mut jobs = jobs.into_iter();
+            Response::Workers(
+                workers
+                    .into_iter()
+                    .map(|w| WorkerRow {
+                        id: w.id,
+                        pid: w.pid,
+                        state: format!("{:?}", w.state).to_lowercase(),
+                        in_flight: w.in_flight as u64,
+                        calls_done: w.calls_done,
+                        running_job: w.running.and_then(|_| jobs.next().flatten()),
+                    })
+                    .collect(),
+            )
+        }
         Request::Stats => match ask(ctx, |reply| SchedCmd::Stats { reply }).await {
             Some(s) => Response::Stats(s),
             None => gone(),

@@ -447,6 +447,8 @@ impl Dispatcher {
                         state: w.state,
                         in_flight: w.inflight.len() + w.io.len(),
                         calls_done: w.calls_done,
+                        running: Some(w.beacon.get())
+                            .filter(|&id| id != 0 && w.inflight.iter().any(|f| f.id == id)),
                     })
                     .collect();
                 list.sort_by_key(|w| w.id);

@@ -84,6 +84,11 @@ pub struct WorkerInfo {
     pub in_flight: usize,
     /// Calls it answered.
     pub calls_done: u64,
+    /// The CPU call it is running right now, by its id
+    /// ([`CallHandle::id`]); `None` when its CPU thread is idle, or between
+    /// calls. Read from the worker's beacon: a call sent is not yet a call
+    /// started.
+    pub running: Option<u64>,
 }
 
 /// Where a call's time went, as measured in the worker.

@@ -783,11 +783,16 @@ async fn cancel_queued_and_running(method: StartMethod) {
         .submit::<Announce>(&(fifo.to_string_lossy().into_owned(), 60_000))
         .await
         .unwrap();
+    let running_id = running.id();
     let queued = pool
         .submit_io::<Sleep>(&SleepInput { ms: 60_000 })
         .await
         .unwrap();
     let pid: u32 = helper::read_fifo_line(fifo).await.parse().unwrap();
+    // The worker says what it runs (its beacon): the async call it holds is
+    // not a CPU call.
+    let shown: Vec<Option<u64>> = pool.workers().await.iter().map(|w| w.running).collect();
+    assert_eq!(shown, vec![Some(running_id)]);
     queued.cancel().await;
     assert!(matches!(queued.await, Err(PoolError::Cancelled)));
     running.cancel().await;
@@ -798,6 +803,8 @@ async fn cancel_queued_and_running(method: StartMethod) {
         pid,
         "cooperative cancel keeps the worker"
     );
+    let shown: Vec<Option<u64>> = pool.workers().await.iter().map(|w| w.running).collect();
+    assert_eq!(shown, vec![None], "idle");
     pool.shutdown().await;
 }
 

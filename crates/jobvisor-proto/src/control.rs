@@ -282,6 +282,10 @@ pub struct WorkerRow {
     pub in_flight: u64,
     /// Calls answered.
     pub calls_done: u64,
+    /// The job whose CPU task it is running right now (`None`: its CPU
+    /// thread is idle). Async jobs share the worker's event loop and are not
+    /// shown here.
+    pub running_job: Option<u64>,
 }
 
 /// Daemon figures.

@@ -1299,10 +1299,15 @@ async fn workers(json: bool, socket: &Path) -> CmdResult {
                 w.state.clone(),
                 w.in_flight.to_string(),
                 w.calls_done.to_string(),
+                w.running_job
+                    .map_or_else(|| "-".to_string(), |j| j.to_string()),
             ]
         })
         .collect();
-    emit(&table(&["ID", "PID", "STATE", "IN_FLIGHT", "DONE"], &cells))?;
+    emit(&table(
+        &["ID", "PID", "STATE", "IN_FLIGHT", "DONE", "RUNNING_JOB"],
+        &cells,
+    ))?;
     Ok(EXIT_OK)
 }
 
@@ -2345,6 +2350,7 @@ mod tests {
                     state: "idle".to_owned(),
                     in_flight: 0,
                     calls_done: 9,
+                    running_job: None,
                 }]),
                 Request::Stats => Response::Stats(Stats {
                     pid: 4242,

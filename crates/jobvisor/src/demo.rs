@@ -85,15 +85,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         bystanders.push(pool.submit::<Spin>(&SpinInput { ms: 20 }).await?);
     }
     // One long spin per worker (dispatch spreads calls over idle workers first).
-    // Give them a moment to start: a worker killed before it starts a call
-    // fails nothing (that call simply runs elsewhere), which is not the demo.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let victim = pool
-        .workers()
-        .await
-        .first()
-        .map(|w| w.pid)
-        .context("no worker")?;
+    // The victim is a worker its beacon shows running one: a worker killed
+    // before it starts a call fails nothing (that call simply runs
+    // elsewhere), which is not the demo.
+    let spin_ids: Vec<u64> = spinners.iter().map(|h| h.id()).collect();
+    let victim = loop {
+        let running = pool
+            .workers()
+            .await
+            .into_iter()
+            .find(|w| w.running.is_some_and(|c| spin_ids.contains(&c)));
+        if let Some(w) = running {
+            break w.pid;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     let killed_at = Instant::now();
     // SAFETY: kill(2) on a pid the pool reported as its live worker.
     unsafe { libc::kill(victim as i32, libc::SIGKILL) };
