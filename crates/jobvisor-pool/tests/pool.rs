@@ -1090,7 +1090,16 @@ async fn call_usage_tells_computing_from_waiting(method: StartMethod) {
         .unwrap()
         .report()
         .await;
-    let input = jobvisor_proto_input(&SleepInput { ms: 60 });
+    // The worker's event loop starts with its first async call: start it
+    // first, so that its start-up is not measured as the sleep's.
+    pool.submit_io::<Sleep>(&SleepInput { ms: 0 })
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // Long enough that a poll preempted on a loaded machine (the hold is
+    // timed by the wall clock) stays well under a tenth of it.
+    let input = jobvisor_proto_input(&SleepInput { ms: 250 });
     let sleep = pool
         .submit_raw("sleep", input, CallOptions::default())
         .await
