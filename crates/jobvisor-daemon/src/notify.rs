@@ -707,24 +707,29 @@ mod tests {
     async fn a_command_past_its_timeout_is_killed_with_its_group_and_reaped() {
         let dir = tempfile::tempdir().unwrap();
         let pids = dir.path().join("pids");
-        // A child in the background, too: the whole group goes.
+        // A child in the background, too: the whole group goes. The shell
+        // writes the pid file before its own `sleep`, but the timeout runs
+        // from the spawn: it must leave a loaded machine time to start the
+        // shell and the background child and write the file, or the shell
+        // is killed first and there is no pid to check. The file is written
+        // by then or never (its writer is dead), so there is nothing to wait
+        // for afterwards: a missing pid is a timeout that was too short for
+        // the machine, and says so.
+        const TIMEOUT: Duration = Duration::from_secs(3);
         let script = format!("sleep 30 & echo $! > '{}'; sleep 30", pids.display());
         let started = std::time::Instant::now();
-        let e = run_command(
-            &sh(&script),
-            &facts(),
-            Vec::new(),
-            Duration::from_millis(300),
-        )
-        .await
-        .unwrap_err();
+        let e = run_command(&sh(&script), &facts(), Vec::new(), TIMEOUT)
+            .await
+            .unwrap_err();
         assert!(e.contains("did not finish"), "{e}");
-        assert!(started.elapsed() < Duration::from_secs(10));
-        let bg: i32 = std::fs::read_to_string(&pids)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let took = started.elapsed();
+        assert!(took >= TIMEOUT, "killed after {took:?}");
+        // The shell and its background child sleep 30 s.
+        assert!(took < Duration::from_secs(20), "killed after {took:?}");
+        let written = std::fs::read_to_string(&pids).unwrap_or_default();
+        let bg: i32 = written.trim().parse().unwrap_or_else(|_| {
+            panic!("the shell wrote no background pid ({written:?}) within the {TIMEOUT:?} timeout")
+        });
         // The background sleep was SIGKILLed (it is a zombie of init, or gone).
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {

@@ -272,45 +272,67 @@ fn exec_output_exactly_at_the_limit_is_not_truncated() {
     assert!(!out.stdout_truncated);
 }
 
+/// Long enough for a shell on a loaded machine to get to the start of its
+/// script (a trap, an `echo`) before its `timeout_ms` passes. The timeout
+/// starts with the program, so it also covers fork, exec and the shell's own
+/// start-up: too short, and the shell is stopped before it says its pid (or
+/// ignores SIGTERM) and the test has nothing to check. Each script prints
+/// `ready` once that part is done, so such a miss fails by saying so.
+const SHELL_START_TIMEOUT_MS: u64 = 3000;
+
+/// The pid a script printed on its first line, once it also printed `ready`.
+fn pid_of_ready_shell(out: &ExecOutput) -> i32 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines().nth(1) == Some("ready"),
+        "the shell did not get to its script within {SHELL_START_TIMEOUT_MS} ms: \
+         stdout {text:?}, {out:?}"
+    );
+    first_line_pid(&out.stdout)
+}
+
 #[test]
 fn exec_own_timeout_stops_the_whole_group() {
-    let mut input = sh("echo $$; sleep 100 & sleep 100; wait");
-    input.timeout_ms = Some(300);
+    let mut input = sh("echo $$; echo ready; sleep 100 & sleep 100; wait");
+    input.timeout_ms = Some(SHELL_START_TIMEOUT_MS);
     let start = Instant::now();
     let out = exec(input);
     assert!(
-        start.elapsed() < Duration::from_secs(30),
+        start.elapsed() < Duration::from_secs(60),
         "took {:?}",
         start.elapsed()
     );
+    let pid = pid_of_ready_shell(&out);
     assert!(out.timed_out);
     assert_eq!(out.signal, Some(libc::SIGTERM));
     assert_eq!(out.code, None);
-    assert!(out.duration_ms >= 300, "duration {}", out.duration_ms);
-    assert_group_gone(first_line_pid(&out.stdout));
+    assert!(
+        out.duration_ms >= SHELL_START_TIMEOUT_MS,
+        "duration {}",
+        out.duration_ms
+    );
+    assert_group_gone(pid);
 }
 
 #[test]
 fn exec_escalates_to_sigkill_after_the_grace_period() {
     // An ignored SIGTERM is inherited by `sleep`, so only SIGKILL stops them.
-    let mut input = sh("trap '' TERM; echo $$; sleep 100 & sleep 100; wait");
-    input.timeout_ms = Some(200);
+    // `ready` comes after the trap: once it is printed, SIGTERM is ignored.
+    let mut input = sh("trap '' TERM; echo $$; echo ready; sleep 100 & sleep 100; wait");
+    input.timeout_ms = Some(SHELL_START_TIMEOUT_MS);
     input.kill_grace_ms = 200;
     let start = Instant::now();
     let out = exec(input);
+    let took = start.elapsed();
+    let pid = pid_of_ready_shell(&out);
     assert!(out.timed_out);
     assert_eq!(out.signal, Some(libc::SIGKILL));
     assert!(
-        start.elapsed() >= Duration::from_millis(400),
-        "took {:?}",
-        start.elapsed()
+        took >= Duration::from_millis(SHELL_START_TIMEOUT_MS + 200),
+        "took {took:?}"
     );
-    assert!(
-        start.elapsed() < Duration::from_secs(30),
-        "took {:?}",
-        start.elapsed()
-    );
-    assert_group_gone(first_line_pid(&out.stdout));
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    assert_group_gone(pid);
 }
 
 #[test]
@@ -322,7 +344,7 @@ fn exec_cancellation_kills_the_whole_group() {
         pidfile.to_string_lossy()
     );
     let start = Instant::now();
-    let err = run_detached(&Exec, sh(&script), Some(Duration::from_millis(1000)))
+    let err = run_detached(&Exec, sh(&script), Some(Duration::from_secs(3)))
         .expect_err("must be cancelled");
     assert!(err.is_cancelled(), "{err:?}");
     assert!(

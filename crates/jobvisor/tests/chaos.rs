@@ -507,14 +507,24 @@ struct Shared {
     worker_kills: AtomicU64,
     sigstops: AtomicU64,
     sigstop_resumed: AtomicBool,
-    /// Every worker SIGKILL we sent: (pid, unix ms).
-    kills: Mutex<Vec<(u32, u64)>>,
+    /// Every worker SIGKILL we sent.
+    kills: Mutex<Vec<Kill>>,
     /// The driver is inside a submit request (some daemon kills aim at that).
     submitting: AtomicBool,
     /// Daemon kills that landed while a submit was in flight.
     kills_mid_submit: AtomicUsize,
     orphans: AtomicUsize,
     problems: Mutex<Vec<String>>,
+}
+
+/// A worker SIGKILL we sent: the clock (unix ms) read just before and just
+/// after `kill(2)`, so the kill happened within `[before_ms, after_ms]`
+/// however long the killer was descheduled around it.
+#[derive(Debug, Clone, Copy)]
+struct Kill {
+    pid: u32,
+    before_ms: u64,
+    after_ms: u64,
 }
 
 fn relock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -930,9 +940,18 @@ fn worker_killer(shared: &Shared, cfg: &ChaosConfig) {
                 }
             }
             let w = candidates[rng.below(candidates.len() as u64) as usize];
-            if has_marker(w.pid as i32, &shared.env.marker) && signal(w.pid as i32, libc::SIGKILL) {
-                shared.worker_kills.fetch_add(1, Ordering::Relaxed);
-                relock(&shared.kills).push((w.pid, unix_ms()));
+            if has_marker(w.pid as i32, &shared.env.marker) {
+                let before_ms = unix_ms();
+                let sent = signal(w.pid as i32, libc::SIGKILL);
+                let after_ms = unix_ms();
+                if sent {
+                    shared.worker_kills.fetch_add(1, Ordering::Relaxed);
+                    relock(&shared.kills).push(Kill {
+                        pid: w.pid,
+                        before_ms,
+                        after_ms,
+                    });
+                }
             }
         }
         if let Some((pid, _, _)) = stopped {
@@ -1151,18 +1170,28 @@ fn check_records(
     ids: &[u64],
     records: &HashMap<u64, JobRecord>,
     digest: Option<&str>,
-    kills: &[(u32, u64)],
+    kills: &[Kill],
 ) -> (Figures, Vec<String>, Vec<u32>) {
-    let mut by_pid: HashMap<u32, Vec<u64>> = HashMap::new();
-    for (pid, at) in kills {
-        by_pid.entry(*pid).or_default().push(*at);
+    let mut by_pid: HashMap<u32, Vec<Kill>> = HashMap::new();
+    for k in kills {
+        by_pid.entry(k.pid).or_default().push(*k);
     }
     // Did we SIGKILL this worker while the attempt was open? (pids are
-    // recycled over a long run, hence the time window.)
+    // recycled over a long run, hence the time window.) The kill happened
+    // within [before_ms, after_ms]; the daemon stamps the attempt's end
+    // (finished_ms, same clock) after it saw the worker die, so a kill that
+    // ended it has before_ms <= finished_ms exactly. Its start (started_ms)
+    // is stamped when the call is handed to the pool, which can be a moment
+    // after the kill when the daemon has not noticed the death yet:
+    // KILL_NOTICE_SLACK_MS of that is allowed. A crash charged to an attempt
+    // that ended before the kill, or began later than that after it, is not
+    // ours.
+    const KILL_NOTICE_SLACK_MS: u64 = 50;
     let we_killed = |a: &jobvisor_client::Attempt| {
-        a.worker_pid.and_then(|p| by_pid.get(&p)).is_some_and(|ts| {
-            let end = a.finished_ms.unwrap_or(u64::MAX).saturating_add(50);
-            ts.iter().any(|t| *t + 50 >= a.started_ms && *t <= end)
+        a.worker_pid.and_then(|p| by_pid.get(&p)).is_some_and(|ks| {
+            let end = a.finished_ms.unwrap_or(u64::MAX);
+            ks.iter()
+                .any(|k| k.before_ms <= end && k.after_ms + KILL_NOTICE_SLACK_MS >= a.started_ms)
         })
     };
     let mut misattributed: Vec<u32> = Vec::new();
@@ -1543,7 +1572,7 @@ fn run_chaos(cfg: ChaosConfig) -> ChaosReport {
         dir.join("worker-kills.txt"),
         kills
             .iter()
-            .map(|(pid, ms)| format!("{ms} SIGKILL worker {pid}\n"))
+            .map(|k| format!("{}..{} SIGKILL worker {}\n", k.before_ms, k.after_ms, k.pid))
             .collect::<String>(),
     );
     let (f, record_problems, misattributed) = check_records(

@@ -58,10 +58,12 @@ enum Silent {
 }
 
 /// Connects and reads the daemon's hello; sends `prefix` (nothing, or the
-/// start of a hello) and then goes silent.
+/// start of a hello) and then goes silent. The `Instant` of a holding
+/// connection is taken just before `connect`: the daemon cannot have started
+/// its handshake timer for the connection any earlier.
 async fn silent(socket: &Path, prefix: &[u8]) -> Silent {
-    let mut s = UnixStream::connect(socket).await.expect("connect");
     let opened = Instant::now();
+    let mut s = UnixStream::connect(socket).await.expect("connect");
     s.write_all(prefix).await.expect("write prefix");
     // The daemon writes its hello in one write; a refusal writes the hello and
     // the error frame in one write. So one read tells them apart.
@@ -129,12 +131,26 @@ async fn ping_eventually(socket: &Path, within: Duration) -> (Client, Duration) 
 /// usable again: with `max_connections = 2`, two silent clients fill the
 /// daemon, a third is told "too many connections", and once the silent ones
 /// are dropped by the timeout a new client can ping.
+///
+/// The configured timeout (2 s) must outlast the set-up (two silent clients
+/// connected, then a third client's connect, hello and ping), or the first
+/// silent client is dropped before the third one asks and the third one gets
+/// a session: it is long enough for a loaded machine. It stays well below
+/// the default (5 s), so the disconnections tell which one fired: each one
+/// comes at least 2 s after its connect began (not before the configured
+/// timeout) and less than 5 s after (the default timer could not have fired
+/// yet).
 #[test]
 fn silent_clients_are_dropped_after_the_handshake_timeout_and_free_their_slots() {
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(2000);
+    const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(5000);
     let cfgdir = tempfile::tempdir().unwrap();
     let cfg = config(
         &cfgdir,
-        "[limits]\nhandshake_timeout_ms = 300\nmax_connections = 2\n",
+        &format!(
+            "[limits]\nhandshake_timeout_ms = {}\nmax_connections = 2\n",
+            HANDSHAKE_TIMEOUT.as_millis()
+        ),
     );
     let d = Daemon::start(&["--config", &cfg]);
     rt().block_on(async {
@@ -145,27 +161,36 @@ fn silent_clients_are_dropped_after_the_handshake_timeout_and_free_their_slots()
 
         // Both slots are taken: a third client is refused, with the reason.
         let mut third = Client::connect(&d.socket).await.expect("connect");
-        let e = third.ping().await.expect_err("the cap is full");
+        let e = third.ping().await.expect_err(
+            "the cap is full (unless the first silent client was already dropped: \
+             the set-up took longer than the handshake timeout)",
+        );
         assert!(is_too_many(&e), "{e}");
         assert!(e.to_string().contains("limits.max_connections = 2"), "{e}");
         drop(third);
 
-        // Each silent connection reaches EOF. The bound is well below the
-        // default timeout (5 s), so it is the configured 300 ms that fired.
+        // Each silent connection reaches EOF, after the configured timeout
+        // and before the default one could have fired. The read's own
+        // timeout only bounds a hang.
         for (name, s, opened) in [
             ("silent", &mut a, a_opened),
             ("half hello", &mut b, b_opened),
         ] {
             let mut rest = Vec::new();
-            let n = tokio::time::timeout(Duration::from_millis(4500), s.read_to_end(&mut rest))
+            let n = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut rest))
                 .await
-                .unwrap_or_else(|_| panic!("{name}: not disconnected within 4.5 s"))
+                .unwrap_or_else(|_| panic!("{name}: not disconnected within 30 s"))
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(n, 0, "{name}: nothing but EOF after the hello: {rest:?}");
             let after = opened.elapsed();
             assert!(
-                after >= Duration::from_millis(290),
+                after >= HANDSHAKE_TIMEOUT,
                 "{name}: disconnected after {after:?}, before the handshake timeout"
+            );
+            assert!(
+                after < DEFAULT_HANDSHAKE_TIMEOUT,
+                "{name}: disconnected after {after:?}: not by the configured \
+                 {HANDSHAKE_TIMEOUT:?} (the default is {DEFAULT_HANDSHAKE_TIMEOUT:?})"
             );
         }
         drop((a, b));
@@ -541,21 +566,73 @@ fn assert_full(e: &ClientError) {
     }
 }
 
+/// A gate for jobs: a FIFO, held open for reading and writing by the test, so
+/// that a job reading a line from it (see [`Gate::spec`]) waits until
+/// [`Gate::open`], whenever the job opened it (opening it never blocks, the
+/// test's end being there; the line waits in the pipe until it is read).
+struct Gate {
+    path: PathBuf,
+    fifo: std::fs::File,
+    _dir: tempfile::TempDir,
+}
+
+impl Gate {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("gate");
+        let c = CString::new(path.as_os_str().as_bytes()).expect("no NUL");
+        // SAFETY: mkfifo(3) with a valid C string.
+        let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+        assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+        // Read and write: on Linux this neither blocks nor lets the pipe
+        // go away (and drop a line written to it) before the job reads it.
+        let fifo = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open the gate");
+        Self {
+            path,
+            fifo,
+            _dir: dir,
+        }
+    }
+
+    /// An `exec` job that succeeds once the gate is open.
+    fn spec(&self) -> JobSpec {
+        let argv = [
+            "sh",
+            "-c",
+            r#"read -r line < "$1""#,
+            "gate",
+            self.path.to_str().expect("a UTF-8 path"),
+        ];
+        json_spec("exec", &serde_json::json!({ "argv": argv }).to_string())
+    }
+
+    fn open(&mut self) {
+        self.fifo.write_all(b"go\n").expect("open the gate");
+    }
+}
+
 /// The state directory is a 2 MiB tmpfs. With the disk full, a submit fails
 /// with a clear storage error (the CLI exits 7 and says "full"), nothing of it
 /// is stored, every job acknowledged before is still there and the daemon
 /// answers; once space is freed, submits succeed again and every
 /// acknowledged job finishes.
 ///
-/// The jobs acknowledged before the fill either finished before it or are
-/// delayed until after the disk is freed: a job whose attempt *ends* while
-/// the disk is full is the subject of the next (ignored) test.
+/// The jobs acknowledged before the fill either finished before it, or are
+/// held until the disk is freed: a gate job, running (its start committed)
+/// before the fill, waits for the test to open its gate after the space is
+/// freed, and the held jobs run `after` it. So no attempt ends while the disk
+/// is full (that is the subject of the next test), however long the full
+/// disk part takes.
 #[test]
 fn a_full_disk_refuses_submits_clearly_loses_nothing_and_recovers() {
-    const DELAY_MS: u64 = 3000;
     let Some(d) = daemon_on_small_fs(&[]) else {
         return;
     };
+    let mut gate = Gate::new();
     rt().block_on(async {
         let mut c = d.client().await;
         let done: Vec<u64> = c
@@ -573,15 +650,32 @@ fn a_full_disk_refuses_submits_clearly_loses_nothing_and_recovers() {
             recs.iter().all(|r| r.state == JobState::Succeeded),
             "{recs:?}"
         );
-        let mut delayed: Vec<JobSpec> = (0..5).map(|i| json_spec("noop", &i.to_string())).collect();
-        for s in &mut delayed {
-            s.delay_ms = Some(DELAY_MS);
-        }
-        let acked_at = Instant::now();
-        let delayed: Vec<u64> = c
-            .submit(delayed)
+        let gate_id = c
+            .submit(vec![gate.spec()])
             .await
-            .expect("delayed submit before the fill")
+            .expect("submit the gate job")[0]
+            .id;
+        // Running, its attempt start committed: nothing of it to write until it ends.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = c.status(gate_id).await.expect("status of the gate job");
+            if r.state == JobState::Running && !r.attempts.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline && !r.state.is_terminal(),
+                "the gate job is not running: {r:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut held: Vec<JobSpec> = (0..5).map(|i| json_spec("noop", &i.to_string())).collect();
+        for s in &mut held {
+            s.after = vec![gate_id];
+        }
+        let held: Vec<u64> = c
+            .submit(held)
+            .await
+            .expect("held submit before the fill")
             .iter()
             .map(|s| s.id)
             .collect();
@@ -615,22 +709,21 @@ fn a_full_disk_refuses_submits_clearly_loses_nothing_and_recovers() {
             .expect("list with a full disk");
         let mut ids: Vec<u64> = all.iter().map(|r| r.id).collect();
         ids.sort_unstable();
-        let mut acked: Vec<u64> = done.iter().chain(&delayed).copied().collect();
+        let mut acked: Vec<u64> = done.iter().chain(&held).copied().collect();
+        acked.push(gate_id);
         acked.sort_unstable();
         assert_eq!(ids, acked, "the refused submits stored nothing");
-        for id in &delayed {
+        let r = c.status(gate_id).await.expect("status with a full disk");
+        assert_eq!(r.state, JobState::Running, "{r:?}");
+        for id in &held {
             let r = c.status(*id).await.expect("status with a full disk");
             assert_eq!(r.state, JobState::Queued, "{r:?}");
         }
         c.stats().await.expect("stats with a full disk");
 
-        // Recovery: free the space, submit again.
+        // Recovery: free the space, let the held jobs go, submit again.
         std::fs::remove_file(&filler).unwrap();
-        let full_for = acked_at.elapsed();
-        assert!(
-            full_for < Duration::from_millis(DELAY_MS),
-            "the disk stayed full for {full_for:?}: the delayed jobs may have run meanwhile"
-        );
+        gate.open();
         let after: Vec<u64> = c
             .submit((0..3).map(|i| json_spec("noop", &i.to_string())).collect())
             .await

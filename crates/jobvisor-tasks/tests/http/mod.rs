@@ -195,19 +195,35 @@ fn http_save_to_without_content_length_stops_at_the_limit() {
 #[test]
 fn http_cancelled_download_leaves_no_temp_file() {
     // Headers and part of the body arrive, then nothing: the call is
-    // cancelled (its future dropped) while the temp file is being written.
+    // cancelled (its future dropped) at its deadline while the temp file is
+    // being written. The deadline runs from the start of the call, so it
+    // covers building the runtime and the HTTP client, connecting, and
+    // writing what arrives: generous, for a loaded machine. Before it passes
+    // the test sees the request reach the server and the temp file appear.
+    const DEADLINE: Duration = Duration::from_secs(5);
     let server = Server::start(|_| Reply::new(200, vec![1u8; 100_000]).stalled());
     let dir = tempfile::tempdir().expect("tempdir");
     let dst = dir.path().join("out");
     let mut input = HttpInput::new(server.url("/slow"));
     input.save_to = Some(dst);
-    let res = run_detached_async(&Http, input, Some(Duration::from_millis(500)));
-    match res {
+    let call = std::thread::spawn(move || run_detached_async(&Http, input, Some(DEADLINE)));
+    // The request did reach the server, so the download had started.
+    assert_eq!(server.received().target, "/slow");
+    // And its temp file is there (until the call is cancelled).
+    let until = Instant::now() + Duration::from_secs(30);
+    while entries(dir.path()).is_empty() {
+        assert!(
+            !call.is_finished(),
+            "the call ended before its temp file was seen: {:?}",
+            call.join()
+        );
+        assert!(Instant::now() < until, "no temp file within 30 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    match call.join().expect("the call's thread") {
         Err(e) => assert!(e.is_cancelled(), "{e:?}"),
         Ok(out) => panic!("not cancelled: {out:?}"),
     }
-    // The request did reach the server, so the download had started.
-    assert_eq!(server.received().target, "/slow");
     assert!(entries(dir.path()).is_empty(), "{:?}", entries(dir.path()));
 }
 
