@@ -7,6 +7,11 @@
 //! the call it is about to run (and 0 once it is done) in this page — an
 //! atomic store, no syscall — and the supervisor reads it after the death:
 //! that call is charged; the others were not running and go back to the queue.
+//!
+//! Slots (one `u64` each): 0, the running CPU call; 1, the async call being
+//! polled; 2, which thread aborted (written by a `SIGABRT` handler); 3, the
+//! running CPU call's soft deadline, so that the supervisor's grace runs from
+//! the worker's own deadline, not from when it sent the call.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
