@@ -8,6 +8,9 @@ use jobvisor_pool::StartMethod;
 use jobvisor_proto::control::JobState;
 use serde::Deserialize;
 
+/// Largest `pool.cancel_grace_ms` / `pool.term_grace_ms`.
+const MAX_GRACE_MS: u64 = 3_600_000;
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
@@ -110,6 +113,11 @@ pub struct PoolSettings {
     /// do not take CPU slots: a worker runs one CPU task and up to this many
     /// I/O tasks at the same time.
     pub io_concurrency_per_worker: usize,
+    /// After a job's timeout (or cancel, or stall), how long its task gets to
+    /// stop by itself before its worker's process group gets SIGTERM (ms).
+    pub cancel_grace_ms: u64,
+    /// After that SIGTERM, how long before SIGKILL (ms).
+    pub term_grace_ms: u64,
 }
 
 impl Default for PoolSettings {
@@ -123,6 +131,8 @@ impl Default for PoolSettings {
             restart_backoff_max_ms: 30_000,
             healthy_after_ms: 30_000,
             io_concurrency_per_worker: 256,
+            cancel_grace_ms: 100,
+            term_grace_ms: 1000,
         }
     }
 }
@@ -334,6 +344,11 @@ impl Config {
         }
         if self.jobs.backoff_base_ms > self.jobs.backoff_max_ms {
             return bad("jobs.backoff_base_ms must not exceed jobs.backoff_max_ms");
+        }
+        if self.pool.cancel_grace_ms > MAX_GRACE_MS || self.pool.term_grace_ms > MAX_GRACE_MS {
+            return bad(
+                "pool.cancel_grace_ms and pool.term_grace_ms must be at most 3600000 (1 h)",
+            );
         }
         self.validate_notify()
     }

@@ -28,7 +28,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobvisor_pool::{Pool, PoolEvent};
+use jobvisor_pool::{Pool, PoolBuilder, PoolEvent};
 use jobvisor_proto::control::{Event, EventKind};
 use jobvisor_store::{SqliteStore, StoreHandle};
 use jobvisor_worker::Registry;
@@ -97,27 +97,16 @@ pub struct Options {
 /// remove the socket.
 ///
 /// # Errors
-/// [`DaemonError`] for start-up failures.
-pub async fn run(opts: Options) -> Result<(), DaemonError> {
-    let cfg = opts.config;
-    cfg.validate()?;
-    let state_dir = cfg.state_dir();
-    server::create_private_dir(&state_dir).map_err(io(format!(
-        "cannot create state directory {}",
-        state_dir.display()
-    )))?;
-    let _lock = lock(&state_dir)?;
-
-    let store = SqliteStore::open(&state_dir.join("jobs.db"))?;
-    let store = StoreHandle::spawn(store).map_err(io("cannot start the store thread"))?;
-
-    let workers = cfg.worker_count();
+/// The worker pool `cfg` asks for.
+fn pool_builder(cfg: &Config) -> Result<PoolBuilder, DaemonError> {
     let p = &cfg.pool;
     let mut builder = Pool::builder()
-        .workers(workers)
+        .workers(cfg.worker_count())
         .start_method(cfg.start_method()?)
         .max_frame_bytes(cfg.limits.max_input_bytes.max(cfg.limits.max_output_bytes) + 64 * 1024)
         .io_concurrency_per_worker(p.io_concurrency_per_worker.clamp(1, 100_000))
+        .cancel_grace(Duration::from_millis(p.cancel_grace_ms))
+        .term_grace(Duration::from_millis(p.term_grace_ms))
         .restart_intensity(p.max_restarts, Duration::from_millis(p.restart_window_ms))
         .restart_backoff(
             Duration::from_millis(p.restart_backoff_ms),
@@ -134,7 +123,25 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     if p.memory_soft_limit_bytes > 0 {
         builder = builder.memory_soft_limit_bytes(p.memory_soft_limit_bytes);
     }
-    let pool = builder.build().await?;
+    Ok(builder)
+}
+
+/// [`DaemonError`] for start-up failures.
+pub async fn run(opts: Options) -> Result<(), DaemonError> {
+    let cfg = opts.config;
+    cfg.validate()?;
+    let state_dir = cfg.state_dir();
+    server::create_private_dir(&state_dir).map_err(io(format!(
+        "cannot create state directory {}",
+        state_dir.display()
+    )))?;
+    let _lock = lock(&state_dir)?;
+
+    let store = SqliteStore::open(&state_dir.join("jobs.db"))?;
+    let store = StoreHandle::spawn(store).map_err(io("cannot start the store thread"))?;
+
+    let workers = cfg.worker_count();
+    let pool = pool_builder(&cfg)?.build().await?;
     let counters = Arc::new(Counters::default());
     let (events_tx, _) = tokio::sync::broadcast::channel::<Event>(4096);
     {
@@ -347,4 +354,25 @@ fn lock(state_dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>,
     let _ = locked.set_len(0);
     let _ = writeln!(locked, "{}", std::process::id());
     Ok(locked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_gets_the_configured_grace_periods() {
+        let mut cfg = Config::default();
+        let defaults = pool_builder(&cfg).unwrap().current().clone();
+        assert_eq!(defaults.cancel_grace, Duration::from_millis(100));
+        assert_eq!(defaults.term_grace, Duration::from_secs(1));
+        cfg.pool.cancel_grace_ms = 2_500;
+        cfg.pool.term_grace_ms = 7_000;
+        let p = pool_builder(&cfg).unwrap().current().clone();
+        assert_eq!(p.cancel_grace, Duration::from_millis(2_500));
+        assert_eq!(p.term_grace, Duration::from_secs(7));
+        cfg.pool.term_grace_ms = 3_600_001;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("pool.term_grace_ms"), "{e}");
+    }
 }

@@ -233,6 +233,10 @@ impl PoolBuilder {
         self.cfg = cfg;
         self
     }
+    /// The configuration built so far.
+    pub fn current(&self) -> &PoolConfig {
+        &self.cfg
+    }
 
     /// Starts the workers and waits until all of them are ready.
     ///
