@@ -87,16 +87,6 @@ pub struct Options {
     pub registry: Registry,
 }
 
-/// Runs the daemon until SIGTERM/SIGINT or a `shutdown` request; returns
-/// after draining and persisting.
-///
-/// Shutdown order: stop accepting connections and submits; let running
-/// attempts finish for up to `jobs.drain_grace_ms` (a second SIGINT skips the
-/// wait); stop the pool (attempts still running are recorded `lost` and their
-/// jobs re-queued for the next start); wait for every store write to commit;
-/// remove the socket.
-///
-/// # Errors
 /// The worker pool `cfg` asks for.
 fn pool_builder(cfg: &Config) -> Result<PoolBuilder, DaemonError> {
     let p = &cfg.pool;
@@ -126,6 +116,16 @@ fn pool_builder(cfg: &Config) -> Result<PoolBuilder, DaemonError> {
     Ok(builder)
 }
 
+/// Runs the daemon until SIGTERM/SIGINT or a `shutdown` request; returns
+/// after draining and persisting.
+///
+/// Shutdown order: stop accepting connections and submits; let running
+/// attempts finish for up to `jobs.drain_grace_ms` (a second SIGINT skips the
+/// wait); stop the pool (attempts still running are recorded `lost` and their
+/// jobs re-queued for the next start); wait for every store write to commit;
+/// remove the socket.
+///
+/// # Errors
 /// [`DaemonError`] for start-up failures.
 pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let cfg = opts.config;

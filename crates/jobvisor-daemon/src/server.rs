@@ -349,9 +349,11 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
         Request::Workers => {
             let workers = ctx.pool.workers().await;
             let calls: Vec<u64> = workers.iter().filter_map(|w| w.running).collect();
-            let Some(jobs) = ask(ctx, |reply| SchedCmd::JobsOfCalls { calls, reply }).await else {
-                return gone();
-            };
+            let n = calls.len();
+            // The workers are worth showing even without their jobs.
+            let jobs = ask(ctx, |reply| SchedCmd::JobsOfCalls { calls, reply })
+                .await
+                .unwrap_or_else(|| vec![None; n]);
             let mut jobs = jobs.into_iter();
             Response::Workers(
                 workers

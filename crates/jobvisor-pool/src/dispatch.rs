@@ -447,8 +447,11 @@ impl Dispatcher {
                         state: w.state,
                         in_flight: w.inflight.len() + w.io.len(),
                         calls_done: w.calls_done,
-                        running: Some(w.beacon.get())
-                            .filter(|&id| id != 0 && w.inflight.iter().any(|f| f.id == id)),
+                        running: Some(w.beacon.get()).filter(|&id| {
+                            id != 0
+                                && w.state != WorkerState::Dead
+                                && w.inflight.iter().any(|f| f.id == id)
+                        }),
                     })
                     .collect();
                 list.sort_by_key(|w| w.id);
@@ -766,11 +769,19 @@ impl Dispatcher {
             let writer = w.writer.take();
             let internal = self.internal_tx.clone();
             tokio::spawn(async move {
-                if let Some(writer) = writer {
-                    let _ = tokio::time::timeout(LOG_EOF_WAIT, writer).await;
+                let deadline = tokio::time::Instant::now() + LOG_EOF_WAIT;
+                if let Some(mut writer) = writer {
+                    // A write blocked on a pipe a stray grandchild still
+                    // holds would never end: abort it, closing the pipe.
+                    if tokio::time::timeout_at(deadline, &mut writer)
+                        .await
+                        .is_err()
+                    {
+                        writer.abort();
+                    }
                 }
                 if let Some(eof) = eof {
-                    let _ = tokio::time::timeout(LOG_EOF_WAIT, eof).await;
+                    let _ = tokio::time::timeout_at(deadline, eof).await;
                 }
                 let _ = internal.send(Internal::Reaped { id });
             });
@@ -809,7 +820,7 @@ impl Dispatcher {
                 w.state_before_death,
                 WorkerState::Stopping | WorkerState::Retiring
             )
-            || w.esc.is_some()
+            || w.esc.is_some_and(|e| e.stage != Stage::Soft)
             || w.io
                 .values()
                 .any(|f| f.esc.is_some_and(|e| e.stage != Stage::Soft));
@@ -833,7 +844,12 @@ impl Dispatcher {
             if killing {
                 return PoolError::Closed;
             }
-            if let Some(esc) = esc.filter(|e| e.call == f.id) {
+            // Our own signal stopped it (or the caller cancelled it): say
+            // so. A death during the soft stage, before we signalled, is the
+            // worker's own (a crash, the OOM killer): reported as one.
+            if let Some(esc) = esc.filter(|e| {
+                e.call == f.id && (e.stage != Stage::Soft || e.reason == Reason::Cancel)
+            }) {
                 return escalation_error(f, esc, &status);
             }
             let tail: Vec<String> = w
@@ -1219,7 +1235,7 @@ impl Dispatcher {
                         // calls, and a CPU task that never looks at its ctx
                         // delays that). Killing would fail the CPU call for
                         // nothing: wait a while longer.
-                        e.until = now + self.cfg.cancel_grace;
+                        e.until = now + recheck(&self.cfg);
                         f.esc = Some(e);
                     }
                     Some(mut e) if now >= e.until && e.stage != Stage::Kill => {
@@ -1490,6 +1506,12 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// that ignores its ctx, a machine too loaded to schedule the worker.
 const PATIENCE: Duration = Duration::from_secs(10);
 
+/// How often a call waited for with [`patience`] is looked at again: every
+/// `cancel_grace`, but not in a busy loop when that is zero.
+fn recheck(cfg: &PoolConfig) -> Duration {
+    cfg.cancel_grace.max(Duration::from_millis(10))
+}
+
 /// [`PATIENCE`], or a whole escalation when that is longer.
 fn patience(cfg: &PoolConfig) -> Duration {
     PATIENCE.max(cfg.cancel_grace + cfg.term_grace)
@@ -1542,7 +1564,7 @@ fn cpu_soft_extension(
         return None;
     }
     if w.beacon.get() != e.call {
-        return (now < e.began + patience(cfg)).then(|| now + cfg.cancel_grace);
+        return (now < e.began + patience(cfg)).then(|| now + recheck(cfg));
     }
     let theirs = w.beacon.cpu_deadline()?;
     let ours = jobvisor_worker::monotonic_us();

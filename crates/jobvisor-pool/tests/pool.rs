@@ -650,6 +650,41 @@ async fn infinite_loop_hits_timeout_and_worker_is_replaced(method: StartMethod) 
     assert_no_zombies().await;
 }
 
+/// Waits until a worker's beacon shows call `id` running; its pid.
+async fn running_on(pool: &Pool, id: u64) -> u32 {
+    loop {
+        if let Some(w) = pool.workers().await.iter().find(|w| w.running == Some(id)) {
+            return w.pid;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn a_crash_past_the_deadline_is_a_crash_not_a_timeout(method: StartMethod) {
+    let pool = patient_pool(method).await;
+    let opts = CallOptions {
+        timeout: Some(Duration::from_millis(100)),
+        ..CallOptions::default()
+    };
+    // Past its deadline, ignoring it: the pool waits out the grace (5 s)
+    // before it signals anything.
+    let h = pool.submit_with::<Forever>(&false, opts).await.unwrap();
+    let pid = running_on(&pool, h.id()).await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Then the worker dies of something else (here: an outside SIGKILL, as
+    // from the OOM killer): the call reports that death, not a timeout.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let (died_pid, status) = died(h.await);
+    assert_eq!((died_pid, status.signal), (pid, Some(libc::SIGKILL)));
+    assert_eq!(pool.health().deaths, 1, "counted as a death");
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
 async fn a_timeout_counts_from_when_the_worker_starts_the_call(method: StartMethod) {
     let pool = quick_kill_pool(method).await;
     let pid = pool.apply::<Pid>(&()).await.unwrap();
@@ -1691,6 +1726,7 @@ fn main() -> ExitCode {
         panic_and_error_keep_the_worker,
         infinite_loop_hits_timeout_and_worker_is_replaced,
         a_timeout_counts_from_when_the_worker_starts_the_call,
+        a_crash_past_the_deadline_is_a_crash_not_a_timeout,
         stdout_noise_does_not_corrupt_the_protocol,
         thousand_restarts_leak_no_fds,
         bad_input_fails_only_that_call,

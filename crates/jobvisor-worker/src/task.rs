@@ -222,7 +222,7 @@ impl<'a> Ctx<'a> {
     /// like [`Ctx::is_cancelled`]. Rate-limited: at most one frame per
     /// 100 ms, or per quarter of the call's stall timeout when that is
     /// shorter (5 ms at least), so calling it more often than the stall
-    /// timeout is always enough.
+    /// timeout is enough for any stall timeout of 20 ms or more.
     pub fn heartbeat(&mut self) -> bool {
         if self.report_due() {
             let _ = self.link.send_heartbeat(self.id);
