@@ -685,6 +685,36 @@ async fn a_crash_past_the_deadline_is_a_crash_not_a_timeout(method: StartMethod)
     assert_no_zombies().await;
 }
 
+async fn a_hung_call_queued_behind_a_finished_one_still_times_out(method: StartMethod) {
+    let pool = quick_kill_pool(method).await;
+    let opts = CallOptions {
+        timeout: Some(Duration::from_millis(300)),
+        ..CallOptions::default()
+    };
+    // While a spin holds the worker, a quick call and a hung one with a
+    // timeout queue up behind it in the worker: it runs them back to back.
+    let spin = pool.submit::<Spin>(&SpinInput { ms: 300 }).await.unwrap();
+    let quick = pool.submit::<Noop>(&5).await.unwrap();
+    let hung = pool.submit_with::<Forever>(&false, opts).await.unwrap();
+    spin.await.unwrap();
+    // The quick call's answer is not held back for the hung call's whole
+    // run (for ever: it never looks at its ctx, the worker never flushes)...
+    let r = tokio::time::timeout(Duration::from_secs(30), quick)
+        .await
+        .expect("the finished call is answered while the next one hangs");
+    assert_eq!(r.unwrap(), 5);
+    // ... and the hung call's deadline is watched: it is killed at it.
+    let r = tokio::time::timeout(Duration::from_secs(30), hung)
+        .await
+        .expect("the hung call's timeout is enforced");
+    assert!(
+        matches!(&r, Err(PoolError::TimedOut { how, .. }) if how.contains("SIGTERM")),
+        "{r:?}"
+    );
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
 async fn a_timeout_counts_from_when_the_worker_starts_the_call(method: StartMethod) {
     let pool = quick_kill_pool(method).await;
     let pid = pool.apply::<Pid>(&()).await.unwrap();
@@ -1727,6 +1757,7 @@ fn main() -> ExitCode {
         infinite_loop_hits_timeout_and_worker_is_replaced,
         a_timeout_counts_from_when_the_worker_starts_the_call,
         a_crash_past_the_deadline_is_a_crash_not_a_timeout,
+        a_hung_call_queued_behind_a_finished_one_still_times_out,
         stdout_noise_does_not_corrupt_the_protocol,
         thousand_restarts_leak_no_fds,
         bad_input_fails_only_that_call,

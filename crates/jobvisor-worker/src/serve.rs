@@ -154,11 +154,15 @@ fn cpu_loop(
     let mut pending: VecDeque<Call> = VecDeque::new();
     let mut shutdown = false;
     let mut since_flush = 0usize;
+    // A reply of a call with a timeout or stall timeout is waiting in the
+    // buffer (see below).
+    let mut timed_reply_buffered = false;
     let mut last_ingest = Instant::now();
     loop {
         if pending.is_empty() {
             link.flush()?;
             since_flush = 0;
+            timed_reply_buffered = false;
             if shutdown {
                 return Ok(Exit::Finished);
             }
@@ -179,6 +183,18 @@ fn cpu_loop(
         let Some(call) = pending.pop_front() else {
             continue;
         };
+        // The supervisor times a call from when the reply of the one before
+        // reaches it. A task that never looks at its ctx keeps the replies
+        // buffered before it for its whole run: send them first when a
+        // timeout depends on them (this call's, or a buffered one's), so a
+        // finished call is not taken for a hung one, nor a hung call's
+        // deadline left unwatched. Untimed calls keep the batching.
+        let timed = call.timeout_ms.is_some() || call.stall_ms.is_some();
+        if since_flush > 0 && (timed || timed_reply_buffered) {
+            link.flush()?;
+            since_flush = 0;
+            timed_reply_buffered = false;
+        }
         if let Some(b) = beacon {
             let deadline_us = call.timeout_ms.map_or(0, |ms| {
                 crate::beacon::monotonic_us().saturating_add(ms.saturating_mul(1000))
@@ -239,6 +255,7 @@ fn cpu_loop(
             size,
         )?;
         since_flush += 1;
+        timed_reply_buffered |= timed;
         let now = Instant::now();
         if soft_limit > 0
             && (pending.is_empty() || now.duration_since(last_rss_check) >= RSS_CHECK_INTERVAL)
@@ -268,6 +285,7 @@ fn cpu_loop(
         if since_flush >= FLUSH_EVERY || now.duration_since(last_ingest) >= FLUSH_INTERVAL {
             link.flush()?;
             since_flush = 0;
+            timed_reply_buffered = false;
             if !link.fill_nonblocking()? {
                 return Ok(Exit::Gone);
             }
