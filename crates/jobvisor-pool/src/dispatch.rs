@@ -241,6 +241,11 @@ pub(crate) struct Dispatcher {
     workers: HashMap<u64, Worker>,
     by_pid: HashMap<u32, u64>,
     starting: usize,
+    /// Link closures and exits of workers still starting: a worker can die
+    /// between its handshake and `on_started`, and both events can come
+    /// first. Applied when it is registered; cleared when none is starting.
+    early_closed: HashMap<u64, Option<String>>,
+    early_exits: HashMap<u32, ExitStatus>,
     next_worker_id: u64,
     /// Recent unexpected worker deaths (crashes, failed starts).
     deaths: VecDeque<Instant>,
@@ -289,6 +294,8 @@ impl Dispatcher {
             workers: HashMap::new(),
             by_pid: HashMap::new(),
             starting: 0,
+            early_closed: HashMap::new(),
+            early_exits: HashMap::new(),
             next_worker_id: 1,
             deaths: VecDeque::new(),
             restart_delay: Duration::ZERO,
@@ -602,6 +609,14 @@ impl Dispatcher {
 
     fn on_started(&mut self, id: u64, result: std::io::Result<WorkerConn>) {
         self.starting -= 1;
+        let pid = result.as_ref().map_or(0, |c| c.proc.pid);
+        let early_closed = self.early_closed.remove(&id);
+        let early_exit = self.early_exits.remove(&pid);
+        if self.starting == 0 {
+            // Whatever is left belongs to no worker that can still register.
+            self.early_closed.clear();
+            self.early_exits.clear();
+        }
         let conn = match result {
             Ok(c) => c,
             Err(e) => {
@@ -663,6 +678,13 @@ impl Dispatcher {
             pid,
             at: Instant::now(),
         });
+        // It died before it was registered: its events, in their order.
+        if let Some(error) = early_closed {
+            self.on_link(LinkEvent::Closed { worker: id, error });
+        }
+        if let Some(status) = early_exit {
+            self.on_exit(pid, status);
+        }
         if self.killing() {
             if let Some(w) = self.workers.get(&id) {
                 let _ = w.proc.signal(libc::SIGKILL);
@@ -755,6 +777,9 @@ impl Dispatcher {
 
     fn on_exit(&mut self, pid: u32, status: ExitStatus) {
         let Some(&id) = self.by_pid.get(&pid) else {
+            if self.starting > 0 {
+                self.early_exits.insert(pid, status);
+            }
             return;
         };
         self.by_pid.remove(&pid);
@@ -1033,6 +1058,10 @@ impl Dispatcher {
                 }
             },
             LinkEvent::Closed { worker, error } => {
+                if !self.workers.contains_key(&worker) && self.starting > 0 {
+                    self.early_closed.insert(worker, error);
+                    return;
+                }
                 if let Some(w) = self.workers.get_mut(&worker) {
                     w.link_closed = true;
                     if w.reap_waiting {
