@@ -85,7 +85,7 @@ pub struct WorkerInfo {
     /// Calls it answered.
     pub calls_done: u64,
     /// The CPU call it is running right now, by its id
-    /// ([`CallHandle::id`]); `None` when its CPU thread is idle, or between
+    /// ([`TaskHandle::id`]); `None` when its CPU thread is idle, or between
     /// calls. Read from the worker's beacon: a call sent is not yet a call
     /// started.
     pub running: Option<u64>,
