@@ -8,6 +8,7 @@
 //! notifications cannot drift apart.
 
 use jobvisor_proto::control::{JobRecord, Payload};
+use jobvisor_proto::hex;
 use serde_json::{json, Value};
 
 /// A payload as JSON: the parsed value for JSON text (the text as a string if
@@ -37,15 +38,6 @@ pub fn record_json(r: &JobRecord) -> Result<Value, serde_json::Error> {
         );
     }
     Ok(v)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 #[cfg(test)]

@@ -28,3 +28,15 @@ pub mod worker;
 pub use codec::CodecError;
 pub use frame::{encode_frame, FrameBuf, FrameError, FRAME_HEADER_BYTES};
 pub use handshake::{HandshakeError, Hello, Role, HELLO_BYTES, PROTOCOL_VERSION, SCHEMA_HASH};
+
+/// `bytes` as lower-case hex, two digits a byte (digests, raw payloads shown
+/// in JSON or on a terminal).
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        // Writing to a String cannot fail.
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}

@@ -1,6 +1,6 @@
 //! `"hash"`: SHA-256 of a file.
 
-use std::fmt::Write as _;
+use jobvisor_proto::hex;
 use std::fs::File;
 
 use jobvisor_worker::{Ctx, Task, TaskError};
@@ -51,15 +51,6 @@ impl Task for Hash {
             bytes,
         })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        // Writing to a String cannot fail.
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ use jobvisor_daemon::json::payload_json;
 use jobvisor_proto::control::{
     AttemptOutcome, ErrorKind, JobRecord, JobSpec, JobState, Payload, Stats, Submitted, WorkerRow,
 };
+use jobvisor_proto::hex;
 use serde_json::{json, Value};
 
 /// Success.
@@ -1498,15 +1499,6 @@ fn truncate_chars(s: &str, max: usize) -> String {
     let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
     t.push('…');
     t
-}
-
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
 }
 
 /// `1500` → `1.5s`, `90000` → `1m30s`, `3723000` → `1h02m03s`.
