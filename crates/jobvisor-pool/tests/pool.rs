@@ -429,29 +429,36 @@ async fn pool(method: StartMethod, workers: usize) -> Pool {
         .expect("pool starts")
 }
 
+/// One worker, with the settings `knobs` adds.
+async fn one_worker_pool(
+    method: StartMethod,
+    knobs: impl FnOnce(jobvisor_pool::PoolBuilder) -> jobvisor_pool::PoolBuilder,
+) -> Pool {
+    knobs(Pool::builder().workers(1).start_method(method))
+        .build()
+        .await
+        .expect("pool starts")
+}
+
 /// One worker, with a grace before SIGTERM that a loaded machine cannot run
 /// out of: for tests of tasks that stop when told (a task that did not would
 /// still lose its worker, 5 s later).
 async fn patient_pool(method: StartMethod) -> Pool {
-    Pool::builder()
-        .workers(1)
-        .start_method(method)
-        .cancel_grace(Duration::from_secs(5))
-        .build()
-        .await
-        .unwrap()
+    one_worker_pool(method, |b| b.cancel_grace(Duration::from_secs(5))).await
 }
 
 /// One worker, with short grace periods before SIGTERM and SIGKILL.
 async fn quick_kill_pool(method: StartMethod) -> Pool {
-    Pool::builder()
-        .workers(1)
-        .start_method(method)
-        .cancel_grace(Duration::from_millis(50))
-        .term_grace(Duration::from_millis(200))
-        .build()
-        .await
-        .unwrap()
+    one_worker_pool(method, |b| {
+        b.cancel_grace(Duration::from_millis(50))
+            .term_grace(Duration::from_millis(200))
+    })
+    .await
+}
+
+/// One worker recycled once its resident set passes 64 MiB.
+async fn soft_limit_pool(method: StartMethod) -> Pool {
+    one_worker_pool(method, |b| b.memory_soft_limit_bytes(64 << 20)).await
 }
 
 async fn next_ready(events: &mut tokio::sync::broadcast::Receiver<PoolEvent>) -> u32 {
@@ -797,13 +804,7 @@ async fn thousand_restarts_leak_no_fds(method: StartMethod) {
 }
 
 async fn bad_input_fails_only_that_call(method: StartMethod) {
-    let pool = Pool::builder()
-        .workers(1)
-        .start_method(method)
-        .max_frame_bytes(64 * 1024)
-        .build()
-        .await
-        .unwrap();
+    let pool = one_worker_pool(method, |b| b.max_frame_bytes(64 * 1024)).await;
     let pid = pool.apply::<Pid>(&()).await.unwrap();
     match pool
         .submit_raw("no.such.task", vec![], CallOptions::default())
@@ -971,13 +972,7 @@ async fn resize_grows_and_shrinks_without_losing_calls(method: StartMethod) {
 }
 
 async fn memory_limit_fails_the_task_and_replaces_the_worker(method: StartMethod) {
-    let pool = Pool::builder()
-        .workers(1)
-        .start_method(method)
-        .memory_limit_bytes(1 << 30)
-        .build()
-        .await
-        .unwrap();
+    let pool = one_worker_pool(method, |b| b.memory_limit_bytes(1 << 30)).await;
     match pool.apply::<Hog>(&()).await {
         Err(e @ PoolError::WorkerDied { .. }) => {
             let PoolError::WorkerDied { ref cause, .. } = e else {
@@ -997,13 +992,7 @@ async fn memory_limit_fails_the_task_and_replaces_the_worker(method: StartMethod
 }
 
 async fn soft_memory_limit_recycles_between_calls(method: StartMethod) {
-    let pool = Pool::builder()
-        .workers(1)
-        .start_method(method)
-        .memory_soft_limit_bytes(64 << 20)
-        .build()
-        .await
-        .unwrap();
+    let pool = soft_limit_pool(method).await;
     let mut events = pool.events();
     // Queue a second call behind the one that leaks: it must not fail.
     let first = pool.submit::<Hold>(&128).await.unwrap();
@@ -1026,13 +1015,7 @@ async fn soft_memory_limit_recycles_between_calls(method: StartMethod) {
 }
 
 async fn soft_memory_limit_drains_a_worker_with_async_calls(method: StartMethod) {
-    let pool = Pool::builder()
-        .workers(1)
-        .start_method(method)
-        .memory_soft_limit_bytes(64 << 20)
-        .build()
-        .await
-        .unwrap();
+    let pool = soft_limit_pool(method).await;
     let mut events = pool.events();
     // Async calls beside the leak keep running: draining fails nothing.
     let (listener, port) = loopback().await;
@@ -1062,14 +1045,11 @@ async fn soft_memory_limit_drains_a_worker_with_async_calls(method: StartMethod)
 
 async fn stall_timeout_catches_a_stopped_worker(method: StartMethod) {
     let dir = tempfile::tempdir().unwrap();
-    let pool = Pool::builder()
-        .workers(1)
-        .start_method(method)
-        .cancel_grace(Duration::from_millis(100))
-        .term_grace(Duration::from_millis(100))
-        .build()
-        .await
-        .unwrap();
+    let pool = one_worker_pool(method, |b| {
+        b.cancel_grace(Duration::from_millis(100))
+            .term_grace(Duration::from_millis(100))
+    })
+    .await;
     let opts = CallOptions {
         stall_timeout: Some(Duration::from_millis(300)),
         ..CallOptions::default()
@@ -1115,13 +1095,10 @@ async fn stall_timeout_catches_a_stopped_worker(method: StartMethod) {
 async fn a_death_is_charged_to_the_call_that_caused_it(method: StartMethod) {
     // 50 deliberate crashes: lift the restart intensity, which would
     // otherwise (rightly) slow the restarts down.
-    let pool = Pool::builder()
-        .workers(1)
-        .start_method(method)
-        .restart_intensity(1000, Duration::from_secs(1))
-        .build()
-        .await
-        .unwrap();
+    let pool = one_worker_pool(method, |b| {
+        b.restart_intensity(1000, Duration::from_secs(1))
+    })
+    .await;
     let mut noops = Vec::new();
     let mut crashes = Vec::new();
     for i in 0..50u64 {
@@ -1387,13 +1364,7 @@ fn died<T: std::fmt::Debug>(r: Result<T, PoolError>) -> (u32, jobvisor_pool::Exi
 }
 
 async fn io_calls_run_together_beside_cpu_calls(method: StartMethod) {
-    let pool = Pool::builder()
-        .workers(1)
-        .start_method(method)
-        .io_concurrency_per_worker(64)
-        .build()
-        .await
-        .unwrap();
+    let pool = one_worker_pool(method, |b| b.io_concurrency_per_worker(64)).await;
     let (listener, port) = loopback().await;
     let mut calls = Vec::new();
     for _ in 0..50 {
@@ -1578,13 +1549,7 @@ async fn an_abort_on_the_event_loop_is_not_charged_to_the_cpu_call(method: Start
 }
 
 async fn cpu_calls_over_the_soft_limit_drain_a_worker_holding_async_calls(method: StartMethod) {
-    let pool = Pool::builder()
-        .workers(1)
-        .start_method(method)
-        .memory_soft_limit_bytes(64 << 20)
-        .build()
-        .await
-        .unwrap();
+    let pool = soft_limit_pool(method).await;
     let mut events = pool.events();
     let (listener, port) = loopback().await;
     let held = pool.submit_io::<IoHoldMeet>(&(port, 100)).await.unwrap();
@@ -1609,14 +1574,7 @@ async fn cpu_calls_over_the_soft_limit_drain_a_worker_holding_async_calls(method
 async fn control_commands_do_not_wait_behind_a_full_queue(method: StartMethod) {
     let dir = tempfile::tempdir().unwrap();
     let fifo = helper::mkfifo(dir.path(), "announce");
-    let pool = Pool::builder()
-        .workers(1)
-        .start_method(method)
-        .max_queued(4)
-        .window(1)
-        .build()
-        .await
-        .unwrap();
+    let pool = one_worker_pool(method, |b| b.max_queued(4).window(1)).await;
     let running = pool
         .submit::<Announce>(&(fifo.to_string_lossy().into_owned(), 60_000))
         .await
@@ -1686,13 +1644,7 @@ async fn async_stall_timeouts_follow_heartbeats(method: StartMethod) {
 }
 
 async fn recycling_counts_calls_of_both_kinds(method: StartMethod) {
-    let pool = Pool::builder()
-        .workers(1)
-        .start_method(method)
-        .max_tasks_per_worker(4)
-        .build()
-        .await
-        .unwrap();
+    let pool = one_worker_pool(method, |b| b.max_tasks_per_worker(4)).await;
     let (listener, port) = loopback().await;
     let held = [
         pool.submit_io::<Rendezvous>(&port).await.unwrap(),

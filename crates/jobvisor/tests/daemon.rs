@@ -408,11 +408,7 @@ fn idempotency_key_dedupes_and_dependencies_order_jobs() {
         let mut b = json_spec("noop", "7");
         b.after = vec![first.id];
         let b = c.submit(vec![b]).await.unwrap()[0];
-        let recs = c.wait(vec![first.id, b.id], None).await.unwrap();
-        assert!(
-            recs.iter().all(|r| r.state == JobState::Succeeded),
-            "{recs:?}"
-        );
+        let recs = wait_succeeded(&mut c, vec![first.id, b.id], None).await;
         assert!(
             recs[1].attempts[0].started_ms >= recs[0].finished_ms.unwrap(),
             "b ran after a"
@@ -508,11 +504,7 @@ fn sighup_reloads_pool_size_and_queues_without_losing_jobs() {
         };
         let mut all = running.clone();
         all.push(id);
-        let recs = c.wait(all, None).await.unwrap();
-        assert!(
-            recs.iter().all(|r| r.state == JobState::Succeeded),
-            "{recs:?}"
-        );
+        wait_succeeded(&mut c, all, None).await;
     });
 }
 

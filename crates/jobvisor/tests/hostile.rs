@@ -642,14 +642,7 @@ fn a_full_disk_refuses_submits_clearly_loses_nothing_and_recovers() {
             .iter()
             .map(|s| s.id)
             .collect();
-        let recs = c
-            .wait(done.clone(), Some(Duration::from_secs(30)))
-            .await
-            .unwrap();
-        assert!(
-            recs.iter().all(|r| r.state == JobState::Succeeded),
-            "{recs:?}"
-        );
+        wait_succeeded(&mut c, done.clone(), Some(Duration::from_secs(30))).await;
         let gate_id = c
             .submit(vec![gate.spec()])
             .await

@@ -137,23 +137,9 @@ fn io_jobs_run_together_on_one_worker_beside_cpu_jobs() {
             .await
             .unwrap()[0]
             .id;
-        let done = c
-            .wait(vec![spin], Some(Duration::from_secs(60)))
-            .await
-            .unwrap();
-        assert!(
-            done.iter().all(|j| j.state == JobState::Succeeded),
-            "{done:?}"
-        );
+        wait_succeeded(&mut c, vec![spin], Some(Duration::from_secs(60))).await;
         server.release();
-        let done = c
-            .wait(ids.clone(), Some(Duration::from_secs(60)))
-            .await
-            .unwrap();
-        assert!(
-            done.iter().all(|j| j.state == JobState::Succeeded),
-            "{done:?}"
-        );
+        wait_succeeded(&mut c, ids.clone(), Some(Duration::from_secs(60))).await;
     });
     let out = d.cli(&["result", "1"]);
     let result: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON result");

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use jobvisor_client::{Client, JobSpec, Payload};
+use jobvisor_client::{Client, JobRecord, JobSpec, JobState, Payload};
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_jobvisor")
@@ -286,6 +286,21 @@ pub async fn submit_ids(c: &mut Client, specs: Vec<JobSpec>) -> Vec<u64> {
         .iter()
         .map(|s| s.id)
         .collect()
+}
+
+/// Waits for `ids` (at most `within`) and checks that every one succeeded;
+/// their records, in the order of `ids`.
+pub async fn wait_succeeded(
+    c: &mut Client,
+    ids: Vec<u64>,
+    within: Option<Duration>,
+) -> Vec<JobRecord> {
+    let recs = c.wait(ids, within).await.expect("wait");
+    assert!(
+        recs.iter().all(|r| r.state == JobState::Succeeded),
+        "{recs:?}"
+    );
+    recs
 }
 
 pub fn json_spec(task: &str, input: &str) -> JobSpec {
