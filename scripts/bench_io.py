@@ -30,7 +30,7 @@ import sys
 import time
 import urllib.request
 
-from benchlib import load_runs, print_table, result
+from benchlib import load_runs, median, numbers, print_table, result
 
 # ---- tasks (module level, so the child processes find them) -----------------
 
@@ -190,22 +190,9 @@ def table(directory):
         if all(k in r for k in parts):
             r["io.cpu_us_per_call.total"] = str(sum(float(r[k]) for k in parts))
 
-    def values(runs, key):
-        vals = []
-        for r in runs:
-            try:
-                vals.append(float(r[key]))
-            except (KeyError, ValueError):
-                pass
-        return vals
-
-    def med(runs, key):
-        vals = values(runs, key)
-        return statistics.median(vals) if vals else None
-
     def cell(runs, key):
         """The median, with the spread (min-max) when there are several runs."""
-        vals = values(runs, key)
+        vals = numbers(runs, key)
         if not vals:
             return "missing"
         m = fmt(statistics.median(vals))
@@ -227,10 +214,10 @@ def table(directory):
     w, c = jv0.get("workers", "?"), jv0.get("concurrency_per_worker", "?")
     n, delay = jv0.get("io.n", "?"), jv0.get("delay_ms", "?")
     amp_n, mp_n = py0.get("amp.n", "?"), py0.get("mp.n", "?")
-    jv_rate, amp_rate, mp_rate = (med(jv_runs, "io.calls_per_s"), med(py_runs, "amp.calls_per_s"),
-                                  med(py_runs, "mp.calls_per_s"))
-    jv_over = med(jv_runs, "io.over_ideal")
-    ideal_s, mp_ideal = med(jv_runs, "io.ideal_s"), med(py_runs, "mp.ideal_per_s")
+    jv_rate, amp_rate, mp_rate = (median(jv_runs, "io.calls_per_s"), median(py_runs, "amp.calls_per_s"),
+                                  median(py_runs, "mp.calls_per_s"))
+    jv_over = median(jv_runs, "io.over_ideal")
+    ideal_s, mp_ideal = median(jv_runs, "io.ideal_s"), median(py_runs, "mp.ideal_per_s")
     ideal_rate = float(n) / ideal_s if ideal_s and n != "?" else None
 
     rows = [
@@ -273,12 +260,12 @@ def table(directory):
                                     "mix.spin_ideal_per_s"),
                                    ("io", f"http GET, {jv0.get('mix.io_in_flight', '?')} in flight",
                                     "mix.io_ideal_per_s")):
-        drop = med(jv_runs, f"mix.{kind}_drop_pct")
+        drop = median(jv_runs, f"mix.{kind}_drop_pct")
         mix_rows.append((f"{label} (calls/s)", cell(jv_runs, f"mix.{kind}_alone_per_s"),
-                         cell(jv_runs, f"mix.{kind}_mixed_per_s"), fmt(med(jv_runs, ideal_key)),
+                         cell(jv_runs, f"mix.{kind}_mixed_per_s"), fmt(median(jv_runs, ideal_key)),
                          cell(jv_runs, f"mix.{kind}_drop_pct"), "≤ 10 %",
                          verdict(None if drop is None else drop <= 10)))
-    work_drop = med(jv_runs, "mix.spin_work_drop_pct")
+    work_drop = median(jv_runs, "mix.spin_work_drop_pct")
     mix_rows.append(("spin CPU work done (10⁶ rounds/s)",
                      cell(scaled(jv_runs, "mix.spin_rounds_alone_per_s", 1e-6), "v"),
                      cell(scaled(jv_runs, "mix.spin_rounds_mixed_per_s", 1e-6), "v"), "",

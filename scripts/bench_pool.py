@@ -30,7 +30,7 @@ import os
 import sys
 import time
 
-from benchlib import load_runs, print_table, result
+from benchlib import load_runs, median, numbers, print_table, result
 
 # ---- tasks (module level, so the workers find them) -------------------------
 
@@ -290,15 +290,6 @@ def run(args):
 # ---- the table ------------------------------------------------------------------
 
 
-def numbers(runs, key):
-    vals = []
-    for r in runs:
-        try:
-            vals.append(float(r[key]))
-        except (KeyError, ValueError):
-            pass
-    return vals
-
 
 def fmt(v, unit=""):
     if v is None:
@@ -356,16 +347,10 @@ ROWS = [
 
 
 def table(directory):
-    import statistics
-
     jv_runs, py_runs = load_runs(directory, "bench_pool.py")
     first = jv_runs[0]
     names = {"n": first.get("n", "?"), "w": first.get("workers", "?"),
              "spin": first.get("d.tasks", "?"), "mib": first.get("e.tasks", "?")}
-
-    def median(runs, key):
-        vals = numbers(runs, key) if key else []
-        return statistics.median(vals) if vals else None
 
     def spread(runs, key):
         vals = numbers(runs, key) if key else []

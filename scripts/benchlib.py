@@ -34,6 +34,26 @@ def load_runs(directory, script):
     return [read_results(f) for f in rust_files], [read_results(f, "py.") for f in py_files]
 
 
+def numbers(runs, key):
+    """The values of `key` over `runs` that are numbers (runs missing it, or
+    with something else there, are left out)."""
+    vals = []
+    for r in runs:
+        try:
+            vals.append(float(r[key]))
+        except (KeyError, ValueError):
+            pass
+    return vals
+
+
+def median(runs, key):
+    """The median of `numbers(runs, key)`; None when there are none (or no key)."""
+    import statistics
+
+    vals = numbers(runs, key) if key else []
+    return statistics.median(vals) if vals else None
+
+
 def print_table(header, rows, right):
     """Prints a markdown table, padded; columns in `right` are right-aligned."""
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
