@@ -1,9 +1,6 @@
 //! What the end-to-end tests share: the real `jobvisor` daemon in a temp
 //! state dir (optionally on a small tmpfs), ready once it answers `ping`, its
 //! process group killed and reaped in `Drop`; and small helpers.
-//!
-//! Each test binary uses a part of it.
-#![allow(dead_code)]
 
 use std::ffi::CString;
 use std::io::Write;

@@ -18,8 +18,7 @@ use jobvisor_proto::{Hello, Role, HELLO_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-mod support;
-use support::*;
+use crate::util::*;
 
 fn is_too_many(e: &ClientError) -> bool {
     matches!(e, ClientError::Server(e)

@@ -7,7 +7,7 @@
 //! (nothing lost), re-runs within their budgets, dead-lettered = exactly the
 //! poison jobs, no zombie, no orphan process, no fd growth in the supervisor.
 //!
-//! `cargo test -p jobvisor --test chaos` runs a short configuration (1,000
+//! `cargo test --test tests chaos::` runs a short configuration (1,000
 //! jobs, 2 daemon kills); `JOBVISOR_CHAOS_FULL=1` (what `scripts/chaos` sets)
 //! selects the full one (20,000 jobs, 5 daemon kills). `JOBVISOR_CHAOS_SEED`,
 //! `JOBVISOR_CHAOS_JOBS`, `JOBVISOR_CHAOS_KILL_MS` and
@@ -32,9 +32,7 @@ use jobvisor_client::{
     Submitted,
 };
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_jobvisor")
-}
+use crate::util::bin;
 
 /// The environment variable every process of a run inherits from the daemon.
 const MARK_VAR: &str = "JOBVISOR_CHAOS_MARK";
@@ -805,7 +803,11 @@ async fn settle_pool(conn: &mut Conn<'_>, workers: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match conn.get().await.workers().await {
-            Ok(rows) if rows.len() == workers && rows.iter().all(|w| w.state == "ready") => return,
+            Ok(rows)
+                if rows.len() == workers && rows.iter().all(|w| w.state == "ready") =>
+            {
+                return
+            }
             Ok(rows) => assert!(
                 Instant::now() < deadline,
                 "the pool did not settle: {rows:?}"

@@ -3,7 +3,7 @@
 use std::process::Command;
 
 fn jobvisor() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_jobvisor"))
+    Command::new(crate::util::bin())
 }
 
 #[test]

@@ -9,14 +9,10 @@ use std::time::Duration;
 
 use jobvisor_client::{ErrorKind, JobSpec, JobState};
 
-mod support;
-use support::*;
+use crate::util::*;
 
-#[path = "daemon/notify.rs"]
-mod notify;
-
-#[path = "daemon/io.rs"]
 mod io;
+mod notify;
 
 #[test]
 fn every_builtin_task_through_submit_wait_result() {

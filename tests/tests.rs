@@ -1,0 +1,19 @@
+//! The end-to-end tests: the real `jobvisor` binary (`CARGO_BIN_EXE_jobvisor`,
+//! which only the root package's tests get), real processes, sockets and file
+//! systems, one test binary.
+//!
+//! # Layout
+//! - `util`: the harness: a daemon in a temp state dir (optionally on a
+//!   tmpfs), ready once it answers `ping`, killed and reaped in `Drop`.
+//! - `cli`: the binary's own commands (`demo`, the hidden worker entry).
+//! - `daemon`: jobs through the daemon (`io`, `notify` for the I/O tasks and
+//!   completion notifications).
+//! - `hostile`: hostile clients and a hostile environment.
+//! - `chaos`: the chaos proof (short here; `scripts/chaos` runs the full one).
+
+mod util;
+
+mod chaos;
+mod cli;
+mod daemon;
+mod hostile;
