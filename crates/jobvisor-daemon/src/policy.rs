@@ -19,7 +19,10 @@
 //! Backoff: `base × 2^(attempt−1)`, capped at `max`, with "equal jitter": half
 //! of it fixed, half random, so retries of many jobs do not move in lockstep.
 
+use std::time::Duration;
+
 use jobvisor_pool::{FailureKind, PoolError};
+use jobvisor_proto::backoff;
 use jobvisor_proto::control::AttemptOutcome;
 use jobvisor_store::Finish;
 
@@ -175,12 +178,11 @@ pub fn on_failure(job: JobFacts, err: &PoolError, now_ms: u64, random: u64) -> D
 }
 
 /// The delay before attempt `tries + 1`: `base × 2^(tries−1)`, capped, half of
-/// it random.
+/// it random ([`jobvisor_proto::backoff::jittered`], in milliseconds).
 pub fn backoff_ms(base_ms: u64, max_ms: u64, tries: u32, random: u64) -> u64 {
-    let exp = tries.saturating_sub(1).min(32);
-    let full = base_ms.saturating_mul(1u64 << exp).min(max_ms.max(base_ms));
-    let half = full / 2;
-    half + if half == 0 { 0 } else { random % (half + 1) }
+    let ms = Duration::from_millis;
+    let delay = backoff::jittered(ms(base_ms), ms(max_ms), tries, random);
+    u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// "Which kind is it?": advice from a task's CPU time against its wall time,

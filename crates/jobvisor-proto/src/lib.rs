@@ -6,6 +6,8 @@
 //! *before* anything is allocated, and every decode runs with a size limit.
 //!
 //! # Layout
+//! - [`backoff`]: exponential backoff with a cap (and jitter): the one rule
+//!   for retries, restarts and held writes.
 //! - [`bytes`]: the serde adapter for byte fields (bounded decoding).
 //! - [`codec`]: the only module that touches `bincode`; encode / decode with a limit.
 //! - [`frame`]: framing: [`FrameBuf`] (incremental decoder) and [`encode_frame`].
@@ -17,6 +19,7 @@
 //!
 //! This crate does no I/O on processes; transports live above it.
 
+pub mod backoff;
 pub mod bytes;
 pub mod codec;
 pub mod control;
