@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use jobvisor_client::{Client, ClientError};
-use jobvisor_daemon::json::payload_json;
+use jobvisor_proto::json::payload_json;
 use jobvisor_proto::control::{
     AttemptOutcome, ErrorKind, JobRecord, JobSpec, JobState, Payload, Stats, Submitted, WorkerRow,
 };
@@ -1015,7 +1015,7 @@ async fn wait(ids: Vec<u64>, timeout: Option<Duration>, json: bool, socket: &Pat
 /// `input`/`output` shown by [`payload_json`]. The daemon's completion
 /// notifications send the same shape.
 fn record_json(r: &JobRecord) -> Result<Value, Failure> {
-    jobvisor_daemon::json::record_json(r).map_err(json_failure)
+    jobvisor_proto::json::record_json(r).map_err(json_failure)
 }
 
 async fn status(id: u64, json: bool, socket: &Path) -> CmdResult {

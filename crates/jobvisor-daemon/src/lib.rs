@@ -11,12 +11,10 @@
 //! - `pipeline`: jobs that take their input from other jobs' outputs.
 //! - `notify`: completion notifications (webhooks, commands), in their own
 //!   tasks; the scheduler only hands them over.
-//! - [`json`]: the JSON shape of a job record (`status --json`, notifications).
 //! - [`run`]: start-up (lock, store, pool, recovery, socket), signals, and the
 //!   shutdown order.
 
 pub mod config;
-pub mod json;
 mod notify;
 mod pipeline;
 pub mod policy;

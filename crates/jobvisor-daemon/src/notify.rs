@@ -18,7 +18,7 @@
 //!
 //! An attempt reads the job's record from the store (so memory holds at most
 //! `max_concurrency` records, not `max_queued`), serializes it with
-//! [`crate::json::record_json`] (the shape `jobvisor status --json` prints),
+//! [`jobvisor_proto::json::record_json`] (the shape `jobvisor status --json` prints),
 //! and POSTs it or runs the command. A 2xx answer or a command's exit 0 is
 //! success; anything else (another status, a connection error, a timeout, a
 //! non-zero exit, a signal) is retried with the jobs' backoff rule
@@ -409,7 +409,7 @@ async fn attempt_once(shared: &Shared, d: &Delivery) -> Result<(), AttemptError>
         }
         Err(e) => return Err(AttemptError::Retry(format!("cannot read the job: {e}"))),
     };
-    let body = crate::json::record_json(&record)
+    let body = jobvisor_proto::json::record_json(&record)
         .and_then(|v| serde_json::to_vec(&v))
         .map_err(|e| AttemptError::GiveUp(format!("cannot encode the job as JSON: {e}")))?;
     drop(record);

@@ -13,6 +13,7 @@
 //! - [`frame`]: framing: [`FrameBuf`] (incremental decoder) and [`encode_frame`].
 //! - [`handshake`]: the fixed-layout [`Hello`] every link starts with: protocol
 //!   version and schema hash, and the error that names both sides on a mismatch.
+//! - [`json`]: the JSON shape of a job record (`status --json`, notifications).
 //! - [`worker`]: messages on the supervisor ↔ worker link.
 //! - [`forkserver`]: messages on the supervisor ↔ fork server link.
 //! - [`control`]: requests and responses on the control socket.
@@ -26,6 +27,7 @@ pub mod control;
 pub mod forkserver;
 pub mod frame;
 pub mod handshake;
+pub mod json;
 pub mod worker;
 
 pub use codec::CodecError;

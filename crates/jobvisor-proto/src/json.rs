@@ -7,8 +7,8 @@
 //! `{"native_hex": "..."}`. One function, so that the CLI and the
 //! notifications cannot drift apart.
 
-use jobvisor_proto::control::{JobRecord, Payload};
-use jobvisor_proto::hex;
+use crate::control::{JobRecord, Payload};
+use crate::hex;
 use serde_json::{json, Value};
 
 /// A payload as JSON: the parsed value for JSON text (the text as a string if
