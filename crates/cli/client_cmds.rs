@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use jobvisor_client::{Client, ClientError};
+use jobvisor_proto::forkserver::signal_name;
 use jobvisor_proto::json::payload_json;
 use jobvisor_proto::control::{
     AttemptOutcome, ErrorKind, JobRecord, JobSpec, JobState, Payload, Stats, Submitted, WorkerRow,
@@ -1114,7 +1115,10 @@ fn describe_outcome(o: &AttemptOutcome) -> String {
             ..
         } => {
             let how = match (code, signal) {
-                (_, Some(sig)) => format!("killed by signal {sig}{}", signal_name(*sig)),
+                (_, Some(sig)) => match signal_name(*sig) {
+                    Some(name) => format!("killed by signal {sig} ({name})"),
+                    None => format!("killed by signal {sig}"),
+                },
                 (Some(c), None) => format!("exited with code {c}"),
                 (None, None) => "died".to_owned(),
             };
@@ -1123,24 +1127,6 @@ fn describe_outcome(o: &AttemptOutcome) -> String {
         AttemptOutcome::TimedOut(how) => format!("timed out ({how})"),
         AttemptOutcome::Lost => "lost (the daemon stopped while it ran)".to_owned(),
         AttemptOutcome::Cancelled => "cancelled".to_owned(),
-    }
-}
-
-fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGHUP => " (SIGHUP)",
-        libc::SIGINT => " (SIGINT)",
-        libc::SIGQUIT => " (SIGQUIT)",
-        libc::SIGILL => " (SIGILL)",
-        libc::SIGABRT => " (SIGABRT)",
-        libc::SIGBUS => " (SIGBUS)",
-        libc::SIGFPE => " (SIGFPE)",
-        libc::SIGKILL => " (SIGKILL)",
-        libc::SIGSEGV => " (SIGSEGV)",
-        libc::SIGPIPE => " (SIGPIPE)",
-        libc::SIGALRM => " (SIGALRM)",
-        libc::SIGTERM => " (SIGTERM)",
-        _ => "",
     }
 }
 

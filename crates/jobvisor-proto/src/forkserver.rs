@@ -71,7 +71,9 @@ impl std::fmt::Display for ExitStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match (self.code, self.signal) {
             (Some(code), _) => write!(f, "exit code {code}")?,
-            (None, Some(sig)) => write!(f, "signal {sig} ({})", signal_name(sig))?,
+            (None, Some(sig)) => {
+                write!(f, "signal {sig} ({})", signal_name(sig).unwrap_or("signal"))?
+            }
             (None, None) => write!(f, "unknown status")?,
         }
         if self.core_dumped {
@@ -81,26 +83,10 @@ impl std::fmt::Display for ExitStatus {
     }
 }
 
-/// The conventional name of a Linux signal number.
-pub fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        5 => "SIGTRAP",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        10 => "SIGUSR1",
-        11 => "SIGSEGV",
-        12 => "SIGUSR2",
-        13 => "SIGPIPE",
-        14 => "SIGALRM",
-        15 => "SIGTERM",
-        24 => "SIGXCPU",
-        25 => "SIGXFSZ",
-        _ => "signal",
-    }
+/// The conventional name of a Linux signal number (`"SIGKILL"`), from nix's
+/// table; `None` for a number that names none (a real-time signal).
+pub fn signal_name(sig: i32) -> Option<&'static str> {
+    nix::sys::signal::Signal::try_from(sig)
+        .ok()
+        .map(|s| s.as_str())
 }
