@@ -1,25 +1,13 @@
-//! Thin wrappers over the Linux calls nix does not cover (pidfds, `wait4`,
-//! `prctl`), each with the reason it is needed.
+//! Thin wrappers over the Linux calls nix does not cover (pidfds, `wait4`),
+//! each with the reason it is needed; `pidfd_open` and `PR_SET_PDEATHSIG` are
+//! [`jobvisor_worker::sys`]'s, which `exec` shares.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 use jobvisor_proto::forkserver::ExitStatus;
 
-/// `pidfd_open(2)`: a handle on a process that cannot be confused with a later
-/// process that reuses the pid. Only valid to call while the pid is known not
-/// to be reaped (we are its parent and have not waited, or the fork server
-/// opened it right after `fork`).
-pub(crate) fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    // SAFETY: plain syscall with integer arguments; the returned fd is new and ours.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
-    // pidfd_open sets O_CLOEXEC on it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
+pub(crate) use jobvisor_worker::sys::{pidfd_open, set_parent_death_signal};
 
 /// `pidfd_send_signal(2)`. `ESRCH` (already exited) is not an error.
 pub(crate) fn pidfd_kill(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
@@ -102,16 +90,6 @@ pub(crate) fn exit_status(status: libc::c_int, maxrss_kib: libc::c_long) -> Exit
         core_dumped: libc::WIFSIGNALED(status) && libc::WCOREDUMP(status),
         max_rss_kib: u64::try_from(maxrss_kib).unwrap_or(0),
     }
-}
-
-/// Ask the kernel to send `SIGKILL` to the calling thread's process when its
-/// parent thread exits. Async-signal-safe (one syscall).
-pub(crate) fn set_parent_death_signal() -> io::Result<()> {
-    // SAFETY: prctl with integer arguments.
-    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Number of threads in this process, from `/proc/self/status`.

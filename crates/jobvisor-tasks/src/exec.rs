@@ -8,7 +8,7 @@
 //! pipes, a pidfd for its exit, and the call's cancellation.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -355,11 +355,7 @@ fn command(program: &str, args: &[String], input: &ExecInput) -> Command {
 /// the parent afterwards, because if it died before the `prctl` the signal
 /// will never come.
 fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
-    // SAFETY: prctl with integer arguments; touches no memory of ours.
-    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    jobvisor_worker::sys::set_parent_death_signal()?;
     // SAFETY: getppid cannot fail and has no preconditions.
     if unsafe { libc::getppid() } != parent {
         return Err(io::Error::from_raw_os_error(libc::ESRCH));
@@ -370,12 +366,7 @@ fn die_with_parent(parent: libc::pid_t) -> io::Result<()> {
 /// A pidfd for `pid`, or `None` where the kernel has none (before 5.3); the
 /// loop then notices the exit at its next tick instead.
 fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
-    // SAFETY: a syscall with integer arguments; on success it returns a new
-    // (close-on-exec) fd that nothing else owns.
-    let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    let fd = i32::try_from(rc).ok().filter(|fd| *fd >= 0)?;
-    // SAFETY: fd was just returned by pidfd_open and is owned by no one else.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    jobvisor_worker::sys::pidfd_open(pid.as_raw()).ok()
 }
 
 /// The child and its process group. Until the child is reaped, dropping this

@@ -15,6 +15,7 @@
 //! - `serve`: the worker loop, [`serve`].
 //! - `async_task`: [`AsyncTask`] and [`AsyncCtx`].
 //! - `io_lane`: the event loop that runs async calls.
+//! - [`sys`]: `pidfd_open` and `PR_SET_PDEATHSIG`, for the pool and `exec` too.
 
 mod async_task;
 mod beacon;
@@ -22,6 +23,7 @@ mod io_lane;
 mod link;
 mod registry;
 mod serve;
+pub mod sys;
 mod task;
 
 pub use async_task::{run_detached_async, AsyncCtx, AsyncTask};
