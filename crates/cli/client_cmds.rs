@@ -30,12 +30,12 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use jobvisor_client::{Client, ClientError};
-use jobvisor_proto::forkserver::signal_name;
-use jobvisor_proto::json::payload_json;
 use jobvisor_proto::control::{
     AttemptOutcome, ErrorKind, JobRecord, JobSpec, JobState, Payload, Stats, Submitted, WorkerRow,
 };
+use jobvisor_proto::forkserver::signal_name;
 use jobvisor_proto::hex;
+use jobvisor_proto::json::payload_json;
 use serde_json::{json, Value};
 
 /// Success.
@@ -1283,7 +1283,7 @@ async fn workers(json: bool, socket: &Path) -> CmdResult {
             vec![
                 w.id.to_string(),
                 w.pid.to_string(),
-                w.state.clone(),
+                w.state.as_str().to_owned(),
                 w.in_flight.to_string(),
                 w.calls_done.to_string(),
                 w.running_job
@@ -2325,7 +2325,7 @@ mod tests {
                 Request::Workers => Response::Workers(vec![WorkerRow {
                     id: 1,
                     pid: 4242,
-                    state: "idle".to_owned(),
+                    state: jobvisor_proto::control::WorkerState::Ready,
                     in_flight: 0,
                     calls_done: 9,
                     running_job: None,

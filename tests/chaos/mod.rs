@@ -804,7 +804,7 @@ async fn settle_pool(conn: &mut Conn<'_>, workers: usize) {
     loop {
         match conn.get().await.workers().await {
             Ok(rows)
-                if rows.len() == workers && rows.iter().all(|w| w.state == "ready") =>
+                if rows.len() == workers && rows.iter().all(|w| w.state.as_str() == "ready") =>
             {
                 return
             }
@@ -910,7 +910,7 @@ fn worker_killer(shared: &Shared, cfg: &ChaosConfig) {
             let spared = stopped.map(|s| s.0).or(resumed.map(|r| r.0));
             let candidates: Vec<_> = rows
                 .iter()
-                .filter(|w| w.state == "ready" && Some(w.pid) != spared)
+                .filter(|w| w.state.as_str() == "ready" && Some(w.pid) != spared)
                 .collect();
             if candidates.is_empty() {
                 continue;

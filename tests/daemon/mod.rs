@@ -478,7 +478,7 @@ fn sighup_reloads_pool_size_and_queues_without_losing_jobs() {
                 .await
                 .unwrap()
                 .iter()
-                .filter(|w| w.state == "ready")
+                .filter(|w| w.state.as_str() == "ready")
                 .count();
             if ready == 3 {
                 break;

@@ -25,7 +25,7 @@ use tokio::net::UnixStream;
 
 pub use jobvisor_proto::control::{
     Attempt, AttemptOutcome, ControlError, ErrorKind, Event, EventKind, JobRecord, JobSpec,
-    JobState, Payload, Stats, Submitted, WorkerRow,
+    JobState, Payload, Stats, Submitted, WorkerRow, WorkerState,
 };
 
 /// Largest response frame the client accepts (the daemon bounds outputs below this).

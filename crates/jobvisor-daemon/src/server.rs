@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobvisor_pool::Pool;
-use jobvisor_proto::control::{ControlError, ErrorKind, Request, Response, WorkerRow};
+use jobvisor_proto::control::{ControlError, ErrorKind, Request, Response, WorkerRow, WorkerState};
 use jobvisor_proto::{encode_frame, FrameBuf, FrameError, Hello, Role, HELLO_BYTES};
 use jobvisor_store::StoreHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -361,7 +361,7 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
                     .map(|w| WorkerRow {
                         id: w.id,
                         pid: w.pid,
-                        state: format!("{:?}", w.state).to_lowercase(),
+                        state: worker_state(w.state),
                         in_flight: w.in_flight as u64,
                         calls_done: w.calls_done,
                         running_job: w.running.and_then(|_| jobs.next().flatten()),
@@ -379,5 +379,15 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
             let _ = ctx.stop.send(Some(graceful));
             Response::Ok
         }
+    }
+}
+
+/// The pool's view of a worker, as the control protocol carries it.
+fn worker_state(state: jobvisor_pool::WorkerState) -> WorkerState {
+    match state {
+        jobvisor_pool::WorkerState::Ready => WorkerState::Ready,
+        jobvisor_pool::WorkerState::Retiring => WorkerState::Retiring,
+        jobvisor_pool::WorkerState::Stopping => WorkerState::Stopping,
+        jobvisor_pool::WorkerState::Dead => WorkerState::Dead,
     }
 }

@@ -269,6 +269,32 @@ pub struct Submitted {
     pub duplicate: bool,
 }
 
+/// A worker's state, as `workers` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Takes calls.
+    Ready,
+    /// Reached `max_tasks_per_worker`: finishes its calls, then stops.
+    Retiring,
+    /// Told to exit.
+    Stopping,
+    /// Exited or lost; waiting to be reaped.
+    Dead,
+}
+
+impl WorkerState {
+    /// The lowercase name (`"ready"`), as the CLI and the JSON show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Retiring => "retiring",
+            Self::Stopping => "stopping",
+            Self::Dead => "dead",
+        }
+    }
+}
+
 /// A worker, as `workers` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerRow {
@@ -276,8 +302,8 @@ pub struct WorkerRow {
     pub id: u64,
     /// Pid.
     pub pid: u32,
-    /// State name.
-    pub state: String,
+    /// What it is doing.
+    pub state: WorkerState,
     /// Calls sent and not answered.
     pub in_flight: u64,
     /// Calls answered.

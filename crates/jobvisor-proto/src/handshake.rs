@@ -34,7 +34,8 @@ AttemptOutcome{Running,Ok,Error(String),Panic(String),Crashed{code:Option<i32>,s
 Attempt{number:u32,worker_pid:Option<u32>,started_ms:u64,finished_ms:Option<u64>,outcome:AttemptOutcome}\
 JobRecord{id:u64,task:String,queue:String,priority:i32,state:JobState,max_attempts:u32,timeout_ms:Option<u64>,stall_timeout_ms:Option<u64>,input_from:Vec<InputRef>,backoff_base_ms:u64,backoff_max_ms:u64,after:Vec<u64>,key:Option<String>,created_ms:u64,run_at_ms:u64,finished_ms:Option<u64>,input:Option<Payload>,output:Option<Payload>,error:Option<String>,attempts:Vec<Attempt>,notify_url:Option<String>}\
 Submitted{id:u64,duplicate:bool}\
-WorkerRow{id:u64,pid:u32,state:String,in_flight:u64,calls_done:u64,running_job:Option<u64>}\
+WorkerState{Ready,Retiring,Stopping,Dead}\
+WorkerRow{id:u64,pid:u32,state:WorkerState,in_flight:u64,calls_done:u64,running_job:Option<u64>}\
 Stats{pid:u32,uptime_s:u64,workers:u64,jobs:Vec<(String,u64)>,submitted:u64,attempts_finished:u64,worker_restarts:u64,recovered:u64,degraded:bool,restart_delay_ms:u64,tasks:Vec<TaskUsage>,notify_delivered:u64,notify_failed:u64,notify_dropped:u64}\
 TaskUsage{task:String,attempts:u64,cpu_ms:u64,wall_ms:u64,advice:Option<String>,kind:String,max_poll_ms:u64}\
 Request{Submit(Vec<JobSpec>),Status{id:u64},Wait{ids:Vec<u64>,timeout_ms:Option<u64>},Cancel{id:u64},Retry{id:u64},List{state:Option<JobState>,queue:Option<String>,limit:u32},Workers,Stats,Ping,Events,Shutdown{graceful:bool}}\
