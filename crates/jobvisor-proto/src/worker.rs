@@ -94,7 +94,7 @@ pub struct CallRef<'a> {
     /// See [`Call::stall_ms`].
     pub stall_ms: Option<u64>,
     /// See [`Call::input`].
-    #[serde(with = "serde_bytes")]
+    #[serde(serialize_with = "crate::bytes::serialize")]
     pub input: &'a [u8],
 }
 
