@@ -1,4 +1,7 @@
-//! The SQLite store and its writer thread, on real database files.
+//! The SQLite store and its writer thread, on real database files: the
+//! contract tests, and in `fixture` a file written by an older jobvisor.
+
+mod fixture;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
