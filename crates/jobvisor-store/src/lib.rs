@@ -1,16 +1,28 @@
 //! jobvisor's durable job store.
 //!
 //! # Layout
+//! Lowest layer first: each module uses only the ones listed before it.
 //! - `store`: the [`JobStore`] trait (one implementation per backend), [`NewJob`], [`Finish`], [`StoreError`].
-//! - `sqlite`: [`SqliteStore`], the embedded default (WAL, `synchronous=FULL`, versioned schema).
+//! - `rows`: how a job is laid out in SQLite rows (columns, payloads, attempt outcomes).
+//! - `sql_error`: SQLite's errors as the store's (a full disk is [`StoreError::Full`]).
+//! - `schema`: the versioned schema and its migrations ([`SCHEMA_VERSION`]).
+//! - `insert`, `query`: writing new jobs, reading jobs back.
+//! - `sqlite`: [`SqliteStore`], the embedded default (WAL, `synchronous=FULL`): the
+//!   connection, the writes of attempts and job states, the [`JobStore`] impl.
 //! - `writer`: [`StoreHandle`], the one thread that owns the store and group-commits:
 //!   every operation queued while a transaction runs goes into the next one, so
 //!   many submits share one fsync; an operation is answered only after its commit.
 
+mod insert;
+mod query;
+mod rows;
+mod schema;
+mod sql_error;
 mod sqlite;
 mod store;
 mod writer;
 
-pub use sqlite::{SqliteStore, SCHEMA_VERSION};
+pub use schema::SCHEMA_VERSION;
+pub use sqlite::SqliteStore;
 pub use store::{Finish, JobStore, NewJob, StoreError};
 pub use writer::StoreHandle;
