@@ -9,14 +9,17 @@
 //! - `insert`, `query`: writing new jobs, reading jobs back.
 //! - `sqlite`: [`SqliteStore`], the embedded default (WAL, `synchronous=FULL`): the
 //!   connection, the writes of attempts and job states, the [`JobStore`] impl.
+//! - `held`: which job-state writes a full disk holds back, and when they are tried again.
 //! - `op`: one queued operation of the store thread and how it is answered.
 //! - `batch`: a batch of operations in one transaction (attempt pairing,
 //!   savepoints when one fails).
-//! - `writer`: [`StoreHandle`], the one thread that owns the store and group-commits:
+//! - `writer`: [`StoreHandle`], the one thread that owns the store, assembles
+//!   batches and group-commits:
 //!   every operation queued while a transaction runs goes into the next one, so
 //!   many submits share one fsync; an operation is answered only after its commit.
 
 mod batch;
+mod held;
 mod insert;
 mod op;
 mod query;

@@ -8,6 +8,7 @@
 use jobvisor_proto::control::{AttemptOutcome, JobRecord, JobState, Submitted};
 use tokio::sync::oneshot;
 
+use crate::held::is_held;
 use crate::store::{Finish, JobStore, NewJob, StoreError};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
@@ -211,9 +212,7 @@ impl Op {
             (
                 op @ (Op::StartAttempt { .. } | Op::FinishAttempt { .. } | Op::FinishJob { .. }),
                 Answer::Unit(r),
-            ) if matches!(r.as_ref().err().or(undone), Some(StoreError::Full(_))) => {
-                return Some(op)
-            }
+            ) if is_held(r.as_ref().err().or(undone)) => return Some(op),
             (
                 Op::StartAttempt { reply, .. }
                 | Op::FinishAttempt { reply, .. }

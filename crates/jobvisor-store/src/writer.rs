@@ -21,14 +21,55 @@ use jobvisor_proto::control::{AttemptOutcome, JobRecord, JobState, Submitted};
 use tokio::sync::oneshot;
 
 use crate::batch::run_batch;
+use crate::held::HeldRounds;
 use crate::op::Op;
 use crate::store::{Finish, JobStore, NewJob, StoreError};
 
 /// Most operations run in one transaction.
 const MAX_BATCH: usize = 4096;
-/// First and longest wait before job-state writes held by a full disk are tried again.
-const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
-const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What the store thread does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Next<T> {
+    /// Run this batch.
+    Run(Vec<T>),
+    /// Every handle is gone and nothing is queued: exit, after answering
+    /// these held writes with the full disk.
+    Stop(Vec<T>),
+}
+
+/// Assembles the next batch: the `held` writes first, in order, then what
+/// is queued, up to `max` in all. With nothing held it blocks for the first
+/// operation; with writes held it waits at most `rounds.wait()` for one (and
+/// not at all once every sender is gone, until `rounds` gives up).
+fn next_batch<T>(held: Vec<T>, ops: &mpsc::Receiver<T>, rounds: HeldRounds, max: usize) -> Next<T> {
+    let mut batch = held;
+    if batch.is_empty() {
+        // `recv` yields what is queued before it reports that every sender is gone.
+        match ops.recv() {
+            Ok(first) => batch.push(first),
+            Err(_) => return Next::Stop(batch),
+        }
+    } else {
+        // Try again when something else arrives, or after a while.
+        match ops.recv_timeout(rounds.wait()) {
+            Ok(op) => batch.push(op),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if rounds.give_up_at_shutdown() {
+                    return Next::Stop(batch);
+                }
+            }
+        }
+    }
+    while batch.len() < max {
+        match ops.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
+        }
+    }
+    Next::Run(batch)
+}
 
 fn run<S: JobStore>(
     mut store: S,
@@ -38,45 +79,24 @@ fn run<S: JobStore>(
 ) {
     // Job-state writes held back by a full disk; they go first, in order.
     let mut held: Vec<Op> = Vec::new();
-    let mut delay = RETRY_FIRST;
+    let mut rounds = HeldRounds::default();
     loop {
-        let mut batch = std::mem::take(&mut held);
-        if batch.is_empty() {
-            // `recv` yields what is queued before it reports that every sender is gone.
-            match ops.recv() {
-                Ok(first) => batch.push(first),
-                Err(_) => break,
-            }
-        } else {
-            // Try again when something else arrives, or after a while.
-            match ops.recv_timeout(delay) {
-                Ok(op) => batch.push(op),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    if delay >= RETRY_MAX {
-                        // Shutting down with the disk still full: give up.
-                        for op in batch {
-                            op.fail(StoreError::Full(
-                                "the disk is still full at shutdown".into(),
-                            ));
-                        }
-                        break;
-                    }
+        let batch = match next_batch(std::mem::take(&mut held), &ops, rounds, MAX_BATCH) {
+            Next::Run(batch) => batch,
+            Next::Stop(held) => {
+                // Shutting down with the disk still full: give up.
+                for op in held {
+                    op.fail(StoreError::Full(
+                        "the disk is still full at shutdown".into(),
+                    ));
                 }
+                break;
             }
-        }
-        while batch.len() < MAX_BATCH {
-            match ops.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
+        };
         held = run_batch(&mut store, batch, &commits);
-        if held.is_empty() {
-            delay = RETRY_FIRST;
-        } else {
-            tracing::warn!(writes = held.len(), retry_in = ?delay, "job store full: holding job-state writes until there is room");
-            delay = (delay * 2).min(RETRY_MAX);
+        rounds.after_batch(!held.is_empty());
+        if !held.is_empty() {
+            tracing::warn!(writes = held.len(), retry_in = ?rounds.wait(), "job store full: holding job-state writes until there is room");
         }
     }
     drop(store);
@@ -325,5 +345,76 @@ impl StoreHandle {
             // An error means the thread is gone already.
             let _ = exited.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(queued: &[u32]) -> (mpsc::Sender<u32>, mpsc::Receiver<u32>) {
+        let (tx, rx) = mpsc::channel();
+        for &op in queued {
+            tx.send(op).unwrap();
+        }
+        (tx, rx)
+    }
+
+    fn held_rounds(n: u32) -> HeldRounds {
+        let mut rounds = HeldRounds::default();
+        for _ in 0..n {
+            rounds.after_batch(true);
+        }
+        rounds
+    }
+
+    #[test]
+    fn a_batch_takes_what_is_queued_up_to_the_limit_in_order() {
+        let (_tx, rx) = channel(&[1, 2, 3, 4, 5]);
+        let none = HeldRounds::default();
+        assert_eq!(next_batch(Vec::new(), &rx, none, 2), Next::Run(vec![1, 2]));
+        assert_eq!(next_batch(Vec::new(), &rx, none, 2), Next::Run(vec![3, 4]));
+        assert_eq!(next_batch(Vec::new(), &rx, none, 2), Next::Run(vec![5]));
+    }
+
+    #[test]
+    fn held_writes_go_first_and_the_limit_counts_them() {
+        let (_tx, rx) = channel(&[7, 8, 9]);
+        assert_eq!(
+            next_batch(vec![1, 2], &rx, held_rounds(1), 4),
+            Next::Run(vec![1, 2, 7, 8])
+        );
+    }
+
+    #[test]
+    fn queued_operations_still_run_after_every_sender_is_gone() {
+        let (tx, rx) = channel(&[1, 2]);
+        drop(tx);
+        let none = HeldRounds::default();
+        assert_eq!(next_batch(Vec::new(), &rx, none, 10), Next::Run(vec![1, 2]));
+        assert_eq!(
+            next_batch(Vec::new(), &rx, none, 10),
+            Next::Stop(Vec::new())
+        );
+    }
+
+    /// At shutdown held writes are tried again at once (no operation can
+    /// come to wait for), until the wait would have reached its cap.
+    #[test]
+    fn at_shutdown_held_writes_are_retried_then_given_up() {
+        let (tx, rx) = channel(&[]);
+        drop(tx);
+        assert_eq!(
+            next_batch(vec![1], &rx, held_rounds(1), 10),
+            Next::Run(vec![1])
+        );
+        assert_eq!(
+            next_batch(vec![1], &rx, held_rounds(4), 10),
+            Next::Run(vec![1])
+        );
+        assert_eq!(
+            next_batch(vec![1], &rx, held_rounds(5), 10),
+            Next::Stop(vec![1])
+        );
     }
 }
