@@ -12,6 +12,8 @@
 
 use std::time::Duration;
 
+use jobvisor_proto::backoff;
+
 use crate::store::StoreError;
 
 /// The wait after the first batch that had to hold writes is twice this.
@@ -38,16 +40,11 @@ impl HeldRounds {
     }
 
     /// How long to wait for another operation before trying the held writes
-    /// again: doubling from twice [`RETRY_FIRST`] up to [`RETRY_MAX`].
+    /// again: the shared exponential backoff from [`RETRY_FIRST`] to
+    /// [`RETRY_MAX`], one step further per round, so the first wait is
+    /// already twice [`RETRY_FIRST`].
     pub(crate) fn wait(self) -> Duration {
-        let mut delay = RETRY_FIRST;
-        for _ in 0..self.0 {
-            if delay >= RETRY_MAX {
-                break;
-            }
-            delay *= 2;
-        }
-        delay.min(RETRY_MAX)
+        backoff::exponential(RETRY_FIRST, RETRY_MAX, self.0.saturating_add(1))
     }
 
     /// At shutdown, with writes still held: whether to stop trying (and
