@@ -1,7 +1,7 @@
 //! Writing new jobs: one by one (a key to look up, dependencies to check), or
 //! runs of plain jobs with multi-row `INSERT`s.
 
-use jobvisor_proto::control::{JobRef, Submitted};
+use jobvisor_proto::control::Submitted;
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
 
 use crate::rows::{encode_input_from, payload_to_sql};
@@ -54,19 +54,10 @@ pub(crate) fn insert(conn: &Connection, job: &NewJob) -> Result<Submitted, Error
         }
     }
     let (input_kind, input) = payload_to_sql(&job.input);
+    // A batch position left unresolved is refused here, before any write.
     let input_from = if job.input_from.is_empty() {
         None
     } else {
-        if job
-            .input_from
-            .iter()
-            .any(|r| matches!(r.job, JobRef::Batch(_)))
-        {
-            return Err(StoreError::Db(
-                "input_from names a batch position; resolve it first".into(),
-            )
-            .into());
-        }
         Some(encode_input_from(&job.input_from)?)
     };
     conn.prepare_cached(

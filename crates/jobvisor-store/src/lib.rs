@@ -3,8 +3,12 @@
 //! # Layout
 //! Lowest layer first: each module uses only the ones listed before it.
 //! - `store`: the [`JobStore`] trait (one implementation per backend), [`NewJob`], [`Finish`], [`StoreError`].
+//! - `json`: the store's own JSON shape of attempt outcomes and pipeline inputs,
+//!   as rows hold them (readable with `sqlite3`, and the shape of a future `jsonb`).
 //! - `rows`: how a job is laid out in SQLite rows (columns, payloads, attempt outcomes).
 //! - `sql_error`: SQLite's errors as the store's (a full disk is [`StoreError::Full`]).
+//! - `v4_blobs`: the codec blobs of schema 4 and older, rewritten as JSON by the
+//!   migration to schema 5.
 //! - `schema`: the versioned schema and its migrations ([`SCHEMA_VERSION`]).
 //! - `insert`, `query`: writing new jobs, reading jobs back.
 //! - `sqlite`: [`SqliteStore`], the embedded default (WAL, `synchronous=FULL`): the
@@ -21,6 +25,7 @@
 mod batch;
 mod held;
 mod insert;
+mod json;
 mod op;
 mod query;
 mod rows;
@@ -28,6 +33,7 @@ mod schema;
 mod sql_error;
 mod sqlite;
 mod store;
+mod v4_blobs;
 mod writer;
 
 pub use schema::SCHEMA_VERSION;

@@ -3,13 +3,14 @@
 //!
 //! Payloads are stored as a kind (`0` JSON, `1` native) and the bytes: JSON as
 //! TEXT (readable with the `sqlite3` shell and its JSON functions), native
-//! bytes as a BLOB. Attempt outcomes are BLOBs in the codec's encoding.
+//! bytes as a BLOB. Attempt outcomes and pipeline inputs are JSON text in the
+//! store's own shape (see `json`), never the wire encoding.
 
-use jobvisor_proto::codec;
 use jobvisor_proto::control::{Attempt, AttemptOutcome, InputRef, JobRecord, JobState, Payload};
 use rusqlite::types::{ToSqlOutput, Type, ValueRef};
 use rusqlite::Row;
 
+use crate::json;
 use crate::store::StoreError;
 
 const KIND_JSON: i64 = 0;
@@ -26,14 +27,35 @@ macro_rules! job_cols {
 pub(crate) use job_cols;
 
 /// An attempt outcome as its column holds it.
-pub(crate) fn encode_outcome(outcome: &AttemptOutcome) -> Result<Vec<u8>, StoreError> {
-    codec::encode(outcome)
+pub(crate) fn encode_outcome(outcome: &AttemptOutcome) -> Result<String, StoreError> {
+    json::outcome_to_json(outcome)
         .map_err(|e| StoreError::Db(format!("cannot encode an attempt outcome: {e}")))
 }
 
 /// Pipeline inputs (resolved to job ids) as the `input_from` column holds them.
-pub(crate) fn encode_input_from(refs: &[InputRef]) -> Result<Vec<u8>, StoreError> {
-    codec::encode(refs).map_err(|e| StoreError::Db(format!("cannot encode input_from: {e}")))
+pub(crate) fn encode_input_from(refs: &[InputRef]) -> Result<String, StoreError> {
+    let stored = refs
+        .iter()
+        .map(json::Input::from_ref)
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| {
+            StoreError::Db("input_from names a batch position; resolve it first".into())
+        })?;
+    serde_json::to_string(&stored)
+        .map_err(|e| StoreError::Db(format!("cannot encode input_from: {e}")))
+}
+
+/// The text of a JSON column; `None` when NULL.
+fn json_text<'r>(row: &'r Row<'_>, idx: usize) -> rusqlite::Result<Option<&'r [u8]>> {
+    match row.get_ref(idx)? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Text(text) => Ok(Some(text)),
+        other => Err(conversion_error(
+            idx,
+            other.data_type(),
+            "expected JSON text".into(),
+        )),
+    }
 }
 
 /// A payload as its kind and its bytes.
@@ -117,10 +139,10 @@ pub(crate) fn job_from_row(row: &Row<'_>, payloads: bool) -> rusqlite::Result<Jo
         backoff_base_ms: row.get(12)?,
         backoff_max_ms: row.get(13)?,
         stall_timeout_ms: row.get(14)?,
-        input_from: match row.get::<_, Option<Vec<u8>>>(15)? {
+        input_from: match json_text(row, 15)? {
             None => Vec::new(),
-            Some(blob) => codec::decode(&blob)
-                .map_err(|e| conversion_error(15, Type::Blob, format!("bad input_from: {e}")))?,
+            Some(text) => json::inputs_from_json(text)
+                .map_err(|e| conversion_error(15, Type::Text, format!("bad input_from: {e}")))?,
         },
         attempts: Vec::new(),
         notify_url: row.get(16)?,
@@ -129,9 +151,10 @@ pub(crate) fn job_from_row(row: &Row<'_>, payloads: bool) -> rusqlite::Result<Jo
 
 /// An attempt from `number, worker_pid, started_ms, finished_ms, outcome`.
 pub(crate) fn attempt_from_row(row: &Row<'_>) -> rusqlite::Result<Attempt> {
-    let blob: Vec<u8> = row.get(4)?;
-    let outcome = codec::decode(&blob)
-        .map_err(|e| conversion_error(4, Type::Blob, format!("bad attempt outcome: {e}")))?;
+    let text = json_text(row, 4)?
+        .ok_or_else(|| conversion_error(4, Type::Null, "no attempt outcome".into()))?;
+    let outcome = json::outcome_from_json(text)
+        .map_err(|e| conversion_error(4, Type::Text, format!("bad attempt outcome: {e}")))?;
     Ok(Attempt {
         number: row.get(0)?,
         worker_pid: row.get(1)?,

@@ -2,18 +2,39 @@
 //!
 //! The schema is versioned with `PRAGMA user_version`; [`migrate`] brings a
 //! file up to [`SCHEMA_VERSION`] when it is opened, and refuses one written by
-//! a newer build before changing anything in it.
+//! a newer build before changing anything in it. Version 5 rewrote the
+//! codec blobs of older files as JSON (see `v4_blobs`).
 
 use rusqlite::Connection;
 
 use crate::sql_error::{rollback_quietly, Error};
 use crate::store::StoreError;
+use crate::v4_blobs;
+
+/// One step of the schema.
+pub(crate) enum Migration {
+    /// Statements only.
+    Sql(&'static str),
+    /// Statements and a rewrite of the rows already stored, in Rust.
+    Code(fn(&Connection) -> Result<(), Error>),
+}
+
+impl Migration {
+    /// Applies the step (inside the caller's transaction).
+    pub(crate) fn apply(&self, conn: &Connection) -> Result<(), Error> {
+        match self {
+            Migration::Sql(sql) => Ok(conn.execute_batch(sql)?),
+            Migration::Code(step) => step(conn),
+        }
+    }
+}
 
 /// The schema, one entry per version: entry `i` takes a database from
 /// `user_version` `i` to `i + 1`. Append only; never edit a released entry.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Migration] = &[
     // v1
-    "CREATE TABLE jobs (
+    Migration::Sql(
+        "CREATE TABLE jobs (
         id              INTEGER PRIMARY KEY AUTOINCREMENT,
         task            TEXT    NOT NULL,
         queue           TEXT    NOT NULL,
@@ -50,12 +71,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_state_finished ON jobs(state, finished_ms);
     CREATE INDEX jobs_queue ON jobs(queue);
     CREATE INDEX attempts_running ON attempts(job_id) WHERE finished_ms IS NULL;",
+    ),
     // v2: per-job stall timeout (watchdog).
-    "ALTER TABLE jobs ADD COLUMN stall_timeout_ms INTEGER;",
+    Migration::Sql("ALTER TABLE jobs ADD COLUMN stall_timeout_ms INTEGER;"),
     // v3: pipeline inputs (codec-encoded Vec<InputRef>, resolved to job ids).
-    "ALTER TABLE jobs ADD COLUMN input_from BLOB;",
+    Migration::Sql("ALTER TABLE jobs ADD COLUMN input_from BLOB;"),
     // v4: per-job completion webhook (NULL: none).
-    "ALTER TABLE jobs ADD COLUMN notify_url TEXT;",
+    Migration::Sql("ALTER TABLE jobs ADD COLUMN notify_url TEXT;"),
+    // v5: attempt outcomes and pipeline inputs as JSON text, not codec blobs.
+    Migration::Code(v4_blobs::to_v5),
 ];
 
 /// The schema version this build writes (and the newest it can read).
@@ -77,8 +101,8 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), Error> {
         if from == MIGRATIONS.len() {
             return Ok(false);
         }
-        for sql in &MIGRATIONS[from..] {
-            conn.execute_batch(sql)?;
+        for step in &MIGRATIONS[from..] {
+            step.apply(conn)?;
         }
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         Ok(true)
@@ -126,7 +150,7 @@ mod tests {
         let path = dir.path().join("v1.db");
         {
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            MIGRATIONS[0].apply(&conn).unwrap();
             conn.pragma_update(None, "user_version", 1).unwrap();
             conn.execute(
                 "INSERT INTO jobs (task, queue, priority, state, max_attempts, backoff_base_ms, \
@@ -147,7 +171,8 @@ mod tests {
         assert_eq!(rec.notify_url, None);
     }
 
-    /// v3 → v4 adds the nullable `notify_url` column: an existing job reads
+    /// v3 → v4 adds the nullable `notify_url` column (and v5 changes nothing
+    /// of it): an existing job reads
     /// back without one, and a new job keeps its URL.
     #[test]
     fn a_version_3_database_gets_notify_url() {
@@ -155,8 +180,8 @@ mod tests {
         let path = dir.path().join("v3.db");
         {
             let conn = Connection::open(&path).unwrap();
-            for sql in &MIGRATIONS[..3] {
-                conn.execute_batch(sql).unwrap();
+            for step in &MIGRATIONS[..3] {
+                step.apply(&conn).unwrap();
             }
             conn.pragma_update(None, "user_version", 3).unwrap();
             conn.execute(
@@ -168,9 +193,9 @@ mod tests {
             .unwrap();
         }
         let mut store = SqliteStore::open(&path).unwrap();
-        assert_eq!(SCHEMA_VERSION, 4);
+        assert_eq!(SCHEMA_VERSION, 5);
         let version = user_version(&Connection::open(&path).unwrap()).unwrap_or(-1);
-        assert_eq!(version, 4);
+        assert_eq!(version, 5);
         let old = store.get(1).unwrap().expect("the v3 job survives");
         assert_eq!(old.state, JobState::Succeeded);
         assert_eq!(old.stall_timeout_ms, Some(70));

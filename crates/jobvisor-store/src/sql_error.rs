@@ -8,6 +8,7 @@ use crate::store::StoreError;
 
 /// The error of an internal step: SQLite's (mapped with the connection at
 /// hand, to tell a full disk) or already the store's.
+#[derive(Debug)]
 pub(crate) enum Error {
     Sql(rusqlite::Error),
     Store(StoreError),

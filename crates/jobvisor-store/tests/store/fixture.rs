@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use jobvisor_proto::control::{
     Attempt, AttemptOutcome, InputRef, JobRecord, JobRef, JobState, Payload,
 };
-use jobvisor_store::{JobStore, SqliteStore, SCHEMA_VERSION};
+use jobvisor_store::{JobStore, SqliteStore, StoreError, SCHEMA_VERSION};
 
 /// A copy of the fixture in a fresh directory (opening migrates the file,
 /// and the fixture must stay as it was written).
@@ -189,4 +189,98 @@ fn a_version_4_file_reads_back_every_field() {
         .pragma_query_value(None, "user_version", |r| r.get(0))
         .unwrap();
     assert_eq!(version, SCHEMA_VERSION, "opening migrates the file");
+}
+
+/// After the migration the rows hold JSON text that plain SQL can query,
+/// and no codec blob is left.
+#[test]
+fn the_migrated_file_holds_json_that_sql_can_read() {
+    let (_dir, path) = copy_of_v4();
+    drop(SqliteStore::open(&path).unwrap());
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let not_json: u32 = conn
+        .query_row(
+            "SELECT (SELECT count(*) FROM attempts \
+                     WHERE typeof(outcome) != 'text' OR NOT json_valid(outcome)) \
+                  + (SELECT count(*) FROM jobs WHERE input_from IS NOT NULL \
+                     AND (typeof(input_from) != 'text' OR NOT json_valid(input_from)))",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(not_json, 0);
+    let crashes: Vec<(u64, u32, Option<i32>, u64)> = conn
+        .prepare(
+            "SELECT job_id, number, json_extract(outcome, '$.signal'), \
+             json_extract(outcome, '$.max_rss_kib') FROM attempts \
+             WHERE json_extract(outcome, '$.kind') = 'crashed' ORDER BY job_id, number",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        crashes,
+        [
+            (1, 3, Some(9), 123_456),
+            (2, 1, None, 0),
+            (4, 2, None, 2_048)
+        ]
+    );
+    let (pointer, second): (String, Option<String>) = conn
+        .query_row(
+            "SELECT input_from ->> '$[0].pointer', input_from ->> '$[1].pointer' \
+             FROM jobs WHERE id = 2",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((pointer.as_str(), second), ("/sha256", None));
+    let declared: Vec<(String, String)> = conn
+        .prepare(
+            "SELECT 'attempts', type FROM pragma_table_info('attempts') WHERE name = 'outcome' \
+             UNION ALL SELECT 'jobs', type FROM pragma_table_info('jobs') WHERE name = 'input_from'",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        declared,
+        [
+            ("attempts".into(), "TEXT".into()),
+            ("jobs".into(), "TEXT".into())
+        ]
+    );
+}
+
+/// A blob the migration cannot read stops it: the file keeps its version
+/// and every row as it was, and opening it is an error.
+#[test]
+fn an_unreadable_blob_fails_the_migration_and_changes_nothing() {
+    let (_dir, path) = copy_of_v4();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "UPDATE attempts SET outcome = x'ffff' WHERE job_id = 4 AND number = 2",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    let err = SqliteStore::open(&path).unwrap_err();
+    assert!(matches!(err, StoreError::Db(_)), "{err:?}");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let version: u32 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, 4);
+    let blobs: u32 = conn
+        .query_row(
+            "SELECT count(*) FROM attempts WHERE typeof(outcome) = 'blob'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(blobs, 10, "every attempt keeps its blob");
 }

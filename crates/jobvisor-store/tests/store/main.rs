@@ -724,6 +724,79 @@ fn schema_version_and_reopen() {
     }
 }
 
+/// What the store writes is JSON text that plain SQL reads: a person with
+/// `sqlite3` can query their own job history.
+#[test]
+fn outcomes_and_pipeline_inputs_are_json_for_plain_sql() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let mut store = SqliteStore::open(&path).unwrap();
+    let first = insert(&mut store, &job("first", json(1)));
+    let mut step = job("step", json(2));
+    step.input_from = vec![jobvisor_proto::control::InputRef {
+        job: jobvisor_proto::control::JobRef::Id(first),
+        pointer: Some("/n".into()),
+        field: Some("m".into()),
+    }];
+    step.after = vec![first];
+    let second = insert(&mut store, &step);
+    let outcomes = all_outcomes();
+    in_tx(&mut store, |s| {
+        for (n, outcome) in outcomes.iter().enumerate() {
+            let n = n as u32 + 1;
+            s.start_attempt(second, n, Some(42), 100).unwrap();
+            s.finish_attempt(second, n, None, outcome, 200, &Finish::Requeue)
+                .unwrap();
+        }
+    });
+    drop(store);
+
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let kinds: Vec<String> = conn
+        .prepare(
+            "SELECT json_extract(outcome, '$.kind') FROM attempts WHERE job_id = ?1 ORDER BY number",
+        )
+        .unwrap()
+        .query_map([second], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        kinds,
+        [
+            "running",
+            "ok",
+            "error",
+            "panic",
+            "crashed",
+            "crashed",
+            "timed_out",
+            "lost",
+            "cancelled"
+        ]
+    );
+    let details: (String, String) = conn
+        .query_row(
+            "SELECT (SELECT json_extract(outcome, '$.message') FROM attempts \
+                     WHERE job_id = ?1 AND number = 3), \
+                    (SELECT json_extract(outcome, '$.stderr_tail[1]') FROM attempts \
+                     WHERE job_id = ?1 AND number = 5)",
+            [second],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(details, ("boom".into(), "line 2 ✓".into()));
+    let inputs: (u64, String, String) = conn
+        .query_row(
+            "SELECT json_extract(input_from, '$[0].job_id'), json_extract(input_from, '$[0].pointer'), \
+             json_extract(input_from, '$[0].field') FROM jobs WHERE id = ?1",
+            [second],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(inputs, (first, "/n".into(), "m".into()));
+}
+
 #[test]
 fn not_a_database_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
