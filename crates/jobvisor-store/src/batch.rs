@@ -126,8 +126,8 @@ fn run_pair<S: JobStore>(store: &mut S, start: &Op, finish: &Op) -> Answer {
             *at_ms,
             next,
         )),
-        _ => finish.failed(StoreError::Db(
-            "internal: paired operations are not an attempt's start and finish".into(),
+        _ => finish.failed(StoreError::db(
+            "internal: paired operations are not an attempt's start and finish",
         )),
     }
 }
@@ -441,7 +441,7 @@ mod tests {
             }
             fn commit(&mut self) -> Result<(), StoreError> {
                 self.0.rollback()?;
-                Err(StoreError::Full("test".into()))
+                Err(StoreError::full("test"))
             }
             fn rollback(&mut self) -> Result<(), StoreError> {
                 self.0.rollback()

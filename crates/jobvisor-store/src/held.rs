@@ -103,9 +103,9 @@ mod tests {
 
     #[test]
     fn only_a_full_disk_holds_a_write() {
-        assert!(is_held(Some(&StoreError::Full("disk full".into()))));
+        assert!(is_held(Some(&StoreError::full("disk full"))));
         assert!(!is_held(Some(&StoreError::NotFound(1))));
-        assert!(!is_held(Some(&StoreError::Db("locked".into()))));
+        assert!(!is_held(Some(&StoreError::db("locked"))));
         assert!(!is_held(Some(&StoreError::Closed)));
         assert!(!is_held(None));
     }

@@ -83,8 +83,8 @@ pub(crate) fn insert(conn: &Connection, job: &NewJob) -> Result<Submitted, Error
         input_from,
         job.notify_url,
     ])?;
-    let id = u64::try_from(conn.last_insert_rowid())
-        .map_err(|_| StoreError::Db("negative job id".into()))?;
+    let id =
+        u64::try_from(conn.last_insert_rowid()).map_err(|_| StoreError::db("negative job id"))?;
     if !job.after.is_empty() {
         let mut dep =
             conn.prepare_cached("INSERT OR IGNORE INTO deps (job_id, dep_id) VALUES (?1, ?2)")?;
@@ -121,7 +121,7 @@ pub(crate) fn insert_many(
                 .0
                 .iter()
                 .find(|(rows, _)| *rows <= left.len())
-                .ok_or_else(|| StoreError::Db("INSERT_ROWS must end with 1".into()))?;
+                .ok_or_else(|| StoreError::db("INSERT_ROWS must end with 1"))?;
             let (chunk, tail) = left.split_at(*rows);
             insert_plain(conn, sql, chunk, &mut out)?;
             left = tail;
@@ -167,13 +167,13 @@ fn insert_plain(
     let inserted = stmt.raw_execute()?;
     drop(stmt);
     if inserted != jobs.len() {
-        return Err(StoreError::Db(format!("inserted {inserted} of {} jobs", jobs.len())).into());
+        return Err(StoreError::db(format!("inserted {inserted} of {} jobs", jobs.len())).into());
     }
     // AUTOINCREMENT gives each row the next id (one more than the largest
     // ever used), so the rows of one statement have the ids up to the
     // last one, in order.
-    let last = u64::try_from(conn.last_insert_rowid())
-        .map_err(|_| StoreError::Db("negative job id".into()))?;
+    let last =
+        u64::try_from(conn.last_insert_rowid()).map_err(|_| StoreError::db("negative job id"))?;
     let first = last + 1 - jobs.len() as u64;
     out.extend((first..=last).map(|id| Submitted {
         id,

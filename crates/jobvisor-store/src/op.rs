@@ -227,9 +227,7 @@ impl Op {
             }
             (Op::Prune { reply, .. }, Answer::Count(r)) => send(reply, outcome(r, undone)),
             (Op::Counts { reply }, Answer::Counts(r)) => send(reply, outcome(r, undone)),
-            (op, _) => op.fail(StoreError::Db(
-                "internal: an answer of the wrong kind".into(),
-            )),
+            (op, _) => op.fail(StoreError::db("internal: an answer of the wrong kind")),
         }
         None
     }
@@ -256,7 +254,7 @@ fn insert_batch<S: JobStore>(store: &mut S, jobs: &[NewJob]) -> Result<Vec<Submi
         for r in &mut job.input_from {
             if let JobRef::Batch(b) = r.job {
                 let earlier = out.get(b as usize).filter(|_| (b as usize) < i).ok_or_else(|| {
-                    StoreError::Db(format!("job #{} of the batch takes input from #{}, which is not an earlier job", i + 1, b + 1))
+                    StoreError::db(format!("job #{} of the batch takes input from #{}, which is not an earlier job", i + 1, b + 1))
                 })?;
                 r.job = JobRef::Id(earlier.id);
             }

@@ -29,7 +29,7 @@ pub(crate) use job_cols;
 /// An attempt outcome as its column holds it.
 pub(crate) fn encode_outcome(outcome: &AttemptOutcome) -> Result<String, StoreError> {
     json::outcome_to_json(outcome)
-        .map_err(|e| StoreError::Db(format!("cannot encode an attempt outcome: {e}")))
+        .map_err(|e| StoreError::db_context("cannot encode an attempt outcome", e))
 }
 
 /// Pipeline inputs (resolved to job ids) as the `input_from` column holds them.
@@ -38,11 +38,9 @@ pub(crate) fn encode_input_from(refs: &[InputRef]) -> Result<String, StoreError>
         .iter()
         .map(json::Input::from_ref)
         .collect::<Option<Vec<_>>>()
-        .ok_or_else(|| {
-            StoreError::Db("input_from names a batch position; resolve it first".into())
-        })?;
+        .ok_or_else(|| StoreError::db("input_from names a batch position; resolve it first"))?;
     serde_json::to_string(&stored)
-        .map_err(|e| StoreError::Db(format!("cannot encode input_from: {e}")))
+        .map_err(|e| StoreError::db_context("cannot encode input_from", e))
 }
 
 /// The text of a JSON column; `None` when NULL.

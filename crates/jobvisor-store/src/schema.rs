@@ -126,7 +126,7 @@ pub(crate) fn migrate(conn: &Connection) -> Result<(), Error> {
 /// [`SCHEMA_VERSION`].
 pub(crate) fn check_version(found: i64) -> Result<(), StoreError> {
     if found < 0 {
-        return Err(StoreError::Db(format!("invalid schema version {found}")));
+        return Err(StoreError::db(format!("invalid schema version {found}")));
     }
     if found > i64::from(SCHEMA_VERSION) {
         return Err(StoreError::TooNew {

@@ -2,9 +2,11 @@
 //! of SQL (SQLite's, or already a [`StoreError`]) and the mapping that tells
 //! a full disk from any other failure.
 
+use std::sync::Arc;
+
 use rusqlite::{Connection, ErrorCode};
 
-use crate::store::StoreError;
+use crate::store::{Context, StoreError};
 
 /// The error of an internal step: SQLite's (mapped with the connection at
 /// hand, to tell a full disk) or already the store's.
@@ -37,20 +39,22 @@ pub(crate) fn to_store_error(conn: &Connection, e: Error) -> StoreError {
     };
     if let rusqlite::Error::SqliteFailure(failure, _) = &e {
         match failure.code {
-            ErrorCode::DiskFull => return StoreError::Full(e.to_string()),
+            ErrorCode::DiskFull => return StoreError::Full(Arc::new(e)),
             ErrorCode::SystemIoFailure => {
                 // SAFETY: the handle is this open connection's, used on
                 // this thread only; sqlite3_system_errno only reads the
                 // errno SQLite saved for it.
                 let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(conn.handle()) };
                 if errno == libc::ENOSPC || errno == libc::EDQUOT {
-                    return StoreError::Full(format!("{e} (errno {errno})"));
+                    // SQLite's message is a bare "disk I/O error": the errno says why.
+                    let os = std::io::Error::from_raw_os_error(errno);
+                    return StoreError::Full(Arc::new(Context::new(e.to_string(), os)));
                 }
             }
             _ => {}
         }
     }
-    StoreError::Db(e.to_string())
+    StoreError::Db(Arc::new(e))
 }
 
 /// Rolls back the open transaction, if any, after an error.

@@ -60,7 +60,7 @@ impl SqliteStore {
     /// database, or cannot be put in WAL mode.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path)
-            .map_err(|e| StoreError::Db(format!("cannot open {}: {e}", path.display())))?;
+            .map_err(|e| StoreError::db_context(format!("cannot open {}", path.display()), e))?;
         let store = SqliteStore {
             conn,
             plain_inserts: PlainInserts::new(),
@@ -94,7 +94,7 @@ impl SqliteStore {
             self.conn
                 .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Db(format!("cannot use WAL (journal_mode is {mode})")).into());
+            return Err(StoreError::db(format!("cannot use WAL (journal_mode is {mode})")).into());
         }
         self.conn.pragma_update(None, "synchronous", "FULL")?;
         // Every operation runs in a savepoint; keep SQLite's temporary

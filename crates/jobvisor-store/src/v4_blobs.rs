@@ -80,15 +80,18 @@ impl From<AttemptOutcomeV4> for Outcome<'static> {
     }
 }
 
+/// Why a blob could not be rewritten.
+type BlobError = Box<dyn std::error::Error + Send + Sync>;
+
 /// An old outcome blob as JSON text.
-fn outcome_json(blob: &[u8]) -> Result<String, String> {
-    let old: AttemptOutcomeV4 = codec::decode(blob).map_err(|e| e.to_string())?;
-    serde_json::to_string(&Outcome::from(old)).map_err(|e| e.to_string())
+fn outcome_json(blob: &[u8]) -> Result<String, BlobError> {
+    let old: AttemptOutcomeV4 = codec::decode(blob)?;
+    Ok(serde_json::to_string(&Outcome::from(old))?)
 }
 
 /// An old `input_from` blob as JSON text.
-fn inputs_json(blob: &[u8]) -> Result<String, String> {
-    let old: Vec<InputRefV4> = codec::decode(blob).map_err(|e| e.to_string())?;
+fn inputs_json(blob: &[u8]) -> Result<String, BlobError> {
+    let old: Vec<InputRefV4> = codec::decode(blob)?;
     let inputs = old
         .into_iter()
         .map(|r| match r.job {
@@ -99,8 +102,8 @@ fn inputs_json(blob: &[u8]) -> Result<String, String> {
             }),
             JobRefV4::Batch(b) => Err(format!("an unresolved batch position #{b}")),
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    serde_json::to_string(&inputs).map_err(|e| e.to_string())
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(serde_json::to_string(&inputs)?)
 }
 
 /// Version 4 → 5: `attempts.outcome` and `jobs.input_from` become TEXT
@@ -134,9 +137,10 @@ pub(crate) fn to_v5(conn: &Connection) -> Result<(), Error> {
             let (job, number): (i64, i64) = (row.get(0)?, row.get(1)?);
             let blob: Vec<u8> = row.get(5)?;
             let outcome = outcome_json(&blob).map_err(|e| {
-                StoreError::Db(format!(
-                    "cannot read the outcome of attempt {number} of job {job}: {e}"
-                ))
+                StoreError::db_context(
+                    format!("cannot read the outcome of attempt {number} of job {job}"),
+                    e,
+                )
             })?;
             write.execute(params![
                 job,
@@ -157,7 +161,7 @@ pub(crate) fn to_v5(conn: &Connection) -> Result<(), Error> {
         let mut write = conn.prepare("UPDATE jobs SET input_from = ?2 WHERE id = ?1")?;
         for (id, blob) in pipelines {
             let inputs = inputs_json(&blob).map_err(|e| {
-                StoreError::Db(format!("cannot read the input_from of job {id}: {e}"))
+                StoreError::db_context(format!("cannot read the input_from of job {id}"), e)
             })?;
             write.execute(params![id, inputs])?;
         }

@@ -86,9 +86,7 @@ fn run<S: JobStore>(
             Next::Stop(held) => {
                 // Shutting down with the disk still full: give up.
                 for op in held {
-                    op.fail(StoreError::Full(
-                        "the disk is still full at shutdown".into(),
-                    ));
+                    op.fail(StoreError::full("the disk is still full at shutdown"));
                 }
                 break;
             }

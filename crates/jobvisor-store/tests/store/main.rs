@@ -805,6 +805,37 @@ fn not_a_database_is_an_error() {
     assert!(matches!(SqliteStore::open(&path), Err(StoreError::Db(_))));
 }
 
+/// The chain of causes of `e`, outermost first.
+fn chain(e: &dyn std::error::Error) -> Vec<String> {
+    std::iter::successors(Some(e), |e| e.source())
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// A store error names its own layer and keeps its cause as its source, so
+/// that `{e:#}` (anyhow) prints each cause once.
+#[test]
+fn errors_keep_their_cause_and_say_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("no such dir").join("jobs.db");
+    let err = SqliteStore::open(&path).unwrap_err();
+    let links = chain(&err);
+    assert_eq!(links[0], "job store error");
+    assert_eq!(links[1], format!("cannot open {}", path.display()));
+    assert!(links.len() >= 3, "SQLite's own error is kept: {links:?}");
+    for pair in links.windows(2) {
+        assert!(!pair[0].contains(&pair[1]), "a cause said twice: {links:?}");
+    }
+
+    let garbage = dir.path().join("garbage.db");
+    std::fs::write(&garbage, vec![b'x'; 8192]).unwrap();
+    let err = SqliteStore::open(&garbage).unwrap_err();
+    let links = chain(&err);
+    assert_eq!(links[0], "job store error");
+    assert!(links[1].contains("not a database"), "{links:?}");
+    assert_eq!(chain(&err.clone()), links, "a clone keeps the causes");
+}
+
 #[test]
 fn sqlite_full_maps_to_full_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
@@ -818,6 +849,9 @@ fn sqlite_full_maps_to_full_and_recovers() {
     store.savepoint().unwrap();
     let err = store.insert(&big).unwrap_err();
     assert!(matches!(err, StoreError::Full(_)), "{err:?}");
+    let links = chain(&err);
+    assert_eq!(links[0], "the job store is full (disk full?)");
+    assert!(links.len() >= 2, "SQLite's error is the cause: {links:?}");
     // Whatever SQLite did to the transaction, the store is usable again.
     let _ = store.rollback_to_savepoint();
     store.rollback().unwrap();
