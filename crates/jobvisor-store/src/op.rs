@@ -201,11 +201,9 @@ impl Op {
 
     /// Sends `answer` once the transaction has ended: `undone` is `None`
     /// after its commit, or the error that undid it. A job-state write that
-    /// met a full disk is not answered but handed back, to be run again (in
-    /// order, before anything queued after it) once there is room: submits
-    /// fail on a full disk, but what the daemon learned about jobs it already
-    /// accepted must not be dropped, or a finished job would stay `running`
-    /// in the store.
+    /// met a full disk ([`is_held`]) is not answered but handed back, to be
+    /// run again, before anything queued after it, once there is room (why:
+    /// see `held`).
     pub(crate) fn answer(self, answer: Answer, undone: Option<&StoreError>) -> Option<Op> {
         match (self, answer) {
             (Op::InsertAll { reply, .. }, Answer::Submitted(r)) => send(reply, outcome(r, undone)),

@@ -23,6 +23,7 @@ use crate::store::{Finish, JobStore, NewJob, StoreError};
 /// How long a statement waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The terminal states, as an SQL list (what pruning may delete).
 const TERMINAL: &str = "('succeeded', 'failed', 'cancelled', 'dead')";
 
 /// The columns a [`Finish`] sets (`error` only when `set_error`).
@@ -34,6 +35,7 @@ struct JobUpdate<'a> {
     set_error: bool,
     error: Option<&'a str>,
 }
+
 /// The SQLite [`JobStore`]: one connection, used by one thread.
 pub struct SqliteStore {
     conn: Connection,
