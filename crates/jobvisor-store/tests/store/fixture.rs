@@ -209,6 +209,20 @@ fn the_migrated_file_holds_json_that_sql_can_read() {
         )
         .unwrap();
     assert_eq!(not_json, 0);
+    let integrity: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(integrity, "ok");
+    let dangling = conn
+        .prepare("PRAGMA foreign_key_check")
+        .unwrap()
+        .query_map([], |_| Ok(()))
+        .unwrap()
+        .count();
+    assert_eq!(
+        dangling, 0,
+        "the rebuilt attempts table keeps its references"
+    );
     let crashes: Vec<(u64, u32, Option<i32>, u64)> = conn
         .prepare(
             "SELECT job_id, number, json_extract(outcome, '$.signal'), \
