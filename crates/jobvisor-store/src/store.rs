@@ -1,6 +1,9 @@
 //! The store interface. The daemon talks to it only through [`crate::StoreHandle`];
 //! implementations are synchronous and owned by one thread.
 
+use std::error::Error;
+use std::sync::Arc;
+
 use jobvisor_proto::control::{AttemptOutcome, JobRecord, JobState, Payload, Submitted};
 
 /// A job to insert, with every default already resolved by the daemon.
@@ -90,16 +93,21 @@ impl Finish {
 }
 
 /// The store failed.
+///
+/// `Clone`, because one failed commit is the answer to every operation of
+/// its batch: so the causes of [`StoreError::Full`] and [`StoreError::Db`]
+/// (SQLite's error, an I/O error, or the store's own account) are shared.
+/// `Display` names this layer only; the cause is the [`Error::source`].
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The disk (or the database's size limit) is full. Nothing of the
     /// failed transaction was stored.
-    #[error("the job store is full (disk full?): {0}")]
-    Full(String),
+    #[error("the job store is full (disk full?)")]
+    Full(#[source] Arc<dyn Error + Send + Sync>),
     /// Any other database or I/O error.
-    #[error("job store error: {0}")]
-    Db(String),
+    #[error("job store error")]
+    Db(#[source] Arc<dyn Error + Send + Sync>),
     /// The database was written by a newer jobvisor.
     #[error("the job store has schema version {found}, newer than this jobvisor's {supported}")]
     TooNew {
@@ -114,6 +122,52 @@ pub enum StoreError {
     /// The store thread is gone.
     #[error("the job store is closed")]
     Closed,
+}
+
+impl StoreError {
+    /// [`StoreError::Db`] with an account of the store's own as its cause.
+    pub(crate) fn db(message: impl Into<String>) -> Self {
+        StoreError::Db(Arc::from(Box::<dyn Error + Send + Sync>::from(
+            message.into(),
+        )))
+    }
+
+    /// [`StoreError::Db`] caused by `what` failing with `source`.
+    pub(crate) fn db_context(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn Error + Send + Sync>>,
+    ) -> Self {
+        StoreError::Db(Arc::new(Context::new(what, source)))
+    }
+
+    /// [`StoreError::Full`] with an account of the store's own as its cause.
+    pub(crate) fn full(message: impl Into<String>) -> Self {
+        StoreError::Full(Arc::from(Box::<dyn Error + Send + Sync>::from(
+            message.into(),
+        )))
+    }
+}
+
+/// What the store was doing when `source` failed: one link of a
+/// [`StoreError`]'s chain of causes.
+#[derive(Debug, thiserror::Error)]
+#[error("{what}")]
+pub(crate) struct Context {
+    what: String,
+    #[source]
+    source: Box<dyn Error + Send + Sync>,
+}
+
+impl Context {
+    pub(crate) fn new(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn Error + Send + Sync>>,
+    ) -> Self {
+        Context {
+            what: what.into(),
+            source: source.into(),
+        }
+    }
 }
 
 /// A backend. All methods run on the store thread, inside a transaction

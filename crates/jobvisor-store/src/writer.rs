@@ -11,9 +11,8 @@
 //! first runs without savepoints (an attempt's start and finish met in one
 //! batch are written as one); when an operation fails, that transaction is
 //! rolled back unanswered and the batch runs again with each operation in a
-//! savepoint of its own (see [`run_batch`]).
+//! savepoint of its own (see `batch`).
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -21,427 +20,55 @@ use std::sync::{mpsc, Arc};
 use jobvisor_proto::control::{AttemptOutcome, JobRecord, JobState, Submitted};
 use tokio::sync::oneshot;
 
+use crate::batch::run_batch;
+use crate::held::HeldRounds;
+use crate::op::Op;
 use crate::store::{Finish, JobStore, NewJob, StoreError};
 
 /// Most operations run in one transaction.
 const MAX_BATCH: usize = 4096;
-/// First and longest wait before job-state writes held by a full disk are tried again.
-const RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(100);
-const RETRY_MAX: std::time::Duration = std::time::Duration::from_secs(2);
 
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-/// One queued operation and where its answer goes.
-enum Op {
-    InsertAll {
-        jobs: Vec<NewJob>,
-        reply: Reply<Vec<Submitted>>,
-    },
-    StartAttempt {
-        id: u64,
-        number: u32,
-        worker_pid: Option<u32>,
-        at_ms: u64,
-        reply: Reply<()>,
-    },
-    FinishAttempt {
-        id: u64,
-        number: u32,
-        worker_pid: Option<u32>,
-        outcome: AttemptOutcome,
-        at_ms: u64,
-        next: Finish,
-        reply: Reply<()>,
-    },
-    FinishJob {
-        id: u64,
-        at_ms: u64,
-        next: Finish,
-        reply: Reply<()>,
-    },
-    Get {
-        id: u64,
-        reply: Reply<Option<JobRecord>>,
-    },
-    List {
-        state: Option<JobState>,
-        queue: Option<String>,
-        limit: u32,
-        reply: Reply<Vec<JobRecord>>,
-    },
-    Recover {
-        now_ms: u64,
-        reply: Reply<Vec<JobRecord>>,
-    },
-    Prune {
-        before_ms: u64,
-        keep: u64,
-        reply: Reply<u64>,
-    },
-    Counts {
-        reply: Reply<Vec<(JobState, u64)>>,
-    },
+/// What the store thread does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Next<T> {
+    /// Run this batch.
+    Run(Vec<T>),
+    /// Every handle is gone and nothing is queued: exit, after answering
+    /// these held writes with the full disk.
+    Stop(Vec<T>),
 }
 
-/// What an operation produced, held until its transaction ends.
-enum Answer {
-    Submitted(Result<Vec<Submitted>, StoreError>),
-    Unit(Result<(), StoreError>),
-    /// Boxed: a record is large, and a batch holds an answer per operation.
-    Job(Result<Option<Box<JobRecord>>, StoreError>),
-    Jobs(Result<Vec<JobRecord>, StoreError>),
-    Count(Result<u64, StoreError>),
-    Counts(Result<Vec<(JobState, u64)>, StoreError>),
-}
-
-impl Answer {
-    fn error(&self) -> Option<&StoreError> {
-        match self {
-            Answer::Submitted(r) => r.as_ref().err(),
-            Answer::Unit(r) => r.as_ref().err(),
-            Answer::Job(r) => r.as_ref().err(),
-            Answer::Jobs(r) => r.as_ref().err(),
-            Answer::Count(r) => r.as_ref().err(),
-            Answer::Counts(r) => r.as_ref().err(),
+/// Assembles the next batch: the `held` writes first, in order, then what
+/// is queued, up to `max` in all. With nothing held it blocks for the first
+/// operation; with writes held it waits at most `rounds.wait()` for one (and
+/// not at all once every sender is gone, until `rounds` gives up).
+fn next_batch<T>(held: Vec<T>, ops: &mpsc::Receiver<T>, rounds: HeldRounds, max: usize) -> Next<T> {
+    let mut batch = held;
+    if batch.is_empty() {
+        // `recv` yields what is queued before it reports that every sender is gone.
+        match ops.recv() {
+            Ok(first) => batch.push(first),
+            Err(_) => return Next::Stop(batch),
         }
-    }
-}
-
-/// The answer to give: `undone` (the error that undid the transaction)
-/// replaces a successful result.
-fn outcome<T>(result: Result<T, StoreError>, undone: Option<&StoreError>) -> Result<T, StoreError> {
-    match (result, undone) {
-        (Ok(_), Some(e)) => Err(e.clone()),
-        (result, _) => result,
-    }
-}
-
-fn send<T>(reply: Reply<T>, result: Result<T, StoreError>) {
-    // The caller may have stopped waiting; nothing to do then.
-    let _ = reply.send(result);
-}
-
-impl Op {
-    /// Answers with `err` without running.
-    fn fail(self, err: StoreError) {
-        match self {
-            Op::InsertAll { reply, .. } => send(reply, Err(err)),
-            Op::StartAttempt { reply, .. }
-            | Op::FinishAttempt { reply, .. }
-            | Op::FinishJob { reply, .. } => send(reply, Err(err)),
-            Op::Get { reply, .. } => send(reply, Err(err)),
-            Op::List { reply, .. } | Op::Recover { reply, .. } => send(reply, Err(err)),
-            Op::Prune { reply, .. } => send(reply, Err(err)),
-            Op::Counts { reply } => send(reply, Err(err)),
-        }
-    }
-
-    /// An answer of this operation's kind carrying `err`.
-    fn failed(&self, err: StoreError) -> Answer {
-        match self {
-            Op::InsertAll { .. } => Answer::Submitted(Err(err)),
-            Op::StartAttempt { .. } | Op::FinishAttempt { .. } | Op::FinishJob { .. } => {
-                Answer::Unit(Err(err))
-            }
-            Op::Get { .. } => Answer::Job(Err(err)),
-            Op::List { .. } | Op::Recover { .. } => Answer::Jobs(Err(err)),
-            Op::Prune { .. } => Answer::Count(Err(err)),
-            Op::Counts { .. } => Answer::Counts(Err(err)),
-        }
-    }
-
-    /// Runs the operation's statements inside the open transaction. It does
-    /// not undo what it wrote when it fails: the caller does (see [`run_batch`]).
-    fn run<S: JobStore>(&self, store: &mut S) -> Answer {
-        match self {
-            Op::InsertAll { jobs, .. } => Answer::Submitted(insert_batch(store, jobs)),
-            Op::StartAttempt {
-                id,
-                number,
-                worker_pid,
-                at_ms,
-                ..
-            } => Answer::Unit(store.start_attempt(*id, *number, *worker_pid, *at_ms)),
-            Op::FinishAttempt {
-                id,
-                number,
-                worker_pid,
-                outcome,
-                at_ms,
-                next,
-                ..
-            } => {
-                Answer::Unit(store.finish_attempt(*id, *number, *worker_pid, outcome, *at_ms, next))
-            }
-            Op::FinishJob {
-                id, at_ms, next, ..
-            } => Answer::Unit(store.finish_job(*id, *at_ms, next)),
-            Op::Get { id, .. } => Answer::Job(store.get(*id).map(|r| r.map(Box::new))),
-            Op::List {
-                state,
-                queue,
-                limit,
-                ..
-            } => Answer::Jobs(store.list(*state, queue.as_deref(), *limit)),
-            Op::Recover { now_ms, .. } => Answer::Jobs(store.recover(*now_ms)),
-            Op::Prune {
-                before_ms, keep, ..
-            } => Answer::Count(store.prune(*before_ms, *keep)),
-            Op::Counts { .. } => Answer::Counts(store.counts()),
-        }
-    }
-
-    /// [`Op::run`] in a savepoint: kept when it succeeds, undone when it
-    /// fails. The second value is set when the transaction itself is lost
-    /// (the savepoint could not be taken, released or returned to: SQLite
-    /// may roll a whole transaction back after a full disk): the error to
-    /// give every other operation of it.
-    fn run_in_savepoint<S: JobStore>(&self, store: &mut S) -> (Answer, Option<StoreError>) {
-        if let Err(e) = store.savepoint() {
-            return (self.failed(e.clone()), Some(e));
-        }
-        let answer = self.run(store);
-        match answer.error().cloned() {
-            None => match store.release_savepoint() {
-                Ok(()) => (answer, None),
-                Err(e) => (self.failed(e.clone()), Some(e)),
-            },
-            Some(e) => match store.rollback_to_savepoint() {
-                Ok(()) => (answer, None),
-                // The operation's own error is the cause; report it to the others.
-                Err(_) => (answer, Some(e)),
-            },
-        }
-    }
-
-    /// Sends `answer` once the transaction has ended: `undone` is `None`
-    /// after its commit, or the error that undid it. A job-state write that
-    /// met a full disk is not answered but handed back, to be run again (in
-    /// order, before anything queued after it) once there is room: submits
-    /// fail on a full disk, but what the daemon learned about jobs it already
-    /// accepted must not be dropped, or a finished job would stay `running`
-    /// in the store.
-    fn answer(self, answer: Answer, undone: Option<&StoreError>) -> Option<Op> {
-        match (self, answer) {
-            (Op::InsertAll { reply, .. }, Answer::Submitted(r)) => send(reply, outcome(r, undone)),
-            (
-                op @ (Op::StartAttempt { .. } | Op::FinishAttempt { .. } | Op::FinishJob { .. }),
-                Answer::Unit(r),
-            ) if matches!(r.as_ref().err().or(undone), Some(StoreError::Full(_))) => {
-                return Some(op)
-            }
-            (
-                Op::StartAttempt { reply, .. }
-                | Op::FinishAttempt { reply, .. }
-                | Op::FinishJob { reply, .. },
-                Answer::Unit(r),
-            ) => send(reply, outcome(r, undone)),
-            (Op::Get { reply, .. }, Answer::Job(r)) => {
-                send(reply, outcome(r, undone).map(|r| r.map(|b| *b)))
-            }
-            (Op::List { reply, .. } | Op::Recover { reply, .. }, Answer::Jobs(r)) => {
-                send(reply, outcome(r, undone))
-            }
-            (Op::Prune { reply, .. }, Answer::Count(r)) => send(reply, outcome(r, undone)),
-            (Op::Counts { reply }, Answer::Counts(r)) => send(reply, outcome(r, undone)),
-            (op, _) => op.fail(StoreError::Db(
-                "internal: an answer of the wrong kind".into(),
-            )),
-        }
-        None
-    }
-}
-
-/// Runs one batch and answers it; returns the job-state writes held back by
-/// a full disk.
-///
-/// First every operation runs in one transaction without savepoints (a
-/// savepoint per operation costs more than the operation: SQLite copies each
-/// page it touches into a sub-journal and frees that on release), and an
-/// attempt's start and finish in the same batch are written as one (see
-/// [`pair_attempts`]). That is the usual case: operations rarely fail. If one
-/// does, the transaction is rolled back, nothing has been answered, and the
-/// batch runs again operation by operation, each in its own savepoint, so
-/// that the failing one is undone alone.
-fn run_batch<S: JobStore>(store: &mut S, ops: Vec<Op>, commits: &AtomicU64) -> Vec<Op> {
-    if ops.is_empty() {
-        return Vec::new();
-    }
-    if let Err(e) = store.begin() {
-        for op in ops {
-            op.fail(e.clone());
-        }
-        return Vec::new();
-    }
-    let steps = pair_attempts(&ops);
-    let mut answers = Vec::with_capacity(ops.len());
-    for (op, step) in ops.iter().zip(&steps) {
-        let answer = match *step {
-            Step::Alone => op.run(store),
-            // Written with its finish, further on; if that fails, all is undone.
-            Step::Start => Answer::Unit(Ok(())),
-            Step::Finish(start) => run_pair(store, &ops[start], op),
-        };
-        if answer.error().is_some() {
-            // Best effort: SQLite may already have rolled it back.
-            let _ = store.rollback();
-            return run_batch_in_savepoints(store, ops, commits);
-        }
-        answers.push(answer);
-    }
-    finish_batch(store, ops.into_iter().zip(answers), commits)
-}
-
-/// How an operation runs in the first try of [`run_batch`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Step {
-    /// On its own.
-    Alone,
-    /// An attempt start written together with its finish, later in the batch.
-    Start,
-    /// An attempt finish written together with the start at this position.
-    Finish(usize),
-}
-
-/// Pairs each attempt start with the finish of the same attempt later in the
-/// batch, when nothing in between could tell that the start was not written
-/// first: no read, and no other write to that job. The pair is written as one
-/// at the finish's place ([`JobStore::start_and_finish_attempt`]), which saves
-/// a job update and an attempt update. Under load most attempts start and
-/// finish within one batch (the 100,000-job benchmark: 95 %).
-fn pair_attempts(ops: &[Op]) -> Vec<Step> {
-    let mut steps = vec![Step::Alone; ops.len()];
-    // Job id → (position, attempt number) of a start not yet paired.
-    let mut open: HashMap<u64, (usize, u32)> = HashMap::new();
-    for (at, op) in ops.iter().enumerate() {
-        match op {
-            Op::StartAttempt { id, number, .. } => {
-                open.insert(*id, (at, *number));
-            }
-            Op::FinishAttempt { id, number, .. } => {
-                if let Some((start, n)) = open.remove(id) {
-                    if n == *number {
-                        steps[start] = Step::Start;
-                        steps[at] = Step::Finish(start);
-                    }
+    } else {
+        // Try again when something else arrives, or after a while.
+        match ops.recv_timeout(rounds.wait()) {
+            Ok(op) => batch.push(op),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if rounds.give_up_at_shutdown() {
+                    return Next::Stop(batch);
                 }
             }
-            Op::FinishJob { id, .. } => {
-                open.remove(id);
-            }
-            // New jobs only (it reads whether dependencies and keys exist).
-            Op::InsertAll { .. } => {}
-            Op::Get { .. }
-            | Op::List { .. }
-            | Op::Recover { .. }
-            | Op::Prune { .. }
-            | Op::Counts { .. } => open.clear(),
         }
     }
-    steps
-}
-
-/// Writes the attempt start `start` and its finish `finish` as one.
-fn run_pair<S: JobStore>(store: &mut S, start: &Op, finish: &Op) -> Answer {
-    match (start, finish) {
-        (
-            Op::StartAttempt {
-                id,
-                number,
-                worker_pid: started_pid,
-                at_ms: started_ms,
-                ..
-            },
-            Op::FinishAttempt {
-                worker_pid,
-                outcome,
-                at_ms,
-                next,
-                ..
-            },
-        ) => Answer::Unit(store.start_and_finish_attempt(
-            *id,
-            *number,
-            *started_ms,
-            // As the finish alone would: its pid if it knows one.
-            worker_pid.or(*started_pid),
-            outcome,
-            *at_ms,
-            next,
-        )),
-        _ => finish.failed(StoreError::Db(
-            "internal: paired operations are not an attempt's start and finish".into(),
-        )),
-    }
-}
-
-/// [`run_batch`] with each operation in a savepoint: one transaction (more
-/// only if one is lost midway), one commit, then the answers.
-fn run_batch_in_savepoints<S: JobStore>(
-    store: &mut S,
-    ops: Vec<Op>,
-    commits: &AtomicU64,
-) -> Vec<Op> {
-    let mut ops = ops.into_iter();
-    let mut pending: Vec<(Op, Answer)> = Vec::with_capacity(ops.len());
-    let mut retry = Vec::new();
-    loop {
-        if ops.as_slice().is_empty() {
-            return retry;
-        }
-        if let Err(e) = store.begin() {
-            for op in ops {
-                op.fail(e.clone());
-            }
-            return retry;
-        }
-        let mut lost = None;
-        for op in ops.by_ref() {
-            let (answer, l) = op.run_in_savepoint(store);
-            pending.push((op, answer));
-            if l.is_some() {
-                lost = l;
-                break;
-            }
-        }
-        match lost {
-            Some(e) => {
-                // Best effort: SQLite may already have rolled it back.
-                let _ = store.rollback();
-                retry.extend(
-                    pending
-                        .drain(..)
-                        .filter_map(|(op, answer)| op.answer(answer, Some(&e))),
-                );
-                // The rest of the batch gets a new transaction.
-            }
-            None => break,
+    while batch.len() < max {
+        match ops.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(_) => break,
         }
     }
-    retry.extend(finish_batch(store, pending, commits));
-    retry
-}
-
-/// Commits the open transaction, then answers its operations.
-fn finish_batch<S: JobStore>(
-    store: &mut S,
-    pending: impl IntoIterator<Item = (Op, Answer)>,
-    commits: &AtomicU64,
-) -> Vec<Op> {
-    let undone = match store.commit() {
-        Ok(()) => {
-            commits.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-        Err(e) => {
-            let _ = store.rollback();
-            Some(e)
-        }
-    };
-    pending
-        .into_iter()
-        .filter_map(|(op, answer)| op.answer(answer, undone.as_ref()))
-        .collect()
+    Next::Run(batch)
 }
 
 fn run<S: JobStore>(
@@ -452,45 +79,22 @@ fn run<S: JobStore>(
 ) {
     // Job-state writes held back by a full disk; they go first, in order.
     let mut held: Vec<Op> = Vec::new();
-    let mut delay = RETRY_FIRST;
+    let mut rounds = HeldRounds::default();
     loop {
-        let mut batch = std::mem::take(&mut held);
-        if batch.is_empty() {
-            // `recv` yields what is queued before it reports that every sender is gone.
-            match ops.recv() {
-                Ok(first) => batch.push(first),
-                Err(_) => break,
-            }
-        } else {
-            // Try again when something else arrives, or after a while.
-            match ops.recv_timeout(delay) {
-                Ok(op) => batch.push(op),
-                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    if delay >= RETRY_MAX {
-                        // Shutting down with the disk still full: give up.
-                        for op in batch {
-                            op.fail(StoreError::Full(
-                                "the disk is still full at shutdown".into(),
-                            ));
-                        }
-                        break;
-                    }
+        let batch = match next_batch(std::mem::take(&mut held), &ops, rounds, MAX_BATCH) {
+            Next::Run(batch) => batch,
+            Next::Stop(held) => {
+                // Shutting down with the disk still full: give up.
+                for op in held {
+                    op.fail(StoreError::full("the disk is still full at shutdown"));
                 }
+                break;
             }
-        }
-        while batch.len() < MAX_BATCH {
-            match ops.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
+        };
         held = run_batch(&mut store, batch, &commits);
-        if held.is_empty() {
-            delay = RETRY_FIRST;
-        } else {
-            tracing::warn!(writes = held.len(), retry_in = ?delay, "job store full: holding job-state writes until there is room");
-            delay = (delay * 2).min(RETRY_MAX);
+        rounds.after_batch(!held.is_empty());
+        if !held.is_empty() {
+            tracing::warn!(writes = held.len(), retry_in = ?rounds.wait(), "job store full: holding job-state writes until there is room");
         }
     }
     drop(store);
@@ -742,355 +346,73 @@ impl StoreHandle {
     }
 }
 
-/// Inserts a batch in order, resolving references to earlier jobs of the same
-/// batch (pipelines) to their ids; a referenced job is also a dependency.
-/// Runs of jobs without such references go to the store together.
-fn insert_batch<S: JobStore>(store: &mut S, jobs: &[NewJob]) -> Result<Vec<Submitted>, StoreError> {
-    use jobvisor_proto::control::JobRef;
-    let mut out: Vec<Submitted> = Vec::with_capacity(jobs.len());
-    let mut i = 0;
-    while i < jobs.len() {
-        let run = jobs[i..]
-            .iter()
-            .take_while(|j| j.input_from.is_empty())
-            .count();
-        if run > 0 {
-            out.extend(store.insert_many(&jobs[i..i + run])?);
-            i += run;
-            continue;
-        }
-        let mut job = jobs[i].clone();
-        for r in &mut job.input_from {
-            if let JobRef::Batch(b) = r.job {
-                let earlier = out.get(b as usize).filter(|_| (b as usize) < i).ok_or_else(|| {
-                    StoreError::Db(format!("job #{} of the batch takes input from #{}, which is not an earlier job", i + 1, b + 1))
-                })?;
-                r.job = JobRef::Id(earlier.id);
-            }
-            if let JobRef::Id(id) = r.job {
-                if !job.after.contains(&id) {
-                    job.after.push(id);
-                }
-            }
-        }
-        out.push(store.insert(&job)?);
-        i += 1;
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::SqliteStore;
-    use jobvisor_proto::control::Payload;
 
-    fn job(n: u32, after: Vec<u64>) -> NewJob {
-        NewJob {
-            task: "t".into(),
-            input: Payload::Json(format!("{n}")),
-            queue: "default".into(),
-            priority: 0,
-            max_attempts: 1,
-            backoff_base_ms: 10,
-            backoff_max_ms: 100,
-            timeout_ms: None,
-            stall_timeout_ms: None,
-            input_from: Vec::new(),
-            run_at_ms: 0,
-            created_ms: 0,
-            after,
-            key: None,
-            notify_url: None,
+    fn channel(queued: &[u32]) -> (mpsc::Sender<u32>, mpsc::Receiver<u32>) {
+        let (tx, rx) = mpsc::channel();
+        for &op in queued {
+            tx.send(op).unwrap();
         }
+        (tx, rx)
     }
 
-    /// In one batch, one transaction: a failing insert_all is undone alone,
-    /// and the answers come only from `run_batch` (after its commit).
+    fn held_rounds(n: u32) -> HeldRounds {
+        let mut rounds = HeldRounds::default();
+        for _ in 0..n {
+            rounds.after_batch(true);
+        }
+        rounds
+    }
+
     #[test]
-    fn one_failing_op_does_not_poison_its_batch() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = SqliteStore::open(&dir.path().join("db")).unwrap();
-        let commits = AtomicU64::new(0);
-        let (ok1_tx, mut ok1) = oneshot::channel();
-        let (bad_tx, mut bad) = oneshot::channel();
-        let (ok2_tx, mut ok2) = oneshot::channel();
-        let ops = vec![
-            Op::InsertAll {
-                jobs: vec![job(1, vec![])],
-                reply: ok1_tx,
-            },
-            Op::InsertAll {
-                // The first job would be fine; the second names a missing job.
-                jobs: vec![job(2, vec![]), job(3, vec![999])],
-                reply: bad_tx,
-            },
-            Op::InsertAll {
-                jobs: vec![job(4, vec![])],
-                reply: ok2_tx,
-            },
-        ];
-        run_batch(&mut store, ops, &commits);
-        assert_eq!(commits.load(Ordering::Relaxed), 1);
-        let ok1 = ok1.try_recv().unwrap().unwrap();
-        assert!(matches!(
-            bad.try_recv().unwrap(),
-            Err(StoreError::NotFound(999))
-        ));
-        let ok2 = ok2.try_recv().unwrap().unwrap();
-        assert!(store.get(ok1[0].id).unwrap().is_some());
-        assert!(store.get(ok2[0].id).unwrap().is_some());
-        let all = store.list(None, None, 100).unwrap();
-        assert_eq!(all.len(), 2, "the failed batch left nothing: {all:?}");
+    fn a_batch_takes_what_is_queued_up_to_the_limit_in_order() {
+        let (_tx, rx) = channel(&[1, 2, 3, 4, 5]);
+        let none = HeldRounds::default();
+        assert_eq!(next_batch(Vec::new(), &rx, none, 2), Next::Run(vec![1, 2]));
+        assert_eq!(next_batch(Vec::new(), &rx, none, 2), Next::Run(vec![3, 4]));
+        assert_eq!(next_batch(Vec::new(), &rx, none, 2), Next::Run(vec![5]));
     }
 
-    fn start(id: u64, number: u32, reply: Reply<()>) -> Op {
-        Op::StartAttempt {
-            id,
-            number,
-            worker_pid: Some(7),
-            at_ms: 10 * u64::from(number),
-            reply,
-        }
-    }
-
-    fn finish(id: u64, number: u32, next: Finish, reply: Reply<()>) -> Op {
-        Op::FinishAttempt {
-            id,
-            number,
-            worker_pid: None,
-            outcome: AttemptOutcome::Error("boom".into()),
-            at_ms: 10 * u64::from(number) + 5,
-            next,
-            reply,
-        }
-    }
-
-    fn unit() -> Reply<()> {
-        oneshot::channel().0
-    }
-
-    /// A start is paired with the finish of the same attempt, unless something
-    /// in between could see the job (a read, another write to it).
     #[test]
-    fn attempts_pair_only_when_nothing_in_between_can_tell() {
-        let retry = || Finish::Retry {
-            run_at_ms: 99,
-            error: "e".into(),
-        };
-        let ops = vec![
-            start(1, 1, unit()),           // 0: paired with 3
-            start(2, 1, unit()),           // 1: its finish is for attempt 2
-            start(3, 1, unit()),           // 2: a write to job 3 follows
-            finish(1, 1, retry(), unit()), // 3
-            finish(2, 2, retry(), unit()), // 4
-            Op::FinishJob {
-                id: 3,
-                at_ms: 1,
-                next: Finish::Requeue,
-                reply: unit(),
-            }, // 5
-            finish(3, 1, retry(), unit()), // 6
-            start(4, 1, unit()),           // 7: a read follows
-            Op::Counts {
-                reply: oneshot::channel().0,
-            }, // 8
-            finish(4, 1, retry(), unit()), // 9
-            start(5, 1, unit()),           // 10: an insert does not matter
-            Op::InsertAll {
-                jobs: vec![job(1, vec![5])],
-                reply: oneshot::channel().0,
-            }, // 11
-            finish(5, 1, retry(), unit()), // 12
-            start(6, 1, unit()),           // 13: a later start replaces it
-            start(6, 2, unit()),           // 14: paired with 15
-            finish(6, 2, retry(), unit()), // 15
-        ];
-        let steps = pair_attempts(&ops);
-        let mut want = vec![Step::Alone; ops.len()];
-        for (s, f) in [(0, 3), (10, 12), (14, 15)] {
-            want[s] = Step::Start;
-            want[f] = Step::Finish(s);
-        }
-        assert_eq!(steps, want);
+    fn held_writes_go_first_and_the_limit_counts_them() {
+        let (_tx, rx) = channel(&[7, 8, 9]);
+        assert_eq!(
+            next_batch(vec![1, 2], &rx, held_rounds(1), 4),
+            Next::Run(vec![1, 2, 7, 8])
+        );
     }
 
-    /// A paired start and finish leave the job exactly as the two written one
-    /// after the other do, for every kind of finish (and a restarted attempt
-    /// number); a failing operation in the batch still fails alone.
     #[test]
-    fn a_paired_attempt_is_stored_as_two_separate_writes_would_be() {
-        let nexts = [
-            Finish::Succeeded {
-                output: Payload::Json("{\"ok\":1}".into()),
-            },
-            Finish::Failed { error: "f".into() },
-            Finish::Cancelled { error: "c".into() },
-            Finish::Dead { error: "d".into() },
-            Finish::Retry {
-                run_at_ms: 77,
-                error: "r".into(),
-            },
-            Finish::Requeue,
-        ];
-        let dir = tempfile::tempdir().unwrap();
-        let mut paired = SqliteStore::open(&dir.path().join("paired")).unwrap();
-        let mut apart = SqliteStore::open(&dir.path().join("apart")).unwrap();
-        let commits = AtomicU64::new(0);
-        for store in [&mut paired, &mut apart] {
-            let (tx, _rx) = oneshot::channel();
-            let jobs = (0..nexts.len() as u32).map(|n| job(n, vec![])).collect();
-            run_batch(store, vec![Op::InsertAll { jobs, reply: tx }], &commits);
-        }
-        // Attempt 1 of every job, paired; then attempt 1 again (the pair
-        // overwrites an attempt row) with a failing write in the batch: then
-        // nothing is paired, each write runs in a savepoint of its own.
-        for (number, failing) in [(1, false), (1, true)] {
-            let mut batch = Vec::new();
-            let mut answers = Vec::new();
-            for (i, next) in nexts.iter().enumerate() {
-                let id = i as u64 + 1;
-                let (s_tx, s_rx) = oneshot::channel();
-                let (f_tx, f_rx) = oneshot::channel();
-                batch.push(start(id, number, s_tx));
-                batch.push(finish(id, number, next.clone(), f_tx));
-                answers.push(s_rx);
-                answers.push(f_rx);
-            }
-            let (bad_tx, mut bad) = oneshot::channel();
-            if failing {
-                batch.insert(
-                    3,
-                    Op::FinishJob {
-                        id: 999,
-                        at_ms: 1,
-                        next: Finish::Requeue,
-                        reply: bad_tx,
-                    },
-                );
-            }
-            assert!(pair_attempts(&batch).contains(&Step::Start));
-            assert!(run_batch(&mut paired, batch, &commits).is_empty());
-            if failing {
-                assert!(matches!(
-                    bad.try_recv().unwrap(),
-                    Err(StoreError::NotFound(999))
-                ));
-            }
-            for mut a in answers {
-                a.try_recv().unwrap().unwrap();
-            }
-            // The same writes, each in a batch of its own.
-            for (i, next) in nexts.iter().enumerate() {
-                let id = i as u64 + 1;
-                for op in [
-                    start(id, number, unit()),
-                    finish(id, number, next.clone(), unit()),
-                ] {
-                    assert!(run_batch(&mut apart, vec![op], &commits).is_empty());
-                }
-            }
-            for id in 1..=nexts.len() as u64 {
-                let p = paired.get(id).unwrap().unwrap();
-                assert_eq!(p, apart.get(id).unwrap().unwrap(), "job {id}");
-                assert_eq!(p.attempts.len(), 1);
-                assert_eq!(p.attempts[0].worker_pid, Some(7), "the start's pid is kept");
-                assert_eq!(
-                    (p.attempts[0].started_ms, p.attempts[0].finished_ms),
-                    (10, Some(15))
-                );
-            }
-        }
+    fn queued_operations_still_run_after_every_sender_is_gone() {
+        let (tx, rx) = channel(&[1, 2]);
+        drop(tx);
+        let none = HeldRounds::default();
+        assert_eq!(next_batch(Vec::new(), &rx, none, 10), Next::Run(vec![1, 2]));
+        assert_eq!(
+            next_batch(Vec::new(), &rx, none, 10),
+            Next::Stop(Vec::new())
+        );
     }
 
-    /// When the commit fails, every operation of the batch gets the error and
-    /// nothing of it is stored.
+    /// At shutdown held writes are tried again at once (no operation can
+    /// come to wait for), until the wait would have reached its cap.
     #[test]
-    fn failed_commit_answers_every_op_with_the_error() {
-        struct FailingCommit(SqliteStore);
-        impl JobStore for FailingCommit {
-            fn begin(&mut self) -> Result<(), StoreError> {
-                self.0.begin()
-            }
-            fn commit(&mut self) -> Result<(), StoreError> {
-                self.0.rollback()?;
-                Err(StoreError::Full("test".into()))
-            }
-            fn rollback(&mut self) -> Result<(), StoreError> {
-                self.0.rollback()
-            }
-            fn savepoint(&mut self) -> Result<(), StoreError> {
-                self.0.savepoint()
-            }
-            fn release_savepoint(&mut self) -> Result<(), StoreError> {
-                self.0.release_savepoint()
-            }
-            fn rollback_to_savepoint(&mut self) -> Result<(), StoreError> {
-                self.0.rollback_to_savepoint()
-            }
-            fn insert(&mut self, job: &NewJob) -> Result<Submitted, StoreError> {
-                self.0.insert(job)
-            }
-            fn start_attempt(
-                &mut self,
-                id: u64,
-                n: u32,
-                pid: Option<u32>,
-                at: u64,
-            ) -> Result<(), StoreError> {
-                self.0.start_attempt(id, n, pid, at)
-            }
-            fn finish_attempt(
-                &mut self,
-                id: u64,
-                n: u32,
-                pid: Option<u32>,
-                o: &AttemptOutcome,
-                at: u64,
-                next: &Finish,
-            ) -> Result<(), StoreError> {
-                self.0.finish_attempt(id, n, pid, o, at, next)
-            }
-            fn finish_job(&mut self, id: u64, at: u64, next: &Finish) -> Result<(), StoreError> {
-                self.0.finish_job(id, at, next)
-            }
-            fn get(&mut self, id: u64) -> Result<Option<JobRecord>, StoreError> {
-                self.0.get(id)
-            }
-            fn list(
-                &mut self,
-                s: Option<JobState>,
-                q: Option<&str>,
-                l: u32,
-            ) -> Result<Vec<JobRecord>, StoreError> {
-                self.0.list(s, q, l)
-            }
-            fn recover(&mut self, now: u64) -> Result<Vec<JobRecord>, StoreError> {
-                self.0.recover(now)
-            }
-            fn prune(&mut self, b: u64, k: u64) -> Result<u64, StoreError> {
-                self.0.prune(b, k)
-            }
-            fn counts(&mut self) -> Result<Vec<(JobState, u64)>, StoreError> {
-                self.0.counts()
-            }
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let mut store = FailingCommit(SqliteStore::open(&dir.path().join("db")).unwrap());
-        let commits = AtomicU64::new(0);
-        let (a_tx, mut a) = oneshot::channel();
-        let (b_tx, mut b) = oneshot::channel();
-        let ops = vec![
-            Op::InsertAll {
-                jobs: vec![job(1, vec![])],
-                reply: a_tx,
-            },
-            Op::Counts { reply: b_tx },
-        ];
-        run_batch(&mut store, ops, &commits);
-        assert_eq!(commits.load(Ordering::Relaxed), 0);
-        assert!(matches!(a.try_recv().unwrap(), Err(StoreError::Full(_))));
-        assert!(matches!(b.try_recv().unwrap(), Err(StoreError::Full(_))));
-        assert!(store.0.counts().unwrap().is_empty());
+    fn at_shutdown_held_writes_are_retried_then_given_up() {
+        let (tx, rx) = channel(&[]);
+        drop(tx);
+        assert_eq!(
+            next_batch(vec![1], &rx, held_rounds(1), 10),
+            Next::Run(vec![1])
+        );
+        assert_eq!(
+            next_batch(vec![1], &rx, held_rounds(4), 10),
+            Next::Run(vec![1])
+        );
+        assert_eq!(
+            next_batch(vec![1], &rx, held_rounds(5), 10),
+            Next::Stop(vec![1])
+        );
     }
 }

@@ -1,0 +1,253 @@
+//! The SQLite schema and its migrations.
+//!
+//! The schema is versioned with `PRAGMA user_version`; [`migrate`] brings a
+//! file up to [`SCHEMA_VERSION`] when it is opened, and refuses one written by
+//! a newer build before changing anything in it. Version 5 rewrote the
+//! codec blobs of older files as JSON (see `v4_blobs`).
+
+use rusqlite::Connection;
+
+use crate::sql_error::{rollback_quietly, Error};
+use crate::store::StoreError;
+use crate::v4_blobs;
+
+/// One step of the schema.
+pub(crate) enum Migration {
+    /// Statements only.
+    Sql(&'static str),
+    /// Statements and a rewrite of the rows already stored, in Rust.
+    Code(fn(&Connection) -> Result<(), Error>),
+}
+
+impl Migration {
+    /// Applies the step (inside the caller's transaction).
+    pub(crate) fn apply(&self, conn: &Connection) -> Result<(), Error> {
+        match self {
+            Migration::Sql(sql) => Ok(conn.execute_batch(sql)?),
+            Migration::Code(step) => step(conn),
+        }
+    }
+}
+
+/// The schema, one entry per version: entry `i` takes a database from
+/// `user_version` `i` to `i + 1`. Append only; never edit a released entry.
+const MIGRATIONS: &[Migration] = &[
+    // v1
+    Migration::Sql(
+        "CREATE TABLE jobs (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        task            TEXT    NOT NULL,
+        queue           TEXT    NOT NULL,
+        priority        INTEGER NOT NULL,
+        state           TEXT    NOT NULL,
+        max_attempts    INTEGER NOT NULL,
+        backoff_base_ms INTEGER NOT NULL,
+        backoff_max_ms  INTEGER NOT NULL,
+        timeout_ms      INTEGER,
+        run_at_ms       INTEGER NOT NULL,
+        created_ms      INTEGER NOT NULL,
+        finished_ms     INTEGER,
+        key             TEXT UNIQUE,
+        input_kind      INTEGER NOT NULL,
+        input           BLOB    NOT NULL,
+        output_kind     INTEGER,
+        output          BLOB,
+        error           TEXT
+    );
+    CREATE TABLE attempts (
+        job_id      INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        number      INTEGER NOT NULL,
+        worker_pid  INTEGER,
+        started_ms  INTEGER NOT NULL,
+        finished_ms INTEGER,
+        outcome     BLOB    NOT NULL,
+        PRIMARY KEY (job_id, number)
+    ) WITHOUT ROWID;
+    CREATE TABLE deps (
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        dep_id INTEGER NOT NULL,
+        PRIMARY KEY (job_id, dep_id)
+    );
+    CREATE INDEX jobs_state_finished ON jobs(state, finished_ms);
+    CREATE INDEX jobs_queue ON jobs(queue);
+    CREATE INDEX attempts_running ON attempts(job_id) WHERE finished_ms IS NULL;",
+    ),
+    // v2: per-job stall timeout (watchdog).
+    Migration::Sql("ALTER TABLE jobs ADD COLUMN stall_timeout_ms INTEGER;"),
+    // v3: pipeline inputs (codec-encoded Vec<InputRef>, resolved to job ids).
+    Migration::Sql("ALTER TABLE jobs ADD COLUMN input_from BLOB;"),
+    // v4: per-job completion webhook (NULL: none).
+    Migration::Sql("ALTER TABLE jobs ADD COLUMN notify_url TEXT;"),
+    // v5: attempt outcomes and pipeline inputs as JSON text, not codec blobs.
+    Migration::Code(v4_blobs::to_v5),
+];
+
+/// The schema version this build writes (and the newest it can read).
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+/// The file's schema version (`PRAGMA user_version`).
+pub(crate) fn user_version(conn: &Connection) -> Result<i64, Error> {
+    Ok(conn.pragma_query_value(None, "user_version", |row| row.get(0))?)
+}
+
+/// Applies the missing migrations in one transaction (so two processes
+/// opening the same new file cannot both apply them).
+pub(crate) fn migrate(conn: &Connection) -> Result<(), Error> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let result = (|| {
+        let found = user_version(conn)?;
+        check_version(found)?;
+        let from = usize::try_from(found).unwrap_or(0);
+        if from == MIGRATIONS.len() {
+            return Ok(false);
+        }
+        for step in &MIGRATIONS[from..] {
+            step.apply(conn)?;
+        }
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        Ok(true)
+    })();
+    match result {
+        Ok(_) => {
+            if let Err(e) = conn.execute_batch("COMMIT") {
+                rollback_quietly(conn);
+                return Err(e.into());
+            }
+            Ok(())
+        }
+        Err(e) => {
+            rollback_quietly(conn);
+            Err(e)
+        }
+    }
+}
+
+/// Refuses a version this build cannot read: negative, or newer than
+/// [`SCHEMA_VERSION`].
+pub(crate) fn check_version(found: i64) -> Result<(), StoreError> {
+    if found < 0 {
+        return Err(StoreError::db(format!("invalid schema version {found}")));
+    }
+    if found > i64::from(SCHEMA_VERSION) {
+        return Err(StoreError::TooNew {
+            found: u32::try_from(found).unwrap_or(u32::MAX),
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{JobStore, NewJob};
+    use crate::SqliteStore;
+    use jobvisor_proto::control::{JobState, Payload};
+
+    #[test]
+    fn a_version_1_database_is_migrated_and_keeps_its_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            MIGRATIONS[0].apply(&conn).unwrap();
+            conn.pragma_update(None, "user_version", 1).unwrap();
+            conn.execute(
+                "INSERT INTO jobs (task, queue, priority, state, max_attempts, backoff_base_ms, \
+                 backoff_max_ms, run_at_ms, created_ms, input_kind, input) \
+                 VALUES ('noop', 'default', 0, 'queued', 3, 10, 100, 1, 1, 0, '5')",
+                [],
+            )
+            .unwrap();
+        }
+        let mut store = SqliteStore::open(&path).unwrap();
+        let version = user_version(&Connection::open(&path).unwrap()).unwrap_or(-1);
+        assert_eq!(version, i64::from(SCHEMA_VERSION));
+        let rec = store.get(1).unwrap().expect("the v1 job survives");
+        assert_eq!(rec.task, "noop");
+        assert_eq!(rec.input, Some(Payload::Json("5".into())));
+        assert_eq!(rec.stall_timeout_ms, None);
+        assert!(rec.input_from.is_empty());
+        assert_eq!(rec.notify_url, None);
+    }
+
+    /// v3 → v4 adds the nullable `notify_url` column (and v5 changes nothing
+    /// of it): an existing job reads
+    /// back without one, and a new job keeps its URL.
+    #[test]
+    fn a_version_3_database_gets_notify_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for step in &MIGRATIONS[..3] {
+                step.apply(&conn).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 3).unwrap();
+            conn.execute(
+                "INSERT INTO jobs (task, queue, priority, state, max_attempts, backoff_base_ms, \
+                 backoff_max_ms, run_at_ms, created_ms, input_kind, input, stall_timeout_ms) \
+                 VALUES ('noop', 'default', 0, 'succeeded', 3, 10, 100, 1, 1, 0, '5', 70)",
+                [],
+            )
+            .unwrap();
+        }
+        let mut store = SqliteStore::open(&path).unwrap();
+        assert_eq!(SCHEMA_VERSION, 5);
+        let version = user_version(&Connection::open(&path).unwrap()).unwrap_or(-1);
+        assert_eq!(version, 5);
+        let old = store.get(1).unwrap().expect("the v3 job survives");
+        assert_eq!(old.state, JobState::Succeeded);
+        assert_eq!(old.stall_timeout_ms, Some(70));
+        assert_eq!(old.notify_url, None);
+
+        let url = "http://127.0.0.1:9/hook";
+        store.begin().unwrap();
+        let s = store
+            .insert(&NewJob {
+                task: "noop".into(),
+                input: Payload::Json("1".into()),
+                queue: "default".into(),
+                priority: 0,
+                max_attempts: 1,
+                backoff_base_ms: 10,
+                backoff_max_ms: 100,
+                timeout_ms: None,
+                stall_timeout_ms: None,
+                input_from: Vec::new(),
+                run_at_ms: 1,
+                created_ms: 1,
+                after: Vec::new(),
+                key: None,
+                notify_url: Some(url.into()),
+            })
+            .unwrap();
+        store.commit().unwrap();
+        let new = store.get(s.id).unwrap().unwrap();
+        assert_eq!(new.notify_url.as_deref(), Some(url));
+        let live = store.recover(2).unwrap();
+        assert_eq!(live.len(), 1);
+        assert_eq!(
+            live[0].notify_url.as_deref(),
+            Some(url),
+            "recovery keeps it"
+        );
+    }
+
+    #[test]
+    fn migrations_match_the_version() {
+        assert_eq!(SCHEMA_VERSION as usize, MIGRATIONS.len());
+        assert!(!MIGRATIONS.is_empty());
+    }
+
+    #[test]
+    fn version_check() {
+        assert!(check_version(0).is_ok());
+        assert!(check_version(i64::from(SCHEMA_VERSION)).is_ok());
+        assert!(matches!(
+            check_version(i64::from(SCHEMA_VERSION) + 1),
+            Err(StoreError::TooNew { found, supported }) if found == SCHEMA_VERSION + 1 && supported == SCHEMA_VERSION
+        ));
+        assert!(matches!(check_version(-1), Err(StoreError::Db(_))));
+    }
+}
