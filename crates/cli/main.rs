@@ -6,14 +6,19 @@
 //! 3 job failed or dead, 4 not found, 5 daemon unreachable, 6 job cancelled,
 //! 7 request refused.
 
-mod cli;
+mod args;
 mod client_cmds;
+mod daemon;
 mod demo;
+mod logging;
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 use jobvisor_pool::{bootstrap, Bootstrap};
+
+use crate::args::{Cli, Command};
 
 fn main() -> ExitCode {
     // Before anything else: no thread may exist when the fork server forks.
@@ -25,11 +30,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    let cli = cli::Cli::parse();
-    cli::init_logging(&cli);
-    if let cli::Command::Client(_) = &cli.command {
-        let socket = cli::client_socket(&cli);
-        let cli::Command::Client(cmd) = cli.command else {
+    let cli = Cli::parse();
+    logging::init(&cli);
+    if let Command::Client(_) = &cli.command {
+        let socket = cli.client_socket();
+        let Command::Client(cmd) = cli.command else {
             return ExitCode::FAILURE;
         };
         let rt = match tokio::runtime::Builder::new_current_thread()
@@ -44,11 +49,24 @@ fn main() -> ExitCode {
         };
         return rt.block_on(client_cmds::run(cmd, &socket));
     }
-    match cli::run(cli) {
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("jobvisor: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Runs `daemon` or `demo` on a multi-threaded runtime.
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.command {
+        Command::Client(_) => anyhow::bail!("client commands are run by run_client"),
+        Command::Demo(args) => rt.block_on(demo::run(args)),
+        Command::Daemon(args) => rt.block_on(daemon::run(args, cli.socket)),
     }
 }
