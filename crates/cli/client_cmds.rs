@@ -5,55 +5,29 @@
 //! machine-readable answer on stdout; human output goes to stdout too, and
 //! errors are printed as `jobvisor: <message>` on stderr.
 //!
-//! # Exit codes
-//!
-//! | code | constant              | meaning                                                       |
-//! |------|-----------------------|---------------------------------------------------------------|
-//! | 0    | [`EXIT_OK`]           | success (for `wait`, `result`, `submit --wait`: job succeeded) |
-//! | 1    | [`EXIT_ERROR`]        | any other error; also a job that is not finished yet          |
-//! | 2    | [`EXIT_USAGE`]        | bad usage (clap's own, bad `--input` JSON, bad batch file)     |
-//! | 3    | [`EXIT_JOB_FAILED`]   | a job failed or is dead                                       |
-//! | 4    | [`EXIT_NOT_FOUND`]    | no such job                                                   |
-//! | 5    | [`EXIT_UNREACHABLE`]  | the daemon is unreachable                                     |
-//! | 6    | [`EXIT_CANCELLED`]    | a job was cancelled                                           |
-//! | 7    | [`EXIT_REFUSED`]      | the daemon refused the request (bad request, unknown task, bad input, limit reached, shutting down, storage failure, permission denied) |
-//!
-//! When several jobs are involved (`wait`, `submit --wait`), the worst one
-//! decides: failed/dead (3) before cancelled (6) before unfinished (1) before
-//! succeeded (0).
+//! Exit codes: [`crate::exit`].
 
 use std::collections::{HashMap, HashSet};
 use std::io::{IsTerminal, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use jobvisor_client::{Client, ClientError};
 use jobvisor_proto::control::{
-    AttemptOutcome, ErrorKind, JobRecord, JobSpec, JobState, Payload, Stats, Submitted, WorkerRow,
+    AttemptOutcome, JobRecord, JobSpec, JobState, Payload, Stats, Submitted, WorkerRow,
 };
 use jobvisor_proto::forkserver::signal_name;
 use jobvisor_proto::hex;
 use jobvisor_proto::json::payload_json;
 use serde_json::{json, Value};
 
-/// Success.
-pub const EXIT_OK: u8 = 0;
-/// Any other error (including a job that has not finished yet).
-pub const EXIT_ERROR: u8 = 1;
-/// Bad usage: clap's own errors, and input the CLI rejects before sending anything.
-pub const EXIT_USAGE: u8 = 2;
-/// A job failed or is dead.
-pub const EXIT_JOB_FAILED: u8 = 3;
-/// No such job.
-pub const EXIT_NOT_FOUND: u8 = 4;
-/// The daemon is unreachable.
-pub const EXIT_UNREACHABLE: u8 = 5;
-/// A job was cancelled.
-pub const EXIT_CANCELLED: u8 = 6;
-/// The daemon refused the request.
-pub const EXIT_REFUSED: u8 = 7;
+use crate::args::{ClientCommand, SubmitArgs};
+use crate::exit::{
+    exit_code_for_state, worst_exit_code, CmdResult, Failure, EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE,
+};
+use crate::parse::{parse_input_from, parse_job_ref};
 
 /// The task name whose input `submit exec -- CMD ARGS...` builds.
 const EXEC_TASK: &str = "exec";
@@ -68,196 +42,6 @@ const LIST_ERROR_CHARS: usize = 60;
 /// Longest input/output preview shown by `status`.
 const PREVIEW_CHARS: usize = 120;
 
-/// Commands that talk to a running daemon.
-#[derive(Debug, clap::Subcommand)]
-pub enum ClientCommand {
-    /// Submit a job (`submit TASK --input JSON`, `submit exec -- CMD ARGS...`)
-    /// or a batch of jobs (`submit --batch FILE`). Prints one job id per line.
-    // Boxed so the enum stays small when flattened into another.
-    Submit(Box<SubmitArgs>),
-    /// Show one job: state, attempts, error, times.
-    Status {
-        /// Job id.
-        id: u64,
-        /// Print the full job record as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Wait until jobs finish; print each job's state. The exit code comes from
-    /// the worst state (3 failed/dead, 6 cancelled, 1 unfinished at the timeout).
-    Wait {
-        /// Job ids.
-        #[arg(required = true, num_args = 1.., value_name = "ID")]
-        ids: Vec<u64>,
-        /// Give up after this long (e.g. 500ms, 2s, 1m; a bare number is ms).
-        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-        timeout: Option<Duration>,
-        /// Print the job records as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Print a finished job's output on stdout (its error on stderr if it failed).
-    Result {
-        /// Job id.
-        id: u64,
-        /// Print `{"id", "state", "output", "error"}` as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Cancel a queued or running job.
-    Cancel {
-        /// Job id.
-        id: u64,
-    },
-    /// Re-queue a finished job that did not succeed (dead, failed,
-    /// cancelled), with fresh attempt and crash budgets.
-    Retry {
-        /// Job id.
-        id: u64,
-    },
-    /// List jobs, newest first.
-    List {
-        /// Only jobs in this state (queued, running, retrying, succeeded,
-        /// failed, cancelled, dead).
-        #[arg(long, value_name = "STATE", value_parser = parse_state)]
-        state: Option<JobState>,
-        /// Only jobs of this queue.
-        #[arg(long, value_name = "QUEUE")]
-        queue: Option<String>,
-        /// At most this many jobs.
-        #[arg(long, value_name = "N", default_value_t = 50)]
-        limit: u32,
-        /// Print the job records as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// List the worker processes.
-    Workers {
-        /// Print as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Show daemon figures.
-    Stats {
-        /// Print as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Check that the daemon answers. Exit code 5 when it is unreachable.
-    Ping {
-        /// Keep retrying (every 50 ms) while the daemon is unreachable, up to
-        /// this long: for scripts waiting for the daemon to be ready.
-        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-        wait: Option<Duration>,
-        /// Print `{"pid": N}` as JSON.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Stream job and worker events as they happen, until interrupted.
-    Events {
-        /// Keep following (the default; accepted for clarity in scripts).
-        #[arg(long)]
-        follow: bool,
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Stop the daemon, letting running jobs finish unless `--now`.
-    Shutdown {
-        /// Do not wait for running jobs.
-        #[arg(long)]
-        now: bool,
-    },
-}
-
-/// Arguments of `submit`.
-#[derive(Debug, clap::Args)]
-pub struct SubmitArgs {
-    /// Task name. With `exec`, give the command after `--`.
-    #[arg(value_name = "TASK", required_unless_present = "batch")]
-    pub task: Option<String>,
-    /// The command of an `exec` job: `submit exec -- CMD ARGS...`.
-    #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<String>,
-    /// Task input as JSON text (required except for `exec -- CMD` and `--batch`).
-    #[arg(long, value_name = "JSON", conflicts_with = "command")]
-    pub input: Option<String>,
-    /// Working directory of an `exec` command (made absolute against the
-    /// current directory). Default: the worker's.
-    #[arg(long, value_name = "DIR")]
-    pub cwd: Option<PathBuf>,
-    /// Environment variable for an `exec` command (repeatable).
-    #[arg(long = "env", value_name = "K=V", value_parser = parse_env_pair)]
-    pub env: Vec<(String, String)>,
-    /// Queue (default: `default`).
-    #[arg(long, value_name = "QUEUE")]
-    pub queue: Option<String>,
-    /// Priority: higher runs first (default 0).
-    #[arg(long, value_name = "N", allow_negative_numbers = true)]
-    pub priority: Option<i32>,
-    /// Attempts in all, the first included.
-    #[arg(long, value_name = "N")]
-    pub max_attempts: Option<u32>,
-    /// Retry backoff in ms: first delay, optionally `:` the cap (e.g. 100:5000).
-    #[arg(long, value_name = "BASE[:MAX]", value_parser = parse_backoff)]
-    pub backoff_ms: Option<Backoff>,
-    /// Per-attempt timeout (e.g. 30s, 5m; a bare number is ms).
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub timeout: Option<Duration>,
-    /// Watchdog: stop an attempt that sends no heartbeat or progress for this long.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub stall_timeout: Option<Duration>,
-    /// Do not start before this long from now.
-    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
-    pub delay: Option<Duration>,
-    /// Run only after this job succeeded (repeatable, or comma-separated).
-    #[arg(long, value_name = "ID", value_delimiter = ',')]
-    pub after: Vec<u64>,
-    /// Pipeline: take input from job ID's JSON output, after it succeeded:
-    /// `ID` merges the output object into the input, `ID:/json/pointer` takes
-    /// part of it, `...@field` puts the value under that key (repeatable).
-    #[arg(long, value_name = "ID[:/PTR][@FIELD]", value_parser = parse_input_from)]
-    pub input_from: Vec<jobvisor_proto::control::InputRef>,
-    /// Idempotency key: submitting the same key again returns the first job.
-    #[arg(long, value_name = "KEY")]
-    pub key: Option<String>,
-    /// When the job ends (succeeded, failed, cancelled, dead), POST its record
-    /// as JSON to this http(s) URL (at-least-once while the daemon runs;
-    /// dedupe on the `x-jobvisor-delivery` header).
-    #[arg(long, value_name = "URL")]
-    pub notify_url: Option<String>,
-    /// Wait for the job(s) to finish; exit with the worst job's code.
-    #[arg(long)]
-    pub wait: bool,
-    /// Submit many jobs from a JSON-lines file (`-` for stdin), one object per
-    /// line: {"task", "input", and optionally "queue", "priority",
-    /// "max_attempts", "backoff_base_ms", "backoff_max_ms", "timeout_ms",
-    /// "delay_ms", "after", "key", "notify_url"}. All are accepted or none. On a terminal,
-    /// shows a progress bar until all finished.
-    #[arg(
-        long,
-        value_name = "FILE",
-        conflicts_with_all = [
-            "task", "command", "input", "cwd", "env", "queue", "priority",
-            "max_attempts", "backoff_ms", "timeout", "delay", "after", "key", "input_from",
-            "notify_url",
-        ]
-    )]
-    pub batch: Option<PathBuf>,
-    /// Print the submitted ids as JSON (`[{"id": N, "duplicate": false}, ...]`).
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// `--backoff-ms BASE[:MAX]`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// First retry delay in ms.
-    pub base_ms: u64,
-    /// Cap on the retry delay in ms.
-    pub max_ms: Option<u64>,
-}
-
 /// Runs one client command against the daemon at `socket` and returns the
 /// process exit code (see the module docs). Errors are printed on stderr.
 pub async fn run(cmd: ClientCommand, socket: &Path) -> ExitCode {
@@ -270,100 +54,9 @@ pub async fn run(cmd: ClientCommand, socket: &Path) -> ExitCode {
     }
 }
 
-/// The exit code a job in `state` stands for: 0 succeeded, 3 failed or dead,
-/// 6 cancelled, 1 not finished.
-pub fn exit_code_for_state(state: JobState) -> u8 {
-    match state {
-        JobState::Succeeded => EXIT_OK,
-        JobState::Failed | JobState::Dead => EXIT_JOB_FAILED,
-        JobState::Cancelled => EXIT_CANCELLED,
-        JobState::Queued | JobState::Running | JobState::Retrying => EXIT_ERROR,
-    }
-}
-
-/// Parses a duration: `500ms`, `2s`, `1m`, `1h`, or a bare number of milliseconds.
-///
-/// # Errors
-/// A message naming the bad text.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    if num.is_empty() {
-        return Err(format!(
-            "invalid duration `{s}`: expected a number with an optional unit \
-             (ms, s, m, h), e.g. 500ms, 2s, 1m; a bare number is milliseconds"
-        ));
-    }
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration `{s}`: number too large"))?;
-    let mult: u64 = match unit.trim() {
-        "" | "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        other => {
-            return Err(format!(
-                "invalid duration `{s}`: unknown unit `{other}` (use ms, s, m or h)"
-            ))
-        }
-    };
-    let ms = n
-        .checked_mul(mult)
-        .ok_or_else(|| format!("invalid duration `{s}`: too long"))?;
-    Ok(Duration::from_millis(ms))
-}
-
 // ---------------------------------------------------------------------------
 // Failures and output helpers
 // ---------------------------------------------------------------------------
-
-/// A command's failure: the exit code and the message for stderr.
-#[derive(Debug)]
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-impl Failure {
-    fn new(code: u8, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
-    }
-    fn usage(message: impl Into<String>) -> Self {
-        Self::new(EXIT_USAGE, message)
-    }
-}
-
-impl From<ClientError> for Failure {
-    fn from(e: ClientError) -> Self {
-        let code = match &e {
-            ClientError::Unreachable { .. } => EXIT_UNREACHABLE,
-            ClientError::Server(ce) => exit_code_for_error_kind(ce.kind),
-            _ => EXIT_ERROR,
-        };
-        Self::new(code, e.to_string())
-    }
-}
-
-fn exit_code_for_error_kind(kind: ErrorKind) -> u8 {
-    match kind {
-        ErrorKind::NotFound => EXIT_NOT_FOUND,
-        ErrorKind::Internal => EXIT_ERROR,
-        ErrorKind::BadRequest
-        | ErrorKind::UnknownTask
-        | ErrorKind::BadInput
-        | ErrorKind::LimitReached
-        | ErrorKind::ShuttingDown
-        | ErrorKind::Storage
-        | ErrorKind::PermissionDenied => EXIT_REFUSED,
-    }
-}
-
-type CmdResult = Result<u8, Failure>;
 
 /// Writes `text` to stdout. A closed pipe (`jobvisor list | head`) is not an error.
 fn emit(text: &str) -> Result<(), Failure> {
@@ -436,7 +129,7 @@ async fn connect(socket: &Path) -> Result<Client, Failure> {
         .map_err(|e| connect_failure(e, socket))
 }
 
-fn connect_failure(e: ClientError, socket: &Path) -> Failure {
+pub fn connect_failure(e: ClientError, socket: &Path) -> Failure {
     match e {
         ClientError::Io(io) => Failure::new(
             EXIT_UNREACHABLE,
@@ -600,45 +293,6 @@ fn exec_input_json(argv: &[String], env: &[(String, String)], cwd: Option<&str>)
         "kill_grace_ms": 0,
     })
     .to_string()
-}
-
-fn parse_env_pair(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
-        _ => Err(format!("expected K=V with a non-empty K, got `{s}`")),
-    }
-}
-
-fn parse_backoff(s: &str) -> Result<Backoff, String> {
-    let num = |t: &str, what: &str| {
-        t.trim().parse::<u64>().map_err(|_| {
-            format!("invalid backoff `{s}`: {what} must be a number of ms (BASE[:MAX])")
-        })
-    };
-    let b = match s.split_once(':') {
-        Some((base, max)) => Backoff {
-            base_ms: num(base, "BASE")?,
-            max_ms: Some(num(max, "MAX")?),
-        },
-        None => Backoff {
-            base_ms: num(s, "BASE")?,
-            max_ms: None,
-        },
-    };
-    if let Some(max) = b.max_ms {
-        if max < b.base_ms {
-            return Err(format!("invalid backoff `{s}`: MAX is below BASE"));
-        }
-    }
-    Ok(b)
-}
-
-fn parse_state(s: &str) -> Result<JobState, String> {
-    JobState::parse(&s.to_ascii_lowercase()).ok_or_else(|| {
-        format!(
-            "unknown state `{s}` (one of: queued, running, retrying, succeeded, failed, cancelled, dead)"
-        )
-    })
 }
 
 /// Reads a JSON-lines batch file (`-` is stdin).
@@ -816,40 +470,6 @@ fn input_ref_from_json(v: &Value) -> Result<jobvisor_proto::control::InputRef, S
     })
 }
 
-fn parse_job_ref(s: &str) -> Result<jobvisor_proto::control::JobRef, String> {
-    use jobvisor_proto::control::JobRef;
-    if let Some(n) = s.strip_prefix('#') {
-        let n: u32 = n
-            .parse()
-            .map_err(|_| format!("bad batch reference {s:?}"))?;
-        if n == 0 {
-            return Err("batch references count lines from #1".into());
-        }
-        return Ok(JobRef::Batch(n - 1));
-    }
-    s.parse()
-        .map(JobRef::Id)
-        .map_err(|_| format!("bad job reference {s:?} (an id, or #N for a line of the batch)"))
-}
-
-/// `ID[:/json/pointer][@field]` (ID may be `#N` in a batch).
-pub fn parse_input_from(s: &str) -> Result<jobvisor_proto::control::InputRef, String> {
-    let (rest, field) = match s.rsplit_once('@') {
-        Some((r, f)) if !f.is_empty() => (r, Some(f.to_string())),
-        Some(_) => return Err(format!("empty field after '@' in {s:?}")),
-        None => (s, None),
-    };
-    let (job, pointer) = match rest.split_once(':') {
-        Some((j, p)) => (j, Some(p.to_string())),
-        None => (rest, None),
-    };
-    Ok(jobvisor_proto::control::InputRef {
-        job: parse_job_ref(job)?,
-        pointer,
-        field,
-    })
-}
-
 // ---------------------------------------------------------------------------
 // Waiting
 // ---------------------------------------------------------------------------
@@ -930,24 +550,6 @@ async fn wait_all(
         }
     }
     Ok(order.iter().filter_map(|id| latest.remove(id)).collect())
-}
-
-/// Worst exit code among the states: failed/dead, then cancelled, then
-/// unfinished, then succeeded.
-fn worst_exit_code(states: impl IntoIterator<Item = JobState>) -> u8 {
-    fn rank(code: u8) -> u8 {
-        match code {
-            EXIT_JOB_FAILED => 3,
-            EXIT_CANCELLED => 2,
-            EXIT_OK => 0,
-            _ => 1,
-        }
-    }
-    states
-        .into_iter()
-        .map(exit_code_for_state)
-        .max_by_key(|c| rank(*c))
-        .unwrap_or(EXIT_OK)
 }
 
 fn summarize(records: &[JobRecord]) -> String {
@@ -1594,79 +1196,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Debug, Parser)]
-    struct TestCli {
-        #[command(subcommand)]
-        cmd: ClientCommand,
-    }
-
-    fn parse(args: &[&str]) -> Result<ClientCommand, clap::Error> {
-        TestCli::try_parse_from(std::iter::once("jobvisor").chain(args.iter().copied()))
-            .map(|c| c.cmd)
-    }
-
-    fn submit_args(args: &[&str]) -> SubmitArgs {
-        match parse(args).expect("parses") {
-            ClientCommand::Submit(a) => *a,
-            other => panic!("not a submit: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn clap_definition_is_consistent() {
-        use clap::CommandFactory;
-        TestCli::command().debug_assert();
-    }
-
-    #[test]
-    fn input_from_syntax() {
-        use jobvisor_proto::control::JobRef;
-        let r = parse_input_from("12:/a/b@field").unwrap();
-        assert_eq!(
-            (r.job, r.pointer.as_deref(), r.field.as_deref()),
-            (JobRef::Id(12), Some("/a/b"), Some("field"))
-        );
-        let r = parse_input_from("#2").unwrap();
-        assert_eq!((r.job, r.pointer, r.field), (JobRef::Batch(1), None, None));
-        assert!(parse_input_from("#0").is_err());
-        assert!(parse_input_from("x").is_err());
-        assert!(parse_input_from("3@").is_err());
-    }
-
-    #[test]
-    fn durations() {
-        let ms = |s| parse_duration(s).map(|d| d.as_millis());
-        assert_eq!(ms("500ms"), Ok(500));
-        assert_eq!(ms("2s"), Ok(2_000));
-        assert_eq!(ms("1m"), Ok(60_000));
-        assert_eq!(ms("1h"), Ok(3_600_000));
-        assert_eq!(ms("250"), Ok(250));
-        assert_eq!(ms("0"), Ok(0));
-        assert_eq!(ms(" 3s "), Ok(3_000));
-        assert_eq!(ms("3 s"), Ok(3_000));
-        for bad in [
-            "",
-            "s",
-            "ms",
-            "-1s",
-            "1.5s",
-            "2d",
-            "1sec",
-            "abc",
-            "99999999999999999999",
-        ] {
-            let e = parse_duration(bad).expect_err(bad);
-            assert!(e.contains("invalid duration"), "{bad}: {e}");
-        }
-        assert!(parse_duration("2d")
-            .unwrap_err()
-            .contains("unknown unit `d`"));
-        assert!(parse_duration(&format!("{}h", u64::MAX / 1000))
-            .unwrap_err()
-            .contains("too long"));
-    }
+    use crate::args::testing::{parse, submit_args};
+    use crate::exit::EXIT_USAGE;
 
     #[test]
     fn batch_line_full() {
@@ -1910,114 +1441,6 @@ mod tests {
         // Batch parses.
         let args = submit_args(&["submit", "--batch", "-", "--wait", "--json"]);
         assert_eq!(args.batch.as_deref(), Some(Path::new("-")));
-    }
-
-    #[test]
-    fn other_commands_parse() {
-        match parse(&["wait", "1", "2", "--timeout", "2s", "--json"]).unwrap() {
-            ClientCommand::Wait { ids, timeout, json } => {
-                assert_eq!(ids, [1, 2]);
-                assert_eq!(timeout, Some(Duration::from_secs(2)));
-                assert!(json);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(parse(&["wait"]).is_err());
-        match parse(&["list", "--state", "failed"]).unwrap() {
-            ClientCommand::List {
-                state, limit, json, ..
-            } => {
-                assert_eq!(state, Some(JobState::Failed));
-                assert_eq!(limit, 50);
-                assert!(!json);
-            }
-            other => panic!("{other:?}"),
-        }
-        assert!(parse(&["list", "--state", "bogus"]).is_err());
-        assert!(matches!(
-            parse(&["ping", "--wait", "5s"]).unwrap(),
-            ClientCommand::Ping { wait: Some(d), json: false } if d == Duration::from_secs(5)
-        ));
-        assert!(matches!(
-            parse(&["shutdown", "--now"]).unwrap(),
-            ClientCommand::Shutdown { now: true }
-        ));
-    }
-
-    #[test]
-    fn backoff_and_env_parsers() {
-        assert_eq!(
-            parse_backoff("100"),
-            Ok(Backoff {
-                base_ms: 100,
-                max_ms: None
-            })
-        );
-        assert_eq!(
-            parse_backoff("100:5000"),
-            Ok(Backoff {
-                base_ms: 100,
-                max_ms: Some(5000)
-            })
-        );
-        assert!(parse_backoff("x").is_err());
-        assert!(parse_backoff("1:").is_err());
-        assert!(parse_backoff("10:5")
-            .unwrap_err()
-            .contains("MAX is below BASE"));
-        assert_eq!(
-            parse_env_pair("A=b=c"),
-            Ok(("A".to_owned(), "b=c".to_owned()))
-        );
-        assert_eq!(parse_env_pair("A="), Ok(("A".to_owned(), String::new())));
-        assert!(parse_env_pair("A").is_err());
-        assert!(parse_env_pair("=b").is_err());
-    }
-
-    #[test]
-    fn exit_codes() {
-        assert_eq!(exit_code_for_state(JobState::Succeeded), 0);
-        assert_eq!(exit_code_for_state(JobState::Failed), 3);
-        assert_eq!(exit_code_for_state(JobState::Dead), 3);
-        assert_eq!(exit_code_for_state(JobState::Cancelled), 6);
-        assert_eq!(exit_code_for_state(JobState::Queued), 1);
-        assert_eq!(exit_code_for_state(JobState::Running), 1);
-        assert_eq!(exit_code_for_state(JobState::Retrying), 1);
-
-        use JobState::*;
-        assert_eq!(worst_exit_code([]), 0);
-        assert_eq!(worst_exit_code([Succeeded, Succeeded]), 0);
-        assert_eq!(worst_exit_code([Succeeded, Running]), 1);
-        assert_eq!(worst_exit_code([Running, Cancelled, Succeeded]), 6);
-        assert_eq!(worst_exit_code([Cancelled, Dead, Running]), 3);
-        assert_eq!(worst_exit_code([Failed, Cancelled]), 3);
-
-        for (kind, code) in [
-            (ErrorKind::NotFound, EXIT_NOT_FOUND),
-            (ErrorKind::Internal, EXIT_ERROR),
-            (ErrorKind::BadRequest, EXIT_REFUSED),
-            (ErrorKind::UnknownTask, EXIT_REFUSED),
-            (ErrorKind::BadInput, EXIT_REFUSED),
-            (ErrorKind::LimitReached, EXIT_REFUSED),
-            (ErrorKind::ShuttingDown, EXIT_REFUSED),
-            (ErrorKind::Storage, EXIT_REFUSED),
-            (ErrorKind::PermissionDenied, EXIT_REFUSED),
-        ] {
-            let e = ClientError::Server(jobvisor_proto::control::ControlError {
-                kind,
-                message: "m".to_owned(),
-            });
-            assert_eq!(Failure::from(e).code, code, "{kind:?}");
-        }
-        let unreachable = ClientError::Unreachable {
-            path: "/x".to_owned(),
-            source: std::io::ErrorKind::NotFound.into(),
-        };
-        assert_eq!(Failure::from(unreachable).code, EXIT_UNREACHABLE);
-        let io = ClientError::Io(std::io::ErrorKind::ConnectionReset.into());
-        assert_eq!(connect_failure(io, Path::new("/x")).code, EXIT_UNREACHABLE);
-        let io = ClientError::Io(std::io::ErrorKind::ConnectionReset.into());
-        assert_eq!(Failure::from(io).code, EXIT_ERROR, "I/O after connecting");
     }
 
     #[tokio::test]

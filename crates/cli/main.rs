@@ -10,7 +10,9 @@ mod args;
 mod client_cmds;
 mod daemon;
 mod demo;
+mod exit;
 mod logging;
+mod parse;
 
 use std::process::ExitCode;
 
