@@ -8,7 +8,7 @@
 //! Exit codes: [`crate::exit`].
 
 use std::collections::{HashMap, HashSet};
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressStyle};
 use jobvisor_client::{Client, ClientError};
 use jobvisor_proto::control::{
-    AttemptOutcome, JobRecord, JobSpec, JobState, Payload, Stats, Submitted, WorkerRow,
+    AttemptOutcome, JobRecord, JobSpec, JobState, Payload, Submitted, WorkerRow,
 };
 use jobvisor_proto::forkserver::signal_name;
 use jobvisor_proto::hex;
@@ -24,10 +24,15 @@ use jobvisor_proto::json::payload_json;
 use serde_json::{json, Value};
 
 use crate::args::{ClientCommand, SubmitArgs};
+use crate::batch::read_batch;
 use crate::exit::{
     exit_code_for_state, worst_exit_code, CmdResult, Failure, EXIT_ERROR, EXIT_OK, EXIT_UNREACHABLE,
 };
-use crate::parse::{parse_input_from, parse_job_ref};
+use crate::output::json::{json_failure, record_json, stats_json};
+use crate::output::table::table;
+use crate::output::text::{one_line, truncate_chars};
+use crate::output::time::{fmt_ms, fmt_unix_ms};
+use crate::output::{emit, emit_bytes, emit_json};
 
 /// The task name whose input `submit exec -- CMD ARGS...` builds.
 const EXEC_TASK: &str = "exec";
@@ -57,33 +62,6 @@ pub async fn run(cmd: ClientCommand, socket: &Path) -> ExitCode {
 // ---------------------------------------------------------------------------
 // Failures and output helpers
 // ---------------------------------------------------------------------------
-
-/// Writes `text` to stdout. A closed pipe (`jobvisor list | head`) is not an error.
-fn emit(text: &str) -> Result<(), Failure> {
-    emit_bytes(text.as_bytes())
-}
-
-/// Writes raw bytes to stdout; a closed pipe (`| head`) is not an error.
-fn emit_bytes(bytes: &[u8]) -> Result<(), Failure> {
-    let mut out = std::io::stdout().lock();
-    match out.write_all(bytes).and_then(|()| out.flush()) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Failure::new(EXIT_ERROR, format!("writing to stdout: {e}"))),
-    }
-}
-
-/// Writes `value` as pretty JSON and a newline.
-fn emit_json(value: &Value) -> Result<(), Failure> {
-    let mut text = serde_json::to_string_pretty(value)
-        .map_err(|e| Failure::new(EXIT_ERROR, format!("encoding JSON: {e}")))?;
-    text.push('\n');
-    emit(&text)
-}
-
-fn json_failure(e: serde_json::Error) -> Failure {
-    Failure::new(EXIT_ERROR, format!("encoding JSON: {e}"))
-}
 
 // ---------------------------------------------------------------------------
 // Dispatch
@@ -295,181 +273,6 @@ fn exec_input_json(argv: &[String], env: &[(String, String)], cwd: Option<&str>)
     .to_string()
 }
 
-/// Reads a JSON-lines batch file (`-` is stdin).
-fn read_batch(path: &Path) -> Result<Vec<JobSpec>, Failure> {
-    let text = if path == Path::new("-") {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| Failure::usage(format!("reading the batch from stdin: {e}")))?;
-        s
-    } else {
-        std::fs::read_to_string(path)
-            .map_err(|e| Failure::usage(format!("reading the batch {}: {e}", path.display())))?
-    };
-    let name = if path == Path::new("-") {
-        "stdin".to_owned()
-    } else {
-        path.display().to_string()
-    };
-    parse_batch(&text).map_err(|e| Failure::usage(format!("batch {name}: {e}")))
-}
-
-/// Parses a whole JSON-lines batch; blank lines are skipped. Errors name the
-/// 1-based line number.
-fn parse_batch(text: &str) -> Result<Vec<JobSpec>, String> {
-    let mut specs = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let spec = parse_batch_line(line).map_err(|e| format!("line {}: {e}", i + 1))?;
-        specs.push(spec);
-    }
-    if specs.is_empty() {
-        return Err("no jobs in the batch".to_owned());
-    }
-    Ok(specs)
-}
-
-/// Parses one batch line: a JSON object with `task` and `input` (any JSON
-/// value, sent as its JSON text) and optional `queue`, `priority`,
-/// `max_attempts`, `backoff_base_ms`, `backoff_max_ms`, `timeout_ms`,
-/// `delay_ms`, `after`, `key`, `notify_url`. Unknown fields are refused (they are typos).
-fn parse_batch_line(line: &str) -> Result<JobSpec, String> {
-    let value: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
-    let Value::Object(obj) = value else {
-        return Err("expected a JSON object like {\"task\": ..., \"input\": ...}".to_owned());
-    };
-    const KNOWN: &[&str] = &[
-        "task",
-        "input",
-        "queue",
-        "priority",
-        "max_attempts",
-        "backoff_base_ms",
-        "backoff_max_ms",
-        "timeout_ms",
-        "stall_timeout_ms",
-        "delay_ms",
-        "after",
-        "key",
-        "input_from",
-        "notify_url",
-    ];
-    if let Some(unknown) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(format!(
-            "unknown field `{unknown}` (known: {})",
-            KNOWN.join(", ")
-        ));
-    }
-
-    let task = match obj.get("task") {
-        Some(Value::String(t)) if !t.is_empty() => t.clone(),
-        Some(Value::String(_)) => return Err("field `task` is empty".to_owned()),
-        Some(_) => return Err("field `task` must be a string".to_owned()),
-        None => return Err("missing field `task`".to_owned()),
-    };
-    let input = obj
-        .get("input")
-        .ok_or_else(|| "missing field `input` (use null for none)".to_owned())?
-        .to_string();
-
-    let opt_u64 = |name: &str| -> Result<Option<u64>, String> {
-        match obj.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| format!("field `{name}` must be a non-negative integer")),
-        }
-    };
-    let opt_string = |name: &str| -> Result<Option<String>, String> {
-        match obj.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(format!("field `{name}` must be a string")),
-        }
-    };
-
-    let mut spec = JobSpec::new(task, Payload::Json(input));
-    spec.queue = opt_string("queue")?;
-    spec.key = opt_string("key")?;
-    spec.notify_url = opt_string("notify_url")?;
-    spec.priority = match obj.get("priority") {
-        None | Some(Value::Null) => 0,
-        Some(v) => v
-            .as_i64()
-            .and_then(|p| i32::try_from(p).ok())
-            .ok_or_else(|| "field `priority` must be a 32-bit integer".to_owned())?,
-    };
-    spec.max_attempts = match opt_u64("max_attempts")? {
-        None => None,
-        Some(n) => {
-            Some(u32::try_from(n).map_err(|_| "field `max_attempts` is too large".to_owned())?)
-        }
-    };
-    spec.backoff_base_ms = opt_u64("backoff_base_ms")?;
-    spec.backoff_max_ms = opt_u64("backoff_max_ms")?;
-    spec.timeout_ms = opt_u64("timeout_ms")?;
-    spec.stall_timeout_ms = opt_u64("stall_timeout_ms")?;
-    spec.delay_ms = opt_u64("delay_ms")?;
-    spec.after = match obj.get("after") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| {
-                v.as_u64()
-                    .ok_or_else(|| "field `after` must be an array of job ids".to_owned())
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err("field `after` must be an array of job ids".to_owned()),
-    };
-    spec.input_from = match obj.get("input_from") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(input_ref_from_json)
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err("field `input_from` must be an array".to_owned()),
-    };
-    Ok(spec)
-}
-
-/// `{"job": 12 | "#2", "pointer": "/x", "field": "f"}`, or the CLI's string
-/// form `"12:/x@f"`; `#N` is the N-th line (1-based) of the same batch.
-fn input_ref_from_json(v: &Value) -> Result<jobvisor_proto::control::InputRef, String> {
-    use jobvisor_proto::control::{InputRef, JobRef};
-    if let Some(s) = v.as_str() {
-        return parse_input_from(s);
-    }
-    let obj = v
-        .as_object()
-        .ok_or("each `input_from` entry must be an object or a string")?;
-    let job = match obj.get("job") {
-        Some(Value::Number(n)) => JobRef::Id(n.as_u64().ok_or("`job` must be a job id")?),
-        Some(Value::String(s)) => parse_job_ref(s)?,
-        _ => {
-            return Err(
-                "each `input_from` entry needs `job`: an id or \"#N\" (a line of this batch)"
-                    .into(),
-            )
-        }
-    };
-    let text = |k: &str| -> Result<Option<String>, String> {
-        match obj.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(format!("`{k}` must be a string")),
-        }
-    };
-    Ok(InputRef {
-        job,
-        pointer: text("pointer")?,
-        field: text("field")?,
-    })
-}
-
 // ---------------------------------------------------------------------------
 // Waiting
 // ---------------------------------------------------------------------------
@@ -614,13 +417,6 @@ async fn wait(ids: Vec<u64>, timeout: Option<Duration>, json: bool, socket: &Pat
 // status, result
 // ---------------------------------------------------------------------------
 
-/// A record as JSON: the derived shape, but `state` as its lowercase name and
-/// `input`/`output` shown by [`payload_json`]. The daemon's completion
-/// notifications send the same shape.
-fn record_json(r: &JobRecord) -> Result<Value, Failure> {
-    jobvisor_proto::json::record_json(r).map_err(json_failure)
-}
-
 async fn status(id: u64, json: bool, socket: &Path) -> CmdResult {
     let mut client = connect(socket).await?;
     let r = client.status(id).await?;
@@ -632,7 +428,7 @@ async fn status(id: u64, json: bool, socket: &Path) -> CmdResult {
     Ok(EXIT_OK)
 }
 
-fn format_status(r: &JobRecord) -> String {
+pub fn format_status(r: &JobRecord) -> String {
     let mut s = String::new();
     let mut field = |name: &str, value: &str| {
         s.push_str(&format!("{:<10} {value}\n", format!("{name}:")));
@@ -900,17 +696,6 @@ async fn workers(json: bool, socket: &Path) -> CmdResult {
     Ok(EXIT_OK)
 }
 
-/// Stats as JSON, with `jobs` as an object `{state: count}`.
-fn stats_json(s: &Stats) -> Result<Value, Failure> {
-    let mut v = serde_json::to_value(s).map_err(json_failure)?;
-    if let Value::Object(obj) = &mut v {
-        let jobs: serde_json::Map<String, Value> =
-            s.jobs.iter().map(|(k, n)| (k.clone(), json!(n))).collect();
-        obj.insert("jobs".to_owned(), Value::Object(jobs));
-    }
-    Ok(v)
-}
-
 async fn stats(json: bool, socket: &Path) -> CmdResult {
     let mut client = connect(socket).await?;
     let s = client.stats().await?;
@@ -1046,50 +831,6 @@ async fn shutdown(graceful: bool, socket: &Path) -> CmdResult {
 // Formatting
 // ---------------------------------------------------------------------------
 
-/// A left-aligned table; the last column is not padded.
-fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut l = String::new();
-        for (i, cell) in cells.enumerate() {
-            if i + 1 < widths.len() {
-                let pad = widths[i].saturating_sub(cell.chars().count());
-                l.push_str(cell);
-                l.push_str(&" ".repeat(pad + 2));
-            } else {
-                l.push_str(cell);
-            }
-        }
-        out.push_str(l.trim_end());
-        out.push('\n');
-    };
-    line(&mut header.iter().copied());
-    for row in rows {
-        line(&mut row.iter().map(String::as_str));
-    }
-    out
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
-}
-
-fn truncate_chars(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_owned();
-    }
-    let mut t: String = s.chars().take(max.saturating_sub(1)).collect();
-    t.push('…');
-    t
-}
-
-/// `1500` → `1.5s`, `90000` → `1m30s`, `3723000` → `1h02m03s`.
 async fn events(json: bool, socket: &Path) -> CmdResult {
     use jobvisor_client::EventKind;
     let client = connect(socket).await?;
@@ -1142,151 +883,11 @@ async fn events(json: bool, socket: &Path) -> CmdResult {
     Ok(EXIT_OK)
 }
 
-fn fmt_ms(ms: u64) -> String {
-    if ms < 1_000 {
-        return format!("{ms}ms");
-    }
-    if ms < 60_000 {
-        let tenths = ms / 100;
-        return if tenths % 10 == 0 {
-            format!("{}s", tenths / 10)
-        } else {
-            format!("{}.{}s", tenths / 10, tenths % 10)
-        };
-    }
-    let secs = ms / 1_000;
-    let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
-    if h > 0 {
-        format!("{h}h{m:02}m{s:02}s")
-    } else {
-        format!("{m}m{s:02}s")
-    }
-}
-
-/// Unix milliseconds as a UTC timestamp: `2023-11-14 22:13:20.000Z`.
-fn fmt_unix_ms(ms: u64) -> String {
-    let secs = ms / 1_000;
-    let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
-    let rem = secs % 86_400;
-    let (y, mo, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{mo:02}-{d:02} {:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60,
-        ms % 1_000
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::args::testing::{parse, submit_args};
     use crate::exit::EXIT_USAGE;
-
-    #[test]
-    fn batch_line_full() {
-        let spec = parse_batch_line(
-            r#"{"task":"hash","input":{"data":[1,2]},"queue":"q","priority":-3,"max_attempts":4,
-               "backoff_base_ms":10,"backoff_max_ms":100,"timeout_ms":5000,"delay_ms":7,
-               "after":[1,2],"key":"k1"}"#,
-        )
-        .unwrap();
-        assert_eq!(spec.task, "hash");
-        assert_eq!(spec.input, Payload::Json(r#"{"data":[1,2]}"#.to_owned()));
-        assert_eq!(spec.queue.as_deref(), Some("q"));
-        assert_eq!(spec.priority, -3);
-        assert_eq!(spec.max_attempts, Some(4));
-        assert_eq!(spec.backoff_base_ms, Some(10));
-        assert_eq!(spec.backoff_max_ms, Some(100));
-        assert_eq!(spec.timeout_ms, Some(5000));
-        assert_eq!(spec.delay_ms, Some(7));
-        assert_eq!(spec.after, vec![1, 2]);
-        assert_eq!(spec.key.as_deref(), Some("k1"));
-    }
-
-    #[test]
-    fn batch_line_minimal_and_scalar_inputs() {
-        let spec = parse_batch_line(r#"{"task":"noop","input":null}"#).unwrap();
-        assert_eq!(spec, JobSpec::new("noop", Payload::Json("null".to_owned())));
-        let spec = parse_batch_line(r#"{"task":"sleep","input":"x\"y"}"#).unwrap();
-        assert_eq!(spec.input, Payload::Json(r#""x\"y""#.to_owned()));
-        let spec = parse_batch_line(r#"{"task":"sleep","input":42,"queue":null}"#).unwrap();
-        assert_eq!(spec.input, Payload::Json("42".to_owned()));
-        assert_eq!(spec.queue, None);
-    }
-
-    #[test]
-    fn batch_line_errors() {
-        let cases: &[(&str, &str)] = &[
-            ("{", "not valid JSON"),
-            ("[1]", "expected a JSON object"),
-            (r#"{"input":1}"#, "missing field `task`"),
-            (r#"{"task":"x"}"#, "missing field `input`"),
-            (r#"{"task":1,"input":1}"#, "`task` must be a string"),
-            (r#"{"task":"","input":1}"#, "`task` is empty"),
-            (r#"{"task":"x","input":1,"prio":1}"#, "unknown field `prio`"),
-            (r#"{"task":"x","input":1,"priority":"high"}"#, "`priority`"),
-            (
-                r#"{"task":"x","input":1,"priority":3000000000}"#,
-                "`priority`",
-            ),
-            (
-                r#"{"task":"x","input":1,"max_attempts":-1}"#,
-                "`max_attempts`",
-            ),
-            (
-                r#"{"task":"x","input":1,"max_attempts":5000000000}"#,
-                "`max_attempts` is too large",
-            ),
-            (r#"{"task":"x","input":1,"timeout_ms":1.5}"#, "`timeout_ms`"),
-            (r#"{"task":"x","input":1,"after":3}"#, "`after`"),
-            (r#"{"task":"x","input":1,"after":["a"]}"#, "`after`"),
-            (
-                r#"{"task":"x","input":1,"key":5}"#,
-                "`key` must be a string",
-            ),
-        ];
-        for (line, want) in cases {
-            let e = parse_batch_line(line).expect_err(line);
-            assert!(e.contains(want), "{line}: got `{e}`, want `{want}`");
-        }
-    }
-
-    #[test]
-    fn batch_names_the_line() {
-        let text = "{\"task\":\"noop\",\"input\":null}\n\n   \n{\"task\":\"noop\"}\n";
-        let e = parse_batch(text).unwrap_err();
-        assert!(e.starts_with("line 4: "), "{e}");
-        assert!(e.contains("missing field `input`"), "{e}");
-
-        let e = parse_batch("{\"task\":\"noop\",\"input\":1}\nnot json\n").unwrap_err();
-        assert!(e.starts_with("line 2: not valid JSON"), "{e}");
-
-        assert_eq!(parse_batch("\n \n").unwrap_err(), "no jobs in the batch");
-
-        let specs = parse_batch(
-            "{\"task\":\"a\",\"input\":1}\r\n{\"task\":\"b\",\"input\":[2]}\n\n{\"task\":\"c\",\"input\":{}}",
-        )
-        .unwrap();
-        let tasks: Vec<&str> = specs.iter().map(|s| s.task.as_str()).collect();
-        assert_eq!(tasks, ["a", "b", "c"]);
-    }
 
     #[test]
     fn exec_input_decodes_into_exec_input() {
@@ -1469,84 +1070,6 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(100));
         let code = dispatch(ClientCommand::Status { id: 1, json: false }, &sock).await;
         assert_eq!(code.unwrap_err().code, EXIT_UNREACHABLE);
-    }
-
-    #[test]
-    fn formatting_helpers() {
-        assert_eq!(fmt_unix_ms(0), "1970-01-01 00:00:00.000Z");
-        assert_eq!(fmt_unix_ms(1_700_000_000_123), "2023-11-14 22:13:20.123Z");
-        assert_eq!(fmt_unix_ms(951_782_400_000), "2000-02-29 00:00:00.000Z");
-        assert_eq!(fmt_ms(5), "5ms");
-        assert_eq!(fmt_ms(1_500), "1.5s");
-        assert_eq!(fmt_ms(2_000), "2s");
-        assert_eq!(fmt_ms(90_000), "1m30s");
-        assert_eq!(fmt_ms(3_723_000), "1h02m03s");
-        assert_eq!(truncate_chars("héllo wörld", 5), "héll…");
-        assert_eq!(truncate_chars("abc", 5), "abc");
-        assert_eq!(one_line("a\n  b\tc"), "a b c");
-        assert_eq!(hex(&[0, 0xab, 0x10]), "00ab10");
-        let t = table(
-            &["ID", "STATE", "ERROR"],
-            &[
-                vec!["1".into(), "failed".into(), "boom".into()],
-                vec!["123".into(), "ok".into(), String::new()],
-            ],
-        );
-        assert_eq!(t, "ID   STATE   ERROR\n1    failed  boom\n123  ok\n");
-    }
-
-    #[test]
-    fn json_shapes() {
-        let rec = JobRecord {
-            id: 7,
-            task: "hash".into(),
-            queue: "default".into(),
-            priority: 0,
-            state: JobState::Succeeded,
-            max_attempts: 3,
-            timeout_ms: None,
-            stall_timeout_ms: None,
-            input_from: Vec::new(),
-            backoff_base_ms: 1000,
-            backoff_max_ms: 60000,
-            after: vec![],
-            key: None,
-            created_ms: 1,
-            run_at_ms: 1,
-            finished_ms: Some(2),
-            input: Some(Payload::Json(r#"{"a":1}"#.into())),
-            output: Some(Payload::Native(vec![1, 2])),
-            error: None,
-            attempts: vec![],
-            notify_url: Some("http://127.0.0.1:1/hook".into()),
-        };
-        let v = record_json(&rec).unwrap();
-        assert_eq!(v["notify_url"], json!("http://127.0.0.1:1/hook"));
-        assert_eq!(v["input"], json!({"a": 1}));
-        assert_eq!(v["output"], json!({"native_hex": "0102"}));
-        assert_eq!(v["state"], json!("succeeded"));
-        let s = format_status(&rec);
-        assert!(s.contains("state:     succeeded"), "{s}");
-        assert!(s.contains("<2 bytes, native encoding>"), "{s}");
-
-        let stats = Stats {
-            pid: 1,
-            uptime_s: 2,
-            workers: 3,
-            jobs: vec![("queued".into(), 4)],
-            submitted: 5,
-            attempts_finished: 6,
-            worker_restarts: 7,
-            recovered: 8,
-            degraded: false,
-            restart_delay_ms: 0,
-            tasks: Vec::new(),
-            notify_delivered: 9,
-            notify_failed: 10,
-            notify_dropped: 11,
-        };
-        assert_eq!(stats_json(&stats).unwrap()["notify_dropped"], json!(11));
-        assert_eq!(stats_json(&stats).unwrap()["jobs"], json!({"queued": 4}));
     }
 
     /// A stand-in daemon on a real Unix socket. Task names decide the fate:

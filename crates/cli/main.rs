@@ -7,11 +7,13 @@
 //! 7 request refused.
 
 mod args;
+mod batch;
 mod client_cmds;
 mod daemon;
 mod demo;
 mod exit;
 mod logging;
+mod output;
 mod parse;
 
 use std::process::ExitCode;
