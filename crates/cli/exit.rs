@@ -127,7 +127,7 @@ pub type CmdResult = Result<u8, Failure>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client_cmds::connect_failure;
+    use crate::commands::connect_failure;
     use std::path::Path;
 
     #[test]

@@ -2,13 +2,13 @@
 //! mode when started by the `spawn` start method), then parse the command line,
 //! run, and map the outcome to an exit code.
 //!
-//! Exit codes: see [`client_cmds`]: 0 success, 1 other error, 2 bad usage,
+//! Exit codes: see [`exit`]: 0 success, 1 other error, 2 bad usage,
 //! 3 job failed or dead, 4 not found, 5 daemon unreachable, 6 job cancelled,
 //! 7 request refused.
 
 mod args;
 mod batch;
-mod client_cmds;
+mod commands;
 mod daemon;
 mod demo;
 mod exit;
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        return rt.block_on(client_cmds::run(cmd, &socket));
+        return rt.block_on(commands::run(cmd, &socket));
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

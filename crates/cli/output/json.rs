@@ -34,7 +34,7 @@ mod tests {
     use jobvisor_proto::control::{JobState, Payload};
 
     use super::*;
-    use crate::client_cmds::format_status;
+    use crate::commands::format_status;
 
     #[test]
     fn json_shapes() {
