@@ -80,14 +80,22 @@ pub struct DemoArgs {
     pub start_method: StartMethod,
 }
 
-impl Cli {
-    /// The control socket clients use: `--socket`/`JOBVISOR_SOCKET`, else the
-    /// default state dir's `control.sock`.
-    pub fn client_socket(&self) -> std::path::PathBuf {
-        self.socket
-            .clone()
-            .unwrap_or_else(|| jobvisor_daemon::config::default_state_dir().join("control.sock"))
+impl Command {
+    /// Whether this command runs worker processes, so that `main` must fork
+    /// the fork server (before any thread exists) to run it. Client commands
+    /// only talk to a daemon over its socket and fork nothing.
+    pub fn runs_workers(&self) -> bool {
+        match self {
+            Command::Daemon(_) | Command::Demo(_) => true,
+            Command::Client(_) => false,
+        }
     }
+}
+
+/// The control socket clients use without `--socket`/`JOBVISOR_SOCKET`: the
+/// default state dir's `control.sock`.
+pub fn default_socket() -> std::path::PathBuf {
+    jobvisor_daemon::config::default_state_dir().join("control.sock")
 }
 /// Commands that talk to a running daemon.
 #[derive(Debug, clap::Subcommand)]
@@ -304,6 +312,44 @@ mod tests {
 
     use super::testing::*;
     use super::*;
+
+    #[test]
+    fn only_daemon_and_demo_run_workers() {
+        let runs = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("jobvisor").chain(args.iter().copied()))
+                .map(|c| c.command.runs_workers())
+                .map_err(|e| e.kind())
+        };
+        assert_eq!(runs(&["daemon"]), Ok(true));
+        assert_eq!(runs(&["daemon", "--workers", "2"]), Ok(true));
+        assert_eq!(runs(&["--socket", "/s", "demo"]), Ok(true));
+        for client in [
+            &["ping"][..],
+            &["--socket", "/s", "ping", "--wait", "1s"],
+            &["status", "1"],
+            &["submit", "noop", "--input", "null"],
+            &["wait", "1", "2"],
+            &["list"],
+            &["workers"],
+            &["stats"],
+            &["events"],
+            &["shutdown"],
+            &["cancel", "1"],
+            &["retry", "1"],
+            &["result", "1"],
+        ] {
+            assert_eq!(runs(client), Ok(false), "{client:?}");
+        }
+        // --version and --help never reach a command: main prints them
+        // before it would bootstrap.
+        use clap::error::ErrorKind;
+        assert_eq!(runs(&["--version"]), Err(ErrorKind::DisplayVersion));
+        assert_eq!(runs(&["--help"]), Err(ErrorKind::DisplayHelp));
+        assert_eq!(runs(&["daemon", "--help"]), Err(ErrorKind::DisplayHelp));
+        // The worker's hidden argument is no command of ours: main asks
+        // jobvisor_pool::is_spawned_worker before parsing.
+        assert!(runs(&["__jobvisor-worker", "3", "4"]).is_err());
+    }
 
     #[test]
     fn clap_definition_is_consistent() {
