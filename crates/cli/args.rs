@@ -92,11 +92,6 @@ impl Command {
     }
 }
 
-/// The control socket clients use without `--socket`/`JOBVISOR_SOCKET`: the
-/// default state dir's `control.sock`.
-pub fn default_socket() -> std::path::PathBuf {
-    jobvisor_daemon::config::default_state_dir().join("control.sock")
-}
 /// Commands that talk to a running daemon.
 #[derive(Debug, clap::Subcommand)]
 pub enum ClientCommand {

@@ -69,7 +69,9 @@ fn main() -> ExitCode {
     logging::init(&cli);
     match cli.command {
         Command::Client(cmd) => {
-            let socket = cli.socket.unwrap_or_else(args::default_socket);
+            let socket = cli
+                .socket
+                .unwrap_or_else(jobvisor_proto::paths::default_socket);
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
