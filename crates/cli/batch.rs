@@ -7,20 +7,25 @@ use std::path::Path;
 use jobvisor_proto::control::{JobSpec, Payload};
 use serde_json::Value;
 
-use crate::exit::Failure;
+use crate::exit::{Failure, EXIT_USAGE};
 use crate::parse::{parse_input_from, parse_job_ref};
 
 /// Reads a JSON-lines batch file (`-` is stdin).
 pub fn read_batch(path: &Path) -> Result<Vec<JobSpec>, Failure> {
     let text = if path == Path::new("-") {
         let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| Failure::usage(format!("reading the batch from stdin: {e}")))?;
+        std::io::stdin().read_to_string(&mut s).map_err(|e| {
+            Failure::new(
+                EXIT_USAGE,
+                anyhow::Error::new(e).context("reading the batch from stdin"),
+            )
+        })?;
         s
     } else {
-        std::fs::read_to_string(path)
-            .map_err(|e| Failure::usage(format!("reading the batch {}: {e}", path.display())))?
+        std::fs::read_to_string(path).map_err(|e| {
+            let what = format!("reading the batch {}", path.display());
+            Failure::new(EXIT_USAGE, anyhow::Error::new(e).context(what))
+        })?
     };
     let name = if path == Path::new("-") {
         "stdin".to_owned()

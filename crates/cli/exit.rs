@@ -71,27 +71,42 @@ pub fn worst_exit_code(states: impl IntoIterator<Item = JobState>) -> u8 {
         .unwrap_or(EXIT_OK)
 }
 
-/// A command's failure: the exit code and the message for stderr.
+/// A command's failure: the exit code, and the error for stderr with its
+/// causes kept (see [`Failure::message`]).
 #[derive(Debug)]
 pub struct Failure {
     /// The process exit code.
     pub code: u8,
-    /// What went wrong, for stderr.
-    pub message: String,
+    /// What went wrong, outermost first.
+    pub error: anyhow::Error,
 }
 
 impl Failure {
     /// A failure with this exit code.
-    pub fn new(code: u8, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+    pub fn new(code: u8, error: anyhow::Error) -> Self {
+        Self { code, error }
+    }
+
+    /// A failure with this exit code that `message` tells in full.
+    pub fn msg<M>(code: u8, message: M) -> Self
+    where
+        M: std::fmt::Display + std::fmt::Debug + Send + Sync + 'static,
+    {
+        Self::new(code, anyhow::Error::msg(message))
     }
 
     /// A usage error ([`EXIT_USAGE`]): input refused before anything is sent.
-    pub fn usage(message: impl Into<String>) -> Self {
-        Self::new(EXIT_USAGE, message)
+    pub fn usage<M>(message: M) -> Self
+    where
+        M: std::fmt::Display + std::fmt::Debug + Send + Sync + 'static,
+    {
+        Self::msg(EXIT_USAGE, message)
+    }
+
+    /// What stderr shows after `jobvisor: `: the error and each of its
+    /// causes once, `: `-separated.
+    pub fn message(&self) -> String {
+        format!("{:#}", self.error)
     }
 }
 
@@ -102,7 +117,7 @@ impl From<ClientError> for Failure {
             ClientError::Server(ce) => exit_code_for_error_kind(ce.kind),
             _ => EXIT_ERROR,
         };
-        Self::new(code, e.to_string())
+        Self::new(code, e.into())
     }
 }
 
@@ -129,6 +144,34 @@ mod tests {
     use super::*;
     use crate::commands::connect_failure;
     use std::path::Path;
+
+    #[test]
+    fn messages_print_each_cause_once() {
+        let unreachable = ClientError::Unreachable {
+            path: "/x".to_owned(),
+            source: std::io::ErrorKind::NotFound.into(),
+        };
+        assert_eq!(
+            Failure::from(unreachable).message(),
+            "cannot reach the jobvisor daemon at /x: entity not found"
+        );
+        let io = ClientError::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert_eq!(
+            connect_failure(io, Path::new("/x")).message(),
+            "cannot talk to the jobvisor daemon at /x: connection reset"
+        );
+        let io = ClientError::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert_eq!(
+            Failure::from(io).message(),
+            "connection to the daemon failed: connection reset"
+        );
+        let refused = ClientError::Server(jobvisor_proto::control::ControlError {
+            kind: ErrorKind::UnknownTask,
+            message: "no task `x`".to_owned(),
+        });
+        assert_eq!(Failure::from(refused).message(), "no task `x`");
+        assert_eq!(Failure::usage("bad").message(), "bad");
+    }
 
     #[test]
     fn exit_codes() {

@@ -78,7 +78,8 @@ fn main() -> ExitCode {
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    eprintln!("jobvisor: cannot start the async runtime: {e}");
+                    let e = anyhow::Error::new(e).context("cannot start the async runtime");
+                    eprintln!("jobvisor: {e:#}");
                     return ExitCode::from(EXIT_ERROR);
                 }
             };
@@ -102,7 +103,10 @@ fn start_workers() -> Option<ExitCode> {
         Ok(Bootstrap::Supervisor) => None,
         Ok(Bootstrap::Worker(code)) => Some(code),
         Err(e) => {
-            eprintln!("jobvisor: cannot start: {e}");
+            eprintln!(
+                "jobvisor: {:#}",
+                anyhow::Error::new(e).context("cannot start")
+            );
             Some(ExitCode::from(EXIT_ERROR))
         }
     }

@@ -5,8 +5,9 @@ use std::path::Path;
 use serde_json::Value;
 
 use super::connect;
-use crate::exit::{CmdResult, Failure, EXIT_ERROR, EXIT_OK};
+use crate::exit::{CmdResult, EXIT_OK};
 use crate::output::emit;
+use crate::output::json::json_failure;
 use crate::output::time::fmt_unix_ms;
 
 /// Streams events until the daemon closes the stream.
@@ -16,8 +17,7 @@ pub async fn events(json: bool, socket: &Path) -> CmdResult {
     let mut stream = client.events().await?;
     while let Some(ev) = stream.next().await? {
         let line = if json {
-            let mut v = serde_json::to_value(&ev)
-                .map_err(|e| Failure::new(EXIT_ERROR, format!("encoding JSON: {e}")))?;
+            let mut v = serde_json::to_value(&ev).map_err(json_failure)?;
             // Lowercase states, as everywhere else in --json output.
             if let Some(state) = v.pointer_mut("/kind/Job/state") {
                 if let Some(s) = state.as_str().map(str::to_lowercase) {

@@ -51,7 +51,7 @@ pub async fn run(cmd: ClientCommand, socket: &Path) -> ExitCode {
     match dispatch(cmd, socket).await {
         Ok(code) => ExitCode::from(code),
         Err(f) => {
-            eprintln!("jobvisor: {}", f.message);
+            eprintln!("jobvisor: {}", f.message());
             ExitCode::from(f.code)
         }
     }
@@ -92,13 +92,10 @@ async fn connect(socket: &Path) -> Result<Client, Failure> {
 /// the daemon is unreachable, whatever the client calls it.
 pub fn connect_failure(e: ClientError, socket: &Path) -> Failure {
     match e {
-        ClientError::Io(io) => Failure::new(
-            EXIT_UNREACHABLE,
-            format!(
-                "cannot talk to the jobvisor daemon at {}: {io}",
-                socket.display()
-            ),
-        ),
+        ClientError::Io(io) => {
+            let what = format!("cannot talk to the jobvisor daemon at {}", socket.display());
+            Failure::new(EXIT_UNREACHABLE, anyhow::Error::new(io).context(what))
+        }
         other => Failure::from(other),
     }
 }

@@ -13,7 +13,7 @@ use super::connect;
 use super::wait::{describe_unsuccessful, new_bar, summarize, unique, wait_all};
 use crate::args::SubmitArgs;
 use crate::batch::read_batch;
-use crate::exit::{worst_exit_code, CmdResult, Failure, EXIT_OK};
+use crate::exit::{worst_exit_code, CmdResult, Failure, EXIT_OK, EXIT_USAGE};
 use crate::output::json::json_failure;
 use crate::output::{emit, emit_json};
 
@@ -119,7 +119,10 @@ fn single_spec(args: &SubmitArgs) -> Result<JobSpec, Failure> {
             }
         })?;
         if let Err(e) = serde_json::from_str::<Value>(text) {
-            return Err(Failure::usage(format!("--input is not valid JSON: {e}")));
+            return Err(Failure::new(
+                EXIT_USAGE,
+                anyhow::Error::new(e).context("--input is not valid JSON"),
+            ));
         }
         text.trim().to_owned()
     };
@@ -149,8 +152,10 @@ fn duration_ms(d: Duration) -> u64 {
 /// `dir` made absolute against the current directory (the worker's directory
 /// is the daemon's, not ours), as UTF-8.
 fn absolute_dir(dir: &Path) -> Result<String, Failure> {
-    let abs = std::path::absolute(dir)
-        .map_err(|e| Failure::usage(format!("--cwd {}: {e}", dir.display())))?;
+    let abs = std::path::absolute(dir).map_err(|e| {
+        let what = format!("--cwd {}", dir.display());
+        Failure::new(EXIT_USAGE, anyhow::Error::new(e).context(what))
+    })?;
     abs.into_os_string()
         .into_string()
         .map_err(|p| Failure::usage(format!("--cwd {}: not valid UTF-8", p.to_string_lossy())))
@@ -300,38 +305,38 @@ mod tests {
         let e = single_spec(&submit_args(&["submit", "sleep"])).unwrap_err();
         assert_eq!(e.code, EXIT_USAGE);
         assert!(
-            e.message.contains("--input JSON is required"),
+            e.message().contains("--input JSON is required"),
             "{}",
-            e.message
+            e.message()
         );
         let e = single_spec(&submit_args(&["submit", "exec"])).unwrap_err();
         assert_eq!(e.code, EXIT_USAGE);
         assert!(
-            e.message.contains("needs a command after `--`"),
+            e.message().contains("needs a command after `--`"),
             "{}",
-            e.message
+            e.message()
         );
         let e = single_spec(&submit_args(&["submit", "sleep", "--", "ls"])).unwrap_err();
         assert_eq!(e.code, EXIT_USAGE);
         assert!(
-            e.message.contains("only for the `exec` task"),
+            e.message().contains("only for the `exec` task"),
             "{}",
-            e.message
+            e.message()
         );
         let e = single_spec(&submit_args(&[
             "submit", "exec", "--cwd", "/", "--input", "{}",
         ]))
         .unwrap_err();
         assert_eq!(e.code, EXIT_USAGE);
-        assert!(e.message.contains("--cwd and --env"), "{}", e.message);
+        assert!(e.message().contains("--cwd and --env"), "{}", e.message());
         let e = single_spec(&submit_args(&[
             "submit", "sleep", "--env", "A=1", "--input", "1",
         ]))
         .unwrap_err();
-        assert!(e.message.contains("--cwd and --env"), "{}", e.message);
+        assert!(e.message().contains("--cwd and --env"), "{}", e.message());
         let e = single_spec(&submit_args(&["submit", "sleep", "--input", "{nope"])).unwrap_err();
         assert_eq!(e.code, EXIT_USAGE);
-        assert!(e.message.contains("not valid JSON"), "{}", e.message);
+        assert!(e.message().contains("not valid JSON"), "{}", e.message());
         // Batch parses.
         let args = submit_args(&["submit", "--batch", "-", "--wait", "--json"]);
         assert_eq!(args.batch.as_deref(), Some(Path::new("-")));

@@ -243,9 +243,9 @@ async fn batch_submit_is_one_request() {
         .unwrap_err();
     assert_eq!(err.code, EXIT_USAGE);
     assert!(
-        err.message.contains("line 2: missing field `input`"),
+        err.message().contains("line 2: missing field `input`"),
         "{}",
-        err.message
+        err.message()
     );
     let missing = m.dir.join("missing.jsonl");
     let err = dispatch(

@@ -69,7 +69,7 @@ pub async fn wait_all(
                 records.into_iter().map(|r| (r.id, r)).collect();
             for id in chunk {
                 let r = by_id.remove(id).ok_or_else(|| {
-                    Failure::new(
+                    Failure::msg(
                         EXIT_ERROR,
                         format!("the daemon's answer to wait lacks job {id}"),
                     )

@@ -8,7 +8,7 @@ use crate::exit::{Failure, EXIT_ERROR};
 
 /// A value that would not encode as JSON (not expected: the shapes are plain).
 pub fn json_failure(e: serde_json::Error) -> Failure {
-    Failure::new(EXIT_ERROR, format!("encoding JSON: {e}"))
+    Failure::new(EXIT_ERROR, anyhow::Error::new(e).context("encoding JSON"))
 }
 
 /// A record as JSON: the derived shape, but `state` as its lowercase name and

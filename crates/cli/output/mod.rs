@@ -17,6 +17,7 @@ use std::io::Write;
 
 use serde_json::Value;
 
+use self::json::json_failure;
 use crate::exit::{Failure, EXIT_ERROR};
 
 /// Writes `text` to stdout. A closed pipe (`jobvisor list | head`) is not an error.
@@ -30,14 +31,16 @@ pub fn emit_bytes(bytes: &[u8]) -> Result<(), Failure> {
     match out.write_all(bytes).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        Err(e) => Err(Failure::new(EXIT_ERROR, format!("writing to stdout: {e}"))),
+        Err(e) => Err(Failure::new(
+            EXIT_ERROR,
+            anyhow::Error::new(e).context("writing to stdout"),
+        )),
     }
 }
 
 /// Writes `value` as pretty JSON and a newline.
 pub fn emit_json(value: &Value) -> Result<(), Failure> {
-    let mut text = serde_json::to_string_pretty(value)
-        .map_err(|e| Failure::new(EXIT_ERROR, format!("encoding JSON: {e}")))?;
+    let mut text = serde_json::to_string_pretty(value).map_err(json_failure)?;
     text.push('\n');
     emit(&text)
 }
