@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use jobvisor_proto::control::{
     ControlError, ErrorKind, JobRecord, JobState, Payload, Request, Response, Stats, Submitted,
@@ -68,7 +69,10 @@ async fn conn(mut stream: UnixStream, state: Arc<Mutex<State>>) {
     let mut rbuf = FrameBuf::new(1 << 20);
     loop {
         while let Some(req) = rbuf.decode_next::<Request>().unwrap() {
-            let resp = handle(&mut state.lock().unwrap(), req);
+            let (resp, hold) = handle(&mut state.lock().unwrap(), req);
+            if !hold.is_zero() {
+                tokio::time::sleep(hold).await;
+            }
             let mut out = Vec::new();
             encode_frame(&mut out, &resp, 1 << 24).unwrap();
             stream.write_all(&out).await.unwrap();
@@ -132,7 +136,32 @@ fn err(kind: ErrorKind, message: &str) -> Response {
     })
 }
 
-fn handle(st: &mut State, req: Request) -> Response {
+/// The answer to `req`, and how long to hold it back: a `Wait` with a
+/// timeout that finishes no job is answered when the timeout is up, as the
+/// daemon does.
+fn handle(st: &mut State, req: Request) -> (Response, Duration) {
+    let timed = match &req {
+        Request::Wait {
+            ids,
+            timeout_ms: Some(t),
+        } => Some((ids.clone(), Duration::from_millis(*t))),
+        _ => None,
+    };
+    let finished = |st: &State, ids: &[u64]| {
+        ids.iter()
+            .filter(|id| st.jobs.get(id).is_some_and(|j| j.state.is_terminal()))
+            .count()
+    };
+    let before = timed.as_ref().map(|(ids, _)| finished(st, ids));
+    let resp = answer(st, req);
+    let hold = match (timed, before) {
+        (Some((ids, t)), Some(b)) if finished(st, &ids) == b => t,
+        _ => Duration::ZERO,
+    };
+    (resp, hold)
+}
+
+fn answer(st: &mut State, req: Request) -> Response {
     st.requests.push(req.clone());
     match req {
         Request::Submit(specs) => {

@@ -1,10 +1,11 @@
 //! `ping`: whether the daemon answers, optionally waiting for it to come up.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jobvisor_client::{Client, ClientError};
 use serde_json::json;
+use tokio::time::Instant;
 
 use super::{connect_failure, PING_RETRY};
 use crate::exit::{CmdResult, Failure, EXIT_OK};

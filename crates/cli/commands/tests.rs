@@ -2,9 +2,10 @@
 //! the exit code of each, and what reaches the daemon.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jobvisor_proto::control::Payload;
+use tokio::time::Instant;
 
 use super::{dispatch, mock};
 use crate::args::testing::submit_args;
@@ -184,7 +185,9 @@ async fn against_a_mock_daemon() {
     assert_eq!(code(ClientCommand::Shutdown { now: false }, sock).await, 0);
 }
 
-#[tokio::test]
+// Paused time: the deadlines and retries run on tokio's clock, which
+// jumps to the next timer whenever everything waits.
+#[tokio::test(start_paused = true)]
 async fn wait_with_a_deadline_and_a_never_ending_job() {
     let m = mock::start("deadline");
     let sock = m.sock.as_path();
@@ -257,7 +260,9 @@ async fn batch_submit_is_one_request() {
     assert_eq!(err.code, EXIT_USAGE);
 }
 
-#[tokio::test]
+// Paused time: the deadlines and retries run on tokio's clock, which
+// jumps to the next timer whenever everything waits.
+#[tokio::test(start_paused = true)]
 async fn ping_wait_waits_for_the_socket() {
     let (dir, sock) = mock::socket_path("ping");
     let bind_at = sock.clone();
@@ -276,7 +281,9 @@ async fn ping_wait_waits_for_the_socket() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-#[tokio::test]
+// Paused time: the deadlines and retries run on tokio's clock, which
+// jumps to the next timer whenever everything waits.
+#[tokio::test(start_paused = true)]
 async fn unreachable_socket_exits_5() {
     let dir = std::env::temp_dir().join(format!("jobvisor-cli-test-{}", std::process::id()));
     let sock = dir.join("nope.sock");

@@ -3,12 +3,13 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 use jobvisor_client::Client;
 use jobvisor_proto::control::{JobRecord, JobState};
 use serde_json::Value;
+use tokio::time::Instant;
 
 use super::{connect, PING_RETRY};
 
