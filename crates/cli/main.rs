@@ -37,13 +37,14 @@ mod logging;
 mod output;
 mod parse;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use jobvisor_pool::{bootstrap, is_spawned_worker, Bootstrap};
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, ClientCommand, Command};
 use crate::exit::{EXIT_ERROR, EXIT_USAGE};
 
 fn main() -> ExitCode {
@@ -68,23 +69,7 @@ fn main() -> ExitCode {
     }
     logging::init(&cli);
     match cli.command {
-        Command::Client(cmd) => {
-            let socket = cli
-                .socket
-                .unwrap_or_else(jobvisor_proto::paths::default_socket);
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    let e = anyhow::Error::new(e).context("cannot start the async runtime");
-                    eprintln!("jobvisor: {e:#}");
-                    return ExitCode::from(EXIT_ERROR);
-                }
-            };
-            rt.block_on(commands::run(cmd, &socket))
-        }
+        Command::Client(cmd) => run_client(cmd, cli.socket),
         command => match run_workers(command, cli.socket) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -92,6 +77,23 @@ fn main() -> ExitCode {
                 ExitCode::from(EXIT_ERROR)
             }
         },
+    }
+}
+
+/// Runs a client command on a current-thread runtime (it only waits on its
+/// socket); the command prints its own failure and chooses the exit code.
+fn run_client(cmd: ClientCommand, socket: Option<PathBuf>) -> ExitCode {
+    let socket = socket.unwrap_or_else(jobvisor_proto::paths::default_socket);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime");
+    match rt {
+        Ok(rt) => rt.block_on(commands::run(cmd, &socket)),
+        Err(e) => {
+            eprintln!("jobvisor: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
     }
 }
 
@@ -113,7 +115,7 @@ fn start_workers() -> Option<ExitCode> {
 }
 
 /// Runs `daemon` or `demo` on a multi-threaded runtime.
-fn run_workers(command: Command, socket: Option<std::path::PathBuf>) -> anyhow::Result<()> {
+fn run_workers(command: Command, socket: Option<PathBuf>) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
