@@ -6,7 +6,7 @@ use anyhow::Context;
 use jobvisor_pool::{CallOptions, Pool, PoolError, PoolEvent};
 use jobvisor_tasks::{Exec, ExecInput, Noop, Sleep, SleepInput, Spin, SpinInput};
 
-use crate::cli::DemoArgs;
+use crate::args::DemoArgs;
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut builder = Pool::builder().start_method(args.start_method);

@@ -36,7 +36,7 @@ pub const MAX_RESPONSE_BYTES: usize = 256 * 1024 * 1024;
 #[non_exhaustive]
 pub enum ClientError {
     /// No daemon answers at that path.
-    #[error("cannot reach the jobvisor daemon at {path}: {source}")]
+    #[error("cannot reach the jobvisor daemon at {path}")]
     Unreachable {
         /// Socket path.
         path: String,
@@ -48,13 +48,13 @@ pub enum ClientError {
     #[error(transparent)]
     Handshake(#[from] HandshakeError),
     /// The connection broke.
-    #[error("connection to the daemon failed: {0}")]
+    #[error("connection to the daemon failed")]
     Io(#[from] std::io::Error),
     /// A bad frame.
-    #[error("bad frame from the daemon: {0}")]
+    #[error("bad frame from the daemon")]
     Frame(#[from] FrameError),
     /// The daemon answered with an error.
-    #[error("{0}")]
+    #[error(transparent)]
     Server(#[from] ControlError),
     /// The daemon answered something unexpected.
     #[error("unexpected answer from the daemon: {0}")]

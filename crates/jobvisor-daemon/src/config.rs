@@ -444,15 +444,10 @@ impl Config {
     }
 }
 
-/// `$XDG_STATE_HOME/jobvisor`, else `$HOME/.local/state/jobvisor`, else `./.jobvisor`.
+/// `$XDG_STATE_HOME/jobvisor`, else `$HOME/.local/state/jobvisor`, else
+/// `./.jobvisor`: the rule clients share, [`jobvisor_proto::paths`].
 pub fn default_state_dir() -> PathBuf {
-    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(x).join("jobvisor");
-    }
-    if let Some(h) = std::env::var_os("HOME").filter(|v| !v.is_empty()) {
-        return PathBuf::from(h).join(".local/state/jobvisor");
-    }
-    PathBuf::from(".jobvisor")
+    jobvisor_proto::paths::default_state_dir()
 }
 
 #[cfg(test)]

@@ -113,6 +113,15 @@ pub fn bootstrap_with(registry: Registry, options: BootstrapOptions) -> io::Resu
     Ok(Bootstrap::Supervisor)
 }
 
+/// Whether this process is a worker started by the `spawn` start method (its
+/// first argument is the hidden worker argument): [`bootstrap`] would run the
+/// worker loop and return [`Bootstrap::Worker`]. A program that bootstraps
+/// only for the commands that run workers asks this first, since a worker's
+/// command line is not its own.
+pub fn is_spawned_worker() -> bool {
+    std::env::args_os().nth(1).is_some_and(|a| a == WORKER_ARG)
+}
+
 /// The pid of the fork server, if one runs (for diagnostics and tests).
 pub fn fork_server_pid() -> Option<u32> {
     BOOT.get()

@@ -42,7 +42,9 @@ mod launch;
 mod pool;
 mod sys;
 
-pub use bootstrap::{bootstrap, bootstrap_with, fork_server_pid, Bootstrap, BootstrapOptions};
+pub use bootstrap::{
+    bootstrap, bootstrap_with, fork_server_pid, is_spawned_worker, Bootstrap, BootstrapOptions,
+};
 pub use config::PoolConfig;
 pub use error::PoolError;
 pub use jobvisor_proto::forkserver::ExitStatus;

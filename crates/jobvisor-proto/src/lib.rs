@@ -14,6 +14,8 @@
 //! - [`handshake`]: the fixed-layout [`Hello`] every link starts with: protocol
 //!   version and schema hash, and the error that names both sides on a mismatch.
 //! - [`json`]: the JSON shape of a job record (`status --json`, notifications).
+//! - [`paths`]: the default state directory and control socket, which the
+//!   daemon and its clients share.
 //! - [`worker`]: messages on the supervisor ↔ worker link.
 //! - [`forkserver`]: messages on the supervisor ↔ fork server link.
 //! - [`control`]: requests and responses on the control socket.
@@ -28,6 +30,7 @@ pub mod forkserver;
 pub mod frame;
 pub mod handshake;
 pub mod json;
+pub mod paths;
 pub mod worker;
 
 pub use codec::CodecError;

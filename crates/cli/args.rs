@@ -1,0 +1,386 @@
+//! The command line: the clap types of `jobvisor` and of every subcommand.
+//!
+//! Plain argument types near the bottom of the binary's modules: the
+//! commands read them, and they name only [`crate::parse`] (their value
+//! parsers).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use jobvisor_pool::StartMethod;
+use jobvisor_proto::control::JobState;
+
+use crate::parse::{
+    parse_backoff, parse_duration, parse_env_pair, parse_input_from, parse_state, Backoff,
+};
+
+/// jobvisor: a multi-process job supervisor.
+#[derive(Debug, Parser)]
+#[command(name = "jobvisor", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    pub log_format: LogFormat,
+    /// Control socket (default: STATE_DIR/control.sock, STATE_DIR being
+    /// $XDG_STATE_HOME/jobvisor or ~/.local/state/jobvisor).
+    #[arg(long, env = "JOBVISOR_SOCKET", global = true)]
+    pub socket: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    #[command(flatten)]
+    Client(ClientCommand),
+    /// Run the supervisor daemon: control socket, durable job store, workers.
+    Daemon(DaemonArgs),
+    /// Run a short, visible demonstration of the worker pool: throughput,
+    /// CPU parallelism, a worker killed mid-task and replaced, a timeout, and
+    /// a command run through `exec`.
+    Demo(DemoArgs),
+}
+
+/// Arguments of `jobvisor daemon`.
+#[derive(Debug, clap::Args)]
+pub struct DaemonArgs {
+    /// TOML configuration file (see config/jobvisor.toml); flags override it.
+    #[arg(long)]
+    pub config: Option<std::path::PathBuf>,
+    /// State directory (job database, lock, default socket location).
+    #[arg(long)]
+    pub state_dir: Option<std::path::PathBuf>,
+    /// Worker processes (0 = one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// How workers start: forkserver or spawn.
+    #[arg(long)]
+    pub start_method: Option<String>,
+}
+
+/// Arguments of `jobvisor demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    /// Worker processes (default: one per core).
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// How workers start: forkserver or spawn.
+    #[arg(long, default_value = "forkserver")]
+    pub start_method: StartMethod,
+}
+
+impl Command {
+    /// Whether this command runs worker processes, so that `main` must fork
+    /// the fork server (before any thread exists) to run it. Client commands
+    /// only talk to a daemon over its socket and fork nothing.
+    pub fn runs_workers(&self) -> bool {
+        match self {
+            Command::Daemon(_) | Command::Demo(_) => true,
+            Command::Client(_) => false,
+        }
+    }
+}
+
+/// Commands that talk to a running daemon.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClientCommand {
+    /// Submit a job (`submit TASK --input JSON`, `submit exec -- CMD ARGS...`)
+    /// or a batch of jobs (`submit --batch FILE`). Prints one job id per line.
+    // Boxed so the enum stays small when flattened into another.
+    Submit(Box<SubmitArgs>),
+    /// Show one job: state, attempts, error, times.
+    Status {
+        /// Job id.
+        id: u64,
+        /// Print the full job record as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Wait until jobs finish; print each job's state. The exit code comes from
+    /// the worst state (3 failed/dead, 6 cancelled, 1 unfinished at the timeout).
+    Wait {
+        /// Job ids.
+        #[arg(required = true, num_args = 1.., value_name = "ID")]
+        ids: Vec<u64>,
+        /// Give up after this long (e.g. 500ms, 2s, 1m; a bare number is ms).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        timeout: Option<Duration>,
+        /// Print the job records as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a finished job's output on stdout (its error on stderr if it failed).
+    Result {
+        /// Job id.
+        id: u64,
+        /// Print `{"id", "state", "output", "error"}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a queued or running job.
+    Cancel {
+        /// Job id.
+        id: u64,
+    },
+    /// Re-queue a finished job that did not succeed (dead, failed,
+    /// cancelled), with fresh attempt and crash budgets.
+    Retry {
+        /// Job id.
+        id: u64,
+    },
+    /// List jobs, newest first.
+    List {
+        /// Only jobs in this state (queued, running, retrying, succeeded,
+        /// failed, cancelled, dead).
+        #[arg(long, value_name = "STATE", value_parser = parse_state)]
+        state: Option<JobState>,
+        /// Only jobs of this queue.
+        #[arg(long, value_name = "QUEUE")]
+        queue: Option<String>,
+        /// At most this many jobs.
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: u32,
+        /// Print the job records as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the worker processes.
+    Workers {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show daemon figures.
+    Stats {
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check that the daemon answers. Exit code 5 when it is unreachable.
+    Ping {
+        /// Keep retrying (every 50 ms) while the daemon is unreachable, up to
+        /// this long: for scripts waiting for the daemon to be ready.
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        wait: Option<Duration>,
+        /// Print `{"pid": N}` as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stream job and worker events as they happen, until interrupted.
+    Events {
+        /// Keep following (the default; accepted for clarity in scripts).
+        #[arg(long)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the daemon, letting running jobs finish unless `--now`.
+    Shutdown {
+        /// Do not wait for running jobs.
+        #[arg(long)]
+        now: bool,
+    },
+}
+
+/// Arguments of `submit`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// Task name. With `exec`, give the command after `--`.
+    #[arg(value_name = "TASK", required_unless_present = "batch")]
+    pub task: Option<String>,
+    /// The command of an `exec` job: `submit exec -- CMD ARGS...`.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+    /// Task input as JSON text (required except for `exec -- CMD` and `--batch`).
+    #[arg(long, value_name = "JSON", conflicts_with = "command")]
+    pub input: Option<String>,
+    /// Working directory of an `exec` command (made absolute against the
+    /// current directory). Default: the worker's.
+    #[arg(long, value_name = "DIR")]
+    pub cwd: Option<PathBuf>,
+    /// Environment variable for an `exec` command (repeatable).
+    #[arg(long = "env", value_name = "K=V", value_parser = parse_env_pair)]
+    pub env: Vec<(String, String)>,
+    /// Queue (default: `default`).
+    #[arg(long, value_name = "QUEUE")]
+    pub queue: Option<String>,
+    /// Priority: higher runs first (default 0).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// Attempts in all, the first included.
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<u32>,
+    /// Retry backoff in ms: first delay, optionally `:` the cap (e.g. 100:5000).
+    #[arg(long, value_name = "BASE[:MAX]", value_parser = parse_backoff)]
+    pub backoff_ms: Option<Backoff>,
+    /// Per-attempt timeout (e.g. 30s, 5m; a bare number is ms).
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// Watchdog: stop an attempt that sends no heartbeat or progress for this long.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub stall_timeout: Option<Duration>,
+    /// Do not start before this long from now.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+    /// Run only after this job succeeded (repeatable, or comma-separated).
+    #[arg(long, value_name = "ID", value_delimiter = ',')]
+    pub after: Vec<u64>,
+    /// Pipeline: take input from job ID's JSON output, after it succeeded:
+    /// `ID` merges the output object into the input, `ID:/json/pointer` takes
+    /// part of it, `...@field` puts the value under that key (repeatable).
+    #[arg(long, value_name = "ID[:/PTR][@FIELD]", value_parser = parse_input_from)]
+    pub input_from: Vec<jobvisor_proto::control::InputRef>,
+    /// Idempotency key: submitting the same key again returns the first job.
+    #[arg(long, value_name = "KEY")]
+    pub key: Option<String>,
+    /// When the job ends (succeeded, failed, cancelled, dead), POST its record
+    /// as JSON to this http(s) URL (at-least-once while the daemon runs;
+    /// dedupe on the `x-jobvisor-delivery` header).
+    #[arg(long, value_name = "URL")]
+    pub notify_url: Option<String>,
+    /// Wait for the job(s) to finish; exit with the worst job's code.
+    #[arg(long)]
+    pub wait: bool,
+    /// Submit many jobs from a JSON-lines file (`-` for stdin), one object per
+    /// line: {"task", "input", and optionally "queue", "priority",
+    /// "max_attempts", "backoff_base_ms", "backoff_max_ms", "timeout_ms",
+    /// "delay_ms", "after", "key", "notify_url"}. All are accepted or none. On a terminal,
+    /// shows a progress bar until all finished.
+    #[arg(
+        long,
+        value_name = "FILE",
+        conflicts_with_all = [
+            "task", "command", "input", "cwd", "env", "queue", "priority",
+            "max_attempts", "backoff_ms", "timeout", "delay", "after", "key", "input_from",
+            "notify_url",
+        ]
+    )]
+    pub batch: Option<PathBuf>,
+    /// Print the submitted ids as JSON (`[{"id": N, "duplicate": false}, ...]`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parsing of the client commands alone, for the tests of every command.
+#[cfg(test)]
+pub mod testing {
+    use clap::Parser;
+
+    use super::{ClientCommand, SubmitArgs};
+
+    #[derive(Debug, Parser)]
+    pub struct TestCli {
+        #[command(subcommand)]
+        pub cmd: ClientCommand,
+    }
+
+    pub fn parse(args: &[&str]) -> Result<ClientCommand, clap::Error> {
+        TestCli::try_parse_from(std::iter::once("jobvisor").chain(args.iter().copied()))
+            .map(|c| c.cmd)
+    }
+
+    pub fn submit_args(args: &[&str]) -> SubmitArgs {
+        match parse(args).expect("parses") {
+            ClientCommand::Submit(a) => *a,
+            other => panic!("not a submit: {other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use jobvisor_proto::control::JobState;
+
+    use super::testing::*;
+    use super::*;
+
+    #[test]
+    fn only_daemon_and_demo_run_workers() {
+        let runs = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("jobvisor").chain(args.iter().copied()))
+                .map(|c| c.command.runs_workers())
+                .map_err(|e| e.kind())
+        };
+        assert_eq!(runs(&["daemon"]), Ok(true));
+        assert_eq!(runs(&["daemon", "--workers", "2"]), Ok(true));
+        assert_eq!(runs(&["--socket", "/s", "demo"]), Ok(true));
+        for client in [
+            &["ping"][..],
+            &["--socket", "/s", "ping", "--wait", "1s"],
+            &["status", "1"],
+            &["submit", "noop", "--input", "null"],
+            &["wait", "1", "2"],
+            &["list"],
+            &["workers"],
+            &["stats"],
+            &["events"],
+            &["shutdown"],
+            &["cancel", "1"],
+            &["retry", "1"],
+            &["result", "1"],
+        ] {
+            assert_eq!(runs(client), Ok(false), "{client:?}");
+        }
+        // --version and --help never reach a command: main prints them
+        // before it would bootstrap.
+        use clap::error::ErrorKind;
+        assert_eq!(runs(&["--version"]), Err(ErrorKind::DisplayVersion));
+        assert_eq!(runs(&["--help"]), Err(ErrorKind::DisplayHelp));
+        assert_eq!(runs(&["daemon", "--help"]), Err(ErrorKind::DisplayHelp));
+        // The worker's hidden argument is no command of ours: main asks
+        // jobvisor_pool::is_spawned_worker before parsing.
+        assert!(runs(&["__jobvisor-worker", "3", "4"]).is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        TestCli::command().debug_assert();
+    }
+
+    #[test]
+    fn other_commands_parse() {
+        match parse(&["wait", "1", "2", "--timeout", "2s", "--json"]).unwrap() {
+            ClientCommand::Wait { ids, timeout, json } => {
+                assert_eq!(ids, [1, 2]);
+                assert_eq!(timeout, Some(Duration::from_secs(2)));
+                assert!(json);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["wait"]).is_err());
+        match parse(&["list", "--state", "failed"]).unwrap() {
+            ClientCommand::List {
+                state, limit, json, ..
+            } => {
+                assert_eq!(state, Some(JobState::Failed));
+                assert_eq!(limit, 50);
+                assert!(!json);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse(&["list", "--state", "bogus"]).is_err());
+        assert!(matches!(
+            parse(&["ping", "--wait", "5s"]).unwrap(),
+            ClientCommand::Ping { wait: Some(d), json: false } if d == Duration::from_secs(5)
+        ));
+        assert!(matches!(
+            parse(&["shutdown", "--now"]).unwrap(),
+            ClientCommand::Shutdown { now: true }
+        ));
+    }
+}

@@ -1,0 +1,101 @@
+//! Client subcommands: talk to a running daemon over its control socket.
+//!
+//! One module per command, one handler each, and one `match` ([`dispatch`])
+//! that picks it. Every read command takes `--json` for a machine-readable
+//! answer on stdout; human output goes to stdout too, and errors are printed
+//! as `jobvisor: <message>` on stderr. Exit codes: [`crate::exit`].
+//!
+//! # Layout
+//! The handlers name only this module ([`connect`]) and the modules below
+//! it, except that `submit` and `result` use [`wait`]'s waiting and
+//! descriptions. Test-only: `mock` (a stand-in daemon on a real socket) and
+//! `tests` (flows of several commands against it).
+
+mod cancel;
+mod events;
+mod list;
+mod ping;
+mod result;
+mod retry;
+mod shutdown;
+mod stats;
+mod status;
+mod submit;
+mod wait;
+mod workers;
+
+#[cfg(test)]
+mod mock;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use jobvisor_client::{Client, ClientError};
+
+use crate::args::ClientCommand;
+use crate::exit::{CmdResult, Failure, EXIT_UNREACHABLE};
+
+#[cfg(test)]
+pub use status::format_status;
+
+/// Retry interval of `ping --wait`, and the pause of a wait that got
+/// unfinished jobs back without having asked for a timeout.
+const PING_RETRY: Duration = Duration::from_millis(50);
+
+/// Runs one client command against the daemon at `socket` and returns the
+/// process exit code (see [`crate::exit`]). Errors are printed on stderr.
+pub async fn run(cmd: ClientCommand, socket: &Path) -> ExitCode {
+    match dispatch(cmd, socket).await {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            eprintln!("jobvisor: {}", f.message());
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// The one `match` from a command to its handler.
+async fn dispatch(cmd: ClientCommand, socket: &Path) -> CmdResult {
+    match cmd {
+        ClientCommand::Submit(args) => submit::submit(*args, socket).await,
+        ClientCommand::Status { id, json } => status::status(id, json, socket).await,
+        ClientCommand::Wait { ids, timeout, json } => wait::wait(ids, timeout, json, socket).await,
+        ClientCommand::Result { id, json } => result::result(id, json, socket).await,
+        ClientCommand::Cancel { id } => cancel::cancel(id, socket).await,
+        ClientCommand::Retry { id } => retry::retry(id, socket).await,
+        ClientCommand::List {
+            state,
+            queue,
+            limit,
+            json,
+        } => list::list(state, queue, limit, json, socket).await,
+        ClientCommand::Workers { json } => workers::workers(json, socket).await,
+        ClientCommand::Stats { json } => stats::stats(json, socket).await,
+        ClientCommand::Ping { wait, json } => ping::ping(wait, json, socket).await,
+        ClientCommand::Events { follow: _, json } => events::events(json, socket).await,
+        ClientCommand::Shutdown { now } => shutdown::shutdown(!now, socket).await,
+    }
+}
+
+/// Connects. Failing to get a working connection (nothing listens, or it
+/// breaks during the handshake) is "unreachable"; a protocol mismatch is not.
+async fn connect(socket: &Path) -> Result<Client, Failure> {
+    Client::connect(socket)
+        .await
+        .map_err(|e| connect_failure(e, socket))
+}
+
+/// The failure of a connection attempt: an I/O error while connecting means
+/// the daemon is unreachable, whatever the client calls it.
+pub fn connect_failure(e: ClientError, socket: &Path) -> Failure {
+    match e {
+        ClientError::Io(io) => {
+            let what = format!("cannot talk to the jobvisor daemon at {}", socket.display());
+            Failure::new(EXIT_UNREACHABLE, anyhow::Error::new(io).context(what))
+        }
+        other => Failure::from(other),
+    }
+}

@@ -1,0 +1,139 @@
+//! `status`: one job for a person (state, times, attempts and how each
+//! ended) or its full record as JSON.
+
+use std::path::Path;
+
+use jobvisor_proto::control::{AttemptOutcome, JobRecord, Payload};
+use jobvisor_proto::forkserver::signal_name;
+
+use super::connect;
+use crate::exit::{CmdResult, EXIT_OK};
+use crate::output::json::record_json;
+use crate::output::text::{one_line, truncate_chars};
+use crate::output::time::{fmt_ms, fmt_unix_ms};
+use crate::output::{emit, emit_json};
+
+/// Longest input/output preview shown by `status`.
+const PREVIEW_CHARS: usize = 120;
+
+/// Prints job `id`.
+pub async fn status(id: u64, json: bool, socket: &Path) -> CmdResult {
+    let mut client = connect(socket).await?;
+    let r = client.status(id).await?;
+    if json {
+        emit_json(&record_json(&r)?)?;
+    } else {
+        emit(&format_status(&r))?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// Job `r` for a person: one `name: value` line a field, then the attempts.
+pub fn format_status(r: &JobRecord) -> String {
+    let mut s = String::new();
+    let mut field = |name: &str, value: &str| {
+        s.push_str(&format!("{:<10} {value}\n", format!("{name}:")));
+    };
+    field("job", &r.id.to_string());
+    field("task", &r.task);
+    field("state", r.state.as_str());
+    field("queue", &r.queue);
+    field("priority", &r.priority.to_string());
+    if let Some(key) = &r.key {
+        field("key", key);
+    }
+    if let Some(url) = &r.notify_url {
+        field("notify", url);
+    }
+    if !r.after.is_empty() {
+        let ids: Vec<String> = r.after.iter().map(u64::to_string).collect();
+        field("after", &ids.join(", "));
+    }
+    if let Some(t) = r.timeout_ms {
+        field("timeout", &fmt_ms(t));
+    }
+    field("created", &fmt_unix_ms(r.created_ms));
+    if r.run_at_ms > r.created_ms {
+        field("run at", &fmt_unix_ms(r.run_at_ms));
+    }
+    if let Some(f) = r.finished_ms {
+        field(
+            "finished",
+            &format!(
+                "{} (after {})",
+                fmt_unix_ms(f),
+                fmt_ms(f.saturating_sub(r.created_ms))
+            ),
+        );
+    }
+    if let Some(input) = &r.input {
+        field("input", &preview(input));
+    }
+    if let Some(output) = &r.output {
+        field("output", &preview(output));
+    }
+    if let Some(e) = &r.error {
+        field("error", e);
+    }
+    field(
+        "attempts",
+        &format!("{} of at most {}", r.attempts.len(), r.max_attempts),
+    );
+    for a in &r.attempts {
+        let pid = a
+            .worker_pid
+            .map_or_else(|| "pid ?".to_owned(), |p| format!("pid {p}"));
+        let took = a
+            .finished_ms
+            .map(|f| format!(", {}", fmt_ms(f.saturating_sub(a.started_ms))))
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "  #{:<3} {pid}{took}: {}\n",
+            a.number,
+            describe_outcome(&a.outcome)
+        ));
+        if let AttemptOutcome::Crashed { stderr_tail, .. } = &a.outcome {
+            for line in stderr_tail {
+                s.push_str(&format!("        | {line}\n"));
+            }
+        }
+    }
+    s
+}
+
+/// How an attempt ended, in words.
+fn describe_outcome(o: &AttemptOutcome) -> String {
+    match o {
+        AttemptOutcome::Running => "running".to_owned(),
+        AttemptOutcome::Ok => "ok".to_owned(),
+        AttemptOutcome::Error(e) => format!("error: {}", one_line(e)),
+        AttemptOutcome::Panic(e) => format!("panicked: {}", one_line(e)),
+        AttemptOutcome::Crashed {
+            code,
+            signal,
+            max_rss_kib,
+            ..
+        } => {
+            let how = match (code, signal) {
+                (_, Some(sig)) => match signal_name(*sig) {
+                    Some(name) => format!("killed by signal {sig} ({name})"),
+                    None => format!("killed by signal {sig}"),
+                },
+                (Some(c), None) => format!("exited with code {c}"),
+                (None, None) => "died".to_owned(),
+            };
+            format!("worker crashed ({how}, peak RSS {max_rss_kib} KiB)")
+        }
+        AttemptOutcome::TimedOut(how) => format!("timed out ({how})"),
+        AttemptOutcome::Lost => "lost (the daemon stopped while it ran)".to_owned(),
+        AttemptOutcome::Cancelled => "cancelled".to_owned(),
+    }
+}
+
+/// A payload on one line, cut to [`PREVIEW_CHARS`].
+fn preview(p: &Payload) -> String {
+    match p {
+        Payload::Json(t) => truncate_chars(&one_line(t), PREVIEW_CHARS),
+        Payload::Native(b) => format!("<{} bytes, native encoding>", b.len()),
+    }
+}
