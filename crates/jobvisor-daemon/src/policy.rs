@@ -56,6 +56,44 @@ pub enum Charge {
     None,
 }
 
+/// The budget an attempt's recorded outcome is charged to: the one rule that
+/// [`on_failure`] applies live and [`spent`] applies to a recorded history
+/// (a restarted daemon recounts its jobs' budgets from their attempts).
+pub fn charge(outcome: &AttemptOutcome) -> Charge {
+    match outcome {
+        AttemptOutcome::Error(_) | AttemptOutcome::Panic(_) | AttemptOutcome::TimedOut(_) => {
+            Charge::Failure
+        }
+        AttemptOutcome::Crashed { .. } => Charge::Crash,
+        AttemptOutcome::Running
+        | AttemptOutcome::Ok
+        | AttemptOutcome::Cancelled
+        | AttemptOutcome::Lost => Charge::None,
+    }
+}
+
+/// The budgets a job's recorded attempts have spent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spent {
+    /// Charged to the attempt budget.
+    pub failures: u32,
+    /// Charged to the crash budget.
+    pub crashes: u32,
+}
+
+/// Counts the attempts of a history by [`charge`].
+pub fn spent<'a>(outcomes: impl IntoIterator<Item = &'a AttemptOutcome>) -> Spent {
+    let mut s = Spent::default();
+    for o in outcomes {
+        match charge(o) {
+            Charge::Failure => s.failures += 1,
+            Charge::Crash => s.crashes += 1,
+            Charge::None => {}
+        }
+    }
+    s
+}
+
 /// What an attempt's failure means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -69,6 +107,30 @@ pub struct Decision {
 
 /// Decides after a failed attempt. `now_ms` and `random` (any u64) place the retry.
 pub fn on_failure(job: JobFacts, err: &PoolError, now_ms: u64, random: u64) -> Decision {
+    let (outcome, next) = if job.cancel_requested {
+        (
+            AttemptOutcome::Cancelled,
+            Finish::Cancelled {
+                error: "cancelled by a client".into(),
+            },
+        )
+    } else {
+        failure_end(job, err, now_ms, random)
+    };
+    Decision {
+        charge: charge(&outcome),
+        outcome,
+        next,
+    }
+}
+
+/// The recorded outcome and the next state of a failure nobody cancelled.
+fn failure_end(
+    job: JobFacts,
+    err: &PoolError,
+    now_ms: u64,
+    random: u64,
+) -> (AttemptOutcome, Finish) {
     let tries = job.failures + job.crashes + 1;
     let retry_at = now_ms.saturating_add(backoff_ms(
         job.backoff_base_ms,
@@ -76,6 +138,7 @@ pub fn on_failure(job: JobFacts, err: &PoolError, now_ms: u64, random: u64) -> D
         tries,
         random,
     ));
+    // Charged to the attempt budget: retried while it lasts.
     let failure = |outcome: AttemptOutcome, error: String| {
         let n = job.failures + 1;
         let next = if n < job.max_attempts {
@@ -88,38 +151,23 @@ pub fn on_failure(job: JobFacts, err: &PoolError, now_ms: u64, random: u64) -> D
                 error: format!("{error} (attempt {n} of {})", job.max_attempts),
             }
         };
-        Decision {
-            outcome,
-            next,
-            charge: Charge::Failure,
-        }
+        (outcome, next)
     };
-    if job.cancel_requested {
-        return Decision {
-            outcome: AttemptOutcome::Cancelled,
-            next: Finish::Cancelled {
-                error: "cancelled by a client".into(),
-            },
-            charge: Charge::None,
-        };
-    }
     match err {
         PoolError::Task(f) => match f.kind {
             FailureKind::Panic => failure(AttemptOutcome::Panic(f.message.clone()), f.to_string()),
-            FailureKind::BadInput | FailureKind::UnknownTask => Decision {
-                outcome: AttemptOutcome::Error(f.to_string()),
-                next: Finish::Failed {
+            FailureKind::BadInput | FailureKind::UnknownTask => (
+                AttemptOutcome::Error(f.to_string()),
+                Finish::Failed {
                     error: f.to_string(),
                 },
-                charge: Charge::Failure,
-            },
-            FailureKind::Cancelled => Decision {
-                outcome: AttemptOutcome::Cancelled,
-                next: Finish::Cancelled {
+            ),
+            FailureKind::Cancelled => (
+                AttemptOutcome::Cancelled,
+                Finish::Cancelled {
                     error: f.to_string(),
                 },
-                charge: Charge::None,
-            },
+            ),
             _ => failure(AttemptOutcome::Error(f.message.clone()), f.to_string()),
         },
         PoolError::WorkerDied {
@@ -149,11 +197,7 @@ pub fn on_failure(job: JobFacts, err: &PoolError, now_ms: u64, random: u64) -> D
                     error: err.to_string(),
                 }
             };
-            Decision {
-                outcome,
-                next,
-                charge: Charge::Crash,
-            }
+            (outcome, next)
         }
         PoolError::TimedOut { how, .. } => {
             failure(AttemptOutcome::TimedOut(how.clone()), err.to_string())
@@ -161,18 +205,13 @@ pub fn on_failure(job: JobFacts, err: &PoolError, now_ms: u64, random: u64) -> D
         PoolError::Stalled { .. } => {
             failure(AttemptOutcome::TimedOut(err.to_string()), err.to_string())
         }
-        PoolError::Cancelled => Decision {
-            outcome: AttemptOutcome::Cancelled,
-            next: Finish::Cancelled {
+        PoolError::Cancelled => (
+            AttemptOutcome::Cancelled,
+            Finish::Cancelled {
                 error: "cancelled".into(),
             },
-            charge: Charge::None,
-        },
-        PoolError::Closed => Decision {
-            outcome: AttemptOutcome::Lost,
-            next: Finish::Requeue,
-            charge: Charge::None,
-        },
+        ),
+        PoolError::Closed => (AttemptOutcome::Lost, Finish::Requeue),
         other => failure(AttemptOutcome::Error(other.to_string()), other.to_string()),
     }
 }
@@ -310,6 +349,44 @@ mod tests {
         assert_eq!(d.charge, Charge::Failure);
         let d = on_failure(facts(2, 0), &task_err(FailureKind::Error), 1000, 0);
         assert!(matches!(d.next, Finish::Failed { ref error } if error.contains("attempt 3 of 3")));
+    }
+
+    #[test]
+    fn the_charge_of_a_decision_is_the_charge_of_its_recorded_outcome() {
+        let errors = [
+            task_err(FailureKind::Error),
+            task_err(FailureKind::Panic),
+            task_err(FailureKind::BadInput),
+            task_err(FailureKind::Cancelled),
+            task_err(FailureKind::OutputTooLarge),
+            crash(9),
+            PoolError::Cancelled,
+            PoolError::Closed,
+            PoolError::TimedOut {
+                timeout_ms: 5,
+                how: "SIGKILL".into(),
+            },
+        ];
+        for e in &errors {
+            let d = on_failure(facts(0, 0), e, 0, 0);
+            assert_eq!(d.charge, charge(&d.outcome), "{e:?}");
+        }
+        let history = [
+            AttemptOutcome::Error("e".into()),
+            AttemptOutcome::Lost,
+            AttemptOutcome::Panic("p".into()),
+            AttemptOutcome::TimedOut("t".into()),
+            AttemptOutcome::Cancelled,
+            on_failure(facts(0, 0), &crash(9), 0, 0).outcome,
+            AttemptOutcome::Ok,
+        ];
+        assert_eq!(
+            spent(&history),
+            Spent {
+                failures: 3,
+                crashes: 1
+            }
+        );
     }
 
     #[test]

@@ -176,11 +176,12 @@ impl Job {
             Some(Payload::Native(bytes)) => (bytes.clone(), false),
             None => (Vec::new(), false),
         };
+        let spent = policy::spent(r.attempts.iter().map(|a| &a.outcome));
         Ok(Job {
             id: r.id,
             lane: lane_of(registry, &r.task),
-            failures: count_charged(&r.attempts, policy::Charge::Failure),
-            crashes: count_charged(&r.attempts, policy::Charge::Crash),
+            failures: spent.failures,
+            crashes: spent.crashes,
             attempts: r.attempts.len() as u32,
             task: r.task,
             queue: r.queue,
@@ -1517,25 +1518,6 @@ impl Scheduler {
             }
         }
     }
-}
-
-/// Attempts of a recovered job charged to a budget, by their recorded outcome.
-fn count_charged(attempts: &[jobvisor_proto::control::Attempt], charge: policy::Charge) -> u32 {
-    attempts
-        .iter()
-        .filter(|a| {
-            matches!(
-                (&a.outcome, charge),
-                (AttemptOutcome::Crashed { .. }, policy::Charge::Crash)
-                    | (
-                        AttemptOutcome::Error(_)
-                            | AttemptOutcome::Panic(_)
-                            | AttemptOutcome::TimedOut(_),
-                        policy::Charge::Failure
-                    )
-            )
-        })
-        .count() as u32
 }
 
 /// The longest duration a job may ask for (delay, timeouts, backoff): ten years.

@@ -298,23 +298,9 @@ impl Model {
         self.go(to, why);
 
         // What a restarted daemon recounts from the history is what we hold.
-        let recount = |c: Charge| {
-            self.outcomes
-                .iter()
-                .filter(|o| match c {
-                    Charge::Failure => matches!(
-                        o,
-                        AttemptOutcome::Error(_)
-                            | AttemptOutcome::Panic(_)
-                            | AttemptOutcome::TimedOut(_)
-                    ),
-                    Charge::Crash => matches!(o, AttemptOutcome::Crashed { .. }),
-                    Charge::None => false,
-                })
-                .count() as u32
-        };
+        let spent = policy::spent(&self.outcomes);
         assert_eq!(
-            (recount(Charge::Failure), recount(Charge::Crash)),
+            (spent.failures, spent.crashes),
             (self.failures, self.crashes),
             "budgets recounted from the history differ: {:?}",
             self.outcomes
