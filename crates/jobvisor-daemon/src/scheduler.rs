@@ -209,6 +209,20 @@ impl Job {
     }
 }
 
+impl Job {
+    /// Moves the job to `next`, which must be a legal transition
+    /// ([`JobState::can_become`]).
+    fn set_state(&mut self, next: JobState) {
+        debug_assert!(
+            self.state.can_become(next),
+            "job {}: illegal transition {:?} -> {next:?}",
+            self.id,
+            self.state
+        );
+        self.state = next;
+    }
+}
+
 struct Waiter {
     ids: Vec<u64>,
     remaining: HashSet<u64>,
@@ -386,6 +400,7 @@ impl Scheduler {
             // Used only if the job cannot resume (None unless someone asked).
             let url = r.notify_url.as_deref();
             let state = JobState::Failed;
+            debug_assert!(r.state.can_become(state), "job {}: {:?}", r.id, r.state);
             let notice = self
                 .notifier
                 .notice(&self.cfg, r.id, &r.task, &r.queue, url, state);
@@ -902,7 +917,7 @@ impl Scheduler {
         job.failures = 0;
         job.crashes = 0;
         job.after.clear();
-        job.state = JobState::Retrying;
+        job.set_state(JobState::Retrying);
         job.run_at_ms = now;
         self.terminal.remove(&id);
         self.jobs.insert(id, job);
@@ -1138,7 +1153,10 @@ impl Scheduler {
                 return false;
             }
             Err(e) => {
+                // The attempt exists (numbered, its end recorded) though the
+                // pool refused it: it ends as a running attempt does.
                 job.attempts += 1;
+                job.set_state(JobState::Running);
                 let attempt = job.attempts;
                 let _ = self.internal_tx.send(Internal::AttemptDone {
                     id,
@@ -1151,7 +1169,7 @@ impl Scheduler {
             }
         };
         job.attempts += 1;
-        job.state = JobState::Running;
+        job.set_state(JobState::Running);
         job.call = Some(handle.id());
         let attempt = job.attempts;
         let task = job.task.clone();
@@ -1347,7 +1365,7 @@ impl Scheduler {
                 .notice(&self.cfg, id, &j.task, &j.queue, url, state)
         });
         if let Some(job) = self.jobs.get_mut(&id) {
-            job.state = state;
+            job.set_state(state);
             match &next {
                 Finish::Retry { run_at_ms, .. } => {
                     job.run_at_ms = *run_at_ms;
