@@ -45,7 +45,8 @@ pub struct Limits {
     pub max_queued_jobs: usize,
     /// Largest job input (bytes).
     pub max_input_bytes: usize,
-    /// Largest job output kept (bytes); larger outputs fail the attempt.
+    /// Largest job output kept (bytes); a larger output fails its job at once
+    /// (see `policy::on_output`).
     pub max_output_bytes: usize,
     /// Concurrent control connections.
     pub max_connections: usize,

@@ -1,16 +1,19 @@
 //! Failure policy: what happens to a job when an attempt ends. One module, one
-//! place to read it. Pure functions; the scheduler applies the decisions.
+//! place to read it. Pure functions; the scheduler applies the decisions
+//! ([`on_output`] when the attempt returned an output, [`on_failure`] when it
+//! did not), and [`charge`] says which budget a recorded outcome spent.
 //!
 //! | attempt ended with | attempt outcome | job |
 //! |---|---|---|
 //! | output | `ok` | `succeeded` |
-//! | task error, panic, output too large | `error` / `panic` | retried after backoff while the *attempt budget* (`max_attempts`) lasts, else `failed` |
+//! | output over `limits.max_output_bytes` (as stored: JSON for a client that sent JSON), or one that does not convert to JSON | `error` | `failed` at once: the next attempt would return the same |
+//! | task error, panic, output over the worker link's frame limit (the worker's `OutputTooLarge`) | `error` / `panic` | retried after backoff while the *attempt budget* (`max_attempts`) lasts, else `failed` |
 //! | bad input (the input does not decode) | `error` | `failed` at once: retrying cannot help |
 //! | worker died (signal, exit code, memory limit) | `crashed` (code/signal, peak RSS, output tail, cause) | retried while the *crash budget* (`jobs.max_crashes`) lasts, else `dead`: a poison job never drives a crash loop |
 //! | timeout, stall (no heartbeat) | `timed_out` (how it was stopped) | retried while the attempt budget lasts, else `failed` |
 //! | cancelled by a client | `cancelled` | `cancelled` |
-//! | the pool was stopped under it (daemon shutdown) | `lost` | back to `queued`, the attempt not counted against the budget |
-//! | daemon killed while it ran (found at restart) | `lost` | `queued` while attempts remain, else `failed` (in the store's `recover`) |
+//! | the pool was stopped under it (daemon shutdown) | `lost` | back to `queued`, the attempt not counted against a budget |
+//! | daemon killed while it ran (found at restart) | `lost` | back to `queued` (by the store's `recover`), the attempt not counted against a budget |
 //!
 //! The two budgets are separate: a job that keeps killing workers is
 //! dead-lettered after K deaths however many task errors it may still make,
@@ -23,8 +26,9 @@ use std::time::Duration;
 
 use jobvisor_pool::{FailureKind, PoolError};
 use jobvisor_proto::backoff;
-use jobvisor_proto::control::AttemptOutcome;
+use jobvisor_proto::control::{AttemptOutcome, Payload};
 use jobvisor_store::Finish;
+use jobvisor_worker::ConvertError;
 
 /// The facts about the job the policy needs.
 #[derive(Debug, Clone, Copy)]
@@ -103,6 +107,37 @@ pub struct Decision {
     pub next: Finish,
     /// The budget it is charged to.
     pub charge: Charge,
+}
+
+/// Decides after an attempt that returned an output: `output` is it as the
+/// job's record keeps it (converted to JSON when the client sent JSON), or
+/// why it does not convert. Nothing here is worth a retry: a task returns
+/// the same output for the same input.
+pub fn on_output(output: Result<Payload, ConvertError>, max_output_bytes: usize) -> Decision {
+    let (outcome, next) = match output {
+        Ok(out) if out.len() > max_output_bytes => {
+            let e = format!(
+                "output of {} bytes exceeds limits.max_output_bytes ({max_output_bytes})",
+                out.len()
+            );
+            (
+                AttemptOutcome::Error(e.clone()),
+                Finish::Failed { error: e },
+            )
+        }
+        Ok(out) => (AttemptOutcome::Ok, Finish::Succeeded { output: out }),
+        Err(e) => (
+            AttemptOutcome::Error(e.to_string()),
+            Finish::Failed {
+                error: e.to_string(),
+            },
+        ),
+    };
+    Decision {
+        charge: charge(&outcome),
+        outcome,
+        next,
+    }
 }
 
 /// Decides after a failed attempt. `now_ms` and `random` (any u64) place the retry.
@@ -387,6 +422,33 @@ mod tests {
                 crashes: 1
             }
         );
+    }
+
+    #[test]
+    fn outputs_succeed_unless_too_large_or_not_convertible_and_never_retry() {
+        let d = on_output(Ok(Payload::Json("[1,2]".into())), 5);
+        assert_eq!(d.outcome, AttemptOutcome::Ok);
+        assert_eq!(
+            d.next,
+            Finish::Succeeded {
+                output: Payload::Json("[1,2]".into())
+            }
+        );
+        assert_eq!(d.charge, Charge::None);
+        let d = on_output(Ok(Payload::Native(vec![0; 6])), 5);
+        assert!(
+            matches!(d.next, Finish::Failed { ref error }
+                if error == "output of 6 bytes exceeds limits.max_output_bytes (5)"),
+            "{d:?}"
+        );
+        assert!(matches!(d.outcome, AttemptOutcome::Error(_)));
+        let bad = ConvertError::BadOutput {
+            task: "t".into(),
+            message: "not JSON".into(),
+        };
+        let d = on_output(Err(bad), 5);
+        assert!(matches!(d.next, Finish::Failed { .. }), "{d:?}");
+        assert!(matches!(d.outcome, AttemptOutcome::Error(_)));
     }
 
     #[test]

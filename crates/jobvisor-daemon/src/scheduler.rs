@@ -1277,7 +1277,7 @@ impl Scheduler {
             .fetch_add(1, Ordering::Relaxed);
         let span = tracing::info_span!("job", id, attempt, worker_pid = pid);
         let _enter = span.enter();
-        let (outcome, next) = match result {
+        let d = match result {
             Ok(bytes) => {
                 let output = if job.json {
                     self.registry
@@ -1286,26 +1286,7 @@ impl Scheduler {
                 } else {
                     Ok(Payload::Native(bytes))
                 };
-                match output {
-                    Ok(out) if out.len() > self.cfg.limits.max_output_bytes => {
-                        let e = format!(
-                            "output of {} bytes exceeds limits.max_output_bytes ({})",
-                            out.len(),
-                            self.cfg.limits.max_output_bytes
-                        );
-                        (
-                            AttemptOutcome::Error(e.clone()),
-                            Finish::Failed { error: e },
-                        )
-                    }
-                    Ok(out) => (AttemptOutcome::Ok, Finish::Succeeded { output: out }),
-                    Err(e) => (
-                        AttemptOutcome::Error(e.to_string()),
-                        Finish::Failed {
-                            error: e.to_string(),
-                        },
-                    ),
-                }
+                policy::on_output(output, self.cfg.limits.max_output_bytes)
             }
             Err(e) => {
                 let facts = JobFacts {
@@ -1317,15 +1298,15 @@ impl Scheduler {
                     backoff_max_ms: job.backoff_max_ms,
                     cancel_requested: job.cancel_requested,
                 };
-                let d = policy::on_failure(facts, &e, now_ms(), policy::jitter_seed());
-                match d.charge {
-                    policy::Charge::Failure => job.failures += 1,
-                    policy::Charge::Crash => job.crashes += 1,
-                    policy::Charge::None => {}
-                }
-                (d.outcome, d.next)
+                policy::on_failure(facts, &e, now_ms(), policy::jitter_seed())
             }
         };
+        match d.charge {
+            policy::Charge::Failure => job.failures += 1,
+            policy::Charge::Crash => job.crashes += 1,
+            policy::Charge::None => {}
+        }
+        let (outcome, next) = (d.outcome, d.next);
         match &next {
             Finish::Succeeded { .. } => tracing::debug!("attempt succeeded"),
             other => {
