@@ -357,20 +357,20 @@ impl Config {
     fn validate_notify(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let n = &self.notify;
-        if n.max_concurrency == 0 || n.max_concurrency > crate::notify::MAX_CONCURRENCY {
+        if n.max_concurrency == 0 || n.max_concurrency > crate::bounds::MAX_CONCURRENCY {
             return bad(format!(
                 "notify.max_concurrency must be between 1 and {}",
-                crate::notify::MAX_CONCURRENCY
+                crate::bounds::MAX_CONCURRENCY
             ));
         }
         if n.max_queued == 0 {
             return bad("notify.max_queued must be at least 1".into());
         }
         // The semaphore that bounds pending deliveries holds at most this many permits.
-        if n.max_queued > crate::notify::MAX_QUEUED {
+        if n.max_queued > crate::bounds::MAX_QUEUED {
             return bad(format!(
                 "notify.max_queued must be at most {}",
-                crate::notify::MAX_QUEUED
+                crate::bounds::MAX_QUEUED
             ));
         }
         if n.max_attempts == 0 {
@@ -384,7 +384,7 @@ impl Config {
         }
         for (name, q) in &self.queues {
             if let Some(url) = &q.notify_url {
-                if let Err(e) = crate::notify::check_url(url) {
+                if let Err(e) = crate::bounds::check_url(url) {
                     return bad(format!("queues.{name}.notify_url: {e}"));
                 }
             }

@@ -3,17 +3,24 @@
 //! worker processes, and retries or fails them by policy.
 //!
 //! # Layout
-//! - [`config`]: the TOML configuration and its defaults.
-//! - `server`: the control socket (permissions, peer check, handshake, limits).
-//! - `scheduler`: the actor that owns unfinished jobs: queues, priorities,
-//!   delays, dependencies, attempts, waiters.
-//! - [`policy`]: what an attempt's end means for its job (retry, fail, ...).
+//! Lowest first: a module names only modules above it in this list
+//! (`scripts/check-module-cycles` holds it to that).
+//! - `bounds`: hard bounds (URL length, notifier sizes) and the webhook URL
+//!   check, shared by the configuration that validates them and the parts
+//!   that enforce them.
+//! - [`policy`]: what an attempt's end means for its job (retry, fail, ...):
+//!   pure functions.
 //! - `pipeline`: jobs that take their input from other jobs' outputs.
+//! - [`config`]: the TOML configuration and its defaults.
 //! - `notify`: completion notifications (webhooks, commands), in their own
 //!   tasks; the scheduler only hands them over.
-//! - [`run`]: start-up (lock, store, pool, recovery, socket), signals, and the
-//!   shutdown order.
+//! - `scheduler`: the actor that owns unfinished jobs: queues, priorities,
+//!   delays, dependencies, attempts, waiters.
+//! - `server`: the control socket (permissions, peer check, handshake, limits).
+//! - [`run`] (here): start-up (lock, store, pool, recovery, socket), signals,
+//!   and the shutdown order.
 
+mod bounds;
 pub mod config;
 mod notify;
 mod pipeline;

@@ -1552,7 +1552,7 @@ fn check_ranges(spec: &JobSpec) -> Result<(), String> {
         }
     }
     if let Some(url) = &spec.notify_url {
-        crate::notify::check_url(url).map_err(|e| format!("notify_url: {e}"))?;
+        crate::bounds::check_url(url).map_err(|e| format!("notify_url: {e}"))?;
     }
     Ok(())
 }
