@@ -277,7 +277,7 @@ impl Default for Retention {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// Path.
         path: PathBuf,
@@ -286,12 +286,13 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid.
-    #[error("invalid config file {path}: {message}")]
+    #[error("invalid config file {path}")]
     Parse {
         /// Path.
         path: PathBuf,
-        /// The parser's message (line, column, key).
-        message: String,
+        /// The parser's error (line, column, key).
+        #[source]
+        source: toml::de::Error,
     },
     /// A value is out of range.
     #[error("invalid configuration: {0}")]
@@ -308,9 +309,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            source,
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -555,6 +556,23 @@ mod tests {
         assert!(m.contains("notify.backoff_base_ms"), "{m}");
         let m = invalid("[notify]\nmax_attempts = 0\n");
         assert!(m.contains("notify.max_attempts"), "{m}");
+    }
+
+    #[test]
+    fn a_file_error_tells_its_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        let e = Config::load(&missing).unwrap_err();
+        let chain = crate::errors::chain(&e);
+        assert!(chain.starts_with("cannot read config file "), "{chain}");
+        assert_eq!(chain.matches("os error 2").count(), 1, "{chain}");
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "workers = \"many\"\n").unwrap();
+        let e = Config::load(&bad).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
+        let chain = crate::errors::chain(&e);
+        assert!(chain.starts_with("invalid config file "), "{chain}");
+        assert!(chain.contains("workers"), "{chain}");
     }
 
     #[test]

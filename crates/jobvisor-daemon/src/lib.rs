@@ -5,6 +5,7 @@
 //! # Layout
 //! Lowest first: a module names only modules above it in this list
 //! (`scripts/check-module-cycles` holds it to that).
+//! - `errors`: an error and its causes as one line, for logs and clients.
 //! - `bounds`: hard bounds (URL length, notifier sizes) and the webhook URL
 //!   check, shared by the configuration that validates them and the parts
 //!   that enforce them.
@@ -22,6 +23,7 @@
 
 mod bounds;
 pub mod config;
+mod errors;
 mod notify;
 mod pipeline;
 pub mod policy;
@@ -55,7 +57,7 @@ pub enum DaemonError {
     #[error("another jobvisor daemon is running with state directory {0}")]
     Locked(PathBuf),
     /// I/O while setting up (state dir, socket, lock).
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What we were doing.
         what: String,
@@ -335,7 +337,7 @@ fn spawn_signals(
                             pool.resize(workers).await;
                             let _ = sched.send(SchedCmd::Reload { config: Box::new(cfg) }).await;
                         }
-                        Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the old configuration"),
+                        Err(e) => tracing::error!(error = %errors::Chain(&e), "SIGHUP: keeping the old configuration"),
                     }
                 }
             }

@@ -205,7 +205,7 @@ struct Shared {
 /// The notifier could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-#[error("cannot build the notification HTTP client: {0}")]
+#[error("cannot build the notification HTTP client")]
 pub struct NotifyStartError(#[source] reqwest::Error);
 
 impl Notifier {
