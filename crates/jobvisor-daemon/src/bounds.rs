@@ -10,27 +10,47 @@ pub const MAX_QUEUED: usize = 1_000_000;
 /// Largest `notify.max_concurrency`.
 pub const MAX_CONCURRENCY: usize = 10_000;
 
+/// A webhook URL that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    /// Longer than [`MAX_URL_BYTES`].
+    #[error("URL of {0} bytes exceeds {MAX_URL_BYTES} bytes")]
+    TooLong(usize),
+    /// It does not parse.
+    #[error("not a valid URL: {url:?}")]
+    Parse {
+        /// As given.
+        url: String,
+        /// The parser's reason.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Not `http` or `https`.
+    #[error("the URL must be http or https, not {0:?}")]
+    Scheme(String),
+    /// No host to send to.
+    #[error("the URL has no host: {0:?}")]
+    NoHost(String),
+}
+
 /// Checks a webhook URL: it parses, is `http` or `https` with a host, and is
 /// at most [`MAX_URL_BYTES`] long.
 ///
 /// # Errors
 /// What is wrong with it, for a client.
-pub fn check_url(url: &str) -> Result<(), String> {
+pub fn check_url(url: &str) -> Result<(), UrlError> {
     if url.len() > MAX_URL_BYTES {
-        return Err(format!(
-            "URL of {} bytes exceeds {MAX_URL_BYTES} bytes",
-            url.len()
-        ));
+        return Err(UrlError::TooLong(url.len()));
     }
-    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a valid URL ({e}): {url:?}"))?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| UrlError::Parse {
+        url: url.to_owned(),
+        source: Box::new(e),
+    })?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(format!(
-            "the URL must be http or https, not {:?}",
-            parsed.scheme()
-        ));
+        return Err(UrlError::Scheme(parsed.scheme().to_owned()));
     }
     if parsed.host_str().is_none_or(str::is_empty) {
-        return Err(format!("the URL has no host: {url:?}"));
+        return Err(UrlError::NoHost(url.to_owned()));
     }
     Ok(())
 }
@@ -46,7 +66,7 @@ mod tests {
             "https://hooks.example.com/a/b?c=d",
             "http://[::1]/",
         ] {
-            assert_eq!(check_url(ok), Ok(()), "{ok}");
+            assert!(check_url(ok).is_ok(), "{ok}");
         }
         for (bad, why) in [
             ("", "not a valid URL"),
@@ -55,10 +75,18 @@ mod tests {
             ("file:///etc/passwd", "http or https"),
             ("unix:/run/x.sock", "http or https"),
         ] {
-            let e = check_url(bad).unwrap_err();
+            let e = crate::errors::chain(&check_url(bad).unwrap_err());
             assert!(e.contains(why), "{bad}: {e}");
         }
         let long = format!("https://example.com/{}", "a".repeat(MAX_URL_BYTES));
-        assert!(check_url(&long).unwrap_err().contains("exceeds"));
+        assert!(check_url(&long)
+            .unwrap_err()
+            .to_string()
+            .contains("exceeds"));
+        let e = crate::errors::chain(&check_url("hooks.example.com/x").unwrap_err());
+        assert_eq!(
+            e,
+            "not a valid URL: \"hooks.example.com/x\": relative URL without a base"
+        );
     }
 }

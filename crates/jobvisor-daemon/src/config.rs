@@ -196,14 +196,17 @@ pub struct QueueConfig {
 #[serde(try_from = "String")]
 pub struct TerminalState(pub JobState);
 
+/// A name that is not a terminal job state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a terminal job state (succeeded, failed, cancelled, dead)")]
+pub struct NotTerminal(pub String);
+
 impl TryFrom<String> for TerminalState {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = NotTerminal;
+    fn try_from(s: String) -> Result<Self, NotTerminal> {
         match JobState::parse(&s) {
             Some(state) if state.is_terminal() => Ok(Self(state)),
-            _ => Err(format!(
-                "{s:?} is not a terminal job state (succeeded, failed, cancelled, dead)"
-            )),
+            _ => Err(NotTerminal(s)),
         }
     }
 }
@@ -386,6 +389,7 @@ impl Config {
         for (name, q) in &self.queues {
             if let Some(url) = &q.notify_url {
                 if let Err(e) = crate::bounds::check_url(url) {
+                    let e = crate::errors::chain(&e);
                     return bad(format!("queues.{name}.notify_url: {e}"));
                 }
             }

@@ -30,6 +30,8 @@ use jobvisor_proto::control::{AttemptOutcome, Payload};
 use jobvisor_store::Finish;
 use jobvisor_worker::ConvertError;
 
+use crate::errors::chain;
+
 /// The facts about the job the policy needs.
 #[derive(Debug, Clone, Copy)]
 pub struct JobFacts {
@@ -222,24 +224,23 @@ fn failure_end(
             let next = if n >= job.max_crashes {
                 Finish::Dead {
                     error: format!(
-                        "poison job: it killed {n} workers (jobs.max_crashes = {}); last: {err}",
-                        job.max_crashes
+                        "poison job: it killed {n} workers (jobs.max_crashes = {}); last: {}",
+                        job.max_crashes,
+                        chain(err)
                     ),
                 }
             } else {
                 Finish::Retry {
                     run_at_ms: retry_at,
-                    error: err.to_string(),
+                    error: chain(err),
                 }
             };
             (outcome, next)
         }
         PoolError::TimedOut { how, .. } => {
-            failure(AttemptOutcome::TimedOut(how.clone()), err.to_string())
+            failure(AttemptOutcome::TimedOut(how.clone()), chain(err))
         }
-        PoolError::Stalled { .. } => {
-            failure(AttemptOutcome::TimedOut(err.to_string()), err.to_string())
-        }
+        PoolError::Stalled { .. } => failure(AttemptOutcome::TimedOut(chain(err)), chain(err)),
         PoolError::Cancelled => (
             AttemptOutcome::Cancelled,
             Finish::Cancelled {
@@ -247,7 +248,7 @@ fn failure_end(
             },
         ),
         PoolError::Closed => (AttemptOutcome::Lost, Finish::Requeue),
-        other => failure(AttemptOutcome::Error(other.to_string()), other.to_string()),
+        other => failure(AttemptOutcome::Error(chain(other)), chain(other)),
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::config::Config;
+use crate::errors::chain;
 use crate::scheduler::SchedCmd;
 
 /// What a connection can reach.
@@ -154,26 +155,35 @@ async fn linger(mut stream: UnixStream, timeout_ms: u64) {
     .await;
 }
 
-fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
-    let cred = stream
-        .peer_cred()
-        .map_err(|e| format!("cannot read peer credentials: {e}"))?;
-    let me = nix::unistd::geteuid().as_raw();
-    if cred.uid() == me || cred.uid() == 0 {
+/// A peer that may not use the control socket.
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    #[error("cannot read peer credentials")]
+    Credentials(#[source] std::io::Error),
+    #[error("permission denied: uid {uid} may not use this daemon (it serves uid {me} and root)")]
+    Denied { uid: u32, me: u32 },
+}
+
+/// The peers the daemon serves: its own uid, and root.
+fn uid_allowed(uid: u32, me: u32) -> Result<(), PeerError> {
+    if uid == me || uid == 0 {
         Ok(())
     } else {
-        Err(format!(
-            "permission denied: uid {} may not use this daemon (it serves uid {me} and root)",
-            cred.uid()
-        ))
+        Err(PeerError::Denied { uid, me })
     }
+}
+
+fn peer_allowed(stream: &UnixStream) -> Result<(), PeerError> {
+    let cred = stream.peer_cred().map_err(PeerError::Credentials)?;
+    uid_allowed(cred.uid(), nix::unistd::geteuid().as_raw())
 }
 
 async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
     let ours = Hello::ours(Role::Supervisor);
     let max_frame = ctx.cfg.limits.max_frame_bytes;
     let mut out = ours.encode().to_vec();
-    if let Err(why) = peer_allowed(&stream) {
+    if let Err(e) = peer_allowed(&stream) {
+        let why = chain(&e);
         tracing::warn!(%why, "refused a control connection");
         if encode_frame(
             &mut out,
@@ -206,7 +216,7 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
         let mut out = Vec::new();
         if encode_frame(
             &mut out,
-            &error(ErrorKind::BadRequest, e.to_string()),
+            &error(ErrorKind::BadRequest, chain(&e)),
             max_frame,
         )
         .is_ok()
@@ -242,12 +252,15 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
                 ),
                 true,
             ),
-            Err(e) => (error(ErrorKind::BadRequest, format!("malformed request: {e}")), false),
+            Err(e) => (error(ErrorKind::BadRequest, format!("malformed request: {}", chain(&e))), false),
         };
         wbuf.clear();
         if let Err(e) = encode_frame(&mut wbuf, &resp, max_frame) {
             wbuf.clear();
-            let msg = error(ErrorKind::LimitReached, format!("response too large: {e}"));
+            let msg = error(
+                ErrorKind::LimitReached,
+                format!("response too large: {}", chain(&e)),
+            );
             if encode_frame(&mut wbuf, &msg, max_frame).is_err() {
                 return;
             }
@@ -336,7 +349,7 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
         Request::Status { id } => match ctx.store.get(id).await {
             Ok(Some(rec)) => Response::Job(Box::new(rec)),
             Ok(None) => error(ErrorKind::NotFound, format!("no job {id}")),
-            Err(e) => error(ErrorKind::Storage, e.to_string()),
+            Err(e) => error(ErrorKind::Storage, chain(&e)),
         },
         Request::List {
             state,
@@ -344,7 +357,7 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
             limit,
         } => match ctx.store.list(state, queue, limit.clamp(1, 10_000)).await {
             Ok(v) => Response::Jobs(v),
-            Err(e) => error(ErrorKind::Storage, e.to_string()),
+            Err(e) => error(ErrorKind::Storage, chain(&e)),
         },
         Request::Workers => {
             let workers = ctx.pool.workers().await;

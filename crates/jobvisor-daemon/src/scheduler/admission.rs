@@ -20,7 +20,9 @@ use jobvisor_worker::{ConvertError, Registry};
 
 use super::job::{lane_of, Job};
 use super::reply::err;
+use crate::bounds::UrlError;
 use crate::config::Config;
+use crate::errors::chain;
 use crate::pipeline;
 
 /// The longest duration a job may ask for (delay, timeouts, backoff): ten years.
@@ -125,11 +127,11 @@ fn admit_one<K: Fn(u64) -> bool>(
             )),
         ));
     }
-    check_ranges(&spec).map_err(|m| err(ErrorKind::BadRequest, at(m)))?;
+    check_ranges(&spec).map_err(|e| err(ErrorKind::BadRequest, at(chain(&e))))?;
     let pipeline = !spec.input_from.is_empty();
     if pipeline {
         pipeline::check_refs(&spec.input_from, i, &spec.input)
-            .map_err(|m| err(ErrorKind::BadRequest, at(m)))?;
+            .map_err(|e| err(ErrorKind::BadRequest, at(chain(&e))))?;
         if !registry.contains(&spec.task) {
             return Err(err(
                 ErrorKind::UnknownTask,
@@ -157,8 +159,8 @@ fn admit_one<K: Fn(u64) -> bool>(
         ),
     };
     let native = native.map_err(|e| match e {
-        ConvertError::UnknownTask { .. } => err(ErrorKind::UnknownTask, at(e.to_string())),
-        other => err(ErrorKind::BadInput, at(other.to_string())),
+        ConvertError::UnknownTask { .. } => err(ErrorKind::UnknownTask, at(chain(&e))),
+        other => err(ErrorKind::BadInput, at(chain(&other))),
     })?;
     let template = match (&spec.input, pipeline) {
         (Payload::Json(t), true) => Some(t.clone()),
@@ -232,8 +234,22 @@ fn admit_one<K: Fn(u64) -> bool>(
     Ok((job, new_job))
 }
 
+/// A job's numbers or webhook out of range.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum RangeError {
+    #[error("{name} must be at most {MAX_DURATION_MS} (ten years)")]
+    TooLong { name: &'static str },
+    #[error("{0} is not a job id")]
+    NotAnId(u64),
+    #[error("notify_url")]
+    NotifyUrl(#[source] UrlError),
+}
+
 /// Numbers a client sent that the store could not keep, refused as bad requests.
-pub(super) fn check_ranges(spec: &JobSpec) -> Result<(), String> {
+///
+/// # Errors
+/// The first out of range.
+pub(super) fn check_ranges(spec: &JobSpec) -> Result<(), RangeError> {
     let durations = [
         ("delay_ms", spec.delay_ms),
         ("timeout_ms", spec.timeout_ms),
@@ -243,9 +259,7 @@ pub(super) fn check_ranges(spec: &JobSpec) -> Result<(), String> {
     ];
     for (name, v) in durations {
         if v.is_some_and(|v| v > MAX_DURATION_MS) {
-            return Err(format!(
-                "{name} must be at most {MAX_DURATION_MS} (ten years)"
-            ));
+            return Err(RangeError::TooLong { name });
         }
     }
     let ids = spec
@@ -258,11 +272,11 @@ pub(super) fn check_ranges(spec: &JobSpec) -> Result<(), String> {
         }));
     for id in ids {
         if id > i64::MAX as u64 {
-            return Err(format!("{id} is not a job id"));
+            return Err(RangeError::NotAnId(id));
         }
     }
     if let Some(url) = &spec.notify_url {
-        crate::bounds::check_url(url).map_err(|e| format!("notify_url: {e}"))?;
+        crate::bounds::check_url(url).map_err(RangeError::NotifyUrl)?;
     }
     Ok(())
 }
@@ -446,5 +460,14 @@ mod tests {
         assert!(refused(&cfg, 0, vec![bad])
             .message
             .contains("is not a job id"));
+        let mut hook = spec();
+        hook.notify_url = Some("ftp://example.com/".into());
+        let e = refused(&cfg, 0, vec![hook]);
+        assert!(
+            e.message
+                .starts_with("notify_url: the URL must be http or https"),
+            "{}",
+            e.message
+        );
     }
 }

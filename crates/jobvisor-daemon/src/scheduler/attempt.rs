@@ -12,8 +12,9 @@ use jobvisor_store::{Finish, StoreError};
 
 use super::job::{now_ms, CPU, IO};
 use super::{Internal, Scheduler};
+use crate::errors::chain;
 use crate::notify::Notice;
-use crate::pipeline;
+use crate::pipeline::{self, InputError};
 use crate::policy::{self, JobFacts};
 
 type WriteFuture =
@@ -279,14 +280,15 @@ impl Scheduler {
         }
     }
 
-    pub(super) fn on_input_built(&mut self, id: u64, input: Result<String, String>) {
+    pub(super) fn on_input_built(&mut self, id: u64, input: Result<String, InputError>) {
         let Some(job) = self.jobs.get_mut(&id) else {
             return;
         };
-        let native = input.and_then(|text| {
+        // The step fails with the whole story in its error.
+        let native = input.map_err(|e| chain(&e)).and_then(|text| {
             self.registry
                 .json_to_native(&job.task, &text)
-                .map_err(|e| format!("the pipeline input does not fit: {e}"))
+                .map_err(|e| format!("the pipeline input does not fit: {}", chain(&e)))
         });
         match native {
             Ok(native) => {

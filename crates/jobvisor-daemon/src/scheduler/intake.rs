@@ -17,6 +17,7 @@ use super::reply::{err, store_err, Reply};
 use super::stats::job_counts;
 use super::waiters::Added;
 use super::{Internal, Scheduler};
+use crate::errors::chain;
 
 impl Scheduler {
     pub(super) fn submit(&mut self, specs: Vec<JobSpec>, reply: Reply<Vec<Submitted>>) {
@@ -256,7 +257,10 @@ impl Scheduler {
         let mut job = match Job::from_record(r, &self.registry) {
             Ok(job) => job,
             Err((_, e)) => {
-                let _ = reply.send(Err(err(ErrorKind::BadInput, format!("cannot retry: {e}"))));
+                let _ = reply.send(Err(err(
+                    ErrorKind::BadInput,
+                    format!("cannot retry: {}", chain(&e)),
+                )));
                 return;
             }
         };

@@ -57,6 +57,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
 use crate::notify::Notifier;
+use crate::pipeline::InputError;
 
 pub(crate) use job::now_ms;
 pub(crate) use reply::Reply;
@@ -135,7 +136,7 @@ enum Internal {
     },
     InputBuilt {
         id: u64,
-        input: Result<String, String>,
+        input: Result<String, InputError>,
     },
 }
 

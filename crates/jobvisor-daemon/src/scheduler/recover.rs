@@ -9,6 +9,7 @@ use jobvisor_store::{Finish, StoreError};
 
 use super::job::{now_ms, Job};
 use super::Scheduler;
+use crate::errors::chain;
 
 /// The dependencies of `records` that are not among them (finished jobs,
 /// or missing ones), each once, in order of appearance.
@@ -44,7 +45,7 @@ impl Scheduler {
             match Job::from_record(r, &self.registry) {
                 Ok(job) => jobs.push(job),
                 Err((id, e)) => {
-                    let error = format!("cannot resume: {e}");
+                    let error = format!("cannot resume: {}", chain(&e));
                     self.spawn_finish_job(id, Finish::Failed { error }, true, notice);
                 }
             }

@@ -5,6 +5,8 @@ use jobvisor_proto::control::{ControlError, ErrorKind};
 use jobvisor_store::StoreError;
 use tokio::sync::oneshot;
 
+use crate::errors::chain;
+
 /// Where a command's answer goes.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, ControlError>>;
 
@@ -20,6 +22,6 @@ pub(super) fn err(kind: ErrorKind, message: impl Into<String>) -> ControlError {
 pub(super) fn store_err(e: &StoreError) -> ControlError {
     match e {
         StoreError::NotFound(id) => err(ErrorKind::NotFound, format!("no job {id}")),
-        other => err(ErrorKind::Storage, other.to_string()),
+        other => err(ErrorKind::Storage, chain(other)),
     }
 }
