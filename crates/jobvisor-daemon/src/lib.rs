@@ -382,4 +382,38 @@ mod tests {
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("pool.term_grace_ms"), "{e}");
     }
+
+    #[test]
+    fn the_pool_gets_the_frame_limit_and_memory_limits_asked_for() {
+        let mut cfg = Config {
+            workers: 3,
+            ..Config::default()
+        };
+        cfg.limits.max_input_bytes = 10_000;
+        cfg.limits.max_output_bytes = 20_000;
+        cfg.pool.memory_limit_bytes = 1 << 30;
+        cfg.pool.memory_soft_limit_bytes = 1 << 29;
+        let p = pool_builder(&cfg).unwrap().current().clone();
+        assert_eq!(p.workers, 3);
+        // The larger payload, plus room for the frame around it.
+        assert_eq!(p.max_frame_bytes, 20_000 + 64 * 1024);
+        assert_eq!(p.memory_limit_bytes, Some(1 << 30));
+        assert_eq!(p.memory_soft_limit_bytes, Some(1 << 29));
+        cfg.start_method = "vfork".into();
+        assert!(matches!(pool_builder(&cfg), Err(DaemonError::Config(_))));
+    }
+
+    #[test]
+    fn a_second_daemon_on_one_state_dir_is_refused_while_the_lock_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock(dir.path()).unwrap();
+        let pid = std::fs::read_to_string(dir.path().join("daemon.lock")).unwrap();
+        assert_eq!(pid.trim(), std::process::id().to_string());
+        match lock(dir.path()) {
+            Err(DaemonError::Locked(d)) => assert_eq!(d, dir.path()),
+            other => panic!("{other:?}"),
+        }
+        drop(held);
+        assert!(lock(dir.path()).is_ok(), "released with its file");
+    }
 }

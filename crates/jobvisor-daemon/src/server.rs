@@ -404,3 +404,43 @@ fn worker_state(state: jobvisor_pool::WorkerState) -> WorkerState {
         jobvisor_pool::WorkerState::Dead => WorkerState::Dead,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn only_the_daemons_own_uid_and_root_are_served() {
+        assert!(uid_allowed(1000, 1000).is_ok());
+        assert!(uid_allowed(0, 1000).is_ok());
+        let e = uid_allowed(1001, 1000).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "permission denied: uid 1001 may not use this daemon (it serves uid 1000 and root)"
+        );
+    }
+
+    #[test]
+    fn the_state_dir_is_created_private_and_an_open_one_we_own_is_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let fresh = tmp.path().join("a/b");
+        create_private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&open).unwrap();
+        assert_eq!(mode(&open), 0o700);
+    }
+
+    #[test]
+    fn worker_states_travel_as_their_protocol_enum() {
+        use jobvisor_pool::WorkerState as Pool;
+        assert_eq!(worker_state(Pool::Ready), WorkerState::Ready);
+        assert_eq!(worker_state(Pool::Retiring), WorkerState::Retiring);
+        assert_eq!(worker_state(Pool::Stopping), WorkerState::Stopping);
+        assert_eq!(worker_state(Pool::Dead), WorkerState::Dead);
+    }
+}
