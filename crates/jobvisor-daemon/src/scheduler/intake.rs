@@ -8,7 +8,7 @@ use std::time::Duration;
 use jobvisor_proto::control::ControlError;
 use jobvisor_proto::control::{ErrorKind, JobRecord, JobRef, JobSpec, JobState, Stats, Submitted};
 use jobvisor_store::Finish;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use super::admission::{self, Admitted};
 use super::deps;
@@ -297,11 +297,7 @@ impl Scheduler {
             Added::Now(ids, reply) => self.answer_wait(ids, reply),
             Added::Waiting(w) => {
                 if let Some(ms) = timeout_ms {
-                    let tx = self.internal_tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
-                        let _ = tx.send(Internal::WaitTimeout { waiter: w });
-                    });
+                    arm_wait_timeout(self.internal_tx.clone(), w, ms);
                 }
             }
         }
@@ -364,5 +360,33 @@ impl Scheduler {
                 notify_dropped,
             });
         });
+    }
+}
+
+/// Tells the actor that waiter `waiter`'s `ms` are over.
+fn arm_wait_timeout(tx: mpsc::UnboundedSender<Internal>, waiter: u64, ms: u64) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        let _ = tx.send(Internal::WaitTimeout { waiter });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_times_out_when_its_time_is_over_and_not_before() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        arm_wait_timeout(tx, 7, 1_000);
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_millis(999)).await;
+        tokio::task::yield_now().await;
+        assert!(rx.try_recv().is_err(), "too early");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        match rx.recv().await {
+            Some(Internal::WaitTimeout { waiter }) => assert_eq!(waiter, 7),
+            other => panic!("{other:?}"),
+        }
     }
 }
