@@ -230,6 +230,41 @@ mod tests {
         assert_eq!(q.pick(CPU, cap, &load), Some(1));
     }
 
+    proptest::proptest! {
+        /// Whatever waits where: each pick is the best ready job (highest
+        /// priority, then lowest id) among the queues below their cap, and
+        /// every job of an uncapped queue is picked exactly once.
+        #[test]
+        fn each_pick_is_the_best_job_a_cap_allows(
+            jobs in proptest::collection::btree_map(0u64..1000, (0usize..3, -2i32..3), 0..40),
+            caps in proptest::collection::vec(0usize..3, 3),
+            running in proptest::collection::vec(0usize..3, 3),
+        ) {
+            let names = ["a", "b", "c"];
+            let mut q = Queues::default();
+            let mut load = Load::new([usize::MAX, usize::MAX]);
+            for (i, &n) in running.iter().enumerate() {
+                for _ in 0..n {
+                    load.started(IO, names[i]);
+                }
+            }
+            let all: Vec<Job> = jobs
+                .iter()
+                .map(|(&id, &(queue, priority))| job(id, CPU, names[queue], priority))
+                .collect();
+            for j in &all {
+                q.push(j);
+            }
+            let cap = |name: &str| caps[names.iter().position(|n| *n == name).unwrap()];
+            let open = |j: &&Job| cap(&j.queue) == 0 || load.running(&j.queue) < cap(&j.queue);
+            let mut eligible: Vec<&Job> = all.iter().filter(open).collect();
+            eligible.sort_by_key(|j| (Reverse(j.priority), j.id));
+            let picked: Vec<u64> = std::iter::from_fn(|| q.pick(CPU, cap, &load)).collect();
+            let expected: Vec<u64> = eligible.iter().map(|j| j.id).collect();
+            proptest::prop_assert_eq!(picked, expected);
+        }
+    }
+
     #[test]
     fn delayed_jobs_become_ready_when_due() {
         let mut q = Queues::default();
