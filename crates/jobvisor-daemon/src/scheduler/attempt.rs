@@ -10,7 +10,7 @@ use jobvisor_pool::{CallOptions, PoolError};
 use jobvisor_proto::control::{AttemptOutcome, JobState, Payload};
 use jobvisor_store::{Finish, StoreError};
 
-use super::job::{now_ms, CPU, IO};
+use super::job::{now_ms, Lane};
 use super::{Internal, Scheduler};
 use crate::errors::chain;
 use crate::notify::Notice;
@@ -60,7 +60,7 @@ impl Scheduler {
         // The lanes fill independently: I/O jobs never wait behind CPU jobs
         // for a pool slot, nor the reverse (each has its own capacity in
         // the workers: the CPU thread, the event loop).
-        for lane in [CPU, IO] {
+        for lane in Lane::ALL {
             while self.load.has_room(lane) {
                 let cfg = &self.cfg;
                 let Some(id) = self.queues.pick(lane, |q| cfg.queue_cap(q), &self.load) else {

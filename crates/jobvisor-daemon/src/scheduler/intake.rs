@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::admission::{self, Admitted};
 use super::deps;
-use super::job::{lane_of, now_ms, Job, IO};
+use super::job::{lane_of, now_ms, Job, Lane};
 use super::reply::{err, store_err, Reply};
 use super::stats::job_counts;
 use super::waiters::Added;
@@ -340,7 +340,7 @@ impl Scheduler {
         let health = self.pool.health();
         let tasks = self
             .report
-            .task_rows(|task| lane_of(&self.registry, task) == IO);
+            .task_rows(|task| lane_of(&self.registry, task) == Lane::Io);
         tokio::spawn(async move {
             let counts = store.counts().await.unwrap_or_default();
             let _ = reply.send(Stats {

@@ -8,10 +8,25 @@ use jobvisor_worker::{ConvertError, Registry, TaskKind};
 
 use crate::policy;
 
-/// Index of the CPU lane in per-lane arrays.
-pub(super) const CPU: usize = 0;
-/// Index of the I/O lane (async tasks).
-pub(super) const IO: usize = 1;
+/// The two kinds of attempt, each with its own ready sets and its own cap
+/// in the pool, so neither kind can starve the other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lane {
+    /// CPU tasks (`Task`): one at a time per worker, beside its event loop.
+    Cpu,
+    /// I/O tasks (`AsyncTask`): many at a time on each worker's event loop.
+    Io,
+}
+
+impl Lane {
+    /// Both lanes, in the order they are filled.
+    pub(super) const ALL: [Lane; 2] = [Lane::Cpu, Lane::Io];
+
+    /// The lane's place in per-lane arrays.
+    pub(super) fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// Milliseconds since the Unix epoch: the clock of `run_at_ms` and of
 /// every time the store records.
@@ -21,17 +36,18 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// The lane of a task: [`IO`] for async tasks, [`CPU`] for the rest.
-pub(super) fn lane_of(registry: &Registry, task: &str) -> usize {
+/// The lane of a task: [`Lane::Io`] for async tasks, [`Lane::Cpu`] for the rest.
+pub(super) fn lane_of(registry: &Registry, task: &str) -> Lane {
     if registry.kind(task) == Some(TaskKind::Io) {
-        IO
+        Lane::Io
     } else {
-        CPU
+        Lane::Cpu
     }
 }
 
-/// The in-pool caps of the two lanes for `workers` workers: a few CPU
-/// windows, and the event loops' slots plus a little to keep them full.
+/// The in-pool caps of the two lanes (by [`Lane::index`]) for `workers`
+/// workers: a few CPU windows, and the event loops' slots plus a little to
+/// keep them full.
 pub(super) fn lane_caps(workers: usize, pool: &jobvisor_pool::PoolConfig) -> [usize; 2] {
     [
         workers * 16,
@@ -47,8 +63,8 @@ pub(super) fn lane_caps(workers: usize, pool: &jobvisor_pool::PoolConfig) -> [us
 pub(crate) struct Job {
     pub(super) id: u64,
     pub(super) task: String,
-    /// [`CPU`] or [`IO`], from the task's kind (looked up once, here).
-    pub(super) lane: usize,
+    /// From the task's kind (looked up once, here).
+    pub(super) lane: Lane,
     pub(super) queue: String,
     pub(super) priority: i32,
     pub(super) max_attempts: u32,
@@ -193,7 +209,7 @@ mod tests {
         };
         let job = Job::from_record(r, &registry).unwrap();
         assert_eq!((job.attempts, job.failures, job.crashes), (3, 2, 0));
-        assert_eq!((job.lane, job.json, job.deps_left), (CPU, false, 0));
+        assert_eq!((job.lane, job.json, job.deps_left), (Lane::Cpu, false, 0));
         assert_eq!(job.input.as_slice(), [1, 2]);
         assert_eq!(job.template, None);
     }

@@ -9,7 +9,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::job::Job;
+use super::job::{Job, Lane};
 
 /// Ready jobs of one lane: per queue, best first (highest priority, then
 /// oldest id).
@@ -18,7 +18,7 @@ type ReadySet = BTreeMap<String, BTreeSet<(Reverse<i32>, u64)>>;
 /// The jobs that wait for their time or for a slot.
 #[derive(Debug, Default)]
 pub(super) struct Queues {
-    /// Ready jobs per lane ([`super::job::CPU`] and [`super::job::IO`]), per queue.
+    /// Ready jobs per lane (by [`Lane::index`]), per queue.
     ready: [ReadySet; 2],
     /// `(run_at_ms, id)` of the jobs that wait for their time.
     delayed: BTreeSet<(u64, u64)>,
@@ -27,7 +27,7 @@ pub(super) struct Queues {
 impl Queues {
     /// Makes `job` ready to run.
     pub(super) fn push(&mut self, job: &Job) {
-        self.ready[job.lane]
+        self.ready[job.lane.index()]
             .entry(job.queue.clone())
             .or_default()
             .insert((Reverse(job.priority), job.id));
@@ -41,7 +41,7 @@ impl Queues {
     /// Takes `job` out of wherever it waits.
     pub(super) fn remove(&mut self, job: &Job) {
         self.delayed.remove(&(job.run_at_ms, job.id));
-        if let Some(set) = self.ready[job.lane].get_mut(&job.queue) {
+        if let Some(set) = self.ready[job.lane.index()].get_mut(&job.queue) {
             set.remove(&(Reverse(job.priority), job.id));
         }
     }
@@ -69,12 +69,12 @@ impl Queues {
     /// the queues below their cap (`cap`, 0 for none) given what `load` runs.
     pub(super) fn pick(
         &mut self,
-        lane: usize,
+        lane: Lane,
         cap: impl Fn(&str) -> usize,
         load: &Load,
     ) -> Option<u64> {
         let mut best: Option<((Reverse<i32>, u64), &String)> = None;
-        for (q, set) in &self.ready[lane] {
+        for (q, set) in &self.ready[lane.index()] {
             let Some(head) = set.first() else { continue };
             let cap = cap(q);
             if cap > 0 && load.running(q) >= cap {
@@ -86,7 +86,7 @@ impl Queues {
         }
         let (key, queue) = best?;
         let queue = queue.clone();
-        if let Some(set) = self.ready[lane].get_mut(&queue) {
+        if let Some(set) = self.ready[lane.index()].get_mut(&queue) {
             set.remove(&key);
         }
         Some(key.1)
@@ -121,8 +121,8 @@ impl Load {
     }
 
     /// Whether `lane` may hand the pool one more attempt.
-    pub(super) fn has_room(&self, lane: usize) -> bool {
-        self.inflight[lane] < self.max_inflight[lane]
+    pub(super) fn has_room(&self, lane: Lane) -> bool {
+        self.inflight[lane.index()] < self.max_inflight[lane.index()]
     }
 
     /// Attempts of `queue` running.
@@ -136,14 +136,14 @@ impl Load {
     }
 
     /// An attempt of `queue` went to the pool.
-    pub(super) fn started(&mut self, lane: usize, queue: &str) {
-        self.inflight[lane] += 1;
+    pub(super) fn started(&mut self, lane: Lane, queue: &str) {
+        self.inflight[lane.index()] += 1;
         *self.running_per_queue.entry(queue.to_owned()).or_default() += 1;
     }
 
     /// An attempt that [`Load::started`] ended.
-    pub(super) fn finished(&mut self, lane: usize, queue: &str) {
-        self.inflight[lane] -= 1;
+    pub(super) fn finished(&mut self, lane: Lane, queue: &str) {
+        self.inflight[lane.index()] -= 1;
         if let Some(n) = self.running_per_queue.get_mut(queue) {
             *n = n.saturating_sub(1);
         }
@@ -152,12 +152,12 @@ impl Load {
 
 #[cfg(test)]
 mod tests {
-    use super::super::job::{CPU, IO};
+    use super::super::job::Lane::{Cpu, Io};
     use super::*;
     use jobvisor_proto::control::JobState;
     use std::sync::Arc;
 
-    fn job(id: u64, lane: usize, queue: &str, priority: i32) -> Job {
+    fn job(id: u64, lane: Lane, queue: &str, priority: i32) -> Job {
         Job {
             id,
             task: "t".into(),
@@ -195,14 +195,14 @@ mod tests {
         let mut q = Queues::default();
         let load = Load::new([10, 10]);
         for j in [
-            job(5, CPU, "a", 0),
-            job(3, CPU, "b", 0),
-            job(9, CPU, "a", 2),
-            job(4, CPU, "b", -1),
+            job(5, Cpu, "a", 0),
+            job(3, Cpu, "b", 0),
+            job(9, Cpu, "a", 2),
+            job(4, Cpu, "b", -1),
         ] {
             q.push(&j);
         }
-        let order: Vec<_> = std::iter::from_fn(|| q.pick(CPU, no_cap, &load)).collect();
+        let order: Vec<_> = std::iter::from_fn(|| q.pick(Cpu, no_cap, &load)).collect();
         assert_eq!(order, [9, 3, 5, 4]);
     }
 
@@ -210,24 +210,24 @@ mod tests {
     fn a_queue_at_its_cap_is_passed_over_and_lanes_do_not_wait_for_each_other() {
         let mut q = Queues::default();
         let mut load = Load::new([1, 10]);
-        q.push(&job(1, CPU, "capped", 5));
-        q.push(&job(2, CPU, "open", 0));
-        q.push(&job(3, IO, "capped", 0));
-        load.started(IO, "capped");
+        q.push(&job(1, Cpu, "capped", 5));
+        q.push(&job(2, Cpu, "open", 0));
+        q.push(&job(3, Io, "capped", 0));
+        load.started(Io, "capped");
         let cap = |name: &str| usize::from(name == "capped");
-        assert_eq!(q.pick(CPU, cap, &load), Some(2));
+        assert_eq!(q.pick(Cpu, cap, &load), Some(2));
         assert_eq!(
-            q.pick(CPU, cap, &load),
+            q.pick(Cpu, cap, &load),
             None,
             "capped queue runs one already"
         );
-        assert_eq!(q.pick(IO, no_cap, &load), Some(3));
-        assert!(load.has_room(CPU));
-        load.started(CPU, "open");
-        assert!(!load.has_room(CPU) && load.has_room(IO));
+        assert_eq!(q.pick(Io, no_cap, &load), Some(3));
+        assert!(load.has_room(Cpu));
+        load.started(Cpu, "open");
+        assert!(!load.has_room(Cpu) && load.has_room(Io));
         assert_eq!((load.inflight(), load.running("capped")), (2, 1));
-        load.finished(IO, "capped");
-        assert_eq!(q.pick(CPU, cap, &load), Some(1));
+        load.finished(Io, "capped");
+        assert_eq!(q.pick(Cpu, cap, &load), Some(1));
     }
 
     proptest::proptest! {
@@ -245,12 +245,12 @@ mod tests {
             let mut load = Load::new([usize::MAX, usize::MAX]);
             for (i, &n) in running.iter().enumerate() {
                 for _ in 0..n {
-                    load.started(IO, names[i]);
+                    load.started(Io, names[i]);
                 }
             }
             let all: Vec<Job> = jobs
                 .iter()
-                .map(|(&id, &(queue, priority))| job(id, CPU, names[queue], priority))
+                .map(|(&id, &(queue, priority))| job(id, Cpu, names[queue], priority))
                 .collect();
             for j in &all {
                 q.push(j);
@@ -259,7 +259,7 @@ mod tests {
             let open = |j: &&Job| cap(&j.queue) == 0 || load.running(&j.queue) < cap(&j.queue);
             let mut eligible: Vec<&Job> = all.iter().filter(open).collect();
             eligible.sort_by_key(|j| (Reverse(j.priority), j.id));
-            let picked: Vec<u64> = std::iter::from_fn(|| q.pick(CPU, cap, &load)).collect();
+            let picked: Vec<u64> = std::iter::from_fn(|| q.pick(Cpu, cap, &load)).collect();
             let expected: Vec<u64> = eligible.iter().map(|j| j.id).collect();
             proptest::prop_assert_eq!(picked, expected);
         }
@@ -269,18 +269,18 @@ mod tests {
     fn delayed_jobs_become_ready_when_due() {
         let mut q = Queues::default();
         let load = Load::new([10, 10]);
-        let jobs = [job(1, CPU, "a", 0), job(2, CPU, "a", 9)];
+        let jobs = [job(1, Cpu, "a", 0), job(2, Cpu, "a", 9)];
         q.delay(2_000, 1);
         q.delay(1_000, 2);
         q.delay(1_500, 42); // gone meanwhile
         let find = |id| jobs.iter().find(|j| j.id == id);
         assert_eq!(q.next_due(), Some(1_000));
         q.promote_due(999, find);
-        assert_eq!(q.pick(CPU, no_cap, &load), None);
+        assert_eq!(q.pick(Cpu, no_cap, &load), None);
         q.promote_due(1_500, find);
         assert_eq!(q.next_due(), Some(2_000));
-        assert_eq!(q.pick(CPU, no_cap, &load), Some(2));
-        let mut late = job(1, CPU, "a", 0);
+        assert_eq!(q.pick(Cpu, no_cap, &load), Some(2));
+        let mut late = job(1, Cpu, "a", 0);
         late.run_at_ms = 2_000;
         q.remove(&late);
         assert_eq!(q.next_due(), None);
