@@ -17,7 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::config::Config;
-use crate::errors::chain;
+use crate::errors::{chain, Chain};
 use crate::scheduler::SchedCmd;
 
 /// What a connection can reach.
@@ -95,7 +95,7 @@ pub(crate) async fn serve(
         let (stream, _) = match accepted {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(error = %Chain(&e), "accept failed");
                 // EMFILE and friends: do not spin.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -212,7 +212,7 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
     }
     let checked = Hello::decode(&hello).and_then(|peer| ours.check_peer(&peer, Role::Client));
     if let Err(e) = checked {
-        tracing::warn!(error = %e, "control handshake failed");
+        tracing::warn!(error = %Chain(&e), "control handshake failed");
         let mut out = Vec::new();
         if encode_frame(
             &mut out,

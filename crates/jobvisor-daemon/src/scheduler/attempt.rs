@@ -12,7 +12,7 @@ use jobvisor_store::{Finish, StoreError};
 
 use super::job::{now_ms, Lane};
 use super::{Internal, Scheduler};
-use crate::errors::chain;
+use crate::errors::{chain, Chain};
 use crate::notify::Notice;
 use crate::pipeline::{self, InputError};
 use crate::policy::{self, JobFacts};
@@ -124,7 +124,7 @@ impl Scheduler {
         let write = store.start_attempt(id, attempt, None, started);
         tokio::spawn(async move {
             if let Err(e) = write.await {
-                tracing::error!(job = id, attempt, error = %e, "cannot record the attempt start");
+                tracing::error!(job = id, attempt, error = %Chain(&e), "cannot record the attempt start");
             }
             let _ = tx.send(Internal::Written {
                 id,
@@ -327,7 +327,9 @@ impl Scheduler {
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             match write.await {
-                Err(e) => tracing::error!(job = id, error = %e, "cannot record the job's state"),
+                Err(e) => {
+                    tracing::error!(job = id, error = %Chain(&e), "cannot record the job's state")
+                }
                 Ok(()) => {
                     if let Some(n) = notice {
                         n.send();

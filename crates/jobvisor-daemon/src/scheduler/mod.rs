@@ -56,6 +56,7 @@ use jobvisor_worker::Registry;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Config;
+use crate::errors::Chain;
 use crate::notify::Notifier;
 use crate::pipeline::InputError;
 
@@ -296,7 +297,7 @@ impl Scheduler {
             match store.prune(before, keep).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(pruned = n, "pruned finished jobs"),
-                Err(e) => tracing::warn!(error = %e, "pruning failed"),
+                Err(e) => tracing::warn!(error = %Chain(&e), "pruning failed"),
             }
         });
     }
