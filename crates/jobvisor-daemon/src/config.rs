@@ -45,7 +45,8 @@ pub struct Limits {
     pub max_queued_jobs: usize,
     /// Largest job input (bytes).
     pub max_input_bytes: usize,
-    /// Largest job output kept (bytes); larger outputs fail the attempt.
+    /// Largest job output kept (bytes); a larger output fails its job at once
+    /// (see `policy::on_output`).
     pub max_output_bytes: usize,
     /// Concurrent control connections.
     pub max_connections: usize,
@@ -195,14 +196,17 @@ pub struct QueueConfig {
 #[serde(try_from = "String")]
 pub struct TerminalState(pub JobState);
 
+/// A name that is not a terminal job state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a terminal job state (succeeded, failed, cancelled, dead)")]
+pub struct NotTerminal(pub String);
+
 impl TryFrom<String> for TerminalState {
-    type Error = String;
-    fn try_from(s: String) -> Result<Self, String> {
+    type Error = NotTerminal;
+    fn try_from(s: String) -> Result<Self, NotTerminal> {
         match JobState::parse(&s) {
             Some(state) if state.is_terminal() => Ok(Self(state)),
-            _ => Err(format!(
-                "{s:?} is not a terminal job state (succeeded, failed, cancelled, dead)"
-            )),
+            _ => Err(NotTerminal(s)),
         }
     }
 }
@@ -276,7 +280,7 @@ impl Default for Retention {
 #[non_exhaustive]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         /// Path.
         path: PathBuf,
@@ -285,12 +289,13 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// The file is not valid.
-    #[error("invalid config file {path}: {message}")]
+    #[error("invalid config file {path}")]
     Parse {
         /// Path.
         path: PathBuf,
-        /// The parser's message (line, column, key).
-        message: String,
+        /// The parser's error (line, column, key).
+        #[source]
+        source: toml::de::Error,
     },
     /// A value is out of range.
     #[error("invalid configuration: {0}")]
@@ -307,9 +312,9 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string(),
+            source,
         })?;
         cfg.validate()?;
         Ok(cfg)
@@ -356,20 +361,20 @@ impl Config {
     fn validate_notify(&self) -> Result<(), ConfigError> {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let n = &self.notify;
-        if n.max_concurrency == 0 || n.max_concurrency > crate::notify::MAX_CONCURRENCY {
+        if n.max_concurrency == 0 || n.max_concurrency > crate::bounds::MAX_CONCURRENCY {
             return bad(format!(
                 "notify.max_concurrency must be between 1 and {}",
-                crate::notify::MAX_CONCURRENCY
+                crate::bounds::MAX_CONCURRENCY
             ));
         }
         if n.max_queued == 0 {
             return bad("notify.max_queued must be at least 1".into());
         }
         // The semaphore that bounds pending deliveries holds at most this many permits.
-        if n.max_queued > crate::notify::MAX_QUEUED {
+        if n.max_queued > crate::bounds::MAX_QUEUED {
             return bad(format!(
                 "notify.max_queued must be at most {}",
-                crate::notify::MAX_QUEUED
+                crate::bounds::MAX_QUEUED
             ));
         }
         if n.max_attempts == 0 {
@@ -383,7 +388,8 @@ impl Config {
         }
         for (name, q) in &self.queues {
             if let Some(url) = &q.notify_url {
-                if let Err(e) = crate::notify::check_url(url) {
+                if let Err(e) = crate::bounds::check_url(url) {
+                    let e = crate::errors::chain(&e);
                     return bad(format!("queues.{name}.notify_url: {e}"));
                 }
             }
@@ -549,6 +555,23 @@ mod tests {
         assert!(m.contains("notify.backoff_base_ms"), "{m}");
         let m = invalid("[notify]\nmax_attempts = 0\n");
         assert!(m.contains("notify.max_attempts"), "{m}");
+    }
+
+    #[test]
+    fn a_file_error_tells_its_cause_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.toml");
+        let e = Config::load(&missing).unwrap_err();
+        let chain = crate::errors::chain(&e);
+        assert!(chain.starts_with("cannot read config file "), "{chain}");
+        assert_eq!(chain.matches("os error 2").count(), 1, "{chain}");
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "workers = \"many\"\n").unwrap();
+        let e = Config::load(&bad).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse { .. }), "{e:?}");
+        let chain = crate::errors::chain(&e);
+        assert!(chain.starts_with("invalid config file "), "{chain}");
+        assert!(chain.contains("workers"), "{chain}");
     }
 
     #[test]

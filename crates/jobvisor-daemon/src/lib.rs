@@ -3,18 +3,27 @@
 //! worker processes, and retries or fails them by policy.
 //!
 //! # Layout
-//! - [`config`]: the TOML configuration and its defaults.
-//! - `server`: the control socket (permissions, peer check, handshake, limits).
-//! - `scheduler`: the actor that owns unfinished jobs: queues, priorities,
-//!   delays, dependencies, attempts, waiters.
-//! - [`policy`]: what an attempt's end means for its job (retry, fail, ...).
+//! Lowest first: a module names only modules above it in this list
+//! (`scripts/check-module-cycles` holds it to that).
+//! - `errors`: an error and its causes as one line, for logs and clients.
+//! - `bounds`: hard bounds (URL length, notifier sizes) and the webhook URL
+//!   check, shared by the configuration that validates them and the parts
+//!   that enforce them.
+//! - [`policy`]: what an attempt's end means for its job (retry, fail, ...):
+//!   pure functions.
 //! - `pipeline`: jobs that take their input from other jobs' outputs.
+//! - [`config`]: the TOML configuration and its defaults.
 //! - `notify`: completion notifications (webhooks, commands), in their own
 //!   tasks; the scheduler only hands them over.
-//! - [`run`]: start-up (lock, store, pool, recovery, socket), signals, and the
-//!   shutdown order.
+//! - `scheduler`: the actor that owns unfinished jobs: queues, priorities,
+//!   delays, dependencies, attempts, waiters.
+//! - `server`: the control socket (permissions, peer check, handshake, limits).
+//! - [`run`] (here): start-up (lock, store, pool, recovery, socket), signals,
+//!   and the shutdown order.
 
+mod bounds;
 pub mod config;
+mod errors;
 mod notify;
 mod pipeline;
 pub mod policy;
@@ -48,7 +57,7 @@ pub enum DaemonError {
     #[error("another jobvisor daemon is running with state directory {0}")]
     Locked(PathBuf),
     /// I/O while setting up (state dir, socket, lock).
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What we were doing.
         what: String,
@@ -328,7 +337,7 @@ fn spawn_signals(
                             pool.resize(workers).await;
                             let _ = sched.send(SchedCmd::Reload { config: Box::new(cfg) }).await;
                         }
-                        Err(e) => tracing::error!(error = %e, "SIGHUP: keeping the old configuration"),
+                        Err(e) => tracing::error!(error = %errors::Chain(&e), "SIGHUP: keeping the old configuration"),
                     }
                 }
             }
@@ -372,5 +381,39 @@ mod tests {
         cfg.pool.term_grace_ms = 3_600_001;
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("pool.term_grace_ms"), "{e}");
+    }
+
+    #[test]
+    fn the_pool_gets_the_frame_limit_and_memory_limits_asked_for() {
+        let mut cfg = Config {
+            workers: 3,
+            ..Config::default()
+        };
+        cfg.limits.max_input_bytes = 10_000;
+        cfg.limits.max_output_bytes = 20_000;
+        cfg.pool.memory_limit_bytes = 1 << 30;
+        cfg.pool.memory_soft_limit_bytes = 1 << 29;
+        let p = pool_builder(&cfg).unwrap().current().clone();
+        assert_eq!(p.workers, 3);
+        // The larger payload, plus room for the frame around it.
+        assert_eq!(p.max_frame_bytes, 20_000 + 64 * 1024);
+        assert_eq!(p.memory_limit_bytes, Some(1 << 30));
+        assert_eq!(p.memory_soft_limit_bytes, Some(1 << 29));
+        cfg.start_method = "vfork".into();
+        assert!(matches!(pool_builder(&cfg), Err(DaemonError::Config(_))));
+    }
+
+    #[test]
+    fn a_second_daemon_on_one_state_dir_is_refused_while_the_lock_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = lock(dir.path()).unwrap();
+        let pid = std::fs::read_to_string(dir.path().join("daemon.lock")).unwrap();
+        assert_eq!(pid.trim(), std::process::id().to_string());
+        match lock(dir.path()) {
+            Err(DaemonError::Locked(d)) => assert_eq!(d, dir.path()),
+            other => panic!("{other:?}"),
+        }
+        drop(held);
+        assert!(lock(dir.path()).is_ok(), "released with its file");
     }
 }

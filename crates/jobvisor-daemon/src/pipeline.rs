@@ -8,33 +8,96 @@
 //! so a failed step fails the steps after it, naming it.
 
 use jobvisor_proto::control::{InputRef, JobRef, Payload};
-use jobvisor_store::StoreHandle;
+use jobvisor_store::{StoreError, StoreHandle};
 use serde_json::Value;
 
+/// A pipeline step refused at submit time.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum RefError {
+    #[error("a pipeline step (input_from) needs a JSON input")]
+    NotJson,
+    #[error("the input is not JSON")]
+    InputNotJson(#[source] serde_json::Error),
+    /// Numbered from 1, as the client counts.
+    #[error("input_from #{0} must name an earlier job of the batch")]
+    NotEarlier(u64),
+    #[error("JSON pointer {0:?} must start with '/'")]
+    BadPointer(String),
+    #[error("input_from with a field needs an object input")]
+    FieldNeedsObject,
+}
+
+/// A pipeline step's input could not be built from its sources' outputs.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum InputError {
+    #[error("the input is not JSON")]
+    InputNotJson(#[source] serde_json::Error),
+    #[error("unresolved batch reference")]
+    Unresolved,
+    #[error("cannot read the output of job {id}")]
+    Read {
+        id: u64,
+        #[source]
+        source: StoreError,
+    },
+    #[error("job {0} (an input) no longer exists")]
+    Gone(u64),
+    #[error("the output of job {id} is not JSON")]
+    OutputNotJson {
+        id: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the output of job {0} is in the native encoding, not JSON")]
+    NativeOutput(u64),
+    #[error("job {0} has no output")]
+    NoOutput(u64),
+    #[error("the output of job {id} has nothing at {pointer}")]
+    NothingAt { id: u64, pointer: String },
+    #[error("input from job {id}")]
+    Merge {
+        id: u64,
+        #[source]
+        source: MergeError,
+    },
+    #[error(transparent)]
+    Encode(serde_json::Error),
+}
+
+/// A value that does not go where the input asks.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum MergeError {
+    #[error("a field needs an object input")]
+    FieldNeedsObject,
+    #[error("{0} is not an object: name a field to put it under")]
+    NotAnObject(Value),
+    #[error("the input is not an object to merge into")]
+    NotMergeable,
+}
+
 /// Checks a pipeline step's references and input at submit time (position
-/// `index` in its batch). Returns a message for the client.
-pub(crate) fn check_refs(refs: &[InputRef], index: usize, input: &Payload) -> Result<(), String> {
+/// `index` in its batch).
+///
+/// # Errors
+/// What is wrong with them, for the client.
+pub(crate) fn check_refs(refs: &[InputRef], index: usize, input: &Payload) -> Result<(), RefError> {
     let Payload::Json(text) = input else {
-        return Err("a pipeline step (input_from) needs a JSON input".into());
+        return Err(RefError::NotJson);
     };
-    let base: Value =
-        serde_json::from_str(text).map_err(|e| format!("the input is not JSON: {e}"))?;
+    let base: Value = serde_json::from_str(text).map_err(RefError::InputNotJson)?;
     for r in refs {
         if let JobRef::Batch(b) = r.job {
             if b as usize >= index {
-                return Err(format!(
-                    "input_from #{} must name an earlier job of the batch",
-                    u64::from(b) + 1
-                ));
+                return Err(RefError::NotEarlier(u64::from(b) + 1));
             }
         }
         if let Some(p) = &r.pointer {
             if !p.is_empty() && !p.starts_with('/') {
-                return Err(format!("JSON pointer {p:?} must start with '/'"));
+                return Err(RefError::BadPointer(p.clone()));
             }
         }
         if r.field.is_some() && !base.is_object() {
-            return Err("input_from with a field needs an object input".into());
+            return Err(RefError::FieldNeedsObject);
         }
     }
     Ok(())
@@ -42,52 +105,53 @@ pub(crate) fn check_refs(refs: &[InputRef], index: usize, input: &Payload) -> Re
 
 /// Builds a pipeline step's input from its template and the outputs of the
 /// jobs it references (all succeeded: they are its dependencies).
+///
+/// # Errors
+/// Why the input cannot be built: the step fails with it.
 pub(crate) async fn build_input(
     store: &StoreHandle,
     template: &str,
     refs: &[InputRef],
-) -> Result<String, String> {
-    let mut input: Value =
-        serde_json::from_str(template).map_err(|e| format!("the input is not JSON: {e}"))?;
+) -> Result<String, InputError> {
+    let mut input: Value = serde_json::from_str(template).map_err(InputError::InputNotJson)?;
     for r in refs {
         let JobRef::Id(id) = r.job else {
-            return Err("unresolved batch reference".into());
+            return Err(InputError::Unresolved);
         };
         let rec = store
             .get(id)
             .await
-            .map_err(|e| format!("cannot read the output of job {id}: {e}"))?
-            .ok_or_else(|| format!("job {id} (an input) no longer exists"))?;
+            .map_err(|source| InputError::Read { id, source })?
+            .ok_or(InputError::Gone(id))?;
         let output = match rec.output {
             Some(Payload::Json(text)) => serde_json::from_str::<Value>(&text)
-                .map_err(|e| format!("the output of job {id} is not JSON: {e}"))?,
-            Some(Payload::Native(_)) => {
-                return Err(format!(
-                    "the output of job {id} is in the native encoding, not JSON"
-                ))
-            }
-            None => return Err(format!("job {id} has no output")),
+                .map_err(|source| InputError::OutputNotJson { id, source })?,
+            Some(Payload::Native(_)) => return Err(InputError::NativeOutput(id)),
+            None => return Err(InputError::NoOutput(id)),
         };
         let value = match r.pointer.as_deref() {
             None | Some("") => output,
             Some(p) => output
                 .pointer(p)
                 .cloned()
-                .ok_or_else(|| format!("the output of job {id} has nothing at {p}"))?,
+                .ok_or_else(|| InputError::NothingAt {
+                    id,
+                    pointer: p.to_owned(),
+                })?,
         };
         merge(&mut input, value, r.field.as_deref())
-            .map_err(|m| format!("input from job {id}: {m}"))?;
+            .map_err(|source| InputError::Merge { id, source })?;
     }
-    serde_json::to_string(&input).map_err(|e| e.to_string())
+    serde_json::to_string(&input).map_err(InputError::Encode)
 }
 
-fn merge(input: &mut Value, value: Value, field: Option<&str>) -> Result<(), String> {
+fn merge(input: &mut Value, value: Value, field: Option<&str>) -> Result<(), MergeError> {
     match (field, input) {
         (Some(f), Value::Object(map)) => {
             map.insert(f.to_string(), value);
             Ok(())
         }
-        (Some(_), _) => Err("a field needs an object input".into()),
+        (Some(_), _) => Err(MergeError::FieldNeedsObject),
         (None, slot @ Value::Object(_)) if slot.as_object().is_some_and(|m| m.is_empty()) => {
             // An empty input takes the value whole (an object, a number, ...).
             *slot = value;
@@ -100,15 +164,13 @@ fn merge(input: &mut Value, value: Value, field: Option<&str>) -> Result<(), Str
                 }
                 Ok(())
             }
-            other => Err(format!(
-                "{other} is not an object: name a field to put it under"
-            )),
+            other => Err(MergeError::NotAnObject(other)),
         },
         (None, slot) if slot.is_null() => {
             *slot = value;
             Ok(())
         }
-        (None, _) => Err("the input is not an object to merge into".into()),
+        (None, _) => Err(MergeError::NotMergeable),
     }
 }
 
@@ -166,5 +228,20 @@ mod tests {
         )
         .is_err());
         assert!(check_refs(&[r(JobRef::Id(5), None, None)], 0, &Payload::Native(vec![])).is_err());
+    }
+
+    #[test]
+    fn messages_tell_the_client_each_cause_once() {
+        let e = check_refs(&[], 0, &Payload::Json("{".into())).unwrap_err();
+        let text = crate::errors::chain(&e);
+        assert!(text.starts_with("the input is not JSON: EOF"), "{text}");
+        let e = InputError::Merge {
+            id: 5,
+            source: MergeError::NotAnObject(serde_json::json!(3)),
+        };
+        assert_eq!(
+            crate::errors::chain(&e),
+            "input from job 5: 3 is not an object: name a field to put it under"
+        );
     }
 }

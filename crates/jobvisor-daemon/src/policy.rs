@@ -1,16 +1,19 @@
 //! Failure policy: what happens to a job when an attempt ends. One module, one
-//! place to read it. Pure functions; the scheduler applies the decisions.
+//! place to read it. Pure functions; the scheduler applies the decisions
+//! ([`on_output`] when the attempt returned an output, [`on_failure`] when it
+//! did not), and [`charge`] says which budget a recorded outcome spent.
 //!
 //! | attempt ended with | attempt outcome | job |
 //! |---|---|---|
 //! | output | `ok` | `succeeded` |
-//! | task error, panic, output too large | `error` / `panic` | retried after backoff while the *attempt budget* (`max_attempts`) lasts, else `failed` |
+//! | output over `limits.max_output_bytes` (as stored: JSON for a client that sent JSON), or one that does not convert to JSON | `error` | `failed` at once: the next attempt would return the same |
+//! | task error, panic, output over the worker link's frame limit (the worker's `OutputTooLarge`) | `error` / `panic` | retried after backoff while the *attempt budget* (`max_attempts`) lasts, else `failed` |
 //! | bad input (the input does not decode) | `error` | `failed` at once: retrying cannot help |
 //! | worker died (signal, exit code, memory limit) | `crashed` (code/signal, peak RSS, output tail, cause) | retried while the *crash budget* (`jobs.max_crashes`) lasts, else `dead`: a poison job never drives a crash loop |
 //! | timeout, stall (no heartbeat) | `timed_out` (how it was stopped) | retried while the attempt budget lasts, else `failed` |
 //! | cancelled by a client | `cancelled` | `cancelled` |
-//! | the pool was stopped under it (daemon shutdown) | `lost` | back to `queued`, the attempt not counted against the budget |
-//! | daemon killed while it ran (found at restart) | `lost` | `queued` while attempts remain, else `failed` (in the store's `recover`) |
+//! | the pool was stopped under it (daemon shutdown) | `lost` | back to `queued`, the attempt not counted against a budget |
+//! | daemon killed while it ran (found at restart) | `lost` | back to `queued` (by the store's `recover`), the attempt not counted against a budget |
 //!
 //! The two budgets are separate: a job that keeps killing workers is
 //! dead-lettered after K deaths however many task errors it may still make,
@@ -23,8 +26,11 @@ use std::time::Duration;
 
 use jobvisor_pool::{FailureKind, PoolError};
 use jobvisor_proto::backoff;
-use jobvisor_proto::control::AttemptOutcome;
+use jobvisor_proto::control::{AttemptOutcome, Payload};
 use jobvisor_store::Finish;
+use jobvisor_worker::ConvertError;
+
+use crate::errors::chain;
 
 /// The facts about the job the policy needs.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +62,44 @@ pub enum Charge {
     None,
 }
 
+/// The budget an attempt's recorded outcome is charged to: the one rule that
+/// [`on_failure`] applies live and [`spent`] applies to a recorded history
+/// (a restarted daemon recounts its jobs' budgets from their attempts).
+pub fn charge(outcome: &AttemptOutcome) -> Charge {
+    match outcome {
+        AttemptOutcome::Error(_) | AttemptOutcome::Panic(_) | AttemptOutcome::TimedOut(_) => {
+            Charge::Failure
+        }
+        AttemptOutcome::Crashed { .. } => Charge::Crash,
+        AttemptOutcome::Running
+        | AttemptOutcome::Ok
+        | AttemptOutcome::Cancelled
+        | AttemptOutcome::Lost => Charge::None,
+    }
+}
+
+/// The budgets a job's recorded attempts have spent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spent {
+    /// Charged to the attempt budget.
+    pub failures: u32,
+    /// Charged to the crash budget.
+    pub crashes: u32,
+}
+
+/// Counts the attempts of a history by [`charge`].
+pub fn spent<'a>(outcomes: impl IntoIterator<Item = &'a AttemptOutcome>) -> Spent {
+    let mut s = Spent::default();
+    for o in outcomes {
+        match charge(o) {
+            Charge::Failure => s.failures += 1,
+            Charge::Crash => s.crashes += 1,
+            Charge::None => {}
+        }
+    }
+    s
+}
+
 /// What an attempt's failure means.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision {
@@ -67,8 +111,63 @@ pub struct Decision {
     pub charge: Charge,
 }
 
+/// Decides after an attempt that returned an output: `output` is it as the
+/// job's record keeps it (converted to JSON when the client sent JSON), or
+/// why it does not convert. Nothing here is worth a retry: a task returns
+/// the same output for the same input.
+pub fn on_output(output: Result<Payload, ConvertError>, max_output_bytes: usize) -> Decision {
+    let (outcome, next) = match output {
+        Ok(out) if out.len() > max_output_bytes => {
+            let e = format!(
+                "output of {} bytes exceeds limits.max_output_bytes ({max_output_bytes})",
+                out.len()
+            );
+            (
+                AttemptOutcome::Error(e.clone()),
+                Finish::Failed { error: e },
+            )
+        }
+        Ok(out) => (AttemptOutcome::Ok, Finish::Succeeded { output: out }),
+        Err(e) => (
+            AttemptOutcome::Error(e.to_string()),
+            Finish::Failed {
+                error: e.to_string(),
+            },
+        ),
+    };
+    Decision {
+        charge: charge(&outcome),
+        outcome,
+        next,
+    }
+}
+
 /// Decides after a failed attempt. `now_ms` and `random` (any u64) place the retry.
 pub fn on_failure(job: JobFacts, err: &PoolError, now_ms: u64, random: u64) -> Decision {
+    let (outcome, next) = if job.cancel_requested {
+        (
+            AttemptOutcome::Cancelled,
+            Finish::Cancelled {
+                error: "cancelled by a client".into(),
+            },
+        )
+    } else {
+        failure_end(job, err, now_ms, random)
+    };
+    Decision {
+        charge: charge(&outcome),
+        outcome,
+        next,
+    }
+}
+
+/// The recorded outcome and the next state of a failure nobody cancelled.
+fn failure_end(
+    job: JobFacts,
+    err: &PoolError,
+    now_ms: u64,
+    random: u64,
+) -> (AttemptOutcome, Finish) {
     let tries = job.failures + job.crashes + 1;
     let retry_at = now_ms.saturating_add(backoff_ms(
         job.backoff_base_ms,
@@ -76,6 +175,7 @@ pub fn on_failure(job: JobFacts, err: &PoolError, now_ms: u64, random: u64) -> D
         tries,
         random,
     ));
+    // Charged to the attempt budget: retried while it lasts.
     let failure = |outcome: AttemptOutcome, error: String| {
         let n = job.failures + 1;
         let next = if n < job.max_attempts {
@@ -88,38 +188,23 @@ pub fn on_failure(job: JobFacts, err: &PoolError, now_ms: u64, random: u64) -> D
                 error: format!("{error} (attempt {n} of {})", job.max_attempts),
             }
         };
-        Decision {
-            outcome,
-            next,
-            charge: Charge::Failure,
-        }
+        (outcome, next)
     };
-    if job.cancel_requested {
-        return Decision {
-            outcome: AttemptOutcome::Cancelled,
-            next: Finish::Cancelled {
-                error: "cancelled by a client".into(),
-            },
-            charge: Charge::None,
-        };
-    }
     match err {
         PoolError::Task(f) => match f.kind {
             FailureKind::Panic => failure(AttemptOutcome::Panic(f.message.clone()), f.to_string()),
-            FailureKind::BadInput | FailureKind::UnknownTask => Decision {
-                outcome: AttemptOutcome::Error(f.to_string()),
-                next: Finish::Failed {
+            FailureKind::BadInput | FailureKind::UnknownTask => (
+                AttemptOutcome::Error(f.to_string()),
+                Finish::Failed {
                     error: f.to_string(),
                 },
-                charge: Charge::Failure,
-            },
-            FailureKind::Cancelled => Decision {
-                outcome: AttemptOutcome::Cancelled,
-                next: Finish::Cancelled {
+            ),
+            FailureKind::Cancelled => (
+                AttemptOutcome::Cancelled,
+                Finish::Cancelled {
                     error: f.to_string(),
                 },
-                charge: Charge::None,
-            },
+            ),
             _ => failure(AttemptOutcome::Error(f.message.clone()), f.to_string()),
         },
         PoolError::WorkerDied {
@@ -139,41 +224,31 @@ pub fn on_failure(job: JobFacts, err: &PoolError, now_ms: u64, random: u64) -> D
             let next = if n >= job.max_crashes {
                 Finish::Dead {
                     error: format!(
-                        "poison job: it killed {n} workers (jobs.max_crashes = {}); last: {err}",
-                        job.max_crashes
+                        "poison job: it killed {n} workers (jobs.max_crashes = {}); last: {}",
+                        job.max_crashes,
+                        chain(err)
                     ),
                 }
             } else {
                 Finish::Retry {
                     run_at_ms: retry_at,
-                    error: err.to_string(),
+                    error: chain(err),
                 }
             };
-            Decision {
-                outcome,
-                next,
-                charge: Charge::Crash,
-            }
+            (outcome, next)
         }
         PoolError::TimedOut { how, .. } => {
-            failure(AttemptOutcome::TimedOut(how.clone()), err.to_string())
+            failure(AttemptOutcome::TimedOut(how.clone()), chain(err))
         }
-        PoolError::Stalled { .. } => {
-            failure(AttemptOutcome::TimedOut(err.to_string()), err.to_string())
-        }
-        PoolError::Cancelled => Decision {
-            outcome: AttemptOutcome::Cancelled,
-            next: Finish::Cancelled {
+        PoolError::Stalled { .. } => failure(AttemptOutcome::TimedOut(chain(err)), chain(err)),
+        PoolError::Cancelled => (
+            AttemptOutcome::Cancelled,
+            Finish::Cancelled {
                 error: "cancelled".into(),
             },
-            charge: Charge::None,
-        },
-        PoolError::Closed => Decision {
-            outcome: AttemptOutcome::Lost,
-            next: Finish::Requeue,
-            charge: Charge::None,
-        },
-        other => failure(AttemptOutcome::Error(other.to_string()), other.to_string()),
+        ),
+        PoolError::Closed => (AttemptOutcome::Lost, Finish::Requeue),
+        other => failure(AttemptOutcome::Error(chain(other)), chain(other)),
     }
 }
 
@@ -310,6 +385,71 @@ mod tests {
         assert_eq!(d.charge, Charge::Failure);
         let d = on_failure(facts(2, 0), &task_err(FailureKind::Error), 1000, 0);
         assert!(matches!(d.next, Finish::Failed { ref error } if error.contains("attempt 3 of 3")));
+    }
+
+    #[test]
+    fn the_charge_of_a_decision_is_the_charge_of_its_recorded_outcome() {
+        let errors = [
+            task_err(FailureKind::Error),
+            task_err(FailureKind::Panic),
+            task_err(FailureKind::BadInput),
+            task_err(FailureKind::Cancelled),
+            task_err(FailureKind::OutputTooLarge),
+            crash(9),
+            PoolError::Cancelled,
+            PoolError::Closed,
+            PoolError::TimedOut {
+                timeout_ms: 5,
+                how: "SIGKILL".into(),
+            },
+        ];
+        for e in &errors {
+            let d = on_failure(facts(0, 0), e, 0, 0);
+            assert_eq!(d.charge, charge(&d.outcome), "{e:?}");
+        }
+        let history = [
+            AttemptOutcome::Error("e".into()),
+            AttemptOutcome::Lost,
+            AttemptOutcome::Panic("p".into()),
+            AttemptOutcome::TimedOut("t".into()),
+            AttemptOutcome::Cancelled,
+            on_failure(facts(0, 0), &crash(9), 0, 0).outcome,
+            AttemptOutcome::Ok,
+        ];
+        assert_eq!(
+            spent(&history),
+            Spent {
+                failures: 3,
+                crashes: 1
+            }
+        );
+    }
+
+    #[test]
+    fn outputs_succeed_unless_too_large_or_not_convertible_and_never_retry() {
+        let d = on_output(Ok(Payload::Json("[1,2]".into())), 5);
+        assert_eq!(d.outcome, AttemptOutcome::Ok);
+        assert_eq!(
+            d.next,
+            Finish::Succeeded {
+                output: Payload::Json("[1,2]".into())
+            }
+        );
+        assert_eq!(d.charge, Charge::None);
+        let d = on_output(Ok(Payload::Native(vec![0; 6])), 5);
+        assert!(
+            matches!(d.next, Finish::Failed { ref error }
+                if error == "output of 6 bytes exceeds limits.max_output_bytes (5)"),
+            "{d:?}"
+        );
+        assert!(matches!(d.outcome, AttemptOutcome::Error(_)));
+        let bad = ConvertError::BadOutput {
+            task: "t".into(),
+            message: "not JSON".into(),
+        };
+        let d = on_output(Err(bad), 5);
+        assert!(matches!(d.next, Finish::Failed { .. }), "{d:?}");
+        assert!(matches!(d.outcome, AttemptOutcome::Error(_)));
     }
 
     #[test]

@@ -17,6 +17,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
 use crate::config::Config;
+use crate::errors::{chain, Chain};
 use crate::scheduler::SchedCmd;
 
 /// What a connection can reach.
@@ -94,7 +95,7 @@ pub(crate) async fn serve(
         let (stream, _) = match accepted {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                tracing::warn!(error = %Chain(&e), "accept failed");
                 // EMFILE and friends: do not spin.
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
@@ -154,26 +155,35 @@ async fn linger(mut stream: UnixStream, timeout_ms: u64) {
     .await;
 }
 
-fn peer_allowed(stream: &UnixStream) -> Result<(), String> {
-    let cred = stream
-        .peer_cred()
-        .map_err(|e| format!("cannot read peer credentials: {e}"))?;
-    let me = nix::unistd::geteuid().as_raw();
-    if cred.uid() == me || cred.uid() == 0 {
+/// A peer that may not use the control socket.
+#[derive(Debug, thiserror::Error)]
+enum PeerError {
+    #[error("cannot read peer credentials")]
+    Credentials(#[source] std::io::Error),
+    #[error("permission denied: uid {uid} may not use this daemon (it serves uid {me} and root)")]
+    Denied { uid: u32, me: u32 },
+}
+
+/// The peers the daemon serves: its own uid, and root.
+fn uid_allowed(uid: u32, me: u32) -> Result<(), PeerError> {
+    if uid == me || uid == 0 {
         Ok(())
     } else {
-        Err(format!(
-            "permission denied: uid {} may not use this daemon (it serves uid {me} and root)",
-            cred.uid()
-        ))
+        Err(PeerError::Denied { uid, me })
     }
+}
+
+fn peer_allowed(stream: &UnixStream) -> Result<(), PeerError> {
+    let cred = stream.peer_cred().map_err(PeerError::Credentials)?;
+    uid_allowed(cred.uid(), nix::unistd::geteuid().as_raw())
 }
 
 async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
     let ours = Hello::ours(Role::Supervisor);
     let max_frame = ctx.cfg.limits.max_frame_bytes;
     let mut out = ours.encode().to_vec();
-    if let Err(why) = peer_allowed(&stream) {
+    if let Err(e) = peer_allowed(&stream) {
+        let why = chain(&e);
         tracing::warn!(%why, "refused a control connection");
         if encode_frame(
             &mut out,
@@ -202,11 +212,11 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
     }
     let checked = Hello::decode(&hello).and_then(|peer| ours.check_peer(&peer, Role::Client));
     if let Err(e) = checked {
-        tracing::warn!(error = %e, "control handshake failed");
+        tracing::warn!(error = %Chain(&e), "control handshake failed");
         let mut out = Vec::new();
         if encode_frame(
             &mut out,
-            &error(ErrorKind::BadRequest, e.to_string()),
+            &error(ErrorKind::BadRequest, chain(&e)),
             max_frame,
         )
         .is_ok()
@@ -242,12 +252,15 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
                 ),
                 true,
             ),
-            Err(e) => (error(ErrorKind::BadRequest, format!("malformed request: {e}")), false),
+            Err(e) => (error(ErrorKind::BadRequest, format!("malformed request: {}", chain(&e))), false),
         };
         wbuf.clear();
         if let Err(e) = encode_frame(&mut wbuf, &resp, max_frame) {
             wbuf.clear();
-            let msg = error(ErrorKind::LimitReached, format!("response too large: {e}"));
+            let msg = error(
+                ErrorKind::LimitReached,
+                format!("response too large: {}", chain(&e)),
+            );
             if encode_frame(&mut wbuf, &msg, max_frame).is_err() {
                 return;
             }
@@ -336,7 +349,7 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
         Request::Status { id } => match ctx.store.get(id).await {
             Ok(Some(rec)) => Response::Job(Box::new(rec)),
             Ok(None) => error(ErrorKind::NotFound, format!("no job {id}")),
-            Err(e) => error(ErrorKind::Storage, e.to_string()),
+            Err(e) => error(ErrorKind::Storage, chain(&e)),
         },
         Request::List {
             state,
@@ -344,7 +357,7 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
             limit,
         } => match ctx.store.list(state, queue, limit.clamp(1, 10_000)).await {
             Ok(v) => Response::Jobs(v),
-            Err(e) => error(ErrorKind::Storage, e.to_string()),
+            Err(e) => error(ErrorKind::Storage, chain(&e)),
         },
         Request::Workers => {
             let workers = ctx.pool.workers().await;
@@ -389,5 +402,45 @@ fn worker_state(state: jobvisor_pool::WorkerState) -> WorkerState {
         jobvisor_pool::WorkerState::Retiring => WorkerState::Retiring,
         jobvisor_pool::WorkerState::Stopping => WorkerState::Stopping,
         jobvisor_pool::WorkerState::Dead => WorkerState::Dead,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn only_the_daemons_own_uid_and_root_are_served() {
+        assert!(uid_allowed(1000, 1000).is_ok());
+        assert!(uid_allowed(0, 1000).is_ok());
+        let e = uid_allowed(1001, 1000).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "permission denied: uid 1001 may not use this daemon (it serves uid 1000 and root)"
+        );
+    }
+
+    #[test]
+    fn the_state_dir_is_created_private_and_an_open_one_we_own_is_tightened() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let fresh = tmp.path().join("a/b");
+        create_private_dir(&fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&open).unwrap();
+        assert_eq!(mode(&open), 0o700);
+    }
+
+    #[test]
+    fn worker_states_travel_as_their_protocol_enum() {
+        use jobvisor_pool::WorkerState as Pool;
+        assert_eq!(worker_state(Pool::Ready), WorkerState::Ready);
+        assert_eq!(worker_state(Pool::Retiring), WorkerState::Retiring);
+        assert_eq!(worker_state(Pool::Stopping), WorkerState::Stopping);
+        assert_eq!(worker_state(Pool::Dead), WorkerState::Dead);
     }
 }

@@ -30,21 +30,14 @@ use jobvisor_proto::control::{AttemptOutcome, JobState};
 use jobvisor_store::Finish;
 use proptest::prelude::*;
 
-/// The legal transitions, from the states of `jobvisor_proto::control::JobState`.
+/// The transitions this model makes: the legal ones
+/// ([`JobState::can_become`]) that need neither a client's `retry` nor a
+/// dependency (the model has neither), so terminal states absorb and a job
+/// that waits only starts an attempt or is cancelled.
 fn legal(from: JobState, to: JobState) -> bool {
-    use JobState::*;
-    matches!(
-        (from, to),
-        (Queued, Running)
-            // A client cancels a job that waits for its turn.
-            | (Queued, Cancelled)
-            | (Running, Succeeded | Failed | Retrying | Cancelled | Dead)
-            // The pool was stopped under the attempt (daemon shutdown): re-queued.
-            | (Running, Queued)
-            | (Retrying, Running)
-            // A client cancels a job that waits out its backoff.
-            | (Retrying, Cancelled)
-    )
+    from.can_become(to)
+        && !from.is_terminal()
+        && (from == JobState::Running || matches!(to, JobState::Running | JobState::Cancelled))
 }
 
 #[derive(Debug, Clone)]
@@ -298,23 +291,9 @@ impl Model {
         self.go(to, why);
 
         // What a restarted daemon recounts from the history is what we hold.
-        let recount = |c: Charge| {
-            self.outcomes
-                .iter()
-                .filter(|o| match c {
-                    Charge::Failure => matches!(
-                        o,
-                        AttemptOutcome::Error(_)
-                            | AttemptOutcome::Panic(_)
-                            | AttemptOutcome::TimedOut(_)
-                    ),
-                    Charge::Crash => matches!(o, AttemptOutcome::Crashed { .. }),
-                    Charge::None => false,
-                })
-                .count() as u32
-        };
+        let spent = policy::spent(&self.outcomes);
         assert_eq!(
-            (recount(Charge::Failure), recount(Charge::Crash)),
+            (spent.failures, spent.crashes),
             (self.failures, self.crashes),
             "budgets recounted from the history differ: {:?}",
             self.outcomes

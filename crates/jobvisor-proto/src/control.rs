@@ -164,6 +164,32 @@ impl JobState {
             _ => return None,
         })
     }
+
+    /// Whether a job in this state may move to `next`: the legal transitions,
+    /// which the daemon's scheduler asserts on every change of state.
+    ///
+    /// | from | to | when |
+    /// |---|---|---|
+    /// | `queued`, `retrying` | `running` | an attempt starts |
+    /// | `queued`, `retrying` | `cancelled` | a client cancels a job that waits |
+    /// | `queued`, `retrying` | `failed` | a dependency did not succeed, or the job's input cannot be built or converted |
+    /// | `running` | `succeeded`, `failed`, `retrying`, `cancelled`, `dead` | the attempt ends (see the daemon's failure policy) |
+    /// | `running` | `queued` | the pool was stopped under the attempt (daemon shutdown) |
+    /// | `failed`, `cancelled`, `dead` | `retrying` | a client's `retry` revives a job that did not succeed |
+    ///
+    /// Nothing leaves `succeeded`, and no state becomes itself.
+    pub fn can_become(self, next: JobState) -> bool {
+        use JobState::*;
+        matches!(
+            (self, next),
+            (Queued | Retrying, Running | Cancelled | Failed)
+                | (
+                    Running,
+                    Succeeded | Failed | Retrying | Cancelled | Dead | Queued
+                )
+                | (Failed | Cancelled | Dead, Retrying)
+        )
+    }
 }
 
 /// How one attempt ended.
@@ -526,4 +552,37 @@ pub enum Response {
     Ok,
     /// The request failed; nothing was changed.
     Error(ControlError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JobState::{self, *};
+
+    const ALL: [JobState; 7] = [
+        Queued, Running, Retrying, Succeeded, Failed, Cancelled, Dead,
+    ];
+
+    #[test]
+    fn job_state_transitions_follow_the_table() {
+        let legal: Vec<(JobState, JobState)> = ALL
+            .iter()
+            .flat_map(|&a| ALL.iter().map(move |&b| (a, b)))
+            .filter(|&(a, b)| a.can_become(b))
+            .collect();
+        assert_eq!(legal.len(), 15, "{legal:?}");
+        for s in ALL {
+            assert!(!s.can_become(s), "{s:?} becomes itself");
+            assert!(!Succeeded.can_become(s), "succeeded is final");
+        }
+        // Only a running attempt ends in success or a dead letter.
+        for s in ALL {
+            assert_eq!(s.can_become(Succeeded), s == Running, "{s:?}");
+            assert_eq!(s.can_become(Dead), s == Running, "{s:?}");
+        }
+        // Every terminal state but success can be revived, to `retrying` only.
+        for s in [Failed, Cancelled, Dead] {
+            let to: Vec<_> = ALL.iter().filter(|&&b| s.can_become(b)).collect();
+            assert_eq!(to, [&Retrying], "{s:?}");
+        }
+    }
 }

@@ -1,0 +1,392 @@
+//! The actor's client commands: submit (admission, then the store, then
+//! placing the jobs), cancel, retry, wait and stats.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use jobvisor_proto::control::ControlError;
+use jobvisor_proto::control::{ErrorKind, JobRecord, JobRef, JobSpec, JobState, Stats, Submitted};
+use jobvisor_store::Finish;
+use tokio::sync::{mpsc, oneshot};
+
+use super::admission::{self, Admitted};
+use super::deps;
+use super::job::{lane_of, now_ms, Job, Lane};
+use super::reply::{err, store_err, Reply};
+use super::stats::job_counts;
+use super::waiters::Added;
+use super::{Internal, Scheduler};
+use crate::errors::chain;
+
+impl Scheduler {
+    pub(super) fn submit(&mut self, specs: Vec<JobSpec>, reply: Reply<Vec<Submitted>>) {
+        if self.quiesce.draining {
+            let _ = reply.send(Err(err(
+                ErrorKind::ShuttingDown,
+                "the daemon is shutting down; no new jobs",
+            )));
+            return;
+        }
+        let (jobs, deps) = (&self.jobs, &self.deps);
+        let cx = admission::Context {
+            cfg: &self.cfg,
+            registry: &self.registry,
+            open: self.jobs.len() + self.quiesce.reserved,
+            known: |id| jobs.contains_key(&id) || deps.finished(id).is_some(),
+            now_ms: now_ms(),
+        };
+        let Admitted {
+            jobs,
+            new_jobs,
+            unknown_deps,
+        } = match admission::admit(specs, &cx) {
+            Ok(a) => a,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        self.quiesce.reserved += jobs.len();
+        let store = self.store.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let mut dep_states = HashMap::new();
+            let mut result = Ok(());
+            for d in unknown_deps {
+                match store.get(d).await {
+                    Ok(Some(rec)) => {
+                        dep_states.insert(d, rec.state);
+                    }
+                    Ok(None) => {
+                        result = Err(err(
+                            ErrorKind::BadRequest,
+                            format!("dependency on a missing job {d}"),
+                        ));
+                        break;
+                    }
+                    Err(e) => {
+                        result = Err(store_err(&e));
+                        break;
+                    }
+                }
+            }
+            let result = match result {
+                Ok(()) => store.insert_all(new_jobs).await.map_err(|e| store_err(&e)),
+                Err(e) => Err(e),
+            };
+            let _ = tx.send(Internal::Inserted {
+                jobs,
+                result,
+                dep_states,
+                reply,
+            });
+        });
+    }
+
+    pub(super) fn on_inserted(
+        &mut self,
+        mut jobs: Vec<Job>,
+        result: Result<Vec<Submitted>, ControlError>,
+        dep_states: &HashMap<u64, JobState>,
+        reply: Reply<Vec<Submitted>>,
+    ) {
+        self.quiesce.reserved -= jobs.len();
+        let submitted = match result {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
+        let ids: Vec<u64> = submitted.iter().map(|s| s.id).collect();
+        let mut fresh = Vec::new();
+        for (job, s) in jobs.iter_mut().zip(&submitted) {
+            if s.duplicate {
+                continue;
+            }
+            job.id = s.id;
+            // As the store did: batch positions become ids and dependencies.
+            for r in &mut job.input_from {
+                if let JobRef::Batch(b) = r.job {
+                    r.job = JobRef::Id(ids[b as usize]);
+                }
+                if let JobRef::Id(d) = r.job {
+                    if !job.after.contains(&d) {
+                        job.after.push(d);
+                    }
+                }
+            }
+            fresh.push(job.clone());
+        }
+        self.report
+            .counters
+            .submitted
+            .fetch_add(fresh.len() as u64, Ordering::Relaxed);
+        self.admit(fresh, dep_states);
+        let _ = reply.send(Ok(submitted));
+    }
+
+    /// Puts new (or recovered) jobs where they belong.
+    pub(super) fn admit(&mut self, jobs: Vec<Job>, dep_states: &HashMap<u64, JobState>) {
+        for job in &jobs {
+            self.jobs.insert(job.id, job.clone());
+            self.report
+                .emit(job.id, job.task.clone(), job.state, None, None, None);
+        }
+        let mut failed = Vec::new();
+        for job in jobs {
+            let v = deps::verdict(
+                &job.after,
+                |d| self.jobs.contains_key(&d),
+                |d| {
+                    self.deps
+                        .finished(d)
+                        .or_else(|| dep_states.get(&d).copied())
+                },
+            );
+            for &d in &v.waits_for {
+                self.deps.wait(job.id, d);
+            }
+            if let Some((d, s)) = v.broken {
+                failed.push((job.id, format!("dependency {d} is {s}")));
+                continue;
+            }
+            let left = v.waits_for.len();
+            if let Some(j) = self.jobs.get_mut(&job.id) {
+                j.deps_left = left;
+            }
+            if left == 0 {
+                self.place(job.id);
+            }
+        }
+        for (id, why) in failed {
+            self.end_job(id, Finish::Failed { error: why }, None);
+        }
+    }
+
+    pub(super) fn cancel(&mut self, id: u64, reply: Reply<()>) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                let r = match store.get(id).await {
+                    Ok(None) => Err(err(ErrorKind::NotFound, format!("no job {id}"))),
+                    Ok(Some(rec)) => Err(err(
+                        ErrorKind::BadRequest,
+                        format!("job {id} is already {}", rec.state.as_str()),
+                    )),
+                    Err(e) => Err(store_err(&e)),
+                };
+                let _ = reply.send(r);
+            });
+            return;
+        };
+        if job.state == JobState::Running {
+            job.cancel_requested = true;
+            if let Some(call) = job.call {
+                let pool = self.pool.clone();
+                tokio::spawn(async move { pool.cancel(call).await });
+            }
+            let _ = reply.send(Ok(()));
+            return;
+        }
+        self.unplace(id);
+        self.end_job(
+            id,
+            Finish::Cancelled {
+                error: "cancelled by a client".into(),
+            },
+            None,
+        );
+        let _ = reply.send(Ok(()));
+    }
+
+    /// `jobvisor retry ID`: a finished job that did not succeed goes back to
+    /// the queue with fresh budgets (its attempts stay in its record).
+    pub(super) fn retry(&mut self, id: u64, reply: Reply<()>) {
+        if self.quiesce.draining {
+            let _ = reply.send(Err(err(
+                ErrorKind::ShuttingDown,
+                "the daemon is shutting down",
+            )));
+            return;
+        }
+        if let Some(job) = self.jobs.get(&id) {
+            let _ = reply.send(Err(err(
+                ErrorKind::BadRequest,
+                format!("job {id} is {}, not finished", job.state.as_str()),
+            )));
+            return;
+        }
+        let store = self.store.clone();
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            match store.get(id).await {
+                Ok(Some(rec)) if rec.state == JobState::Succeeded => {
+                    let _ = reply.send(Err(err(
+                        ErrorKind::BadRequest,
+                        format!("job {id} already succeeded"),
+                    )));
+                }
+                Ok(Some(rec)) => {
+                    let _ = tx.send(Internal::Revive {
+                        record: Box::new(rec),
+                        reply,
+                    });
+                }
+                Ok(None) => {
+                    let _ = reply.send(Err(err(ErrorKind::NotFound, format!("no job {id}"))));
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(store_err(&e)));
+                }
+            }
+        });
+    }
+
+    pub(super) fn revive(&mut self, r: JobRecord, reply: Reply<()>) {
+        if self.jobs.contains_key(&r.id) || !r.state.is_terminal() {
+            let _ = reply.send(Err(err(
+                ErrorKind::BadRequest,
+                format!("job {} is not finished", r.id),
+            )));
+            return;
+        }
+        let now = now_ms();
+        let id = r.id;
+        let mut job = match Job::from_record(r, &self.registry) {
+            Ok(job) => job,
+            Err((_, e)) => {
+                let _ = reply.send(Err(err(
+                    ErrorKind::BadInput,
+                    format!("cannot retry: {}", chain(&e)),
+                )));
+                return;
+            }
+        };
+        // Fresh budgets, no dependencies to wait for; the history stays.
+        job.failures = 0;
+        job.crashes = 0;
+        job.after.clear();
+        job.set_state(JobState::Retrying);
+        job.run_at_ms = now;
+        self.deps.forget(id);
+        self.jobs.insert(id, job);
+        self.spawn_finish_job(
+            id,
+            Finish::Retry {
+                run_at_ms: now,
+                error: "retried by a client".into(),
+            },
+            false,
+            None,
+        );
+        self.place(id);
+        tracing::info!(job = id, "re-queued by a client");
+        let _ = reply.send(Ok(()));
+    }
+
+    pub(super) fn wait(
+        &mut self,
+        ids: Vec<u64>,
+        timeout_ms: Option<u64>,
+        reply: Reply<Vec<JobRecord>>,
+    ) {
+        let jobs = &self.jobs;
+        match self.waiters.add(ids, |id| jobs.contains_key(&id), reply) {
+            Added::Now(ids, reply) => self.answer_wait(ids, reply),
+            Added::Waiting(w) => {
+                if let Some(ms) = timeout_ms {
+                    arm_wait_timeout(self.internal_tx.clone(), w, ms);
+                }
+            }
+        }
+    }
+
+    pub(super) fn answer_wait(&self, ids: Vec<u64>, reply: Reply<Vec<JobRecord>>) {
+        // All reads are queued now, so the store thread serves them in one
+        // transaction (one round trip per wait, not per id).
+        let reads: Vec<_> = ids.iter().map(|&id| (id, self.store.get(id))).collect();
+        tokio::spawn(async move {
+            let mut out = Vec::with_capacity(reads.len());
+            for (id, read) in reads {
+                match read.await {
+                    Ok(Some(rec)) => out.push(rec),
+                    Ok(None) => {
+                        let _ = reply.send(Err(err(ErrorKind::NotFound, format!("no job {id}"))));
+                        return;
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(store_err(&e)));
+                        return;
+                    }
+                }
+            }
+            let _ = reply.send(Ok(out));
+        });
+    }
+
+    pub(super) fn stats(&self, reply: oneshot::Sender<Stats>) {
+        let mut mem: HashMap<JobState, u64> = HashMap::new();
+        for j in self.jobs.values() {
+            *mem.entry(j.state).or_default() += 1;
+        }
+        let store = self.store.clone();
+        let c = self.report.counters.clone();
+        let workers = self.pool.config().workers as u64;
+        let uptime_s = self.report.started.elapsed().as_secs();
+        let (notify_delivered, notify_failed, notify_dropped) = self.notifier.counts();
+        let recovered = self.report.recovered;
+        let health = self.pool.health();
+        let tasks = self
+            .report
+            .task_rows(|task| lane_of(&self.registry, task) == Lane::Io);
+        tokio::spawn(async move {
+            let counts = store.counts().await.unwrap_or_default();
+            let _ = reply.send(Stats {
+                pid: std::process::id(),
+                uptime_s,
+                workers,
+                jobs: job_counts(&counts, &mem),
+                submitted: c.submitted.load(Ordering::Relaxed),
+                attempts_finished: c.attempts_finished.load(Ordering::Relaxed),
+                worker_restarts: c.worker_restarts.load(Ordering::Relaxed),
+                recovered,
+                degraded: health.degraded,
+                restart_delay_ms: health.restart_delay.as_millis() as u64,
+                tasks,
+                notify_delivered,
+                notify_failed,
+                notify_dropped,
+            });
+        });
+    }
+}
+
+/// Tells the actor that waiter `waiter`'s `ms` are over.
+fn arm_wait_timeout(tx: mpsc::UnboundedSender<Internal>, waiter: u64, ms: u64) {
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        let _ = tx.send(Internal::WaitTimeout { waiter });
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_times_out_when_its_time_is_over_and_not_before() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        arm_wait_timeout(tx, 7, 1_000);
+        tokio::task::yield_now().await;
+        tokio::time::advance(Duration::from_millis(999)).await;
+        tokio::task::yield_now().await;
+        assert!(rx.try_recv().is_err(), "too early");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        match rx.recv().await {
+            Some(Internal::WaitTimeout { waiter }) => assert_eq!(waiter, 7),
+            other => panic!("{other:?}"),
+        }
+    }
+}
