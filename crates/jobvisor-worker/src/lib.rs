@@ -19,6 +19,7 @@
 
 mod async_task;
 mod beacon;
+mod error;
 mod io_lane;
 mod link;
 mod registry;
@@ -28,8 +29,9 @@ mod task;
 
 pub use async_task::{run_detached_async, AsyncCtx, AsyncTask};
 pub use beacon::{monotonic_us, Beacon, CrashedThread};
+pub use error::WorkerError;
 pub use jobvisor_proto::worker::TaskKind;
 pub use registry::{ConvertError, Registry};
 pub use serve::run_detached;
-pub use serve::{serve, serve_with_beacon, WorkerError};
+pub use serve::{serve, serve_with_beacon};
 pub use task::{error_chain, Ctx, Task, TaskError, Wait};

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use jobvisor_proto::worker::{
     Call, FailureKind, FromWorker, Outcome, Reply, TaskFailure, TaskKind, ToWorker,
 };
-use jobvisor_proto::{FrameError, HandshakeError, Hello, Role};
+use jobvisor_proto::{FrameError, Hello, Role};
 
+use crate::error::WorkerError;
 use crate::io_lane::{self, IoMsg, LaneConfig, LaneState};
 use crate::link::{IoRoute, Link};
 use crate::registry::Registry;
@@ -28,24 +29,6 @@ const BOOTSTRAP_MAX_FRAME: usize = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 const FLUSH_EVERY: usize = 32;
 const FLUSH_INTERVAL: Duration = Duration::from_millis(1);
-
-/// The worker could not go on.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum WorkerError {
-    /// A pipe failed.
-    #[error("worker pipe I/O failed: {0}")]
-    Io(#[from] io::Error),
-    /// The supervisor speaks another protocol.
-    #[error("worker handshake failed: {0}")]
-    Handshake(#[from] HandshakeError),
-    /// The supervisor sent something that is not a valid message.
-    #[error("worker received a bad frame: {0}")]
-    Frame(#[from] FrameError),
-    /// The supervisor broke the protocol's order.
-    #[error("worker protocol violation: {0}")]
-    Protocol(String),
-}
 
 /// Runs the worker loop on the two protocol pipes until the supervisor sends
 /// `Shutdown` (after the queued calls) or closes the pipe.
