@@ -345,7 +345,10 @@ fn limit_address_space(bytes: u64) -> Result<(), WorkerError> {
     };
     // SAFETY: setrlimit with a valid pointer to a local struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) } != 0 {
-        return Err(WorkerError::Io(io::Error::last_os_error()));
+        return Err(WorkerError::Limit {
+            bytes,
+            source: io::Error::last_os_error(),
+        });
     }
     Ok(())
 }
