@@ -19,7 +19,6 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -35,18 +34,7 @@ use crate::async_task::{AsyncCtx, Report};
 use crate::beacon::Beacon;
 use crate::link::SharedOut;
 use crate::registry::Registry;
-
-/// What the CPU thread tells the lane.
-#[derive(Debug)]
-pub(crate) enum IoMsg {
-    /// Start this call.
-    Run(Call),
-    /// Drop this call's future and answer it `Cancelled` (ignored when it is
-    /// not running here).
-    Cancel(u64),
-    /// The worker is going away: drop everything now, answer nothing.
-    Abort,
-}
+use crate::shared::{IoMsg, LaneState};
 
 /// The lane's settings.
 pub(crate) struct LaneConfig {
@@ -57,36 +45,6 @@ pub(crate) struct LaneConfig {
     pub(crate) soft_limit: u64,
     /// Shared with the CPU thread.
     pub(crate) state: Arc<LaneState>,
-}
-
-/// What the CPU thread and the lane share: how many async calls the worker
-/// holds (counted when routed, uncounted when answered), and whether the
-/// worker announced it drains (once, by whichever thread sees it first).
-#[derive(Debug, Default)]
-pub(crate) struct LaneState {
-    held: AtomicUsize,
-    draining: AtomicBool,
-}
-
-impl LaneState {
-    /// The CPU thread routed a call to the lane.
-    pub(crate) fn routed(&self) {
-        self.held.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn answered(&self, n: usize) {
-        self.held.fetch_sub(n, Ordering::AcqRel);
-    }
-
-    /// Async calls routed and not answered yet.
-    pub(crate) fn held(&self) -> usize {
-        self.held.load(Ordering::Acquire)
-    }
-
-    /// Whether this caller is the one to announce `Draining`.
-    pub(crate) fn start_draining(&self) -> bool {
-        !self.draining.swap(true, Ordering::AcqRel)
-    }
 }
 
 type Finished = (u64, Reply, usize);
@@ -397,7 +355,7 @@ impl MemoryCheck {
     /// Why the worker must drain, the first time it is over the limit (and
     /// the CPU thread has not said so already).
     fn over(&mut self) -> Option<String> {
-        if self.limit == 0 || self.state.draining.load(Ordering::Acquire) {
+        if self.limit == 0 || self.state.draining() {
             return None;
         }
         let now = Instant::now();

@@ -24,6 +24,7 @@ mod io_lane;
 mod link;
 mod registry;
 mod serve;
+mod shared;
 pub mod sys;
 mod task;
 

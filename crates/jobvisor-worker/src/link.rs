@@ -36,11 +36,11 @@ impl SharedOut {
 /// Where the CPU thread sends the calls of async tasks (and cancels it does
 /// not own): the I/O lane, when the worker has one.
 pub(crate) struct IoRoute {
-    pub(crate) tx: tokio::sync::mpsc::UnboundedSender<crate::io_lane::IoMsg>,
+    pub(crate) tx: tokio::sync::mpsc::UnboundedSender<crate::shared::IoMsg>,
     /// `is_async[task id]`.
     pub(crate) is_async: Vec<bool>,
     /// What the two threads share about the lane (calls held, draining).
-    pub(crate) state: Arc<crate::io_lane::LaneState>,
+    pub(crate) state: Arc<crate::shared::LaneState>,
 }
 
 pub(crate) struct Link {

@@ -19,9 +19,10 @@ use jobvisor_proto::worker::{
 use jobvisor_proto::{FrameError, Hello, Role};
 
 use crate::error::WorkerError;
-use crate::io_lane::{self, IoMsg, LaneConfig, LaneState};
+use crate::io_lane::{self, LaneConfig};
 use crate::link::{IoRoute, Link};
 use crate::registry::Registry;
+use crate::shared::{IoMsg, LaneState};
 use crate::task::Ctx;
 
 /// Frame limit before `Configure` set the real one.
