@@ -20,6 +20,7 @@
 mod async_task;
 mod beacon;
 mod error;
+mod inbox;
 mod io_lane;
 mod link;
 mod registry;

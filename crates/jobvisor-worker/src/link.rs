@@ -7,12 +7,14 @@
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use jobvisor_proto::worker::{FromWorker, Reply};
 use jobvisor_proto::{encode_frame, FrameBuf, FrameError, Hello, HELLO_BYTES};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde::de::DeserializeOwned;
 
 /// The write end of the output pipe, shared by the CPU thread's [`Link`] and
 /// the I/O lane: whole frames are written under the lock, so two threads'
@@ -33,27 +35,15 @@ impl SharedOut {
     }
 }
 
-/// Where the CPU thread sends the calls of async tasks (and cancels it does
-/// not own): the I/O lane, when the worker has one.
-pub(crate) struct IoRoute {
-    pub(crate) tx: tokio::sync::mpsc::UnboundedSender<crate::shared::IoMsg>,
-    /// `is_async[task id]`.
-    pub(crate) is_async: Vec<bool>,
-    /// What the two threads share about the lane (calls held, draining).
-    pub(crate) state: Arc<crate::shared::LaneState>,
-}
-
 pub(crate) struct Link {
     rfd: OwnedFd,
     out: Arc<SharedOut>,
-    /// The I/O lane, when this worker has async tasks.
-    pub(crate) io: Option<IoRoute>,
-    pub(crate) rbuf: FrameBuf,
+    rbuf: FrameBuf,
     wbuf: Vec<u8>,
     /// Replies not yet framed; framed together into one `Done` at flush.
     replies: Vec<Reply>,
     replies_bytes: usize,
-    pub(crate) max_frame_bytes: usize,
+    max_frame_bytes: usize,
 }
 
 fn poll_timeout(t: Option<Duration>) -> PollTimeout {
@@ -79,7 +69,6 @@ impl Link {
             out: Arc::new(SharedOut {
                 fd: Mutex::new(wfd),
             }),
-            io: None,
             rbuf: FrameBuf::new(max_frame_bytes),
             wbuf: Vec::with_capacity(64 * 1024),
             replies: Vec::new(),
@@ -181,11 +170,20 @@ impl Link {
         Arc::clone(&self.out)
     }
 
-    /// Whether task id `task` is an async task run by the I/O lane.
-    pub(crate) fn is_async(&self, task: u32) -> bool {
-        self.io
-            .as_ref()
-            .is_some_and(|r| r.is_async.get(task as usize).copied().unwrap_or(false))
+    /// The frame limit, both ways.
+    pub(crate) fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes
+    }
+
+    /// Sets the frame limit, both ways (from `Configure`).
+    pub(crate) fn set_max_frame_bytes(&mut self, max: usize) {
+        self.max_frame_bytes = max;
+        self.rbuf.set_max_frame_bytes(max);
+    }
+
+    /// Decodes the next complete frame in the read buffer, if there is one.
+    pub(crate) fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        self.rbuf.decode_next()
     }
 
     pub(crate) fn send(&mut self, msg: &FromWorker) -> Result<(), FrameError> {

@@ -6,7 +6,6 @@
 //! work, every [`FLUSH_EVERY`] calls and at least every [`FLUSH_INTERVAL`], so
 //! the supervisor can refill the pipeline while the worker keeps going.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::panic::AssertUnwindSafe;
@@ -14,13 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jobvisor_proto::worker::{
-    Call, FailureKind, FromWorker, Outcome, Reply, TaskFailure, TaskKind, ToWorker,
+    FailureKind, FromWorker, Outcome, Reply, TaskFailure, TaskKind, ToWorker,
 };
-use jobvisor_proto::{FrameError, Hello, Role};
+use jobvisor_proto::{Hello, Role};
 
 use crate::error::WorkerError;
+use crate::inbox::{Inbox, LaneRoute};
 use crate::io_lane::{self, LaneConfig};
-use crate::link::{IoRoute, Link};
+use crate::link::Link;
 use crate::registry::Registry;
 use crate::shared::{IoMsg, LaneState};
 use crate::task::Ctx;
@@ -71,6 +71,7 @@ pub fn serve_with_beacon(
         b.mark_crashing_thread();
     }
     let beacon = beacon.as_ref();
+    let mut inbox = Inbox::new();
     std::thread::scope(|scope| {
         if kinds.contains(&TaskKind::Io) {
             // The I/O lane: async calls on an event loop beside this thread.
@@ -78,7 +79,7 @@ pub fn serve_with_beacon(
             let out = link.shared_out();
             let state = Arc::new(LaneState::default());
             let cfg = LaneConfig {
-                max_frame_bytes: link.max_frame_bytes,
+                max_frame_bytes: link.max_frame_bytes(),
                 max_output_bytes,
                 soft_limit,
                 state: Arc::clone(&state),
@@ -86,7 +87,7 @@ pub fn serve_with_beacon(
             std::thread::Builder::new()
                 .name("jobvisor-io".into())
                 .spawn_scoped(scope, move || io_lane::run(registry, rx, out, &cfg, beacon))?;
-            link.io = Some(IoRoute {
+            inbox.set_lane(LaneRoute {
                 tx,
                 is_async: kinds.iter().map(|k| *k == TaskKind::Io).collect(),
                 state,
@@ -96,7 +97,14 @@ pub fn serve_with_beacon(
         // Serialize impl, say) must not leave the lane running in a process
         // whose CPU thread is gone: die, and let the beacon name the call.
         let r = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-            cpu_loop(registry, &mut link, beacon, max_output_bytes, soft_limit)
+            cpu_loop(
+                registry,
+                &mut link,
+                &mut inbox,
+                beacon,
+                max_output_bytes,
+                soft_limit,
+            )
         })) {
             Ok(r) => r,
             Err(_) => {
@@ -104,7 +112,7 @@ pub fn serve_with_beacon(
                 std::process::abort();
             }
         };
-        if let Some(io) = link.io.take() {
+        if let Some(io) = inbox.take_lane() {
             // After a Shutdown the lane finishes what runs (its channel just
             // closes); otherwise the worker is going away now.
             if !matches!(r, Ok(Exit::Finished)) {
@@ -128,6 +136,7 @@ enum Exit {
 fn cpu_loop(
     registry: &Registry,
     link: &mut Link,
+    inbox: &mut Inbox,
     beacon: Option<&crate::Beacon>,
     max_output_bytes: u64,
     soft_limit: u64,
@@ -135,36 +144,34 @@ fn cpu_loop(
     let mut last_rss_check = Instant::now();
     let mut last_wall_us = 0u64;
     let mut since_sample = MEASURE_EVERY;
-    let mut pending: VecDeque<Call> = VecDeque::new();
-    let mut shutdown = false;
     let mut since_flush = 0usize;
     // A reply of a call with a timeout or stall timeout is waiting in the
     // buffer (see below).
     let mut timed_reply_buffered = false;
     let mut last_ingest = Instant::now();
     loop {
-        if pending.is_empty() {
+        if inbox.is_empty() {
             link.flush()?;
             since_flush = 0;
             timed_reply_buffered = false;
-            if shutdown {
+            if inbox.shutdown() {
                 return Ok(Exit::Finished);
             }
             if !link.fill_nonblocking()? {
                 return Ok(Exit::Gone);
             }
-            take_frames(link, &mut pending, &mut shutdown, None)?;
-            if pending.is_empty() && !shutdown {
+            inbox.take_frames(link, None)?;
+            if inbox.is_empty() && !inbox.shutdown() {
                 link.wait_readable(None)?;
                 if !link.fill_nonblocking()? {
                     return Ok(Exit::Gone);
                 }
-                take_frames(link, &mut pending, &mut shutdown, None)?;
+                inbox.take_frames(link, None)?;
             }
             last_ingest = Instant::now();
             continue;
         }
-        let Some(call) = pending.pop_front() else {
+        let Some(call) = inbox.pop_front() else {
             continue;
         };
         // The supervisor times a call from when the reply of the one before
@@ -194,7 +201,7 @@ fn cpu_loop(
             .timeout_ms
             .map(|ms| started + Duration::from_millis(ms));
         let result = {
-            let mut ctx = Ctx::new(call.id, link, &mut pending, deadline, &mut shutdown);
+            let mut ctx = Ctx::new(call.id, link, inbox, deadline);
             ctx.set_report_interval(crate::task::report_interval(call.stall_ms));
             let r = registry.call(call.task, call.chunk, &call.input, &mut ctx);
             match r {
@@ -242,11 +249,11 @@ fn cpu_loop(
         timed_reply_buffered |= timed;
         let now = Instant::now();
         if soft_limit > 0
-            && (pending.is_empty() || now.duration_since(last_rss_check) >= RSS_CHECK_INTERVAL)
+            && (inbox.is_empty() || now.duration_since(last_rss_check) >= RSS_CHECK_INTERVAL)
         {
             last_rss_check = now;
             if let Some(reason) = over_soft_limit(soft_limit) {
-                match &link.io {
+                match inbox.lane() {
                     // Async calls are running: they must finish here, so the
                     // worker drains (announced once, by whichever thread
                     // sees it first) instead of leaving at once.
@@ -273,7 +280,7 @@ fn cpu_loop(
             if !link.fill_nonblocking()? {
                 return Ok(Exit::Gone);
             }
-            take_frames(link, &mut pending, &mut shutdown, None)?;
+            inbox.take_frames(link, None)?;
             last_ingest = now;
         }
     }
@@ -379,7 +386,7 @@ fn resident_bytes() -> Option<u64> {
 fn configure(link: &mut Link) -> Result<(u64, u64), WorkerError> {
     let until = Instant::now() + HANDSHAKE_TIMEOUT;
     loop {
-        if let Some(msg) = link.rbuf.decode_next::<ToWorker>()? {
+        if let Some(msg) = link.next_frame::<ToWorker>()? {
             return match msg {
                 ToWorker::Configure {
                     max_frame_bytes,
@@ -390,9 +397,9 @@ fn configure(link: &mut Link) -> Result<(u64, u64), WorkerError> {
                     if memory_limit_bytes > 0 {
                         limit_address_space(memory_limit_bytes)?;
                     }
-                    let max = usize::try_from(max_frame_bytes).unwrap_or(usize::MAX);
-                    link.max_frame_bytes = max;
-                    link.rbuf.set_max_frame_bytes(max);
+                    link.set_max_frame_bytes(
+                        usize::try_from(max_frame_bytes).unwrap_or(usize::MAX),
+                    );
                     Ok((max_output_bytes, memory_soft_limit_bytes))
                 }
                 other => Err(WorkerError::Protocol(format!(
@@ -410,70 +417,6 @@ fn configure(link: &mut Link) -> Result<(u64, u64), WorkerError> {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
     }
-}
-
-/// Applies every complete frame in the read buffer. Returns whether a cancel
-/// for `running` arrived.
-pub(crate) fn take_frames(
-    link: &mut Link,
-    pending: &mut VecDeque<Call>,
-    shutdown: &mut bool,
-    running: Option<u64>,
-) -> Result<bool, FrameError> {
-    let mut hit = false;
-    while let Some(msg) = link.rbuf.decode_next::<ToWorker>()? {
-        match msg {
-            ToWorker::Run(calls) => {
-                for call in calls {
-                    if !link.is_async(call.task) {
-                        pending.push_back(call);
-                        continue;
-                    }
-                    let sent = link.io.as_ref().is_some_and(|io| {
-                        // Counted here, before the lane sees it, so the CPU
-                        // thread's soft-limit check never misses a call.
-                        io.state.routed();
-                        io.tx.send(IoMsg::Run(call)).is_ok()
-                    });
-                    if !sent {
-                        // The lane only ends when told to; a lane that is gone
-                        // is a broken worker. Dying re-dispatches its calls.
-                        eprintln!("jobvisor worker: the I/O lane is gone; aborting");
-                        std::process::abort();
-                    }
-                }
-            }
-            ToWorker::Cancel { id } => {
-                if Some(id) == running {
-                    hit = true;
-                } else if let Some(pos) = pending.iter().position(|c| c.id == id) {
-                    pending.remove(pos);
-                    let reply = Reply {
-                        id,
-                        outcome: Outcome::Err(TaskFailure {
-                            kind: FailureKind::Cancelled,
-                            message: "cancelled before it started".into(),
-                        }),
-                        cpu_us: 0,
-                        wall_us: 0,
-                        max_poll_us: 0,
-                    };
-                    link.push_reply(reply, 32)?;
-                    // Answer now: the running call may take a long time.
-                    link.flush()
-                        .map_err(|e| FrameError::Codec(jobvisor_proto::CodecError::Io(e)))?;
-                } else if let Some(io) = &link.io {
-                    // An async call (the lane ignores ids it does not run), or
-                    // one that finished already and whose reply is on the way.
-                    let _ = io.tx.send(IoMsg::Cancel(id));
-                }
-            }
-            ToWorker::Shutdown => *shutdown = true,
-            // Limits are set once, at the start; a late Configure is ignored.
-            ToWorker::Configure { .. } => {}
-        }
-    }
-    Ok(hit)
 }
 
 /// Runs a task in this process, outside any pool, with a context whose soft
@@ -495,9 +438,8 @@ pub fn run_detached<T: crate::Task>(
     // Keep the write end of the input pipe open so the link never sees EOF.
     let _keep = w1;
     let mut link = Link::new(r1, w2, BOOTSTRAP_MAX_FRAME).map_err(crate::TaskError::from)?;
-    let mut pending = VecDeque::new();
-    let mut shutdown = false;
+    let mut inbox = Inbox::new();
     let deadline = timeout.map(|t| Instant::now() + t);
-    let mut ctx = Ctx::new(0, &mut link, &mut pending, deadline, &mut shutdown);
+    let mut ctx = Ctx::new(0, &mut link, &mut inbox, deadline);
     task.run(input, &mut ctx)
 }

@@ -1,14 +1,14 @@
 //! The [`Task`] trait, its error type and the context a running task sees.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
-use jobvisor_proto::worker::{Call, FailureKind};
+use jobvisor_proto::worker::FailureKind;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::inbox::Inbox;
 use crate::link::Link;
 
 /// A named, typed function that runs inside a worker process.
@@ -132,10 +132,9 @@ pub enum Wait {
 pub struct Ctx<'a> {
     pub(crate) id: u64,
     pub(crate) link: &'a mut Link,
-    pub(crate) pending: &'a mut VecDeque<Call>,
+    pub(crate) inbox: &'a mut Inbox,
     pub(crate) deadline: Option<Instant>,
     pub(crate) cancelled: bool,
-    pub(crate) shutdown: &'a mut bool,
     last_poll: Instant,
     last_report: Option<Instant>,
     report_every: Duration,
@@ -154,17 +153,15 @@ impl<'a> Ctx<'a> {
     pub(crate) fn new(
         id: u64,
         link: &'a mut Link,
-        pending: &'a mut VecDeque<Call>,
+        inbox: &'a mut Inbox,
         deadline: Option<Instant>,
-        shutdown: &'a mut bool,
     ) -> Self {
         Self {
             id,
             link,
-            pending,
+            inbox,
             deadline,
             cancelled: false,
-            shutdown,
             last_poll: Instant::now(),
             last_report: None,
             report_every: REPORT_INTERVAL,
@@ -210,9 +207,7 @@ impl<'a> Ctx<'a> {
                 return;
             }
         }
-        let cancelled =
-            crate::serve::take_frames(self.link, self.pending, self.shutdown, Some(self.id));
-        match cancelled {
+        match self.inbox.take_frames(self.link, Some(self.id)) {
             Ok(hit) => self.cancelled |= hit,
             Err(_) => self.cancelled = true,
         }
