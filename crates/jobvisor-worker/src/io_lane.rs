@@ -303,7 +303,7 @@ async fn run_call(
         .timeout_ms
         .map(|ms| started + Duration::from_millis(ms));
     let ctx = AsyncCtx::new(call.id, deadline, Some(report))
-        .with_report_interval(crate::task::report_interval(call.stall_ms));
+        .with_report_interval(crate::pace::report_interval(call.stall_ms));
     let mut timed = Timed {
         fut: registry.call_async(call.task, call.chunk, &call.input, ctx),
         busy: Duration::ZERO,

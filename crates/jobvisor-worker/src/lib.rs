@@ -23,6 +23,7 @@ mod error;
 mod inbox;
 mod io_lane;
 mod link;
+mod pace;
 mod registry;
 mod serve;
 mod shared;

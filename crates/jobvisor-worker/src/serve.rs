@@ -202,7 +202,7 @@ fn cpu_loop(
             .map(|ms| started + Duration::from_millis(ms));
         let result = {
             let mut ctx = Ctx::new(call.id, link, inbox, deadline);
-            ctx.set_report_interval(crate::task::report_interval(call.stall_ms));
+            ctx.set_report_interval(crate::pace::report_interval(call.stall_ms));
             let r = registry.call(call.task, call.chunk, &call.input, &mut ctx);
             match r {
                 // A task that noticed the cancel but returned Ok anyway still

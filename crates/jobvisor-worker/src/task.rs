@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::inbox::Inbox;
 use crate::link::Link;
+use crate::pace::{report_interval, Pace};
 
 /// A named, typed function that runs inside a worker process.
 ///
@@ -102,20 +103,6 @@ impl fmt::Display for TaskError {
 
 /// How often, at most, `is_cancelled` looks at the pipe (a syscall).
 const POLL_INTERVAL: Duration = Duration::from_millis(1);
-/// How often, at most, heartbeats and progress frames are sent by default.
-const REPORT_INTERVAL: Duration = Duration::from_millis(100);
-/// The shortest interval a stall timeout can ask for.
-const MIN_REPORT_INTERVAL: Duration = Duration::from_millis(5);
-
-/// How often, at most, a call's heartbeats and progress frames are sent:
-/// every 100 ms, or 4 times per stall timeout when that is shorter (so a
-/// task that beats often enough for its stall timeout is never stalled by
-/// the rate limit), but not more often than every 5 ms.
-pub(crate) fn report_interval(stall_ms: Option<u64>) -> Duration {
-    stall_ms.map_or(REPORT_INTERVAL, |ms| {
-        (Duration::from_millis(ms) / 4).clamp(MIN_REPORT_INTERVAL, REPORT_INTERVAL)
-    })
-}
 
 /// What [`Ctx::wait_fd`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,9 +122,10 @@ pub struct Ctx<'a> {
     pub(crate) inbox: &'a mut Inbox,
     pub(crate) deadline: Option<Instant>,
     pub(crate) cancelled: bool,
-    last_poll: Instant,
-    last_report: Option<Instant>,
-    report_every: Duration,
+    /// When to look at the pipe next.
+    poll: Pace,
+    /// When a heartbeat or progress frame may go next.
+    report: Pace,
 }
 
 impl fmt::Debug for Ctx<'_> {
@@ -162,15 +150,14 @@ impl<'a> Ctx<'a> {
             inbox,
             deadline,
             cancelled: false,
-            last_poll: Instant::now(),
-            last_report: None,
-            report_every: REPORT_INTERVAL,
+            poll: Pace::since(POLL_INTERVAL, Instant::now()),
+            report: Pace::new(report_interval(None)),
         }
     }
 
     /// Sets how often, at most, heartbeats and progress are sent.
     pub(crate) fn set_report_interval(&mut self, every: Duration) {
-        self.report_every = every;
+        self.report = Pace::new(every);
     }
 
     /// The supervisor's id of this call.
@@ -190,8 +177,7 @@ impl<'a> Ctx<'a> {
             self.cancelled = true;
             return true;
         }
-        if now.duration_since(self.last_poll) >= POLL_INTERVAL {
-            self.last_poll = now;
+        if self.poll.due(now) {
             self.ingest();
         }
         self.cancelled
@@ -234,15 +220,7 @@ impl<'a> Ctx<'a> {
     }
 
     fn report_due(&mut self) -> bool {
-        let now = Instant::now();
-        if self
-            .last_report
-            .is_some_and(|t| now.duration_since(t) < self.report_every)
-        {
-            return false;
-        }
-        self.last_report = Some(now);
-        true
+        self.report.due(Instant::now())
     }
 
     /// Sleeps up to `dur`, waking early (and returning `false`) on cancellation.
@@ -301,21 +279,5 @@ impl<'a> Ctx<'a> {
         if let Ok(true) = self.link.wait_readable(timeout) {
             self.ingest();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reports_keep_up_with_short_stall_timeouts() {
-        assert_eq!(report_interval(None), Duration::from_millis(100));
-        assert_eq!(report_interval(Some(60_000)), Duration::from_millis(100));
-        // Four frames per stall timeout, so beating often enough is enough.
-        assert_eq!(report_interval(Some(200)), Duration::from_millis(50));
-        assert_eq!(report_interval(Some(60)), Duration::from_millis(15));
-        // Not a frame per call of heartbeat().
-        assert_eq!(report_interval(Some(1)), Duration::from_millis(5));
     }
 }
