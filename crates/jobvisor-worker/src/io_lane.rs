@@ -366,7 +366,7 @@ impl MemoryCheck {
             return None;
         }
         self.last = Some(now);
-        let reason = crate::serve::over_soft_limit(self.limit)?;
+        let reason = crate::limits::over_soft_limit(self.limit)?;
         self.state.start_draining().then_some(reason)
     }
 }

@@ -22,6 +22,7 @@ mod beacon;
 mod error;
 mod inbox;
 mod io_lane;
+mod limits;
 mod link;
 mod pace;
 mod registry;

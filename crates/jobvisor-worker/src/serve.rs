@@ -20,6 +20,7 @@ use jobvisor_proto::{Hello, Role};
 use crate::error::WorkerError;
 use crate::inbox::{Inbox, LaneRoute};
 use crate::io_lane::{self, LaneConfig};
+use crate::limits::{limit_address_space, over_soft_limit, tune_malloc};
 use crate::link::Link;
 use crate::registry::Registry;
 use crate::shared::{IoMsg, LaneState};
@@ -309,19 +310,6 @@ pub(crate) fn outcome_size(outcome: &Outcome) -> usize {
     }
 }
 
-/// Keeps freed frame-sized buffers in the heap instead of returning them to
-/// the kernel after every call: glibc trims the heap top above 128 KiB by
-/// default, and serves allocations above its mmap threshold with fresh
-/// mappings, so every 1 MiB input would be page-faulted in anew.
-fn tune_malloc() {
-    // SAFETY: mallopt only adjusts allocator parameters; called before the
-    // I/O lane thread exists.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
-    }
-}
-
 /// CPU time of the calling thread, in µs (`CLOCK_THREAD_CPUTIME_ID`): what a
 /// call really computed, as against how long it took.
 fn thread_cpu_us() -> u64 {
@@ -343,43 +331,6 @@ const MEASURE_EVERY: u32 = 16;
 
 /// How often, at most, the soft memory limit is checked while calls are queued.
 const RSS_CHECK_INTERVAL: Duration = Duration::from_millis(10);
-
-/// Caps this process's address space: allocations beyond it fail (Rust then
-/// aborts the worker, which the supervisor reports as "memory limit exceeded").
-fn limit_address_space(bytes: u64) -> Result<(), WorkerError> {
-    let lim = libc::rlimit {
-        rlim_cur: bytes,
-        rlim_max: bytes,
-    };
-    // SAFETY: setrlimit with a valid pointer to a local struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) } != 0 {
-        return Err(WorkerError::Limit {
-            bytes,
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(())
-}
-
-/// Why the worker must recycle itself, when its resident set is over the
-/// soft memory limit of `limit` bytes.
-pub(crate) fn over_soft_limit(limit: u64) -> Option<String> {
-    let rss = resident_bytes().filter(|&r| r > limit)?;
-    Some(format!(
-        "resident set {} KiB is over the soft memory limit of {} KiB",
-        rss / 1024,
-        limit / 1024
-    ))
-}
-
-/// This process's resident set in bytes, from `/proc/self/statm`.
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).unwrap_or(4096))
-}
 
 /// Waits for `Configure` and applies it; returns `max_output_bytes` and the
 /// soft memory limit.
