@@ -30,6 +30,7 @@ mod serve;
 mod shared;
 pub mod sys;
 mod task;
+mod usage;
 
 pub use async_task::{run_detached_async, AsyncCtx, AsyncTask};
 pub use beacon::{monotonic_us, Beacon, CrashedThread};

@@ -25,6 +25,7 @@ use crate::link::Link;
 use crate::registry::Registry;
 use crate::shared::{IoMsg, LaneState};
 use crate::task::Ctx;
+use crate::usage::{thread_cpu_us, Sampler};
 
 /// Frame limit before `Configure` set the real one.
 const BOOTSTRAP_MAX_FRAME: usize = 64 * 1024;
@@ -143,8 +144,7 @@ fn cpu_loop(
     soft_limit: u64,
 ) -> Result<Exit, WorkerError> {
     let mut last_rss_check = Instant::now();
-    let mut last_wall_us = 0u64;
-    let mut since_sample = MEASURE_EVERY;
+    let mut sampler = Sampler::new();
     let mut since_flush = 0usize;
     // A reply of a call with a timeout or stall timeout is waiting in the
     // buffer (see below).
@@ -194,9 +194,7 @@ fn cpu_loop(
             b.set_with_deadline(call.id, deadline_us);
         }
         let started = Instant::now();
-        // Thread CPU time costs a syscall (~0.4 µs): measure every call that
-        // is not tiny, and a sample of the tiny ones; the rest report 0/0.
-        let measure = last_wall_us >= MEASURE_ALWAYS_US || since_sample >= MEASURE_EVERY;
+        let measure = sampler.measure();
         let cpu_before = if measure { thread_cpu_us() } else { 0 };
         let deadline = call
             .timeout_ms
@@ -230,8 +228,7 @@ fn cpu_loop(
             b.set(0);
         }
         let wall_us = started.elapsed().as_micros() as u64;
-        last_wall_us = wall_us;
-        since_sample = if measure { 0 } else { since_sample + 1 };
+        sampler.record(measure, wall_us);
         link.push_reply(
             Reply {
                 id: call.id,
@@ -309,25 +306,6 @@ pub(crate) fn outcome_size(outcome: &Outcome) -> usize {
         Outcome::Err(f) => f.message.len(),
     }
 }
-
-/// CPU time of the calling thread, in µs (`CLOCK_THREAD_CPUTIME_ID`): what a
-/// call really computed, as against how long it took.
-fn thread_cpu_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime with a valid pointer to a local timespec.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
-}
-
-/// Calls at least this long always have their CPU time measured.
-const MEASURE_ALWAYS_US: u64 = 50;
-/// Of shorter calls, one in this many is measured.
-const MEASURE_EVERY: u32 = 16;
 
 /// How often, at most, the soft memory limit is checked while calls are queued.
 const RSS_CHECK_INTERVAL: Duration = Duration::from_millis(10);
