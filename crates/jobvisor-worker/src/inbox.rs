@@ -17,6 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::error::WorkerError;
 use crate::link::Link;
+use crate::reply::outcome_size;
 use crate::shared::{IoMsg, LaneState};
 
 /// Where the CPU thread sends the calls of async tasks (and the cancels it
@@ -161,7 +162,8 @@ impl Inbox {
                 Accepted::Routed => {}
                 Accepted::CancelRunning => hit = true,
                 Accepted::Answer(reply) => {
-                    link.push_reply(reply, 32)?;
+                    let size = outcome_size(&reply.outcome);
+                    link.push_reply(reply, size)?;
                     // Answer now: the running call may take a long time.
                     link.flush()?;
                 }

@@ -34,6 +34,7 @@ use crate::async_task::{AsyncCtx, Report};
 use crate::beacon::Beacon;
 use crate::link::SharedOut;
 use crate::registry::Registry;
+use crate::reply::{outcome, outcome_size, soft_timeout, ReplyBatch};
 use crate::shared::{IoMsg, LaneState};
 
 /// The lane's settings.
@@ -318,13 +319,10 @@ async fn run_call(
     let result = tokio::select! {
         r = &mut timed => r,
         _ = cancel => cancelled("cancelled while running".into()),
-        () = sleep_until_opt(deadline) => cancelled(format!(
-            "soft timeout of {} ms reached",
-            call.timeout_ms.unwrap_or(0)
-        )),
+        () = sleep_until_opt(deadline) => Err(soft_timeout(call.timeout_ms)),
     };
-    let outcome = crate::serve::outcome(result, max_output_bytes);
-    let size = crate::serve::outcome_size(&outcome);
+    let outcome = outcome(result, max_output_bytes);
+    let size = outcome_size(&outcome);
     let reply = Reply {
         id: call.id,
         outcome,
@@ -402,8 +400,7 @@ impl Future for Timed<'_> {
 /// Replies framed into `Done` frames no larger than the frame limit.
 struct Replies {
     max_frame_bytes: usize,
-    batch: Vec<Reply>,
-    batch_bytes: usize,
+    batch: ReplyBatch,
     buf: Vec<u8>,
     /// Replies pushed since the last write.
     pending: usize,
@@ -413,8 +410,7 @@ impl Replies {
     fn new(max_frame_bytes: usize) -> Self {
         Self {
             max_frame_bytes,
-            batch: Vec::new(),
-            batch_bytes: 0,
+            batch: ReplyBatch::new(max_frame_bytes),
             buf: Vec::new(),
             pending: 0,
         }
@@ -426,21 +422,14 @@ impl Replies {
     }
 
     fn push(&mut self, reply: Reply, size: usize) {
-        let cost = size + 48;
-        if !self.batch.is_empty() && self.batch_bytes + cost > self.max_frame_bytes {
-            self.frame();
+        if let Some(full) = self.batch.push(reply, size) {
+            self.frame(full);
         }
-        self.batch_bytes += cost;
-        self.batch.push(reply);
         self.pending += 1;
     }
 
-    fn frame(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        let msg = FromWorker::Done(std::mem::take(&mut self.batch));
-        self.batch_bytes = 0;
+    fn frame(&mut self, replies: Vec<Reply>) {
+        let msg = FromWorker::Done(replies);
         if let Err(e) = encode_frame(&mut self.buf, &msg, self.max_frame_bytes) {
             // Outputs were checked against max_output_bytes, which is below the
             // frame limit; this would be a bug.
@@ -449,7 +438,9 @@ impl Replies {
     }
 
     fn write(&mut self, out: &SharedOut) -> std::io::Result<()> {
-        self.frame();
+        if let Some(last) = self.batch.take() {
+            self.frame(last);
+        }
         let r = out.write_all(&self.buf);
         self.buf.clear();
         self.pending = 0;

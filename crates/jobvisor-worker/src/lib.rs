@@ -26,6 +26,7 @@ mod limits;
 mod link;
 mod pace;
 mod registry;
+mod reply;
 mod serve;
 mod shared;
 pub mod sys;

@@ -16,6 +16,8 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::de::DeserializeOwned;
 
+use crate::reply::ReplyBatch;
+
 /// The write end of the output pipe, shared by the CPU thread's [`Link`] and
 /// the I/O lane: whole frames are written under the lock, so two threads'
 /// frames never interleave on the pipe.
@@ -41,8 +43,7 @@ pub(crate) struct Link {
     rbuf: FrameBuf,
     wbuf: Vec<u8>,
     /// Replies not yet framed; framed together into one `Done` at flush.
-    replies: Vec<Reply>,
-    replies_bytes: usize,
+    replies: ReplyBatch,
     max_frame_bytes: usize,
 }
 
@@ -71,8 +72,7 @@ impl Link {
             }),
             rbuf: FrameBuf::new(max_frame_bytes),
             wbuf: Vec::with_capacity(64 * 1024),
-            replies: Vec::new(),
-            replies_bytes: 0,
+            replies: ReplyBatch::new(max_frame_bytes),
             max_frame_bytes,
         })
     }
@@ -179,6 +179,7 @@ impl Link {
     pub(crate) fn set_max_frame_bytes(&mut self, max: usize) {
         self.max_frame_bytes = max;
         self.rbuf.set_max_frame_bytes(max);
+        self.replies.set_max_frame_bytes(max);
     }
 
     /// Decodes the next complete frame in the read buffer, if there is one.
@@ -209,24 +210,25 @@ impl Link {
         reply: Reply,
         reply_bytes: usize,
     ) -> Result<(), FrameError> {
-        // 32 bytes of slack per reply for ids, tags and length prefixes.
-        let cost = reply_bytes + 32;
-        if !self.replies.is_empty() && self.replies_bytes + cost > self.max_frame_bytes {
-            self.frame_replies()?;
+        match self.replies.push(reply, reply_bytes) {
+            Some(full) => self.frame(full),
+            None => Ok(()),
         }
-        self.replies_bytes += cost;
-        self.replies.push(reply);
-        Ok(())
     }
 
     fn frame_replies(&mut self) -> Result<(), FrameError> {
-        if self.replies.is_empty() {
-            return Ok(());
+        match self.replies.take() {
+            Some(replies) => self.frame(replies),
+            None => Ok(()),
         }
-        let replies = std::mem::take(&mut self.replies);
-        self.replies_bytes = 0;
-        let msg = FromWorker::Done(replies);
-        encode_frame(&mut self.wbuf, &msg, self.max_frame_bytes)
+    }
+
+    fn frame(&mut self, replies: Vec<Reply>) -> Result<(), FrameError> {
+        encode_frame(
+            &mut self.wbuf,
+            &FromWorker::Done(replies),
+            self.max_frame_bytes,
+        )
     }
 
     /// Frames pending replies and writes everything out.

@@ -12,9 +12,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobvisor_proto::worker::{
-    FailureKind, FromWorker, Outcome, Reply, TaskFailure, TaskKind, ToWorker,
-};
+use jobvisor_proto::worker::{FailureKind, FromWorker, Reply, TaskKind, ToWorker};
 use jobvisor_proto::{Hello, Role};
 
 use crate::error::WorkerError;
@@ -23,6 +21,7 @@ use crate::io_lane::{self, LaneConfig};
 use crate::limits::{limit_address_space, over_soft_limit, tune_malloc};
 use crate::link::Link;
 use crate::registry::Registry;
+use crate::reply::{outcome, outcome_size, soft_timeout};
 use crate::shared::{IoMsg, LaneState};
 use crate::task::Ctx;
 use crate::usage::{thread_cpu_us, Sampler};
@@ -211,13 +210,7 @@ fn cpu_loop(
                     if f.kind == FailureKind::Cancelled
                         && ctx.deadline.is_some_and(|d| Instant::now() >= d) =>
                 {
-                    Err(TaskFailure {
-                        kind: FailureKind::Cancelled,
-                        message: format!(
-                            "soft timeout of {} ms reached",
-                            call.timeout_ms.unwrap_or(0)
-                        ),
-                    })
+                    Err(soft_timeout(call.timeout_ms))
                 }
                 Err(f) => Err(f),
             }
@@ -281,29 +274,6 @@ fn cpu_loop(
             inbox.take_frames(link, None)?;
             last_ingest = now;
         }
-    }
-}
-
-/// A call's result as the reply's outcome, with the output size limit applied.
-pub(crate) fn outcome(result: Result<Vec<u8>, TaskFailure>, max_output_bytes: u64) -> Outcome {
-    match result {
-        Ok(bytes) if bytes.len() as u64 > max_output_bytes => Outcome::Err(TaskFailure {
-            kind: FailureKind::OutputTooLarge,
-            message: format!(
-                "output of {} bytes exceeds max_output_bytes ({max_output_bytes})",
-                bytes.len()
-            ),
-        }),
-        Ok(bytes) => Outcome::Ok(bytes),
-        Err(f) => Outcome::Err(f),
-    }
-}
-
-/// The payload size of an outcome (for framing replies under the limit).
-pub(crate) fn outcome_size(outcome: &Outcome) -> usize {
-    match outcome {
-        Outcome::Ok(b) => b.len(),
-        Outcome::Err(f) => f.message.len(),
     }
 }
 
