@@ -20,6 +20,7 @@
 mod async_task;
 mod beacon;
 mod error;
+mod flush;
 mod inbox;
 mod io_lane;
 mod limits;

@@ -2,9 +2,7 @@
 //!
 //! Handshake, then: take calls from the pipe, run the CPU calls in order on
 //! this thread, hand the async ones to the I/O lane (`io_lane`), batch the
-//! replies into `Done` frames. The replies go out when the worker runs out of
-//! work, every [`FLUSH_EVERY`] calls and at least every [`FLUSH_INTERVAL`], so
-//! the supervisor can refill the pipeline while the worker keeps going.
+//! replies into `Done` frames and write them when `flush` says so.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -16,6 +14,7 @@ use jobvisor_proto::worker::{FailureKind, FromWorker, Reply, TaskKind, ToWorker}
 use jobvisor_proto::{Hello, Role};
 
 use crate::error::WorkerError;
+use crate::flush::{is_timed, Flush};
 use crate::inbox::{Inbox, LaneRoute};
 use crate::io_lane::{self, LaneConfig};
 use crate::limits::{limit_address_space, over_soft_limit, tune_malloc};
@@ -29,8 +28,6 @@ use crate::usage::{thread_cpu_us, Sampler};
 /// Frame limit before `Configure` set the real one.
 const BOOTSTRAP_MAX_FRAME: usize = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-const FLUSH_EVERY: usize = 32;
-const FLUSH_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Runs the worker loop on the two protocol pipes until the supervisor sends
 /// `Shutdown` (after the queued calls) or closes the pipe.
@@ -144,16 +141,11 @@ fn cpu_loop(
 ) -> Result<Exit, WorkerError> {
     let mut last_rss_check = Instant::now();
     let mut sampler = Sampler::new();
-    let mut since_flush = 0usize;
-    // A reply of a call with a timeout or stall timeout is waiting in the
-    // buffer (see below).
-    let mut timed_reply_buffered = false;
-    let mut last_ingest = Instant::now();
+    let mut flush = Flush::new(Instant::now());
     loop {
         if inbox.is_empty() {
             link.flush()?;
-            since_flush = 0;
-            timed_reply_buffered = false;
+            flush.flushed();
             if inbox.shutdown() {
                 return Ok(Exit::Finished);
             }
@@ -168,23 +160,16 @@ fn cpu_loop(
                 }
                 inbox.take_frames(link, None)?;
             }
-            last_ingest = Instant::now();
+            flush.ingested(Instant::now());
             continue;
         }
         let Some(call) = inbox.pop_front() else {
             continue;
         };
-        // The supervisor times a call from when the reply of the one before
-        // reaches it. A task that never looks at its ctx keeps the replies
-        // buffered before it for its whole run: send them first when a
-        // timeout depends on them (this call's, or a buffered one's), so a
-        // finished call is not taken for a hung one, nor a hung call's
-        // deadline left unwatched. Untimed calls keep the batching.
-        let timed = call.timeout_ms.is_some() || call.stall_ms.is_some();
-        if since_flush > 0 && (timed || timed_reply_buffered) {
+        let timed = is_timed(&call);
+        if flush.before_call(timed) {
             link.flush()?;
-            since_flush = 0;
-            timed_reply_buffered = false;
+            flush.flushed();
         }
         if let Some(b) = beacon {
             let deadline_us = call.timeout_ms.map_or(0, |ms| {
@@ -236,8 +221,7 @@ fn cpu_loop(
             },
             size,
         )?;
-        since_flush += 1;
-        timed_reply_buffered |= timed;
+        flush.replied(timed);
         let now = Instant::now();
         if soft_limit > 0
             && (inbox.is_empty() || now.duration_since(last_rss_check) >= RSS_CHECK_INTERVAL)
@@ -264,15 +248,14 @@ fn cpu_loop(
                 }
             }
         }
-        if since_flush >= FLUSH_EVERY || now.duration_since(last_ingest) >= FLUSH_INTERVAL {
+        if flush.after_reply(now) {
             link.flush()?;
-            since_flush = 0;
-            timed_reply_buffered = false;
+            flush.flushed();
             if !link.fill_nonblocking()? {
                 return Ok(Exit::Gone);
             }
             inbox.take_frames(link, None)?;
-            last_ingest = now;
+            flush.ingested(now);
         }
     }
 }
