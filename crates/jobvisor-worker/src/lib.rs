@@ -39,6 +39,5 @@ pub use beacon::{monotonic_us, Beacon, CrashedThread};
 pub use error::WorkerError;
 pub use jobvisor_proto::worker::TaskKind;
 pub use registry::{ConvertError, Registry};
-pub use serve::run_detached;
 pub use serve::{serve, serve_with_beacon};
-pub use task::{error_chain, Ctx, Task, TaskError, Wait};
+pub use task::{error_chain, run_detached, Ctx, Task, TaskError, Wait};

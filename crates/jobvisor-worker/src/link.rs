@@ -18,6 +18,9 @@ use serde::de::DeserializeOwned;
 
 use crate::reply::ReplyBatch;
 
+/// The frame limit before `Configure` sets the real one.
+pub(crate) const BOOTSTRAP_MAX_FRAME: usize = 64 * 1024;
+
 /// The write end of the output pipe, shared by the CPU thread's [`Link`] and
 /// the I/O lane: whole frames are written under the lock, so two threads'
 /// frames never interleave on the pipe.

@@ -18,15 +18,13 @@ use crate::flush::{is_timed, Flush};
 use crate::inbox::{Inbox, LaneRoute};
 use crate::io_lane::{self, LaneConfig};
 use crate::limits::{limit_address_space, over_soft_limit, tune_malloc};
-use crate::link::Link;
+use crate::link::{Link, BOOTSTRAP_MAX_FRAME};
 use crate::registry::Registry;
 use crate::reply::{outcome, outcome_size, soft_timeout};
 use crate::shared::{IoMsg, LaneState};
 use crate::task::Ctx;
 use crate::usage::{thread_cpu_us, Sampler};
 
-/// Frame limit before `Configure` set the real one.
-const BOOTSTRAP_MAX_FRAME: usize = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the worker loop on the two protocol pipes until the supervisor sends
@@ -299,29 +297,4 @@ fn configure(link: &mut Link) -> Result<(u64, u64), WorkerError> {
             return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into());
         }
     }
-}
-
-/// Runs a task in this process, outside any pool, with a context whose soft
-/// deadline is `timeout` (so `ctx.is_cancelled()` turns true when it passes).
-/// For unit tests of tasks and for debugging a task in isolation.
-///
-/// # Errors
-/// The task's own error; an I/O error creating the context's pipes is
-/// reported as a task error.
-pub fn run_detached<T: crate::Task>(
-    task: &T,
-    input: T::Input,
-    timeout: Option<Duration>,
-) -> Result<T::Output, crate::TaskError> {
-    let (r1, w1) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(crate::TaskError::from)?;
-    let (_r2, w2) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(crate::TaskError::from)?;
-    // Keep the write end of the input pipe open so the link never sees EOF.
-    let _keep = w1;
-    let mut link = Link::new(r1, w2, BOOTSTRAP_MAX_FRAME).map_err(crate::TaskError::from)?;
-    let mut inbox = Inbox::new();
-    let deadline = timeout.map(|t| Instant::now() + t);
-    let mut ctx = Ctx::new(0, &mut link, &mut inbox, deadline);
-    task.run(input, &mut ctx)
 }

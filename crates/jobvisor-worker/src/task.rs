@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::inbox::Inbox;
-use crate::link::Link;
+use crate::link::{Link, BOOTSTRAP_MAX_FRAME};
 use crate::pace::{report_interval, Pace};
 
 /// A named, typed function that runs inside a worker process.
@@ -279,5 +279,64 @@ impl<'a> Ctx<'a> {
         if let Ok(true) = self.link.wait_readable(timeout) {
             self.ingest();
         }
+    }
+}
+
+/// Runs a task in this process, outside any pool, with a context whose soft
+/// deadline is `timeout` (so `ctx.is_cancelled()` turns true when it passes).
+/// For unit tests of tasks and for debugging a task in isolation.
+///
+/// # Errors
+/// The task's own error; an I/O error creating the context's pipes is
+/// reported as a task error.
+pub fn run_detached<T: Task>(
+    task: &T,
+    input: T::Input,
+    timeout: Option<Duration>,
+) -> Result<T::Output, TaskError> {
+    let (r1, w1) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(TaskError::from)?;
+    let (_r2, w2) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(TaskError::from)?;
+    // Keep the write end of the input pipe open so the link never sees EOF.
+    let _keep = w1;
+    let mut link = Link::new(r1, w2, BOOTSTRAP_MAX_FRAME).map_err(TaskError::from)?;
+    let mut inbox = Inbox::new();
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut ctx = Ctx::new(0, &mut link, &mut inbox, deadline);
+    task.run(input, &mut ctx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Waits for a cancel or its soft deadline.
+    struct Park;
+    impl Task for Park {
+        const NAME: &'static str = "park";
+        type Input = ();
+        type Output = ();
+        fn run(&self, (): (), ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
+            if ctx.sleep(Duration::from_secs(600)) {
+                Ok(())
+            } else {
+                Err(TaskError::cancelled())
+            }
+        }
+    }
+
+    #[test]
+    fn run_detached_stops_a_task_at_its_soft_deadline() {
+        let e = run_detached(&Park, (), Some(Duration::from_millis(1))).unwrap_err();
+        assert!(e.is_cancelled(), "{e:?}");
+    }
+
+    #[test]
+    fn a_task_error_from_an_error_reads_its_whole_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading the input")]
+        struct Outer(#[source] std::io::Error);
+        let e = TaskError::from(Outer(std::io::Error::other("disk gone")));
+        assert_eq!(e.to_string(), "reading the input: disk gone");
+        assert_eq!(e.kind, FailureKind::Error);
     }
 }
