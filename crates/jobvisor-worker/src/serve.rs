@@ -298,3 +298,255 @@ fn configure(link: &mut Link) -> Result<(u64, u64), WorkerError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The whole loop in this process, with the test as the supervisor on the
+    //! other ends of the two pipes.
+
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::thread::JoinHandle;
+
+    use jobvisor_proto::worker::{Call, Outcome};
+    use jobvisor_proto::{codec, encode_frame, FrameBuf, HELLO_BYTES};
+
+    use super::*;
+    use crate::{AsyncCtx, AsyncTask, Task, TaskError};
+
+    const MAX: usize = 1 << 16;
+
+    struct Echo;
+    impl Task for Echo {
+        const NAME: &'static str = "echo";
+        type Input = String;
+        type Output = String;
+        fn run(&self, input: String, _ctx: &mut Ctx<'_>) -> Result<String, TaskError> {
+            Ok(input)
+        }
+    }
+
+    /// Says it runs, then waits for a cancel or its soft deadline.
+    struct Park;
+    impl Task for Park {
+        const NAME: &'static str = "park";
+        type Input = ();
+        type Output = ();
+        fn run(&self, (): (), ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
+            ctx.heartbeat();
+            if ctx.sleep(Duration::from_secs(600)) {
+                Ok(())
+            } else {
+                Err(TaskError::cancelled())
+            }
+        }
+    }
+
+    struct AsyncEcho;
+    impl AsyncTask for AsyncEcho {
+        const NAME: &'static str = "async_echo";
+        type Input = String;
+        type Output = String;
+        async fn run(&self, input: String, _ctx: AsyncCtx) -> Result<String, TaskError> {
+            Ok(input)
+        }
+    }
+
+    /// The supervisor's side of a worker loop running on a thread.
+    struct Supervisor {
+        to_worker: File,
+        from_worker: File,
+        rbuf: FrameBuf,
+        worker: JoinHandle<Result<(), WorkerError>>,
+    }
+
+    impl Supervisor {
+        /// Starts the loop and reads its hello; `configure` is sent if given.
+        fn start(configure: Option<ToWorker>) -> Self {
+            let (r_in, w_in) = nix::unistd::pipe().unwrap();
+            let (r_out, w_out) = nix::unistd::pipe().unwrap();
+            let worker = std::thread::spawn(move || {
+                let registry = Registry::new().with(Echo).with(Park).with_async(AsyncEcho);
+                serve(&registry, r_in, w_out)
+            });
+            let mut s = Self {
+                to_worker: File::from(w_in),
+                from_worker: File::from(r_out),
+                rbuf: FrameBuf::new(MAX),
+                worker,
+            };
+            let mut hello = [0u8; HELLO_BYTES];
+            s.from_worker.read_exact(&mut hello).unwrap();
+            let peer = Hello::decode(&hello).unwrap();
+            let ours = Hello::ours(Role::Supervisor);
+            ours.check_peer(&peer, Role::Worker).unwrap();
+            s.to_worker.write_all(&ours.encode()).unwrap();
+            if let Some(c) = configure {
+                s.send(&c);
+            }
+            s
+        }
+
+        fn send(&mut self, msg: &ToWorker) {
+            let mut bytes = Vec::new();
+            encode_frame(&mut bytes, msg, MAX).unwrap();
+            self.to_worker.write_all(&bytes).unwrap();
+        }
+
+        /// The next frame from the worker (blocking).
+        fn recv(&mut self) -> FromWorker {
+            loop {
+                if let Some(msg) = self.rbuf.decode_next::<FromWorker>().unwrap() {
+                    return msg;
+                }
+                let mut chunk = [0u8; 4096];
+                let n = self.from_worker.read(&mut chunk).unwrap();
+                assert!(n > 0, "the worker closed its pipe");
+                self.rbuf.extend(&chunk[..n]);
+            }
+        }
+
+        /// Replies until `n` arrived, skipping heartbeats.
+        fn replies(&mut self, n: usize) -> Vec<Reply> {
+            let mut out = Vec::new();
+            while out.len() < n {
+                match self.recv() {
+                    FromWorker::Done(r) => out.extend(r),
+                    FromWorker::Heartbeat { .. } | FromWorker::Progress { .. } => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            out
+        }
+
+        fn finish(mut self) -> Result<(), WorkerError> {
+            self.send(&ToWorker::Shutdown);
+            self.worker.join().unwrap()
+        }
+    }
+
+    fn configure(max_output_bytes: u64) -> ToWorker {
+        ToWorker::Configure {
+            max_frame_bytes: MAX as u64,
+            max_output_bytes,
+            memory_soft_limit_bytes: 0,
+            memory_limit_bytes: 0,
+        }
+    }
+
+    fn call(id: u64, task: u32, input: &impl serde::Serialize, timeout_ms: Option<u64>) -> Call {
+        Call {
+            id,
+            task,
+            chunk: false,
+            timeout_ms,
+            stall_ms: None,
+            input: codec::encode(input).unwrap(),
+        }
+    }
+
+    fn ready(s: &mut Supervisor) -> Vec<TaskKind> {
+        match s.recv() {
+            FromWorker::Ready { tasks, kinds, .. } => {
+                assert_eq!(tasks, ["echo", "park", "async_echo"]);
+                kinds
+            }
+            other => panic!("expected Ready, got {other:?}"),
+        }
+    }
+
+    fn output(r: &Reply) -> String {
+        match &r.outcome {
+            Outcome::Ok(b) => codec::decode(b).unwrap(),
+            Outcome::Err(f) => panic!("call {} failed: {f:?}", r.id),
+        }
+    }
+
+    fn failure(r: &Reply) -> (FailureKind, &str) {
+        match &r.outcome {
+            Outcome::Err(f) => (f.kind, f.message.as_str()),
+            Outcome::Ok(_) => panic!("call {} succeeded", r.id),
+        }
+    }
+
+    #[test]
+    fn cpu_and_async_calls_are_answered_then_shutdown_ends_the_loop() {
+        let mut s = Supervisor::start(Some(configure(1024)));
+        assert_eq!(ready(&mut s), [TaskKind::Cpu, TaskKind::Cpu, TaskKind::Io]);
+        s.send(&ToWorker::Run(vec![
+            call(1, 0, &"a", None),
+            call(2, 2, &"b", None),
+            call(3, 0, &"c", Some(60_000)),
+        ]));
+        let mut replies = s.replies(3);
+        replies.sort_by_key(|r| r.id);
+        let outputs: Vec<String> = replies.iter().map(output).collect();
+        assert_eq!(outputs, ["a", "b", "c"]);
+        s.finish().unwrap();
+    }
+
+    #[test]
+    fn an_output_over_the_limit_fails_its_call() {
+        let mut s = Supervisor::start(Some(configure(8)));
+        ready(&mut s);
+        s.send(&ToWorker::Run(vec![call(1, 0, &"x".repeat(64), None)]));
+        let replies = s.replies(1);
+        assert_eq!(failure(&replies[0]).0, FailureKind::OutputTooLarge);
+        s.finish().unwrap();
+    }
+
+    #[test]
+    fn a_cancel_stops_the_running_call_and_answers_a_queued_one() {
+        let mut s = Supervisor::start(Some(configure(1024)));
+        ready(&mut s);
+        s.send(&ToWorker::Run(vec![
+            call(1, 1, &(), None),
+            call(2, 0, &"q", None),
+        ]));
+        // Call 1 runs once it beats.
+        assert!(matches!(s.recv(), FromWorker::Heartbeat { id: 1 }));
+        s.send(&ToWorker::Cancel { id: 2 });
+        let queued = s.replies(1);
+        assert_eq!(queued[0].id, 2);
+        assert_eq!(
+            failure(&queued[0]),
+            (FailureKind::Cancelled, "cancelled before it started")
+        );
+        s.send(&ToWorker::Cancel { id: 1 });
+        let running = s.replies(1);
+        assert_eq!(running[0].id, 1);
+        assert_eq!(failure(&running[0]).0, FailureKind::Cancelled);
+        s.finish().unwrap();
+    }
+
+    #[test]
+    fn a_call_past_its_soft_deadline_says_so() {
+        let mut s = Supervisor::start(Some(configure(1024)));
+        ready(&mut s);
+        s.send(&ToWorker::Run(vec![call(1, 1, &(), Some(1))]));
+        let replies = s.replies(1);
+        assert_eq!(
+            failure(&replies[0]),
+            (FailureKind::Cancelled, "soft timeout of 1 ms reached")
+        );
+        s.finish().unwrap();
+    }
+
+    #[test]
+    fn a_run_before_configure_breaks_the_protocol() {
+        let mut s = Supervisor::start(None);
+        s.send(&ToWorker::Run(vec![call(1, 0, &"a", None)]));
+        match s.worker.join().unwrap() {
+            Err(WorkerError::Protocol(m)) => assert!(m.starts_with("expected Configure first")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_closed_pipe_ends_the_loop_quietly() {
+        let mut s = Supervisor::start(Some(configure(1024)));
+        ready(&mut s);
+        drop(s.to_worker);
+        assert!(s.worker.join().unwrap().is_ok());
+    }
+}
