@@ -30,6 +30,11 @@ pub(crate) struct SharedOut {
 }
 
 impl SharedOut {
+    /// Takes ownership of the output pipe's write end.
+    pub(crate) fn new(fd: OwnedFd) -> Self {
+        Self { fd: Mutex::new(fd) }
+    }
+
     /// Writes `bytes` (whole frames) as one unit.
     pub(crate) fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
         let fd = self
@@ -70,9 +75,7 @@ impl Link {
         )?;
         Ok(Self {
             rfd,
-            out: Arc::new(SharedOut {
-                fd: Mutex::new(wfd),
-            }),
+            out: Arc::new(SharedOut::new(wfd)),
             rbuf: FrameBuf::new(max_frame_bytes),
             wbuf: Vec::with_capacity(64 * 1024),
             replies: ReplyBatch::new(max_frame_bytes),
