@@ -21,7 +21,7 @@ pub enum WorkerError {
     Handshake(#[from] HandshakeError),
     /// The supervisor sent something that is not a valid message, or a
     /// message the worker could not frame.
-    #[error("worker received a bad frame")]
+    #[error("bad frame on the worker link")]
     Frame(#[from] FrameError),
     /// The memory limit of `Configure` could not be applied.
     #[error("cannot cap the worker's address space at {bytes} bytes")]

@@ -16,6 +16,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use serde::de::DeserializeOwned;
 
+use crate::error::WorkerError;
 use crate::reply::ReplyBatch;
 
 /// The frame limit before `Configure` sets the real one.
@@ -145,26 +146,28 @@ impl Link {
     }
 
     /// Reads exactly one hello, blocking up to `timeout`.
-    pub(crate) fn read_hello(&mut self, timeout: Duration) -> io::Result<Hello> {
+    ///
+    /// # Errors
+    /// [`WorkerError::Protocol`] when none came in time,
+    /// [`WorkerError::Handshake`] when it is not a jobvisor hello,
+    /// [`WorkerError::Io`] when the pipe failed or closed.
+    pub(crate) fn read_hello(&mut self, timeout: Duration) -> Result<Hello, WorkerError> {
         let mut bytes = [0u8; HELLO_BYTES];
         let mut have = 0;
         let until = std::time::Instant::now() + timeout;
         while have < HELLO_BYTES {
             let left = until.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() || !self.wait_readable(Some(left))? {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no hello from the supervisor",
-                ));
+                return Err(WorkerError::Protocol("no hello from the supervisor".into()));
             }
             match nix::unistd::read(&self.rfd, &mut bytes[have..]) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
                 Ok(n) => have += n,
                 Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(io::Error::from(e).into()),
             }
         }
-        Hello::decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        Ok(Hello::decode(&bytes)?)
     }
 
     pub(crate) fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -198,14 +201,18 @@ impl Link {
         encode_frame(&mut self.wbuf, msg, self.max_frame_bytes)
     }
 
-    pub(crate) fn send_heartbeat(&mut self, id: u64) -> io::Result<()> {
-        self.send(&FromWorker::Heartbeat { id }).map_err(invalid)?;
+    pub(crate) fn send_heartbeat(&mut self, id: u64) -> Result<(), WorkerError> {
+        self.send(&FromWorker::Heartbeat { id })?;
         self.flush()
     }
 
-    pub(crate) fn send_progress(&mut self, id: u64, done: u64, total: u64) -> io::Result<()> {
-        self.send(&FromWorker::Progress { id, done, total })
-            .map_err(invalid)?;
+    pub(crate) fn send_progress(
+        &mut self,
+        id: u64,
+        done: u64,
+        total: u64,
+    ) -> Result<(), WorkerError> {
+        self.send(&FromWorker::Progress { id, done, total })?;
         self.flush()
     }
 
@@ -238,8 +245,12 @@ impl Link {
     }
 
     /// Frames pending replies and writes everything out.
-    pub(crate) fn flush(&mut self) -> io::Result<()> {
-        self.frame_replies().map_err(invalid)?;
+    ///
+    /// # Errors
+    /// A reply that cannot be framed ([`WorkerError::Frame`]) or a failed
+    /// write ([`WorkerError::Io`]).
+    pub(crate) fn flush(&mut self) -> Result<(), WorkerError> {
+        self.frame_replies()?;
         if self.wbuf.is_empty() {
             return Ok(());
         }
@@ -248,12 +259,8 @@ impl Link {
         if self.wbuf.capacity() > 1 << 20 {
             self.wbuf.shrink_to(64 * 1024);
         }
-        res
+        Ok(res?)
     }
-}
-
-fn invalid(e: FrameError) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 pub(crate) fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {

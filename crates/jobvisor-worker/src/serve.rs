@@ -543,6 +543,17 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_that_is_not_jobvisor_fails_the_handshake() {
+        let (r_in, w_in) = nix::unistd::pipe().unwrap();
+        let (r_out, w_out) = nix::unistd::pipe().unwrap();
+        let worker = std::thread::spawn(move || serve(&Registry::new(), r_in, w_out));
+        File::from(w_in).write_all(&[0u8; HELLO_BYTES]).unwrap();
+        let e = worker.join().unwrap().unwrap_err();
+        assert!(matches!(e, WorkerError::Handshake(_)), "{e:?}");
+        drop(r_out);
+    }
+
+    #[test]
     fn a_closed_pipe_ends_the_loop_quietly() {
         let mut s = Supervisor::start(Some(configure(1024)));
         ready(&mut s);
