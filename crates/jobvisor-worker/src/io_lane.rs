@@ -286,7 +286,8 @@ impl Future for Guarded<'_> {
 
 impl Drop for Guarded<'_> {
     fn drop(&mut self) {
-        // Dropped unfinished only when the whole lane stops (Abort).
+        // Dropped unfinished only when the whole lane stops (an Abort, or
+        // the output pipe broke).
         if let Some(fut) = self.fut.take() {
             if let Some(b) = self.beacon {
                 b.set_io(self.id);

@@ -3,6 +3,9 @@
 //! The read end is non-blocking and waited on with `poll(2)`, so the worker can
 //! look for a cancel without blocking while a task runs. Writes are blocking:
 //! a worker has nothing better to do than wait for the supervisor to read.
+//!
+//! The link knows bytes and frames; what a frame asks for is the `inbox`'s
+//! business.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};

@@ -1,4 +1,6 @@
-//! Task names → type-erased tasks.
+//! The [`Registry`]: task names → type-erased tasks, in id order (the ids
+//! calls carry), and the JSON ↔ native conversions of their inputs and
+//! outputs that the daemon uses at submit time and to show results.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

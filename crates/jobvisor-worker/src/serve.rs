@@ -1,8 +1,10 @@
 //! The worker loop.
 //!
-//! Handshake, then: take calls from the pipe, run the CPU calls in order on
-//! this thread, hand the async ones to the I/O lane (`io_lane`), batch the
-//! replies into `Done` frames and write them when `flush` says so.
+//! The handshake and `Configure`, then the I/O lane's thread (when the
+//! registry has async tasks), then the CPU loop on this thread: take the
+//! calls the `inbox` queued (it hands the async ones to the lane), run them
+//! in order, buffer their replies and write them when `flush` says so, and
+//! between calls watch the soft memory limit.
 
 use std::io;
 use std::os::fd::OwnedFd;

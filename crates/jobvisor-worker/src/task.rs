@@ -1,4 +1,5 @@
-//! The [`Task`] trait, its error type and the context a running task sees.
+//! The [`Task`] trait, its error type, the context a running task sees, and
+//! [`run_detached`] to run a task outside any pool.
 
 use std::fmt;
 use std::os::fd::BorrowedFd;
@@ -14,9 +15,10 @@ use crate::pace::{report_interval, Pace};
 
 /// A named, typed function that runs inside a worker process.
 ///
-/// `run` executes on the worker's only thread; one call at a time. Long tasks
-/// should look at [`Ctx::is_cancelled`] now and then, so that a cancel or a soft
-/// timeout stops them cleanly; tasks that never look are stopped by the
+/// `run` executes on the worker's CPU thread, one call at a time (async
+/// tasks run beside it on the I/O lane). Long tasks should look at
+/// [`Ctx::is_cancelled`] now and then, so that a cancel or a soft timeout
+/// stops them cleanly; tasks that never look are stopped by the
 /// supervisor's hard timeout, which kills the worker.
 pub trait Task: Send + Sync + 'static {
     /// The name clients use to call the task. Unique within a registry.
