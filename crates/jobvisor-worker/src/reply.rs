@@ -41,6 +41,23 @@ pub(crate) fn soft_timeout(timeout_ms: Option<u64>) -> TaskFailure {
     }
 }
 
+/// A CPU call's result, with a cancellation past the call's soft deadline
+/// named for what it was: the task saw `is_cancelled` turn true at the
+/// deadline and cannot tell that from a cancel. A task that noticed the
+/// cancel but returned `Ok` anyway still produced an output: it is kept.
+pub(crate) fn name_soft_timeout(
+    result: Result<Vec<u8>, TaskFailure>,
+    past_deadline: bool,
+    timeout_ms: Option<u64>,
+) -> Result<Vec<u8>, TaskFailure> {
+    match result {
+        Err(f) if f.kind == FailureKind::Cancelled && past_deadline => {
+            Err(soft_timeout(timeout_ms))
+        }
+        r => r,
+    }
+}
+
 /// Replies gathered for one `Done` frame, split so that no frame passes the
 /// frame limit.
 #[derive(Debug)]
@@ -115,6 +132,33 @@ mod tests {
         }
         let f = soft_timeout(Some(250));
         assert_eq!(outcome(Err(f.clone()), 0), Outcome::Err(f));
+    }
+
+    #[test]
+    fn a_cancel_past_the_deadline_is_a_soft_timeout() {
+        let cancelled = || TaskFailure {
+            kind: FailureKind::Cancelled,
+            message: "cancelled".into(),
+        };
+        assert_eq!(
+            name_soft_timeout(Err(cancelled()), true, Some(40)),
+            Err(soft_timeout(Some(40)))
+        );
+        // Before the deadline it was a real cancel.
+        assert_eq!(
+            name_soft_timeout(Err(cancelled()), false, Some(40)),
+            Err(cancelled())
+        );
+        // Other failures, and outputs, are left alone.
+        let failed = TaskFailure {
+            kind: FailureKind::Error,
+            message: "no".into(),
+        };
+        assert_eq!(
+            name_soft_timeout(Err(failed.clone()), true, Some(40)),
+            Err(failed)
+        );
+        assert_eq!(name_soft_timeout(Ok(vec![1]), true, Some(40)), Ok(vec![1]));
     }
 
     #[test]

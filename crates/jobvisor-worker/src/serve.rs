@@ -12,7 +12,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobvisor_proto::worker::{FailureKind, FromWorker, Reply, TaskKind, ToWorker};
+use jobvisor_proto::worker::{FromWorker, Reply, TaskKind, ToWorker};
 use jobvisor_proto::{Hello, Role};
 
 use crate::error::WorkerError;
@@ -22,7 +22,7 @@ use crate::io_lane::{self, LaneConfig};
 use crate::limits::{limit_address_space, over_soft_limit, tune_malloc};
 use crate::link::{Link, BOOTSTRAP_MAX_FRAME};
 use crate::registry::Registry;
-use crate::reply::{outcome, outcome_size, soft_timeout};
+use crate::reply::{name_soft_timeout, outcome, outcome_size};
 use crate::shared::{IoMsg, LaneState};
 use crate::task::Ctx;
 use crate::usage::{thread_cpu_us, Sampler};
@@ -187,18 +187,8 @@ fn cpu_loop(
             let mut ctx = Ctx::new(call.id, link, inbox, deadline);
             ctx.set_report_interval(crate::pace::report_interval(call.stall_ms));
             let r = registry.call(call.task, call.chunk, &call.input, &mut ctx);
-            match r {
-                // A task that noticed the cancel but returned Ok anyway still
-                // produced an output: keep it.
-                Ok(bytes) => Ok(bytes),
-                Err(f)
-                    if f.kind == FailureKind::Cancelled
-                        && ctx.deadline.is_some_and(|d| Instant::now() >= d) =>
-                {
-                    Err(soft_timeout(call.timeout_ms))
-                }
-                Err(f) => Err(f),
-            }
+            let past_deadline = ctx.deadline.is_some_and(|d| Instant::now() >= d);
+            name_soft_timeout(r, past_deadline, call.timeout_ms)
         };
         let outcome = outcome(result, max_output_bytes);
         let size = outcome_size(&outcome);
@@ -310,7 +300,7 @@ mod tests {
     use std::io::{Read, Write};
     use std::thread::JoinHandle;
 
-    use jobvisor_proto::worker::{Call, Outcome};
+    use jobvisor_proto::worker::{Call, FailureKind, Outcome};
     use jobvisor_proto::{codec, encode_frame, FrameBuf, HELLO_BYTES};
 
     use super::*;
