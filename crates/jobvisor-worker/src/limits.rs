@@ -3,6 +3,7 @@
 //! that keeps frame-sized buffers from being page-faulted in anew.
 
 use std::io;
+use std::time::Duration;
 
 use crate::error::WorkerError;
 
@@ -41,6 +42,39 @@ fn soft_limit_reason(rss: u64, limit: u64) -> Option<String> {
             limit / 1024
         )
     })
+}
+
+/// How often, at most, the CPU thread checks the soft limit while calls
+/// are queued.
+const RSS_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Whether the CPU thread checks its resident set after a call, `since_last`
+/// the last check: only under a soft limit (`limit` > 0); after every call
+/// that emptied the queue (the worker may then idle for long); else at most
+/// every [`RSS_CHECK_INTERVAL`], as reading `/proc` costs more than a tiny call.
+pub(crate) fn rss_check_due(limit: u64, queue_empty: bool, since_last: Duration) -> bool {
+    limit > 0 && (queue_empty || since_last >= RSS_CHECK_INTERVAL)
+}
+
+/// What the CPU thread does when the worker is over its soft limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OverLimit {
+    /// Async calls are running and must finish here: the worker announces
+    /// `Draining` (once, by whichever thread sees it first) and goes on.
+    Drain,
+    /// Nothing else runs: announce `Retiring` and leave between calls; the
+    /// supervisor re-dispatches what was not answered and starts a fresh
+    /// worker.
+    Retire,
+}
+
+/// [`OverLimit`] for a worker whose I/O lane holds `async_calls_held` calls.
+pub(crate) fn over_limit_action(async_calls_held: usize) -> OverLimit {
+    if async_calls_held > 0 {
+        OverLimit::Drain
+    } else {
+        OverLimit::Retire
+    }
 }
 
 /// This process's resident set in bytes, from `/proc/self/statm`.
@@ -84,6 +118,21 @@ mod tests {
             soft_limit_reason((1 << 20) + 4096, 1 << 20).as_deref(),
             Some("resident set 1028 KiB is over the soft memory limit of 1024 KiB")
         );
+    }
+
+    #[test]
+    fn the_limit_is_checked_when_the_queue_runs_dry_or_every_10_ms() {
+        let ms = Duration::from_millis;
+        assert!(!rss_check_due(0, true, ms(1000)), "no limit, no check");
+        assert!(rss_check_due(1, true, ms(0)));
+        assert!(!rss_check_due(1, false, ms(9)));
+        assert!(rss_check_due(1, false, ms(10)));
+    }
+
+    #[test]
+    fn over_the_limit_a_worker_drains_its_async_calls_or_retires() {
+        assert_eq!(over_limit_action(0), OverLimit::Retire);
+        assert_eq!(over_limit_action(3), OverLimit::Drain);
     }
 
     #[test]

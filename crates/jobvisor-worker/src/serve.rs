@@ -19,7 +19,9 @@ use crate::error::WorkerError;
 use crate::flush::{is_timed, Flush};
 use crate::inbox::{Inbox, LaneRoute};
 use crate::io_lane::{self, LaneConfig};
-use crate::limits::{limit_address_space, over_soft_limit, tune_malloc};
+use crate::limits::{
+    limit_address_space, over_limit_action, over_soft_limit, rss_check_due, tune_malloc, OverLimit,
+};
 use crate::link::{Link, BOOTSTRAP_MAX_FRAME};
 use crate::registry::Registry;
 use crate::reply::{name_soft_timeout, outcome, outcome_size};
@@ -213,24 +215,22 @@ fn cpu_loop(
         )?;
         flush.replied(timed);
         let now = Instant::now();
-        if soft_limit > 0
-            && (inbox.is_empty() || now.duration_since(last_rss_check) >= RSS_CHECK_INTERVAL)
-        {
+        if rss_check_due(
+            soft_limit,
+            inbox.is_empty(),
+            now.saturating_duration_since(last_rss_check),
+        ) {
             last_rss_check = now;
             if let Some(reason) = over_soft_limit(soft_limit) {
-                match inbox.lane() {
-                    // Async calls are running: they must finish here, so the
-                    // worker drains (announced once, by whichever thread
-                    // sees it first) instead of leaving at once.
-                    Some(io) if io.state.held() > 0 => {
-                        if io.state.start_draining() {
+                let lane = inbox.lane().map(|l| &*l.state);
+                match over_limit_action(lane.map_or(0, LaneState::held)) {
+                    OverLimit::Drain => {
+                        if lane.is_some_and(LaneState::start_draining) {
                             link.send(&FromWorker::Draining { reason })?;
                             link.flush()?;
                         }
                     }
-                    // Recycle between calls: the supervisor re-dispatches what
-                    // we have not answered and starts a fresh worker.
-                    _ => {
+                    OverLimit::Retire => {
                         link.send(&FromWorker::Retiring { reason })?;
                         link.flush()?;
                         return Ok(Exit::Gone);
@@ -249,9 +249,6 @@ fn cpu_loop(
         }
     }
 }
-
-/// How often, at most, the soft memory limit is checked while calls are queued.
-const RSS_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Waits for `Configure` and applies it; returns `max_output_bytes` and the
 /// soft memory limit.
