@@ -276,3 +276,89 @@ pub(crate) fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> 
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use jobvisor_proto::worker::{FailureKind, Outcome, TaskFailure};
+
+    use super::*;
+
+    fn pipes() -> (Link, std::fs::File, std::fs::File) {
+        let (r_in, w_in) = nix::unistd::pipe().unwrap();
+        let (r_out, w_out) = nix::unistd::pipe().unwrap();
+        let link = Link::new(r_in, w_out, BOOTSTRAP_MAX_FRAME).unwrap();
+        (link, w_in.into(), r_out.into())
+    }
+
+    fn frames(bytes: &[u8]) -> Vec<FromWorker> {
+        let mut buf = FrameBuf::new(BOOTSTRAP_MAX_FRAME);
+        buf.extend(bytes);
+        std::iter::from_fn(|| buf.decode_next().unwrap()).collect()
+    }
+
+    #[test]
+    fn poll_timeouts_round_up_to_whole_milliseconds() {
+        assert_eq!(poll_timeout(None), PollTimeout::NONE);
+        assert_eq!(poll_timeout(Some(Duration::ZERO)), PollTimeout::ZERO);
+        // Half a millisecond is one, not a busy loop of zeros.
+        let one = PollTimeout::try_from(1).unwrap();
+        assert_eq!(poll_timeout(Some(Duration::from_micros(500))), one);
+        assert_eq!(
+            poll_timeout(Some(Duration::from_secs(u64::MAX))),
+            PollTimeout::MAX
+        );
+    }
+
+    #[test]
+    fn reads_what_is_there_and_sees_the_close() {
+        let (mut link, mut to_link, _from_link) = pipes();
+        // Nothing yet: not an EOF, and the non-blocking read does not wait.
+        assert!(link.fill_nonblocking().unwrap());
+        assert!(!link.wait_readable(Some(Duration::ZERO)).unwrap());
+        to_link.write_all(b"x").unwrap();
+        assert!(link.wait_readable(None).unwrap());
+        drop(to_link);
+        // The byte first, then the close.
+        assert!(link.fill_nonblocking().unwrap());
+        assert!(!link.fill_nonblocking().unwrap());
+    }
+
+    #[test]
+    fn no_hello_in_time_breaks_the_protocol() {
+        let (mut link, _to_link, _from_link) = pipes();
+        let e = link.read_hello(Duration::ZERO).unwrap_err();
+        assert!(matches!(e, WorkerError::Protocol(_)), "{e:?}");
+    }
+
+    #[test]
+    fn replies_are_framed_before_a_later_message() {
+        let (mut link, _to_link, mut from_link) = pipes();
+        let reply = Reply {
+            id: 1,
+            outcome: Outcome::Err(TaskFailure {
+                kind: FailureKind::Error,
+                message: "no".into(),
+            }),
+            cpu_us: 0,
+            wall_us: 0,
+            max_poll_us: 0,
+        };
+        link.push_reply(reply.clone(), 2).unwrap();
+        link.send(&FromWorker::Heartbeat { id: 2 }).unwrap();
+        link.flush().unwrap();
+        // Nothing buffered: a flush writes nothing more.
+        link.flush().unwrap();
+        drop(link);
+        let mut bytes = Vec::new();
+        from_link.read_to_end(&mut bytes).unwrap();
+        assert_eq!(
+            frames(&bytes),
+            [
+                FromWorker::Done(vec![reply]),
+                FromWorker::Heartbeat { id: 2 }
+            ]
+        );
+    }
+}
