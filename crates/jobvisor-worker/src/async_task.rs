@@ -17,6 +17,7 @@ use jobvisor_proto::worker::FromWorker;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::pace::{report_interval, Pace};
 use crate::task::TaskError;
 
 /// A named, typed, I/O-bound function that runs on a worker's event loop.
@@ -73,8 +74,9 @@ pub struct AsyncCtx {
     id: u64,
     deadline: Option<Instant>,
     report: Option<Report>,
-    last_report: Rc<Cell<Option<Instant>>>,
-    report_every: Duration,
+    /// When a heartbeat or progress frame may go next; shared by the items
+    /// of a chunk, which are one call to the supervisor.
+    report_pace: Rc<Cell<Pace>>,
 }
 
 impl fmt::Debug for AsyncCtx {
@@ -92,14 +94,13 @@ impl AsyncCtx {
             id,
             deadline,
             report,
-            last_report: Rc::new(Cell::new(None)),
-            report_every: crate::task::report_interval(None),
+            report_pace: Rc::new(Cell::new(Pace::new(report_interval(None)))),
         }
     }
 
     /// Sets how often, at most, heartbeats and progress are sent.
-    pub(crate) fn with_report_interval(mut self, every: Duration) -> Self {
-        self.report_every = every;
+    pub(crate) fn with_report_interval(self, every: Duration) -> Self {
+        self.report_pace.set(Pace::new(every));
         self
     }
 
@@ -144,16 +145,10 @@ impl AsyncCtx {
     }
 
     fn report_due(&self) -> bool {
-        let now = Instant::now();
-        if self
-            .last_report
-            .get()
-            .is_some_and(|t| now.duration_since(t) < self.report_every)
-        {
-            return false;
-        }
-        self.last_report.set(Some(now));
-        true
+        let mut pace = self.report_pace.get();
+        let due = pace.due(Instant::now());
+        self.report_pace.set(pace);
+        due
     }
 }
 

@@ -19,7 +19,6 @@ use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -33,20 +32,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::async_task::{AsyncCtx, Report};
 use crate::beacon::Beacon;
+use crate::limits::over_soft_limit;
 use crate::link::SharedOut;
+use crate::pace::Pace;
 use crate::registry::Registry;
-
-/// What the CPU thread tells the lane.
-#[derive(Debug)]
-pub(crate) enum IoMsg {
-    /// Start this call.
-    Run(Call),
-    /// Drop this call's future and answer it `Cancelled` (ignored when it is
-    /// not running here).
-    Cancel(u64),
-    /// The worker is going away: drop everything now, answer nothing.
-    Abort,
-}
+use crate::reply::{outcome, outcome_size, soft_timeout, ReplyBatch};
+use crate::shared::{IoMsg, LaneState};
 
 /// The lane's settings.
 pub(crate) struct LaneConfig {
@@ -57,36 +48,6 @@ pub(crate) struct LaneConfig {
     pub(crate) soft_limit: u64,
     /// Shared with the CPU thread.
     pub(crate) state: Arc<LaneState>,
-}
-
-/// What the CPU thread and the lane share: how many async calls the worker
-/// holds (counted when routed, uncounted when answered), and whether the
-/// worker announced it drains (once, by whichever thread sees it first).
-#[derive(Debug, Default)]
-pub(crate) struct LaneState {
-    held: AtomicUsize,
-    draining: AtomicBool,
-}
-
-impl LaneState {
-    /// The CPU thread routed a call to the lane.
-    pub(crate) fn routed(&self) {
-        self.held.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn answered(&self, n: usize) {
-        self.held.fetch_sub(n, Ordering::AcqRel);
-    }
-
-    /// Async calls routed and not answered yet.
-    pub(crate) fn held(&self) -> usize {
-        self.held.load(Ordering::Acquire)
-    }
-
-    /// Whether this caller is the one to announce `Draining`.
-    pub(crate) fn start_draining(&self) -> bool {
-        !self.draining.swap(true, Ordering::AcqRel)
-    }
 }
 
 type Finished = (u64, Reply, usize);
@@ -160,8 +121,7 @@ async fn serve_lane(
         let reported = Rc::clone(&reported);
         let max = cfg.max_frame_bytes;
         Rc::new(move |msg: &FromWorker| {
-            let mut buf = reports.borrow_mut();
-            if buf.len() < MAX_REPORT_BYTES && encode_frame(&mut buf, msg, max).is_ok() {
+            if buffer_report(&mut reports.borrow_mut(), msg, max) {
                 reported.notify_one();
             }
         })
@@ -236,6 +196,12 @@ async fn serve_lane(
 /// Heartbeat and progress frames buffered between two turns of the loop, at
 /// most (more are dropped: they only say "alive").
 const MAX_REPORT_BYTES: usize = 1 << 20;
+
+/// Frames a heartbeat, progress or `Draining` report into `buf`, unless the
+/// buffer holds [`MAX_REPORT_BYTES`] already. Returns whether it did.
+fn buffer_report(buf: &mut Vec<u8>, msg: &FromWorker, max_frame_bytes: usize) -> bool {
+    buf.len() < MAX_REPORT_BYTES && encode_frame(buf, msg, max_frame_bytes).is_ok()
+}
 
 /// A call's future, registered for cancellation.
 fn start<'a>(
@@ -320,7 +286,8 @@ impl Future for Guarded<'_> {
 
 impl Drop for Guarded<'_> {
     fn drop(&mut self) {
-        // Dropped unfinished only when the whole lane stops (Abort).
+        // Dropped unfinished only when the whole lane stops (an Abort, or
+        // the output pipe broke).
         if let Some(fut) = self.fut.take() {
             if let Some(b) = self.beacon {
                 b.set_io(self.id);
@@ -345,7 +312,7 @@ async fn run_call(
         .timeout_ms
         .map(|ms| started + Duration::from_millis(ms));
     let ctx = AsyncCtx::new(call.id, deadline, Some(report))
-        .with_report_interval(crate::task::report_interval(call.stall_ms));
+        .with_report_interval(crate::pace::report_interval(call.stall_ms));
     let mut timed = Timed {
         fut: registry.call_async(call.task, call.chunk, &call.input, ctx),
         busy: Duration::ZERO,
@@ -360,13 +327,10 @@ async fn run_call(
     let result = tokio::select! {
         r = &mut timed => r,
         _ = cancel => cancelled("cancelled while running".into()),
-        () = sleep_until_opt(deadline) => cancelled(format!(
-            "soft timeout of {} ms reached",
-            call.timeout_ms.unwrap_or(0)
-        )),
+        () = sleep_until_opt(deadline) => Err(soft_timeout(call.timeout_ms)),
     };
-    let outcome = crate::serve::outcome(result, max_output_bytes);
-    let size = crate::serve::outcome_size(&outcome);
+    let outcome = outcome(result, max_output_bytes);
+    let size = outcome_size(&outcome);
     let reply = Reply {
         id: call.id,
         outcome,
@@ -378,10 +342,11 @@ async fn run_call(
 }
 
 /// The soft memory limit, seen from the event loop: checked after calls
-/// finish, at most every 10 ms, announced once.
+/// finish and on a 100 ms tick while calls run, at most every 10 ms,
+/// announced once (by whichever thread sees it first).
 struct MemoryCheck {
     limit: u64,
-    last: Option<Instant>,
+    pace: Pace,
     state: Arc<LaneState>,
 }
 
@@ -389,7 +354,7 @@ impl MemoryCheck {
     fn new(limit: u64, state: Arc<LaneState>) -> Self {
         Self {
             limit,
-            last: None,
+            pace: Pace::new(Duration::from_millis(10)),
             state,
         }
     }
@@ -397,18 +362,20 @@ impl MemoryCheck {
     /// Why the worker must drain, the first time it is over the limit (and
     /// the CPU thread has not said so already).
     fn over(&mut self) -> Option<String> {
-        if self.limit == 0 || self.state.draining.load(Ordering::Acquire) {
+        self.over_at(Instant::now(), over_soft_limit)
+    }
+
+    /// [`MemoryCheck::over`] at `now`, with `reading` as the check of the
+    /// resident set against a limit.
+    fn over_at(
+        &mut self,
+        now: Instant,
+        reading: impl FnOnce(u64) -> Option<String>,
+    ) -> Option<String> {
+        if self.limit == 0 || self.state.draining() || !self.pace.due(now) {
             return None;
         }
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < Duration::from_millis(10))
-        {
-            return None;
-        }
-        self.last = Some(now);
-        let reason = crate::serve::over_soft_limit(self.limit)?;
+        let reason = reading(self.limit)?;
         self.state.start_draining().then_some(reason)
     }
 }
@@ -444,8 +411,7 @@ impl Future for Timed<'_> {
 /// Replies framed into `Done` frames no larger than the frame limit.
 struct Replies {
     max_frame_bytes: usize,
-    batch: Vec<Reply>,
-    batch_bytes: usize,
+    batch: ReplyBatch,
     buf: Vec<u8>,
     /// Replies pushed since the last write.
     pending: usize,
@@ -455,8 +421,7 @@ impl Replies {
     fn new(max_frame_bytes: usize) -> Self {
         Self {
             max_frame_bytes,
-            batch: Vec::new(),
-            batch_bytes: 0,
+            batch: ReplyBatch::new(max_frame_bytes),
             buf: Vec::new(),
             pending: 0,
         }
@@ -468,21 +433,14 @@ impl Replies {
     }
 
     fn push(&mut self, reply: Reply, size: usize) {
-        let cost = size + 48;
-        if !self.batch.is_empty() && self.batch_bytes + cost > self.max_frame_bytes {
-            self.frame();
+        if let Some(full) = self.batch.push(reply, size) {
+            self.frame(full);
         }
-        self.batch_bytes += cost;
-        self.batch.push(reply);
         self.pending += 1;
     }
 
-    fn frame(&mut self) {
-        if self.batch.is_empty() {
-            return;
-        }
-        let msg = FromWorker::Done(std::mem::take(&mut self.batch));
-        self.batch_bytes = 0;
+    fn frame(&mut self, replies: Vec<Reply>) {
+        let msg = FromWorker::Done(replies);
         if let Err(e) = encode_frame(&mut self.buf, &msg, self.max_frame_bytes) {
             // Outputs were checked against max_output_bytes, which is below the
             // frame limit; this would be a bug.
@@ -491,10 +449,239 @@ impl Replies {
     }
 
     fn write(&mut self, out: &SharedOut) -> std::io::Result<()> {
-        self.frame();
+        if let Some(last) = self.batch.take() {
+            self.frame(last);
+        }
         let r = out.write_all(&self.buf);
         self.buf.clear();
         self.pending = 0;
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use jobvisor_proto::codec;
+    use jobvisor_proto::FrameBuf;
+
+    use super::*;
+    use crate::{AsyncTask, TaskError};
+
+    const MAX: usize = 1 << 16;
+
+    /// Sleeps its input in milliseconds (of the paused clock).
+    struct Nap;
+    impl AsyncTask for Nap {
+        const NAME: &'static str = "nap";
+        type Input = u64;
+        type Output = u64;
+        async fn run(&self, ms: u64, ctx: AsyncCtx) -> Result<u64, TaskError> {
+            ctx.heartbeat();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(ms)
+        }
+    }
+
+    struct Boom;
+    impl AsyncTask for Boom {
+        const NAME: &'static str = "boom";
+        type Input = ();
+        type Output = ();
+        async fn run(&self, (): (), _ctx: AsyncCtx) -> Result<(), TaskError> {
+            panic!("boom")
+        }
+    }
+
+    fn call(id: u64, task: u32, input: &impl serde::Serialize, timeout_ms: Option<u64>) -> Call {
+        Call {
+            id,
+            task,
+            chunk: false,
+            timeout_ms,
+            stall_ms: None,
+            input: codec::encode(input).unwrap(),
+        }
+    }
+
+    /// Every frame the lane wrote, in order.
+    fn frames(bytes: &[u8]) -> Vec<FromWorker> {
+        let mut buf = FrameBuf::new(MAX);
+        buf.extend(bytes);
+        std::iter::from_fn(|| buf.decode_next().unwrap()).collect()
+    }
+
+    /// Runs the lane on a paused clock over `msgs` (after `first`), then
+    /// returns what it wrote and the shared state.
+    fn run_paused(first: IoMsg, msgs: Vec<IoMsg>) -> (Vec<FromWorker>, Arc<LaneState>) {
+        let registry = Registry::new().with_async(Nap).with_async(Boom);
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let state = Arc::new(LaneState::default());
+        let cfg = LaneConfig {
+            max_frame_bytes: MAX,
+            max_output_bytes: 1024,
+            soft_limit: 0,
+            state: Arc::clone(&state),
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        for m in [&first].into_iter().chain(&msgs) {
+            if matches!(m, IoMsg::Run(_)) {
+                state.routed();
+            }
+        }
+        for m in msgs {
+            tx.send(m).unwrap();
+        }
+        drop(tx);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let out = Arc::new(SharedOut::new(w));
+        rt.block_on(serve_lane(&registry, first, rx, out, &cfg, None));
+        let mut bytes = Vec::new();
+        std::fs::File::from(r).read_to_end(&mut bytes).unwrap();
+        (frames(&bytes), state)
+    }
+
+    fn replies(frames: &[FromWorker]) -> Vec<&Reply> {
+        let mut out: Vec<&Reply> = frames
+            .iter()
+            .filter_map(|f| match f {
+                FromWorker::Done(r) => Some(r),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        out.sort_by_key(|r| r.id);
+        out
+    }
+
+    fn failure(r: &Reply) -> (FailureKind, &str) {
+        match &r.outcome {
+            Outcome::Err(f) => (f.kind, f.message.as_str()),
+            Outcome::Ok(_) => panic!("call {} succeeded", r.id),
+        }
+    }
+
+    #[test]
+    fn the_lane_answers_every_call_its_own_way() {
+        let (frames, state) = run_paused(
+            IoMsg::Run(call(1, 0, &5u64, None)),
+            vec![
+                // Past its soft deadline long before it wakes.
+                IoMsg::Run(call(2, 0, &3_600_000u64, Some(50))),
+                IoMsg::Run(call(3, 0, &3_600_000u64, None)),
+                IoMsg::Cancel(3),
+                // Not running here: ignored.
+                IoMsg::Cancel(99),
+                IoMsg::Run(call(4, 1, &(), None)),
+            ],
+        );
+        let r = replies(&frames);
+        assert_eq!(r.iter().map(|r| r.id).collect::<Vec<_>>(), [1, 2, 3, 4]);
+        assert_eq!(r[0].outcome, Outcome::Ok(codec::encode(&5u64).unwrap()));
+        assert_eq!(
+            failure(r[1]),
+            (FailureKind::Cancelled, "soft timeout of 50 ms reached")
+        );
+        assert_eq!(
+            failure(r[2]),
+            (FailureKind::Cancelled, "cancelled while running")
+        );
+        assert_eq!(
+            failure(r[3]),
+            (FailureKind::Panic, "async task panicked: boom")
+        );
+        // Every async reply says how long its call took.
+        assert!(r.iter().all(|r| r.wall_us >= 1));
+        // The beats went out as frames of their own.
+        assert!(frames
+            .iter()
+            .any(|f| matches!(f, FromWorker::Heartbeat { id: 1 })));
+        assert_eq!(state.held(), 0, "every routed call was answered");
+    }
+
+    #[test]
+    fn an_abort_drops_the_calls_unanswered() {
+        let (frames, state) = run_paused(
+            IoMsg::Run(call(1, 0, &3_600_000u64, None)),
+            vec![IoMsg::Abort],
+        );
+        assert!(replies(&frames).is_empty());
+        assert_eq!(state.held(), 1);
+    }
+
+    #[test]
+    fn memory_is_looked_at_every_10_ms_and_announced_once() {
+        let state = Arc::new(LaneState::default());
+        let mut m = MemoryCheck::new(1000, Arc::clone(&state));
+        let t0 = Instant::now();
+        let over = |limit: u64| Some(format!("over {limit}"));
+        assert_eq!(m.over_at(t0, |_| None), None);
+        // Within 10 ms of the last look: not looked at.
+        assert_eq!(m.over_at(t0 + Duration::from_millis(9), over), None);
+        let t1 = t0 + Duration::from_millis(10);
+        assert_eq!(m.over_at(t1, over).as_deref(), Some("over 1000"));
+        assert!(state.draining());
+        // Announced: never again.
+        assert_eq!(m.over_at(t1 + Duration::from_secs(1), over), None);
+    }
+
+    #[test]
+    fn the_cpu_threads_announcement_counts_for_the_lane() {
+        let state = Arc::new(LaneState::default());
+        assert!(state.start_draining());
+        let mut m = MemoryCheck::new(1000, state);
+        assert_eq!(m.over_at(Instant::now(), |_| Some("over".into())), None);
+        // No limit, no look.
+        let mut m = MemoryCheck::new(0, Arc::new(LaneState::default()));
+        assert_eq!(m.over_at(Instant::now(), |_| Some("over".into())), None);
+    }
+
+    #[test]
+    fn reports_stop_buffering_at_the_cap() {
+        let mut buf = Vec::new();
+        let beat = FromWorker::Heartbeat { id: 1 };
+        assert!(buffer_report(&mut buf, &beat, MAX));
+        assert_eq!(frames(&buf).len(), 1);
+        buf.resize(MAX_REPORT_BYTES, 0);
+        assert!(!buffer_report(&mut buf, &beat, MAX));
+        assert_eq!(buf.len(), MAX_REPORT_BYTES);
+    }
+
+    #[test]
+    fn replies_split_into_frames_under_the_limit() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        let out = SharedOut::new(w);
+        let mut replies = Replies::new(1024);
+        for id in 1..=40 {
+            let reply = Reply {
+                id,
+                outcome: Outcome::Ok(vec![7; 100]),
+                cpu_us: 0,
+                wall_us: 1,
+                max_poll_us: 0,
+            };
+            replies.push(reply, 100);
+        }
+        assert_eq!(replies.pending(), 40);
+        replies.write(&out).unwrap();
+        assert_eq!(replies.pending(), 0);
+        drop(out);
+        let mut bytes = Vec::new();
+        std::fs::File::from(r).read_to_end(&mut bytes).unwrap();
+        let mut buf = FrameBuf::new(1024);
+        buf.extend(&bytes);
+        let mut ids = Vec::new();
+        let mut n = 0;
+        while let Some(FromWorker::Done(batch)) = buf.decode_next().unwrap() {
+            n += 1;
+            ids.extend(batch.iter().map(|r| r.id));
+        }
+        assert!(n > 1, "40 replies of 100 bytes do not fit one 1 KiB frame");
+        assert_eq!(ids, (1..=40).collect::<Vec<_>>());
     }
 }

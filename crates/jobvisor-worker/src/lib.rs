@@ -4,32 +4,52 @@
 //! replies to its output pipe. CPU calls ([`Task`]) run one at a time on the
 //! worker's main thread; async calls ([`AsyncTask`]) run many at once on an
 //! event loop on a second thread (the I/O lane, started only when the
-//! registry has async tasks). Tasks see the link only through [`Ctx`], which lets them
-//! notice cancellation (and their soft deadline), send heartbeats and report
-//! progress, all without a second thread.
+//! registry has async tasks). Tasks see the link only through [`Ctx`] and
+//! [`AsyncCtx`], which let them notice cancellation (and their soft
+//! deadline), send heartbeats and report progress, with no watcher thread.
 //!
 //! # Layout
-//! - `task`: the [`Task`] trait, [`TaskError`] and the per-call [`Ctx`].
-//! - `registry`: [`Registry`], task names → type-erased tasks.
-//! - `link`: the blocking framed link over the two pipes.
-//! - `serve`: the worker loop, [`serve`].
-//! - `async_task`: [`AsyncTask`] and [`AsyncCtx`].
-//! - `io_lane`: the event loop that runs async calls.
+//! Lowest first: a module uses only modules above it in this list
+//! (`scripts/check-module-cycles` holds the crate to a DAG).
+//! - `error`: [`WorkerError`], why the loop could not go on.
+//! - `shared`: what the CPU thread and the I/O lane share (the lane's
+//!   messages, the count of async calls held, draining).
+//! - `beacon`: [`Beacon`], the shared page that names the running call.
 //! - [`sys`]: `pidfd_open` and `PR_SET_PDEATHSIG`, for the pool and `exec` too.
+//! - `pace`: how often, at most, heartbeats, progress and pipe looks happen.
+//! - `limits`: memory: the address-space cap, the soft limit, malloc tuning.
+//! - `usage`: a call's thread CPU time, and which calls are measured.
+//! - `reply`: a call's outcome, its soft-timeout failure, `Done` batching.
+//! - `flush`: when the CPU thread writes the replies it buffered.
+//! - `link`: the blocking framed link over the two pipes (bytes and frames).
+//! - `inbox`: frame routing: to the CPU queue, the I/O lane or the running call.
+//! - `task`: [`Task`], [`TaskError`], the per-call [`Ctx`], [`run_detached`].
+//! - `async_task`: [`AsyncTask`], [`AsyncCtx`], [`run_detached_async`].
+//! - `registry`: [`Registry`], task names → type-erased tasks.
+//! - `io_lane`: the event loop that runs async calls beside the CPU thread.
+//! - `serve`: the worker loop, [`serve`]: handshake, `Configure`, CPU calls.
 
 mod async_task;
 mod beacon;
+mod error;
+mod flush;
+mod inbox;
 mod io_lane;
+mod limits;
 mod link;
+mod pace;
 mod registry;
+mod reply;
 mod serve;
+mod shared;
 pub mod sys;
 mod task;
+mod usage;
 
 pub use async_task::{run_detached_async, AsyncCtx, AsyncTask};
 pub use beacon::{monotonic_us, Beacon, CrashedThread};
+pub use error::WorkerError;
 pub use jobvisor_proto::worker::TaskKind;
 pub use registry::{ConvertError, Registry};
-pub use serve::run_detached;
-pub use serve::{serve, serve_with_beacon, WorkerError};
-pub use task::{error_chain, Ctx, Task, TaskError, Wait};
+pub use serve::{serve, serve_with_beacon};
+pub use task::{error_chain, run_detached, Ctx, Task, TaskError, Wait};

@@ -3,16 +3,27 @@
 //! The read end is non-blocking and waited on with `poll(2)`, so the worker can
 //! look for a cancel without blocking while a task runs. Writes are blocking:
 //! a worker has nothing better to do than wait for the supervisor to read.
+//!
+//! The link knows bytes and frames; what a frame asks for is the `inbox`'s
+//! business.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use jobvisor_proto::worker::{FromWorker, Reply};
 use jobvisor_proto::{encode_frame, FrameBuf, FrameError, Hello, HELLO_BYTES};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use serde::de::DeserializeOwned;
+
+use crate::error::WorkerError;
+use crate::reply::ReplyBatch;
+
+/// The frame limit before `Configure` sets the real one.
+pub(crate) const BOOTSTRAP_MAX_FRAME: usize = 64 * 1024;
 
 /// The write end of the output pipe, shared by the CPU thread's [`Link`] and
 /// the I/O lane: whole frames are written under the lock, so two threads'
@@ -23,6 +34,11 @@ pub(crate) struct SharedOut {
 }
 
 impl SharedOut {
+    /// Takes ownership of the output pipe's write end.
+    pub(crate) fn new(fd: OwnedFd) -> Self {
+        Self { fd: Mutex::new(fd) }
+    }
+
     /// Writes `bytes` (whole frames) as one unit.
     pub(crate) fn write_all(&self, bytes: &[u8]) -> io::Result<()> {
         let fd = self
@@ -33,27 +49,14 @@ impl SharedOut {
     }
 }
 
-/// Where the CPU thread sends the calls of async tasks (and cancels it does
-/// not own): the I/O lane, when the worker has one.
-pub(crate) struct IoRoute {
-    pub(crate) tx: tokio::sync::mpsc::UnboundedSender<crate::io_lane::IoMsg>,
-    /// `is_async[task id]`.
-    pub(crate) is_async: Vec<bool>,
-    /// What the two threads share about the lane (calls held, draining).
-    pub(crate) state: Arc<crate::io_lane::LaneState>,
-}
-
 pub(crate) struct Link {
     rfd: OwnedFd,
     out: Arc<SharedOut>,
-    /// The I/O lane, when this worker has async tasks.
-    pub(crate) io: Option<IoRoute>,
-    pub(crate) rbuf: FrameBuf,
+    rbuf: FrameBuf,
     wbuf: Vec<u8>,
     /// Replies not yet framed; framed together into one `Done` at flush.
-    replies: Vec<Reply>,
-    replies_bytes: usize,
-    pub(crate) max_frame_bytes: usize,
+    replies: ReplyBatch,
+    max_frame_bytes: usize,
 }
 
 fn poll_timeout(t: Option<Duration>) -> PollTimeout {
@@ -76,14 +79,10 @@ impl Link {
         )?;
         Ok(Self {
             rfd,
-            out: Arc::new(SharedOut {
-                fd: Mutex::new(wfd),
-            }),
-            io: None,
+            out: Arc::new(SharedOut::new(wfd)),
             rbuf: FrameBuf::new(max_frame_bytes),
             wbuf: Vec::with_capacity(64 * 1024),
-            replies: Vec::new(),
-            replies_bytes: 0,
+            replies: ReplyBatch::new(max_frame_bytes),
             max_frame_bytes,
         })
     }
@@ -150,26 +149,28 @@ impl Link {
     }
 
     /// Reads exactly one hello, blocking up to `timeout`.
-    pub(crate) fn read_hello(&mut self, timeout: Duration) -> io::Result<Hello> {
+    ///
+    /// # Errors
+    /// [`WorkerError::Protocol`] when none came in time,
+    /// [`WorkerError::Handshake`] when it is not a jobvisor hello,
+    /// [`WorkerError::Io`] when the pipe failed or closed.
+    pub(crate) fn read_hello(&mut self, timeout: Duration) -> Result<Hello, WorkerError> {
         let mut bytes = [0u8; HELLO_BYTES];
         let mut have = 0;
         let until = std::time::Instant::now() + timeout;
         while have < HELLO_BYTES {
             let left = until.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() || !self.wait_readable(Some(left))? {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no hello from the supervisor",
-                ));
+                return Err(WorkerError::Protocol("no hello from the supervisor".into()));
             }
             match nix::unistd::read(&self.rfd, &mut bytes[have..]) {
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
                 Ok(n) => have += n,
                 Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(io::Error::from(e).into()),
             }
         }
-        Hello::decode(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        Ok(Hello::decode(&bytes)?)
     }
 
     pub(crate) fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
@@ -181,11 +182,21 @@ impl Link {
         Arc::clone(&self.out)
     }
 
-    /// Whether task id `task` is an async task run by the I/O lane.
-    pub(crate) fn is_async(&self, task: u32) -> bool {
-        self.io
-            .as_ref()
-            .is_some_and(|r| r.is_async.get(task as usize).copied().unwrap_or(false))
+    /// The frame limit, both ways.
+    pub(crate) fn max_frame_bytes(&self) -> usize {
+        self.max_frame_bytes
+    }
+
+    /// Sets the frame limit, both ways (from `Configure`).
+    pub(crate) fn set_max_frame_bytes(&mut self, max: usize) {
+        self.max_frame_bytes = max;
+        self.rbuf.set_max_frame_bytes(max);
+        self.replies.set_max_frame_bytes(max);
+    }
+
+    /// Decodes the next complete frame in the read buffer, if there is one.
+    pub(crate) fn next_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
+        self.rbuf.decode_next()
     }
 
     pub(crate) fn send(&mut self, msg: &FromWorker) -> Result<(), FrameError> {
@@ -193,14 +204,18 @@ impl Link {
         encode_frame(&mut self.wbuf, msg, self.max_frame_bytes)
     }
 
-    pub(crate) fn send_heartbeat(&mut self, id: u64) -> io::Result<()> {
-        self.send(&FromWorker::Heartbeat { id }).map_err(invalid)?;
+    pub(crate) fn send_heartbeat(&mut self, id: u64) -> Result<(), WorkerError> {
+        self.send(&FromWorker::Heartbeat { id })?;
         self.flush()
     }
 
-    pub(crate) fn send_progress(&mut self, id: u64, done: u64, total: u64) -> io::Result<()> {
-        self.send(&FromWorker::Progress { id, done, total })
-            .map_err(invalid)?;
+    pub(crate) fn send_progress(
+        &mut self,
+        id: u64,
+        done: u64,
+        total: u64,
+    ) -> Result<(), WorkerError> {
+        self.send(&FromWorker::Progress { id, done, total })?;
         self.flush()
     }
 
@@ -211,29 +226,34 @@ impl Link {
         reply: Reply,
         reply_bytes: usize,
     ) -> Result<(), FrameError> {
-        // 32 bytes of slack per reply for ids, tags and length prefixes.
-        let cost = reply_bytes + 32;
-        if !self.replies.is_empty() && self.replies_bytes + cost > self.max_frame_bytes {
-            self.frame_replies()?;
+        match self.replies.push(reply, reply_bytes) {
+            Some(full) => self.frame(full),
+            None => Ok(()),
         }
-        self.replies_bytes += cost;
-        self.replies.push(reply);
-        Ok(())
     }
 
     fn frame_replies(&mut self) -> Result<(), FrameError> {
-        if self.replies.is_empty() {
-            return Ok(());
+        match self.replies.take() {
+            Some(replies) => self.frame(replies),
+            None => Ok(()),
         }
-        let replies = std::mem::take(&mut self.replies);
-        self.replies_bytes = 0;
-        let msg = FromWorker::Done(replies);
-        encode_frame(&mut self.wbuf, &msg, self.max_frame_bytes)
+    }
+
+    fn frame(&mut self, replies: Vec<Reply>) -> Result<(), FrameError> {
+        encode_frame(
+            &mut self.wbuf,
+            &FromWorker::Done(replies),
+            self.max_frame_bytes,
+        )
     }
 
     /// Frames pending replies and writes everything out.
-    pub(crate) fn flush(&mut self) -> io::Result<()> {
-        self.frame_replies().map_err(invalid)?;
+    ///
+    /// # Errors
+    /// A reply that cannot be framed ([`WorkerError::Frame`]) or a failed
+    /// write ([`WorkerError::Io`]).
+    pub(crate) fn flush(&mut self) -> Result<(), WorkerError> {
+        self.frame_replies()?;
         if self.wbuf.is_empty() {
             return Ok(());
         }
@@ -242,12 +262,8 @@ impl Link {
         if self.wbuf.capacity() > 1 << 20 {
             self.wbuf.shrink_to(64 * 1024);
         }
-        res
+        Ok(res?)
     }
-}
-
-fn invalid(e: FrameError) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
 pub(crate) fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
@@ -259,4 +275,90 @@ pub(crate) fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use jobvisor_proto::worker::{FailureKind, Outcome, TaskFailure};
+
+    use super::*;
+
+    fn pipes() -> (Link, std::fs::File, std::fs::File) {
+        let (r_in, w_in) = nix::unistd::pipe().unwrap();
+        let (r_out, w_out) = nix::unistd::pipe().unwrap();
+        let link = Link::new(r_in, w_out, BOOTSTRAP_MAX_FRAME).unwrap();
+        (link, w_in.into(), r_out.into())
+    }
+
+    fn frames(bytes: &[u8]) -> Vec<FromWorker> {
+        let mut buf = FrameBuf::new(BOOTSTRAP_MAX_FRAME);
+        buf.extend(bytes);
+        std::iter::from_fn(|| buf.decode_next().unwrap()).collect()
+    }
+
+    #[test]
+    fn poll_timeouts_round_up_to_whole_milliseconds() {
+        assert_eq!(poll_timeout(None), PollTimeout::NONE);
+        assert_eq!(poll_timeout(Some(Duration::ZERO)), PollTimeout::ZERO);
+        // Half a millisecond is one, not a busy loop of zeros.
+        let one = PollTimeout::try_from(1).unwrap();
+        assert_eq!(poll_timeout(Some(Duration::from_micros(500))), one);
+        assert_eq!(
+            poll_timeout(Some(Duration::from_secs(u64::MAX))),
+            PollTimeout::MAX
+        );
+    }
+
+    #[test]
+    fn reads_what_is_there_and_sees_the_close() {
+        let (mut link, mut to_link, _from_link) = pipes();
+        // Nothing yet: not an EOF, and the non-blocking read does not wait.
+        assert!(link.fill_nonblocking().unwrap());
+        assert!(!link.wait_readable(Some(Duration::ZERO)).unwrap());
+        to_link.write_all(b"x").unwrap();
+        assert!(link.wait_readable(None).unwrap());
+        drop(to_link);
+        // The byte first, then the close.
+        assert!(link.fill_nonblocking().unwrap());
+        assert!(!link.fill_nonblocking().unwrap());
+    }
+
+    #[test]
+    fn no_hello_in_time_breaks_the_protocol() {
+        let (mut link, _to_link, _from_link) = pipes();
+        let e = link.read_hello(Duration::ZERO).unwrap_err();
+        assert!(matches!(e, WorkerError::Protocol(_)), "{e:?}");
+    }
+
+    #[test]
+    fn replies_are_framed_before_a_later_message() {
+        let (mut link, _to_link, mut from_link) = pipes();
+        let reply = Reply {
+            id: 1,
+            outcome: Outcome::Err(TaskFailure {
+                kind: FailureKind::Error,
+                message: "no".into(),
+            }),
+            cpu_us: 0,
+            wall_us: 0,
+            max_poll_us: 0,
+        };
+        link.push_reply(reply.clone(), 2).unwrap();
+        link.send(&FromWorker::Heartbeat { id: 2 }).unwrap();
+        link.flush().unwrap();
+        // Nothing buffered: a flush writes nothing more.
+        link.flush().unwrap();
+        drop(link);
+        let mut bytes = Vec::new();
+        from_link.read_to_end(&mut bytes).unwrap();
+        assert_eq!(
+            frames(&bytes),
+            [
+                FromWorker::Done(vec![reply]),
+                FromWorker::Heartbeat { id: 2 }
+            ]
+        );
+    }
 }

@@ -1,4 +1,6 @@
-//! Task names → type-erased tasks.
+//! The [`Registry`]: task names → type-erased tasks, in id order (the ids
+//! calls carry), and the JSON ↔ native conversions of their inputs and
+//! outputs that the daemon uses at submit time and to show results.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
@@ -426,5 +428,112 @@ impl<T: AsyncTask> ErasedTask for AsyncTyped<T> {
                 .await;
             encode_output(T::NAME, &outs)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::OwnedFd;
+
+    use super::*;
+    use crate::inbox::Inbox;
+    use crate::link::{Link, BOOTSTRAP_MAX_FRAME};
+
+    /// 100 divided by its input; panics on 0.
+    struct Div;
+    impl Task for Div {
+        const NAME: &'static str = "div";
+        type Input = u64;
+        type Output = u64;
+        fn run(&self, input: u64, _ctx: &mut Ctx<'_>) -> Result<u64, TaskError> {
+            Ok(100 / input)
+        }
+    }
+
+    struct Wait;
+    impl AsyncTask for Wait {
+        const NAME: &'static str = "wait";
+        type Input = ();
+        type Output = ();
+        async fn run(&self, (): (), _ctx: AsyncCtx) -> Result<(), TaskError> {
+            Ok(())
+        }
+    }
+
+    fn registry() -> Registry {
+        Registry::new().with(Div).with_async(Wait)
+    }
+
+    /// Calls CPU task `task` with a context on throwaway pipes.
+    fn call(r: &Registry, task: u32, chunk: bool, input: &[u8]) -> Result<Vec<u8>, TaskFailure> {
+        let (r_in, w_in) = nix::unistd::pipe().unwrap();
+        let (_r_out, w_out): (OwnedFd, OwnedFd) = nix::unistd::pipe().unwrap();
+        let _keep_open = w_in;
+        let mut link = Link::new(r_in, w_out, BOOTSTRAP_MAX_FRAME).unwrap();
+        let mut inbox = Inbox::new();
+        let mut ctx = Ctx::new(1, &mut link, &mut inbox, None);
+        r.call(task, chunk, input, &mut ctx)
+    }
+
+    #[test]
+    fn ids_and_kinds_follow_registration_order() {
+        let r = registry();
+        assert_eq!(r.names().collect::<Vec<_>>(), ["div", "wait"]);
+        assert_eq!(r.kinds(), [TaskKind::Cpu, TaskKind::Io]);
+        assert_eq!(r.kind("wait"), Some(TaskKind::Io));
+        assert_eq!(r.kind("nope"), None);
+        assert!(r.contains("div") && !r.contains("nope"));
+    }
+
+    #[test]
+    #[should_panic(expected = "registered twice")]
+    fn a_name_registered_twice_is_a_bug() {
+        let _ = Registry::new().with(Div).with(Div);
+    }
+
+    #[test]
+    fn json_inputs_are_checked_at_the_door() {
+        let r = registry();
+        let native = r.json_to_native("div", "5").unwrap();
+        assert_eq!(native, codec::encode(&5u64).unwrap());
+        r.check_native_input("div", &native).unwrap();
+        assert!(matches!(
+            r.json_to_native("div", "\"five\""),
+            Err(ConvertError::BadInput { task, .. }) if task == "div"
+        ));
+        assert_eq!(
+            r.json_to_native("nope", "5"),
+            Err(ConvertError::UnknownTask {
+                name: "nope".into(),
+                known: "div, wait".into(),
+            })
+        );
+        let out = codec::encode(&20u64).unwrap();
+        assert_eq!(r.native_output_to_json("div", &out).unwrap(), "20");
+        assert!(matches!(
+            r.native_output_to_json("div", &[]),
+            Err(ConvertError::BadOutput { .. })
+        ));
+    }
+
+    #[test]
+    fn a_panic_in_a_chunk_fails_only_its_item() {
+        let r = registry();
+        let input = codec::encode(&vec![4u64, 0, 50]).unwrap();
+        let out = call(&r, 0, true, &input).unwrap();
+        let items: Vec<Result<u64, TaskFailure>> = codec::decode(&out).unwrap();
+        assert_eq!(items[0], Ok(25));
+        assert!(matches!(&items[1], Err(f) if f.kind == FailureKind::Panic));
+        assert_eq!(items[2], Ok(2));
+    }
+
+    #[test]
+    fn bad_ids_inputs_and_lanes_fail_the_call() {
+        let r = registry();
+        let kind = |res: Result<Vec<u8>, TaskFailure>| res.unwrap_err().kind;
+        assert_eq!(kind(call(&r, 9, false, &[])), FailureKind::UnknownTask);
+        assert_eq!(kind(call(&r, 0, false, &[])), FailureKind::BadInput);
+        // An async task called on the CPU thread: a routing bug, not a crash.
+        assert_eq!(kind(call(&r, 1, false, &[])), FailureKind::UnknownTask);
     }
 }

@@ -1,51 +1,35 @@
 //! The worker loop.
 //!
-//! Handshake, then: take calls from the pipe, run the CPU calls in order on
-//! this thread, hand the async ones to the I/O lane (`io_lane`), batch the
-//! replies into `Done` frames. The replies go out when the worker runs out of
-//! work, every [`FLUSH_EVERY`] calls and at least every [`FLUSH_INTERVAL`], so
-//! the supervisor can refill the pipeline while the worker keeps going.
+//! The handshake and `Configure`, then the I/O lane's thread (when the
+//! registry has async tasks), then the CPU loop on this thread: take the
+//! calls the `inbox` queued (it hands the async ones to the lane), run them
+//! in order, buffer their replies and write them when `flush` says so, and
+//! between calls watch the soft memory limit.
 
-use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobvisor_proto::worker::{
-    Call, FailureKind, FromWorker, Outcome, Reply, TaskFailure, TaskKind, ToWorker,
+use jobvisor_proto::worker::{FromWorker, Reply, TaskKind, ToWorker};
+use jobvisor_proto::{Hello, Role};
+
+use crate::error::WorkerError;
+use crate::flush::{is_timed, Flush};
+use crate::inbox::{Inbox, LaneRoute};
+use crate::io_lane::{self, LaneConfig};
+use crate::limits::{
+    limit_address_space, over_limit_action, over_soft_limit, rss_check_due, tune_malloc, OverLimit,
 };
-use jobvisor_proto::{FrameError, HandshakeError, Hello, Role};
-
-use crate::io_lane::{self, IoMsg, LaneConfig, LaneState};
-use crate::link::{IoRoute, Link};
+use crate::link::{Link, BOOTSTRAP_MAX_FRAME};
 use crate::registry::Registry;
+use crate::reply::{name_soft_timeout, outcome, outcome_size};
+use crate::shared::{IoMsg, LaneState};
 use crate::task::Ctx;
+use crate::usage::{thread_cpu_us, Sampler};
 
-/// Frame limit before `Configure` set the real one.
-const BOOTSTRAP_MAX_FRAME: usize = 64 * 1024;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
-const FLUSH_EVERY: usize = 32;
-const FLUSH_INTERVAL: Duration = Duration::from_millis(1);
-
-/// The worker could not go on.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum WorkerError {
-    /// A pipe failed.
-    #[error("worker pipe I/O failed: {0}")]
-    Io(#[from] io::Error),
-    /// The supervisor speaks another protocol.
-    #[error("worker handshake failed: {0}")]
-    Handshake(#[from] HandshakeError),
-    /// The supervisor sent something that is not a valid message.
-    #[error("worker received a bad frame: {0}")]
-    Frame(#[from] FrameError),
-    /// The supervisor broke the protocol's order.
-    #[error("worker protocol violation: {0}")]
-    Protocol(String),
-}
 
 /// Runs the worker loop on the two protocol pipes until the supervisor sends
 /// `Shutdown` (after the queued calls) or closes the pipe.
@@ -87,6 +71,7 @@ pub fn serve_with_beacon(
         b.mark_crashing_thread();
     }
     let beacon = beacon.as_ref();
+    let mut inbox = Inbox::new();
     std::thread::scope(|scope| {
         if kinds.contains(&TaskKind::Io) {
             // The I/O lane: async calls on an event loop beside this thread.
@@ -94,7 +79,7 @@ pub fn serve_with_beacon(
             let out = link.shared_out();
             let state = Arc::new(LaneState::default());
             let cfg = LaneConfig {
-                max_frame_bytes: link.max_frame_bytes,
+                max_frame_bytes: link.max_frame_bytes(),
                 max_output_bytes,
                 soft_limit,
                 state: Arc::clone(&state),
@@ -102,7 +87,7 @@ pub fn serve_with_beacon(
             std::thread::Builder::new()
                 .name("jobvisor-io".into())
                 .spawn_scoped(scope, move || io_lane::run(registry, rx, out, &cfg, beacon))?;
-            link.io = Some(IoRoute {
+            inbox.set_lane(LaneRoute {
                 tx,
                 is_async: kinds.iter().map(|k| *k == TaskKind::Io).collect(),
                 state,
@@ -112,7 +97,14 @@ pub fn serve_with_beacon(
         // Serialize impl, say) must not leave the lane running in a process
         // whose CPU thread is gone: die, and let the beacon name the call.
         let r = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-            cpu_loop(registry, &mut link, beacon, max_output_bytes, soft_limit)
+            cpu_loop(
+                registry,
+                &mut link,
+                &mut inbox,
+                beacon,
+                max_output_bytes,
+                soft_limit,
+            )
         })) {
             Ok(r) => r,
             Err(_) => {
@@ -120,7 +112,7 @@ pub fn serve_with_beacon(
                 std::process::abort();
             }
         };
-        if let Some(io) = link.io.take() {
+        if let Some(io) = inbox.take_lane() {
             // After a Shutdown the lane finishes what runs (its channel just
             // closes); otherwise the worker is going away now.
             if !matches!(r, Ok(Exit::Finished)) {
@@ -144,56 +136,42 @@ enum Exit {
 fn cpu_loop(
     registry: &Registry,
     link: &mut Link,
+    inbox: &mut Inbox,
     beacon: Option<&crate::Beacon>,
     max_output_bytes: u64,
     soft_limit: u64,
 ) -> Result<Exit, WorkerError> {
     let mut last_rss_check = Instant::now();
-    let mut last_wall_us = 0u64;
-    let mut since_sample = MEASURE_EVERY;
-    let mut pending: VecDeque<Call> = VecDeque::new();
-    let mut shutdown = false;
-    let mut since_flush = 0usize;
-    // A reply of a call with a timeout or stall timeout is waiting in the
-    // buffer (see below).
-    let mut timed_reply_buffered = false;
-    let mut last_ingest = Instant::now();
+    let mut sampler = Sampler::new();
+    let mut flush = Flush::new(Instant::now());
     loop {
-        if pending.is_empty() {
+        if inbox.is_empty() {
             link.flush()?;
-            since_flush = 0;
-            timed_reply_buffered = false;
-            if shutdown {
+            flush.flushed();
+            if inbox.shutdown() {
                 return Ok(Exit::Finished);
             }
             if !link.fill_nonblocking()? {
                 return Ok(Exit::Gone);
             }
-            take_frames(link, &mut pending, &mut shutdown, None)?;
-            if pending.is_empty() && !shutdown {
+            inbox.take_frames(link, None)?;
+            if inbox.is_empty() && !inbox.shutdown() {
                 link.wait_readable(None)?;
                 if !link.fill_nonblocking()? {
                     return Ok(Exit::Gone);
                 }
-                take_frames(link, &mut pending, &mut shutdown, None)?;
+                inbox.take_frames(link, None)?;
             }
-            last_ingest = Instant::now();
+            flush.ingested(Instant::now());
             continue;
         }
-        let Some(call) = pending.pop_front() else {
+        let Some(call) = inbox.pop_front() else {
             continue;
         };
-        // The supervisor times a call from when the reply of the one before
-        // reaches it. A task that never looks at its ctx keeps the replies
-        // buffered before it for its whole run: send them first when a
-        // timeout depends on them (this call's, or a buffered one's), so a
-        // finished call is not taken for a hung one, nor a hung call's
-        // deadline left unwatched. Untimed calls keep the batching.
-        let timed = call.timeout_ms.is_some() || call.stall_ms.is_some();
-        if since_flush > 0 && (timed || timed_reply_buffered) {
+        let timed = is_timed(&call);
+        if flush.before_call(timed) {
             link.flush()?;
-            since_flush = 0;
-            timed_reply_buffered = false;
+            flush.flushed();
         }
         if let Some(b) = beacon {
             let deadline_us = call.timeout_ms.map_or(0, |ms| {
@@ -202,35 +180,17 @@ fn cpu_loop(
             b.set_with_deadline(call.id, deadline_us);
         }
         let started = Instant::now();
-        // Thread CPU time costs a syscall (~0.4 µs): measure every call that
-        // is not tiny, and a sample of the tiny ones; the rest report 0/0.
-        let measure = last_wall_us >= MEASURE_ALWAYS_US || since_sample >= MEASURE_EVERY;
+        let measure = sampler.measure();
         let cpu_before = if measure { thread_cpu_us() } else { 0 };
         let deadline = call
             .timeout_ms
             .map(|ms| started + Duration::from_millis(ms));
         let result = {
-            let mut ctx = Ctx::new(call.id, link, &mut pending, deadline, &mut shutdown);
-            ctx.set_report_interval(crate::task::report_interval(call.stall_ms));
+            let mut ctx = Ctx::new(call.id, link, inbox, deadline);
+            ctx.set_report_interval(crate::pace::report_interval(call.stall_ms));
             let r = registry.call(call.task, call.chunk, &call.input, &mut ctx);
-            match r {
-                // A task that noticed the cancel but returned Ok anyway still
-                // produced an output: keep it.
-                Ok(bytes) => Ok(bytes),
-                Err(f)
-                    if f.kind == FailureKind::Cancelled
-                        && ctx.deadline.is_some_and(|d| Instant::now() >= d) =>
-                {
-                    Err(TaskFailure {
-                        kind: FailureKind::Cancelled,
-                        message: format!(
-                            "soft timeout of {} ms reached",
-                            call.timeout_ms.unwrap_or(0)
-                        ),
-                    })
-                }
-                Err(f) => Err(f),
-            }
+            let past_deadline = ctx.deadline.is_some_and(|d| Instant::now() >= d);
+            name_soft_timeout(r, past_deadline, call.timeout_ms)
         };
         let outcome = outcome(result, max_output_bytes);
         let size = outcome_size(&outcome);
@@ -238,8 +198,7 @@ fn cpu_loop(
             b.set(0);
         }
         let wall_us = started.elapsed().as_micros() as u64;
-        last_wall_us = wall_us;
-        since_sample = if measure { 0 } else { since_sample + 1 };
+        sampler.record(measure, wall_us);
         link.push_reply(
             Reply {
                 id: call.id,
@@ -254,27 +213,24 @@ fn cpu_loop(
             },
             size,
         )?;
-        since_flush += 1;
-        timed_reply_buffered |= timed;
+        flush.replied(timed);
         let now = Instant::now();
-        if soft_limit > 0
-            && (pending.is_empty() || now.duration_since(last_rss_check) >= RSS_CHECK_INTERVAL)
-        {
+        if rss_check_due(
+            soft_limit,
+            inbox.is_empty(),
+            now.saturating_duration_since(last_rss_check),
+        ) {
             last_rss_check = now;
             if let Some(reason) = over_soft_limit(soft_limit) {
-                match &link.io {
-                    // Async calls are running: they must finish here, so the
-                    // worker drains (announced once, by whichever thread
-                    // sees it first) instead of leaving at once.
-                    Some(io) if io.state.held() > 0 => {
-                        if io.state.start_draining() {
+                let lane = inbox.lane().map(|l| &*l.state);
+                match over_limit_action(lane.map_or(0, LaneState::held)) {
+                    OverLimit::Drain => {
+                        if lane.is_some_and(LaneState::start_draining) {
                             link.send(&FromWorker::Draining { reason })?;
                             link.flush()?;
                         }
                     }
-                    // Recycle between calls: the supervisor re-dispatches what
-                    // we have not answered and starts a fresh worker.
-                    _ => {
+                    OverLimit::Retire => {
                         link.send(&FromWorker::Retiring { reason })?;
                         link.flush()?;
                         return Ok(Exit::Gone);
@@ -282,109 +238,16 @@ fn cpu_loop(
                 }
             }
         }
-        if since_flush >= FLUSH_EVERY || now.duration_since(last_ingest) >= FLUSH_INTERVAL {
+        if flush.after_reply(now) {
             link.flush()?;
-            since_flush = 0;
-            timed_reply_buffered = false;
+            flush.flushed();
             if !link.fill_nonblocking()? {
                 return Ok(Exit::Gone);
             }
-            take_frames(link, &mut pending, &mut shutdown, None)?;
-            last_ingest = now;
+            inbox.take_frames(link, None)?;
+            flush.ingested(now);
         }
     }
-}
-
-/// A call's result as the reply's outcome, with the output size limit applied.
-pub(crate) fn outcome(result: Result<Vec<u8>, TaskFailure>, max_output_bytes: u64) -> Outcome {
-    match result {
-        Ok(bytes) if bytes.len() as u64 > max_output_bytes => Outcome::Err(TaskFailure {
-            kind: FailureKind::OutputTooLarge,
-            message: format!(
-                "output of {} bytes exceeds max_output_bytes ({max_output_bytes})",
-                bytes.len()
-            ),
-        }),
-        Ok(bytes) => Outcome::Ok(bytes),
-        Err(f) => Outcome::Err(f),
-    }
-}
-
-/// The payload size of an outcome (for framing replies under the limit).
-pub(crate) fn outcome_size(outcome: &Outcome) -> usize {
-    match outcome {
-        Outcome::Ok(b) => b.len(),
-        Outcome::Err(f) => f.message.len(),
-    }
-}
-
-/// Keeps freed frame-sized buffers in the heap instead of returning them to
-/// the kernel after every call: glibc trims the heap top above 128 KiB by
-/// default, and serves allocations above its mmap threshold with fresh
-/// mappings, so every 1 MiB input would be page-faulted in anew.
-fn tune_malloc() {
-    // SAFETY: mallopt only adjusts allocator parameters; called before the
-    // I/O lane thread exists.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 16 << 20);
-    }
-}
-
-/// CPU time of the calling thread, in µs (`CLOCK_THREAD_CPUTIME_ID`): what a
-/// call really computed, as against how long it took.
-fn thread_cpu_us() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime with a valid pointer to a local timespec.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
-}
-
-/// Calls at least this long always have their CPU time measured.
-const MEASURE_ALWAYS_US: u64 = 50;
-/// Of shorter calls, one in this many is measured.
-const MEASURE_EVERY: u32 = 16;
-
-/// How often, at most, the soft memory limit is checked while calls are queued.
-const RSS_CHECK_INTERVAL: Duration = Duration::from_millis(10);
-
-/// Caps this process's address space: allocations beyond it fail (Rust then
-/// aborts the worker, which the supervisor reports as "memory limit exceeded").
-fn limit_address_space(bytes: u64) -> Result<(), WorkerError> {
-    let lim = libc::rlimit {
-        rlim_cur: bytes,
-        rlim_max: bytes,
-    };
-    // SAFETY: setrlimit with a valid pointer to a local struct.
-    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &lim) } != 0 {
-        return Err(WorkerError::Io(io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-/// Why the worker must recycle itself, when its resident set is over the
-/// soft memory limit of `limit` bytes.
-pub(crate) fn over_soft_limit(limit: u64) -> Option<String> {
-    let rss = resident_bytes().filter(|&r| r > limit)?;
-    Some(format!(
-        "resident set {} KiB is over the soft memory limit of {} KiB",
-        rss / 1024,
-        limit / 1024
-    ))
-}
-
-/// This process's resident set in bytes, from `/proc/self/statm`.
-fn resident_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    Some(pages * u64::try_from(page).unwrap_or(4096))
 }
 
 /// Waits for `Configure` and applies it; returns `max_output_bytes` and the
@@ -392,7 +255,7 @@ fn resident_bytes() -> Option<u64> {
 fn configure(link: &mut Link) -> Result<(u64, u64), WorkerError> {
     let until = Instant::now() + HANDSHAKE_TIMEOUT;
     loop {
-        if let Some(msg) = link.rbuf.decode_next::<ToWorker>()? {
+        if let Some(msg) = link.next_frame::<ToWorker>()? {
             return match msg {
                 ToWorker::Configure {
                     max_frame_bytes,
@@ -403,9 +266,9 @@ fn configure(link: &mut Link) -> Result<(u64, u64), WorkerError> {
                     if memory_limit_bytes > 0 {
                         limit_address_space(memory_limit_bytes)?;
                     }
-                    let max = usize::try_from(max_frame_bytes).unwrap_or(usize::MAX);
-                    link.max_frame_bytes = max;
-                    link.rbuf.set_max_frame_bytes(max);
+                    link.set_max_frame_bytes(
+                        usize::try_from(max_frame_bytes).unwrap_or(usize::MAX),
+                    );
                     Ok((max_output_bytes, memory_soft_limit_bytes))
                 }
                 other => Err(WorkerError::Protocol(format!(
@@ -425,92 +288,265 @@ fn configure(link: &mut Link) -> Result<(u64, u64), WorkerError> {
     }
 }
 
-/// Applies every complete frame in the read buffer. Returns whether a cancel
-/// for `running` arrived.
-pub(crate) fn take_frames(
-    link: &mut Link,
-    pending: &mut VecDeque<Call>,
-    shutdown: &mut bool,
-    running: Option<u64>,
-) -> Result<bool, FrameError> {
-    let mut hit = false;
-    while let Some(msg) = link.rbuf.decode_next::<ToWorker>()? {
-        match msg {
-            ToWorker::Run(calls) => {
-                for call in calls {
-                    if !link.is_async(call.task) {
-                        pending.push_back(call);
-                        continue;
-                    }
-                    let sent = link.io.as_ref().is_some_and(|io| {
-                        // Counted here, before the lane sees it, so the CPU
-                        // thread's soft-limit check never misses a call.
-                        io.state.routed();
-                        io.tx.send(IoMsg::Run(call)).is_ok()
-                    });
-                    if !sent {
-                        // The lane only ends when told to; a lane that is gone
-                        // is a broken worker. Dying re-dispatches its calls.
-                        eprintln!("jobvisor worker: the I/O lane is gone; aborting");
-                        std::process::abort();
-                    }
-                }
-            }
-            ToWorker::Cancel { id } => {
-                if Some(id) == running {
-                    hit = true;
-                } else if let Some(pos) = pending.iter().position(|c| c.id == id) {
-                    pending.remove(pos);
-                    let reply = Reply {
-                        id,
-                        outcome: Outcome::Err(TaskFailure {
-                            kind: FailureKind::Cancelled,
-                            message: "cancelled before it started".into(),
-                        }),
-                        cpu_us: 0,
-                        wall_us: 0,
-                        max_poll_us: 0,
-                    };
-                    link.push_reply(reply, 32)?;
-                    // Answer now: the running call may take a long time.
-                    link.flush()
-                        .map_err(|e| FrameError::Codec(jobvisor_proto::CodecError::Io(e)))?;
-                } else if let Some(io) = &link.io {
-                    // An async call (the lane ignores ids it does not run), or
-                    // one that finished already and whose reply is on the way.
-                    let _ = io.tx.send(IoMsg::Cancel(id));
-                }
-            }
-            ToWorker::Shutdown => *shutdown = true,
-            // Limits are set once, at the start; a late Configure is ignored.
-            ToWorker::Configure { .. } => {}
+#[cfg(test)]
+mod tests {
+    //! The whole loop in this process, with the test as the supervisor on the
+    //! other ends of the two pipes.
+
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::thread::JoinHandle;
+
+    use jobvisor_proto::worker::{Call, FailureKind, Outcome};
+    use jobvisor_proto::{codec, encode_frame, FrameBuf, HELLO_BYTES};
+
+    use super::*;
+    use crate::{AsyncCtx, AsyncTask, Task, TaskError};
+
+    const MAX: usize = 1 << 16;
+
+    struct Echo;
+    impl Task for Echo {
+        const NAME: &'static str = "echo";
+        type Input = String;
+        type Output = String;
+        fn run(&self, input: String, _ctx: &mut Ctx<'_>) -> Result<String, TaskError> {
+            Ok(input)
         }
     }
-    Ok(hit)
-}
 
-/// Runs a task in this process, outside any pool, with a context whose soft
-/// deadline is `timeout` (so `ctx.is_cancelled()` turns true when it passes).
-/// For unit tests of tasks and for debugging a task in isolation.
-///
-/// # Errors
-/// The task's own error; an I/O error creating the context's pipes is
-/// reported as a task error.
-pub fn run_detached<T: crate::Task>(
-    task: &T,
-    input: T::Input,
-    timeout: Option<Duration>,
-) -> Result<T::Output, crate::TaskError> {
-    let (r1, w1) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(crate::TaskError::from)?;
-    let (_r2, w2) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(crate::TaskError::from)?;
-    // Keep the write end of the input pipe open so the link never sees EOF.
-    let _keep = w1;
-    let mut link = Link::new(r1, w2, BOOTSTRAP_MAX_FRAME).map_err(crate::TaskError::from)?;
-    let mut pending = VecDeque::new();
-    let mut shutdown = false;
-    let deadline = timeout.map(|t| Instant::now() + t);
-    let mut ctx = Ctx::new(0, &mut link, &mut pending, deadline, &mut shutdown);
-    task.run(input, &mut ctx)
+    /// Says it runs, then waits for a cancel or its soft deadline.
+    struct Park;
+    impl Task for Park {
+        const NAME: &'static str = "park";
+        type Input = ();
+        type Output = ();
+        fn run(&self, (): (), ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
+            ctx.heartbeat();
+            if ctx.sleep(Duration::from_secs(600)) {
+                Ok(())
+            } else {
+                Err(TaskError::cancelled())
+            }
+        }
+    }
+
+    struct AsyncEcho;
+    impl AsyncTask for AsyncEcho {
+        const NAME: &'static str = "async_echo";
+        type Input = String;
+        type Output = String;
+        async fn run(&self, input: String, _ctx: AsyncCtx) -> Result<String, TaskError> {
+            Ok(input)
+        }
+    }
+
+    /// The supervisor's side of a worker loop running on a thread.
+    struct Supervisor {
+        to_worker: File,
+        from_worker: File,
+        rbuf: FrameBuf,
+        worker: JoinHandle<Result<(), WorkerError>>,
+    }
+
+    impl Supervisor {
+        /// Starts the loop and reads its hello; `configure` is sent if given.
+        fn start(configure: Option<ToWorker>) -> Self {
+            let (r_in, w_in) = nix::unistd::pipe().unwrap();
+            let (r_out, w_out) = nix::unistd::pipe().unwrap();
+            let worker = std::thread::spawn(move || {
+                let registry = Registry::new().with(Echo).with(Park).with_async(AsyncEcho);
+                serve(&registry, r_in, w_out)
+            });
+            let mut s = Self {
+                to_worker: File::from(w_in),
+                from_worker: File::from(r_out),
+                rbuf: FrameBuf::new(MAX),
+                worker,
+            };
+            let mut hello = [0u8; HELLO_BYTES];
+            s.from_worker.read_exact(&mut hello).unwrap();
+            let peer = Hello::decode(&hello).unwrap();
+            let ours = Hello::ours(Role::Supervisor);
+            ours.check_peer(&peer, Role::Worker).unwrap();
+            s.to_worker.write_all(&ours.encode()).unwrap();
+            if let Some(c) = configure {
+                s.send(&c);
+            }
+            s
+        }
+
+        fn send(&mut self, msg: &ToWorker) {
+            let mut bytes = Vec::new();
+            encode_frame(&mut bytes, msg, MAX).unwrap();
+            self.to_worker.write_all(&bytes).unwrap();
+        }
+
+        /// The next frame from the worker (blocking).
+        fn recv(&mut self) -> FromWorker {
+            loop {
+                if let Some(msg) = self.rbuf.decode_next::<FromWorker>().unwrap() {
+                    return msg;
+                }
+                let mut chunk = [0u8; 4096];
+                let n = self.from_worker.read(&mut chunk).unwrap();
+                assert!(n > 0, "the worker closed its pipe");
+                self.rbuf.extend(&chunk[..n]);
+            }
+        }
+
+        /// Replies until `n` arrived, skipping heartbeats.
+        fn replies(&mut self, n: usize) -> Vec<Reply> {
+            let mut out = Vec::new();
+            while out.len() < n {
+                match self.recv() {
+                    FromWorker::Done(r) => out.extend(r),
+                    FromWorker::Heartbeat { .. } | FromWorker::Progress { .. } => {}
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            out
+        }
+
+        fn finish(mut self) -> Result<(), WorkerError> {
+            self.send(&ToWorker::Shutdown);
+            self.worker.join().unwrap()
+        }
+    }
+
+    fn configure(max_output_bytes: u64) -> ToWorker {
+        ToWorker::Configure {
+            max_frame_bytes: MAX as u64,
+            max_output_bytes,
+            memory_soft_limit_bytes: 0,
+            memory_limit_bytes: 0,
+        }
+    }
+
+    fn call(id: u64, task: u32, input: &impl serde::Serialize, timeout_ms: Option<u64>) -> Call {
+        Call {
+            id,
+            task,
+            chunk: false,
+            timeout_ms,
+            stall_ms: None,
+            input: codec::encode(input).unwrap(),
+        }
+    }
+
+    fn ready(s: &mut Supervisor) -> Vec<TaskKind> {
+        match s.recv() {
+            FromWorker::Ready { tasks, kinds, .. } => {
+                assert_eq!(tasks, ["echo", "park", "async_echo"]);
+                kinds
+            }
+            other => panic!("expected Ready, got {other:?}"),
+        }
+    }
+
+    fn output(r: &Reply) -> String {
+        match &r.outcome {
+            Outcome::Ok(b) => codec::decode(b).unwrap(),
+            Outcome::Err(f) => panic!("call {} failed: {f:?}", r.id),
+        }
+    }
+
+    fn failure(r: &Reply) -> (FailureKind, &str) {
+        match &r.outcome {
+            Outcome::Err(f) => (f.kind, f.message.as_str()),
+            Outcome::Ok(_) => panic!("call {} succeeded", r.id),
+        }
+    }
+
+    #[test]
+    fn cpu_and_async_calls_are_answered_then_shutdown_ends_the_loop() {
+        let mut s = Supervisor::start(Some(configure(1024)));
+        assert_eq!(ready(&mut s), [TaskKind::Cpu, TaskKind::Cpu, TaskKind::Io]);
+        s.send(&ToWorker::Run(vec![
+            call(1, 0, &"a", None),
+            call(2, 2, &"b", None),
+            call(3, 0, &"c", Some(60_000)),
+        ]));
+        let mut replies = s.replies(3);
+        replies.sort_by_key(|r| r.id);
+        let outputs: Vec<String> = replies.iter().map(output).collect();
+        assert_eq!(outputs, ["a", "b", "c"]);
+        s.finish().unwrap();
+    }
+
+    #[test]
+    fn an_output_over_the_limit_fails_its_call() {
+        let mut s = Supervisor::start(Some(configure(8)));
+        ready(&mut s);
+        s.send(&ToWorker::Run(vec![call(1, 0, &"x".repeat(64), None)]));
+        let replies = s.replies(1);
+        assert_eq!(failure(&replies[0]).0, FailureKind::OutputTooLarge);
+        s.finish().unwrap();
+    }
+
+    #[test]
+    fn a_cancel_stops_the_running_call_and_answers_a_queued_one() {
+        let mut s = Supervisor::start(Some(configure(1024)));
+        ready(&mut s);
+        s.send(&ToWorker::Run(vec![
+            call(1, 1, &(), None),
+            call(2, 0, &"q", None),
+        ]));
+        // Call 1 runs once it beats.
+        assert!(matches!(s.recv(), FromWorker::Heartbeat { id: 1 }));
+        s.send(&ToWorker::Cancel { id: 2 });
+        let queued = s.replies(1);
+        assert_eq!(queued[0].id, 2);
+        assert_eq!(
+            failure(&queued[0]),
+            (FailureKind::Cancelled, "cancelled before it started")
+        );
+        s.send(&ToWorker::Cancel { id: 1 });
+        let running = s.replies(1);
+        assert_eq!(running[0].id, 1);
+        assert_eq!(failure(&running[0]).0, FailureKind::Cancelled);
+        s.finish().unwrap();
+    }
+
+    #[test]
+    fn a_call_past_its_soft_deadline_says_so() {
+        let mut s = Supervisor::start(Some(configure(1024)));
+        ready(&mut s);
+        s.send(&ToWorker::Run(vec![call(1, 1, &(), Some(1))]));
+        let replies = s.replies(1);
+        assert_eq!(
+            failure(&replies[0]),
+            (FailureKind::Cancelled, "soft timeout of 1 ms reached")
+        );
+        s.finish().unwrap();
+    }
+
+    #[test]
+    fn a_run_before_configure_breaks_the_protocol() {
+        let mut s = Supervisor::start(None);
+        s.send(&ToWorker::Run(vec![call(1, 0, &"a", None)]));
+        match s.worker.join().unwrap() {
+            Err(WorkerError::Protocol(m)) => assert!(m.starts_with("expected Configure first")),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_peer_that_is_not_jobvisor_fails_the_handshake() {
+        let (r_in, w_in) = nix::unistd::pipe().unwrap();
+        let (r_out, w_out) = nix::unistd::pipe().unwrap();
+        let worker = std::thread::spawn(move || serve(&Registry::new(), r_in, w_out));
+        File::from(w_in).write_all(&[0u8; HELLO_BYTES]).unwrap();
+        let e = worker.join().unwrap().unwrap_err();
+        assert!(matches!(e, WorkerError::Handshake(_)), "{e:?}");
+        drop(r_out);
+    }
+
+    #[test]
+    fn a_closed_pipe_ends_the_loop_quietly() {
+        let mut s = Supervisor::start(Some(configure(1024)));
+        ready(&mut s);
+        drop(s.to_worker);
+        assert!(s.worker.join().unwrap().is_ok());
+    }
 }

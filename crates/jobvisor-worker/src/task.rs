@@ -1,21 +1,24 @@
-//! The [`Task`] trait, its error type and the context a running task sees.
+//! The [`Task`] trait, its error type, the context a running task sees, and
+//! [`run_detached`] to run a task outside any pool.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
-use jobvisor_proto::worker::{Call, FailureKind};
+use jobvisor_proto::worker::FailureKind;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::link::Link;
+use crate::inbox::Inbox;
+use crate::link::{Link, BOOTSTRAP_MAX_FRAME};
+use crate::pace::{report_interval, Pace};
 
 /// A named, typed function that runs inside a worker process.
 ///
-/// `run` executes on the worker's only thread; one call at a time. Long tasks
-/// should look at [`Ctx::is_cancelled`] now and then, so that a cancel or a soft
-/// timeout stops them cleanly; tasks that never look are stopped by the
+/// `run` executes on the worker's CPU thread, one call at a time (async
+/// tasks run beside it on the I/O lane). Long tasks should look at
+/// [`Ctx::is_cancelled`] now and then, so that a cancel or a soft timeout
+/// stops them cleanly; tasks that never look are stopped by the
 /// supervisor's hard timeout, which kills the worker.
 pub trait Task: Send + Sync + 'static {
     /// The name clients use to call the task. Unique within a registry.
@@ -102,20 +105,6 @@ impl fmt::Display for TaskError {
 
 /// How often, at most, `is_cancelled` looks at the pipe (a syscall).
 const POLL_INTERVAL: Duration = Duration::from_millis(1);
-/// How often, at most, heartbeats and progress frames are sent by default.
-const REPORT_INTERVAL: Duration = Duration::from_millis(100);
-/// The shortest interval a stall timeout can ask for.
-const MIN_REPORT_INTERVAL: Duration = Duration::from_millis(5);
-
-/// How often, at most, a call's heartbeats and progress frames are sent:
-/// every 100 ms, or 4 times per stall timeout when that is shorter (so a
-/// task that beats often enough for its stall timeout is never stalled by
-/// the rate limit), but not more often than every 5 ms.
-pub(crate) fn report_interval(stall_ms: Option<u64>) -> Duration {
-    stall_ms.map_or(REPORT_INTERVAL, |ms| {
-        (Duration::from_millis(ms) / 4).clamp(MIN_REPORT_INTERVAL, REPORT_INTERVAL)
-    })
-}
 
 /// What [`Ctx::wait_fd`] saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,13 +121,13 @@ pub enum Wait {
 pub struct Ctx<'a> {
     pub(crate) id: u64,
     pub(crate) link: &'a mut Link,
-    pub(crate) pending: &'a mut VecDeque<Call>,
+    pub(crate) inbox: &'a mut Inbox,
     pub(crate) deadline: Option<Instant>,
     pub(crate) cancelled: bool,
-    pub(crate) shutdown: &'a mut bool,
-    last_poll: Instant,
-    last_report: Option<Instant>,
-    report_every: Duration,
+    /// When to look at the pipe next.
+    poll: Pace,
+    /// When a heartbeat or progress frame may go next.
+    report: Pace,
 }
 
 impl fmt::Debug for Ctx<'_> {
@@ -154,26 +143,23 @@ impl<'a> Ctx<'a> {
     pub(crate) fn new(
         id: u64,
         link: &'a mut Link,
-        pending: &'a mut VecDeque<Call>,
+        inbox: &'a mut Inbox,
         deadline: Option<Instant>,
-        shutdown: &'a mut bool,
     ) -> Self {
         Self {
             id,
             link,
-            pending,
+            inbox,
             deadline,
             cancelled: false,
-            shutdown,
-            last_poll: Instant::now(),
-            last_report: None,
-            report_every: REPORT_INTERVAL,
+            poll: Pace::since(POLL_INTERVAL, Instant::now()),
+            report: Pace::new(report_interval(None)),
         }
     }
 
     /// Sets how often, at most, heartbeats and progress are sent.
     pub(crate) fn set_report_interval(&mut self, every: Duration) {
-        self.report_every = every;
+        self.report = Pace::new(every);
     }
 
     /// The supervisor's id of this call.
@@ -193,8 +179,7 @@ impl<'a> Ctx<'a> {
             self.cancelled = true;
             return true;
         }
-        if now.duration_since(self.last_poll) >= POLL_INTERVAL {
-            self.last_poll = now;
+        if self.poll.due(now) {
             self.ingest();
         }
         self.cancelled
@@ -210,9 +195,7 @@ impl<'a> Ctx<'a> {
                 return;
             }
         }
-        let cancelled =
-            crate::serve::take_frames(self.link, self.pending, self.shutdown, Some(self.id));
-        match cancelled {
+        match self.inbox.take_frames(self.link, Some(self.id)) {
             Ok(hit) => self.cancelled |= hit,
             Err(_) => self.cancelled = true,
         }
@@ -239,15 +222,7 @@ impl<'a> Ctx<'a> {
     }
 
     fn report_due(&mut self) -> bool {
-        let now = Instant::now();
-        if self
-            .last_report
-            .is_some_and(|t| now.duration_since(t) < self.report_every)
-        {
-            return false;
-        }
-        self.last_report = Some(now);
-        true
+        self.report.due(Instant::now())
     }
 
     /// Sleeps up to `dur`, waking early (and returning `false`) on cancellation.
@@ -309,18 +284,61 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// Runs a task in this process, outside any pool, with a context whose soft
+/// deadline is `timeout` (so `ctx.is_cancelled()` turns true when it passes).
+/// For unit tests of tasks and for debugging a task in isolation.
+///
+/// # Errors
+/// The task's own error; an I/O error creating the context's pipes is
+/// reported as a task error.
+pub fn run_detached<T: Task>(
+    task: &T,
+    input: T::Input,
+    timeout: Option<Duration>,
+) -> Result<T::Output, TaskError> {
+    let (r1, w1) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(TaskError::from)?;
+    let (_r2, w2) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(TaskError::from)?;
+    // Keep the write end of the input pipe open so the link never sees EOF.
+    let _keep = w1;
+    let mut link = Link::new(r1, w2, BOOTSTRAP_MAX_FRAME).map_err(TaskError::from)?;
+    let mut inbox = Inbox::new();
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut ctx = Ctx::new(0, &mut link, &mut inbox, deadline);
+    task.run(input, &mut ctx)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Waits for a cancel or its soft deadline.
+    struct Park;
+    impl Task for Park {
+        const NAME: &'static str = "park";
+        type Input = ();
+        type Output = ();
+        fn run(&self, (): (), ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
+            if ctx.sleep(Duration::from_secs(600)) {
+                Ok(())
+            } else {
+                Err(TaskError::cancelled())
+            }
+        }
+    }
+
     #[test]
-    fn reports_keep_up_with_short_stall_timeouts() {
-        assert_eq!(report_interval(None), Duration::from_millis(100));
-        assert_eq!(report_interval(Some(60_000)), Duration::from_millis(100));
-        // Four frames per stall timeout, so beating often enough is enough.
-        assert_eq!(report_interval(Some(200)), Duration::from_millis(50));
-        assert_eq!(report_interval(Some(60)), Duration::from_millis(15));
-        // Not a frame per call of heartbeat().
-        assert_eq!(report_interval(Some(1)), Duration::from_millis(5));
+    fn run_detached_stops_a_task_at_its_soft_deadline() {
+        let e = run_detached(&Park, (), Some(Duration::from_millis(1))).unwrap_err();
+        assert!(e.is_cancelled(), "{e:?}");
+    }
+
+    #[test]
+    fn a_task_error_from_an_error_reads_its_whole_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("reading the input")]
+        struct Outer(#[source] std::io::Error);
+        let e = TaskError::from(Outer(std::io::Error::other("disk gone")));
+        assert_eq!(e.to_string(), "reading the input: disk gone");
+        assert_eq!(e.kind, FailureKind::Error);
     }
 }
