@@ -32,7 +32,11 @@ use jobvisor_client::{
     Submitted,
 };
 
-use crate::util::bin;
+use crate::util::proc::{
+    fd_targets, has_marker, lasting_zombies, proc_info, signal, survivors_after,
+};
+use crate::util::rng::Rng;
+use crate::util::{bin, rt};
 
 /// The environment variable every process of a run inherits from the daemon.
 const MARK_VAR: &str = "JOBVISOR_CHAOS_MARK";
@@ -203,34 +207,6 @@ struct Planned {
     spec: JobSpec,
 }
 
-/// xorshift64*: every random choice of a run comes from its seed.
-#[derive(Debug, Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Self {
-        // splitmix64 of the seed, never zero.
-        let mut z = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        Rng((z ^ (z >> 31)) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-    /// `d` scaled by a uniform factor in [0.5, 1.5).
-    fn jitter(&mut self, d: Duration) -> Duration {
-        let us = d.as_micros() as u64;
-        Duration::from_micros(us / 2 + self.below(us.max(1)))
-    }
-}
-
 fn plan(cfg: &ChaosConfig, dir: &Path, data: &Path) -> Vec<Planned> {
     let mut rng = Rng::new(cfg.seed);
     (0..cfg.jobs)
@@ -279,122 +255,7 @@ fn plan(cfg: &ChaosConfig, dir: &Path, data: &Path) -> Vec<Planned> {
         .collect()
 }
 
-// ---- /proc ------------------------------------------------------------------
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ProcInfo {
-    pid: i32,
-    state: char,
-    ppid: i32,
-    start: u64,
-}
-
-fn proc_info(pid: i32) -> Option<ProcInfo> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may contain anything, ')' included: fields start after the last one.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(ProcInfo {
-        pid,
-        state: f.first()?.chars().next()?,
-        ppid: f.get(1)?.parse().ok()?,
-        start: f.get(19)?.parse().ok()?,
-    })
-}
-
-fn all_pids() -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-fn has_marker(pid: i32, needle: &[u8]) -> bool {
-    std::fs::read(format!("/proc/{pid}/environ"))
-        .map(|env| env.split(|b| *b == 0).any(|v| v == needle))
-        .unwrap_or(false)
-}
-
-fn cmdline(pid: i32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| {
-            String::from_utf8_lossy(&c)
-                .replace('\0', " ")
-                .trim()
-                .to_string()
-        })
-        .unwrap_or_default()
-}
-
-/// Live (not zombie) processes of the run.
-fn marked_alive(needle: &[u8]) -> Vec<ProcInfo> {
-    all_pids()
-        .into_iter()
-        .filter_map(proc_info)
-        .filter(|p| p.state != 'Z' && p.state != 'X' && has_marker(p.pid, needle))
-        .collect()
-}
-
-fn describe(p: &ProcInfo) -> String {
-    format!(
-        "pid {} (state {}, parent {}): {}",
-        p.pid,
-        p.state,
-        p.ppid,
-        cmdline(p.pid)
-    )
-}
-
-/// Waits (bounded) until no process of the run is alive; returns the survivors.
-fn survivors_after(needle: &[u8], grace: Duration) -> Vec<String> {
-    let deadline = Instant::now() + grace;
-    loop {
-        let alive = marked_alive(needle);
-        if alive.is_empty() {
-            return Vec::new();
-        }
-        if Instant::now() >= deadline {
-            return alive.iter().map(describe).collect();
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Zombies whose parent is a process of the run (the daemon, its fork server,
-/// a worker) and that stay unreaped for `grace`.
-fn lasting_zombies(needle: &[u8], grace: Duration) -> Vec<String> {
-    let zombies = || -> HashSet<(i32, u64)> {
-        let parents: HashSet<i32> = marked_alive(needle).iter().map(|p| p.pid).collect();
-        all_pids()
-            .into_iter()
-            .filter_map(proc_info)
-            .filter(|p| p.state == 'Z' && parents.contains(&p.ppid))
-            .map(|p| (p.pid, p.start))
-            .collect()
-    };
-    let deadline = Instant::now() + grace;
-    let mut z = zombies();
-    while !z.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-        let now = zombies();
-        z.retain(|k| now.contains(k));
-    }
-    z.iter()
-        .map(|(pid, _)| proc_info(*pid).map_or_else(|| format!("pid {pid}"), |p| describe(&p)))
-        .collect()
-}
-
-fn fd_targets(pid: u32) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-                .map(|p| p.display().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+// ---- the daemon's descriptors -------------------------------------------------
 
 /// A sample of the daemon's open descriptors.
 #[derive(Debug, Clone, Copy, Default)]
@@ -453,12 +314,6 @@ fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
-}
-
-fn signal(pid: i32, sig: i32) -> bool {
-    // SAFETY: kill(2); callers only signal the daemon's group they started, or
-    // processes of this run (checked by their marker just before).
-    unsafe { libc::kill(pid, sig) == 0 }
 }
 
 // ---- the daemon and the shared state -------------------------------------------
@@ -677,13 +532,6 @@ impl Drop for StopGuard<'_> {
         self.0.stop.store(true, Ordering::SeqCst);
         self.0.notify();
     }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime")
 }
 
 fn is_connection_error(e: &ClientError) -> bool {
