@@ -20,9 +20,8 @@
 //! printed first and kept when the run fails.
 
 use std::collections::{HashMap, HashSet};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -32,11 +31,12 @@ use jobvisor_client::{
     Submitted,
 };
 
+use crate::util::daemon::{daemon_command, kill_group, wait_ready};
 use crate::util::proc::{
     fd_targets, has_marker, lasting_zombies, proc_info, signal, survivors_after,
 };
 use crate::util::rng::Rng;
-use crate::util::{bin, rt};
+use crate::util::rt;
 
 /// The environment variable every process of a run inherits from the daemon.
 const MARK_VAR: &str = "JOBVISOR_CHAOS_MARK";
@@ -401,42 +401,19 @@ impl Shared {
 
     /// Starts a daemon and waits until it answers.
     fn start_daemon(&self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.env.log)
-            .expect("daemon log");
-        let child = Command::new(bin())
-            .arg("daemon")
+        let child = daemon_command(&self.env.state, &self.env.log)
             .arg("--config")
             .arg(&self.env.config)
-            .arg("--state-dir")
-            .arg(&self.env.state)
             .arg("--workers")
             .arg(self.env.workers.to_string())
-            .env("JOBVISOR_LOG", "info")
             .env(MARK_VAR, &self.env.marker_value)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .process_group(0)
             .spawn()
             .expect("spawn the daemon");
         let pid = child.id();
         self.st().child = Some(child);
-        let out = Command::new(bin())
-            .arg("--socket")
-            .arg(&self.env.socket)
-            .args(["ping", "--wait", "30s"])
-            .output()
-            .expect("run jobvisor ping");
-        assert!(
-            out.status.success(),
-            "daemon not ready: {}\n{}\nlog:\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr),
+        wait_ready(&self.env.socket, Duration::from_secs(30), || {
             self.env.log_tail(40)
-        );
+        });
         let mut st = self.st();
         st.daemon_pid = pid;
         st.up = true;
@@ -463,8 +440,7 @@ impl Shared {
         if self.submitting.load(Ordering::SeqCst) {
             self.kills_mid_submit.fetch_add(1, Ordering::Relaxed);
         }
-        signal(-(child.id() as i32), libc::SIGKILL);
-        let _ = child.wait();
+        kill_group(&mut child);
         let left = survivors_after(&self.env.marker, Duration::from_secs(5));
         if !left.is_empty() {
             self.orphans.fetch_add(left.len(), Ordering::Relaxed);
@@ -518,8 +494,7 @@ impl Drop for Shared {
     fn drop(&mut self) {
         let st = self.st.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some(mut c) = st.child.take() {
-            signal(-(c.id() as i32), libc::SIGKILL);
-            let _ = c.wait();
+            kill_group(&mut c);
         }
     }
 }
@@ -1398,8 +1373,7 @@ fn run_chaos(cfg: ChaosConfig) -> ChaosReport {
                 break Some(s);
             }
             if Instant::now() >= deadline {
-                signal(-(child.id() as i32), libc::SIGKILL);
-                let _ = child.wait();
+                kill_group(&mut child);
                 break None;
             }
             std::thread::sleep(Duration::from_millis(10));
