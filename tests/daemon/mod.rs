@@ -4,11 +4,13 @@
 
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use jobvisor_client::{ErrorKind, JobSpec, JobState};
 
+use crate::util::proc::signal;
+use crate::util::wait::{job_when, until, workers_when};
 use crate::util::*;
 
 mod io;
@@ -166,13 +168,15 @@ fn sigterm_drains_running_jobs_and_exits_zero() {
             .collect();
         let ids: Vec<u64> = submit_ids(&mut c, specs).await;
         // Wait until both run (their attempts are recorded as started).
-        loop {
+        until(Duration::from_secs(30), "both jobs running", async || {
             let running = c.list(Some(JobState::Running), None, 10).await.unwrap();
             if running.len() == 2 {
-                break;
+                Ok(())
+            } else {
+                Err(format!("{running:?}"))
             }
-            tokio::task::yield_now().await;
-        }
+        })
+        .await;
         ids
     });
     let status = d.term_and_wait();
@@ -195,26 +199,24 @@ fn cancel_a_running_exec_and_nothing_of_it_survives() {
     let d = Daemon::start(&[]);
     let pidfile = d.dir.path().join("pid");
     let script = format!("echo $$ > {}; exec sleep 1000", pidfile.display());
-    let out = d.cli(&["submit", "exec", "--", "sh", "-c", &script]);
-    assert!(out.status.success(), "{}", text(&out));
-    let id: u64 = stdout(&out).parse().unwrap();
+    let id: u64 = d
+        .cli_ok(&["submit", "exec", "--", "sh", "-c", &script])
+        .parse()
+        .unwrap();
     let pid: i32 = rt().block_on(async {
         let mut c = d.client().await;
-        loop {
+        until(Duration::from_secs(30), "the command running", async || {
             let r = c.status(id).await.unwrap();
-            if r.state == JobState::Running {
-                if let Ok(s) = std::fs::read_to_string(&pidfile) {
-                    if let Ok(p) = s.trim().parse() {
-                        break p;
-                    }
-                }
+            let pid = std::fs::read_to_string(&pidfile).ok();
+            match pid.as_deref().map(str::trim).map(str::parse) {
+                Some(Ok(p)) if r.state == JobState::Running => Ok(p),
+                _ => Err(format!("pid file {pid:?}, {r:?}")),
             }
-            tokio::task::yield_now().await;
-        }
+        })
+        .await
     });
     assert!(Path::new(&format!("/proc/{pid}")).exists());
-    let out = d.cli(&["cancel", &id.to_string()]);
-    assert!(out.status.success(), "{}", text(&out));
+    d.cli_ok(&["cancel", &id.to_string()]);
     let out = d.cli(&["wait", &id.to_string()]);
     assert_eq!(out.status.code(), Some(6), "cancelled: {}", text(&out));
     // The command's process is gone (killed with its group), not a zombie either.
@@ -234,9 +236,8 @@ fn another_uid_is_refused() {
     std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(d.state_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = Command::new(bin())
-        .arg("--socket")
-        .arg(&d.socket)
+    let out = d
+        .cli_command()
         .arg("ping")
         .uid(65534)
         .gid(65534)
@@ -317,21 +318,11 @@ fn bad_input_gets_a_clear_error_and_disturbs_nothing() {
     ];
     for (args, expect) in cases {
         let out = d.cli(&args);
-        assert_eq!(out.status.code(), Some(7), "{args:?}: {}", text(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains(expect),
-            "{args:?}: {}",
-            text(&out)
-        );
+        assert_exit(&format!("{args:?}"), &out, 7, expect);
     }
     // Malformed JSON: the CLI refuses it before sending (usage error) ...
     let out = d.cli(&["submit", "spin", "--input", "{not json"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("not valid JSON"),
-        "{}",
-        text(&out)
-    );
+    assert_exit("malformed JSON", &out, 2, "not valid JSON");
     // ... and the daemon refuses it from any other client.
     rt().block_on(async {
         let e = d
@@ -386,8 +377,7 @@ fn bad_input_gets_a_clear_error_and_disturbs_nothing() {
         let _ = s.read_to_end(&mut buf).await;
     });
     // The daemon and other jobs are unaffected.
-    let out = d.cli(&["submit", "noop", "--input", "5", "--wait"]);
-    assert!(out.status.success(), "{}", text(&out));
+    d.cli_ok(&["submit", "noop", "--input", "5", "--wait"]);
 }
 
 #[test]
@@ -468,36 +458,24 @@ fn sighup_reloads_pool_size_and_queues_without_losing_jobs() {
         )
         .await;
         std::fs::write(&cfg, "workers = 3\n[queues.heavy]\nconcurrency = 1\n").unwrap();
-        // SAFETY: kill(2) on the daemon we started.
-        unsafe { libc::kill(d.child.as_ref().unwrap().id() as i32, libc::SIGHUP) };
+        d.signal(libc::SIGHUP);
         // The reload is applied asynchronously; poll the observable result, bounded.
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let ready = c
-                .workers()
-                .await
-                .unwrap()
-                .iter()
-                .filter(|w| w.state.as_str() == "ready")
-                .count();
-            if ready == 3 {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "pool did not grow to 3 workers"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let id = loop {
-            match c.submit(vec![heavy.clone()]).await {
-                Ok(v) => break v[0].id,
-                Err(_) if std::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(20)).await
-                }
-                Err(e) => panic!("queue still unknown after the reload: {e}"),
-            }
-        };
+        workers_when(
+            &mut c,
+            Duration::from_secs(20),
+            "pool did not grow to 3 workers",
+            |rows| rows.iter().filter(|w| w.state.as_str() == "ready").count() == 3,
+        )
+        .await;
+        let id = until(
+            Duration::from_secs(20),
+            "queue still unknown after the reload",
+            async || match c.submit(vec![heavy.clone()]).await {
+                Ok(v) => Ok(v[0].id),
+                Err(e) => Err(e.to_string()),
+            },
+        )
+        .await;
         let mut all = running.clone();
         all.push(id);
         wait_succeeded(&mut c, all, None).await;
@@ -512,38 +490,36 @@ fn poison_job_is_dead_lettered_with_evidence_and_can_be_retried() {
     let d = Daemon::start(&[]);
     // A long spin: its worker burning CPU is the sign that the call started
     // (a worker killed before it starts a call is not charged for it).
-    let out = d.cli(&[
-        "submit",
-        "spin",
-        "--input",
-        r#"{"ms": 60000}"#,
-        "--backoff-ms",
-        "10:20",
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    let id: u64 = stdout(&out).parse().unwrap();
+    let id: u64 = d
+        .cli_ok(&[
+            "submit",
+            "spin",
+            "--input",
+            r#"{"ms": 60000}"#,
+            "--backoff-ms",
+            "10:20",
+        ])
+        .parse()
+        .unwrap();
     rt().block_on(async {
         let mut c = d.client().await;
         for kill in 1..=3u32 {
             // Wait until a worker runs the job's attempt number `kill`, then
             // kill that worker.
-            let pid = loop {
+            let pid = until(Duration::from_secs(30), "attempt running", async || {
                 let r = c.status(id).await.unwrap();
-                if r.state == JobState::Running && r.attempts.len() == kill as usize {
-                    if let Some(w) = c
-                        .workers()
-                        .await
-                        .unwrap()
-                        .into_iter()
-                        .find(|w| w.running_job == Some(id))
-                    {
-                        break w.pid;
-                    }
+                if r.state != JobState::Running || r.attempts.len() != kill as usize {
+                    return Err(format!("attempt {kill}: {r:?}"));
                 }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            };
-            // SAFETY: kill(2) on a worker of the daemon under test.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                let rows = c.workers().await.unwrap();
+                match rows.iter().find(|w| w.running_job == Some(id)) {
+                    Some(w) => Ok(w.pid),
+                    None => Err(format!("attempt {kill}: no worker runs it: {rows:?}")),
+                }
+            })
+            .await;
+            // A worker of the daemon under test.
+            assert!(signal(pid as i32, libc::SIGKILL), "kill worker {pid}");
         }
         let r = c
             .wait(vec![id], Some(Duration::from_secs(30)))
@@ -578,17 +554,13 @@ fn poison_job_is_dead_lettered_with_evidence_and_can_be_retried() {
     });
     let out = d.cli(&["list", "--state", "dead"]);
     assert!(stdout(&out).contains(&id.to_string()), "{}", text(&out));
-    let out = d.cli(&["retry", &id.to_string()]);
-    assert!(out.status.success(), "{}", text(&out));
+    d.cli_ok(&["retry", &id.to_string()]);
     rt().block_on(async {
         let mut c = d.client().await;
-        let r = loop {
-            let r = c.status(id).await.unwrap();
-            if r.state == JobState::Running && r.attempts.len() == 4 {
-                break r;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        };
+        let r = job_when(&mut c, id, Duration::from_secs(30), "retried", |r| {
+            r.state == JobState::Running && r.attempts.len() == 4
+        })
+        .await;
         assert_eq!(
             r.attempts.len(),
             4,
@@ -670,8 +642,7 @@ fn crash_task_is_dead_lettered_and_the_daemon_stays_healthy() {
             "3 deaths stay within the restart intensity: {stats:?}"
         );
     });
-    let out = d.cli(&["submit", "noop", "--input", "9", "--wait"]);
-    assert!(out.status.success(), "{}", text(&out));
+    d.cli_ok(&["submit", "noop", "--input", "9", "--wait"]);
 }
 
 #[test]
@@ -727,9 +698,8 @@ fn stats_tell_cpu_bound_from_waiting_tasks() {
 #[test]
 fn events_follow_streams_job_and_worker_events() {
     let d = Daemon::start(&[]);
-    let mut follower = Command::new(bin())
-        .arg("--socket")
-        .arg(&d.socket)
+    let mut follower = d
+        .cli_command()
         .args(["events", "--follow", "--json"])
         .stdout(Stdio::piped())
         .spawn()

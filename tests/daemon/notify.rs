@@ -9,12 +9,13 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jobvisor_client::Stats;
 use serde_json::{json, Value};
 
 use super::*;
+use crate::util::wait;
 
 /// How long a test waits for one notification.
 const WAIT: Duration = Duration::from_secs(30);
@@ -166,24 +167,8 @@ fn serve(conn: &mut TcpStream, fail: bool) -> Option<Hit> {
 fn stats_when(d: &Daemon, done: impl Fn(&Stats) -> bool) -> Stats {
     rt().block_on(async {
         let mut c = d.client().await;
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let s = c.stats().await.expect("stats");
-            if done(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "stats never got there: {s:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait::stats_when(&mut c, WAIT, "stats never got there", done).await
     })
-}
-
-fn daemon_with_config(toml: &str) -> Daemon {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(&dir, toml);
-    let mut d = Daemon::new(dir, None, &["--workers", "2", "--config", &cfg]);
-    d.spawn();
-    d
 }
 
 fn submitted_id(out: &std::process::Output) -> String {
@@ -198,12 +183,7 @@ fn a_jobs_notify_url_gets_one_post_with_its_record() {
     // A URL the daemon cannot use is refused at submit, naming the field.
     for bad in ["ftp://127.0.0.1/x", "not a url", "unix:/run/x.sock"] {
         let out = d.cli(&["submit", "noop", "--input", "1", "--notify-url", bad]);
-        assert_eq!(out.status.code(), Some(7), "{bad}: {}", text(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("notify_url"),
-            "{}",
-            text(&out)
-        );
+        assert_exit(bad, &out, 7, "notify_url");
     }
 
     let out = d.cli(&[
@@ -245,7 +225,7 @@ fn a_jobs_notify_url_gets_one_post_with_its_record() {
 #[test]
 fn a_queues_notify_url_hears_of_failures_only_when_told_so() {
     let hook = Hook::start(0);
-    let d = daemon_with_config(&format!(
+    let d = Daemon::with_config(&format!(
         "[queues.alerts]\nnotify_url = \"{}\"\nnotify_on = [\"failed\", \"dead\"]\n",
         hook.url
     ));
@@ -296,7 +276,7 @@ fn a_queues_notify_url_hears_of_failures_only_when_told_so() {
 fn a_failing_receiver_is_retried_with_the_same_delivery_id() {
     // 500, 500, then 200: three POSTs of one delivery.
     let hook = Hook::start(2);
-    let d = daemon_with_config("[notify]\nbackoff_base_ms = 10\nbackoff_max_ms = 40\n");
+    let d = Daemon::with_config("[notify]\nbackoff_base_ms = 10\nbackoff_max_ms = 40\n");
     let out = d.cli(&[
         "submit",
         "noop",
@@ -326,7 +306,7 @@ fn a_queues_notify_command_gets_the_job_on_stdin_and_in_its_environment() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out_file = dir.path().join("notified");
     // TOML literal strings: no escapes; the script's $0 is the output path.
-    let d = daemon_with_config(&format!(
+    let d = Daemon::with_config(&format!(
         "[queues.default]\nnotify_command = ['/bin/sh', '-c', \
          'cat > \"$0.json\" && printf \"%s %s %s\" \"$JOBVISOR_JOB_ID\" \"$JOBVISOR_JOB_STATE\" \
          \"$JOBVISOR_JOB_QUEUE\" > \"$0\"', '{}']\n",

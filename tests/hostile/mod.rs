@@ -18,6 +18,7 @@ use jobvisor_proto::{Hello, Role, HELLO_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use crate::util::wait::{job_when, running, until};
 use crate::util::*;
 
 fn is_too_many(e: &ClientError) -> bool {
@@ -293,27 +294,28 @@ fn extreme_field_values_get_answers_and_the_daemon_survives() {
         s.backoff_base_ms = Some(ten_years);
         s.backoff_max_ms = Some(ten_years);
         let id = c.submit(vec![s]).await.expect("submit")[0].id;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let r = c.status(id).await.unwrap_or_else(|e| {
-                panic!(
-                    "huge backoff: the daemon no longer answers: {e}\nlog:\n{}",
-                    d.log()
-                )
-            });
-            if r.attempts.first().is_some_and(|a| a.finished_ms.is_some()) {
-                assert!(
-                    r.state == JobState::Retrying || r.state.is_terminal(),
-                    "{r:?}"
-                );
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "first attempt never ended: {r:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        let r = until(
+            Duration::from_secs(20),
+            "first attempt never ended",
+            async || {
+                let r = c.status(id).await.unwrap_or_else(|e| {
+                    panic!(
+                        "huge backoff: the daemon no longer answers: {e}\nlog:\n{}",
+                        d.log()
+                    )
+                });
+                if r.attempts.first().is_some_and(|a| a.finished_ms.is_some()) {
+                    Ok(r)
+                } else {
+                    Err(format!("{r:?}"))
+                }
+            },
+        )
+        .await;
+        assert!(
+            r.state == JobState::Retrying || r.state.is_terminal(),
+            "{r:?}"
+        );
         // Reads and controls with odd ids and limits.
         for id in [0, u64::MAX] {
             assert!(c.status(id).await.is_err());
@@ -329,8 +331,7 @@ fn extreme_field_values_get_answers_and_the_daemon_survives() {
             .wait(vec![u64::MAX], Some(Duration::from_millis(u64::MAX)))
             .await;
         assert!(matches!(recs, Err(ClientError::Server(_))), "{recs:?}");
-        let out = d.cli(&["submit", "noop", "--input", "5", "--wait"]);
-        assert!(out.status.success(), "{}\nlog:\n{}", text(&out), d.log());
+        d.cli_ok(&["submit", "noop", "--input", "5", "--wait"]);
         assert_eq!(c.ping().await.expect("ping"), pid);
     });
     let log = d.log();
@@ -356,8 +357,7 @@ fn a_delay_of_u64_max_is_answered_and_the_scheduler_survives() {
         c.stats().await.unwrap_or_else(|e| {
             panic!("after {r:?}: the scheduler is gone: {e}\nlog:\n{}", d.log())
         });
-        let out = d.cli(&["submit", "noop", "--input", "5", "--wait"]);
-        assert!(out.status.success(), "{}\nlog:\n{}", text(&out), d.log());
+        d.cli_ok(&["submit", "noop", "--input", "5", "--wait"]);
     });
 }
 
@@ -648,18 +648,17 @@ fn a_full_disk_refuses_submits_clearly_loses_nothing_and_recovers() {
             .expect("submit the gate job")[0]
             .id;
         // Running, its attempt start committed: nothing of it to write until it ends.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = c.status(gate_id).await.expect("status of the gate job");
-            if r.state == JobState::Running && !r.attempts.is_empty() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline && !r.state.is_terminal(),
-                "the gate job is not running: {r:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        job_when(
+            &mut c,
+            gate_id,
+            Duration::from_secs(30),
+            "the gate job is not running",
+            |r| {
+                assert!(!r.state.is_terminal(), "the gate job is not running: {r:?}");
+                running(r)
+            },
+        )
+        .await;
         let mut held: Vec<JobSpec> = (0..5).map(|i| json_spec("noop", &i.to_string())).collect();
         for s in &mut held {
             s.after = vec![gate_id];
@@ -685,12 +684,7 @@ fn a_full_disk_refuses_submits_clearly_loses_nothing_and_recovers() {
             .collect();
         assert_full(&c.submit(big).await.expect_err("the disk is full"));
         let out = d.cli(&["submit", "noop", "--input", "2"]);
-        assert_eq!(out.status.code(), Some(7), "{}", text(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("full"),
-            "{}",
-            text(&out)
-        );
+        assert_exit("submit on a full disk", &out, 7, "full");
 
         // The daemon answers; what was acknowledged is there, nothing else.
         c.ping().await.expect("ping with a full disk");
@@ -723,9 +717,10 @@ fn a_full_disk_refuses_submits_clearly_loses_nothing_and_recovers() {
             .iter()
             .map(|s| s.id)
             .collect();
-        let out = d.cli(&["submit", "noop", "--input", "3", "--wait"]);
-        assert!(out.status.success(), "{}", text(&out));
-        let cli_id: u64 = stdout(&out).parse().expect("an id");
+        let cli_id: u64 = d
+            .cli_ok(&["submit", "noop", "--input", "3", "--wait"])
+            .parse()
+            .expect("an id");
 
         let mut everything = acked.clone();
         everything.extend(&after);
@@ -760,20 +755,28 @@ fn a_job_that_ends_while_the_disk_is_full_is_recorded_after_recovery() {
             .await
             .unwrap()[0]
             .id;
-        loop {
-            let r = c.status(id).await.unwrap();
-            if r.state == JobState::Running && !r.attempts.is_empty() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        job_when(
+            &mut c,
+            id,
+            Duration::from_secs(30),
+            "the job running",
+            running,
+        )
+        .await;
         let filler = fill(&d.state_dir());
         // The attempt ends while the disk is full; the store holds the write.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !d.log().contains("job store full: holding job-state writes") {
-            assert!(Instant::now() < deadline, "the attempt never ended");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        until(
+            Duration::from_secs(20),
+            "the attempt never ended",
+            async || {
+                if d.log().contains("job store full: holding job-state writes") {
+                    Ok(())
+                } else {
+                    Err("no \"job store full\" in the daemon log".into())
+                }
+            },
+        )
+        .await;
         std::fs::remove_file(&filler).unwrap();
         c.submit(vec![json_spec("noop", "1")])
             .await

@@ -103,6 +103,16 @@ impl Daemon {
         d
     }
 
+    /// A daemon with 2 workers and a config file holding `toml` (written
+    /// into the daemon's temp dir), ready.
+    pub fn with_config(toml: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = super::config(&dir, toml);
+        let mut d = Self::new(dir, None, &["--workers", "2", "--config", &cfg]);
+        d.spawn();
+        d
+    }
+
     /// Starts a daemon whose state directory is a fresh tmpfs of `size` bytes.
     /// `Err` says why the filesystem could not be mounted.
     pub fn start_on_tmpfs(size: u64, extra: &[&str]) -> Result<Self, String> {
@@ -158,6 +168,21 @@ impl Daemon {
 
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cli_command().args(args).output().expect("run cli")
+    }
+
+    /// Runs a client command that must succeed; its stdout, trimmed.
+    ///
+    /// # Panics
+    /// If it fails, with its output and the daemon's log.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}\nlog:\n{}",
+            text(&out),
+            self.log()
+        );
+        super::stdout(&out)
     }
 
     pub fn cli_stdin(&self, args: &[&str], stdin: &str) -> Output {

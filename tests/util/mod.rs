@@ -8,7 +8,7 @@
 //! - `rng`: a seeded RNG for workloads that must replay from a seed.
 //! - `tmpfs`: a small tmpfs to fill a daemon's disk.
 //! - `daemon`: starting, reaching and killing `jobvisor daemon` ([`Daemon`]).
-//! - `wait`: waits on jobs.
+//! - `wait`: polling a condition to a deadline; waits on jobs, workers, stats.
 
 use std::process::Output;
 
@@ -41,6 +41,17 @@ pub fn text(out: &Output) -> String {
 /// A command's stdout, trimmed.
 pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Checks that a CLI call exited with `code` and said `says` on stderr;
+/// `what` names the call in the failure message.
+pub fn assert_exit(what: &str, out: &Output, code: i32, says: &str) {
+    assert_eq!(out.status.code(), Some(code), "{what}: {}", text(out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(says),
+        "{what}: {}",
+        text(out)
+    );
 }
 
 /// A current-thread runtime for a test's client calls.

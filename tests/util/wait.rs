@@ -1,8 +1,98 @@
-//! Waiting for what a test can observe: jobs that end.
+//! Waiting for what a test can observe: a condition polled until it holds,
+//! with a deadline as the failure bound (never a sleep that orders events),
+//! and the usual waits on jobs, workers and counters built on it.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use jobvisor_client::{Client, JobRecord, JobSpec, JobState};
+use jobvisor_client::{Client, JobRecord, JobSpec, JobState, Stats, WorkerRow};
+
+/// How often [`until`] looks again.
+const POLL: Duration = Duration::from_millis(10);
+
+/// Polls `probe` until it gives `Ok`; `Err` says what it saw instead.
+///
+/// # Panics
+/// After `within`, naming `what` and what the last probe saw.
+pub async fn until<T>(
+    within: Duration,
+    what: &str,
+    mut probe: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(v) => return v,
+            Err(seen) => assert!(
+                Instant::now() < deadline,
+                "{what}: not within {within:?}; last seen: {seen}"
+            ),
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The record of job `id` once `ready` holds for it.
+///
+/// # Panics
+/// After `within`, or when the daemon does not answer.
+pub async fn job_when(
+    c: &mut Client,
+    id: u64,
+    within: Duration,
+    what: &str,
+    ready: impl Fn(&JobRecord) -> bool,
+) -> JobRecord {
+    until(within, what, async || {
+        let r = c.status(id).await.expect("status");
+        if ready(&r) {
+            Ok(r)
+        } else {
+            Err(format!("{r:?}"))
+        }
+    })
+    .await
+}
+
+/// The job is running: its attempt start is committed.
+pub fn running(r: &JobRecord) -> bool {
+    r.state == JobState::Running && !r.attempts.is_empty()
+}
+
+/// The daemon's workers once `ready` holds for them.
+pub async fn workers_when(
+    c: &mut Client,
+    within: Duration,
+    what: &str,
+    ready: impl Fn(&[WorkerRow]) -> bool,
+) -> Vec<WorkerRow> {
+    until(within, what, async || {
+        let rows = c.workers().await.expect("workers");
+        if ready(&rows) {
+            Ok(rows)
+        } else {
+            Err(format!("{rows:?}"))
+        }
+    })
+    .await
+}
+
+/// The daemon's stats once `ready` holds for them.
+pub async fn stats_when(
+    c: &mut Client,
+    within: Duration,
+    what: &str,
+    ready: impl Fn(&Stats) -> bool,
+) -> Stats {
+    until(within, what, async || {
+        let s = c.stats().await.expect("stats");
+        if ready(&s) {
+            Ok(s)
+        } else {
+            Err(format!("{s:?}"))
+        }
+    })
+    .await
+}
 
 /// Submits `specs` in one request and returns their job ids.
 pub async fn submit_ids(c: &mut Client, specs: Vec<JobSpec>) -> Vec<u64> {
