@@ -2,6 +2,10 @@
 //! which only the root package's tests get), real processes, sockets and file
 //! systems, one test binary.
 //!
+//! libtest runs the tests of this binary two at a time (on two cores); a test
+//! that loads the CPU (the chaos run, a thousand spinning jobs) runs alone,
+//! through `util::cpu`.
+//!
 //! # Layout
 //! - `util`: the harness: a daemon in a temp state dir (optionally on a
 //!   tmpfs), ready once it answers `ping`, killed and reaped in `Drop`.

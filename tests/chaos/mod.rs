@@ -338,6 +338,8 @@ fn run_chaos(cfg: ChaosConfig) -> ChaosReport {
 
 #[test]
 fn chaos() {
+    // Two workers spinning and killed every few ms: nothing else runs beside it.
+    let _cpu = crate::util::cpu::alone();
     let full = std::env::var("JOBVISOR_CHAOS_FULL").is_ok_and(|v| v == "1");
     let cfg = if full {
         ChaosConfig::full()

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use jobvisor_client::Client;
 
+use super::cpu::{self, CpuGuard};
 use super::proc::{self, signal};
 use super::tmpfs::Tmpfs;
 use super::{bin, text};
@@ -85,6 +86,8 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub extra: Vec<String>,
+    /// Dropped after the daemon is killed (`Drop` runs before the fields).
+    _cpu: CpuGuard,
 }
 
 impl Daemon {
@@ -136,6 +139,7 @@ impl Daemon {
             dir,
             socket,
             extra: args,
+            _cpu: cpu::shared(),
         }
     }
 

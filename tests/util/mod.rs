@@ -4,6 +4,7 @@
 //! `/proc` scans; and small helpers.
 //!
 //! # Layout
+//! - `cpu`: heavy tests run alone, the others two at a time.
 //! - `proc`: `/proc` (process states, markers, descriptors) and `kill(2)`.
 //! - `rng`: a seeded RNG for workloads that must replay from a seed.
 //! - `tmpfs`: a small tmpfs to fill a daemon's disk.
@@ -14,6 +15,7 @@ use std::process::Output;
 
 use jobvisor_client::{JobSpec, Payload};
 
+pub mod cpu;
 pub mod daemon;
 pub mod proc;
 pub mod rng;
