@@ -8,7 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::*;
+use crate::util::*;
 
 /// One request as the server saw it.
 #[derive(Debug)]

@@ -14,8 +14,8 @@ use std::time::Duration;
 use jobvisor_client::Stats;
 use serde_json::{json, Value};
 
-use super::*;
 use crate::util::wait;
+use crate::util::*;
 
 /// How long a test waits for one notification.
 const WAIT: Duration = Duration::from_secs(30);
