@@ -31,6 +31,27 @@ pub async fn until<T>(
     }
 }
 
+/// What `fetch` gives, once `ready` holds for it.
+///
+/// # Panics
+/// After `within`, naming `what` and the last value fetched.
+pub async fn fetch_when<T: std::fmt::Debug>(
+    within: Duration,
+    what: &str,
+    mut fetch: impl AsyncFnMut() -> T,
+    ready: impl Fn(&T) -> bool,
+) -> T {
+    until(within, what, async || {
+        let v = fetch().await;
+        if ready(&v) {
+            Ok(v)
+        } else {
+            Err(format!("{v:?}"))
+        }
+    })
+    .await
+}
+
 /// The record of job `id` once `ready` holds for it.
 ///
 /// # Panics
@@ -42,15 +63,8 @@ pub async fn job_when(
     what: &str,
     ready: impl Fn(&JobRecord) -> bool,
 ) -> JobRecord {
-    until(within, what, async || {
-        let r = c.status(id).await.expect("status");
-        if ready(&r) {
-            Ok(r)
-        } else {
-            Err(format!("{r:?}"))
-        }
-    })
-    .await
+    let fetch = async || c.status(id).await.expect("status");
+    fetch_when(within, what, fetch, ready).await
 }
 
 /// The job is running: its attempt start is committed.
@@ -63,17 +77,10 @@ pub async fn workers_when(
     c: &mut Client,
     within: Duration,
     what: &str,
-    ready: impl Fn(&[WorkerRow]) -> bool,
+    ready: impl Fn(&Vec<WorkerRow>) -> bool,
 ) -> Vec<WorkerRow> {
-    until(within, what, async || {
-        let rows = c.workers().await.expect("workers");
-        if ready(&rows) {
-            Ok(rows)
-        } else {
-            Err(format!("{rows:?}"))
-        }
-    })
-    .await
+    let fetch = async || c.workers().await.expect("workers");
+    fetch_when(within, what, fetch, ready).await
 }
 
 /// The daemon's stats once `ready` holds for them.
@@ -83,15 +90,8 @@ pub async fn stats_when(
     what: &str,
     ready: impl Fn(&Stats) -> bool,
 ) -> Stats {
-    until(within, what, async || {
-        let s = c.stats().await.expect("stats");
-        if ready(&s) {
-            Ok(s)
-        } else {
-            Err(format!("{s:?}"))
-        }
-    })
-    .await
+    let fetch = async || c.stats().await.expect("stats");
+    fetch_when(within, what, fetch, ready).await
 }
 
 /// Submits `specs` in one request and returns their job ids.
