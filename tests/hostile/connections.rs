@@ -11,6 +11,7 @@ use jobvisor_proto::{Hello, Role, HELLO_BYTES};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
+use crate::util::wait::until;
 use crate::util::*;
 
 fn is_too_many(e: &ClientError) -> bool {
@@ -85,33 +86,30 @@ async fn silent(socket: &Path, prefix: &[u8]) -> Silent {
 /// away may be released a moment after its close, so a refusal is retried
 /// for a bounded time.
 async fn silent_holding(socket: &Path, prefix: &[u8]) -> (UnixStream, Instant) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match silent(socket, prefix).await {
-            Silent::Holding(s, t) => return (s, t),
-            Silent::Refused => {
-                assert!(Instant::now() < deadline, "never got a connection slot");
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-        }
-    }
+    until(
+        Duration::from_secs(10),
+        "never got a connection slot",
+        async || match silent(socket, prefix).await {
+            Silent::Holding(s, t) => Ok((s, t)),
+            Silent::Refused => Err("refused: too many connections".into()),
+        },
+    )
+    .await
 }
 
 /// A fresh client that pings; refusals ("too many connections") are retried
 /// until `within` passes (a slot being released right now).
 async fn ping_eventually(socket: &Path, within: Duration) -> (Client, Duration) {
-    let deadline = Instant::now() + within;
-    loop {
+    until(within, "ping never got a slot", async || {
         let t = Instant::now();
         let mut c = Client::connect(socket).await.expect("connect");
         match c.ping().await {
-            Ok(_) => return (c, t.elapsed()),
-            Err(e) if is_too_many(&e) && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
+            Ok(_) => Ok((c, t.elapsed())),
+            Err(e) if is_too_many(&e) => Err(e.to_string()),
             Err(e) => panic!("ping: {e}"),
         }
-    }
+    })
+    .await
 }
 
 // ---- handshake timeout and connection slots ------------------------------
