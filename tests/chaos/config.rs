@@ -7,9 +7,7 @@ use std::time::Duration;
 
 /// Rough time a job attempt occupies a worker (spin averages 3 ms, plus
 /// dispatch), for the a-priori estimate of how often a random kill hits it.
-pub(super) const ATTEMPT_MS_ESTIMATE: f64 = 4.0;
-
-// ---- configuration and report -----------------------------------------------
+const ATTEMPT_MS_ESTIMATE: f64 = 4.0;
 
 /// What a chaos run does.
 #[derive(Debug, Clone)]
@@ -108,7 +106,7 @@ impl ChaosConfig {
     /// restart intensity limit (worker deaths are the point here).
     pub(super) fn daemon_toml(&self) -> String {
         format!(
-            "# Written by tests/chaos/.\n\
+            "# Written by the chaos test (tests/chaos/).\n\
              [limits]\n\
              max_queued_jobs = {queued}\n\
              [jobs]\n\
