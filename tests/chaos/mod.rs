@@ -20,11 +20,12 @@
 //! printed first and kept when the run fails.
 
 //! # Layout
+//! Lowest first; each names only those above it.
 //! - `config`: what a run does; the daemon's config; the odds.
-//! - `workload`: the job mix and the driver that submits it.
 //! - `shared`: the state the actors share, the daemon's child and fd samples.
 //! - `conn`: a client connection that survives daemon restarts.
 //! - `killer`: the worker killer and the daemon killer.
+//! - `workload`: the job mix and the driver that submits it.
 //! - `report`: checking the records; the figures.
 
 use std::collections::HashSet;
@@ -49,11 +50,8 @@ use config::{p_wrongly_dead, ChaosConfig};
 use conn::{settle_pool, Conn};
 use killer::{daemon_killer, worker_killer};
 use report::{check_records, short, strip_ansi, ChaosReport};
-use shared::{daemon_fds, relock, RunEnv, Shared, StopGuard};
+use shared::{daemon_fds, relock, RunEnv, Shared, StopGuard, MARK_VAR};
 use workload::{drive, plan, Kind};
-
-/// The environment variable every process of a run inherits from the daemon.
-const MARK_VAR: &str = "JOBVISOR_CHAOS_MARK";
 
 fn run_chaos(cfg: ChaosConfig) -> ChaosReport {
     let started = Instant::now();

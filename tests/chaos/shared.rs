@@ -11,9 +11,11 @@ use std::time::{Duration, Instant};
 
 use jobvisor_client::ClientError;
 
-use super::MARK_VAR;
 use crate::util::daemon::{daemon_command, kill_group, wait_ready};
 use crate::util::proc::{fd_targets, survivors_after};
+
+/// The environment variable every process of a run inherits from the daemon.
+pub(super) const MARK_VAR: &str = "JOBVISOR_CHAOS_MARK";
 
 /// Where a run lives and how its processes are recognised.
 #[derive(Debug)]
