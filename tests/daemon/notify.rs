@@ -4,7 +4,7 @@
 //! counters (`stats`), each with a deadline; no sleep orders anything.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -14,6 +14,7 @@ use std::time::Duration;
 use jobvisor_client::Stats;
 use serde_json::{json, Value};
 
+use crate::util::http::{read_request, Request};
 use crate::util::wait;
 use crate::util::*;
 
@@ -109,42 +110,15 @@ impl Drop for Hook {
     }
 }
 
-/// Reads one request (headers, then `content-length` bytes) and answers it.
+/// Reads one request and answers it.
 fn serve(conn: &mut TcpStream, fail: bool) -> Option<Hit> {
     conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > 64 * 1024 {
-            return None;
-        }
-        let n = conn.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next()?.split(' ');
-    let method = request_line.next()?.to_owned();
-    let path = request_line.next()?.to_owned();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let len: usize = headers.get("content-length")?.parse().ok()?;
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < len {
-        let n = conn.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
+    let Request {
+        method,
+        path,
+        headers,
+        body,
+    } = read_request(&mut BufReader::new(&*conn))?;
     let (answered, status_line) = if fail {
         (500, "500 Internal Server Error")
     } else {

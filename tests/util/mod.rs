@@ -9,6 +9,7 @@
 //! - `rng`: a seeded RNG for workloads that must replay from a seed.
 //! - `tmpfs`: a small tmpfs to fill a daemon's disk.
 //! - `daemon`: starting, reaching and killing `jobvisor daemon` ([`Daemon`]).
+//! - `http`: reading the requests the tests' own HTTP servers get.
 //! - `wait`: polling a condition to a deadline; waits on jobs, workers, stats.
 
 use std::process::Output;
@@ -17,6 +18,7 @@ use jobvisor_client::{JobSpec, Payload};
 
 pub mod cpu;
 pub mod daemon;
+pub mod http;
 pub mod proc;
 pub mod rng;
 pub mod tmpfs;
