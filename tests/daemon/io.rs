@@ -3,20 +3,13 @@
 //! server is this test's own (hand-written HTTP/1.1 on 127.0.0.1); every wait
 //! is for an event (a request arriving, a job finishing), each with a deadline.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use super::*;
-
-/// One request as the server saw it.
-#[derive(Debug)]
-struct Request {
-    method: String,
-    path: String,
-    body: Vec<u8>,
-}
+use crate::util::http::{read_request, Request};
+use crate::util::*;
 
 /// A server that holds every `GET /hold` until released, serves `GET /data`
 /// and records everything it receives.
@@ -66,36 +59,9 @@ impl Server {
 fn serve(stream: TcpStream, tx: &mpsc::Sender<Request>, release: &(Mutex<bool>, Condvar)) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut writer = stream;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let mut parts = line.split_whitespace();
-        let method = parts.next().unwrap_or("").to_string();
-        let path = parts.next().unwrap_or("").to_string();
-        let mut len = 0usize;
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("content-length") {
-                    len = v.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0u8; len];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        let hold = path == "/hold";
-        let _ = tx.send(Request { method, path, body });
+    while let Some(request) = read_request(&mut reader) {
+        let hold = request.path == "/hold";
+        let _ = tx.send(request);
         if hold {
             let (lock, cv) = release;
             let mut go = lock.lock().unwrap();

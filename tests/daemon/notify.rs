@@ -4,17 +4,19 @@
 //! counters (`stats`), each with a deadline; no sleep orders anything.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jobvisor_client::Stats;
 use serde_json::{json, Value};
 
-use super::*;
+use crate::util::http::{read_request, Request};
+use crate::util::wait;
+use crate::util::*;
 
 /// How long a test waits for one notification.
 const WAIT: Duration = Duration::from_secs(30);
@@ -108,42 +110,15 @@ impl Drop for Hook {
     }
 }
 
-/// Reads one request (headers, then `content-length` bytes) and answers it.
+/// Reads one request and answers it.
 fn serve(conn: &mut TcpStream, fail: bool) -> Option<Hit> {
     conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 8192];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i;
-        }
-        if buf.len() > 64 * 1024 {
-            return None;
-        }
-        let n = conn.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
-    let mut lines = head.split("\r\n");
-    let mut request_line = lines.next()?.split(' ');
-    let method = request_line.next()?.to_owned();
-    let path = request_line.next()?.to_owned();
-    let headers: HashMap<String, String> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let len: usize = headers.get("content-length")?.parse().ok()?;
-    let mut body = buf[head_end + 4..].to_vec();
-    while body.len() < len {
-        let n = conn.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        body.extend_from_slice(&chunk[..n]);
-    }
+    let Request {
+        method,
+        path,
+        headers,
+        body,
+    } = read_request(&mut BufReader::new(&*conn))?;
     let (answered, status_line) = if fail {
         (500, "500 Internal Server Error")
     } else {
@@ -166,24 +141,8 @@ fn serve(conn: &mut TcpStream, fail: bool) -> Option<Hit> {
 fn stats_when(d: &Daemon, done: impl Fn(&Stats) -> bool) -> Stats {
     rt().block_on(async {
         let mut c = d.client().await;
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let s = c.stats().await.expect("stats");
-            if done(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "stats never got there: {s:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait::stats_when(&mut c, WAIT, "stats never got there", done).await
     })
-}
-
-fn daemon_with_config(toml: &str) -> Daemon {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = config(&dir, toml);
-    let mut d = Daemon::new(dir, None, &["--workers", "2", "--config", &cfg]);
-    d.spawn();
-    d
 }
 
 fn submitted_id(out: &std::process::Output) -> String {
@@ -198,12 +157,7 @@ fn a_jobs_notify_url_gets_one_post_with_its_record() {
     // A URL the daemon cannot use is refused at submit, naming the field.
     for bad in ["ftp://127.0.0.1/x", "not a url", "unix:/run/x.sock"] {
         let out = d.cli(&["submit", "noop", "--input", "1", "--notify-url", bad]);
-        assert_eq!(out.status.code(), Some(7), "{bad}: {}", text(&out));
-        assert!(
-            String::from_utf8_lossy(&out.stderr).contains("notify_url"),
-            "{}",
-            text(&out)
-        );
+        assert_exit(bad, &out, 7, "notify_url");
     }
 
     let out = d.cli(&[
@@ -245,7 +199,7 @@ fn a_jobs_notify_url_gets_one_post_with_its_record() {
 #[test]
 fn a_queues_notify_url_hears_of_failures_only_when_told_so() {
     let hook = Hook::start(0);
-    let d = daemon_with_config(&format!(
+    let d = Daemon::with_config(&format!(
         "[queues.alerts]\nnotify_url = \"{}\"\nnotify_on = [\"failed\", \"dead\"]\n",
         hook.url
     ));
@@ -296,7 +250,7 @@ fn a_queues_notify_url_hears_of_failures_only_when_told_so() {
 fn a_failing_receiver_is_retried_with_the_same_delivery_id() {
     // 500, 500, then 200: three POSTs of one delivery.
     let hook = Hook::start(2);
-    let d = daemon_with_config("[notify]\nbackoff_base_ms = 10\nbackoff_max_ms = 40\n");
+    let d = Daemon::with_config("[notify]\nbackoff_base_ms = 10\nbackoff_max_ms = 40\n");
     let out = d.cli(&[
         "submit",
         "noop",
@@ -326,7 +280,7 @@ fn a_queues_notify_command_gets_the_job_on_stdin_and_in_its_environment() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out_file = dir.path().join("notified");
     // TOML literal strings: no escapes; the script's $0 is the output path.
-    let d = daemon_with_config(&format!(
+    let d = Daemon::with_config(&format!(
         "[queues.default]\nnotify_command = ['/bin/sh', '-c', \
          'cat > \"$0.json\" && printf \"%s %s %s\" \"$JOBVISOR_JOB_ID\" \"$JOBVISOR_JOB_STATE\" \
          \"$JOBVISOR_JOB_QUEUE\" > \"$0\"', '{}']\n",

@@ -1,0 +1,138 @@
+//! What the daemon tells about itself: stats that tell CPU-bound tasks from
+//! waiting ones, and the event stream of jobs and workers.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use jobvisor_client::JobSpec;
+
+use crate::util::*;
+
+#[test]
+fn stats_tell_cpu_bound_from_waiting_tasks() {
+    let d = Daemon::start(&[]);
+    rt().block_on(async {
+        let mut c = d.client().await;
+        let mut specs: Vec<JobSpec> = (0..6).map(|_| json_spec("spin", r#"{"ms": 30}"#)).collect();
+        // A CPU task that waits (it holds a worker's CPU thread while idle).
+        specs.extend((0..6).map(|_| json_spec("exec", r#"{"argv": ["sleep", "0.03"]}"#)));
+        // The async sleep waits on the event loop: the right kind, no advice.
+        specs.extend((0..6).map(|_| json_spec("sleep", r#"{"ms": 30}"#)));
+        let ids: Vec<u64> = submit_ids(&mut c, specs).await;
+        c.wait(ids, None).await.unwrap();
+        let stats = c.stats().await.unwrap();
+        let row = |name: &str| {
+            stats
+                .tasks
+                .iter()
+                .find(|t| t.task == name)
+                .cloned()
+                .expect(name)
+        };
+        let (spin, sleep) = (row("spin"), row("exec"));
+        assert_eq!((spin.attempts, sleep.attempts), (6, 6));
+        let io = row("sleep");
+        assert_eq!((io.kind.as_str(), io.attempts), ("io", 6), "{io:?}");
+        assert_eq!(io.advice, None, "an async sleep is the right kind: {io:?}");
+        assert_eq!((spin.kind.as_str(), sleep.kind.as_str()), ("cpu", "cpu"));
+        assert!(
+            sleep.wall_ms >= 180 && sleep.cpu_ms * 10 < sleep.wall_ms,
+            "{sleep:?}"
+        );
+        assert!(
+            sleep
+                .advice
+                .as_deref()
+                .unwrap_or("")
+                .contains("mostly waits"),
+            "{sleep:?}"
+        );
+        // On an idle machine spin is ~100% CPU and gets no advice; on an
+        // oversubscribed one it also waits for a CPU, so compare shares.
+        assert!(
+            spin.cpu_ms * sleep.wall_ms > 4 * sleep.cpu_ms.max(1) * spin.wall_ms,
+            "{spin:?} vs {sleep:?}"
+        );
+    });
+    let out = d.cli(&["stats"]);
+    assert!(stdout(&out).contains("which kind is it?"), "{}", text(&out));
+}
+
+#[test]
+fn events_follow_streams_job_and_worker_events() {
+    let d = Daemon::start(&[]);
+    let mut follower = d
+        .cli_command()
+        .args(["events", "--follow", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("events");
+    let out_pipe = follower.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<serde_json::Value>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(out_pipe).lines() {
+            let Ok(line) = line else { return };
+            let Ok(v) = serde_json::from_str(&line) else {
+                return;
+            };
+            if tx.send(v).is_err() {
+                return;
+            }
+        }
+    });
+    // The subscription is live once an event arrives: submit no-op jobs until
+    // one does (bounded), then the job whose whole life we check.
+    let mut live = false;
+    for _ in 0..100 {
+        assert!(d.cli(&["submit", "noop", "--input", "0"]).status.success());
+        if rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+            live = true;
+            break;
+        }
+    }
+    assert!(live, "no event ever arrived");
+    let out = d.cli(&[
+        "submit",
+        "crash",
+        "--input",
+        r#"{"exit_code": 3}"#,
+        "--max-attempts",
+        "1",
+        "--backoff-ms",
+        "5",
+    ]);
+    let id: u64 = stdout(&out).parse().unwrap();
+    let mut seen: Vec<serde_json::Value> = Vec::new();
+    let is_dead = |v: &serde_json::Value| {
+        v.pointer("/kind/Job/id").and_then(|x| x.as_u64()) == Some(id)
+            && v.pointer("/kind/Job/state").and_then(|s| s.as_str()) == Some("dead")
+    };
+    while !seen.iter().any(is_dead) {
+        let v = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("stream stalled; saw {seen:?}"));
+        seen.push(v);
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    let states: Vec<&str> = seen
+        .iter()
+        .filter(|v| v.pointer("/kind/Job/id").and_then(|x| x.as_u64()) == Some(id))
+        .filter_map(|v| v.pointer("/kind/Job/state").and_then(|s| s.as_str()))
+        .collect();
+    assert_eq!(states.first(), Some(&"queued"), "{seen:?}");
+    assert!(
+        states.contains(&"running") && states.contains(&"retrying"),
+        "{states:?}"
+    );
+    assert_eq!(states.last(), Some(&"dead"));
+    assert!(
+        seen.iter()
+            .any(|v| v.pointer("/kind/WorkerExited").is_some())
+            && seen
+                .iter()
+                .any(|v| v.pointer("/kind/WorkerStarted").is_some()),
+        "worker deaths and replacements are events too: {seen:?}"
+    );
+}

@@ -1,0 +1,360 @@
+//! Hostile connections: silent and slow clients dropped by the handshake
+//! timeout, an oversize frame, and a flood of a thousand clients against
+//! `limits.max_connections`; in each, the slots come back and no descriptor
+//! leaks.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use jobvisor_client::{Client, ClientError, ErrorKind};
+use jobvisor_proto::{Hello, Role, HELLO_BYTES};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+use crate::util::wait::until;
+use crate::util::*;
+
+fn is_too_many(e: &ClientError) -> bool {
+    matches!(e, ClientError::Server(e)
+        if e.kind == ErrorKind::LimitReached && e.message.contains("too many connections"))
+}
+
+/// Raises this process's RLIMIT_NOFILE soft limit to at least `want` (up to
+/// the hard limit); the daemons started afterwards inherit it.
+fn raise_nofile(want: u64) -> u64 {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < want {
+            lim.rlim_cur = want.min(lim.rlim_max);
+            assert_eq!(
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim),
+                0,
+                "setrlimit(RLIMIT_NOFILE, {want}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+    lim.rlim_cur
+}
+
+/// What a connection that says nothing after its hello can tell about its slot.
+enum Silent {
+    /// The daemon sent its hello only: the connection holds a slot.
+    Holding(UnixStream, Instant),
+    /// The daemon sent its hello and an error frame at once: refused.
+    Refused,
+}
+
+/// Connects and reads the daemon's hello; sends `prefix` (nothing, or the
+/// start of a hello) and then goes silent. The `Instant` of a holding
+/// connection is taken just before `connect`: the daemon cannot have started
+/// its handshake timer for the connection any earlier.
+async fn silent(socket: &Path, prefix: &[u8]) -> Silent {
+    let opened = Instant::now();
+    let mut s = UnixStream::connect(socket).await.expect("connect");
+    s.write_all(prefix).await.expect("write prefix");
+    // The daemon writes its hello in one write; a refusal writes the hello and
+    // the error frame in one write. So one read tells them apart.
+    let mut buf = vec![0u8; 4096];
+    let mut have = 0;
+    while have < HELLO_BYTES {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf[have..]))
+            .await
+            .expect("the daemon sends its hello at once")
+            .expect("read hello");
+        assert!(n > 0, "closed before the daemon's hello");
+        have += n;
+    }
+    let hello: [u8; HELLO_BYTES] = buf[..HELLO_BYTES].try_into().expect("24 bytes");
+    let hello = Hello::decode(&hello).expect("a jobvisor hello");
+    assert_eq!(hello.role, Role::Supervisor);
+    if have > HELLO_BYTES {
+        let rest = String::from_utf8_lossy(&buf[HELLO_BYTES..have]);
+        assert!(rest.contains("too many connections"), "{rest}");
+        Silent::Refused
+    } else {
+        Silent::Holding(s, opened)
+    }
+}
+
+/// A silent connection that holds a slot. A slot of a client that just went
+/// away may be released a moment after its close, so a refusal is retried
+/// for a bounded time.
+async fn silent_holding(socket: &Path, prefix: &[u8]) -> (UnixStream, Instant) {
+    until(
+        Duration::from_secs(10),
+        "never got a connection slot",
+        async || match silent(socket, prefix).await {
+            Silent::Holding(s, t) => Ok((s, t)),
+            Silent::Refused => Err("refused: too many connections".into()),
+        },
+    )
+    .await
+}
+
+/// A fresh client that pings; refusals ("too many connections") are retried
+/// until `within` passes (a slot being released right now).
+async fn ping_eventually(socket: &Path, within: Duration) -> (Client, Duration) {
+    until(within, "ping never got a slot", async || {
+        let t = Instant::now();
+        let mut c = Client::connect(socket).await.expect("connect");
+        match c.ping().await {
+            Ok(_) => Ok((c, t.elapsed())),
+            Err(e) if is_too_many(&e) => Err(e.to_string()),
+            Err(e) => panic!("ping: {e}"),
+        }
+    })
+    .await
+}
+
+// ---- handshake timeout and connection slots ------------------------------
+
+/// A client that connects and sends nothing (and one that sends half a hello)
+/// is disconnected after `limits.handshake_timeout_ms`, and its slot is
+/// usable again: with `max_connections = 2`, two silent clients fill the
+/// daemon, a third is told "too many connections", and once the silent ones
+/// are dropped by the timeout a new client can ping.
+///
+/// The configured timeout (2 s) must outlast the set-up (two silent clients
+/// connected, then a third client's connect, hello and ping), or the first
+/// silent client is dropped before the third one asks and the third one gets
+/// a session: it is long enough for a loaded machine. It stays well below
+/// the default (5 s), so the disconnections tell which one fired: each one
+/// comes at least 2 s after its connect began (not before the configured
+/// timeout) and less than 5 s after (the default timer could not have fired
+/// yet).
+#[test]
+fn silent_clients_are_dropped_after_the_handshake_timeout_and_free_their_slots() {
+    const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(2000);
+    const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(5000);
+    let cfgdir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        &cfgdir,
+        &format!(
+            "[limits]\nhandshake_timeout_ms = {}\nmax_connections = 2\n",
+            HANDSHAKE_TIMEOUT.as_millis()
+        ),
+    );
+    let d = Daemon::start(&["--config", &cfg]);
+    rt().block_on(async {
+        // Fully silent, and a slow loris that sends 10 of the 24 hello bytes.
+        let half = &Hello::ours(Role::Client).encode()[..10];
+        let (mut a, a_opened) = silent_holding(&d.socket, &[]).await;
+        let (mut b, b_opened) = silent_holding(&d.socket, half).await;
+
+        // Both slots are taken: a third client is refused, with the reason.
+        let mut third = Client::connect(&d.socket).await.expect("connect");
+        let e = third.ping().await.expect_err(
+            "the cap is full (unless the first silent client was already dropped: \
+             the set-up took longer than the handshake timeout)",
+        );
+        assert!(is_too_many(&e), "{e}");
+        assert!(e.to_string().contains("limits.max_connections = 2"), "{e}");
+        drop(third);
+
+        // Each silent connection reaches EOF, after the configured timeout
+        // and before the default one could have fired. The read's own
+        // timeout only bounds a hang.
+        for (name, s, opened) in [
+            ("silent", &mut a, a_opened),
+            ("half hello", &mut b, b_opened),
+        ] {
+            let mut rest = Vec::new();
+            let n = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut rest))
+                .await
+                .unwrap_or_else(|_| panic!("{name}: not disconnected within 30 s"))
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(n, 0, "{name}: nothing but EOF after the hello: {rest:?}");
+            let after = opened.elapsed();
+            assert!(
+                after >= HANDSHAKE_TIMEOUT,
+                "{name}: disconnected after {after:?}, before the handshake timeout"
+            );
+            assert!(
+                after < DEFAULT_HANDSHAKE_TIMEOUT,
+                "{name}: disconnected after {after:?}: not by the configured \
+                 {HANDSHAKE_TIMEOUT:?} (the default is {DEFAULT_HANDSHAKE_TIMEOUT:?})"
+            );
+        }
+        drop((a, b));
+
+        // The freed slots are usable: two sessions at once again.
+        let (mut c1, _) = ping_eventually(&d.socket, Duration::from_secs(5)).await;
+        let (mut c2, _) = ping_eventually(&d.socket, Duration::from_secs(5)).await;
+        c1.ping().await.expect("first session still answered");
+        c2.ping().await.expect("second session still answered");
+    });
+    let log = d.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// A 4 GiB length prefix closes the connection (`daemon::control` checks
+/// the answer) and gives its slot back: with `max_connections = 1` the next
+/// client gets a session.
+#[test]
+fn oversize_frame_closes_the_connection_and_frees_its_slot() {
+    let cfgdir = tempfile::tempdir().unwrap();
+    let cfg = config(&cfgdir, "[limits]\nmax_connections = 1\n");
+    let d = Daemon::start(&["--config", &cfg]);
+    rt().block_on(async {
+        let (mut s, _) = silent_holding(&d.socket, &Hello::ours(Role::Client).encode()).await;
+        s.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+            .await
+            .expect("closed within 10 s")
+            .expect("read");
+        assert!(
+            String::from_utf8_lossy(&rest).contains("exceeds limits.max_frame_bytes"),
+            "{rest:?}"
+        );
+        drop(s);
+        let (mut c, _) = ping_eventually(&d.socket, Duration::from_secs(5)).await;
+        c.ping().await.unwrap();
+    });
+}
+
+// ---- a flood of connections ----------------------------------------------
+
+#[derive(Debug, Default)]
+struct Tally {
+    /// Got a session: the ping was answered.
+    sessions: usize,
+    /// Told "too many connections".
+    refused: usize,
+    /// Closed without an answer (the daemon answers a bounded number of
+    /// refusals at a time and closes the rest at once).
+    dropped: usize,
+    /// connect(2) itself failed: the listen backlog was full.
+    backlog: usize,
+}
+
+/// 1,000 clients connect at once (each doing the hello and a ping) to a
+/// daemon with `max_connections = 64`.
+///
+/// What "the daemon stays responsive" means here, given that a fresh client
+/// is refused *by design* while all 64 slots are taken:
+/// - the cap holds: at most 64 of the 1,000 get a session; every other one is
+///   told "too many connections" or closed; none hangs;
+/// - then N = 63 sessions are kept open and every other connection (the
+///   refused ones and any further session) is closed by the client: the
+///   daemon's descriptor count settles to baseline + 63 (the refused ones
+///   left nothing behind), each kept session still answers, a fresh client
+///   gets the 64th slot and answers, and one more is refused (the cap is exact);
+/// - finally, with everything closed, a ping answers promptly and the
+///   daemon's descriptor count returns to its baseline.
+#[test]
+fn a_thousand_connections_at_once_hold_the_cap_and_leak_nothing() {
+    const FLOOD: usize = 1000;
+    const MAX: usize = 64;
+    let limit = raise_nofile(4096);
+    assert!(
+        limit >= FLOOD as u64 + 200,
+        "RLIMIT_NOFILE is {limit}: too low for {FLOOD} connections"
+    );
+    let cfgdir = tempfile::tempdir().unwrap();
+    let cfg = config(&cfgdir, &format!("[limits]\nmax_connections = {MAX}\n"));
+    let d = Daemon::start(&["--config", &cfg]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // Baseline: the daemon idle, after a session came and went (so the
+        // ping path has been warmed up). Should that session's descriptor not
+        // be closed yet, the baseline is one too high: the checks below
+        // compare with `<=` and stay exact up to that one.
+        let (c, _) = ping_eventually(&d.socket, Duration::from_secs(5)).await;
+        drop(c);
+        let baseline = d.fd_count();
+
+        let socket = d.socket.clone();
+        let go = std::sync::Arc::new(tokio::sync::Barrier::new(FLOOD));
+        let tasks: Vec<_> = (0..FLOOD)
+            .map(|_| {
+                let socket = socket.clone();
+                let go = go.clone();
+                tokio::spawn(async move {
+                    go.wait().await;
+                    let attempt = async {
+                        let mut c = Client::connect(&socket).await?;
+                        let r = c.ping().await;
+                        Ok::<_, ClientError>((c, r))
+                    };
+                    tokio::time::timeout(Duration::from_secs(20), attempt).await
+                })
+            })
+            .collect();
+        let mut tally = Tally::default();
+        let mut sessions = Vec::new();
+        let mut refused = Vec::new();
+        for t in tasks {
+            match t.await.expect("task") {
+                Err(_) => panic!("a connection hung for 20 s: {tally:?}"),
+                Ok(Ok((c, Ok(_)))) => {
+                    tally.sessions += 1;
+                    sessions.push(c);
+                }
+                Ok(Ok((c, Err(e)))) if is_too_many(&e) => {
+                    tally.refused += 1;
+                    refused.push(c);
+                }
+                Ok(Ok((_, Err(ClientError::Io(_))))) | Ok(Err(ClientError::Io(_))) => {
+                    tally.dropped += 1
+                }
+                Ok(Err(ClientError::Unreachable { source, .. }))
+                    if source.kind() == std::io::ErrorKind::WouldBlock =>
+                {
+                    tally.backlog += 1
+                }
+                Ok(Ok((_, Err(e)))) | Ok(Err(e)) => panic!("unexpected: {e} ({tally:?})"),
+            }
+        }
+        println!("{FLOOD} connections at once, max_connections = {MAX}: {tally:?}");
+        assert_eq!(
+            tally.sessions + tally.refused + tally.dropped + tally.backlog,
+            FLOOD
+        );
+        assert!(tally.sessions <= MAX, "the cap did not hold: {tally:?}");
+        assert!(tally.sessions >= MAX - 1, "slots left unused: {tally:?}");
+        assert!(tally.refused > 0, "nobody was told why: {tally:?}");
+
+        // Keep MAX - 1 sessions; close everything else.
+        let keep = MAX - 1;
+        sessions.truncate(keep);
+        drop(refused);
+        let settled = d
+            .fds_settle_to(baseline + keep, Duration::from_secs(10))
+            .await;
+        assert!(
+            settled <= baseline + keep,
+            "daemon descriptors: {settled} with {keep} sessions open (baseline {baseline})"
+        );
+        for c in &mut sessions {
+            c.ping()
+                .await
+                .expect("a kept session answers after the flood");
+        }
+        let (mut last, _) = ping_eventually(&d.socket, Duration::from_secs(5)).await;
+        let mut over = Client::connect(&d.socket).await.expect("connect");
+        let e = over.ping().await.expect_err("all slots are taken");
+        assert!(is_too_many(&e), "{e}");
+        last.ping().await.expect("the 64th session answers");
+        drop((last, over, sessions));
+
+        let (probe, took) = ping_eventually(&d.socket, Duration::from_secs(5)).await;
+        assert!(took < Duration::from_secs(2), "ping took {took:?}");
+        drop(probe);
+        let end = d.fds_settle_to(baseline, Duration::from_secs(10)).await;
+        assert!(
+            end <= baseline,
+            "daemon descriptors: {end} after the flood, {baseline} before"
+        );
+    });
+}
