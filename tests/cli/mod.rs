@@ -42,3 +42,36 @@ fn a_worker_started_by_hand_refuses_to_run() {
         String::from_utf8_lossy(&out.stderr).contains("not started by a live jobvisor supervisor")
     );
 }
+
+/// Only the commands that run workers (`daemon`, `demo`, the worker entry)
+/// fork the fork server. A `ping` is caught in the middle of its command (it
+/// has sent its hello to a socket that never answers) and has no child; before,
+/// every invocation, even `--version`, forked one first.
+#[test]
+fn a_client_command_forks_no_fork_server() {
+    use std::io::Read;
+    use std::os::unix::net::UnixListener;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sock = dir.path().join("mute.sock");
+    let listener = UnixListener::bind(&sock).expect("bind");
+    let mut cli = jobvisor()
+        .arg("ping")
+        .arg("--socket")
+        .arg(&sock)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run jobvisor ping");
+    let (mut conn, _) = listener.accept().expect("accept");
+    // Its first hello byte: the CLI is past the start of `main`, where the
+    // fork server used to be forked, and waits for our hello.
+    let mut byte = [0u8; 1];
+    conn.read_exact(&mut byte).expect("the client's hello");
+    let pid = i32::try_from(cli.id()).expect("pid");
+    let children = crate::util::proc::children_of(pid);
+    let _ = cli.kill();
+    let _ = cli.wait();
+    assert_eq!(children, Vec::<i32>::new(), "`jobvisor ping` has children");
+}

@@ -49,6 +49,16 @@ pub fn all_pids() -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// The live children of `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    all_pids()
+        .into_iter()
+        .filter_map(proc_info)
+        .filter(|p| p.ppid == pid && p.is_alive())
+        .map(|p| p.pid)
+        .collect()
+}
+
 /// The process's environment holds exactly `needle` (`NAME=value`).
 pub fn has_marker(pid: i32, needle: &[u8]) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
