@@ -244,7 +244,7 @@ impl PoolBuilder {
     /// [`PoolError::Startup`] when a worker cannot be started or fails its
     /// handshake (then none is left running).
     pub async fn build(self) -> Result<Pool, PoolError> {
-        crate::bootstrap::get().map_err(|e| PoolError::Startup(e.to_string()))?;
+        crate::launch::booted().map_err(|e| PoolError::Startup(e.to_string()))?;
         let (tx, rx) = mpsc::channel(COMMAND_CHANNEL);
         // Cancel, shutdown, resize and snapshots: never stuck behind submits
         // waiting for queue space (one per caller at a time: bounded by them).
