@@ -35,7 +35,7 @@ use crate::config::PoolConfig;
 use crate::conn::{self, LinkEvent, WorkerConn, LOG_EOF_WAIT};
 use crate::error::PoolError;
 use crate::launch::ProcHandle;
-use crate::pool::{PoolEvent, WorkerInfo, WorkerState};
+use crate::types::{CallUsage, Health, PoolEvent, WorkerInfo, WorkerState};
 use jobvisor_worker::CrashedThread;
 
 /// A call's result and the pid of the worker that ran it (when one did).
@@ -44,7 +44,7 @@ pub(crate) struct CallResult {
     pub(crate) pid: Option<u32>,
     pub(crate) result: Result<Vec<u8>, PoolError>,
     /// CPU and wall time of the call in the worker, when it ran to an answer.
-    pub(crate) usage: Option<crate::pool::CallUsage>,
+    pub(crate) usage: Option<CallUsage>,
 }
 
 pub(crate) type Responder = oneshot::Sender<CallResult>;
@@ -1131,7 +1131,7 @@ impl Dispatcher {
                 Outcome::Err(fail) => Err(PoolError::Task(fail)),
             };
             // 0/0: the worker did not measure this (tiny) call.
-            let usage = (r.wall_us > 0).then(|| crate::pool::CallUsage {
+            let usage = (r.wall_us > 0).then(|| CallUsage {
                 cpu: Duration::from_micros(r.cpu_us),
                 wall: Duration::from_micros(r.wall_us),
                 max_poll: Duration::from_micros(r.max_poll_us),
@@ -1670,14 +1670,6 @@ fn stage_text(stage: Stage) -> &'static str {
         Stage::Term => "SIGTERM to the worker's process group",
         Stage::Kill => "SIGKILL of the worker",
     }
-}
-
-/// Shared health figures of a pool (restart intensity).
-#[derive(Debug, Default)]
-pub(crate) struct Health {
-    pub(crate) degraded: std::sync::atomic::AtomicBool,
-    pub(crate) restart_delay_ms: std::sync::atomic::AtomicU64,
-    pub(crate) deaths: std::sync::atomic::AtomicU64,
 }
 
 /// Why a worker died, when its status and last output say so.

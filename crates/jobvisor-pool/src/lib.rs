@@ -32,6 +32,8 @@
 //! - `dispatch`: the actor that owns the queue and the workers; the failure mechanics.
 //! - `pool`: the public [`Pool`] API.
 //! - `config`, `error`, `sys`: limits, errors, thin syscall wrappers.
+//! - `types`: the plain data `dispatch` and `pool` share (worker snapshots,
+//!   events, usage, health).
 
 mod bootstrap;
 mod config;
@@ -41,6 +43,7 @@ mod error;
 mod launch;
 mod pool;
 mod sys;
+mod types;
 
 pub use bootstrap::{bootstrap, bootstrap_with, fork_server_pid, Bootstrap, BootstrapOptions};
 pub use config::PoolConfig;
@@ -49,7 +52,5 @@ pub use jobvisor_proto::forkserver::ExitStatus;
 pub use jobvisor_proto::worker::{FailureKind, TaskFailure};
 pub use jobvisor_worker::{AsyncCtx, AsyncTask, Ctx, Registry, Task, TaskError, TaskKind};
 pub use launch::StartMethod;
-pub use pool::{
-    CallOptions, CallReport, CallUsage, ImapUnordered, Pool, PoolBuilder, PoolEvent, PoolHealth,
-    RawOutput, TaskHandle, WorkerInfo, WorkerState,
-};
+pub use pool::{CallOptions, CallReport, ImapUnordered, Pool, PoolBuilder, RawOutput, TaskHandle};
+pub use types::{CallUsage, PoolEvent, PoolHealth, WorkerInfo, WorkerState};
