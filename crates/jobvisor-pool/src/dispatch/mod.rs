@@ -31,11 +31,14 @@ use jobvisor_proto::worker::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
 
+mod escalation;
+
 use crate::config::PoolConfig;
 use crate::conn::{self, LinkEvent, WorkerConn, LOG_EOF_WAIT};
 use crate::error::PoolError;
 use crate::launch::ProcHandle;
 use crate::types::{CallUsage, Health, PoolEvent, WorkerInfo, WorkerState};
+use escalation::{CpuView, Escalation, Reason, Signal, Stage};
 use jobvisor_worker::CrashedThread;
 
 /// A call's result and the pid of the worker that ran it (when one did).
@@ -101,31 +104,6 @@ enum Stop {
     Graceful,
     /// Fail everything, kill the workers.
     Immediate,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Reason {
-    Timeout,
-    Stall,
-    Cancel,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stage {
-    Soft,
-    Term,
-    Kill,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Escalation {
-    reason: Reason,
-    stage: Stage,
-    until: Instant,
-    call: u64,
-    /// When it started (bounds how long an async call's soft stage may be
-    /// extended while its loop is not stuck in a poll).
-    began: Instant,
 }
 
 struct InFlight {
@@ -486,15 +464,9 @@ impl Dispatcher {
                     return;
                 }
                 if f.esc.is_none() {
-                    let until = now + self.cfg.cancel_grace;
-                    f.esc = Some(Escalation {
-                        reason: Reason::Cancel,
-                        stage: Stage::Soft,
-                        until,
-                        call: id,
-                        began: now,
-                    });
-                    w.io_timers.push(Reverse((until, id)));
+                    let esc = Escalation::cancel(id, now, &self.cfg);
+                    f.esc = Some(esc);
+                    w.io_timers.push(Reverse((esc.until, id)));
                 }
                 w.send(&ToWorker::Cancel { id }, self.cfg.max_frame_bytes);
                 return;
@@ -508,13 +480,7 @@ impl Dispatcher {
             }
             w.send(&ToWorker::Cancel { id }, self.cfg.max_frame_bytes);
             if pos == 0 && w.esc.is_none() {
-                w.esc = Some(Escalation {
-                    reason: Reason::Cancel,
-                    stage: Stage::Soft,
-                    until: now + self.cfg.cancel_grace,
-                    call: id,
-                    began: now,
-                });
+                w.esc = Some(Escalation::cancel(id, now, &self.cfg));
             }
             return;
         }
@@ -845,10 +811,8 @@ impl Dispatcher {
                 w.state_before_death,
                 WorkerState::Stopping | WorkerState::Retiring
             )
-            || w.esc.is_some_and(|e| e.stage != Stage::Soft)
-            || w.io
-                .values()
-                .any(|f| f.esc.is_some_and(|e| e.stage != Stage::Soft));
+            || w.esc.is_some_and(|e| e.signalled())
+            || w.io.values().any(|f| f.esc.is_some_and(|e| e.signalled()));
         if asked {
             tracing::debug!(worker = id, pid = w.pid, %status, "worker exited");
         } else {
@@ -872,10 +836,10 @@ impl Dispatcher {
             // Our own signal stopped it (or the caller cancelled it): say
             // so. A death during the soft stage, before we signalled, is the
             // worker's own (a crash, the OOM killer): reported as one.
-            if let Some(esc) = esc.filter(|e| {
-                e.call == f.id && (e.stage != Stage::Soft || e.reason == Reason::Cancel)
-            }) {
-                return escalation_error(f, esc, &status);
+            if let Some(esc) =
+                esc.filter(|e| e.call == f.id && (e.signalled() || e.reason == Reason::Cancel))
+            {
+                return esc.error(f.timeout, f.stall, &status);
             }
             let tail: Vec<String> = w
                 .tail
@@ -898,9 +862,7 @@ impl Dispatcher {
         // to one call, and a poll lasts microseconds where a CPU call lasts
         // its whole run.
         let crashed = w.beacon.crashed_thread();
-        let io_kill =
-            w.io.values()
-                .any(|f| f.esc.is_some_and(|e| e.stage != Stage::Soft));
+        let io_kill = w.io.values().any(|f| f.esc.is_some_and(|e| e.signalled()));
         let blame_cpu = match crashed {
             CrashedThread::Cpu => true,
             CrashedThread::Io => false,
@@ -928,7 +890,7 @@ impl Dispatcher {
         let mut back: Vec<InFlight> = w.inflight.drain(..).collect();
         w.io_timers.clear();
         for (id, f) in std::mem::take(&mut w.io) {
-            let signalled = f.esc.filter(|e| e.stage != Stage::Soft);
+            let signalled = f.esc.filter(|e| e.signalled());
             if (polled != 0 && id == polled) || signalled.is_some() {
                 let err = death(&w, &f.f, f.esc);
                 answer(f.f.reply, Some(w.pid), Err(err));
@@ -1109,25 +1071,9 @@ impl Dispatcher {
             w.calls_done += 1;
             let result = match r.outcome {
                 Outcome::Ok(bytes) => Ok(bytes),
-                Outcome::Err(fail) if fail.kind == FailureKind::Cancelled => {
-                    if f.cancel_requested {
-                        Err(PoolError::Cancelled)
-                    } else if esc.is_some_and(|e| e.reason == Reason::Stall) {
-                        Err(PoolError::Stalled {
-                            stall_ms: f.stall.map_or(0, |t| t.as_millis() as u64),
-                            how: "the task stopped at the cancel".into(),
-                        })
-                    } else if f.timeout.is_some()
-                        || esc.is_some_and(|e| e.reason == Reason::Timeout)
-                    {
-                        Err(PoolError::TimedOut {
-                            timeout_ms: f.timeout.map_or(0, |t| t.as_millis() as u64),
-                            how: "the task stopped at its soft deadline".into(),
-                        })
-                    } else {
-                        Err(PoolError::Task(fail))
-                    }
-                }
+                Outcome::Err(fail) if fail.kind == FailureKind::Cancelled => Err(
+                    escalation::cancelled_error(f.cancel_requested, esc, f.timeout, f.stall, fail),
+                ),
                 Outcome::Err(fail) => Err(PoolError::Task(fail)),
             };
             // 0/0: the worker did not measure this (tiny) call.
@@ -1232,7 +1178,6 @@ impl Dispatcher {
             }
             due.sort_unstable();
             due.dedup();
-            let io_patience = patience(&self.cfg);
             let mut cancel = Vec::new();
             let mut rearm = Vec::new();
             for id in due {
@@ -1241,9 +1186,17 @@ impl Dispatcher {
                 let Some(f) = w.io.get_mut(&id) else {
                     continue;
                 };
-                match f.esc {
+                match f.esc.as_mut() {
                     None => {
-                        f.esc = Escalation::due(&f.f, f.since, f.last_beat, now, &self.cfg);
+                        f.esc = Escalation::due(
+                            id,
+                            f.f.timeout,
+                            f.f.stall,
+                            f.since,
+                            f.last_beat,
+                            now,
+                            &self.cfg,
+                        );
                         if f.esc.is_some_and(|e| e.reason == Reason::Stall) {
                             tracing::warn!(
                                 pid = w.pid,
@@ -1253,35 +1206,15 @@ impl Dispatcher {
                             cancel.push(id);
                         }
                     }
-                    Some(mut e)
-                        if now >= e.until
-                            && e.stage == Stage::Soft
-                            && w.beacon.get_io() == 0
-                            && now < e.began + io_patience =>
-                    {
-                        // No answer, but the loop is not inside a poll: the
-                        // call has not reached it yet (the CPU thread routes
-                        // calls, and a CPU task that never looks at its ctx
-                        // delays that). Killing would fail the CPU call for
-                        // nothing: wait a while longer.
-                        e.until = now + recheck(&self.cfg);
-                        f.esc = Some(e);
+                    Some(e) => {
+                        let in_poll = now >= e.until && w.beacon.get_io() != 0;
+                        if let Some(sig) = e.tick_io(now, in_poll, &self.cfg) {
+                            // No answer: the event loop is blocked (a task
+                            // that does not yield). Only killing the worker
+                            // frees it; its other async calls run again.
+                            send_signal(&w.proc, w.pid, id, sig, "its event loop is blocked");
+                        }
                     }
-                    Some(mut e) if now >= e.until && e.stage != Stage::Kill => {
-                        // No answer: the event loop is blocked (a task that
-                        // does not yield). Only killing the worker frees it;
-                        // its other async calls run again.
-                        advance(
-                            &mut e,
-                            &w.proc,
-                            w.pid,
-                            now,
-                            &self.cfg,
-                            "its event loop is blocked",
-                        );
-                        f.esc = Some(e);
-                    }
-                    Some(_) => {}
                 }
                 if let Some(e) = f.esc.filter(|e| e.stage != Stage::Kill) {
                     rearm.push((e.until, id));
@@ -1299,7 +1232,15 @@ impl Dispatcher {
                         continue;
                     };
                     let last_beat = w.last_beat.max(w.head_since);
-                    w.esc = Escalation::due(head, w.head_since, last_beat, now, &self.cfg);
+                    w.esc = Escalation::due(
+                        head.id,
+                        head.timeout,
+                        head.stall,
+                        w.head_since,
+                        last_beat,
+                        now,
+                        &self.cfg,
+                    );
                     match w.esc.map(|e| e.reason) {
                         Some(Reason::Timeout) => {
                             tracing::warn!(pid = w.pid, call = head.id, "call past its deadline");
@@ -1316,17 +1257,17 @@ impl Dispatcher {
                     }
                 }
                 Some(mut e) if now >= e.until => {
-                    if let Some(later) = cpu_soft_extension(w, &e, now, &self.cfg) {
-                        e.until = later;
-                    } else {
-                        advance(
-                            &mut e,
-                            &w.proc,
-                            w.pid,
-                            now,
-                            &self.cfg,
-                            "no answer after the soft deadline",
-                        );
+                    let running = w.beacon.get();
+                    let view = CpuView {
+                        running,
+                        deadline_us: (running == e.call)
+                            .then(|| w.beacon.cpu_deadline())
+                            .flatten(),
+                        now_us: jobvisor_worker::monotonic_us(),
+                    };
+                    if let Some(sig) = e.tick_cpu(now, view, &self.cfg) {
+                        let why = "no answer after the soft deadline";
+                        send_signal(&w.proc, w.pid, e.call, sig, why);
                     }
                     w.esc = Some(e);
                 }
@@ -1528,133 +1469,18 @@ fn send_run<'a>(
 /// How long a worker told to stop while idle gets before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
-/// How long, at least, the soft stage of a call's escalation is extended
-/// while the call has not reached the worker's code (an async call whose loop
-/// is not in a poll; a CPU call the beacon does not show running), before the
-/// worker is killed anyway: a stopped worker, a call held up behind a CPU task
-/// that ignores its ctx, a machine too loaded to schedule the worker.
-const PATIENCE: Duration = Duration::from_secs(10);
-
-/// How often a call waited for with [`patience`] is looked at again: every
-/// `cancel_grace`, but not in a busy loop when that is zero.
-fn recheck(cfg: &PoolConfig) -> Duration {
-    cfg.cancel_grace.max(Duration::from_millis(10))
-}
-
-/// [`PATIENCE`], or a whole escalation when that is longer.
-fn patience(cfg: &PoolConfig) -> Duration {
-    PATIENCE.max(cfg.cancel_grace + cfg.term_grace)
-}
-
-impl Escalation {
-    /// The escalation call `f` starts now, if any: its timeout passed since
-    /// `since` (the worker enforces the same deadline itself: the soft stage
-    /// waits for its answer), or no sign of life since `last_beat` for its
-    /// stall timeout (the caller sends it a Cancel). One rule for CPU calls
-    /// and async calls.
-    fn due(
-        f: &InFlight,
-        since: Instant,
-        last_beat: Instant,
-        now: Instant,
-        cfg: &PoolConfig,
-    ) -> Option<Self> {
-        let reason = if f.timeout.is_some_and(|t| now >= since + t) {
-            Reason::Timeout
-        } else if f.stall.is_some_and(|s| now >= last_beat + s) {
-            Reason::Stall
-        } else {
-            return None;
-        };
-        Some(Escalation {
-            reason,
-            stage: Stage::Soft,
-            until: now + cfg.cancel_grace,
-            call: f.id,
-            began: now,
-        })
-    }
-}
-
-/// When the soft stage of a CPU call's timeout ends later than planned: the
-/// worker counts the timeout from when it started the call, we from when it
-/// was sent (or reached the head of the worker's line), and on a loaded
-/// machine the worker can start a call well after that. A call the beacon
-/// shows running gets `cancel_grace` after its own deadline; one not started
-/// yet gets more time, up to [`patience`] (a stopped worker, a call whose
-/// reply is on its way). `None`: escalate now.
-fn cpu_soft_extension(
-    w: &Worker,
-    e: &Escalation,
-    now: Instant,
-    cfg: &PoolConfig,
-) -> Option<Instant> {
-    if e.stage != Stage::Soft || e.reason != Reason::Timeout {
-        return None;
-    }
-    if w.beacon.get() != e.call {
-        return (now < e.began + patience(cfg)).then(|| now + recheck(cfg));
-    }
-    let theirs = w.beacon.cpu_deadline()?;
-    let ours = jobvisor_worker::monotonic_us();
-    let deadline = if theirs >= ours {
-        now + Duration::from_micros(theirs - ours)
-    } else {
-        now.checked_sub(Duration::from_micros(ours - theirs))?
-    };
-    let until = deadline + cfg.cancel_grace;
-    (until > now).then_some(until)
-}
-
-/// The next step of an escalation whose stage timed out: SIGTERM to the
-/// worker's process group, then SIGKILL.
-fn advance(
-    e: &mut Escalation,
-    proc: &ProcHandle,
-    pid: u32,
-    now: Instant,
-    cfg: &PoolConfig,
-    why: &str,
-) {
-    match e.stage {
-        Stage::Soft => {
-            tracing::warn!(pid, call = e.call, "{why}; SIGTERM to the worker's group");
+/// Sends the signal an escalation of call `call` moved on to, saying `why`.
+fn send_signal(proc: &ProcHandle, pid: u32, call: u64, sig: Signal, why: &str) {
+    match sig {
+        Signal::TermGroup => {
+            tracing::warn!(pid, call, "{why}; SIGTERM to the worker's group");
             let _ = proc.signal_group(libc::SIGTERM);
-            e.stage = Stage::Term;
-            e.until = now + cfg.term_grace;
         }
-        Stage::Term => {
-            tracing::warn!(pid, call = e.call, "still alive after SIGTERM; SIGKILL");
+        Signal::Kill => {
+            tracing::warn!(pid, call, "still alive after SIGTERM; SIGKILL");
             let _ = proc.signal(libc::SIGKILL);
             let _ = proc.signal_group(libc::SIGKILL);
-            e.stage = Stage::Kill;
         }
-        Stage::Kill => {}
-    }
-}
-
-/// The error of a call stopped by an escalation, given how its worker
-/// ended.
-fn escalation_error(f: &InFlight, esc: Escalation, status: &ExitStatus) -> PoolError {
-    // Once we signalled, the signal the process died of says which stage
-    // stopped it: a reap seen late can find the escalation a stage further
-    // on (SIGKILL sent to a process SIGTERM had already ended).
-    let stage = match (esc.stage, status.signal) {
-        (Stage::Soft, _) => Stage::Soft,
-        (_, Some(libc::SIGTERM)) => Stage::Term,
-        (_, Some(libc::SIGKILL)) => Stage::Kill,
-        (stage, _) => stage,
-    };
-    match esc.reason {
-        Reason::Timeout => PoolError::TimedOut {
-            timeout_ms: f.timeout.map_or(0, |t| t.as_millis() as u64),
-            how: format!("stopped by {}", stage_text(stage)),
-        },
-        Reason::Stall => PoolError::Stalled {
-            stall_ms: f.stall.map_or(0, |t| t.as_millis() as u64),
-            how: format!("stopped by {}", stage_text(stage)),
-        },
-        Reason::Cancel => PoolError::Cancelled,
     }
 }
 
@@ -1662,14 +1488,6 @@ fn escalation_error(f: &InFlight, esc: Escalation, status: &ExitStatus) -> PoolE
 fn take_io(w: &mut Worker) -> Vec<InFlight> {
     w.io_timers.clear();
     w.io.drain().map(|(_, f)| f.f).collect()
-}
-
-fn stage_text(stage: Stage) -> &'static str {
-    match stage {
-        Stage::Soft => "its soft deadline",
-        Stage::Term => "SIGTERM to the worker's process group",
-        Stage::Kill => "SIGKILL of the worker",
-    }
 }
 
 /// Why a worker died, when its status and last output say so.
