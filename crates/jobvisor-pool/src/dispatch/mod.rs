@@ -31,6 +31,7 @@ use jobvisor_proto::worker::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
 
+mod blame;
 mod escalation;
 
 use crate::config::PoolConfig;
@@ -39,7 +40,6 @@ use crate::error::PoolError;
 use crate::launch::ProcHandle;
 use crate::types::{CallUsage, Health, PoolEvent, WorkerInfo, WorkerState};
 use escalation::{CpuView, Escalation, Reason, Signal, Stage};
-use jobvisor_worker::CrashedThread;
 
 /// A call's result and the pid of the worker that ran it (when one did).
 #[derive(Debug)]
@@ -804,95 +804,49 @@ impl Dispatcher {
             core_dumped: false,
             max_rss_kib: 0,
         });
-        // A death is an exit we did not ask for: not a retirement, not a
-        // shutdown, not our own kill of a call past its deadline or cancelled.
-        let asked = self.stopping()
-            || matches!(
-                w.state_before_death,
-                WorkerState::Stopping | WorkerState::Retiring
-            )
-            || w.esc.is_some_and(|e| e.signalled())
-            || w.io.values().any(|f| f.esc.is_some_and(|e| e.signalled()));
-        if asked {
+        let esc_signalled = |e: &Option<Escalation>| e.is_some_and(|e| e.signalled());
+        let io_signalled = w.io.values().any(|f| esc_signalled(&f.esc));
+        let signalled = esc_signalled(&w.esc) || io_signalled;
+        if blame::exit_was_asked(self.stopping(), w.state_before_death, signalled) {
             tracing::debug!(worker = id, pid = w.pid, %status, "worker exited");
         } else {
             tracing::warn!(worker = id, pid = w.pid, %status, "worker died");
             self.record_death();
         }
-        // The call the worker was running, by its beacon; the others had not
+        // The call the worker was running, by its beacon, and the async call
+        // being polled, are charged (see `blame`); the others had not
         // started, or had finished with their replies lost with the worker:
         // they go back to the queue (at-least-once), uncharged.
-        let running = w.beacon.get();
-        let running = w
-            .inflight
-            .iter()
-            .position(|f| running != 0 && f.id == running);
-        let killing = self.killing();
-        let memory_limit = self.cfg.memory_limit_bytes;
-        let death = |w: &Worker, f: &InFlight, esc: Option<Escalation>| {
-            if killing {
-                return PoolError::Closed;
-            }
-            // Our own signal stopped it (or the caller cancelled it): say
-            // so. A death during the soft stage, before we signalled, is the
-            // worker's own (a crash, the OOM killer): reported as one.
-            if let Some(esc) =
-                esc.filter(|e| e.call == f.id && (e.signalled() || e.reason == Reason::Cancel))
-            {
-                return esc.error(f.timeout, f.stall, &status);
-            }
-            let tail: Vec<String> = w
-                .tail
-                .lock()
-                .map(|t| t.iter().cloned().collect())
-                .unwrap_or_default();
-            let cause = death_cause(&status, &tail, memory_limit);
-            PoolError::WorkerDied {
-                cause,
-                pid: w.pid,
-                status,
-                stderr_tail: tail,
-            }
+        let cpu_calls: Vec<u64> = w.inflight.iter().map(|f| f.id).collect();
+        let blamed = blame::blame(&blame::Death {
+            crashed: w.beacon.crashed_thread(),
+            running: w.beacon.get(),
+            polled: w.beacon.get_io(),
+            cpu_calls: &cpu_calls,
+            cpu_escalated: w.esc.is_some(),
+            io_signalled,
+        });
+        let tail: Vec<String> = w
+            .tail
+            .lock()
+            .map(|t| t.iter().cloned().collect())
+            .unwrap_or_default();
+        let charge = blame::Charge {
+            killing: self.killing(),
+            pid: w.pid,
+            status: &status,
+            tail: &tail,
+            memory_limit: self.cfg.memory_limit_bytes,
         };
-        // Who is to blame. The worker's SIGABRT handler says which thread
-        // aborted (panic=abort, a failed allocation, a stack overflow); we
-        // know which async calls we escalated to a signal. Otherwise (SIGKILL
-        // from outside, SIGSEGV, an exit) the running CPU call is charged if
-        // there is one, else the async call being polled: a death is charged
-        // to one call, and a poll lasts microseconds where a CPU call lasts
-        // its whole run.
-        let crashed = w.beacon.crashed_thread();
-        let io_kill = w.io.values().any(|f| f.esc.is_some_and(|e| e.signalled()));
-        let blame_cpu = match crashed {
-            CrashedThread::Cpu => true,
-            CrashedThread::Io => false,
-            // Our own kill for an async call is not the CPU call's doing.
-            CrashedThread::Unknown => !(io_kill && w.esc.is_none()),
-        };
-        let mut charged_cpu = false;
-        if let Some(pos) = running.filter(|_| blame_cpu) {
-            if let Some(head) = w.inflight.remove(pos) {
-                let err = death(&w, &head, w.esc);
-                answer(head.reply, Some(w.pid), Err(err));
-                charged_cpu = true;
-            }
+        if let Some(head) = blamed.cpu.and_then(|pos| w.inflight.remove(pos)) {
+            let err = charge.error(head.id, head.timeout, head.stall, w.esc);
+            answer(head.reply, Some(w.pid), Err(err));
         }
-        // Async calls: the ones we escalated to a signal are charged, and the
-        // one being polled when the worker died (its I/O beacon) if the blame
-        // is not the CPU call's. The others were waiting on I/O, innocent, and
-        // run again (uncharged), as does an innocent CPU call.
-        let polled = match crashed {
-            CrashedThread::Cpu => 0,
-            CrashedThread::Io => w.beacon.get_io(),
-            CrashedThread::Unknown if charged_cpu => 0,
-            CrashedThread::Unknown => w.beacon.get_io(),
-        };
         let mut back: Vec<InFlight> = w.inflight.drain(..).collect();
         w.io_timers.clear();
         for (id, f) in std::mem::take(&mut w.io) {
-            let signalled = f.esc.filter(|e| e.signalled());
-            if (polled != 0 && id == polled) || signalled.is_some() {
-                let err = death(&w, &f.f, f.esc);
+            if blamed.charges_io(id, esc_signalled(&f.esc)) {
+                let err = charge.error(id, f.f.timeout, f.f.stall, f.esc);
                 answer(f.f.reply, Some(w.pid), Err(err));
             } else {
                 back.push(f.f);
@@ -1488,18 +1442,4 @@ fn send_signal(proc: &ProcHandle, pid: u32, call: u64, sig: Signal, why: &str) {
 fn take_io(w: &mut Worker) -> Vec<InFlight> {
     w.io_timers.clear();
     w.io.drain().map(|(_, f)| f.f).collect()
-}
-
-/// Why a worker died, when its status and last output say so.
-fn death_cause(status: &ExitStatus, tail: &[String], memory_limit: Option<u64>) -> Option<String> {
-    let alloc_failed = tail.iter().any(|l| l.contains("memory allocation of"));
-    if alloc_failed
-        || (memory_limit.is_some()
-            && status.signal == Some(libc::SIGKILL)
-            && tail.iter().any(|l| l.contains("Out of memory")))
-    {
-        let limit = memory_limit.map_or(String::new(), |b| format!(" ({} MiB)", b / (1024 * 1024)));
-        return Some(format!("memory limit exceeded{limit}"));
-    }
-    None
 }
