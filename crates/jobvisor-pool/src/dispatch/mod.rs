@@ -33,6 +33,7 @@ use tokio::time::sleep_until;
 
 mod blame;
 mod escalation;
+mod intensity;
 
 use crate::config::PoolConfig;
 use crate::conn::{self, LinkEvent, WorkerConn, LOG_EOF_WAIT};
@@ -40,6 +41,7 @@ use crate::error::PoolError;
 use crate::launch::ProcHandle;
 use crate::types::{CallUsage, Health, PoolEvent, WorkerInfo, WorkerState};
 use escalation::{CpuView, Escalation, Reason, Signal, Stage};
+use intensity::RestartIntensity;
 
 /// A call's result and the pid of the worker that ran it (when one did).
 #[derive(Debug)]
@@ -225,12 +227,10 @@ pub(crate) struct Dispatcher {
     early_closed: HashMap<u64, Option<String>>,
     early_exits: HashMap<u32, ExitStatus>,
     next_worker_id: u64,
-    /// Recent unexpected worker deaths (crashes, failed starts).
-    deaths: VecDeque<Instant>,
-    /// Current restart delay (zero while healthy).
-    restart_delay: Duration,
+    /// Unexpected worker deaths (crashes, failed starts) and the restart
+    /// delay they earned.
+    intensity: RestartIntensity,
     health: Arc<Health>,
-    restart_not_before: Option<Instant>,
     stop: Stop,
     stop_waiters: Vec<oneshot::Sender<()>>,
     commands_open: bool,
@@ -275,10 +275,8 @@ impl Dispatcher {
             early_closed: HashMap::new(),
             early_exits: HashMap::new(),
             next_worker_id: 1,
-            deaths: VecDeque::new(),
-            restart_delay: Duration::ZERO,
+            intensity: RestartIntensity::default(),
             health,
-            restart_not_before: None,
             stop: Stop::No,
             stop_waiters: Vec::new(),
             commands_open: true,
@@ -542,7 +540,7 @@ impl Dispatcher {
         if self.killing() || (self.stopping() && self.queued() == 0) {
             return;
         }
-        if self.restart_not_before.is_some_and(|t| Instant::now() < t) {
+        if !self.intensity.may_restart(Instant::now()) {
             return;
         }
         let active = self
@@ -667,56 +665,33 @@ impl Dispatcher {
         }
     }
 
-    /// Restart intensity (OTP style): more than `max_restarts` deaths within
-    /// `restart_window` delays further restarts, doubling up to the cap;
-    /// `healthy_after` without a death resets it.
+    /// Counts an unexpected death against the restart intensity (see
+    /// `intensity`), and reports a delay it earns.
     fn record_death(&mut self) {
         let now = Instant::now();
-        self.deaths.push_back(now);
         self.health.deaths.fetch_add(1, Ordering::Relaxed);
-        while self
-            .deaths
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > self.cfg.restart_window)
-        {
-            self.deaths.pop_front();
+        let Some(delay) = self.intensity.record_death(now, &self.cfg) else {
+            return;
+        };
+        if !self.health.degraded.swap(true, Ordering::Relaxed) {
+            tracing::error!(
+                deaths = self.intensity.recent_deaths(),
+                window = ?self.cfg.restart_window,
+                "workers die faster than the restart intensity allows; delaying restarts (degraded)"
+            );
         }
-        if self.deaths.len() > self.cfg.max_restarts as usize {
-            self.restart_delay = if self.restart_delay.is_zero() {
-                self.cfg.restart_backoff
-            } else {
-                (self.restart_delay * 2).min(self.cfg.restart_backoff_max)
-            };
-            self.restart_not_before = Some(now + self.restart_delay);
-            if !self.health.degraded.swap(true, Ordering::Relaxed) {
-                tracing::error!(
-                    deaths = self.deaths.len(),
-                    window = ?self.cfg.restart_window,
-                    "workers die faster than the restart intensity allows; delaying restarts (degraded)"
-                );
-            }
-            tracing::warn!(delay = ?self.restart_delay, "worker restart delayed");
-            self.health
-                .restart_delay_ms
-                .store(self.restart_delay.as_millis() as u64, Ordering::Relaxed);
-        }
+        tracing::warn!(delay = ?delay, "worker restart delayed");
+        self.health
+            .restart_delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
     }
 
     fn check_healthy(&mut self, now: Instant) {
-        if self.restart_delay.is_zero() {
-            return;
-        }
-        let quiet = self
-            .deaths
-            .back()
-            .is_none_or(|t| now.duration_since(*t) >= self.cfg.healthy_after);
-        if quiet {
+        if self.intensity.check_healthy(now, &self.cfg) {
             tracing::info!(
                 "no worker death for {:?}: healthy again",
                 self.cfg.healthy_after
             );
-            self.restart_delay = Duration::ZERO;
-            self.deaths.clear();
             self.health.degraded.store(false, Ordering::Relaxed);
             self.health.restart_delay_ms.store(0, Ordering::Relaxed);
         }
@@ -1068,13 +1043,7 @@ impl Dispatcher {
     // ---- timers ---------------------------------------------------------
 
     fn next_timer(&self) -> Option<Instant> {
-        let mut next = self.restart_not_before;
-        if !self.restart_delay.is_zero() {
-            if let Some(t) = self.deaths.back() {
-                let at = *t + self.cfg.healthy_after;
-                next = Some(next.map_or(at, |n| n.min(at)));
-            }
-        }
+        let mut next = self.intensity.next_timer(&self.cfg);
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
         for w in self.workers.values() {
             if let Some(t) = w.kill_at.filter(|_| w.status.is_none()) {
@@ -1109,8 +1078,7 @@ impl Dispatcher {
     fn on_timer(&mut self) {
         let now = Instant::now();
         self.check_healthy(now);
-        if self.restart_not_before.is_some_and(|t| now >= t) {
-            self.restart_not_before = None;
+        if self.intensity.delay_over(now) {
             self.ensure_workers();
         }
         for w in self.workers.values_mut() {
