@@ -31,6 +31,7 @@ use jobvisor_proto::worker::{
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
 
+mod admission;
 mod blame;
 mod escalation;
 mod intensity;
@@ -186,10 +187,11 @@ impl Worker {
     /// Calls it may still be sent before `max_tasks_per_worker` recycles it,
     /// counting what it holds of both kinds (recycling is exact).
     fn recycle_room(&self, max_calls: Option<u64>) -> usize {
-        let budget = max_calls.map_or(usize::MAX, |m| {
-            usize::try_from(m.saturating_sub(self.calls_done)).unwrap_or(usize::MAX)
-        });
-        budget.saturating_sub(self.inflight.len() + self.io.len())
+        admission::recycle_room(
+            max_calls,
+            self.calls_done,
+            self.inflight.len() + self.io.len(),
+        )
     }
 
     /// Holds no call of either kind.
@@ -1020,11 +1022,7 @@ impl Dispatcher {
         if finished_head > 0 {
             let per_call =
                 now.duration_since(first_since).as_secs_f64() * 1e6 / f64::from(finished_head);
-            self.service_ewma_us = if self.service_ewma_us == 0.0 {
-                per_call
-            } else {
-                0.8 * self.service_ewma_us + 0.2 * per_call
-            };
+            self.service_ewma_us = admission::smoothed(self.service_ewma_us, per_call);
         }
         if let Some(max) = self.cfg.max_tasks_per_worker {
             if w.state == WorkerState::Ready && w.calls_done >= max {
@@ -1200,15 +1198,6 @@ impl Dispatcher {
 
     // ---- dispatch -------------------------------------------------------
 
-    fn window(&self) -> usize {
-        // Enough calls in flight to cover ~1 ms of work, at least 2 (so the
-        // next call is already there when one finishes), at most `window`.
-        if self.service_ewma_us <= 0.0 {
-            return self.cfg.window;
-        }
-        ((1000.0 / self.service_ewma_us).ceil() as usize).clamp(2, self.cfg.window.max(1))
-    }
-
     fn dispatch(&mut self) {
         self.dispatch_cpu();
         self.dispatch_io();
@@ -1227,7 +1216,7 @@ impl Dispatcher {
                 .saturating_sub(w.io.len())
                 .min(w.recycle_room(max_calls))
         };
-        let mut ready: Vec<(usize, u64)> = self
+        let ready: Vec<(usize, u64)> = self
             .workers
             .values()
             .filter(|w| w.state == WorkerState::Ready)
@@ -1237,20 +1226,8 @@ impl Dispatcher {
         if ready.is_empty() {
             return;
         }
-        // Least room first, each worker taking its even share of what is
-        // left: what a small worker cannot take flows to the larger ones.
-        ready.sort_unstable();
-        let total_room: usize = ready.iter().map(|(r, _)| r).sum();
-        let mut left = self.io_queue.len().min(total_room);
-        let mut workers_left = ready.len();
         let now = Instant::now();
-        for (room, id) in ready {
-            let share = left.div_ceil(workers_left).min(room);
-            workers_left -= 1;
-            if share == 0 {
-                continue;
-            }
-            left -= share;
+        for (id, share) in admission::io_shares(ready, self.io_queue.len()) {
             let Some(w) = self.workers.get_mut(&id) else {
                 continue;
             };
@@ -1281,7 +1258,7 @@ impl Dispatcher {
         if self.queue.is_empty() {
             return;
         }
-        let window = self.window();
+        let window = admission::window(self.service_ewma_us, self.cfg.window);
         let max_calls = self.cfg.max_tasks_per_worker;
         // Room per worker: the window, and never past its recycling budget.
         let room = |w: &Worker| {
@@ -1289,42 +1266,33 @@ impl Dispatcher {
                 .saturating_sub(w.inflight.len())
                 .min(w.recycle_room(max_calls))
         };
-        let mut ready: Vec<u64> = self
+        let mut ready: Vec<(u64, usize, usize)> = self
             .workers
             .values()
-            .filter(|w| w.state == WorkerState::Ready && room(w) > 0)
-            .map(|w| w.id)
+            .filter(|w| w.state == WorkerState::Ready)
+            .map(|w| (w.id, room(w), w.inflight.len()))
+            .filter(|&(_, room, _)| room > 0)
             .collect();
         if ready.is_empty() {
             return;
         }
-        // Least loaded first, then hand out one call per worker per round so a
-        // short queue is spread over all workers.
-        ready.sort_by_key(|id| self.workers.get(id).map_or(0, |w| w.inflight.len()));
+        // Least loaded first (see `admission`).
+        ready.sort_by_key(|&(_, _, load)| load);
+        let ready: Vec<(u64, usize)> = ready.into_iter().map(|(id, room, _)| (id, room)).collect();
         let mut added: HashMap<u64, usize> = HashMap::new();
-        'outer: loop {
-            let mut progressed = false;
-            for id in &ready {
-                let Some(w) = self.workers.get_mut(id) else {
-                    continue;
-                };
-                if room(w) == 0 {
-                    continue;
-                }
-                let Some(p) = self.queue.pop_front() else {
-                    break 'outer;
-                };
-                if w.inflight.is_empty() {
-                    w.head_since = Instant::now();
-                    w.last_beat = w.head_since;
-                }
-                w.inflight.push_back(InFlight::sent(p));
-                *added.entry(*id).or_insert(0) += 1;
-                progressed = true;
-            }
-            if !progressed || self.queue.is_empty() {
+        for id in admission::cpu_rounds(&ready, self.queue.len()) {
+            let Some(w) = self.workers.get_mut(&id) else {
+                continue;
+            };
+            let Some(p) = self.queue.pop_front() else {
                 break;
+            };
+            if w.inflight.is_empty() {
+                w.head_since = Instant::now();
+                w.last_beat = w.head_since;
             }
+            w.inflight.push_back(InFlight::sent(p));
+            *added.entry(id).or_insert(0) += 1;
         }
         for (id, n) in added {
             self.send_calls(id, n);
