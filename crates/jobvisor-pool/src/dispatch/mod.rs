@@ -5,90 +5,54 @@
 //! expiries), then fills every worker's window from the queue, coalescing the
 //! calls for one worker into one frame.
 //!
-//! Failure mechanics live here in one place:
-//! - A worker's link closing or its process exiting marks it dead and starts a
-//!   replacement at once. Once its exit status (and last output) is in, the one
-//!   call it was running fails with [`PoolError::WorkerDied`] (or `TimedOut` if
-//!   we were stopping it); the calls queued behind it never started and go back
-//!   to the front of the pool's queue.
-//! - A call past its deadline escalates: the worker's soft deadline (the task
-//!   sees `ctx.is_cancelled()`), then after `cancel_grace` SIGTERM to the
-//!   worker's process group, then after `term_grace` SIGKILL.
-//! - Failed starts back off exponentially (from `restart_backoff` to 5 s); the
-//!   queue is kept meanwhile. The pool never turns "broken".
+//! The actor does the I/O and the bookkeeping; each decision is a pure rule
+//! in a module of its own, unit-tested there. Lowest first:
+//! - `admission`: how many calls each worker is sent (CPU window, async
+//!   slots, recycling budget).
+//! - `escalation`: when a call past its deadline, stalled or cancelled moves
+//!   from its soft deadline (the task sees `ctx.is_cancelled()`) to SIGTERM of
+//!   the worker's process group after `cancel_grace`, to SIGKILL after
+//!   `term_grace`.
+//! - `blame`: who is charged when a worker dies: the call it was running
+//!   fails with [`PoolError::WorkerDied`] (or `TimedOut` if we were stopping
+//!   it); the calls queued behind it never started and go back to the front
+//!   of the pool's queue.
+//! - `intensity`: restart intensity: too many deaths delay restarts, from
+//!   `restart_backoff` doubling up to `restart_backoff_max` (30 s by
+//!   default); the queue is kept meanwhile. The pool never turns "broken".
+//! - `call`, `worker`: the records the actor keeps of calls and workers.
+//! - `lifecycle`, `timers`: the actor's handlers for worker lives (start,
+//!   exit, reap, retire) and for its timer, beside the commands, frames and
+//!   dispatch loops here.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use jobvisor_proto::encode_frame;
 use jobvisor_proto::forkserver::ExitStatus;
-use jobvisor_proto::worker::{
-    CallRef, FailureKind, FromWorker, Outcome, Reply, TaskKind, ToWorker, ToWorkerRef,
-};
+use jobvisor_proto::worker::{FailureKind, FromWorker, Outcome, Reply, TaskKind, ToWorker};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::sleep_until;
 
 mod admission;
 mod blame;
+mod call;
 mod escalation;
 mod intensity;
+mod lifecycle;
+mod timers;
+mod worker;
 
 use crate::config::PoolConfig;
-use crate::conn::{self, LinkEvent, WorkerConn, LOG_EOF_WAIT};
+use crate::conn::{LinkEvent, WorkerConn};
 use crate::error::PoolError;
-use crate::launch::ProcHandle;
 use crate::types::{CallUsage, Health, PoolEvent, WorkerInfo, WorkerState};
-use escalation::{CpuView, Escalation, Reason, Signal, Stage};
+use call::{answer, InFlight, IoFlight};
+pub(crate) use call::{CallResult, Channels, Command, Pending, StartedReply};
+use escalation::Escalation;
 use intensity::RestartIntensity;
-
-/// A call's result and the pid of the worker that ran it (when one did).
-#[derive(Debug)]
-pub(crate) struct CallResult {
-    pub(crate) pid: Option<u32>,
-    pub(crate) result: Result<Vec<u8>, PoolError>,
-    /// CPU and wall time of the call in the worker, when it ran to an answer.
-    pub(crate) usage: Option<CallUsage>,
-}
-
-pub(crate) type Responder = oneshot::Sender<CallResult>;
-
-fn answer(reply: Responder, pid: Option<u32>, result: Result<Vec<u8>, PoolError>) {
-    let _ = reply.send(CallResult {
-        pid,
-        result,
-        usage: None,
-    });
-}
-
-/// A call accepted by the pool.
-#[derive(Debug)]
-pub(crate) struct Pending {
-    pub(crate) id: u64,
-    pub(crate) task: u32,
-    pub(crate) chunk: bool,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) stall: Option<Duration>,
-    pub(crate) input: Vec<u8>,
-    pub(crate) reply: Responder,
-}
-
-#[derive(Debug)]
-pub(crate) enum Command {
-    Submit(Pending),
-    Cancel(u64),
-    Shutdown {
-        graceful: bool,
-        done: oneshot::Sender<()>,
-    },
-    Workers(oneshot::Sender<Vec<WorkerInfo>>),
-    Resize(usize),
-}
-
-/// Sent once, when the first `workers` workers are ready (or one failed).
-pub(crate) type StartedReply = oneshot::Sender<Result<Vec<String>, PoolError>>;
+use worker::{send_run, Worker};
 
 enum Internal {
     Started {
@@ -109,106 +73,10 @@ enum Stop {
     Immediate,
 }
 
-struct InFlight {
-    id: u64,
-    task: u32,
-    chunk: bool,
-    timeout: Option<Duration>,
-    stall: Option<Duration>,
-    input: Vec<u8>,
-    reply: Responder,
-    cancel_requested: bool,
-}
-
-impl InFlight {
-    /// A queued call, as sent to a worker.
-    fn sent(p: Pending) -> Self {
-        Self {
-            id: p.id,
-            task: p.task,
-            chunk: p.chunk,
-            timeout: p.timeout,
-            stall: p.stall,
-            input: p.input,
-            reply: p.reply,
-            cancel_requested: false,
-        }
-    }
-}
-
-/// An async call on a worker's event loop: it runs from the moment it is
-/// sent, beside the worker's other async calls, and finishes in any order.
-struct IoFlight {
-    f: InFlight,
-    since: Instant,
-    last_beat: Instant,
-    esc: Option<Escalation>,
-}
-
-struct Worker {
-    id: u64,
-    pid: u32,
-    proc: ProcHandle,
-    tx: mpsc::UnboundedSender<Vec<u8>>,
-    /// The writer task, taken when the worker exits (see `on_exit`).
-    writer: Option<tokio::task::JoinHandle<()>>,
-    state: WorkerState,
-    /// CPU calls sent to the worker, in order: the head runs, the rest wait.
-    inflight: VecDeque<InFlight>,
-    /// Async calls on the worker's event loop, all running.
-    io: HashMap<u64, IoFlight>,
-    /// When something may be due for an async call (its timeout, its stall
-    /// deadline, its escalation's next stage), earliest first. Entries are
-    /// not removed when a call ends or its deadline moves: the timer skips
-    /// them when they come up. Calls without timers never appear here.
-    io_timers: BinaryHeap<Reverse<(Instant, u64)>>,
-    head_since: Instant,
-    /// Last sign of life of the running call (its start, a heartbeat, progress).
-    last_beat: Instant,
-    esc: Option<Escalation>,
-    calls_done: u64,
-    tail: Arc<std::sync::Mutex<VecDeque<String>>>,
-    log_eof: Option<oneshot::Receiver<()>>,
-    status: Option<ExitStatus>,
-    /// The link closed (EOF or garbage); the process may still be alive.
-    link_closed: bool,
-    /// A worker that closed its pipe after `Shutdown` is killed if it has
-    /// not exited by then.
-    kill_at: Option<Instant>,
-    /// Its state when it was marked dead (tells a death from a retirement).
-    state_before_death: WorkerState,
-    /// Names the call it was running (shared page the worker writes).
-    beacon: jobvisor_worker::Beacon,
-    /// Reaped, but its pipe still has frames to read: finish when it closes.
-    reap_waiting: bool,
-}
-
-impl Worker {
-    /// Calls it may still be sent before `max_tasks_per_worker` recycles it,
-    /// counting what it holds of both kinds (recycling is exact).
-    fn recycle_room(&self, max_calls: Option<u64>) -> usize {
-        admission::recycle_room(
-            max_calls,
-            self.calls_done,
-            self.inflight.len() + self.io.len(),
-        )
-    }
-
-    /// Holds no call of either kind.
-    fn idle(&self) -> bool {
-        self.inflight.is_empty() && self.io.is_empty()
-    }
-
-    /// Queues one control message (cancel, shutdown) for the worker's writer.
-    /// A gone worker is noticed by its reader, so a failed send is not an error.
-    fn send(&self, msg: &ToWorker, max_frame_bytes: usize) {
-        let mut frame = Vec::new();
-        if encode_frame(&mut frame, msg, max_frame_bytes).is_ok() {
-            let _ = self.tx.send(frame);
-        }
-    }
-}
-
+/// The actor's state. More than ~15 fields because it is the one owner of
+/// everything a pool holds: the two queues, the workers and their start-up,
+/// the shutdown, and the channels its own tasks report on; each decision
+/// over them lives in a submodule of its own.
 pub(crate) struct Dispatcher {
     cfg: PoolConfig,
     /// CPU calls not yet sent to a worker.
@@ -246,13 +114,6 @@ pub(crate) struct Dispatcher {
     internal_tx: mpsc::UnboundedSender<Internal>,
     exits_tx: mpsc::UnboundedSender<(u32, ExitStatus)>,
     frame_buf: Vec<u8>,
-}
-
-pub(crate) struct Channels {
-    /// Submits (bounded: submitters wait while the queue is full).
-    pub(crate) commands: mpsc::Receiver<Command>,
-    /// Everything else, always read.
-    pub(crate) control: mpsc::UnboundedReceiver<Command>,
 }
 
 impl Dispatcher {
@@ -534,398 +395,6 @@ impl Dispatcher {
         }
     }
 
-    // ---- workers --------------------------------------------------------
-
-    fn ensure_workers(&mut self) {
-        // A draining pool still replaces workers while there is work left
-        // (a worker died and its queued calls came back).
-        if self.killing() || (self.stopping() && self.queued() == 0) {
-            return;
-        }
-        if !self.intensity.may_restart(Instant::now()) {
-            return;
-        }
-        let active = self
-            .workers
-            .values()
-            .filter(|w| w.state == WorkerState::Ready)
-            .count()
-            + self.starting;
-        for _ in active..self.cfg.workers {
-            let id = self.next_worker_id;
-            self.next_worker_id += 1;
-            self.starting += 1;
-            let cfg = self.cfg.clone();
-            let exits = self.exits_tx.clone();
-            let links = self.link_tx.clone();
-            let internal = self.internal_tx.clone();
-            tokio::spawn(async move {
-                let result = conn::start(id, &cfg, exits, links).await;
-                let _ = internal.send(Internal::Started { id, result });
-            });
-        }
-    }
-
-    fn on_internal(&mut self, ev: Internal) {
-        match ev {
-            Internal::Started { id, result } => self.on_started(id, result),
-            Internal::Reaped { id } => self.on_reaped(id),
-        }
-    }
-
-    fn on_started(&mut self, id: u64, result: std::io::Result<WorkerConn>) {
-        self.starting -= 1;
-        let pid = result.as_ref().map_or(0, |c| c.proc.pid);
-        let early_closed = self.early_closed.remove(&id);
-        let early_exit = self.early_exits.remove(&pid);
-        if self.starting == 0 {
-            // Whatever is left belongs to no worker that can still register.
-            self.early_closed.clear();
-            self.early_exits.clear();
-        }
-        let conn = match result {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "worker failed to start");
-                let _ = self.events.send(PoolEvent::WorkerStartFailed {
-                    error: e.to_string(),
-                    at: Instant::now(),
-                });
-                if let Some(reply) = self.started_reply.take() {
-                    let _ = reply.send(Err(PoolError::Startup(e.to_string())));
-                    self.terminate();
-                    return;
-                }
-                self.record_death();
-                return;
-            }
-        };
-        let pid = conn.proc.pid;
-        if let Some(names) = &self.task_names {
-            if *names != conn.tasks {
-                tracing::error!(
-                    pid,
-                    "worker registered different tasks than its peers; killing it"
-                );
-                let _ = conn.proc.signal(libc::SIGKILL);
-            }
-        } else {
-            self.task_names = Some(conn.tasks.clone());
-            self.task_kinds.clone_from(&conn.kinds);
-        }
-        let worker = Worker {
-            id,
-            pid,
-            proc: conn.proc,
-            tx: conn.tx,
-            writer: Some(conn.writer),
-            state: WorkerState::Ready,
-            inflight: VecDeque::new(),
-            io: HashMap::new(),
-            io_timers: BinaryHeap::new(),
-            head_since: Instant::now(),
-            last_beat: Instant::now(),
-            esc: None,
-            calls_done: 0,
-            tail: conn.tail,
-            log_eof: Some(conn.log_eof),
-            beacon: conn.beacon,
-            reap_waiting: false,
-            status: None,
-            link_closed: false,
-            kill_at: None,
-            state_before_death: WorkerState::Ready,
-        };
-        self.by_pid.insert(pid, id);
-        self.workers.insert(id, worker);
-        tracing::debug!(worker = id, pid, "worker ready");
-        let _ = self.events.send(PoolEvent::WorkerReady {
-            worker: id,
-            pid,
-            at: Instant::now(),
-        });
-        // It died before it was registered: its events, in their order.
-        if let Some(error) = early_closed {
-            self.on_link(LinkEvent::Closed { worker: id, error });
-        }
-        if let Some(status) = early_exit {
-            self.on_exit(pid, status);
-        }
-        if self.killing() {
-            if let Some(w) = self.workers.get(&id) {
-                let _ = w.proc.signal(libc::SIGKILL);
-            }
-            return;
-        }
-        if self.stopping() {
-            return;
-        }
-        if self.starting == 0 {
-            if let Some(reply) = self.started_reply.take() {
-                let _ = reply.send(Ok(self.task_names.clone().unwrap_or_default()));
-            }
-        }
-    }
-
-    /// Counts an unexpected death against the restart intensity (see
-    /// `intensity`), and reports a delay it earns.
-    fn record_death(&mut self) {
-        let now = Instant::now();
-        self.health.deaths.fetch_add(1, Ordering::Relaxed);
-        let Some(delay) = self.intensity.record_death(now, &self.cfg) else {
-            return;
-        };
-        if !self.health.degraded.swap(true, Ordering::Relaxed) {
-            tracing::error!(
-                deaths = self.intensity.recent_deaths(),
-                window = ?self.cfg.restart_window,
-                "workers die faster than the restart intensity allows; delaying restarts (degraded)"
-            );
-        }
-        tracing::warn!(delay = ?delay, "worker restart delayed");
-        self.health
-            .restart_delay_ms
-            .store(delay.as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn check_healthy(&mut self, now: Instant) {
-        if self.intensity.check_healthy(now, &self.cfg) {
-            tracing::info!(
-                "no worker death for {:?}: healthy again",
-                self.cfg.healthy_after
-            );
-            self.health.degraded.store(false, Ordering::Relaxed);
-            self.health.restart_delay_ms.store(0, Ordering::Relaxed);
-        }
-    }
-
-    fn mark_dead(&mut self, id: u64) {
-        let Some(w) = self.workers.get_mut(&id) else {
-            return;
-        };
-        if w.state == WorkerState::Stopping && w.status.is_none() {
-            // We asked it to exit and it closed its pipe: let it finish
-            // exiting, and kill it only if it lingers.
-            w.kill_at = Some(Instant::now() + self.cfg.term_grace);
-        } else if w.state != WorkerState::Dead && w.status.is_none() {
-            // The link broke under a live worker: make sure it is gone.
-            let _ = w.proc.signal(libc::SIGKILL);
-        }
-        if w.state != WorkerState::Dead {
-            w.state_before_death = w.state;
-        }
-        w.state = WorkerState::Dead;
-        self.ensure_workers();
-    }
-
-    fn on_exit(&mut self, pid: u32, status: ExitStatus) {
-        let Some(&id) = self.by_pid.get(&pid) else {
-            if self.starting > 0 {
-                self.early_exits.insert(pid, status);
-            }
-            return;
-        };
-        self.by_pid.remove(&pid);
-        if let Some(w) = self.workers.get_mut(&id) {
-            w.status = Some(status);
-            let eof = w.log_eof.take();
-            // Nothing more goes to a dead worker: dropping the sender ends
-            // the writer task, which closes the pipe. Its death is reported
-            // after that, so a pool whose workers have all exited holds none
-            // of their fds.
-            w.tx = mpsc::unbounded_channel().0;
-            let writer = w.writer.take();
-            let internal = self.internal_tx.clone();
-            tokio::spawn(async move {
-                let deadline = tokio::time::Instant::now() + LOG_EOF_WAIT;
-                if let Some(mut writer) = writer {
-                    // A write blocked on a pipe a stray grandchild still
-                    // holds would never end: abort it, closing the pipe.
-                    if tokio::time::timeout_at(deadline, &mut writer)
-                        .await
-                        .is_err()
-                    {
-                        writer.abort();
-                    }
-                }
-                if let Some(eof) = eof {
-                    let _ = tokio::time::timeout_at(deadline, eof).await;
-                }
-                let _ = internal.send(Internal::Reaped { id });
-            });
-        }
-        self.mark_dead(id);
-    }
-
-    fn on_reaped(&mut self, id: u64) {
-        // Read every reply the worker wrote before charging its death: a
-        // reply still in the pipe means that call finished.
-        if let Some(w) = self.workers.get_mut(&id) {
-            if !w.link_closed && !w.reap_waiting {
-                w.reap_waiting = true;
-                let internal = self.internal_tx.clone();
-                tokio::spawn(async move {
-                    // The pipe closes when the process is gone; this is a backstop.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    let _ = internal.send(Internal::Reaped { id });
-                });
-                return;
-            }
-        }
-        let Some(mut w) = self.workers.remove(&id) else {
-            return;
-        };
-        let status = w.status.unwrap_or(ExitStatus {
-            code: None,
-            signal: None,
-            core_dumped: false,
-            max_rss_kib: 0,
-        });
-        let esc_signalled = |e: &Option<Escalation>| e.is_some_and(|e| e.signalled());
-        let io_signalled = w.io.values().any(|f| esc_signalled(&f.esc));
-        let signalled = esc_signalled(&w.esc) || io_signalled;
-        if blame::exit_was_asked(self.stopping(), w.state_before_death, signalled) {
-            tracing::debug!(worker = id, pid = w.pid, %status, "worker exited");
-        } else {
-            tracing::warn!(worker = id, pid = w.pid, %status, "worker died");
-            self.record_death();
-        }
-        // The call the worker was running, by its beacon, and the async call
-        // being polled, are charged (see `blame`); the others had not
-        // started, or had finished with their replies lost with the worker:
-        // they go back to the queue (at-least-once), uncharged.
-        let cpu_calls: Vec<u64> = w.inflight.iter().map(|f| f.id).collect();
-        let blamed = blame::blame(&blame::Death {
-            crashed: w.beacon.crashed_thread(),
-            running: w.beacon.get(),
-            polled: w.beacon.get_io(),
-            cpu_calls: &cpu_calls,
-            cpu_escalated: w.esc.is_some(),
-            io_signalled,
-        });
-        let tail: Vec<String> = w
-            .tail
-            .lock()
-            .map(|t| t.iter().cloned().collect())
-            .unwrap_or_default();
-        let charge = blame::Charge {
-            killing: self.killing(),
-            pid: w.pid,
-            status: &status,
-            tail: &tail,
-            memory_limit: self.cfg.memory_limit_bytes,
-        };
-        if let Some(head) = blamed.cpu.and_then(|pos| w.inflight.remove(pos)) {
-            let err = charge.error(head.id, head.timeout, head.stall, w.esc);
-            answer(head.reply, Some(w.pid), Err(err));
-        }
-        let mut back: Vec<InFlight> = w.inflight.drain(..).collect();
-        w.io_timers.clear();
-        for (id, f) in std::mem::take(&mut w.io) {
-            if blamed.charges_io(id, esc_signalled(&f.esc)) {
-                let err = charge.error(id, f.f.timeout, f.f.stall, f.esc);
-                answer(f.f.reply, Some(w.pid), Err(err));
-            } else {
-                back.push(f.f);
-            }
-        }
-        self.requeue_unstarted(back);
-        // Reported once its calls are answered and its pidfd and beacon are
-        // closed.
-        let pid = w.pid;
-        drop(w);
-        let _ = self.events.send(PoolEvent::WorkerExited {
-            worker: id,
-            pid,
-            status,
-            at: Instant::now(),
-        });
-        self.ensure_workers();
-    }
-
-    /// Calls a worker held but never started go back to the front of the
-    /// queue, in their order (or fail, when the pool is being killed or the
-    /// call was cancelled meanwhile).
-    fn requeue_unstarted(&mut self, calls: Vec<InFlight>) {
-        for f in calls.into_iter().rev() {
-            if self.killing() {
-                answer(f.reply, None, Err(PoolError::Closed));
-                continue;
-            }
-            if f.cancel_requested {
-                answer(f.reply, None, Err(PoolError::Cancelled));
-                continue;
-            }
-            let kind_queue = if self.is_io(f.task) {
-                &mut self.io_queue
-            } else {
-                &mut self.queue
-            };
-            kind_queue.push_front(Pending {
-                id: f.id,
-                task: f.task,
-                chunk: f.chunk,
-                timeout: f.timeout,
-                stall: f.stall,
-                input: f.input,
-                reply: f.reply,
-            });
-        }
-    }
-
-    /// The worker passed its soft memory limit while async calls run on its
-    /// event loop: it gets nothing more, a replacement starts now, and it is
-    /// stopped once it holds nothing (the recycling path).
-    fn on_draining(&mut self, id: u64, reason: &str) {
-        let Some(w) = self.workers.get_mut(&id) else {
-            return;
-        };
-        if w.state != WorkerState::Ready {
-            return;
-        }
-        tracing::info!(
-            worker = id,
-            pid = w.pid,
-            reason,
-            "worker drains to recycle itself"
-        );
-        w.state = WorkerState::Retiring;
-        let idle = w.idle();
-        self.ensure_workers();
-        if idle {
-            self.send_shutdown_to(id);
-        }
-    }
-
-    /// The worker passed its soft memory limit and exits after this frame:
-    /// the calls it holds never started; they go back to the queue now.
-    fn on_retiring(&mut self, id: u64, reason: &str) {
-        let Some(w) = self.workers.get_mut(&id) else {
-            return;
-        };
-        tracing::info!(worker = id, pid = w.pid, reason, "worker recycles itself");
-        w.state = WorkerState::Stopping;
-        // It exits after that frame; one that does not is killed.
-        w.kill_at = Some(Instant::now() + self.cfg.term_grace);
-        // Its async calls were running; the worker drops them as it exits, so
-        // they run again elsewhere (at-least-once, uncharged).
-        let mut back: Vec<InFlight> = w.inflight.drain(..).collect();
-        back.extend(take_io(w));
-        self.requeue_unstarted(back);
-        self.ensure_workers();
-    }
-
-    fn send_shutdown_to(&mut self, id: u64) {
-        let Some(w) = self.workers.get_mut(&id) else {
-            return;
-        };
-        w.send(&ToWorker::Shutdown, self.cfg.max_frame_bytes);
-        w.state = WorkerState::Stopping;
-        // It holds nothing: it should be gone at once; one that lingers (a
-        // loop blocked in a call's drop, say) is killed.
-        w.kill_at = Some(Instant::now() + self.cfg.term_grace.max(SHUTDOWN_GRACE));
-    }
-
     // ---- frames ---------------------------------------------------------
 
     fn on_link(&mut self, ev: LinkEvent) {
@@ -1035,164 +504,6 @@ impl Dispatcher {
         };
         if w.state == WorkerState::Retiring && w.idle() {
             self.send_shutdown_to(id);
-        }
-    }
-
-    // ---- timers ---------------------------------------------------------
-
-    fn next_timer(&self) -> Option<Instant> {
-        let mut next = self.intensity.next_timer(&self.cfg);
-        let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
-        for w in self.workers.values() {
-            if let Some(t) = w.kill_at.filter(|_| w.status.is_none()) {
-                consider(t);
-            }
-            if w.state != WorkerState::Dead {
-                if let Some(Reverse((t, _))) = w.io_timers.peek() {
-                    consider(*t);
-                }
-            }
-            if w.state == WorkerState::Dead {
-                // Nothing escalates on a dead worker (on_timer skips it);
-                // its reaping is an event of its own.
-            } else if let Some(e) = w.esc {
-                if e.stage != Stage::Kill {
-                    consider(e.until);
-                }
-            } else {
-                if let Some(head) = w.inflight.front() {
-                    if let Some(t) = head.timeout {
-                        consider(w.head_since + t);
-                    }
-                    if let Some(s) = head.stall {
-                        consider(w.last_beat.max(w.head_since) + s);
-                    }
-                }
-            }
-        }
-        next
-    }
-
-    fn on_timer(&mut self) {
-        let now = Instant::now();
-        self.check_healthy(now);
-        if self.intensity.delay_over(now) {
-            self.ensure_workers();
-        }
-        for w in self.workers.values_mut() {
-            if w.kill_at.is_some_and(|t| now >= t) && w.status.is_none() {
-                tracing::warn!(pid = w.pid, "worker did not exit after Shutdown; SIGKILL");
-                let _ = w.proc.signal(libc::SIGKILL);
-                w.kill_at = None;
-            }
-            if w.state == WorkerState::Dead {
-                continue;
-            }
-            let mut due = Vec::new();
-            while let Some(&Reverse((t, id))) = w.io_timers.peek() {
-                if t > now {
-                    break;
-                }
-                w.io_timers.pop();
-                due.push(id);
-            }
-            due.sort_unstable();
-            due.dedup();
-            let mut cancel = Vec::new();
-            let mut rearm = Vec::new();
-            for id in due {
-                // Entries of calls that finished, or whose deadline moved
-                // (a newer heartbeat), are stale: nothing is due for them.
-                let Some(f) = w.io.get_mut(&id) else {
-                    continue;
-                };
-                match f.esc.as_mut() {
-                    None => {
-                        f.esc = Escalation::due(
-                            id,
-                            f.f.timeout,
-                            f.f.stall,
-                            f.since,
-                            f.last_beat,
-                            now,
-                            &self.cfg,
-                        );
-                        if f.esc.is_some_and(|e| e.reason == Reason::Stall) {
-                            tracing::warn!(
-                                pid = w.pid,
-                                call = id,
-                                "async call stalled: no heartbeat"
-                            );
-                            cancel.push(id);
-                        }
-                    }
-                    Some(e) => {
-                        let in_poll = now >= e.until && w.beacon.get_io() != 0;
-                        if let Some(sig) = e.tick_io(now, in_poll, &self.cfg) {
-                            // No answer: the event loop is blocked (a task
-                            // that does not yield). Only killing the worker
-                            // frees it; its other async calls run again.
-                            send_signal(&w.proc, w.pid, id, sig, "its event loop is blocked");
-                        }
-                    }
-                }
-                if let Some(e) = f.esc.filter(|e| e.stage != Stage::Kill) {
-                    rearm.push((e.until, id));
-                }
-            }
-            for (t, id) in rearm {
-                w.io_timers.push(Reverse((t, id)));
-            }
-            for id in cancel {
-                w.send(&ToWorker::Cancel { id }, self.cfg.max_frame_bytes);
-            }
-            match w.esc {
-                None => {
-                    let Some(head) = w.inflight.front() else {
-                        continue;
-                    };
-                    let last_beat = w.last_beat.max(w.head_since);
-                    w.esc = Escalation::due(
-                        head.id,
-                        head.timeout,
-                        head.stall,
-                        w.head_since,
-                        last_beat,
-                        now,
-                        &self.cfg,
-                    );
-                    match w.esc.map(|e| e.reason) {
-                        Some(Reason::Timeout) => {
-                            tracing::warn!(pid = w.pid, call = head.id, "call past its deadline");
-                        }
-                        Some(Reason::Stall) => {
-                            tracing::warn!(
-                                pid = w.pid,
-                                call = head.id,
-                                "call stalled: no heartbeat"
-                            );
-                            w.send(&ToWorker::Cancel { id: head.id }, self.cfg.max_frame_bytes);
-                        }
-                        _ => {}
-                    }
-                }
-                Some(mut e) if now >= e.until => {
-                    let running = w.beacon.get();
-                    let view = CpuView {
-                        running,
-                        deadline_us: (running == e.call)
-                            .then(|| w.beacon.cpu_deadline())
-                            .flatten(),
-                        now_us: jobvisor_worker::monotonic_us(),
-                    };
-                    if let Some(sig) = e.tick_cpu(now, view, &self.cfg) {
-                        let why = "no answer after the soft deadline";
-                        send_signal(&w.proc, w.pid, e.call, sig, why);
-                    }
-                    w.esc = Some(e);
-                }
-                Some(_) => {}
-            }
         }
     }
 
@@ -1314,68 +625,5 @@ impl Dispatcher {
     }
 }
 
-/// Encodes `calls` into as few `Run` frames as the frame limit allows and
-/// queues them for the worker's writer.
-fn send_run<'a>(
-    frame_buf: &mut Vec<u8>,
-    tx: &mpsc::UnboundedSender<Vec<u8>>,
-    calls: impl Iterator<Item = &'a InFlight>,
-    max: usize,
-) {
-    let mut refs: Vec<CallRef<'_>> = Vec::new();
-    let mut size = 0usize;
-    let buf = frame_buf;
-    buf.clear();
-    let flush = |refs: &mut Vec<CallRef<'_>>, buf: &mut Vec<u8>| {
-        if refs.is_empty() {
-            return;
-        }
-        if let Err(e) = encode_frame(buf, &ToWorkerRef::Run(refs), max) {
-            // Inputs were size-checked at submit; this is a bug, not bad input.
-            tracing::error!(error = %e, "cannot encode a Run frame");
-        }
-        refs.clear();
-    };
-    for f in calls {
-        let cost = f.input.len() + 64;
-        if !refs.is_empty() && size + cost > max.saturating_sub(64) {
-            flush(&mut refs, buf);
-            size = 0;
-        }
-        size += cost;
-        refs.push(CallRef {
-            id: f.id,
-            task: f.task,
-            chunk: f.chunk,
-            timeout_ms: f.timeout.map(|t| t.as_millis() as u64),
-            stall_ms: f.stall.map(|t| t.as_millis() as u64),
-            input: &f.input,
-        });
-    }
-    flush(&mut refs, buf);
-    let _ = tx.send(std::mem::take(buf));
-}
-
 /// How long a worker told to stop while idle gets before it is killed.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
-
-/// Sends the signal an escalation of call `call` moved on to, saying `why`.
-fn send_signal(proc: &ProcHandle, pid: u32, call: u64, sig: Signal, why: &str) {
-    match sig {
-        Signal::TermGroup => {
-            tracing::warn!(pid, call, "{why}; SIGTERM to the worker's group");
-            let _ = proc.signal_group(libc::SIGTERM);
-        }
-        Signal::Kill => {
-            tracing::warn!(pid, call, "still alive after SIGTERM; SIGKILL");
-            let _ = proc.signal(libc::SIGKILL);
-            let _ = proc.signal_group(libc::SIGKILL);
-        }
-    }
-}
-
-/// Takes a worker's async calls (they go back to the queue).
-fn take_io(w: &mut Worker) -> Vec<InFlight> {
-    w.io_timers.clear();
-    w.io.drain().map(|(_, f)| f.f).collect()
-}
