@@ -57,7 +57,7 @@ mod types;
 
 pub use bootstrap::{bootstrap, bootstrap_with, fork_server_pid, Bootstrap, BootstrapOptions};
 pub use config::PoolConfig;
-pub use error::PoolError;
+pub use error::{ErrorSource, PoolError};
 pub use jobvisor_proto::forkserver::ExitStatus;
 pub use jobvisor_proto::worker::{FailureKind, TaskFailure};
 pub use jobvisor_worker::{AsyncCtx, AsyncTask, Ctx, Registry, Task, TaskError, TaskKind};

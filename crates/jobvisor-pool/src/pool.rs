@@ -165,7 +165,7 @@ impl PoolBuilder {
     /// [`PoolError::Startup`] when a worker cannot be started or fails its
     /// handshake (then none is left running).
     pub async fn build(self) -> Result<Pool, PoolError> {
-        crate::launch::booted().map_err(|e| PoolError::Startup(e.to_string()))?;
+        crate::launch::booted().map_err(|e| PoolError::Startup(Arc::new(e)))?;
         let (tx, rx) = mpsc::channel(COMMAND_CHANNEL);
         // Cancel, shutdown, resize and snapshots: never stuck behind submits
         // waiting for queue space (one per caller at a time: bounded by them).
@@ -183,9 +183,10 @@ impl PoolBuilder {
             started_tx,
             health.clone(),
         );
-        let names = started_rx
-            .await
-            .map_err(|_| PoolError::Startup("the dispatcher stopped during start-up".into()))??;
+        let names = started_rx.await.map_err(|_| {
+            let e = std::io::Error::other("the dispatcher stopped during start-up");
+            PoolError::Startup(Arc::new(e))
+        })??;
         let tasks = names
             .iter()
             .enumerate()
@@ -269,7 +270,7 @@ impl<O: DeserializeOwned> Future for TaskHandle<O> {
             Poll::Ready(Ok(CallResult { result: Err(e), .. })) => Poll::Ready(Err(e)),
             Poll::Ready(Ok(CallResult {
                 result: Ok(bytes), ..
-            })) => Poll::Ready(codec::decode(&bytes).map_err(|e| PoolError::Decode(e.to_string()))),
+            })) => Poll::Ready(codec::decode(&bytes).map_err(|e| PoolError::Decode(Arc::new(e)))),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! restart intensity), recycling and retirement.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jobvisor_proto::forkserver::ExitStatus;
@@ -74,7 +75,7 @@ impl Dispatcher {
                     at: Instant::now(),
                 });
                 if let Some(reply) = self.started_reply.take() {
-                    let _ = reply.send(Err(PoolError::Startup(e.to_string())));
+                    let _ = reply.send(Err(PoolError::Startup(Arc::new(e))));
                     self.terminate();
                     return;
                 }
