@@ -31,7 +31,10 @@ pub(super) fn window(service_ewma_us: f64, max_window: usize) -> usize {
     if service_ewma_us <= 0.0 {
         return max_window;
     }
-    ((1000.0 / service_ewma_us).ceil() as usize).clamp(2, max_window.max(1))
+    // Not `clamp(2, max)`: that panics for a configured window of 1.
+    ((1000.0 / service_ewma_us).ceil() as usize)
+        .max(2)
+        .min(max_window.max(1))
 }
 
 /// The smoothed service time after a new sample, both µs per call.
@@ -112,6 +115,9 @@ mod tests {
         assert_eq!(window(100.0, 64), 10);
         assert_eq!(window(300.0, 64), 4);
         assert_eq!(window(5_000.0, 64), 2);
+        // A configured window of 1 is kept, even below the floor of 2.
+        assert_eq!(window(5_000.0, 1), 1);
+        assert_eq!(window(10.0, 1), 1);
     }
 
     #[test]
