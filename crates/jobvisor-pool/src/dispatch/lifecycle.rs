@@ -33,11 +33,11 @@ impl Dispatcher {
             .values()
             .filter(|w| w.state == WorkerState::Ready)
             .count()
-            + self.starting;
+            + self.starting.count();
         for _ in active..self.cfg.workers {
             let id = self.next_worker_id;
             self.next_worker_id += 1;
-            self.starting += 1;
+            self.starting.begin();
             let cfg = self.cfg.clone();
             let exits = self.exits_tx.clone();
             let links = self.link_tx.clone();
@@ -57,15 +57,8 @@ impl Dispatcher {
     }
 
     pub(super) fn on_started(&mut self, id: u64, result: std::io::Result<WorkerConn>) {
-        self.starting -= 1;
         let pid = result.as_ref().map_or(0, |c| c.proc.pid);
-        let early_closed = self.early_closed.remove(&id);
-        let early_exit = self.early_exits.remove(&pid);
-        if self.starting == 0 {
-            // Whatever is left belongs to no worker that can still register.
-            self.early_closed.clear();
-            self.early_exits.clear();
-        }
+        let early = self.starting.finish(id, pid);
         let conn = match result {
             Ok(c) => c,
             Err(e) => {
@@ -106,10 +99,10 @@ impl Dispatcher {
             at: Instant::now(),
         });
         // It died before it was registered: its events, in their order.
-        if let Some(error) = early_closed {
+        if let Some(error) = early.closed {
             self.on_link(LinkEvent::Closed { worker: id, error });
         }
-        if let Some(status) = early_exit {
+        if let Some(status) = early.exit {
             self.on_exit(pid, status);
         }
         if self.killing() {
@@ -121,7 +114,7 @@ impl Dispatcher {
         if self.stopping() {
             return;
         }
-        if self.starting == 0 {
+        if self.starting.count() == 0 {
             if let Some(reply) = self.started_reply.take() {
                 let _ = reply.send(Ok(self.task_names.clone().unwrap_or_default()));
             }
@@ -181,9 +174,8 @@ impl Dispatcher {
 
     pub(super) fn on_exit(&mut self, pid: u32, status: ExitStatus) {
         let Some(&id) = self.by_pid.get(&pid) else {
-            if self.starting > 0 {
-                self.early_exits.insert(pid, status);
-            }
+            // Maybe a worker still starting: kept until it registers.
+            self.starting.exited(pid, status);
             return;
         };
         self.by_pid.remove(&pid);

@@ -20,6 +20,7 @@
 //! - `intensity`: restart intensity: too many deaths delay restarts, from
 //!   `restart_backoff` doubling up to `restart_backoff_max` (30 s by
 //!   default); the queue is kept meanwhile. The pool never turns "broken".
+//! - `starting`: events of workers that died before they registered.
 //! - `call`, `worker`: the records the actor keeps of calls and workers.
 //! - `lifecycle`, `timers`: the actor's handlers for worker lives (start,
 //!   exit, reap, retire) and for its timer, beside the commands, frames and
@@ -41,6 +42,7 @@ mod call;
 mod escalation;
 mod intensity;
 mod lifecycle;
+mod starting;
 mod timers;
 mod worker;
 
@@ -52,6 +54,7 @@ use call::{answer, InFlight, IoFlight};
 pub(crate) use call::{CallResult, Channels, Command, Pending, StartedReply};
 use escalation::Escalation;
 use intensity::RestartIntensity;
+use starting::Starting;
 use worker::{send_run, Worker};
 
 enum Internal {
@@ -90,12 +93,8 @@ pub(crate) struct Dispatcher {
     task_kinds: Vec<TaskKind>,
     workers: HashMap<u64, Worker>,
     by_pid: HashMap<u32, u64>,
-    starting: usize,
-    /// Link closures and exits of workers still starting: a worker can die
-    /// between its handshake and `on_started`, and both events can come
-    /// first. Applied when it is registered; cleared when none is starting.
-    early_closed: HashMap<u64, Option<String>>,
-    early_exits: HashMap<u32, ExitStatus>,
+    /// Workers being started, and their events that came before them.
+    starting: Starting,
     next_worker_id: u64,
     /// Unexpected worker deaths (crashes, failed starts) and the restart
     /// delay they earned.
@@ -134,9 +133,7 @@ impl Dispatcher {
             task_kinds: Vec::new(),
             workers: HashMap::new(),
             by_pid: HashMap::new(),
-            starting: 0,
-            early_closed: HashMap::new(),
-            early_exits: HashMap::new(),
+            starting: Starting::default(),
             next_worker_id: 1,
             intensity: RestartIntensity::default(),
             health,
@@ -231,7 +228,10 @@ impl Dispatcher {
     }
 
     fn is_done(&self) -> bool {
-        self.stopping() && self.workers.is_empty() && self.starting == 0 && self.queued() == 0
+        self.stopping()
+            && self.workers.is_empty()
+            && self.starting.count() == 0
+            && self.queued() == 0
     }
 
     /// Calls of both kinds not yet sent to a worker.
@@ -420,8 +420,8 @@ impl Dispatcher {
                 }
             },
             LinkEvent::Closed { worker, error } => {
-                if !self.workers.contains_key(&worker) && self.starting > 0 {
-                    self.early_closed.insert(worker, error);
+                if !self.workers.contains_key(&worker) && self.starting.count() > 0 {
+                    self.starting.link_closed(worker, error);
                     return;
                 }
                 if let Some(w) = self.workers.get_mut(&worker) {
