@@ -48,7 +48,9 @@ pub enum PoolEvent {
 pub enum WorkerState {
     /// Takes calls.
     Ready,
-    /// Reached `max_tasks_per_worker`: finishes its calls, then stops.
+    /// Takes no more calls (it reached `max_tasks_per_worker` or its soft
+    /// memory limit, or is surplus after a resize): finishes its calls, then
+    /// stops.
     Retiring,
     /// Told to exit.
     Stopping,
