@@ -8,7 +8,9 @@ use std::time::Instant;
 use jobvisor_proto::worker::ToWorker;
 
 use super::escalation::{CpuView, Escalation, Reason, Signal, Stage};
+use super::worker::Worker;
 use super::Dispatcher;
+use crate::config::PoolConfig;
 use crate::launch::ProcHandle;
 use crate::types::WorkerState;
 
@@ -61,112 +63,108 @@ impl Dispatcher {
             if w.state == WorkerState::Dead {
                 continue;
             }
-            let mut due = Vec::new();
-            while let Some(&Reverse((t, id))) = w.io_timers.peek() {
-                if t > now {
-                    break;
-                }
-                w.io_timers.pop();
-                due.push(id);
-            }
-            due.sort_unstable();
-            due.dedup();
-            let mut cancel = Vec::new();
-            let mut rearm = Vec::new();
-            for id in due {
-                // Entries of calls that finished, or whose deadline moved
-                // (a newer heartbeat), are stale: nothing is due for them.
-                let Some(f) = w.io.get_mut(&id) else {
-                    continue;
-                };
-                match f.esc.as_mut() {
-                    None => {
-                        f.esc = Escalation::due(
-                            id,
-                            f.f.timeout,
-                            f.f.stall,
-                            f.since,
-                            f.last_beat,
-                            now,
-                            &self.cfg,
-                        );
-                        if f.esc.is_some_and(|e| e.reason == Reason::Stall) {
-                            tracing::warn!(
-                                pid = w.pid,
-                                call = id,
-                                "async call stalled: no heartbeat"
-                            );
-                            cancel.push(id);
-                        }
-                    }
-                    Some(e) => {
-                        let in_poll = now >= e.until && w.beacon.get_io() != 0;
-                        if let Some(sig) = e.tick_io(now, in_poll, &self.cfg) {
-                            // No answer: the event loop is blocked (a task
-                            // that does not yield). Only killing the worker
-                            // frees it; its other async calls run again.
-                            send_signal(&w.proc, w.pid, id, sig, "its event loop is blocked");
-                        }
-                    }
-                }
-                if let Some(e) = f.esc.filter(|e| e.stage != Stage::Kill) {
-                    rearm.push((e.until, id));
+            tick_io_calls(w, now, &self.cfg);
+            tick_cpu_call(w, now, &self.cfg);
+        }
+    }
+}
+
+/// Moves on the escalations of worker `w`'s async calls that are due at
+/// `now`, and starts those whose timeout or stall deadline passed.
+fn tick_io_calls(w: &mut Worker, now: Instant, cfg: &PoolConfig) {
+    let mut due = Vec::new();
+    while let Some(&Reverse((t, id))) = w.io_timers.peek() {
+        if t > now {
+            break;
+        }
+        w.io_timers.pop();
+        due.push(id);
+    }
+    due.sort_unstable();
+    due.dedup();
+    let mut cancel = Vec::new();
+    let mut rearm = Vec::new();
+    for id in due {
+        // Entries of calls that finished, or whose deadline moved
+        // (a newer heartbeat), are stale: nothing is due for them.
+        let Some(f) = w.io.get_mut(&id) else {
+            continue;
+        };
+        match f.esc.as_mut() {
+            None => {
+                f.esc = Escalation::due(id, f.f.timeout, f.f.stall, f.since, f.last_beat, now, cfg);
+                if f.esc.is_some_and(|e| e.reason == Reason::Stall) {
+                    tracing::warn!(pid = w.pid, call = id, "async call stalled: no heartbeat");
+                    cancel.push(id);
                 }
             }
-            for (t, id) in rearm {
-                w.io_timers.push(Reverse((t, id)));
-            }
-            for id in cancel {
-                w.send(&ToWorker::Cancel { id }, self.cfg.max_frame_bytes);
-            }
-            match w.esc {
-                None => {
-                    let Some(head) = w.inflight.front() else {
-                        continue;
-                    };
-                    let last_beat = w.last_beat.max(w.head_since);
-                    w.esc = Escalation::due(
-                        head.id,
-                        head.timeout,
-                        head.stall,
-                        w.head_since,
-                        last_beat,
-                        now,
-                        &self.cfg,
-                    );
-                    match w.esc.map(|e| e.reason) {
-                        Some(Reason::Timeout) => {
-                            tracing::warn!(pid = w.pid, call = head.id, "call past its deadline");
-                        }
-                        Some(Reason::Stall) => {
-                            tracing::warn!(
-                                pid = w.pid,
-                                call = head.id,
-                                "call stalled: no heartbeat"
-                            );
-                            w.send(&ToWorker::Cancel { id: head.id }, self.cfg.max_frame_bytes);
-                        }
-                        _ => {}
-                    }
+            Some(e) => {
+                let in_poll = now >= e.until && w.beacon.get_io() != 0;
+                if let Some(sig) = e.tick_io(now, in_poll, cfg) {
+                    // No answer: the event loop is blocked (a task
+                    // that does not yield). Only killing the worker
+                    // frees it; its other async calls run again.
+                    send_signal(&w.proc, w.pid, id, sig, "its event loop is blocked");
                 }
-                Some(mut e) if now >= e.until => {
-                    let running = w.beacon.get();
-                    let view = CpuView {
-                        running,
-                        deadline_us: (running == e.call)
-                            .then(|| w.beacon.cpu_deadline())
-                            .flatten(),
-                        now_us: jobvisor_worker::monotonic_us(),
-                    };
-                    if let Some(sig) = e.tick_cpu(now, view, &self.cfg) {
-                        let why = "no answer after the soft deadline";
-                        send_signal(&w.proc, w.pid, e.call, sig, why);
-                    }
-                    w.esc = Some(e);
-                }
-                Some(_) => {}
             }
         }
+        if let Some(e) = f.esc.filter(|e| e.stage != Stage::Kill) {
+            rearm.push((e.until, id));
+        }
+    }
+    for (t, id) in rearm {
+        w.io_timers.push(Reverse((t, id)));
+    }
+    for id in cancel {
+        w.send(&ToWorker::Cancel { id }, cfg.max_frame_bytes);
+    }
+}
+
+/// Moves on the escalation of worker `w`'s running CPU call if it is due
+/// at `now`, or starts one if its timeout or stall deadline passed.
+fn tick_cpu_call(w: &mut Worker, now: Instant, cfg: &PoolConfig) {
+    match w.esc {
+        None => {
+            let Some(head) = w.inflight.front() else {
+                return;
+            };
+            let last_beat = w.last_beat.max(w.head_since);
+            w.esc = Escalation::due(
+                head.id,
+                head.timeout,
+                head.stall,
+                w.head_since,
+                last_beat,
+                now,
+                cfg,
+            );
+            match w.esc.map(|e| e.reason) {
+                Some(Reason::Timeout) => {
+                    tracing::warn!(pid = w.pid, call = head.id, "call past its deadline");
+                }
+                Some(Reason::Stall) => {
+                    tracing::warn!(pid = w.pid, call = head.id, "call stalled: no heartbeat");
+                    w.send(&ToWorker::Cancel { id: head.id }, cfg.max_frame_bytes);
+                }
+                _ => {}
+            }
+        }
+        Some(mut e) if now >= e.until => {
+            let running = w.beacon.get();
+            let view = CpuView {
+                running,
+                deadline_us: (running == e.call)
+                    .then(|| w.beacon.cpu_deadline())
+                    .flatten(),
+                now_us: jobvisor_worker::monotonic_us(),
+            };
+            if let Some(sig) = e.tick_cpu(now, view, cfg) {
+                let why = "no answer after the soft deadline";
+                send_signal(&w.proc, w.pid, e.call, sig, why);
+            }
+            w.esc = Some(e);
+        }
+        Some(_) => {}
     }
 }
 
