@@ -147,4 +147,48 @@ mod tests {
         assert_eq!(io_shares(vec![(5, 1), (5, 2), (5, 3)], 1), [(1, 1)]);
         assert!(io_shares(vec![], 4).is_empty());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn cpu_rounds_fill_within_each_room(
+            rooms in proptest::collection::vec(0usize..6, 0..5),
+            queued in 0usize..40,
+        ) {
+            let ready: Vec<(u64, usize)> = rooms.iter().enumerate().map(|(i, &r)| (i as u64, r)).collect();
+            let plan = cpu_rounds(&ready, queued);
+            let total: usize = rooms.iter().sum();
+            proptest::prop_assert_eq!(plan.len(), queued.min(total));
+            for &(id, room) in &ready {
+                let got = plan.iter().filter(|&&p| p == id).count();
+                proptest::prop_assert!(got <= room);
+            }
+            // Round robin: no worker is two calls ahead of one that still had room.
+            for &(a, ra) in &ready {
+                for &(b, rb) in &ready {
+                    let (na, nb) = (
+                        plan.iter().filter(|&&p| p == a).count(),
+                        plan.iter().filter(|&&p| p == b).count(),
+                    );
+                    if na < ra && nb <= rb {
+                        proptest::prop_assert!(nb <= na + 1, "{:?}", plan);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn io_shares_fill_within_each_room(
+            rooms in proptest::collection::vec(1usize..10, 0..5),
+            queued in 0usize..60,
+        ) {
+            let ready: Vec<(usize, u64)> = rooms.iter().enumerate().map(|(i, &r)| (r, i as u64)).collect();
+            let shares = io_shares(ready.clone(), queued);
+            let total: usize = rooms.iter().sum();
+            let given: usize = shares.iter().map(|&(_, n)| n).sum();
+            proptest::prop_assert_eq!(given, queued.min(total));
+            for (id, n) in shares {
+                proptest::prop_assert!(n > 0 && n <= rooms[id as usize]);
+            }
+        }
+    }
 }

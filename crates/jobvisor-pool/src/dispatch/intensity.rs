@@ -205,4 +205,31 @@ mod tests {
             .collect();
         assert_eq!(got, [100 * MS, 200 * MS]);
     }
+
+    proptest::proptest! {
+        /// Whatever the limits, the delays are today's: the first, then
+        /// doubling, capped at the maximum.
+        #[test]
+        fn delays_match_the_old_doubling(
+            max_restarts in 0u32..4,
+            base_ms in 1u32..500,
+            max_ms in 1u32..5_000,
+            deaths in 1usize..30,
+        ) {
+            let cfg = PoolConfig {
+                max_restarts,
+                restart_window: 1000 * MS,
+                restart_backoff: base_ms * MS,
+                restart_backoff_max: max_ms * MS,
+                ..PoolConfig::default()
+            };
+            let t0 = Instant::now();
+            let mut r = RestartIntensity::default();
+            let got: Vec<Duration> = (0..deaths)
+                .filter_map(|i| r.record_death(t0 + i as u32 * MS, &cfg))
+                .collect();
+            let over = deaths.saturating_sub(max_restarts as usize);
+            proptest::prop_assert_eq!(got, old_delays(&cfg, over));
+        }
+    }
 }
