@@ -348,9 +348,9 @@ fn pool_error() -> impl Strategy<Value = PoolError> {
         2 => (any::<u64>(), text).prop_map(|(stall_ms, how)| PoolError::Stalled { stall_ms, how }),
         1 => Just(PoolError::Cancelled),
         2 => Just(PoolError::Closed),
-        1 => text.prop_map(PoolError::Decode),
+        1 => text.prop_map(|t| PoolError::Decode(std::sync::Arc::new(std::io::Error::other(t)))),
         1 => Just(PoolError::QueueFull { max: 1 }),
-        1 => text.prop_map(PoolError::Startup),
+        1 => text.prop_map(|t| PoolError::Startup(std::sync::Arc::new(std::io::Error::other(t)))),
     ]
 }
 

@@ -3,29 +3,17 @@
 //!
 //! - In a worker started by the `spawn` method (argv[1] is the hidden worker
 //!   argument) it runs the worker loop and tells `main` to exit with its code.
-//! - Otherwise it forks the fork server (unless disabled) and records it for
-//!   every [`crate::Pool`] in this process.
+//! - Otherwise it forks the fork server (unless disabled) and records it with
+//!   `launch` (which owns it) for every [`crate::Pool`] in this process.
 
 use std::io;
 use std::process::ExitCode;
-use std::sync::OnceLock;
 
 use jobvisor_worker::Registry;
 
-use crate::launch::forkserver::{self, ForkServerClient};
+use crate::launch::forkserver;
 use crate::launch::spawn::{adopt_worker_fds, PARENT_ENV, WORKER_ARG};
-
-pub(crate) struct Boot {
-    pub(crate) fork_server: Option<ForkServerClient>,
-}
-
-static BOOT: OnceLock<Boot> = OnceLock::new();
-
-pub(crate) fn get() -> io::Result<&'static Boot> {
-    BOOT.get().ok_or_else(|| {
-        io::Error::other("jobvisor_pool::bootstrap() was not called at the start of main")
-    })
-}
+use crate::launch::{self, Boot};
 
 /// Options for [`bootstrap_with`].
 #[derive(Default)]
@@ -96,7 +84,7 @@ pub fn bootstrap_with(registry: Registry, options: BootstrapOptions) -> io::Resu
         }
         return Ok(Bootstrap::Worker(run_spawned_worker(&registry, &args[2..])));
     }
-    if BOOT.get().is_some() {
+    if launch::booted().is_ok() {
         return Err(io::Error::other("jobvisor_pool::bootstrap() called twice"));
     }
     let fork_server = if options.fork_server {
@@ -108,8 +96,7 @@ pub fn bootstrap_with(registry: Registry, options: BootstrapOptions) -> io::Resu
     } else {
         None
     };
-    BOOT.set(Boot { fork_server })
-        .map_err(|_| io::Error::other("jobvisor_pool::bootstrap() called twice"))?;
+    launch::set_booted(Boot { fork_server })?;
     Ok(Bootstrap::Supervisor)
 }
 
@@ -124,7 +111,8 @@ pub fn is_spawned_worker() -> bool {
 
 /// The pid of the fork server, if one runs (for diagnostics and tests).
 pub fn fork_server_pid() -> Option<u32> {
-    BOOT.get()
+    launch::booted()
+        .ok()
         .and_then(|b| b.fork_server.as_ref())
         .map(|c| c.pid() as u32)
 }

@@ -270,46 +270,302 @@ async fn drain_log(
     eof: oneshot::Sender<()>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
-    let mut line: Vec<u8> = Vec::new();
-    let mut cut = false;
-    let emit = |line: &mut Vec<u8>, cut: bool| {
-        let mut text = String::from_utf8_lossy(line).into_owned();
-        if cut {
-            text.push_str(" [line cut]");
-        }
+    let mut lines = LineSplitter::new(max_line);
+    let emit = |text: String| {
         tracing::info!(target: "jobvisor::worker_output", pid, "{text}");
-        if keep > 0 {
-            if let Ok(mut t) = tail.lock() {
-                if t.len() == keep {
-                    t.pop_front();
-                }
-                t.push_back(text);
-            }
+        if let Ok(mut t) = tail.lock() {
+            keep_last(&mut t, keep, text);
         }
-        line.clear();
     };
     loop {
         let n = match read_some(&fd, &mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        for &b in &buf[..n] {
-            if b == b'\n' {
-                emit(&mut line, cut);
-                cut = false;
-            } else if line.len() < max_line {
-                line.push(b);
-            } else {
-                cut = true;
-            }
-        }
+        lines.push(&buf[..n], emit);
     }
-    if !line.is_empty() {
-        emit(&mut line, cut);
-    }
+    lines.finish(emit);
     drop(fd);
     let _ = eof.send(());
 }
 
+/// Splits a worker's output into lines, cutting each one at `max_line`
+/// bytes (the rest of it is dropped and the line is marked), so a worker
+/// that writes without newlines cannot make us hold unbounded text.
+#[derive(Debug)]
+struct LineSplitter {
+    line: Vec<u8>,
+    cut: bool,
+    max_line: usize,
+}
+
+impl LineSplitter {
+    fn new(max_line: usize) -> Self {
+        Self {
+            line: Vec::new(),
+            cut: false,
+            max_line,
+        }
+    }
+
+    /// Feeds `bytes`, handing each finished line to `emit`.
+    fn push(&mut self, bytes: &[u8], mut emit: impl FnMut(String)) {
+        for &b in bytes {
+            if b == b'\n' {
+                emit(self.take());
+            } else if self.line.len() < self.max_line {
+                self.line.push(b);
+            } else {
+                self.cut = true;
+            }
+        }
+    }
+
+    /// At EOF: hands a last line without a newline to `emit`.
+    fn finish(&mut self, emit: impl FnOnce(String)) {
+        if !self.line.is_empty() {
+            emit(self.take());
+        }
+    }
+
+    fn take(&mut self) -> String {
+        let mut text = String::from_utf8_lossy(&self.line).into_owned();
+        if self.cut {
+            text.push_str(" [line cut]");
+        }
+        self.line.clear();
+        self.cut = false;
+        text
+    }
+}
+
+/// Appends `line` to `tail`, keeping its last `keep` lines.
+fn keep_last(tail: &mut VecDeque<String>, keep: usize, line: String) {
+    if keep == 0 {
+        return;
+    }
+    if tail.len() == keep {
+        tail.pop_front();
+    }
+    tail.push_back(line);
+}
+
 /// How long to wait for a dead worker's last output before reporting its death.
 pub(crate) const LOG_EOF_WAIT: Duration = Duration::from_millis(200);
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use jobvisor_proto::worker::TaskKind;
+    use nix::fcntl::OFlag;
+    use nix::unistd::pipe2;
+
+    use super::*;
+
+    /// A pipe whose read end is registered with tokio, and its write end.
+    fn async_pipe(interest: Interest) -> (AsyncFd<OwnedFd>, std::fs::File) {
+        let (r, w) = pipe2(OFlag::O_CLOEXEC).expect("pipe");
+        (sys::async_fd(r, interest).expect("async fd"), w.into())
+    }
+
+    fn lines_of(max_line: usize, chunks: &[&[u8]]) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut s = LineSplitter::new(max_line);
+        for c in chunks {
+            s.push(c, |l| out.push(l));
+        }
+        s.finish(|l| out.push(l));
+        out
+    }
+
+    #[test]
+    fn output_is_split_into_lines_across_reads() {
+        assert_eq!(
+            lines_of(80, &[b"one\ntw", b"o\n\nthree"]),
+            ["one", "two", "", "three"]
+        );
+        assert!(lines_of(80, &[b""]).is_empty());
+        // Invalid UTF-8 is shown, not dropped.
+        assert_eq!(lines_of(80, &[b"a\xffb\n"]), ["a\u{fffd}b"]);
+    }
+
+    #[test]
+    fn long_lines_are_cut_and_marked() {
+        assert_eq!(
+            lines_of(4, &[b"abcdefgh\nok\nxyzzy"]),
+            ["abcd [line cut]", "ok", "xyzz [line cut]"]
+        );
+        // The mark does not carry over to the next line.
+        assert_eq!(lines_of(2, &[b"abc\nab\n"]), ["ab [line cut]", "ab"]);
+    }
+
+    #[test]
+    fn the_tail_keeps_the_last_lines() {
+        let mut tail = VecDeque::new();
+        for l in ["1", "2", "3", "4"] {
+            keep_last(&mut tail, 2, l.to_string());
+        }
+        assert_eq!(tail, ["3", "4"]);
+        keep_last(&mut tail, 0, "5".into());
+        assert_eq!(tail, ["3", "4"]);
+    }
+
+    fn frame<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode_frame(&mut out, msg, 1 << 20).expect("encode");
+        out
+    }
+
+    fn ready(kinds: Vec<TaskKind>) -> FromWorker {
+        FromWorker::Ready {
+            pid: 7,
+            tasks: vec!["a".into(), "b".into()],
+            kinds,
+        }
+    }
+
+    /// Runs the supervisor's handshake against `worker_says`, written before
+    /// the worker's end closes. Returns the result and what we sent.
+    async fn handshake_with(worker_says: Vec<u8>) -> (io::Result<Vec<String>>, Vec<u8>) {
+        let cfg = PoolConfig::default();
+        let (to_worker_r, to_worker_w) = pipe2(OFlag::O_CLOEXEC).expect("pipe");
+        let to_worker = sys::async_fd(to_worker_w, Interest::WRITABLE).expect("async fd");
+        let (from_worker, mut worker_w) = async_pipe(Interest::READABLE);
+        worker_w.write_all(&worker_says).expect("write");
+        drop(worker_w);
+        let result = handshake(&to_worker, &from_worker, &cfg).await;
+        drop(to_worker);
+        let mut sent = Vec::new();
+        std::fs::File::from(to_worker_r)
+            .read_to_end(&mut sent)
+            .expect("read");
+        (result.map(|(_, tasks, _)| tasks), sent)
+    }
+
+    #[tokio::test]
+    async fn handshake_sends_hello_and_limits_then_reads_ready() {
+        let mut says = Hello::ours(Role::Worker).encode().to_vec();
+        says.extend(frame(&ready(vec![TaskKind::Cpu, TaskKind::Io])));
+        let (result, sent) = handshake_with(says).await;
+        assert_eq!(result.expect("handshake"), ["a", "b"]);
+        let hello: [u8; HELLO_BYTES] = sent[..HELLO_BYTES].try_into().expect("hello");
+        assert_eq!(Hello::decode(&hello).expect("hello").role, Role::Supervisor);
+        let mut fb = FrameBuf::new(1 << 20);
+        fb.spare()[..sent.len() - HELLO_BYTES].copy_from_slice(&sent[HELLO_BYTES..]);
+        fb.filled(sent.len() - HELLO_BYTES);
+        let configure = fb.decode_next::<ToWorker>().expect("frame");
+        let max = PoolConfig::default().max_frame_bytes as u64;
+        assert!(matches!(
+            configure,
+            Some(ToWorker::Configure { max_frame_bytes, .. }) if max_frame_bytes == max
+        ));
+    }
+
+    #[tokio::test]
+    async fn handshake_fails_on_eof_a_bad_ready_or_the_wrong_peer() {
+        let hello = Hello::ours(Role::Worker).encode().to_vec();
+        let (result, _) = handshake_with(hello[..10].to_vec()).await;
+        assert_eq!(
+            result.expect_err("eof").kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        let (result, _) = handshake_with(hello.clone()).await;
+        assert_eq!(
+            result.expect_err("eof").kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        // One kind for two tasks.
+        let mut says = hello.clone();
+        says.extend(frame(&ready(vec![TaskKind::Cpu])));
+        let (result, _) = handshake_with(says).await;
+        assert_eq!(
+            result.expect_err("bad ready").kind(),
+            io::ErrorKind::InvalidData
+        );
+        // Something other than Ready first.
+        let mut says = hello;
+        says.extend(frame(&FromWorker::Heartbeat { id: 1 }));
+        let (result, _) = handshake_with(says).await;
+        assert_eq!(
+            result.expect_err("not ready").kind(),
+            io::ErrorKind::InvalidData
+        );
+        // A supervisor's hello where a worker's belongs.
+        let (result, _) = handshake_with(Hello::ours(Role::Supervisor).encode().to_vec()).await;
+        assert_eq!(result.expect_err("role").kind(), io::ErrorKind::InvalidData);
+    }
+
+    async fn link_events(bytes: Vec<u8>) -> Vec<LinkEvent> {
+        let (fd, mut w) = async_pipe(Interest::READABLE);
+        w.write_all(&bytes).expect("write");
+        drop(w);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        read_loop(fd, FrameBuf::new(1 << 20), 3, tx).await;
+        let mut events = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            events.push(ev);
+        }
+        events
+    }
+
+    #[tokio::test]
+    async fn the_reader_reports_frames_then_a_clean_close() {
+        let mut bytes = frame(&FromWorker::Heartbeat { id: 1 });
+        bytes.extend(frame(&FromWorker::Heartbeat { id: 2 }));
+        let events = link_events(bytes).await;
+        assert_eq!(events.len(), 3, "{events:?}");
+        assert!(matches!(
+            events[0],
+            LinkEvent::Frame {
+                worker: 3,
+                msg: FromWorker::Heartbeat { id: 1 }
+            }
+        ));
+        assert!(matches!(
+            events[1],
+            LinkEvent::Frame {
+                msg: FromWorker::Heartbeat { id: 2 },
+                ..
+            }
+        ));
+        assert!(matches!(
+            events[2],
+            LinkEvent::Closed {
+                worker: 3,
+                error: None
+            }
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_reader_reports_a_torn_frame_as_an_error() {
+        let whole = frame(&FromWorker::Heartbeat { id: 1 });
+        let events = link_events(whole[..whole.len() - 1].to_vec()).await;
+        assert!(
+            matches!(events[..], [LinkEvent::Closed { error: Some(_), .. }]),
+            "{events:?}"
+        );
+        // A length past the limit is refused before anything is read.
+        let events = link_events(u32::MAX.to_le_bytes().to_vec()).await;
+        assert!(
+            matches!(events[..], [LinkEvent::Closed { error: Some(_), .. }]),
+            "{events:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_writer_sends_every_frame_in_order() {
+        let (r, w) = pipe2(OFlag::O_CLOEXEC).expect("pipe");
+        let fd = sys::async_fd(w, Interest::WRITABLE).expect("async fd");
+        let (tx, rx) = mpsc::unbounded_channel();
+        for chunk in [&b"one"[..], b"two", b"three"] {
+            tx.send(chunk.to_vec()).expect("send");
+        }
+        drop(tx);
+        write_loop(fd, rx).await;
+        let mut got = Vec::new();
+        std::fs::File::from(r).read_to_end(&mut got).expect("read");
+        assert_eq!(got, b"onetwothree");
+    }
+}

@@ -1,8 +1,19 @@
 //! What can go wrong with a pool or a task.
+//!
+//! Each variant's `Display` says only its own layer; an underlying error is
+//! kept as the [`source`](std::error::Error::source), so `{e:#}` or an
+//! `anyhow` chain prints each cause once.
+
+use std::error::Error;
+use std::sync::Arc;
 
 use jobvisor_proto::forkserver::ExitStatus;
 use jobvisor_proto::worker::TaskFailure;
 use jobvisor_proto::CodecError;
+
+/// The underlying error a [`PoolError`] keeps. Shared, so that the error stays
+/// `Clone`: a failed chunk of a `map` fails each of its items with it.
+pub type ErrorSource = Arc<dyn Error + Send + Sync>;
 
 /// A task (or the pool) failed. Each failure concerns one task only, unless it
 /// says the pool is closed or could not start.
@@ -26,11 +37,11 @@ pub enum PoolError {
         max: usize,
     },
     /// The input could not be encoded.
-    #[error("cannot encode the input: {0}")]
-    Encode(String),
+    #[error("cannot encode the input")]
+    Encode(#[source] ErrorSource),
     /// The output could not be decoded as the task's output type.
-    #[error("cannot decode the output: {0}")]
-    Decode(String),
+    #[error("cannot decode the output")]
+    Decode(#[source] ErrorSource),
     /// The task failed inside the worker (error, panic, bad input, output too
     /// large, or cancelled); the worker lives on.
     #[error("{0}")]
@@ -77,8 +88,8 @@ pub enum PoolError {
     #[error("the pool is closed")]
     Closed,
     /// The pool could not start its workers.
-    #[error("cannot start the pool: {0}")]
-    Startup(String),
+    #[error("cannot start the pool")]
+    Startup(#[source] ErrorSource),
 }
 
 fn cause_text(cause: &Option<String>) -> String {
@@ -95,6 +106,33 @@ fn tail_text(lines: &[String]) -> String {
 
 impl From<CodecError> for PoolError {
     fn from(e: CodecError) -> Self {
-        PoolError::Encode(e.to_string())
+        PoolError::Encode(Arc::new(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+
+    use super::*;
+
+    #[test]
+    fn display_stops_at_its_layer_and_the_source_is_kept() {
+        let e = PoolError::Startup(Arc::new(io::Error::other("no fork server")));
+        assert_eq!(e.to_string(), "cannot start the pool");
+        let source = e.source().map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("no fork server"));
+        // Cloning shares the source.
+        let copy = e.clone();
+        assert_eq!(copy.source().map(ToString::to_string), source);
+    }
+
+    #[test]
+    fn codec_errors_become_encode_errors_with_their_cause() {
+        let codec = jobvisor_proto::codec::decode::<u64>(&[]).expect_err("empty input");
+        let text = codec.to_string();
+        let e = PoolError::from(codec);
+        assert_eq!(e.to_string(), "cannot encode the input");
+        assert_eq!(e.source().map(ToString::to_string), Some(text));
     }
 }

@@ -25,13 +25,25 @@
 //! ```
 //!
 //! # Layout
-//! - `bootstrap`: [`bootstrap`], the first call in `main` (fork server, or worker mode).
+//! Modules form a DAG; each names only those above it in this list, lowest
+//! first (`scripts/check-module-cycles` holds them to it).
+//! - `sys`: thin syscall wrappers (pidfds, `wait4`, pipe sizes).
+//! - `types`: the plain data the layers share: worker snapshots
+//!   ([`WorkerInfo`]), [`PoolEvent`], [`CallUsage`], [`PoolHealth`].
+//! - `error`: [`PoolError`].
 //! - `launch`: how workers start ([`StartMethod`]): `forkserver` and `spawn`,
-//!   signalling by pidfd, reaping with the group killed first.
-//! - `conn`: the supervisor's end of one worker: handshake, reader, writer, log drain.
-//! - `dispatch`: the actor that owns the queue and the workers; the failure mechanics.
-//! - `pool`: the public [`Pool`] API.
-//! - `config`, `error`, `sys`: limits, errors, thin syscall wrappers.
+//!   signalling by pidfd, reaping with the group killed first; it also holds
+//!   the fork server that `bootstrap` started for the process.
+//! - `config`: [`PoolConfig`], every limit with its unit and default.
+//! - `bootstrap`: [`bootstrap`], the first call in `main` (fork server, or
+//!   worker mode).
+//! - `conn`: the supervisor's end of one worker: handshake, reader, writer,
+//!   log drain.
+//! - `dispatch`: the actor that owns the queue and the workers, and beside
+//!   it the rules it applies, each pure and unit-tested: `admission` (lane
+//!   capacity), `escalation` (timeouts, stalls, cancels), `blame` (who is
+//!   charged for a death), `intensity` (restart backoff).
+//! - `pool`: the public [`Pool`] API over the dispatcher.
 
 mod bootstrap;
 mod config;
@@ -41,17 +53,16 @@ mod error;
 mod launch;
 mod pool;
 mod sys;
+mod types;
 
 pub use bootstrap::{
     bootstrap, bootstrap_with, fork_server_pid, is_spawned_worker, Bootstrap, BootstrapOptions,
 };
 pub use config::PoolConfig;
-pub use error::PoolError;
+pub use error::{ErrorSource, PoolError};
 pub use jobvisor_proto::forkserver::ExitStatus;
 pub use jobvisor_proto::worker::{FailureKind, TaskFailure};
 pub use jobvisor_worker::{AsyncCtx, AsyncTask, Ctx, Registry, Task, TaskError, TaskKind};
 pub use launch::StartMethod;
-pub use pool::{
-    CallOptions, CallReport, CallUsage, ImapUnordered, Pool, PoolBuilder, PoolEvent, PoolHealth,
-    RawOutput, TaskHandle, WorkerInfo, WorkerState,
-};
+pub use pool::{CallOptions, CallReport, ImapUnordered, Pool, PoolBuilder, RawOutput, TaskHandle};
+pub use types::{CallUsage, PoolEvent, PoolHealth, WorkerInfo, WorkerState};

@@ -7,102 +7,23 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jobvisor_proto::codec;
-use jobvisor_proto::forkserver::ExitStatus;
 use jobvisor_proto::worker::TaskFailure;
 use jobvisor_worker::{AsyncTask, Task};
 use serde::de::DeserializeOwned;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::config::PoolConfig;
-use crate::dispatch::{CallResult, Channels, Command, Dispatcher, Health, Pending};
+use crate::dispatch::{CallResult, Channels, Command, Dispatcher, Pending};
 use crate::error::PoolError;
 use crate::launch::StartMethod;
+use crate::types::{CallUsage, Health, PoolEvent, PoolHealth, WorkerInfo};
 
 /// Capacity of the submission channel in front of the dispatcher. The real
 /// bound on accepted work is `max_queued`; this only smooths bursts.
 const COMMAND_CHANNEL: usize = 4096;
-
-/// Something that happened to the pool's workers.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum PoolEvent {
-    /// A worker finished its handshake and takes calls.
-    WorkerReady {
-        /// Pool-local worker id (never reused).
-        worker: u64,
-        /// Its pid.
-        pid: u32,
-        /// When the dispatcher saw it ready.
-        at: Instant,
-    },
-    /// A worker could not be started (or died during its handshake).
-    WorkerStartFailed {
-        /// Why.
-        error: String,
-        /// When the dispatcher learned it.
-        at: Instant,
-    },
-    /// A worker exited and was reaped.
-    WorkerExited {
-        /// Pool-local worker id.
-        worker: u64,
-        /// Its pid.
-        pid: u32,
-        /// How it ended.
-        status: ExitStatus,
-        /// When the dispatcher learned it.
-        at: Instant,
-    },
-}
-
-/// Where a worker is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerState {
-    /// Takes calls.
-    Ready,
-    /// Reached `max_tasks_per_worker`: finishes its calls, then stops.
-    Retiring,
-    /// Told to exit.
-    Stopping,
-    /// Exited or lost; waiting to be reaped.
-    Dead,
-}
-
-/// A snapshot of one worker.
-#[derive(Debug, Clone)]
-pub struct WorkerInfo {
-    /// Pool-local worker id.
-    pub id: u64,
-    /// Its pid.
-    pub pid: u32,
-    /// Its state.
-    pub state: WorkerState,
-    /// Calls sent to it and not answered.
-    pub in_flight: usize,
-    /// Calls it answered.
-    pub calls_done: u64,
-    /// The CPU call it is running right now, by its id
-    /// ([`TaskHandle::id`]); `None` when its CPU thread is idle, or between
-    /// calls. Read from the worker's beacon: a call sent is not yet a call
-    /// started.
-    pub running: Option<u64>,
-}
-
-/// Where a call's time went, as measured in the worker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallUsage {
-    /// CPU time of the worker's thread (async calls: the time their polls
-    /// held the event loop).
-    pub cpu: Duration,
-    /// Wall time.
-    pub wall: Duration,
-    /// Async calls: the longest single poll, i.e. the longest the call kept
-    /// its worker's event loop from everything else (zero for CPU calls).
-    pub max_poll: Duration,
-}
 
 /// Everything known about a finished call.
 #[derive(Debug)]
@@ -244,7 +165,7 @@ impl PoolBuilder {
     /// [`PoolError::Startup`] when a worker cannot be started or fails its
     /// handshake (then none is left running).
     pub async fn build(self) -> Result<Pool, PoolError> {
-        crate::bootstrap::get().map_err(|e| PoolError::Startup(e.to_string()))?;
+        crate::launch::booted().map_err(|e| PoolError::Startup(Arc::new(e)))?;
         let (tx, rx) = mpsc::channel(COMMAND_CHANNEL);
         // Cancel, shutdown, resize and snapshots: never stuck behind submits
         // waiting for queue space (one per caller at a time: bounded by them).
@@ -262,9 +183,10 @@ impl PoolBuilder {
             started_tx,
             health.clone(),
         );
-        let names = started_rx
-            .await
-            .map_err(|_| PoolError::Startup("the dispatcher stopped during start-up".into()))??;
+        let names = started_rx.await.map_err(|_| {
+            let e = std::io::Error::other("the dispatcher stopped during start-up");
+            PoolError::Startup(Arc::new(e))
+        })??;
         let tasks = names
             .iter()
             .enumerate()
@@ -294,18 +216,6 @@ struct Inner {
     cfg: PoolConfig,
     events: broadcast::Sender<PoolEvent>,
     health: Arc<Health>,
-}
-
-/// The pool's health (restart intensity).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolHealth {
-    /// Workers die faster than `max_restarts` per `restart_window`: restarts
-    /// are being delayed. The queue is kept.
-    pub degraded: bool,
-    /// The current restart delay.
-    pub restart_delay: Duration,
-    /// Unexpected worker deaths (crashes, failed starts) since the pool started.
-    pub deaths: u64,
 }
 
 /// A pool of worker processes. Cheap to clone; the workers stop when the last
@@ -360,7 +270,7 @@ impl<O: DeserializeOwned> Future for TaskHandle<O> {
             Poll::Ready(Ok(CallResult { result: Err(e), .. })) => Poll::Ready(Err(e)),
             Poll::Ready(Ok(CallResult {
                 result: Ok(bytes), ..
-            })) => Poll::Ready(codec::decode(&bytes).map_err(|e| PoolError::Decode(e.to_string()))),
+            })) => Poll::Ready(codec::decode(&bytes).map_err(|e| PoolError::Decode(Arc::new(e)))),
         }
     }
 }

@@ -1,9 +1,9 @@
 //! The fork server: a small single-threaded process forked from `main` before
 //! any runtime or thread exists. It forks workers on request, hands their pipe
-//! ends and a pidfd back over a `SOCK_SEQPACKET` socket with `SCM_RIGHTS`, and
-//! reaps them: when a worker exits it first kills the worker's whole process
-//! group (the pgid is still valid because the zombie is not reaped yet), then
-//! `wait4`s it and reports code, signal and peak RSS.
+//! ends, a pidfd and their beacon back over a `SOCK_SEQPACKET` socket with
+//! `SCM_RIGHTS`, and reaps them: when a worker exits it first kills the
+//! worker's whole process group (the pgid is still valid because the zombie
+//! is not reaped yet), then `wait4`s it and reports code, signal and peak RSS.
 //!
 //! Because the fork server is single-threaded, continuing to run Rust in the
 //! forked worker is sound (no lock can be held by a thread that vanished), and
@@ -293,7 +293,8 @@ impl Server {
         }
     }
 
-    /// Forks one worker; returns its pid and the supervisor's four fds.
+    /// Forks one worker; returns its pid and the five fds the supervisor gets:
+    /// its ends of the input, output and log pipes, a pidfd, and the beacon.
     fn spawn(&mut self) -> io::Result<(i32, [OwnedFd; 5])> {
         let beacon = jobvisor_worker::Beacon::create()?;
         let beacon_fd = beacon.try_clone_fd()?;

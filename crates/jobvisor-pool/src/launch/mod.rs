@@ -8,18 +8,43 @@
 //! Either way, exit reports arrive on the pool's [`ExitSender`] channel, and a
 //! worker's process group is killed before the worker is reaped, so a task's
 //! own children never outlive it.
+//!
+//! This module also owns what [`crate::bootstrap`] set up for the process (the
+//! fork server's client, [`Boot`]): `bootstrap` records it here once, and every
+//! launch reads it, so start-up depends on launching and not the other way.
 
 pub(crate) mod forkserver;
 pub(crate) mod spawn;
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use jobvisor_proto::forkserver::ExitStatus;
 use tokio::sync::mpsc;
 
 use crate::sys;
+
+/// What [`crate::bootstrap`] started for this process.
+pub(crate) struct Boot {
+    /// The fork server, unless bootstrap was told not to start one.
+    pub(crate) fork_server: Option<forkserver::ForkServerClient>,
+}
+
+static BOOT: OnceLock<Boot> = OnceLock::new();
+
+/// The process's [`Boot`], once `bootstrap` has run.
+pub(crate) fn booted() -> io::Result<&'static Boot> {
+    BOOT.get().ok_or_else(|| {
+        io::Error::other("jobvisor_pool::bootstrap() was not called at the start of main")
+    })
+}
+
+/// Records the process's [`Boot`]; fails if one is recorded already.
+pub(crate) fn set_booted(boot: Boot) -> io::Result<()> {
+    BOOT.set(boot)
+        .map_err(|_| io::Error::other("jobvisor_pool::bootstrap() called twice"))
+}
 
 /// Where a pool's workers report their exits: `(pid, status)`.
 pub(crate) type ExitSender = mpsc::UnboundedSender<(u32, ExitStatus)>;
@@ -118,7 +143,7 @@ pub(crate) async fn launch(
     method: StartMethod,
     exits: ExitSender,
 ) -> io::Result<(SpawnedWorker, ProcHandle)> {
-    let boot = crate::bootstrap::get()?;
+    let boot = booted()?;
     match method {
         StartMethod::ForkServer => {
             let client = boot

@@ -46,7 +46,7 @@ pub(crate) async fn spawn(exits: ExitSender) -> io::Result<(SpawnedWorker, Arc<M
     unsafe {
         cmd.pre_exec(move || {
             sys::set_parent_death_signal()?;
-            // Let exactly the two protocol pipes through exec.
+            // Let exactly the two protocol pipes and the beacon through exec.
             for fd in [in_raw, out_raw, beacon_raw] {
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(io::Error::last_os_error());
@@ -132,7 +132,8 @@ async fn spawn_on_spawner_thread(cmd: Command) -> io::Result<std::process::Child
         .map_err(|_| io::Error::other("the spawner thread is gone"))?
 }
 
-/// The worker side of `spawn`: validates and adopts the two inherited fds.
+/// The worker side of `spawn`: validates and adopts the three inherited fds
+/// (input pipe, output pipe, beacon).
 pub(crate) fn adopt_worker_fds(args: &[String]) -> io::Result<(OwnedFd, OwnedFd, OwnedFd)> {
     let parse = |s: Option<&String>| -> io::Result<i32> {
         s.and_then(|s| s.parse().ok()).ok_or_else(|| {
