@@ -386,7 +386,8 @@ pub(crate) fn finish_worker(result: Result<(), jobvisor_worker::WorkerError>) ->
     let code = match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("jobvisor worker {}: {e}", std::process::id());
+            let why = jobvisor_worker::error_chain(&e);
+            eprintln!("jobvisor worker {}: {why}", std::process::id());
             3
         }
     };
