@@ -18,13 +18,13 @@ use serde::Serialize;
 #[non_exhaustive]
 pub enum CodecError {
     /// The value could not be encoded.
-    #[error("cannot encode message: {0}")]
+    #[error("cannot encode message")]
     Encode(#[source] bincode::error::EncodeError),
     /// The bytes are not a valid encoding of the expected message.
-    #[error("cannot decode message: {0}")]
+    #[error("cannot decode message")]
     Decode(#[source] bincode::error::DecodeError),
     /// Writing an encoded message failed.
-    #[error("cannot write message: {0}")]
+    #[error("cannot write message")]
     Io(#[source] std::io::Error),
     /// The payload decoded, but bytes were left over.
     #[error("message has {extra} trailing bytes")]

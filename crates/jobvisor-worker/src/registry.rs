@@ -248,7 +248,7 @@ fn json_to_native_as<I: Serialize + DeserializeOwned>(
         message,
     };
     let input: I = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
-    codec::encode(&input).map_err(|e| bad(e.to_string()))
+    codec::encode(&input).map_err(|e| bad(crate::error_chain(&e)))
 }
 
 fn check_native_as<I: DeserializeOwned>(
@@ -259,7 +259,7 @@ fn check_native_as<I: DeserializeOwned>(
         .map(|_| ())
         .map_err(|e| ConvertError::BadInput {
             task: name.into(),
-            message: e.to_string(),
+            message: crate::error_chain(&e),
         })
 }
 
@@ -271,7 +271,7 @@ fn output_to_json_as<O: Serialize + DeserializeOwned>(
         task: name.into(),
         message,
     };
-    let out: O = codec::decode(output).map_err(|e| bad(e.to_string()))?;
+    let out: O = codec::decode(output).map_err(|e| bad(crate::error_chain(&e)))?;
     serde_json::to_string(&out).map_err(|e| bad(e.to_string()))
 }
 
@@ -285,7 +285,10 @@ fn failure(e: TaskError) -> TaskFailure {
 fn bad_input(name: &str, e: codec::CodecError) -> TaskFailure {
     TaskFailure {
         kind: FailureKind::BadInput,
-        message: format!("input does not fit task {name:?}: {e}"),
+        message: format!(
+            "input does not fit task {name:?}: {}",
+            crate::error_chain(&e)
+        ),
     }
 }
 
@@ -315,7 +318,10 @@ impl<T: Task> Typed<T> {
 fn encode_output<O: serde::Serialize>(name: &str, out: &O) -> Result<Vec<u8>, TaskFailure> {
     codec::encode(out).map_err(|e| TaskFailure {
         kind: FailureKind::Error,
-        message: format!("cannot encode the output of task {name:?}: {e}"),
+        message: format!(
+            "cannot encode the output of task {name:?}: {}",
+            crate::error_chain(&e)
+        ),
     })
 }
 

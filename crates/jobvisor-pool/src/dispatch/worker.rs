@@ -138,7 +138,8 @@ pub(super) fn send_run<'a>(
         }
         if let Err(e) = encode_frame(buf, &ToWorkerRef::Run(refs), max) {
             // Inputs were size-checked at submit; this is a bug, not bad input.
-            tracing::error!(error = %e, "cannot encode a Run frame");
+            let error = jobvisor_worker::error_chain(&e);
+            tracing::error!(%error, "cannot encode a Run frame");
         }
         refs.clear();
     };
