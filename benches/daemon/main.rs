@@ -161,7 +161,8 @@ fn resolve(p: PathBuf) -> PathBuf {
     if p.is_absolute() || p.exists() {
         return p;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    // Relative to the workspace root, which is this package's manifest dir.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     root.join(p)
 }
 
