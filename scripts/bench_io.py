@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The Python half of `scripts/bench-io`: I/O-bound tasks through
 aiomultiprocess and multiprocessing.Pool, against the same loopback delay
-server as `benches/io.rs`, and the side-by-side table.
+server as `benches/io/`, and the side-by-side table.
 
     python bench_io.py --url URL [--quick] [--n N] [--workers W] [--concurrency C] [--mp-n M]
         runs the workloads and prints `RESULT py.<key> <value>` lines;
