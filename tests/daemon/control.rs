@@ -161,3 +161,20 @@ fn bad_input_gets_a_clear_error_and_disturbs_nothing() {
     // The daemon and other jobs are unaffected.
     d.cli_ok(&["submit", "noop", "--input", "5", "--wait"]);
 }
+
+/// Cancelling a job that has ended says so in words a person would use
+/// (it said "job 1 is already succeeded").
+#[test]
+fn cancelling_a_finished_job_says_it_has_finished() {
+    let d = Daemon::start(&[]);
+    let id = d.cli_ok(&["submit", "noop", "--input", "1"]);
+    let id = id.trim();
+    d.cli_ok(&["wait", id]);
+    let out = d.cli(&["cancel", id]);
+    assert_exit(
+        "cancel of a finished job",
+        &out,
+        7,
+        &format!("job {id} has already finished (succeeded)"),
+    );
+}

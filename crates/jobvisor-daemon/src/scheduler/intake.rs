@@ -173,7 +173,7 @@ impl Scheduler {
                     Ok(None) => Err(err(ErrorKind::NotFound, format!("no job {id}"))),
                     Ok(Some(rec)) => Err(err(
                         ErrorKind::BadRequest,
-                        format!("job {id} is already {}", rec.state.as_str()),
+                        format!("job {id} has already finished ({})", rec.state.as_str()),
                     )),
                     Err(e) => Err(store_err(&e)),
                 };
