@@ -178,3 +178,20 @@ fn cancelling_a_finished_job_says_it_has_finished() {
         &format!("job {id} has already finished (succeeded)"),
     );
 }
+
+/// A daemon that is not there: the error says how to start one or where to
+/// point the CLI, not only the io error.
+#[test]
+fn an_unreachable_daemon_gets_a_hint_how_to_start_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = crate::util::daemon::cli_command(&dir.path().join("none.sock"))
+        .arg("ping")
+        .output()
+        .expect("run cli");
+    assert_exit(
+        "ping, no daemon",
+        &out,
+        5,
+        "start one with `jobvisor daemon`",
+    );
+}

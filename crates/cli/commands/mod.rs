@@ -88,10 +88,18 @@ async fn connect(socket: &Path) -> Result<Client, Failure> {
         .map_err(|e| connect_failure(e, socket))
 }
 
+/// What to do when no daemon answers, told before the error itself.
+const START_HINT: &str = "no jobvisor daemon answers (start one with `jobvisor daemon`, \
+     or point --socket or JOBVISOR_SOCKET at its socket)";
+
 /// The failure of a connection attempt: an I/O error while connecting means
-/// the daemon is unreachable, whatever the client calls it.
+/// the daemon is unreachable, whatever the client calls it. A socket where no
+/// daemon answers gets a hint how to start one.
 pub fn connect_failure(e: ClientError, socket: &Path) -> Failure {
     match e {
+        e @ ClientError::Unreachable { .. } => {
+            Failure::new(EXIT_UNREACHABLE, anyhow::Error::new(e).context(START_HINT))
+        }
         ClientError::Io(io) => {
             let what = format!("cannot talk to the jobvisor daemon at {}", socket.display());
             Failure::new(EXIT_UNREACHABLE, anyhow::Error::new(io).context(what))
