@@ -113,7 +113,7 @@ pub enum ClientCommand {
         /// Job ids.
         #[arg(required = true, num_args = 1.., value_name = "ID")]
         ids: Vec<u64>,
-        /// Give up after this long (e.g. 500ms, 2s, 1m; a bare number is ms).
+        /// Give up after this long (e.g. 500ms, 2s, 1.5s, 1h30m).
         #[arg(long, value_name = "DUR", value_parser = parse_duration)]
         timeout: Option<Duration>,
         /// Print the job records as JSON.
@@ -225,7 +225,7 @@ pub struct SubmitArgs {
     /// Retry backoff in ms: first delay, optionally `:` the cap (e.g. 100:5000).
     #[arg(long, value_name = "BASE[:MAX]", value_parser = parse_backoff)]
     pub backoff_ms: Option<Backoff>,
-    /// Per-attempt timeout (e.g. 30s, 5m; a bare number is ms).
+    /// Per-attempt timeout (e.g. 30s, 5m, 1h30m; a number needs a unit).
     #[arg(long, value_name = "DUR", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     /// Watchdog: stop an attempt that sends no heartbeat or progress for this long.

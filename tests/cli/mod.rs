@@ -75,3 +75,32 @@ fn a_client_command_forks_no_fork_server() {
     let _ = cli.wait();
     assert_eq!(children, Vec::<i32>::new(), "`jobvisor ping` has children");
 }
+
+/// A duration without a unit is refused before anything is sent (issue 10,
+/// item 21: `--timeout 5` used to mean 5 ms); human forms are accepted.
+#[test]
+fn durations_need_a_unit_and_take_human_forms() {
+    let bare = jobvisor()
+        .args([
+            "--socket",
+            "/nonexistent/jobvisor.sock",
+            "ping",
+            "--wait",
+            "5",
+        ])
+        .output()
+        .expect("run jobvisor");
+    crate::util::assert_exit("ping --wait 5", &bare, 2, "needs a unit");
+    // A human form parses; the ping itself then finds no daemon (exit 5).
+    let human = jobvisor()
+        .args([
+            "--socket",
+            "/nonexistent/jobvisor.sock",
+            "ping",
+            "--wait",
+            "0.1s",
+        ])
+        .output()
+        .expect("run jobvisor");
+    crate::util::assert_exit("ping --wait 0.1s", &human, 5, "cannot reach");
+}
