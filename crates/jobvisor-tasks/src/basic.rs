@@ -25,6 +25,7 @@ pub struct Spin;
 
 /// Input of [`Spin`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SpinInput {
     /// How long to spin, in milliseconds of wall time.
     pub ms: u64,
@@ -82,6 +83,7 @@ pub struct Sleep;
 
 /// Input of [`Sleep`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SleepInput {
     /// How long to sleep, in milliseconds.
     pub ms: u64,
@@ -106,6 +108,7 @@ pub struct Crash;
 
 /// Input of [`Crash`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CrashInput {
     /// Raise this signal (e.g. 9 for SIGKILL, 6 for SIGABRT)...
     #[serde(default)]

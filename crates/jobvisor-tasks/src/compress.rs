@@ -20,6 +20,7 @@ pub struct Compress;
 
 /// Input of [`Compress`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CompressInput {
     /// The file to read.
     pub src: String,

@@ -42,12 +42,14 @@ pub struct Exec;
 /// Input of [`Exec`]. [`ExecInput::new`] fills in the defaults; in JSON every
 /// field but `argv` may be left out (`{"argv": ["ls", "-l"]}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ExecInput {
     /// The program and its arguments. The program is looked up in `PATH`
     /// unless it contains a `/`. Must not be empty.
     pub argv: Vec<String>,
-    /// Environment variables to set, in order (a later entry wins).
-    #[serde(default)]
+    /// Environment variables to set, in order (a later entry wins). In JSON
+    /// either `{"K": "V", ...}` or `[["K", "V"], ...]`.
+    #[serde(default, deserialize_with = "env_pairs")]
     pub env: Vec<(String, String)>,
     /// Start from an empty environment instead of the worker's.
     #[serde(default)]
@@ -627,4 +629,43 @@ fn wait_io(
         stderr: ready(slots[1]),
         stdin: ready(slots[2]),
     })
+}
+
+/// `env` as pairs from either JSON form: an object (`{"K": "V"}`, what people
+/// write) or a list of pairs (`[["K", "V"]]`, which keeps an order). The
+/// native (bincode) encoding is always the list: bincode cannot tell a map
+/// from a list by looking, so only a self-describing format gets the choice.
+fn env_pairs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+    use serde::de::{MapAccess, SeqAccess, Visitor};
+
+    struct Pairs;
+    impl<'de> Visitor<'de> for Pairs {
+        type Value = Vec<(String, String)>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(r#"an object {"K": "V"} or a list of pairs [["K", "V"]]"#)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(pair) = seq.next_element()? {
+                out.push(pair);
+            }
+            Ok(out)
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(pair) = map.next_entry()? {
+                out.push(pair);
+            }
+            Ok(out)
+        }
+    }
+
+    if d.is_human_readable() {
+        d.deserialize_any(Pairs)
+    } else {
+        d.deserialize_seq(Pairs)
+    }
 }

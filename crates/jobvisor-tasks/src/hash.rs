@@ -15,6 +15,7 @@ pub struct Hash;
 
 /// Input of [`struct@Hash`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct HashInput {
     /// The file to hash, as the worker process sees it (relative paths are
     /// relative to the worker's working directory).

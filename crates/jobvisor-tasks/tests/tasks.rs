@@ -93,6 +93,43 @@ fn builtin_registry_lists_all_tasks() {
     );
 }
 
+/// Issue 10, item 24: a misspelled field is refused for every task (it was
+/// silently ignored for `spin` and `exec`), and `exec.env` takes the object
+/// form people write as well as the list of pairs.
+#[test]
+fn json_inputs_refuse_unknown_fields_and_exec_env_takes_an_object() {
+    use jobvisor_proto::codec::decode;
+    let reg = builtin();
+    for (task, json) in [
+        ("spin", r#"{"ms": 1, "msx": 2}"#),
+        ("sleep", r#"{"ms": 1, "oops": 1}"#),
+        ("exec", r#"{"argv": ["true"], "timout_ms": 5}"#),
+        ("hash", r#"{"path": "/x", "algo": "md5"}"#),
+        ("compress", r#"{"src": "/a", "dst": "/b", "lvl": 3}"#),
+    ] {
+        let e = reg.json_to_native(task, json).expect_err(task).to_string();
+        assert!(e.contains("unknown field"), "{task}: {e}");
+    }
+    let object = reg
+        .json_to_native("exec", r#"{"argv": ["env"], "env": {"A": "1", "B": "2"}}"#)
+        .expect("object form");
+    let list = reg
+        .json_to_native(
+            "exec",
+            r#"{"argv": ["env"], "env": [["A", "1"], ["B", "2"]]}"#,
+        )
+        .expect("list form");
+    assert_eq!(object, list, "both forms give the same native input");
+    let input: ExecInput = decode(&object).expect("decode");
+    assert_eq!(
+        input.env,
+        vec![
+            ("A".to_owned(), "1".to_owned()),
+            ("B".to_owned(), "2".to_owned())
+        ]
+    );
+}
+
 #[test]
 fn inputs_and_outputs_survive_the_wire_codec() {
     use jobvisor_proto::codec::{decode, encode};
