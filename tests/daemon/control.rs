@@ -91,6 +91,10 @@ fn bad_input_gets_a_clear_error_and_disturbs_nothing() {
         ),
         (
             vec!["submit", "spin", "--input", r#"{"seconds": 3}"#],
+            "unknown field `seconds`",
+        ),
+        (
+            vec!["submit", "spin", "--input", "{}"],
             "missing field `ms`",
         ),
         (
