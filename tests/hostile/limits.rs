@@ -76,3 +76,64 @@ fn announced_frames_cost_only_the_bytes_that_arrived() {
         drop(held);
     });
 }
+
+/// Connects and completes the handshake, reading the daemon's hello.
+async fn session(socket: &std::path::Path) -> UnixStream {
+    let mut s = UnixStream::connect(socket).await.expect("connect");
+    let mut hello = [0u8; HELLO_BYTES];
+    s.read_exact(&mut hello).await.expect("daemon hello");
+    s.write_all(&Hello::ours(Role::Client).encode())
+        .await
+        .expect("hello");
+    s
+}
+
+/// One client holds most of `limits.max_buffered_bytes` in a request it has
+/// not finished; the next client whose buffer would pass the bound is told so
+/// and closed, and the bytes come back when the first goes away.
+#[test]
+fn buffered_bytes_past_the_bound_close_the_connection() {
+    let mib = 1024 * 1024;
+    let d = Daemon::with_config(&format!(
+        "[limits]\nmax_frame_bytes = {}\nmax_buffered_bytes = {}\n",
+        4 * mib,
+        4 * mib + 64 * 1024
+    ));
+    rt().block_on(async {
+        let mut big = session(&d.socket).await;
+        big.write_all(&(4 * mib as u32).to_le_bytes())
+            .await
+            .unwrap();
+        big.write_all(&vec![0u8; 3 * mib]).await.unwrap();
+        until(
+            Duration::from_secs(10),
+            "the daemon reads 3 MiB",
+            async || unread_by_peer(&big),
+        )
+        .await;
+        let mut next = session(&d.socket).await;
+        next.write_all(&[0u8; 3]).await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), next.read_to_end(&mut rest))
+            .await
+            .expect("closed within 10 s")
+            .expect("read");
+        let rest = String::from_utf8_lossy(&rest);
+        assert!(rest.contains("limits.max_buffered_bytes"), "{rest}");
+        drop(big);
+        until(
+            Duration::from_secs(10),
+            "the budget comes back",
+            async || {
+                let mut c = Client::connect(&d.socket)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                c.request(&jobvisor_proto::control::Request::Ping)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            },
+        )
+        .await;
+    });
+}

@@ -139,6 +139,8 @@ impl FrameBuf {
                 self.start = 0;
             }
             if self.buf.len() - self.end < want {
+                // Exact, so the capacity a budget is charged is what `want` chose.
+                self.buf.reserve_exact(self.end + want - self.buf.len());
                 self.buf.resize(self.end + want, 0);
             }
         }
