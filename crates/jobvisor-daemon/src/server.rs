@@ -381,7 +381,23 @@ fn gone() -> Response {
     error(ErrorKind::ShuttingDown, "the daemon is shutting down")
 }
 
+/// The first id of `req` that no job can have: the store's ids are SQLite
+/// integers, so one above `i64::MAX` names no job (and is no store error).
+fn impossible_id(req: &Request) -> Option<u64> {
+    let too_big = |id: u64| i64::try_from(id).is_err();
+    match req {
+        Request::Status { id } | Request::Cancel { id } | Request::Retry { id } => {
+            Some(*id).filter(|&id| too_big(id))
+        }
+        Request::Wait { ids, .. } => ids.iter().copied().find(|&id| too_big(id)),
+        _ => None,
+    }
+}
+
 async fn handle(req: Request, ctx: &ServerCtx) -> Response {
+    if let Some(id) = impossible_id(&req) {
+        return error(ErrorKind::NotFound, format!("no job {id}"));
+    }
     match req {
         Request::Ping => Response::Pong {
             pid: std::process::id(),
@@ -518,6 +534,28 @@ mod tests {
         assert_eq!(budget.0.load(Ordering::Relaxed), 10);
         drop(a);
         assert_eq!(budget.0.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn ids_past_i64_max_name_no_job() {
+        let big = i64::MAX as u64 + 1;
+        assert_eq!(
+            impossible_id(&Request::Status { id: u64::MAX }),
+            Some(u64::MAX)
+        );
+        assert_eq!(impossible_id(&Request::Cancel { id: big }), Some(big));
+        assert_eq!(
+            impossible_id(&Request::Retry {
+                id: i64::MAX as u64
+            }),
+            None
+        );
+        let wait = Request::Wait {
+            ids: vec![1, big],
+            timeout_ms: None,
+        };
+        assert_eq!(impossible_id(&wait), Some(big));
+        assert_eq!(impossible_id(&Request::Ping), None);
     }
 
     #[test]
