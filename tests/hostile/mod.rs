@@ -11,7 +11,9 @@
 //! - `connections`: handshake timeout, oversize frame, connection flood.
 //! - `requests`: extreme field values.
 //! - `disk_full`: a state directory that fills up.
+//! - `limits`: memory bounds against frames announced and not sent.
 
 mod connections;
 mod disk_full;
+mod limits;
 mod requests;

@@ -133,3 +133,19 @@ fn a_delay_of_u64_max_is_answered_and_the_scheduler_survives() {
         d.cli_ok(&["submit", "noop", "--input", "5", "--wait"]);
     });
 }
+
+/// An id past `i64::MAX` (the store's integer range) names no job: every
+/// command that takes one exits 4 "no such job", not 7 "job store error".
+#[test]
+fn ids_past_i64_max_are_no_such_job() {
+    let d = Daemon::start(&[]);
+    for cmd in ["status", "cancel", "retry", "wait"] {
+        let out = d.cli(&[cmd, "18446744073709551615"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{cmd}: {stderr}");
+        assert!(
+            stderr.contains("no job 18446744073709551615"),
+            "{cmd}: {stderr}"
+        );
+    }
+}

@@ -52,6 +52,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest control-socket frame (bytes).
     pub max_frame_bytes: usize,
+    /// Bytes all control connections' request buffers may hold at once; a
+    /// connection whose buffer would pass it is refused and closed.
+    pub max_buffered_bytes: usize,
     /// Jobs in one submit request.
     pub max_batch_jobs: usize,
     /// A client must complete its hello within this (ms).
@@ -247,6 +250,7 @@ impl Default for Limits {
             max_output_bytes: 1024 * 1024,
             max_connections: 256,
             max_frame_bytes: 64 * 1024 * 1024,
+            max_buffered_bytes: 256 * 1024 * 1024,
             max_batch_jobs: 100_000,
             handshake_timeout_ms: 5_000,
         }
@@ -335,6 +339,12 @@ impl Config {
         }
         if self.limits.max_frame_bytes < 4096 {
             return bad("limits.max_frame_bytes must be at least 4096");
+        }
+        if self.limits.max_buffered_bytes < self.limits.max_frame_bytes.saturating_add(64 * 1024) {
+            // Else one request of the largest allowed size could never arrive.
+            return bad(
+                "limits.max_buffered_bytes must be at least limits.max_frame_bytes + 64 KiB",
+            );
         }
         if self.limits.max_input_bytes + 4096 > self.limits.max_frame_bytes {
             return bad(

@@ -215,6 +215,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         pool: pool.clone(),
         stop: stop_tx.clone(),
         events: events_tx.clone(),
+        buffered: Default::default(),
     };
     let server_task = tokio::spawn(server::serve(listener, ctx, stopping_rx));
     tracing::info!(

@@ -1,10 +1,12 @@
 //! The control server: a Unix socket in a 0700 directory, mode 0600, peers
 //! checked with `SO_PEERCRED` (the daemon's own uid and root), a handshake
 //! with a timeout, frames bounded by `limits.max_frame_bytes`, and at most
-//! `limits.max_connections` connections. One task per connection; requests
+//! `limits.max_connections` connections, whose request buffers together hold
+//! at most `limits.max_buffered_bytes`. One task per connection; requests
 //! that change jobs go to the scheduler, reads go to the store directly.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +33,51 @@ pub(crate) struct ServerCtx {
     pub(crate) stop: watch::Sender<Option<bool>>,
     /// Job and worker events, for `Events` subscribers.
     pub(crate) events: tokio::sync::broadcast::Sender<jobvisor_proto::control::Event>,
+    /// Bytes all connections' request buffers hold, against `limits.max_buffered_bytes`.
+    pub(crate) buffered: BufferBudget,
+}
+
+/// The bytes shared by every connection's request buffer.
+#[derive(Clone, Default)]
+pub(crate) struct BufferBudget(Arc<AtomicUsize>);
+
+/// One connection's share of a [`BufferBudget`], given back when dropped.
+struct BufferCharge {
+    budget: Arc<AtomicUsize>,
+    held: usize,
+}
+
+impl BufferCharge {
+    fn new(budget: &BufferBudget) -> Self {
+        Self {
+            budget: Arc::clone(&budget.0),
+            held: 0,
+        }
+    }
+
+    /// Holds `bytes` in place of what was held. `false`, and the old share
+    /// kept, when the total would pass `max`.
+    fn set(&mut self, bytes: usize, max: usize) -> bool {
+        if bytes <= self.held {
+            self.budget.fetch_sub(self.held - bytes, Ordering::Relaxed);
+            self.held = bytes;
+            return true;
+        }
+        let more = bytes - self.held;
+        let before = self.budget.fetch_add(more, Ordering::Relaxed);
+        if before.saturating_add(more) > max {
+            self.budget.fetch_sub(more, Ordering::Relaxed);
+            return false;
+        }
+        self.held = bytes;
+        true
+    }
+}
+
+impl Drop for BufferCharge {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.held, Ordering::Relaxed);
+    }
 }
 
 fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
@@ -226,11 +273,33 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
         return;
     }
     let mut rbuf = FrameBuf::new(max_frame);
+    let mut charge = BufferCharge::new(&ctx.buffered);
+    let max_buffered = ctx.cfg.limits.max_buffered_bytes;
     let mut wbuf = Vec::new();
     loop {
         let req = match rbuf.decode_next::<Request>() {
             Ok(Some(r)) => Ok(r),
             Ok(None) => {
+                // The buffer grows in `spare`; charge it before reading into it.
+                let _ = rbuf.spare();
+                if !charge.set(rbuf.capacity(), max_buffered) {
+                    tracing::warn!(
+                        max_buffered,
+                        "control request buffers full; connection closed"
+                    );
+                    let msg = error(
+                        ErrorKind::LimitReached,
+                        format!("the daemon's request buffers are full (limits.max_buffered_bytes = {max_buffered}); connection closed"),
+                    );
+                    wbuf.clear();
+                    if encode_frame(&mut wbuf, &msg, max_frame).is_ok() {
+                        let _ = stream.write_all(&wbuf).await;
+                    }
+                    // Unread bytes would turn the close into a reset that loses the answer.
+                    drop(charge);
+                    linger(stream, ctx.cfg.limits.handshake_timeout_ms).await;
+                    return;
+                }
                 match stream.read(rbuf.spare()).await {
                     Ok(0) | Err(_) => return,
                     Ok(n) => rbuf.filled(n),
@@ -312,7 +381,23 @@ fn gone() -> Response {
     error(ErrorKind::ShuttingDown, "the daemon is shutting down")
 }
 
+/// The first id of `req` that no job can have: the store's ids are SQLite
+/// integers, so one above `i64::MAX` names no job (and is no store error).
+fn impossible_id(req: &Request) -> Option<u64> {
+    let too_big = |id: u64| i64::try_from(id).is_err();
+    match req {
+        Request::Status { id } | Request::Cancel { id } | Request::Retry { id } => {
+            Some(*id).filter(|&id| too_big(id))
+        }
+        Request::Wait { ids, .. } => ids.iter().copied().find(|&id| too_big(id)),
+        _ => None,
+    }
+}
+
 async fn handle(req: Request, ctx: &ServerCtx) -> Response {
+    if let Some(id) = impossible_id(&req) {
+        return error(ErrorKind::NotFound, format!("no job {id}"));
+    }
     match req {
         Request::Ping => Response::Pong {
             pid: std::process::id(),
@@ -433,6 +518,44 @@ mod tests {
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
         create_private_dir(&open).unwrap();
         assert_eq!(mode(&open), 0o700);
+    }
+
+    #[test]
+    fn buffer_charges_share_one_budget_and_give_it_back() {
+        let budget = BufferBudget::default();
+        let mut a = BufferCharge::new(&budget);
+        let mut b = BufferCharge::new(&budget);
+        assert!(a.set(60, 100));
+        assert!(!b.set(50, 100), "60 + 50 passes 100");
+        assert_eq!(budget.0.load(Ordering::Relaxed), 60);
+        assert!(b.set(40, 100));
+        assert!(a.set(10, 100), "shrinking always fits");
+        drop(b);
+        assert_eq!(budget.0.load(Ordering::Relaxed), 10);
+        drop(a);
+        assert_eq!(budget.0.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn ids_past_i64_max_name_no_job() {
+        let big = i64::MAX as u64 + 1;
+        assert_eq!(
+            impossible_id(&Request::Status { id: u64::MAX }),
+            Some(u64::MAX)
+        );
+        assert_eq!(impossible_id(&Request::Cancel { id: big }), Some(big));
+        assert_eq!(
+            impossible_id(&Request::Retry {
+                id: i64::MAX as u64
+            }),
+            None
+        );
+        let wait = Request::Wait {
+            ids: vec![1, big],
+            timeout_ms: None,
+        };
+        assert_eq!(impossible_id(&wait), Some(big));
+        assert_eq!(impossible_id(&Request::Ping), None);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Length-prefixed framing.
 //!
 //! `[u32 LE payload length][payload]`. The length is checked against the
-//! link's maximum before a single byte of payload is buffered, so a peer that
-//! announces 4 GiB costs us nothing. "Need more bytes" is `Ok(None)`; EOF in the
+//! link's maximum before a single byte of payload is buffered, and the buffer
+//! grows only as payload arrives, so a peer that announces a frame (even one
+//! within the maximum) and stops costs us one read chunk. "Need more bytes" is `Ok(None)`; EOF in the
 //! middle of a frame is [`FrameError::Truncated`] (see [`FrameBuf::check_eof`]).
 
 use serde::de::DeserializeOwned;
@@ -107,21 +108,29 @@ impl FrameBuf {
         self.end - self.start
     }
 
-    /// A writable tail to read into. It is at least a read chunk long, or as long
-    /// as the current frame still needs, whichever is larger, but never larger
-    /// than a frame the link allows: the peer's word sizes nothing beyond that.
+    /// Bytes the buffer holds allocated (consumed, buffered and spare), the
+    /// figure a transport charges against a memory budget.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// A writable tail to read into: a read chunk, or for a long frame as much
+    /// again as is already buffered (so the buffer at most doubles per step).
+    /// It grows with the bytes that arrive, never to the announced length: a
+    /// peer that announces 64 MiB and sends ten bytes costs one read chunk.
     pub fn spare(&mut self) -> &mut [u8] {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
         }
-        let want = match self.announced_len() {
+        let buffered = self.end - self.start;
+        let need = match self.announced_len() {
             Some(len) if len <= self.max_frame_bytes => {
-                (FRAME_HEADER_BYTES + len).saturating_sub(self.end - self.start)
+                (FRAME_HEADER_BYTES + len).saturating_sub(buffered)
             }
             _ => 0,
-        }
-        .max(READ_CHUNK);
+        };
+        let want = need.min(buffered.max(READ_CHUNK)).max(READ_CHUNK);
         if self.buf.len() - self.end < want {
             // Compact before growing.
             if self.start > 0 {
@@ -130,6 +139,8 @@ impl FrameBuf {
                 self.start = 0;
             }
             if self.buf.len() - self.end < want {
+                // Exact, so the capacity a budget is charged is what `want` chose.
+                self.buf.reserve_exact(self.end + want - self.buf.len());
                 self.buf.resize(self.end + want, 0);
             }
         }
@@ -223,6 +234,37 @@ mod tests {
         let mut out = Vec::new();
         encode_frame(&mut out, v, 1 << 20).unwrap();
         out
+    }
+
+    #[test]
+    fn an_announced_frame_allocates_only_what_arrived() {
+        let max = 64 * 1024 * 1024;
+        let mut fb = FrameBuf::new(max);
+        fb.extend(&(max as u32).to_le_bytes());
+        fb.extend(&[7u8; 10]);
+        assert!(fb.decode_next::<Vec<u8>>().unwrap().is_none());
+        let _ = fb.spare();
+        assert!(fb.capacity() <= 2 * READ_CHUNK, "{}", fb.capacity());
+        // Feeding the frame in read-sized steps grows the buffer with it.
+        let mut sent = 10;
+        while sent < 8 * READ_CHUNK {
+            let n = fb.spare().len().min(READ_CHUNK);
+            fb.filled(n);
+            sent += n;
+            assert!(fb.capacity() <= 4 * (sent + FRAME_HEADER_BYTES) + 2 * READ_CHUNK);
+        }
+    }
+
+    #[test]
+    fn a_large_frame_still_arrives_whole() {
+        let payload = vec![3u8; 5 * READ_CHUNK + 17];
+        let all = frame_of(&payload);
+        let mut fb = FrameBuf::new(1 << 20);
+        for chunk in all.chunks(1000) {
+            fb.extend(chunk);
+        }
+        assert_eq!(fb.decode_next::<Vec<u8>>().unwrap(), Some(payload));
+        fb.check_eof().unwrap();
     }
 
     #[test]
