@@ -55,3 +55,55 @@ fn a_broken_stderr_does_not_wedge_the_daemon() {
     let status = d.term_and_wait();
     assert_eq!(status.code(), Some(0), "SIGTERM drains and exits 0");
 }
+
+/// Issue 10 item 16: an argument that is not UTF-8 used to panic the binary
+/// (exit 101 and a backtrace) in the bootstrap's `std::env::args()`. A path
+/// may hold any bytes, so the daemon starts; a value that must be text (the
+/// `exec` command's words go into its JSON input) is a usage error, exit 2.
+#[test]
+fn a_non_utf8_argument_never_panics() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join(OsStr::from_bytes(b"state-\xff"));
+    let socket = state.join("control.sock");
+    let log = dir.path().join("daemon.log");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut daemon = daemon_command(&state, &log)
+        .args(["--workers", "1", "--socket"])
+        .arg(&socket)
+        .spawn()
+        .expect("spawn daemon");
+    let ready = crate::util::daemon::cli_command(&socket)
+        .args(["ping", "--wait", "20000ms"])
+        .output()
+        .expect("run ping");
+    if !ready.status.success() {
+        crate::util::daemon::kill_group(&mut daemon);
+    }
+    assert!(
+        ready.status.success(),
+        "{}\nlog:\n{}",
+        text(&ready),
+        read_log()
+    );
+    crate::util::proc::signal(daemon.id() as i32, libc::SIGTERM);
+    let status = daemon.wait().expect("wait daemon");
+    assert_eq!(status.code(), Some(0), "log:\n{}", read_log());
+    assert!(!read_log().contains("panicked"), "{}", read_log());
+
+    let out = crate::util::daemon::cli_command(&socket)
+        .args(["submit", "exec", "--"])
+        .arg("ls")
+        .arg(OsStr::from_bytes(b"\xff"))
+        .output()
+        .expect("run submit");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("UTF-8"), "{stderr}");
+}
