@@ -3,6 +3,10 @@
 //! Set up after the fork server exists: nothing here may run before it (the
 //! `fmt` subscriber starts no thread today, but the order keeps it safe if
 //! that changes).
+//!
+//! Logging never takes a task down: a stderr whose reader is gone (`EPIPE`)
+//! loses the lines, and tracing's own report of the failed write, itself an
+//! `eprintln!` that panics on the same broken stderr, is turned off.
 
 use tracing_subscriber::EnvFilter;
 
@@ -20,7 +24,8 @@ pub fn init(cli: &Cli) {
         EnvFilter::try_from_env("JOBVISOR_LOG").unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match cli.log_format {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+mod robust;
+
 fn jobvisor() -> Command {
     Command::new(crate::util::bin())
 }

@@ -73,7 +73,12 @@ pub fn bootstrap(registry: Registry) -> io::Result<Bootstrap> {
 /// When called twice, when the process already has threads and a fork server
 /// was asked for, or when forking fails.
 pub fn bootstrap_with(registry: Registry, options: BootstrapOptions) -> io::Result<Bootstrap> {
-    let args: Vec<String> = std::env::args().collect();
+    // `args_os`: the supervisor's own command line may hold arguments that are
+    // not UTF-8 (a path), and `std::env::args` panics on them. A worker's
+    // arguments are ours (fd numbers), so a lossy copy loses nothing there.
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     if args.get(1).map(String::as_str) == Some(WORKER_ARG) {
         // A spawned worker is a fresh image: it runs the initializer itself.
         if let Some(init) = options.initializer {
