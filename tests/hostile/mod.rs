@@ -11,7 +11,9 @@
 //! - `connections`: handshake timeout, oversize frame, connection flood.
 //! - `requests`: extreme field values.
 //! - `disk_full`: a state directory that fills up.
+//! - `files`: files and directories that are not the daemon's.
 
 mod connections;
 mod disk_full;
+mod files;
 mod requests;

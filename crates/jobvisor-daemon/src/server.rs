@@ -40,7 +40,8 @@ fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
     })
 }
 
-/// Binds the socket: refuses if a live daemon answers there, removes a stale one.
+/// Binds the socket: refuses if a live daemon answers there or if something
+/// other than a socket is at `path`; removes a stale socket.
 ///
 /// # Errors
 /// I/O errors, or "already running".
@@ -48,21 +49,54 @@ pub(crate) async fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
         create_private_dir(dir)?;
     }
-    if path.exists() {
-        match UnixStream::connect(path).await {
-            Ok(_) => {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+        Ok(meta) => {
+            use std::os::unix::fs::FileTypeExt;
+            // Only a socket nobody answers on is ours to remove: anything else
+            // at the path (a file, a symlink) belongs to someone else.
+            if !meta.file_type().is_socket() {
                 return Err(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    format!("a jobvisor daemon already answers on {}", path.display()),
-                ))
+                    std::io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists and is not a socket ({}): refusing to replace it",
+                        path.display(),
+                        kind_of(&meta.file_type())
+                    ),
+                ));
             }
-            Err(_) => std::fs::remove_file(path)?,
+            match UnixStream::connect(path).await {
+                Ok(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        format!("a jobvisor daemon already answers on {}", path.display()),
+                    ))
+                }
+                Err(_) => std::fs::remove_file(path)?,
+            }
         }
     }
     let listener = UnixListener::bind(path)?;
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(listener)
+}
+
+/// What a file type is, for an error message.
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_symlink() {
+        "a symlink"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_fifo() {
+        "a fifo"
+    } else {
+        "a device"
+    }
 }
 
 /// Creates `dir` (and parents) with mode 0700; tightens an existing one we own.

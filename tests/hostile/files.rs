@@ -1,0 +1,52 @@
+//! Files and directories that are not the daemon's: a regular file at the
+//! socket path. The daemon refuses, says which path and why, and touches
+//! nothing that is not its own.
+
+use std::path::Path;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use crate::util::daemon::{daemon_command, kill_group};
+use crate::util::wait::until;
+use crate::util::*;
+
+/// Runs `jobvisor daemon --state-dir <state> <extra>` expecting it to refuse
+/// to start: its exit status and its log. Kills it (and fails) if it is still
+/// running after 20 s.
+fn refused(state: &Path, log: &Path, extra: &[&str]) -> (ExitStatus, String) {
+    let mut child = daemon_command(state, log)
+        .args(["--workers", "1"])
+        .args(extra)
+        .spawn()
+        .expect("spawn daemon");
+    let status = rt().block_on(until(
+        Duration::from_secs(20),
+        "the daemon exits",
+        async || match child.try_wait() {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err("still running".to_string()),
+            Err(e) => Err(e.to_string()),
+        },
+    ));
+    kill_group(&mut child);
+    (status, std::fs::read_to_string(log).unwrap_or_default())
+}
+
+#[test]
+fn a_regular_file_at_the_socket_path_is_refused_and_kept() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("control.sock");
+    std::fs::write(&socket, b"not a socket").expect("write");
+    let sock = socket.to_str().expect("utf-8 path");
+    let (status, log) = refused(
+        &dir.path().join("state"),
+        &dir.path().join("daemon.log"),
+        &["--socket", sock],
+    );
+    assert!(!status.success(), "{status:?}\n{log}");
+    assert!(
+        log.contains(sock) && log.contains("not a socket"),
+        "the error names the path and why:\n{log}"
+    );
+    assert_eq!(std::fs::read(&socket).expect("kept"), b"not a socket");
+}
