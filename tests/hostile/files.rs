@@ -50,3 +50,39 @@ fn a_regular_file_at_the_socket_path_is_refused_and_kept() {
     );
     assert_eq!(std::fs::read(&socket).expect("kept"), b"not a socket");
 }
+
+fn mode(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).expect("metadata").permissions().mode() & 0o7777
+}
+
+#[test]
+fn existing_directories_keep_their_modes() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).expect("mkdir");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).expect("chmod");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let socket = shared.join("x.sock");
+    let mut d = Daemon::new(
+        dir,
+        None,
+        &[
+            "--workers",
+            "1",
+            "--socket",
+            socket.to_str().expect("utf-8"),
+        ],
+    );
+    d.socket = socket;
+    d.spawn();
+    assert_eq!(
+        mode(&d.dir.path().join("shared")),
+        0o1777,
+        "the socket's directory"
+    );
+    assert_eq!(mode(&d.state_dir()), 0o755, "the state directory");
+}

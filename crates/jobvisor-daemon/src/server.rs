@@ -1,5 +1,5 @@
-//! The control server: a Unix socket in a 0700 directory, mode 0600, peers
-//! checked with `SO_PEERCRED` (the daemon's own uid and root), a handshake
+//! The control server: a Unix socket (mode 0600) in a directory created 0700
+//! if missing (an existing one keeps its mode), peers checked with `SO_PEERCRED` (the daemon's own uid and root), a handshake
 //! with a timeout, frames bounded by `limits.max_frame_bytes`, and at most
 //! `limits.max_connections` connections. One task per connection; requests
 //! that change jobs go to the scheduler, reads go to the store directly.
@@ -99,16 +99,31 @@ fn kind_of(t: &std::fs::FileType) -> &'static str {
     }
 }
 
-/// Creates `dir` (and parents) with mode 0700; tightens an existing one we own.
+/// Makes sure `dir` exists: creates each missing component with mode 0700
+/// (so what we create is private from its first instant), and never changes
+/// the mode of a directory that already exists: it may be `/tmp` or `/run`,
+/// and is not ours to tighten.
 pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let meta = std::fs::metadata(dir)?;
-    if meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    use std::os::unix::fs::DirBuilderExt;
+    let mut missing: Vec<&Path> = dir
+        .ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .take_while(|p| std::fs::symlink_metadata(p).is_err())
+        .collect();
+    missing.reverse();
+    for p in missing {
+        match std::fs::DirBuilder::new().mode(0o700).create(p) {
+            Ok(()) => {}
+            // Made meanwhile by someone else: it is checked like any other.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if !std::fs::metadata(dir)?.is_dir() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", dir.display()),
+        ));
     }
     Ok(())
 }
@@ -456,17 +471,19 @@ mod tests {
     }
 
     #[test]
-    fn the_state_dir_is_created_private_and_an_open_one_we_own_is_tightened() {
+    fn the_state_dir_is_created_private_and_an_existing_one_keeps_its_mode() {
         let tmp = tempfile::tempdir().unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         let fresh = tmp.path().join("a/b");
         create_private_dir(&fresh).unwrap();
         assert_eq!(mode(&fresh), 0o700);
+        assert_eq!(mode(&tmp.path().join("a")), 0o700, "a created parent too");
         let open = tmp.path().join("open");
         std::fs::create_dir(&open).unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
         create_private_dir(&open).unwrap();
-        assert_eq!(mode(&open), 0o700);
+        // Issue 10 A.2: an existing directory is checked, never chmodded.
+        assert_eq!(mode(&open), 0o755);
     }
 
     #[test]
