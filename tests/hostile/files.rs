@@ -86,3 +86,24 @@ fn existing_directories_keep_their_modes() {
     );
     assert_eq!(mode(&d.state_dir()), 0o755, "the state directory");
 }
+
+#[test]
+fn a_state_dir_of_another_user_is_refused_and_its_symlink_not_followed() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let target = dir.path().join("root-owned");
+    std::fs::write(&target, b"precious").expect("write");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("mkdir");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    std::os::unix::fs::chown(&state, Some(65534), Some(65534)).expect("chown to nobody");
+    std::os::unix::fs::symlink(&target, state.join("daemon.lock")).expect("symlink");
+    let (status, log) = refused(&state, &dir.path().join("daemon.log"), &[]);
+    assert!(!status.success(), "{status:?}\n{log}");
+    assert!(
+        log.contains(&format!("refusing to use {}", state.display()))
+            && log.contains("owned by uid 65534"),
+        "the error names the path and why:\n{log}"
+    );
+    assert_eq!(std::fs::read(&target).expect("kept"), b"precious");
+}
