@@ -107,3 +107,13 @@ fn a_state_dir_of_another_user_is_refused_and_its_symlink_not_followed() {
     );
     assert_eq!(std::fs::read(&target).expect("kept"), b"precious");
 }
+
+#[test]
+fn the_job_database_and_its_wal_are_private() {
+    let d = Daemon::start(&[]);
+    d.cli_ok(&["submit", "noop", "--input", "1"]);
+    for name in ["jobs.db", "jobs.db-wal", "jobs.db-shm"] {
+        let path = d.state_dir().join(name);
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+}
