@@ -1,6 +1,8 @@
 //! Files and directories that are not the daemon's: a regular file at the
-//! socket path. The daemon refuses, says which path and why, and touches
-//! nothing that is not its own.
+//! socket path, a state dir owned by another user with a planted lock
+//! symlink, existing directories whose modes must not change, and the modes
+//! of the job database. The daemon refuses, says which path and why, and
+//! touches nothing that is not its own.
 
 use std::path::Path;
 use std::process::ExitStatus;
