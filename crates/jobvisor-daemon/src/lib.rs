@@ -138,8 +138,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let cfg = opts.config;
     cfg.validate()?;
     let state_dir = cfg.state_dir();
-    server::create_private_dir(&state_dir).map_err(io(format!(
-        "cannot create state directory {}",
+    server::create_private_dir(&state_dir, true).map_err(io(format!(
+        "cannot use state directory {}",
         state_dir.display()
     )))?;
     let _lock = lock(&state_dir)?;
@@ -348,15 +348,37 @@ fn spawn_signals(
 }
 
 /// Takes the state directory's lock (released when the process ends, even by kill -9).
+///
+/// The file is opened without following a symlink, and must be a regular file
+/// of ours: it is truncated and written. It is not created `O_EXCL`: it
+/// outlives a killed daemon by design (the `flock` is what is held).
 fn lock(state_dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
     use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let path = state_dir.join("daemon.lock");
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
+        .custom_flags(nix::fcntl::OFlag::O_NOFOLLOW.bits())
         .open(&path)
-        .map_err(io(format!("cannot open {}", path.display())))?;
+        .map_err(io(format!(
+            "cannot open {} (a symlink is refused)",
+            path.display()
+        )))?;
+    let meta = file
+        .metadata()
+        .map_err(io(format!("cannot stat {}", path.display())))?;
+    if !meta.is_file() || meta.uid() != nix::unistd::geteuid().as_raw() || meta.nlink() != 1 {
+        return Err(DaemonError::Io {
+            what: format!("refusing to use {}", path.display()),
+            source: std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "it is not a regular file of ours with a single link",
+            ),
+        });
+    }
     let mut locked = nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|_| DaemonError::Locked(state_dir.to_owned()))?;
     let _ = locked.set_len(0);

@@ -1,5 +1,5 @@
-//! The control server: a Unix socket in a 0700 directory, mode 0600, peers
-//! checked with `SO_PEERCRED` (the daemon's own uid and root), a handshake
+//! The control server: a Unix socket (mode 0600) in a directory created 0700
+//! if missing (an existing one keeps its mode), peers checked with `SO_PEERCRED` (the daemon's own uid and root), a handshake
 //! with a timeout, frames bounded by `limits.max_frame_bytes`, and at most
 //! `limits.max_connections` connections, whose request buffers together hold
 //! at most `limits.max_buffered_bytes`. One task per connection; requests
@@ -87,23 +87,41 @@ fn error(kind: ErrorKind, message: impl Into<String>) -> Response {
     })
 }
 
-/// Binds the socket: refuses if a live daemon answers there, removes a stale one.
+/// Binds the socket: refuses if a live daemon answers there or if something
+/// other than a socket is at `path`; removes a stale socket.
 ///
 /// # Errors
 /// I/O errors, or "already running".
 pub(crate) async fn bind(path: &Path) -> std::io::Result<UnixListener> {
     if let Some(dir) = path.parent() {
-        create_private_dir(dir)?;
+        create_private_dir(dir, false)?;
     }
-    if path.exists() {
-        match UnixStream::connect(path).await {
-            Ok(_) => {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+        Ok(meta) => {
+            use std::os::unix::fs::FileTypeExt;
+            // Only a socket nobody answers on is ours to remove: anything else
+            // at the path (a file, a symlink) belongs to someone else.
+            if !meta.file_type().is_socket() {
                 return Err(std::io::Error::new(
-                    std::io::ErrorKind::AddrInUse,
-                    format!("a jobvisor daemon already answers on {}", path.display()),
-                ))
+                    std::io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists and is not a socket ({}): refusing to replace it",
+                        path.display(),
+                        kind_of(&meta.file_type())
+                    ),
+                ));
             }
-            Err(_) => std::fs::remove_file(path)?,
+            match UnixStream::connect(path).await {
+                Ok(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        format!("a jobvisor daemon already answers on {}", path.display()),
+                    ))
+                }
+                Err(_) => std::fs::remove_file(path)?,
+            }
         }
     }
     let listener = UnixListener::bind(path)?;
@@ -112,16 +130,91 @@ pub(crate) async fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Creates `dir` (and parents) with mode 0700; tightens an existing one we own.
-pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    let meta = std::fs::metadata(dir)?;
-    if meta.uid() == nix::unistd::geteuid().as_raw() && meta.mode() & 0o077 != 0 {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+/// What a file type is, for an error message.
+fn kind_of(t: &std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_symlink() {
+        "a symlink"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_file() {
+        "a regular file"
+    } else if t.is_fifo() {
+        "a fifo"
+    } else {
+        "a device"
+    }
+}
+
+/// Why a directory the daemon did not create cannot be trusted, if it cannot:
+/// the rule OpenSSH applies to `authorized_keys`' parents. `owner` and `mode`
+/// are the directory's; `euid` the daemon's. A directory that is `private`
+/// (the state dir itself) must be the daemon's and writable by nobody else;
+/// any other (a parent, the socket's directory) may also be root's, and may
+/// be group/world-writable only with the sticky bit (as `/tmp` is).
+pub(crate) fn distrust(owner: u32, mode: u32, euid: u32, private: bool) -> Option<String> {
+    let by_others = mode & 0o022 != 0;
+    let sticky = mode & 0o1000 != 0;
+    if private {
+        if owner != euid {
+            return Some(format!("it is owned by uid {owner}, not {euid}"));
+        }
+        if by_others {
+            return Some(format!(
+                "it is writable by others (mode {:o})",
+                mode & 0o7777
+            ));
+        }
+    } else {
+        if owner != euid && owner != 0 {
+            return Some(format!("it is owned by uid {owner}, not {euid} or root"));
+        }
+        if by_others && !sticky {
+            return Some(format!(
+                "it is writable by others without the sticky bit (mode {:o})",
+                mode & 0o7777
+            ));
+        }
+    }
+    None
+}
+
+/// Makes sure `dir` exists and is safe to keep files in: creates each missing
+/// component with mode 0700 (so what we create is private from its first
+/// instant), and checks every component that already existed with
+/// [`distrust`] (`private` applying to `dir` itself), refusing with the path
+/// and why. It never changes the mode of an existing directory: it may be
+/// `/tmp` or `/run`, and is not ours to tighten.
+pub(crate) fn create_private_dir(dir: &Path, private: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let euid = nix::unistd::geteuid().as_raw();
+    let dir = std::path::absolute(dir)?;
+    let mut chain: Vec<&Path> = dir.ancestors().collect();
+    chain.reverse();
+    for p in chain {
+        let created = match std::fs::DirBuilder::new().mode(0o700).create(p) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            // `/` and the like: not creatable, and not missing either.
+            Err(_) if p.exists() => false,
+            Err(e) => return Err(e),
+        };
+        let meta = std::fs::metadata(p)?;
+        if !meta.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotADirectory,
+                format!("{} is not a directory", p.display()),
+            ));
+        }
+        if created {
+            continue;
+        }
+        if let Some(why) = distrust(meta.uid(), meta.mode(), euid, private && p == dir) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                format!("refusing to use {}: {why}", p.display()),
+            ));
+        }
     }
     Ok(())
 }
@@ -507,17 +600,46 @@ mod tests {
     }
 
     #[test]
-    fn the_state_dir_is_created_private_and_an_open_one_we_own_is_tightened() {
+    fn the_state_dir_is_created_private_and_an_existing_one_keeps_its_mode() {
         let tmp = tempfile::tempdir().unwrap();
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         let fresh = tmp.path().join("a/b");
-        create_private_dir(&fresh).unwrap();
+        create_private_dir(&fresh, true).unwrap();
         assert_eq!(mode(&fresh), 0o700);
+        assert_eq!(mode(&tmp.path().join("a")), 0o700, "a created parent too");
         let open = tmp.path().join("open");
         std::fs::create_dir(&open).unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
-        create_private_dir(&open).unwrap();
-        assert_eq!(mode(&open), 0o700);
+        create_private_dir(&open, true).unwrap();
+        // Issue 10 A.2: an existing directory is checked, never chmodded.
+        assert_eq!(mode(&open), 0o755);
+    }
+
+    #[test]
+    fn a_directory_is_trusted_only_when_no_one_else_can_write_in_it() {
+        // (owner, mode, private) -> trusted?, for a daemon of uid 1000.
+        let table = [
+            (1000, 0o700, true, true),
+            (1000, 0o755, true, true),
+            (1000, 0o775, true, false),
+            (1000, 0o1777, true, false),
+            (0, 0o700, true, false),
+            (65534, 0o700, true, false),
+            (0, 0o755, false, true),
+            (0, 0o1777, false, true),
+            (0, 0o777, false, false),
+            (1000, 0o770, false, false),
+            (65534, 0o755, false, false),
+            (65534, 0o1777, false, false),
+        ];
+        for (owner, mode, private, trusted) in table {
+            let why = distrust(owner, mode, 1000, private);
+            assert_eq!(
+                why.is_none(),
+                trusted,
+                "{owner} {mode:o} {private}: {why:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The embedded SQLite backend: [`SqliteStore`], its connection, and the
 //! writes of attempts and job states.
 //!
-//! One file, WAL journal, `synchronous=FULL` (a commit is fsynced before it
+//! One file (mode 0600, never opened through a symlink), WAL journal, `synchronous=FULL` (a commit is fsynced before it
 //! returns), foreign keys on. The schema and its migrations are in
 //! `schema`, the row layout in `rows`, new jobs in `insert`, reads in
 //! `query`.
@@ -61,7 +61,12 @@ impl SqliteStore {
     /// build's; [`StoreError::Db`] when the file cannot be opened, is not a
     /// database, or cannot be put in WAL mode.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path)
+        create_private_file(path)
+            .map_err(|e| StoreError::db_context(format!("cannot open {}", path.display()), e))?;
+        // SQLite gives the `-wal` and `-shm` files the database's own mode,
+        // so they are 0600 too; none of the three is opened through a symlink.
+        let flags = rusqlite::OpenFlags::default() | rusqlite::OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let conn = Connection::open_with_flags(path, flags)
             .map_err(|e| StoreError::db_context(format!("cannot open {}", path.display()), e))?;
         let store = SqliteStore {
             conn,
@@ -413,4 +418,22 @@ impl JobStore for SqliteStore {
         let r = query::counts(&self.conn);
         self.wrap(r)
     }
+}
+
+/// Creates the database file 0600 (it holds every job's input and output),
+/// or brings an existing one of ours down to 0600, without following a symlink.
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
 }

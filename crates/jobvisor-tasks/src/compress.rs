@@ -8,13 +8,15 @@ use jobvisor_worker::{Ctx, Task, TaskError};
 use serde::{Deserialize, Serialize};
 
 use crate::chunks::for_each_chunk;
-use crate::tmpfile::TempFile;
+use crate::tmpfile::{self, TempFile};
 
 /// `"compress"`: streams `src` through a zstd encoder into `dst`.
 ///
 /// The output is written to a temporary file next to `dst` and renamed over it
 /// once complete, so `dst` is either untouched or the whole result, never a
 /// partial file. The temporary file is removed on any error or cancellation.
+/// The output takes the source's mode (0600 if it cannot be read), never a
+/// wider one, and the directory is fsynced after the rename.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Compress;
 
@@ -77,7 +79,14 @@ impl Task for Compress {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        let mut tmp = TempFile::create(dir, name)?;
+        // The output holds the source's bytes: never readable by more people
+        // than the source (0600 when its mode cannot be read).
+        let mode = {
+            use std::os::unix::fs::PermissionsExt;
+            src.metadata()
+                .map_or(0o600, |m| m.permissions().mode() & 0o777)
+        };
+        let mut tmp = TempFile::create(dir, name, mode)?;
         let write_err = tmp.write_err();
         let file = tmp.take_file()?;
         let mut enc = zstd::stream::write::Encoder::new(file, level).map_err(&write_err)?;
@@ -95,6 +104,8 @@ impl Task for Compress {
         }
         fs::rename(&tmp.path, dst).map_err(|e| tmp.rename_err(dst, &e))?;
         tmp.persisted = true;
+        // The rename itself is durable only once the directory is synced.
+        tmpfile::sync_dir(dir)?;
         Ok(CompressOutput {
             bytes_in,
             bytes_out,
@@ -129,6 +140,21 @@ mod tests {
 
     fn s(p: &Path) -> String {
         p.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn the_output_is_never_readable_by_more_people_than_the_source() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let src = dir.path().join("secret");
+        fs::write(&src, b"the secret").expect("write");
+        fs::set_permissions(&src, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let dst = dir.path().join("secret.zst");
+        compress(&src, &dst, 0).expect("compress");
+        assert_eq!(mode(&dst), 0o600, "a new .zst");
+        compress(&src, &src, 0).expect("compress in place");
+        assert_eq!(mode(&src), 0o600, "dst == src");
     }
 
     #[test]

@@ -532,7 +532,9 @@ impl SaveTo {
         let name = self.path.file_name().unwrap_or_default();
         // Creating the file is one open(2), as cheap as the unlink when the
         // guard drops: not worth a trip through the blocking pool.
-        let mut tmp = TempFile::create(dir, name)?;
+        // A download has no source whose mode to take: the umask decides, as
+        // for any file a program creates.
+        let mut tmp = TempFile::create(dir, name, 0o666)?;
         let write_err = tmp.write_err();
         let file = tmp.take_file()?;
         // tokio's file does its writes on the blocking pool, off the event loop.

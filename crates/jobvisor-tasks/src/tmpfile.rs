@@ -20,7 +20,10 @@ impl TempFile {
     /// Creates `.<name>.<pid>.<n>.tmp` in `dir`: the same directory as the
     /// destination, so the final rename stays on one filesystem and is atomic;
     /// hidden and unique per process so concurrent workers do not collide.
-    pub(crate) fn create(dir: &Path, name: &OsStr) -> Result<Self, TaskError> {
+    /// It is created with `mode` (less the umask) from its first instant, so
+    /// it is never readable by more people than the caller means.
+    pub(crate) fn create(dir: &Path, name: &OsStr, mode: u32) -> Result<Self, TaskError> {
+        use std::os::unix::fs::OpenOptionsExt;
         static COUNTER: AtomicU64 = AtomicU64::new(0);
         let pid = std::process::id();
         let mut last_err = None;
@@ -32,7 +35,12 @@ impl TempFile {
             file_name.push(name);
             file_name.push(format!(".{pid}.{n}.tmp"));
             let path = dir.join(file_name);
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(mode)
+                .open(&path)
+            {
                 Ok(file) => {
                     return Ok(Self {
                         path,
@@ -73,6 +81,13 @@ impl TempFile {
     pub(crate) fn rename_err(&self, dst: &Path, e: &std::io::Error) -> TaskError {
         TaskError::msg(format!("cannot rename {:?} to {dst:?}: {e}", self.path))
     }
+}
+
+/// Fsyncs `dir`, so that a rename into it survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), TaskError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| TaskError::msg(format!("cannot sync directory {dir:?}: {e}")))
 }
 
 impl Drop for TempFile {
