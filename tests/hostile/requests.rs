@@ -149,3 +149,62 @@ fn ids_past_i64_max_are_no_such_job() {
         );
     }
 }
+
+/// Issue 10, item 8: tiny requests that asked for huge answers. A wait for 300
+/// copies of one id reads and answers that job once (it answered 300 records);
+/// more distinct ids than `limits.max_wait_ids` and an idempotency key over
+/// `limits.max_key_bytes` are refused, naming the limit (a 1 MiB key was
+/// accepted and stored).
+#[test]
+fn repeated_wait_ids_and_long_keys_cannot_blow_up_an_answer() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cfg = config(&dir, "[limits]\nmax_wait_ids = 2\nmax_key_bytes = 16\n");
+    let d = Daemon::start(&["--config", &cfg]);
+    rt().block_on(async {
+        let mut c = d.client().await;
+        let id = c
+            .submit(vec![json_spec("noop", "1")])
+            .await
+            .expect("submit")[0]
+            .id;
+        let records = c.wait(vec![id; 300], None).await.expect("wait");
+        assert_eq!(records.len(), 1, "one record for one job");
+        assert_eq!(records[0].state, JobState::Succeeded);
+
+        let ids: Vec<u64> = c
+            .submit(vec![json_spec("noop", "2"), json_spec("noop", "3")])
+            .await
+            .expect("submit")
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        match c.wait(vec![id, ids[0], ids[1]], None).await {
+            Err(ClientError::Server(e)) => {
+                assert_eq!(e.kind, ErrorKind::LimitReached);
+                assert!(
+                    e.message.contains("limits.max_wait_ids (2)"),
+                    "{}",
+                    e.message
+                );
+            }
+            other => panic!("a wait for 3 ids past a limit of 2: {other:?}"),
+        }
+
+        let mut keyed = json_spec("noop", "4");
+        keyed.key = Some("k".repeat(17));
+        match c.submit(vec![keyed]).await {
+            Err(ClientError::Server(e)) => {
+                assert_eq!(e.kind, ErrorKind::LimitReached);
+                assert!(
+                    e.message.contains("limits.max_key_bytes (16)"),
+                    "{}",
+                    e.message
+                );
+            }
+            other => panic!("a 17-byte key past a limit of 16: {other:?}"),
+        }
+        let mut keyed = json_spec("noop", "5");
+        keyed.key = Some("k".repeat(16));
+        c.submit(vec![keyed]).await.expect("a key at the limit");
+    });
+}

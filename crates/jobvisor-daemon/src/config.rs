@@ -57,6 +57,10 @@ pub struct Limits {
     pub max_buffered_bytes: usize,
     /// Jobs in one submit request.
     pub max_batch_jobs: usize,
+    /// Distinct job ids in one `wait` request (repeated ids count once).
+    pub max_wait_ids: usize,
+    /// Longest idempotency key (bytes).
+    pub max_key_bytes: usize,
     /// A client must complete its hello within this (ms).
     pub handshake_timeout_ms: u64,
 }
@@ -252,6 +256,8 @@ impl Default for Limits {
             max_frame_bytes: 64 * 1024 * 1024,
             max_buffered_bytes: 256 * 1024 * 1024,
             max_batch_jobs: 100_000,
+            max_wait_ids: 100_000,
+            max_key_bytes: 1024,
             handshake_timeout_ms: 5_000,
         }
     }

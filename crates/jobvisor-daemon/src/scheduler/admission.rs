@@ -127,6 +127,16 @@ fn admit_one<K: Fn(u64) -> bool>(
             )),
         ));
     }
+    if let Some(key) = spec.key.as_ref().filter(|k| k.len() > limits.max_key_bytes) {
+        return Err(err(
+            ErrorKind::LimitReached,
+            at(format!(
+                "idempotency key of {} bytes exceeds limits.max_key_bytes ({})",
+                key.len(),
+                limits.max_key_bytes
+            )),
+        ));
+    }
     check_ranges(&spec).map_err(|e| err(ErrorKind::BadRequest, at(chain(&e))))?;
     let pipeline = !spec.input_from.is_empty();
     if pipeline {

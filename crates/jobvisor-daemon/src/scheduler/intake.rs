@@ -292,6 +292,13 @@ impl Scheduler {
         timeout_ms: Option<u64>,
         reply: Reply<Vec<JobRecord>>,
     ) {
+        let ids = match wait_ids(ids, self.cfg.limits.max_wait_ids) {
+            Ok(ids) => ids,
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
+        };
         let jobs = &self.jobs;
         match self.waiters.add(ids, |id| jobs.contains_key(&id), reply) {
             Added::Now(ids, reply) => self.answer_wait(ids, reply),
@@ -371,6 +378,26 @@ fn arm_wait_timeout(tx: mpsc::UnboundedSender<Internal>, waiter: u64, ms: u64) {
     });
 }
 
+/// The ids a `wait` asks for, each once, in the order first given; refused
+/// past `max` distinct ids (`limits.max_wait_ids`), so a small request cannot
+/// make the daemon read and send one record per repeated id.
+fn wait_ids(ids: Vec<u64>, max: usize) -> Result<Vec<u64>, ControlError> {
+    let mut seen = std::collections::HashSet::with_capacity(ids.len().min(max.saturating_add(1)));
+    let mut out = Vec::new();
+    for id in ids {
+        if seen.insert(id) {
+            if out.len() == max {
+                return Err(err(
+                    ErrorKind::LimitReached,
+                    format!("a wait for more than limits.max_wait_ids ({max}) jobs"),
+                ));
+            }
+            out.push(id);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,5 +415,23 @@ mod tests {
             Some(Internal::WaitTimeout { waiter }) => assert_eq!(waiter, 7),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn repeated_wait_ids_count_once_and_keep_their_first_place() {
+        assert_eq!(wait_ids(vec![3, 1, 3, 3, 2, 1], 10).unwrap(), vec![3, 1, 2]);
+        assert_eq!(wait_ids(vec![7; 300], 1).unwrap(), vec![7]);
+    }
+
+    #[test]
+    fn more_distinct_wait_ids_than_the_limit_are_refused() {
+        let e = wait_ids(vec![1, 2, 3], 2).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::LimitReached);
+        assert!(
+            e.message.contains("limits.max_wait_ids (2)"),
+            "{}",
+            e.message
+        );
+        assert_eq!(wait_ids(vec![1, 2, 2, 1], 2).unwrap(), vec![1, 2]);
     }
 }
