@@ -5,9 +5,7 @@
 
 use std::fmt;
 
-/// Displays an error followed by each of its sources. A source whose text
-/// the message already holds is skipped: errors of other crates that still
-/// print their cause inside their own message are told once, not twice.
+/// Displays an error followed by each of its sources, as [`chain`] joins them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
 
@@ -18,41 +16,17 @@ impl fmt::Display for Chain<'_> {
 }
 
 /// The error and its sources as one string ("cannot read the output of job
-/// 5: database is locked").
-pub(crate) fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        source = inner.source();
-    }
-    s
-}
+/// 5: database is locked"): the worker crate's rule, which task errors use
+/// too, so the daemon and its workers tell a chain the same way.
+pub(crate) use jobvisor_worker::error_chain as chain;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[derive(Debug, thiserror::Error)]
-    #[error("cannot read config file /x")]
-    struct Outer(#[source] std::io::Error);
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("outer: {0}")]
-    struct Repeats(#[source] std::io::Error);
-
     #[test]
-    fn each_cause_is_told_once() {
-        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        assert_eq!(
-            chain(&Outer(io())),
-            "cannot read config file /x: no such file"
-        );
-        assert_eq!(chain(&Repeats(io())), "outer: no such file");
-        assert_eq!(Chain(&io()).to_string(), "no such file");
+    fn chain_displays_like_the_joined_string() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        assert_eq!(Chain(&io).to_string(), chain(&io));
     }
 }

@@ -72,14 +72,19 @@ impl TaskError {
     }
 }
 
-/// `e` and its sources, joined with `": "` (how a `TaskError` made from an
-/// error reads).
+/// `e` and its sources, joined with `": "`: how a `TaskError` made from an
+/// error reads, and how the daemon logs and answers errors. A source whose
+/// text the message already holds is skipped, so an error of another crate
+/// that prints its cause inside its own message is told once, not twice.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut message = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
+        let text = s.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
         source = s.source();
     }
     message
@@ -310,6 +315,25 @@ pub fn run_detached<T: Task>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read config file /x")]
+    struct Outer(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Repeats(#[source] std::io::Error);
+
+    #[test]
+    fn error_chain_tells_each_cause_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        assert_eq!(
+            error_chain(&Outer(io())),
+            "cannot read config file /x: no such file"
+        );
+        assert_eq!(error_chain(&Repeats(io())), "outer: no such file");
+        assert_eq!(error_chain(&io()), "no such file");
+    }
 
     /// Waits for a cancel or its soft deadline.
     struct Park;
