@@ -358,3 +358,85 @@ fn a_thousand_connections_at_once_hold_the_cap_and_leak_nothing() {
         );
     });
 }
+
+// ---- peers the daemon does not serve (issue 10, item B.7) ----------------
+
+/// Connects a socket to `path` from a child process running as `uid` (the
+/// peer credentials are the connecting process's) and hands it back.
+fn connect_as(uid: u32, path: &Path) -> std::os::unix::net::UnixStream {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::process::CommandExt;
+    // SAFETY: a plain socket(2); the fd is owned by the stream at once.
+    let stream = unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        std::os::unix::net::UnixStream::from_raw_fd(fd)
+    };
+    // SAFETY: all-zero is a valid sockaddr_un.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    assert!(bytes.len() < addr.sun_path.len(), "socket path too long");
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    let fd = stream.as_raw_fd();
+    let mut cmd = std::process::Command::new("true");
+    cmd.uid(uid).gid(uid);
+    // SAFETY: connect(2) only, async-signal-safe, on an fd the child
+    // inherited (its copy closes at exec; ours stays connected).
+    unsafe {
+        cmd.pre_exec(move || {
+            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+            let rc = libc::connect(fd, (&raw const addr).cast(), len);
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let status = cmd.status().expect("connect as another uid");
+    assert!(status.success(), "{status}");
+    stream
+}
+
+/// A peer of another uid was checked only after it had taken a connection
+/// slot, and held it while its refusal was sent and lingered: with
+/// `max_connections = 1`, a refused peer locked out the daemon's own user.
+/// The credentials are now checked before a slot is taken.
+#[test]
+fn a_refused_peer_takes_no_connection_slot() {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let d = Daemon::with_config("[limits]\nmax_connections = 1\n");
+    // Let uid 65534 reach the socket, so that only the peer check refuses it.
+    for (p, mode) in [
+        (d.dir.path().to_path_buf(), 0o755),
+        (d.state_dir(), 0o755),
+        (d.socket.clone(), 0o777),
+    ] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let mut refused = connect_as(65534, &d.socket);
+    refused
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // The daemon's hello and its refusal, then (the peer stays connected and
+    // silent) nothing.
+    let mut said = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&said).contains("may not use this daemon") {
+        let n = refused.read(&mut buf).expect("the refusal");
+        assert!(n > 0, "closed without a refusal: {said:?}");
+        said.extend_from_slice(&buf[..n]);
+    }
+    rt().block_on(async {
+        let mut c = Client::connect(&d.socket).await.expect("connect");
+        c.ping()
+            .await
+            .expect("the one slot is free while a refused peer is connected");
+    });
+    drop(refused);
+}

@@ -1,5 +1,6 @@
 //! The control server: a Unix socket (mode 0600) in a directory created 0700
-//! if missing (an existing one keeps its mode), peers checked with `SO_PEERCRED` (the daemon's own uid and root), a handshake
+//! if missing (an existing one keeps its mode), peers checked with `SO_PEERCRED` (the daemon's own uid and root)
+//! before they may take a connection slot, a handshake
 //! with a timeout, frames bounded by `limits.max_frame_bytes`, and at most
 //! `limits.max_connections` connections, whose request buffers together hold
 //! at most `limits.max_buffered_bytes`. One task per connection; requests
@@ -227,6 +228,7 @@ pub(crate) async fn serve(
     let slots = Arc::new(Semaphore::new(ctx.cfg.limits.max_connections));
     // Refusals are answered by a few short-lived tasks, never unboundedly many.
     let refusals = Arc::new(Semaphore::new(16));
+    let handshake = Duration::from_millis(ctx.cfg.limits.handshake_timeout_ms);
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
@@ -241,6 +243,15 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        // Before a slot is taken: a peer the daemon does not serve must not
+        // be able to crowd out the ones it does.
+        if let Err(e) = peer_allowed(&stream) {
+            let why = chain(&e);
+            tracing::warn!(%why, "refused a control connection");
+            let answer = error(ErrorKind::PermissionDenied, why);
+            spawn_refusal(&refusals, stream, answer, handshake);
+            continue;
+        }
         match slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 let ctx = ctx.clone();
@@ -250,33 +261,43 @@ pub(crate) async fn serve(
                 });
             }
             Err(_) => {
-                if let Ok(permit) = refusals.clone().try_acquire_owned() {
-                    let max = ctx.cfg.limits.max_connections;
-                    let timeout = Duration::from_millis(ctx.cfg.limits.handshake_timeout_ms);
-                    tokio::spawn(async move {
-                        let _ = tokio::time::timeout(
-                            timeout,
-                            refuse(stream, max, timeout.as_millis() as u64),
-                        )
-                        .await;
-                        drop(permit);
-                    });
-                }
+                let max = ctx.cfg.limits.max_connections;
+                let answer = error(
+                    ErrorKind::LimitReached,
+                    format!(
+                        "too many connections (limits.max_connections = {max}); try again later"
+                    ),
+                );
+                spawn_refusal(&refusals, stream, answer, handshake);
             }
         }
     }
 }
 
-async fn refuse(mut stream: UnixStream, max: usize, timeout_ms: u64) {
+/// Answers a connection the daemon will not serve (our hello, then `answer`)
+/// from one of the few `refusals` permits, within `timeout`; with every
+/// permit taken it is closed unanswered.
+fn spawn_refusal(
+    refusals: &Arc<Semaphore>,
+    stream: UnixStream,
+    answer: Response,
+    timeout: Duration,
+) {
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(timeout, refuse(stream, &answer, timeout)).await;
+        drop(permit);
+    });
+}
+
+async fn refuse(mut stream: UnixStream, answer: &Response, timeout: Duration) {
     let mut out = Hello::ours(Role::Supervisor).encode().to_vec();
-    let resp = error(
-        ErrorKind::LimitReached,
-        format!("too many connections (limits.max_connections = {max}); try again later"),
-    );
-    if encode_frame(&mut out, &resp, 64 * 1024).is_ok() {
+    if encode_frame(&mut out, answer, 64 * 1024).is_ok() {
         let _ = stream.write_all(&out).await;
     }
-    linger(stream, timeout_ms).await;
+    linger(stream, timeout.as_millis() as u64).await;
 }
 
 /// Before closing a refused connection, read (and drop) what the client sends
@@ -321,23 +342,7 @@ fn peer_allowed(stream: &UnixStream) -> Result<(), PeerError> {
 async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
     let ours = Hello::ours(Role::Supervisor);
     let max_frame = ctx.cfg.limits.max_frame_bytes;
-    let mut out = ours.encode().to_vec();
-    if let Err(e) = peer_allowed(&stream) {
-        let why = chain(&e);
-        tracing::warn!(%why, "refused a control connection");
-        if encode_frame(
-            &mut out,
-            &error(ErrorKind::PermissionDenied, why),
-            max_frame,
-        )
-        .is_ok()
-        {
-            let _ = stream.write_all(&out).await;
-        }
-        linger(stream, ctx.cfg.limits.handshake_timeout_ms).await;
-        return;
-    }
-    if stream.write_all(&out).await.is_err() {
+    if stream.write_all(&ours.encode()).await.is_err() {
         return;
     }
     let timeout = Duration::from_millis(ctx.cfg.limits.handshake_timeout_ms);
