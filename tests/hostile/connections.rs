@@ -359,6 +359,90 @@ fn a_thousand_connections_at_once_hold_the_cap_and_leak_nothing() {
     });
 }
 
+// ---- timeouts after the hello (issue 10, item B.7) -------------------------
+
+/// Reads what the daemon sends until it closes; `what` names the wait in the
+/// failure message. The read's own timeout only bounds a hang.
+async fn read_until_closed(s: &mut UnixStream, what: &str) -> String {
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), s.read_to_end(&mut rest))
+        .await
+        .unwrap_or_else(|_| panic!("{what}: not closed by the daemon within 20 s"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+    String::from_utf8_lossy(&rest).into_owned()
+}
+
+/// Clients that complete the hello and then say nothing held their slot for
+/// ever: with `max_connections` of them, no one else got in. Each is now told
+/// "no request" and closed after `limits.idle_timeout_ms`, and a ping gets a
+/// slot again.
+#[test]
+fn silent_sessions_are_closed_after_the_idle_timeout_and_free_their_slots() {
+    const MAX: usize = 2;
+    let d = Daemon::with_config(&format!(
+        "[limits]\nmax_connections = {MAX}\nidle_timeout_ms = 300\n"
+    ));
+    rt().block_on(async {
+        let hello = Hello::ours(Role::Client).encode();
+        let mut held = Vec::new();
+        for _ in 0..MAX {
+            held.push(silent_holding(&d.socket, &hello).await.0);
+        }
+        for s in &mut held {
+            let said = read_until_closed(s, "a silent session").await;
+            assert!(
+                said.contains("no request for 300 ms (limits.idle_timeout_ms)"),
+                "{said:?}"
+            );
+        }
+        drop(held);
+        let (mut c, _) = ping_eventually(&d.socket, Duration::from_secs(10)).await;
+        c.ping()
+            .await
+            .expect("a session after the silent ones left");
+    });
+}
+
+/// A client that starts a request and sends it one byte at a time, each
+/// well within the idle timeout, is cut `limits.request_timeout_ms` after the
+/// request's first byte: trickling bytes does not keep a slot.
+#[test]
+fn a_request_that_trickles_in_is_cut_at_the_request_deadline() {
+    let d = Daemon::with_config(
+        "[limits]\nmax_connections = 1\nidle_timeout_ms = 60000\nrequest_timeout_ms = 500\n",
+    );
+    rt().block_on(async {
+        let hello = Hello::ours(Role::Client).encode();
+        let (s, _) = silent_holding(&d.socket, &hello).await;
+        let (mut r, mut w) = s.into_split();
+        // A frame of 1 MiB, sent a byte every 50 ms: it would take 14 hours.
+        let drip = tokio::spawn(async move {
+            let mut bytes = (1u32 << 20).to_le_bytes().to_vec();
+            bytes.resize(1 << 20, 0);
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            for b in bytes {
+                tick.tick().await;
+                if w.write_all(&[b]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(20), r.read_to_end(&mut rest))
+            .await
+            .expect("a trickled request is not closed by the daemon within 20 s")
+            .expect("read");
+        let said = String::from_utf8_lossy(&rest);
+        assert!(
+            said.contains("within 500 ms of its first byte (limits.request_timeout_ms)"),
+            "{said:?}"
+        );
+        drip.abort();
+        let (mut c, _) = ping_eventually(&d.socket, Duration::from_secs(10)).await;
+        c.ping().await.expect("the slot is free again");
+    });
+}
+
 // ---- peers the daemon does not serve (issue 10, item B.7) ----------------
 
 /// Connects a socket to `path` from a child process running as `uid` (the

@@ -63,6 +63,14 @@ pub struct Limits {
     pub max_key_bytes: usize,
     /// A client must complete its hello within this (ms).
     pub handshake_timeout_ms: u64,
+    /// A connection that starts no request for this long after its hello or
+    /// its last answer is closed (ms), so silent clients give their slot back.
+    pub idle_timeout_ms: u64,
+    /// A request that has begun must arrive whole within this (ms), and each
+    /// answer (or event of a subscription) must be taken by the client within
+    /// it: a client that trickles bytes cannot keep its slot. Not the time a
+    /// request takes to be answered (`wait` and `events --follow` may last).
+    pub request_timeout_ms: u64,
 }
 
 /// Defaults for jobs that do not say.
@@ -259,6 +267,8 @@ impl Default for Limits {
             max_wait_ids: 100_000,
             max_key_bytes: 1024,
             handshake_timeout_ms: 5_000,
+            idle_timeout_ms: 60_000,
+            request_timeout_ms: 30_000,
         }
     }
 }
@@ -342,6 +352,9 @@ impl Config {
         }
         if self.limits.max_connections == 0 {
             return bad("limits.max_connections must be at least 1");
+        }
+        if self.limits.idle_timeout_ms == 0 || self.limits.request_timeout_ms == 0 {
+            return bad("limits.idle_timeout_ms and limits.request_timeout_ms must be at least 1");
         }
         if self.limits.max_frame_bytes < 4096 {
             return bad("limits.max_frame_bytes must be at least 4096");

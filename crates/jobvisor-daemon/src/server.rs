@@ -1,15 +1,17 @@
 //! The control server: a Unix socket (mode 0600) in a directory created 0700
 //! if missing (an existing one keeps its mode), peers checked with `SO_PEERCRED` (the daemon's own uid and root)
-//! before they may take a connection slot, a handshake
-//! with a timeout, frames bounded by `limits.max_frame_bytes`, and at most
-//! `limits.max_connections` connections, whose request buffers together hold
-//! at most `limits.max_buffered_bytes`. One task per connection; requests
+//! before they may take one of the `limits.max_connections` slots, a handshake
+//! with a timeout, frames bounded by `limits.max_frame_bytes`, request buffers
+//! that together hold at most `limits.max_buffered_bytes`, and timeouts on
+//! every wait for a client: `limits.idle_timeout_ms` for the next request,
+//! `limits.request_timeout_ms` for the rest of one that has begun and for
+//! the client to read an answer. One task per connection; requests
 //! that change jobs go to the scheduler, reads go to the store directly.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jobvisor_pool::Pool;
 use jobvisor_proto::control::{ControlError, ErrorKind, Request, Response, WorkerRow, WorkerState};
@@ -339,13 +341,93 @@ fn peer_allowed(stream: &UnixStream) -> Result<(), PeerError> {
     uid_allowed(cred.uid(), nix::unistd::geteuid().as_raw())
 }
 
+/// What a connection waits for from its client, which decides the timeout
+/// of the wait: the start of a request (`limits.idle_timeout_ms` from the
+/// hello or the last answer), or the rest of one (`limits.request_timeout_ms`
+/// from its first byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaiting {
+    Request,
+    RestOfRequest,
+}
+
+impl Awaiting {
+    /// Bytes of an unfinished request are buffered: its rest is due.
+    fn given(buffered: usize) -> Self {
+        if buffered == 0 {
+            Self::Request
+        } else {
+            Self::RestOfRequest
+        }
+    }
+
+    /// When the wait ends, for a wait that began at `since` (the hello or
+    /// last answer, or the request's first byte).
+    fn deadline(self, since: Instant, limits: &crate::config::Limits) -> Instant {
+        let ms = match self {
+            Self::Request => limits.idle_timeout_ms,
+            Self::RestOfRequest => limits.request_timeout_ms,
+        };
+        since + Duration::from_millis(ms)
+    }
+
+    /// What the client is told when the wait ends.
+    fn expired(self, limits: &crate::config::Limits) -> String {
+        match self {
+            Self::Request => format!(
+                "no request for {} ms (limits.idle_timeout_ms); connection closed",
+                limits.idle_timeout_ms
+            ),
+            Self::RestOfRequest => format!(
+                "request not received whole within {} ms of its first byte \
+                 (limits.request_timeout_ms); connection closed",
+                limits.request_timeout_ms
+            ),
+        }
+    }
+}
+
+/// Sends a last answer and closes: reads (and drops) what the client still
+/// sends for a moment, so that the close does not reset the connection and
+/// lose the answer.
+async fn close_with(mut stream: UnixStream, msg: String, ctx: &ServerCtx) {
+    let limits = &ctx.cfg.limits;
+    let mut out = Vec::new();
+    if encode_frame(
+        &mut out,
+        &error(ErrorKind::LimitReached, msg),
+        limits.max_frame_bytes,
+    )
+    .is_ok()
+    {
+        let timeout = Duration::from_millis(limits.request_timeout_ms);
+        let _ = tokio::time::timeout(timeout, stream.write_all(&out)).await;
+    }
+    linger(stream, limits.handshake_timeout_ms).await;
+}
+
+/// Writes `bytes` unless the client takes longer than `limits.request_timeout_ms`
+/// to read them; `false` when the connection is to be closed.
+async fn send(stream: &mut UnixStream, bytes: &[u8], limits: &crate::config::Limits) -> bool {
+    let timeout = Duration::from_millis(limits.request_timeout_ms);
+    match tokio::time::timeout(timeout, stream.write_all(bytes)).await {
+        Ok(Ok(())) => true,
+        Ok(Err(_)) => false,
+        Err(_) => {
+            tracing::debug!("a client did not read its answer in time; closed");
+            false
+        }
+    }
+}
+
 async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
     let ours = Hello::ours(Role::Supervisor);
-    let max_frame = ctx.cfg.limits.max_frame_bytes;
+    let limits = &ctx.cfg.limits;
+    let max_frame = limits.max_frame_bytes;
     if stream.write_all(&ours.encode()).await.is_err() {
         return;
     }
-    let timeout = Duration::from_millis(ctx.cfg.limits.handshake_timeout_ms);
+    let timeout = Duration::from_millis(limits.handshake_timeout_ms);
     let mut hello = [0u8; HELLO_BYTES];
     match tokio::time::timeout(timeout, stream.read_exact(&mut hello)).await {
         Ok(Ok(_)) => {}
@@ -372,8 +454,10 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
     }
     let mut rbuf = FrameBuf::new(max_frame);
     let mut charge = BufferCharge::new(&ctx.buffered);
-    let max_buffered = ctx.cfg.limits.max_buffered_bytes;
+    let max_buffered = limits.max_buffered_bytes;
     let mut wbuf = Vec::new();
+    // When the current wait for the client began (see `Awaiting`).
+    let mut since = Instant::now();
     loop {
         let req = match rbuf.decode_next::<Request>() {
             Ok(Some(r)) => Ok(r),
@@ -385,22 +469,27 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
                         max_buffered,
                         "control request buffers full; connection closed"
                     );
-                    let msg = error(
-                        ErrorKind::LimitReached,
-                        format!("the daemon's request buffers are full (limits.max_buffered_bytes = {max_buffered}); connection closed"),
-                    );
-                    wbuf.clear();
-                    if encode_frame(&mut wbuf, &msg, max_frame).is_ok() {
-                        let _ = stream.write_all(&wbuf).await;
-                    }
-                    // Unread bytes would turn the close into a reset that loses the answer.
                     drop(charge);
-                    linger(stream, ctx.cfg.limits.handshake_timeout_ms).await;
+                    let msg = format!("the daemon's request buffers are full (limits.max_buffered_bytes = {max_buffered}); connection closed");
+                    close_with(stream, msg, ctx).await;
                     return;
                 }
-                match stream.read(rbuf.spare()).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => rbuf.filled(n),
+                let awaiting = Awaiting::given(rbuf.buffered());
+                let deadline = awaiting.deadline(since, limits);
+                match tokio::time::timeout_at(deadline.into(), stream.read(rbuf.spare())).await {
+                    Ok(Ok(0) | Err(_)) => return,
+                    Ok(Ok(n)) => {
+                        rbuf.filled(n);
+                        if awaiting == Awaiting::Request {
+                            since = Instant::now();
+                        }
+                    }
+                    Err(_) => {
+                        tracing::debug!(?awaiting, "control client too slow; closed");
+                        drop(charge);
+                        close_with(stream, awaiting.expired(limits), ctx).await;
+                        return;
+                    }
                 }
                 continue;
             }
@@ -408,7 +497,7 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
         };
         let (resp, close) = match req {
             Ok(Request::Events) => {
-                stream_events(&mut stream, ctx, max_frame).await;
+                stream_events(&mut stream, ctx).await;
                 return;
             }
             Ok(req) => (handle(req, ctx).await, false),
@@ -432,15 +521,21 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
                 return;
             }
         }
-        if stream.write_all(&wbuf).await.is_err() || close {
+        if !send(&mut stream, &wbuf, limits).await || close {
             return;
         }
+        // The next request is awaited from this answer on (or, if it has
+        // begun already, from now: its first bytes came in with this one's).
+        since = Instant::now();
     }
 }
 
 /// Streams events to a subscriber until it goes away (or the daemon stops).
 /// A slow subscriber never slows the daemon: it misses events and is told how many.
-async fn stream_events(stream: &mut UnixStream, ctx: &ServerCtx, max_frame: usize) {
+/// A subscriber that does not read an event within `limits.request_timeout_ms`
+/// is closed (it would hold its slot for ever).
+async fn stream_events(stream: &mut UnixStream, ctx: &ServerCtx) {
+    let max_frame = ctx.cfg.limits.max_frame_bytes;
     use tokio::sync::broadcast::error::RecvError;
     let mut rx = ctx.events.subscribe();
     let mut buf = Vec::new();
@@ -463,7 +558,7 @@ async fn stream_events(stream: &mut UnixStream, ctx: &ServerCtx, max_frame: usiz
         if encode_frame(&mut buf, &Response::Event(ev), max_frame).is_err() {
             continue;
         }
-        if stream.write_all(&buf).await.is_err() {
+        if !send(stream, &buf, &ctx.cfg.limits).await {
             return;
         }
     }
@@ -661,6 +756,32 @@ mod tests {
         assert_eq!(budget.0.load(Ordering::Relaxed), 10);
         drop(a);
         assert_eq!(budget.0.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_wait_for_a_request_is_idle_until_its_first_byte() {
+        let limits = crate::config::Limits {
+            idle_timeout_ms: 100,
+            request_timeout_ms: 7,
+            ..Default::default()
+        };
+        let t = Instant::now();
+        assert_eq!(Awaiting::given(0), Awaiting::Request);
+        assert_eq!(Awaiting::given(1), Awaiting::RestOfRequest);
+        assert_eq!(
+            Awaiting::Request.deadline(t, &limits),
+            t + Duration::from_millis(100)
+        );
+        assert_eq!(
+            Awaiting::RestOfRequest.deadline(t, &limits),
+            t + Duration::from_millis(7)
+        );
+        assert!(Awaiting::Request
+            .expired(&limits)
+            .contains("no request for 100 ms (limits.idle_timeout_ms)"));
+        assert!(Awaiting::RestOfRequest
+            .expired(&limits)
+            .contains("within 7 ms of its first byte (limits.request_timeout_ms)"));
     }
 
     #[test]
