@@ -443,6 +443,23 @@ fn a_request_that_trickles_in_is_cut_at_the_request_deadline() {
     });
 }
 
+/// `jobvisor ping --wait` went on waiting only while nothing listened: told
+/// "too many connections", it gave up at once. It now retries until a slot
+/// frees (here: the one session is closed by the idle timeout).
+#[test]
+fn ping_wait_retries_until_a_connection_slot_frees() {
+    let d = Daemon::with_config("[limits]\nmax_connections = 1\nidle_timeout_ms = 3000\n");
+    rt().block_on(async {
+        let hello = Hello::ours(Role::Client).encode();
+        let (held, _) = silent_holding(&d.socket, &hello).await;
+        // The slot is taken for the next 3 s: the ping's first attempts are refused.
+        let out = d.cli(&["ping", "--wait", "20000ms"]);
+        assert!(out.status.success(), "{}", text(&out));
+        assert!(stdout(&out).contains("pong"), "{}", text(&out));
+        drop(held);
+    });
+}
+
 // ---- peers the daemon does not serve (issue 10, item B.7) ----------------
 
 /// Connects a socket to `path` from a child process running as `uid` (the
