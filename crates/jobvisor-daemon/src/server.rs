@@ -515,7 +515,10 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
             wbuf.clear();
             let msg = error(
                 ErrorKind::LimitReached,
-                format!("response too large: {}", chain(&e)),
+                format!(
+                    "response too large: {} (limits.max_frame_bytes); ask for less (e.g. list --limit)",
+                    chain(&e)
+                ),
             );
             if encode_frame(&mut wbuf, &msg, max_frame).is_err() {
                 return;

@@ -26,6 +26,13 @@ pub enum CodecError {
     /// Writing an encoded message failed.
     #[error("cannot write message")]
     Io(#[source] std::io::Error),
+    /// The encoding would pass the limit it was written under; encoding
+    /// stopped there.
+    #[error("message encodes to more than {max} bytes")]
+    TooLarge {
+        /// The limit.
+        max: usize,
+    },
     /// The payload decoded, but bytes were left over.
     #[error("message has {extra} trailing bytes")]
     TrailingBytes {
@@ -47,6 +54,53 @@ pub fn encode_into<T: Serialize + ?Sized>(value: &T, buf: &mut Vec<u8>) -> Resul
     bincode::serde::encode_into_std_write(value, buf, standard())
         .map(|_| ())
         .map_err(CodecError::Encode)
+}
+
+/// Appends the encoding of `value` to `buf` if it takes at most `max` bytes.
+///
+/// Encoding stops at the first byte past `max`, so a message too large to
+/// send costs at most `max` bytes of buffer, not its whole encoding. On an
+/// error `buf` may hold part of the encoding: the caller truncates it.
+///
+/// # Errors
+/// [`CodecError::TooLarge`], or as [`encode_into`].
+pub fn encode_into_limited<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> Result<(), CodecError> {
+    let mut writer = LimitedWriter {
+        buf,
+        left: max,
+        passed: false,
+    };
+    match bincode::serde::encode_into_writer(value, &mut writer, standard()) {
+        Ok(()) => Ok(()),
+        Err(_) if writer.passed => Err(CodecError::TooLarge { max }),
+        Err(e) => Err(CodecError::Encode(e)),
+    }
+}
+
+/// A `Vec` that takes at most `left` more bytes, and fails the encoding
+/// (noting that it `passed` the limit) at the first write past them.
+struct LimitedWriter<'a> {
+    buf: &'a mut Vec<u8>,
+    left: usize,
+    passed: bool,
+}
+
+impl bincode::enc::write::Writer for LimitedWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), bincode::error::EncodeError> {
+        if bytes.len() > self.left {
+            self.passed = true;
+            return Err(bincode::error::EncodeError::Other(
+                "message past its size limit",
+            ));
+        }
+        self.left -= bytes.len();
+        self.buf.extend_from_slice(bytes);
+        Ok(())
+    }
 }
 
 /// Encodes `value` into a fresh buffer.
@@ -190,6 +244,22 @@ mod tests {
         let lim = [bytes, bytes];
         // SAFETY: valid pointer to a two-word rlimit struct.
         unsafe { setrlimit(9, &lim) }
+    }
+
+    #[test]
+    fn a_limited_encoding_stops_at_its_limit() {
+        let big = vec![7u64; 1 << 20];
+        let mut buf = vec![1, 2];
+        let err = encode_into_limited(&big, &mut buf, 1000).unwrap_err();
+        assert!(matches!(err, CodecError::TooLarge { max: 1000 }), "{err}");
+        // It never held the whole (1 MiB or more) encoding.
+        assert!(buf.len() <= 1002, "{}", buf.len());
+        assert!(buf.capacity() < 64 * 1024, "{}", buf.capacity());
+        let mut buf = Vec::new();
+        encode_into_limited(&vec![7u64; 100], &mut buf, 101).unwrap();
+        assert_eq!(buf, encode(&vec![7u64; 100]).unwrap());
+        let err = encode_into_limited(&vec![7u64; 100], &mut Vec::new(), 100).unwrap_err();
+        assert!(matches!(err, CodecError::TooLarge { max: 100 }), "{err}");
     }
 
     #[test]

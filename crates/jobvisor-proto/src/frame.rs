@@ -26,6 +26,13 @@ pub enum FrameError {
         /// The link's maximum payload length.
         max: usize,
     },
+    /// A message to send encodes to more than the link allows (found while
+    /// encoding: the encoding stopped at the limit).
+    #[error("message encodes to more than the maximum frame of {max} bytes")]
+    MessageTooLarge {
+        /// The link's maximum payload length.
+        max: usize,
+    },
     /// The stream ended inside a frame.
     #[error("stream ended in the middle of a frame ({have} of {want} bytes)")]
     Truncated {
@@ -41,10 +48,12 @@ pub enum FrameError {
 
 /// Appends one frame holding `msg` to `out`.
 ///
-/// Nothing is appended when the encoded message exceeds `max_frame_bytes`.
+/// Nothing is appended when the encoded message exceeds `max_frame_bytes`;
+/// encoding stops at the limit, so an oversize message never costs more
+/// than `max_frame_bytes` of buffer.
 ///
 /// # Errors
-/// [`FrameError::TooLarge`] or [`FrameError::Codec`].
+/// [`FrameError::MessageTooLarge`] or [`FrameError::Codec`].
 pub fn encode_frame<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
     msg: &T,
@@ -52,18 +61,17 @@ pub fn encode_frame<T: Serialize + ?Sized>(
 ) -> Result<(), FrameError> {
     let start = out.len();
     out.extend_from_slice(&[0; FRAME_HEADER_BYTES]);
-    if let Err(e) = codec::encode_into(msg, out) {
+    let max = max_frame_bytes.min(u32::MAX as usize);
+    if let Err(e) = codec::encode_into_limited(msg, out, max) {
         out.truncate(start);
-        return Err(e.into());
-    }
-    let len = out.len() - start - FRAME_HEADER_BYTES;
-    if len > max_frame_bytes || len > u32::MAX as usize {
-        out.truncate(start);
-        return Err(FrameError::TooLarge {
-            len: len as u64,
-            max: max_frame_bytes,
+        return Err(match e {
+            CodecError::TooLarge { .. } => FrameError::MessageTooLarge {
+                max: max_frame_bytes,
+            },
+            e => e.into(),
         });
     }
+    let len = out.len() - start - FRAME_HEADER_BYTES;
     out[start..start + FRAME_HEADER_BYTES].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
 }
@@ -353,8 +361,26 @@ mod tests {
     fn encode_refuses_oversize_and_leaves_buffer_untouched() {
         let mut out = vec![1, 2, 3];
         let err = encode_frame(&mut out, &vec![0u8; 100], 50).unwrap_err();
-        assert!(matches!(err, FrameError::TooLarge { max: 50, .. }));
+        assert!(matches!(err, FrameError::MessageTooLarge { max: 50 }));
         assert_eq!(out, vec![1, 2, 3]);
+    }
+
+    /// Issue 10, item B.8: a response was encoded whole (a gigabyte, for a
+    /// big enough answer) before its size was checked. The encoding now
+    /// stops at the limit: the buffer never holds much more than it.
+    #[test]
+    fn an_oversize_message_is_refused_without_building_it() {
+        let rows: Vec<(u64, String)> = (0..200_000).map(|i| (i, "row".repeat(10))).collect();
+        let mut out = Vec::new();
+        let err = encode_frame(&mut out, &rows, 64 * 1024).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "message encodes to more than the maximum frame of 65536 bytes"
+        );
+        assert!(out.is_empty());
+        // The whole encoding is over 6 MB; the buffer grew to the limit only.
+        assert!(out.capacity() <= 2 * 64 * 1024 + 64, "{}", out.capacity());
+        encode_frame(&mut out, &rows[..10], 64 * 1024).expect("a small one still fits");
     }
 
     #[test]
