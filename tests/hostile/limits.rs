@@ -1,5 +1,5 @@
 //! Memory bounds of the control socket against clients that announce more
-//! than they send.
+//! than they send, and requests that would cost far more decoded than sent.
 
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -136,4 +136,92 @@ fn buffered_bytes_past_the_bound_close_the_connection() {
         )
         .await;
     });
+}
+
+/// The daemon's peak resident set (`VmHWM` of `/proc/PID/status`).
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// Issue 10, item B.8: a 60 MB submit of 4 million empty specs (within the
+/// frame limit) grew the daemon by a gigabyte, decoded whole before
+/// `limits.max_batch_jobs` refused it. It is now refused from the count it
+/// announces: the daemon's peak grows by the frame it buffered, not by
+/// the specs (the bound is generous; the old code passed it fivefold).
+#[test]
+fn a_submit_of_millions_of_empty_specs_is_refused_before_it_is_decoded() {
+    use jobvisor_client::{ErrorKind, JobSpec, Payload};
+    use jobvisor_proto::codec;
+    use jobvisor_proto::control::{Request, Response};
+    const JOBS: u64 = 4_000_000;
+    let d = Daemon::start(&[]);
+    let pid = d.pid();
+    // `Submit` with a length of 4 million, then the specs, encoded by hand so
+    // that this test does not hold 4 million specs itself.
+    let spec = codec::encode(&JobSpec::new("", Payload::Json(String::new()))).unwrap();
+    let mut payload = codec::encode(&Request::Submit(Vec::new())).unwrap();
+    payload.pop(); // the length 0, one byte
+    payload.extend(codec::encode(&JOBS).unwrap());
+    for _ in 0..JOBS {
+        payload.extend_from_slice(&spec);
+    }
+    assert_eq!(Request::announced_jobs(&payload), Some(JOBS));
+    assert!(payload.len() < 64 << 20, "{} bytes", payload.len());
+    rt().block_on(async {
+        let mut s = session(&d.socket).await;
+        // After the hello: the session's own costs are in the baseline.
+        let before = vm_hwm_kib(pid);
+        s.write_all(&(payload.len() as u32).to_le_bytes())
+            .await
+            .unwrap();
+        s.write_all(&payload).await.unwrap();
+        let mut fb = jobvisor_proto::FrameBuf::new(1 << 20);
+        match read_answer(&mut s, &mut fb).await {
+            Response::Error(e) => {
+                assert_eq!(e.kind, ErrorKind::LimitReached, "{e}");
+                assert!(
+                    e.message.contains(
+                        "4000000 jobs in one submit exceed limits.max_batch_jobs (100000)"
+                    ),
+                    "{e}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let grew_mib = vm_hwm_kib(pid).saturating_sub(before) / 1024;
+        println!("daemon peak RSS grew by {grew_mib} MiB");
+        assert!(
+            grew_mib < 200,
+            "the daemon's peak RSS grew by {grew_mib} MiB"
+        );
+        // The session serves on.
+        let mut out = Vec::new();
+        jobvisor_proto::encode_frame(&mut out, &Request::Ping, 1024).unwrap();
+        s.write_all(&out).await.unwrap();
+        let pong = read_answer(&mut s, &mut fb).await;
+        assert!(matches!(pong, Response::Pong { .. }), "{pong:?}");
+    });
+}
+
+/// The next response on a raw session.
+async fn read_answer(
+    s: &mut UnixStream,
+    fb: &mut jobvisor_proto::FrameBuf,
+) -> jobvisor_proto::control::Response {
+    loop {
+        if let Some(r) = fb.decode_next().expect("a response frame") {
+            return r;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(60), s.read(fb.spare()))
+            .await
+            .expect("an answer within 60 s")
+            .expect("read");
+        assert!(n > 0, "closed without an answer");
+        fb.filled(n);
+    }
 }

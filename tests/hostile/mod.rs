@@ -9,10 +9,12 @@
 //! failure bound.
 //!
 //! # Layout
-//! - `connections`: handshake timeout, oversize frame, connection flood.
+//! - `connections`: handshake, idle and request timeouts, oversize frame,
+//!   connection flood, a refused peer and the slots.
 //! - `requests`: extreme field values.
 //! - `disk_full`: a state directory that fills up.
-//! - `limits`: memory bounds against frames announced and not sent.
+//! - `limits`: memory bounds against frames announced and not sent, and a
+//!   submit that would cost a gigabyte decoded.
 //! - `files`: files and directories that are not the daemon's.
 
 mod connections;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use jobvisor_pool::Pool;
 use jobvisor_proto::control::{ControlError, ErrorKind, Request, Response, WorkerRow, WorkerState};
-use jobvisor_proto::{encode_frame, FrameBuf, FrameError, Hello, Role, HELLO_BYTES};
+use jobvisor_proto::{codec, encode_frame, FrameBuf, FrameError, Hello, Role, HELLO_BYTES};
 use jobvisor_store::StoreHandle;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -459,8 +459,8 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
     // When the current wait for the client began (see `Awaiting`).
     let mut since = Instant::now();
     loop {
-        let req = match rbuf.decode_next::<Request>() {
-            Ok(Some(r)) => Ok(r),
+        let req = match rbuf.next_payload() {
+            Ok(Some(payload)) => decode_request(payload, limits).map_err(|e| (Response::Error(e), false)),
             Ok(None) => {
                 // The buffer grows in `spare`; charge it before reading into it.
                 let _ = rbuf.spare();
@@ -493,7 +493,14 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
                 }
                 continue;
             }
-            Err(e) => Err(e),
+            Err(FrameError::TooLarge { len, max }) => Err((
+                error(
+                    ErrorKind::LimitReached,
+                    format!("request frame of {len} bytes exceeds limits.max_frame_bytes ({max}); connection closed"),
+                ),
+                true,
+            )),
+            Err(e) => Err((Response::Error(malformed(&e)), false)),
         };
         let (resp, close) = match req {
             Ok(Request::Events) => {
@@ -501,14 +508,7 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
                 return;
             }
             Ok(req) => (handle(req, ctx).await, false),
-            Err(FrameError::TooLarge { len, max }) => (
-                error(
-                    ErrorKind::LimitReached,
-                    format!("request frame of {len} bytes exceeds limits.max_frame_bytes ({max}); connection closed"),
-                ),
-                true,
-            ),
-            Err(e) => (error(ErrorKind::BadRequest, format!("malformed request: {}", chain(&e))), false),
+            Err(refused) => refused,
         };
         wbuf.clear();
         if let Err(e) = encode_frame(&mut wbuf, &resp, max_frame) {
@@ -530,6 +530,31 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
         // The next request is awaited from this answer on (or, if it has
         // begun already, from now: its first bytes came in with this one's).
         since = Instant::now();
+    }
+}
+
+/// Decodes one request frame's payload. A submit of more jobs than
+/// `limits.max_batch_jobs` is refused from the count it announces, before a
+/// single spec is decoded: decoding first let a 60 MB frame of 4 million
+/// empty specs cost a gigabyte before the limit was checked.
+///
+/// # Errors
+/// The answer that refuses the request.
+fn decode_request(payload: &[u8], limits: &crate::config::Limits) -> Result<Request, ControlError> {
+    let max = limits.max_batch_jobs;
+    if let Some(jobs) = Request::announced_jobs(payload).filter(|&n| n > max as u64) {
+        return Err(ControlError {
+            kind: ErrorKind::LimitReached,
+            message: format!("{jobs} jobs in one submit exceed limits.max_batch_jobs ({max})"),
+        });
+    }
+    codec::decode(payload).map_err(|e| malformed(&e))
+}
+
+fn malformed(e: &(dyn std::error::Error + 'static)) -> ControlError {
+    ControlError {
+        kind: ErrorKind::BadRequest,
+        message: format!("malformed request: {}", chain(e)),
     }
 }
 
@@ -785,6 +810,29 @@ mod tests {
         assert!(Awaiting::RestOfRequest
             .expired(&limits)
             .contains("within 7 ms of its first byte (limits.request_timeout_ms)"));
+    }
+
+    #[test]
+    fn a_submit_over_max_batch_jobs_is_refused_from_its_count() {
+        use jobvisor_proto::control::{JobSpec, Payload};
+        let limits = crate::config::Limits {
+            max_batch_jobs: 2,
+            ..Default::default()
+        };
+        let spec = JobSpec::new("noop", Payload::Json("1".into()));
+        let two = codec::encode(&Request::Submit(vec![spec.clone(); 2])).unwrap();
+        assert!(matches!(decode_request(&two, &limits), Ok(Request::Submit(v)) if v.len() == 2));
+        let three = codec::encode(&Request::Submit(vec![spec; 3])).unwrap();
+        // Its head alone is refused: the specs are never decoded.
+        let e = decode_request(&three[..2], &limits).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::LimitReached);
+        assert_eq!(
+            e.message,
+            "3 jobs in one submit exceed limits.max_batch_jobs (2)"
+        );
+        let e = decode_request(&[0xff, 0xff], &limits).unwrap_err();
+        assert_eq!(e.kind, ErrorKind::BadRequest);
+        assert!(e.message.starts_with("malformed request: "), "{e}");
     }
 
     #[test]

@@ -103,6 +103,27 @@ impl bincode::enc::write::Writer for LimitedWriter<'_> {
     }
 }
 
+/// Decodes a `T` from the first bytes of `bytes`; the rest is not looked at.
+/// Returns it with the number of bytes it took.
+///
+/// # Errors
+/// [`CodecError::Decode`] when the first bytes are not a `T`.
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, usize), CodecError> {
+    bincode::serde::borrow_decode_from_slice(bytes, standard().with_limit::<{ 1usize << 20 }>())
+        .map_err(CodecError::Decode)
+}
+
+/// For a payload that encodes an enum whose variant's content starts with a
+/// sequence (a newtype variant of a `Vec`, or a struct variant whose first
+/// field is one): the variant's index and the sequence's length, read from
+/// the first few bytes. `None` when the payload does not start that way.
+///
+/// This is how a receiver can refuse a request that announces too many
+/// elements before decoding any of them.
+pub fn variant_and_seq_len(bytes: &[u8]) -> Option<(u32, u64)> {
+    decode_prefix::<(u32, u64)>(bytes).ok().map(|(v, _)| v)
+}
+
 /// Encodes `value` into a fresh buffer.
 ///
 /// # Errors
@@ -260,6 +281,33 @@ mod tests {
         assert_eq!(buf, encode(&vec![7u64; 100]).unwrap());
         let err = encode_into_limited(&vec![7u64; 100], &mut Vec::new(), 100).unwrap_err();
         assert!(matches!(err, CodecError::TooLarge { max: 100 }), "{err}");
+    }
+
+    #[test]
+    fn an_enum_variant_announces_its_sequence_length() {
+        #[derive(serde::Serialize)]
+        enum E {
+            #[allow(dead_code)]
+            A(u8),
+            B(Vec<String>),
+            C {
+                xs: Vec<u8>,
+                _y: u8,
+            },
+        }
+        let b = encode(&E::B(vec!["x".into(); 300])).unwrap();
+        assert_eq!(variant_and_seq_len(&b), Some((1, 300)));
+        let c = encode(&E::C {
+            xs: vec![1; 70_000],
+            _y: 0,
+        })
+        .unwrap();
+        assert_eq!(variant_and_seq_len(&c), Some((2, 70_000)));
+        // Only the first bytes are read: a claim of 4 million is seen as such.
+        let mut head = encode(&1u32).unwrap();
+        head.extend(encode(&4_000_000u64).unwrap());
+        assert_eq!(variant_and_seq_len(&head), Some((1, 4_000_000)));
+        assert_eq!(variant_and_seq_len(&[]), None);
     }
 
     #[test]

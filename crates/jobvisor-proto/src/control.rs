@@ -493,6 +493,25 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// How many jobs `payload` announces if it encodes a [`Request::Submit`]:
+    /// read from its first bytes, before a single spec is decoded, so that a
+    /// receiver can refuse a batch over its limit at the cost of those bytes
+    /// (4 million empty specs fit in 60 MB and take a gigabyte decoded).
+    /// `None` for any other request.
+    pub fn announced_jobs(payload: &[u8]) -> Option<u64> {
+        let (tag, jobs) = crate::codec::variant_and_seq_len(payload)?;
+        (tag == submit_tag()?).then_some(jobs)
+    }
+}
+
+/// The variant index [`Request::Submit`] is encoded with, taken from an
+/// encoding so that it follows the enum's order.
+fn submit_tag() -> Option<u32> {
+    let empty = crate::codec::encode(&Request::Submit(Vec::new())).ok()?;
+    crate::codec::variant_and_seq_len(&empty).map(|(tag, _)| tag)
+}
+
 /// What kind of error a request met.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ErrorKind {
@@ -557,6 +576,35 @@ pub enum Response {
 #[cfg(test)]
 mod tests {
     use super::JobState::{self, *};
+    use super::{JobSpec, Payload, Request};
+
+    #[test]
+    fn only_a_submit_announces_jobs_and_it_says_how_many() {
+        let spec = JobSpec::new("noop", Payload::Json("1".into()));
+        let submit = crate::codec::encode(&Request::Submit(vec![spec; 3])).unwrap();
+        assert_eq!(Request::announced_jobs(&submit), Some(3));
+        // Read from the head alone: the specs themselves need not be there.
+        assert_eq!(Request::announced_jobs(&submit[..2]), Some(3));
+        let others = [
+            Request::Wait {
+                ids: vec![1, 2, 3],
+                timeout_ms: None,
+            },
+            Request::Status { id: 3 },
+            Request::List {
+                state: None,
+                queue: None,
+                limit: 3,
+            },
+            Request::Ping,
+            Request::Events,
+        ];
+        for r in others {
+            let bytes = crate::codec::encode(&r).unwrap();
+            assert_eq!(Request::announced_jobs(&bytes), None, "{r:?}");
+        }
+        assert_eq!(Request::announced_jobs(&[]), None);
+    }
 
     const ALL: [JobState; 7] = [
         Queued, Running, Retrying, Succeeded, Failed, Cancelled, Dead,
