@@ -299,3 +299,62 @@ fn a_job_that_ends_while_the_disk_is_full_is_recorded_after_recovery() {
         );
     });
 }
+
+/// Reads go on while the store holds job-state writes back: `status`,
+/// `list` and `stats` answer from what has committed. (Held writes once ran
+/// in the reads' transaction, and every read failed "the job store is full"
+/// with them.)
+#[test]
+fn reads_go_on_while_job_state_writes_are_held() {
+    let Some(d) = daemon_on_small_fs(&[]) else {
+        return;
+    };
+    rt().block_on(async {
+        let mut c = d.client().await;
+        let id = c
+            .submit(vec![json_spec("sleep", r#"{"ms": 300}"#)])
+            .await
+            .unwrap()[0]
+            .id;
+        job_when(
+            &mut c,
+            id,
+            Duration::from_secs(30),
+            "the job running",
+            running,
+        )
+        .await;
+        let filler = fill(&d.state_dir());
+        until(
+            Duration::from_secs(20),
+            "the attempt's end was never held",
+            async || {
+                if d.log().contains("job store full: holding job-state writes") {
+                    Ok(())
+                } else {
+                    Err("no \"job store full\" in the daemon log".into())
+                }
+            },
+        )
+        .await;
+        // The end is held: the store still says running, and says it.
+        let r = c.status(id).await.expect("status while writes are held");
+        assert_eq!(r.state, JobState::Running, "{r:?}");
+        let all = c
+            .list(None, None, 100)
+            .await
+            .expect("list while writes are held");
+        assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), vec![id]);
+        c.stats().await.expect("stats while writes are held");
+        let out = d.cli(&["status", &id.to_string()]);
+        assert!(out.status.success(), "{}", text(&out));
+
+        std::fs::remove_file(&filler).unwrap();
+        let r = c
+            .wait(vec![id], Some(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(r.state, JobState::Succeeded, "{r:?}");
+    });
+}

@@ -104,6 +104,14 @@ fn send<T>(reply: Reply<T>, result: Result<T, StoreError>) {
 }
 
 impl Op {
+    /// Whether the operation only reads. A read whose transaction was undone
+    /// (by a full disk, say) is run again on its own rather than failed:
+    /// what it reads has committed, so it does not depend on the writes
+    /// that were undone, and reads go on while writes are held.
+    pub(crate) fn is_read(&self) -> bool {
+        matches!(self, Op::Get { .. } | Op::List { .. } | Op::Counts { .. })
+    }
+
     /// Answers with `err` without running.
     pub(crate) fn fail(self, err: StoreError) {
         match self {
