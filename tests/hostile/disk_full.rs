@@ -358,3 +358,66 @@ fn reads_go_on_while_job_state_writes_are_held() {
         assert_eq!(r.state, JobState::Succeeded, "{r:?}");
     });
 }
+
+/// A delayed job, queued (not running) until long after the test.
+fn delayed(task: &str, input: &str) -> JobSpec {
+    let mut s = json_spec(task, input);
+    s.delay_ms = Some(600_000);
+    s
+}
+
+/// `cancel` and `retry` are answered after their write commits: on a full
+/// disk they fail with the storage error and the job stays as it was, in
+/// memory and in the store (a later cancel still works); a cancel or retry
+/// answered "ok" survives a kill -9. (A cancel was once answered before its
+/// write, which a full disk then dropped: "cancelled", and after a restart
+/// the job was queued again.)
+#[test]
+fn cancel_and_retry_are_answered_after_they_are_durable() {
+    let Some(mut d) = daemon_on_small_fs(&[]) else {
+        return;
+    };
+    let rt = rt();
+    let (id, other) = rt.block_on(async {
+        let mut c = d.client().await;
+        let ids: Vec<u64> = c
+            .submit(vec![delayed("noop", "1"), delayed("noop", "2")])
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        let filler = fill(&d.state_dir());
+        assert_full(&c.cancel(ids[0]).await.expect_err("the disk is full"));
+        let out = d.cli(&["cancel", &ids[0].to_string()]);
+        assert_exit("cancel on a full disk", &out, 7, "full");
+        let r = c.status(ids[0]).await.expect("status on a full disk");
+        assert_eq!(r.state, JobState::Queued, "{r:?}");
+        std::fs::remove_file(&filler).unwrap();
+        // Still cancellable: the failed cancel left nothing behind in memory.
+        c.cancel(ids[0]).await.expect("cancel once there is room");
+        (ids[0], ids[1])
+    });
+    d.kill9();
+    d.spawn();
+    rt.block_on(async {
+        let mut c = d.client().await;
+        let r = c.status(id).await.unwrap();
+        assert_eq!(r.state, JobState::Cancelled, "after kill -9: {r:?}");
+        let r = c.status(other).await.unwrap();
+        assert_eq!(r.state, JobState::Queued, "after kill -9: {r:?}");
+
+        let filler = fill(&d.state_dir());
+        assert_full(&c.retry(id).await.expect_err("the disk is full"));
+        let r = c.status(id).await.unwrap();
+        assert_eq!(r.state, JobState::Cancelled, "{r:?}");
+        std::fs::remove_file(&filler).unwrap();
+        c.retry(id).await.expect("retry once there is room");
+        let r = c
+            .wait(vec![id], Some(Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(r.state, JobState::Succeeded, "{r:?}");
+    });
+}

@@ -331,6 +331,7 @@ mod tests {
                 id: 3,
                 at_ms: 1,
                 next: Finish::Requeue,
+                hold: true,
                 reply: unit(),
             }, // 5
             finish(3, 1, retry(), unit()), // 6
@@ -408,6 +409,7 @@ mod tests {
                         id: 999,
                         at_ms: 1,
                         next: Finish::Requeue,
+                        hold: true,
                         reply: bad_tx,
                     },
                 );

@@ -39,6 +39,9 @@ pub(crate) enum Op {
         id: u64,
         at_ms: u64,
         next: Finish,
+        /// Held back by a full disk (see `held`); `false` for a write a
+        /// client waits for, which fails instead.
+        hold: bool,
         reply: Reply<()>,
     },
     Get {
@@ -216,7 +219,9 @@ impl Op {
         match (self, answer) {
             (Op::InsertAll { reply, .. }, Answer::Submitted(r)) => send(reply, outcome(r, undone)),
             (
-                op @ (Op::StartAttempt { .. } | Op::FinishAttempt { .. } | Op::FinishJob { .. }),
+                op @ (Op::StartAttempt { .. }
+                | Op::FinishAttempt { .. }
+                | Op::FinishJob { hold: true, .. }),
                 Answer::Unit(r),
             ) if is_held(r.as_ref().err().or(undone)) => return Some(op),
             (

@@ -240,12 +240,40 @@ impl StoreHandle {
         at_ms: u64,
         next: Finish,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.finish_job_op(id, at_ms, next, true)
+    }
+
+    /// [`StoreHandle::finish_job`] for a change a client waits for (a
+    /// cancel, a retry): a full disk fails it with [`StoreError::Full`]
+    /// instead of holding it back, so the client hears that nothing changed
+    /// and the daemon keeps the job as it was.
+    ///
+    /// # Errors
+    /// As [`JobStore::finish_job`], [`StoreError::Full`] on a full disk;
+    /// [`StoreError::Closed`] when the store thread is gone.
+    pub fn try_finish_job(
+        &self,
+        id: u64,
+        at_ms: u64,
+        next: Finish,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.finish_job_op(id, at_ms, next, false)
+    }
+
+    fn finish_job_op(
+        &self,
+        id: u64,
+        at_ms: u64,
+        next: Finish,
+        hold: bool,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         self.call(
             Op::FinishJob {
                 id,
                 at_ms,
                 next,
+                hold,
                 reply,
             },
             rx,

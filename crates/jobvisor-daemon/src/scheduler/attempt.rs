@@ -24,7 +24,7 @@ impl Scheduler {
     /// Puts a job whose dependencies are done where it waits: building its
     /// pipeline input first, else delayed or ready.
     pub(super) fn place(&mut self, id: u64) {
-        let Some(job) = self.jobs.get(&id) else {
+        let Some(job) = self.jobs.get(&id).filter(|j| !j.cancelling) else {
             return;
         };
         if let Some(template) = &job.template {
@@ -213,29 +213,56 @@ impl Scheduler {
         attempt: Option<(u32, AttemptOutcome, Option<u32>)>,
     ) {
         let state = next.state();
+        // Decided while the job is in memory; sent once its state has committed.
+        let notice = self.notice(id, state);
+        let released = self.settle(id, &next, attempt.as_ref().map(|(n, _, pid)| (*n, *pid)));
+        let terminal = state.is_terminal();
+        let at = now_ms();
+        // Queued now, in call order (after this attempt's start), awaited in the task.
+        let write: WriteFuture = match attempt {
+            Some((n, outcome, pid)) => {
+                Box::pin(self.store.finish_attempt(id, n, pid, outcome, at, next))
+            }
+            None => Box::pin(self.store.finish_job(id, at, next)),
+        };
+        self.spawn_state_write(id, write, terminal, notice);
+        self.release(id, state, released);
+    }
+
+    /// The notifications due when job `id` reaches `state`.
+    pub(super) fn notice(&self, id: u64, state: JobState) -> Option<Notice> {
+        self.jobs.get(&id).and_then(|j| {
+            let url = j.notify_url.as_deref();
+            self.notifier
+                .notice(&self.cfg, id, &j.task, &j.queue, url, state)
+        })
+    }
+
+    /// Applies a job's next state in memory (its event, its place; a
+    /// terminal job leaves memory); returns the jobs that waited for it.
+    /// `attempt`: the number and worker pid of the attempt that ended.
+    pub(super) fn settle(
+        &mut self,
+        id: u64,
+        next: &Finish,
+        attempt: Option<(u32, Option<u32>)>,
+    ) -> Vec<u64> {
+        let state = next.state();
         let mut released = Vec::new();
         if let Some(task) = self.jobs.get(&id).map(|j| j.task.clone()) {
-            let error = match &next {
+            let error = match next {
                 Finish::Retry { error, .. }
                 | Finish::Failed { error }
                 | Finish::Cancelled { error }
                 | Finish::Dead { error } => Some(error.clone()),
                 Finish::Requeue | Finish::Succeeded { .. } => None,
             };
-            let (n, pid) = attempt
-                .as_ref()
-                .map_or((None, None), |(n, _, pid)| (Some(*n), *pid));
+            let (n, pid) = attempt.map_or((None, None), |(n, pid)| (Some(n), pid));
             self.report.emit(id, task, state, n, pid, error);
         }
-        // Decided while the job is in memory; sent once its state has committed.
-        let notice = self.jobs.get(&id).and_then(|j| {
-            let url = j.notify_url.as_deref();
-            self.notifier
-                .notice(&self.cfg, id, &j.task, &j.queue, url, state)
-        });
         if let Some(job) = self.jobs.get_mut(&id) {
             job.set_state(state);
-            match &next {
+            match next {
                 Finish::Retry { run_at_ms, .. } => {
                     job.run_at_ms = *run_at_ms;
                     self.queues.delay(*run_at_ms, id);
@@ -248,16 +275,12 @@ impl Scheduler {
                 }
             }
         }
-        let terminal = state.is_terminal();
-        let at = now_ms();
-        // Queued now, in call order (after this attempt's start), awaited in the task.
-        let write: WriteFuture = match attempt {
-            Some((n, outcome, pid)) => {
-                Box::pin(self.store.finish_attempt(id, n, pid, outcome, at, next))
-            }
-            None => Box::pin(self.store.finish_job(id, at, next)),
-        };
-        self.spawn_state_write(id, write, terminal, notice);
+        released
+    }
+
+    /// The jobs that waited for job `id`, now `state`: placed when it
+    /// succeeded and they wait for nothing else, failed when it did not.
+    pub(super) fn release(&mut self, id: u64, state: JobState, released: Vec<u64>) {
         for d in released {
             if state == JobState::Succeeded {
                 let Some(dep) = self.jobs.get_mut(&d) else {
