@@ -34,8 +34,9 @@ impl Scheduler {
             let template = template.clone();
             let store = self.store.clone();
             let tx = self.internal_tx.clone();
+            let max = self.cfg.limits.max_input_bytes;
             tokio::spawn(async move {
-                let input = pipeline::build_input(&store, &template, &refs).await;
+                let input = pipeline::build_input(&store, &template, &refs, max).await;
                 let _ = tx.send(Internal::InputBuilt { id, input });
             });
             return;
@@ -88,25 +89,20 @@ impl Scheduler {
             .try_submit_raw(&job.task, job.input.as_ref().clone(), opts)
         {
             Ok(h) => h,
-            Err(PoolError::QueueFull { .. }) => {
-                self.queues.push(job);
-                return false;
-            }
-            Err(e) => {
-                // The attempt exists (numbered, its end recorded) though the
-                // pool refused it: it ends as a running attempt does.
-                job.attempts += 1;
-                job.set_state(JobState::Running);
-                let attempt = job.attempts;
-                let _ = self.internal_tx.send(Internal::AttemptDone {
-                    id,
-                    attempt,
-                    pid: None,
-                    usage: None,
-                    result: Err(e),
-                });
-                return true;
-            }
+            Err(e) => match policy::on_refusal(&e) {
+                // Saturated or closing: the job waits at the front of its queue.
+                None => {
+                    self.queues.push(job);
+                    return false;
+                }
+                // The call can never be taken: no attempt (none ran, and
+                // none was written), the job fails once, durably.
+                Some(next) => {
+                    tracing::warn!(job = id, error = %Chain(&e), "the pool refused the job");
+                    self.end_job(id, next, None);
+                    return true;
+                }
+            },
         };
         job.attempts += 1;
         job.set_state(JobState::Running);
