@@ -86,8 +86,12 @@ fn pair_attempts(ops: &[Op]) -> Vec<Step> {
             Op::FinishJob { id, .. } => {
                 open.remove(id);
             }
-            // New jobs only (it reads whether dependencies and keys exist).
-            Op::InsertAll { .. } => {}
+            // New jobs only (it reads whether dependencies and keys exist),
+            // or the outbox only.
+            Op::InsertAll { .. }
+            | Op::Deliveries { .. }
+            | Op::DeliveryAttempted { .. }
+            | Op::DeliveryDone { .. } => {}
             Op::Get { .. }
             | Op::List { .. }
             | Op::Recover { .. }
@@ -114,18 +118,23 @@ fn run_pair<S: JobStore>(store: &mut S, start: &Op, finish: &Op) -> Answer {
                 outcome,
                 at_ms,
                 next,
+                deliveries,
                 ..
             },
-        ) => Answer::Unit(store.start_and_finish_attempt(
-            *id,
-            *number,
-            *started_ms,
-            // As the finish alone would: its pid if it knows one.
-            worker_pid.or(*started_pid),
-            outcome,
-            *at_ms,
-            next,
-        )),
+        ) => Answer::Unit(
+            store
+                .start_and_finish_attempt(
+                    *id,
+                    *number,
+                    *started_ms,
+                    // As the finish alone would: its pid if it knows one.
+                    worker_pid.or(*started_pid),
+                    outcome,
+                    *at_ms,
+                    next,
+                )
+                .and_then(|()| crate::op::add_deliveries(store, *id, *at_ms, deliveries)),
+        ),
         _ => finish.failed(StoreError::db(
             "internal: paired operations are not an attempt's start and finish",
         )),
@@ -305,6 +314,7 @@ mod tests {
             outcome: AttemptOutcome::Error("boom".into()),
             at_ms: 10 * u64::from(number) + 5,
             next,
+            deliveries: Vec::new(),
             reply,
         }
     }
@@ -331,6 +341,7 @@ mod tests {
                 id: 3,
                 at_ms: 1,
                 next: Finish::Requeue,
+                deliveries: Vec::new(),
                 hold: true,
                 reply: unit(),
             }, // 5
@@ -409,6 +420,7 @@ mod tests {
                         id: 999,
                         at_ms: 1,
                         next: Finish::Requeue,
+                        deliveries: Vec::new(),
                         hold: true,
                         reply: bad_tx,
                     },
@@ -519,6 +531,33 @@ mod tests {
             }
             fn counts(&mut self) -> Result<Vec<(JobState, u64)>, StoreError> {
                 self.0.counts()
+            }
+            fn add_deliveries(
+                &mut self,
+                id: u64,
+                at: u64,
+                d: &[crate::NewDelivery],
+            ) -> Result<(), StoreError> {
+                self.0.add_deliveries(id, at, d)
+            }
+            fn deliveries_after(
+                &mut self,
+                after: u64,
+                limit: u32,
+            ) -> Result<Vec<crate::Delivery>, StoreError> {
+                self.0.deliveries_after(after, limit)
+            }
+            fn delivery_attempted(
+                &mut self,
+                id: u64,
+                n: u32,
+                at: u64,
+                e: &str,
+            ) -> Result<(), StoreError> {
+                self.0.delivery_attempted(id, n, at, e)
+            }
+            fn delivery_done(&mut self, id: u64) -> Result<(), StoreError> {
+                self.0.delivery_done(id)
             }
         }
         let dir = tempfile::tempdir().unwrap();

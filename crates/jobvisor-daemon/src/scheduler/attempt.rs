@@ -215,11 +215,14 @@ impl Scheduler {
         let terminal = state.is_terminal();
         let at = now_ms();
         // Queued now, in call order (after this attempt's start), awaited in the task.
+        // Its notifications are written in the same transaction.
+        let rows = notice.as_ref().map(Notice::deliveries).unwrap_or_default();
         let write: WriteFuture = match attempt {
-            Some((n, outcome, pid)) => {
-                Box::pin(self.store.finish_attempt(id, n, pid, outcome, at, next))
-            }
-            None => Box::pin(self.store.finish_job(id, at, next)),
+            Some((n, outcome, pid)) => Box::pin(
+                self.store
+                    .finish_attempt(id, n, pid, outcome, at, next, rows),
+            ),
+            None => Box::pin(self.store.finish_job(id, at, next, rows)),
         };
         self.spawn_state_write(id, write, terminal, notice);
         self.release(id, state, released);
@@ -229,8 +232,7 @@ impl Scheduler {
     pub(super) fn notice(&self, id: u64, state: JobState) -> Option<Notice> {
         self.jobs.get(&id).and_then(|j| {
             let url = j.notify_url.as_deref();
-            self.notifier
-                .notice(&self.cfg, id, &j.task, &j.queue, url, state)
+            self.notifier.notice(&self.cfg, id, &j.queue, url, state)
         })
     }
 
@@ -329,7 +331,8 @@ impl Scheduler {
         terminal: bool,
         notice: Option<Notice>,
     ) {
-        let write = Box::pin(self.store.finish_job(id, now_ms(), next));
+        let rows = notice.as_ref().map(Notice::deliveries).unwrap_or_default();
+        let write = Box::pin(self.store.finish_job(id, now_ms(), next, rows));
         self.spawn_state_write(id, write, terminal, notice);
     }
 

@@ -18,6 +18,7 @@ use super::stats::job_counts;
 use super::waiters::Added;
 use super::{Internal, Scheduler};
 use crate::errors::{chain, Chain};
+use crate::notify::Notice;
 
 impl Scheduler {
     pub(super) fn submit(&mut self, specs: Vec<JobSpec>, reply: Reply<Vec<Submitted>>) {
@@ -197,11 +198,17 @@ impl Scheduler {
         let next = Finish::Cancelled {
             error: "cancelled by a client".into(),
         };
-        let write = self.store.try_finish_job(id, now_ms(), next.clone());
+        // Its notifications are written with it, and go out once it committed.
+        let notice = self.notice(id, JobState::Cancelled);
+        let rows = notice.as_ref().map(Notice::deliveries).unwrap_or_default();
+        let write = self.store.try_finish_job(id, now_ms(), next.clone(), rows);
         self.quiesce.pending_writes += 1;
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let result = write.await;
+            if let (Ok(()), Some(n)) = (&result, notice) {
+                n.send();
+            }
             let _ = tx.send(Internal::Cancelled {
                 id,
                 next,
@@ -226,11 +233,7 @@ impl Scheduler {
         match result {
             Ok(()) => {
                 if cancelling {
-                    let notice = self.notice(id, JobState::Cancelled);
                     let released = self.settle(id, &next, None);
-                    if let Some(n) = notice {
-                        n.send();
-                    }
                     self.answer_waiters(id);
                     self.release(id, JobState::Cancelled, released);
                 }
@@ -334,6 +337,7 @@ impl Scheduler {
                 run_at_ms: now,
                 error: "retried by a client".into(),
             },
+            Vec::new(),
         );
         self.quiesce.pending_writes += 1;
         let tx = self.internal_tx.clone();
