@@ -283,7 +283,9 @@ mod tests {
             state: JobState::Succeeded,
             target: "{\"url\":\"http://127.0.0.1:9/\"}".into(),
         };
-        store.add_deliveries(1, 7, std::slice::from_ref(&d)).unwrap();
+        store
+            .add_deliveries(1, 7, std::slice::from_ref(&d))
+            .unwrap();
         store.commit().unwrap();
         let rows = store.deliveries_after(0, 10).unwrap();
         assert_eq!(rows.len(), 1);
