@@ -421,3 +421,66 @@ fn cancel_and_retry_are_answered_after_they_are_durable() {
         assert_eq!(r.state, JobState::Succeeded, "{r:?}");
     });
 }
+
+/// A cancel of a running job is answered once the attempt's end
+/// (cancelled) has committed: while the disk is full that write is held,
+/// and so is the answer; once there is room the client hears "ok", and the
+/// job is still cancelled after a kill -9. (It was answered "ok" at once,
+/// while the write that made it true could still be lost.)
+#[test]
+fn a_cancel_of_a_running_job_is_answered_after_its_end_commits() {
+    let Some(mut d) = daemon_on_small_fs(&[]) else {
+        return;
+    };
+    let rt = rt();
+    let id = rt.block_on(async {
+        let mut c = d.client().await;
+        let id = c
+            .submit(vec![json_spec("sleep", r#"{"ms": 600000}"#)])
+            .await
+            .unwrap()[0]
+            .id;
+        job_when(
+            &mut c,
+            id,
+            Duration::from_secs(30),
+            "the job running",
+            running,
+        )
+        .await;
+        let filler = fill(&d.state_dir());
+        let mut canceller = d.client().await;
+        let cancel = tokio::spawn(async move { canceller.cancel(id).await });
+        until(
+            Duration::from_secs(20),
+            "the cancelled attempt's end was never held",
+            async || {
+                if d.log().contains("job store full: holding job-state writes") {
+                    Ok(())
+                } else {
+                    Err("no \"job store full\" in the daemon log".into())
+                }
+            },
+        )
+        .await;
+        // Held: the end is not durable yet, so neither is the cancel. (The
+        // old answer came before the attempt even ended, so it would be in.)
+        assert!(
+            !cancel.is_finished(),
+            "cancel answered before its write committed"
+        );
+        std::fs::remove_file(&filler).unwrap();
+        cancel
+            .await
+            .unwrap()
+            .expect("cancel answered once the end committed");
+        id
+    });
+    d.kill9();
+    d.spawn();
+    rt.block_on(async {
+        let mut c = d.client().await;
+        let r = c.status(id).await.unwrap();
+        assert_eq!(r.state, JobState::Cancelled, "after kill -9: {r:?}");
+    });
+}

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobvisor_pool::{CallOptions, PoolError};
-use jobvisor_proto::control::{AttemptOutcome, JobState, Payload};
+use jobvisor_proto::control::{AttemptOutcome, ControlError, ErrorKind, JobState, Payload};
 use jobvisor_store::{Finish, StoreError};
 
 use super::job::{now_ms, Lane};
+use super::reply::{err, store_err, Reply};
 use super::{Internal, Scheduler};
 use crate::errors::{chain, Chain};
 use crate::notify::Notice;
@@ -224,7 +225,8 @@ impl Scheduler {
             ),
             None => Box::pin(self.store.finish_job(id, at, next, rows)),
         };
-        self.spawn_state_write(id, write, terminal, notice);
+        let cancels = self.cancels.remove(&id).unwrap_or_default();
+        self.spawn_state_write(id, write, terminal, notice, (state, cancels));
         self.release(id, state, released);
     }
 
@@ -331,26 +333,31 @@ impl Scheduler {
         terminal: bool,
         notice: Option<Notice>,
     ) {
+        let next_state = next.state();
         let rows = notice.as_ref().map(Notice::deliveries).unwrap_or_default();
         let write = Box::pin(self.store.finish_job(id, now_ms(), next, rows));
-        self.spawn_state_write(id, write, terminal, notice);
+        self.spawn_state_write(id, write, terminal, notice, (next_state, Vec::new()));
     }
 
     /// Awaits a queued job-state write in a task: a notification goes out
-    /// only after it committed; then the scheduler hears `Written`.
+    /// only after it committed, and the clients that asked to cancel the
+    /// job while it ran (`cancels`, with the state written) are answered
+    /// then; then the scheduler hears `Written`.
     fn spawn_state_write(
         &mut self,
         id: u64,
         write: WriteFuture,
         terminal: bool,
         notice: Option<Notice>,
+        cancels: (JobState, Vec<Reply<()>>),
     ) {
         self.quiesce.pending_writes += 1;
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
-            match write.await {
+            let result = write.await;
+            match &result {
                 Err(e) => {
-                    tracing::error!(job = id, error = %Chain(&e), "cannot record the job's state")
+                    tracing::error!(job = id, error = %Chain(e), "cannot record the job's state")
                 }
                 Ok(()) => {
                     if let Some(n) = notice {
@@ -358,7 +365,32 @@ impl Scheduler {
                     }
                 }
             }
+            let (state, replies) = cancels;
+            for reply in replies {
+                let _ = reply.send(cancel_answer(id, state, &result));
+            }
             let _ = tx.send(Internal::Written { id, terminal });
         });
+    }
+}
+
+/// The answer to a cancel of a running job, once the end of its attempt
+/// (in `state`) has been written with `result`: "ok" only when the job
+/// ended cancelled and that committed.
+fn cancel_answer(
+    id: u64,
+    state: JobState,
+    result: &Result<(), StoreError>,
+) -> Result<(), ControlError> {
+    match result {
+        Err(e) => Err(store_err(e)),
+        Ok(()) if state == JobState::Cancelled => Ok(()),
+        Ok(()) => Err(err(
+            ErrorKind::BadRequest,
+            format!(
+                "job {id} ended {} before the cancel took effect",
+                state.as_str()
+            ),
+        )),
     }
 }

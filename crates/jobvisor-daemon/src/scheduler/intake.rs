@@ -183,12 +183,14 @@ impl Scheduler {
             return;
         };
         if job.state == JobState::Running {
+            // Answered once the attempt's end (cancelled, or what it
+            // reached first) has committed (`spawn_state_write`).
             job.cancel_requested = true;
             if let Some(call) = job.call {
                 let pool = self.pool.clone();
                 tokio::spawn(async move { pool.cancel(call).await });
             }
-            let _ = reply.send(Ok(()));
+            self.cancels.entry(id).or_default().push(reply);
             return;
         }
         // Answered once the cancel has committed (`on_cancelled`): until

@@ -173,6 +173,9 @@ pub(crate) struct Scheduler {
     notifier: Notifier,
     /// Finished jobs whose retry is being written.
     reviving: HashSet<u64>,
+    /// Clients waiting for the cancel of a running job, answered once its
+    /// attempt's end has committed.
+    cancels: HashMap<u64, Vec<Reply<()>>>,
 }
 
 impl Scheduler {
@@ -203,6 +206,7 @@ impl Scheduler {
             internal_rx: Some(internal_rx),
             notifier,
             reviving: HashSet::new(),
+            cancels: HashMap::new(),
         }
     }
 
