@@ -54,6 +54,10 @@ struct Hook {
     addr: SocketAddr,
     hits: mpsc::Receiver<Hit>,
     stop: Arc<AtomicBool>,
+    /// Answer `500` to everything while set ([`Hook::set_down`]).
+    down: Arc<AtomicBool>,
+    /// Read requests and never answer them while set ([`Hook::set_slow`]).
+    slow: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -64,14 +68,28 @@ impl Hook {
         let (tx, hits) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = Arc::clone(&stop);
+        let down = Arc::new(AtomicBool::new(false));
+        let is_down = Arc::clone(&down);
+        let slow = Arc::new(AtomicBool::new(false));
+        let is_slow = Arc::clone(&slow);
         let served = AtomicUsize::new(0);
         let thread = std::thread::spawn(move || {
+            // Connections read and left unanswered (slow), open until the end.
+            let mut unanswered = Vec::new();
             for conn in listener.incoming() {
                 if stopped.load(Ordering::SeqCst) {
                     return;
                 }
                 let Ok(mut conn) = conn else { continue };
-                let fail = served.fetch_add(1, Ordering::SeqCst) < fail_first;
+                if is_slow.load(Ordering::SeqCst) {
+                    if let Some(hit) = read_only(&mut conn) {
+                        let _ = tx.send(hit);
+                    }
+                    unanswered.push(conn);
+                    continue;
+                }
+                let fail = served.fetch_add(1, Ordering::SeqCst) < fail_first
+                    || is_down.load(Ordering::SeqCst);
                 if let Some(hit) = serve(&mut conn, fail) {
                     let _ = tx.send(hit);
                 }
@@ -82,8 +100,21 @@ impl Hook {
             addr,
             hits,
             stop,
+            down,
+            slow,
             thread: Some(thread),
         }
+    }
+
+    /// From the next request on, answer `500` (`true`) or as `start` said.
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    /// From the next request on, read it and never answer (`true`; its
+    /// [`Hit::answered`] is 0), or answer again.
+    fn set_slow(&self, slow: bool) {
+        self.slow.store(slow, Ordering::SeqCst);
     }
 
     /// The next request, within [`WAIT`].
@@ -133,6 +164,19 @@ fn serve(conn: &mut TcpStream, fail: bool) -> Option<Hit> {
         headers,
         body,
         answered,
+    })
+}
+
+/// Reads one request and leaves it unanswered.
+fn read_only(conn: &mut TcpStream) -> Option<Hit> {
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    let r = read_request(&mut BufReader::new(&*conn))?;
+    Some(Hit {
+        method: r.method,
+        path: r.path,
+        headers: r.headers,
+        body: r.body,
+        answered: 0,
     })
 }
 
@@ -323,4 +367,82 @@ fn a_jobs_notify_url_survives_a_daemon_crash() {
     assert_eq!(hit.header("x-jobvisor-delivery"), format!("{id}-succeeded"));
     let s = stats_when(&d, |s| s.notify_delivered >= 1);
     assert!(s.recovered >= 1, "{s:?}");
+}
+
+/// The outbox is durable: the receiver is down when the job ends, and the
+/// daemon is killed (-9) while it retries. After the restart the
+/// notification still arrives, with the delivery id of the attempts before
+/// the crash. (Pending deliveries once lived in memory only: a crash lost
+/// them, and a receiver that was down when the job ended never heard of it.)
+#[test]
+fn a_pending_notification_survives_a_daemon_crash_with_its_delivery_id() {
+    let hook = Hook::start(0);
+    hook.set_down(true);
+    let mut d = Daemon::with_config(
+        "[notify]\nmax_attempts = 1000\nbackoff_base_ms = 20\nbackoff_max_ms = 100\n",
+    );
+    let id = submitted_id(&d.cli(&[
+        "submit",
+        "noop",
+        "--input",
+        "4",
+        "--notify-url",
+        &hook.url,
+        "--wait",
+    ]));
+    let first = hook.next();
+    assert_eq!(first.answered, 500);
+    let key = first.header("x-jobvisor-delivery").to_owned();
+    assert_eq!(key, format!("{id}-succeeded"));
+    d.kill9();
+    let before = hook.pending();
+    assert!(before.iter().all(|h| h.answered == 500), "{before:?}");
+    hook.set_down(false);
+    d.spawn();
+    // A request the dead daemon had sent may still be answered 500; then
+    // the restarted daemon's attempts, answered 200.
+    let hit = loop {
+        let h = hook.next();
+        assert_eq!(h.header("x-jobvisor-delivery"), key, "{h:?}");
+        if h.answered == 200 {
+            break h;
+        }
+    };
+    assert_eq!(hit.json()["id"], json!(id.parse::<u64>().unwrap()));
+    assert_eq!(hit.json()["state"], json!("succeeded"));
+    let s = stats_when(&d, |s| s.notify_delivered >= 1);
+    assert_eq!((s.notify_delivered, s.notify_failed), (1, 0), "{}", d.log());
+}
+
+/// A slow receiver: it has read the POST and not answered when the daemon
+/// is killed (-9). After the restart the delivery is made again, with the
+/// same delivery id, so a receiver that did process the first one can
+/// tell it is the same (at-least-once).
+#[test]
+fn a_notification_in_flight_at_a_crash_is_sent_again_with_the_same_id() {
+    let hook = Hook::start(0);
+    hook.set_slow(true);
+    let mut d = Daemon::with_config("[notify]\ntimeout_ms = 600000\n");
+    let id = submitted_id(&d.cli(&[
+        "submit",
+        "noop",
+        "--input",
+        "6",
+        "--notify-url",
+        &hook.url,
+        "--wait",
+    ]));
+    let first = hook.next();
+    assert_eq!(first.answered, 0, "read, never answered");
+    let key = first.header("x-jobvisor-delivery").to_owned();
+    assert_eq!(key, format!("{id}-succeeded"));
+    d.kill9();
+    hook.set_slow(false);
+    d.spawn();
+    let hit = hook.next();
+    assert_eq!(hit.answered, 200);
+    assert_eq!(hit.header("x-jobvisor-delivery"), key);
+    assert_eq!(hit.json()["id"], json!(id.parse::<u64>().unwrap()));
+    let s = stats_when(&d, |s| s.notify_delivered >= 1);
+    assert_eq!((s.notify_delivered, s.notify_failed), (1, 0), "{}", d.log());
 }

@@ -113,3 +113,54 @@ fn pipelines_take_input_from_earlier_outputs() {
         text(&st)
     );
 }
+
+/// A pipeline step whose input, built from its sources' outputs, is larger
+/// than `limits.max_input_bytes` fails at once, durably, with "input too
+/// large" naming the limit and the key to raise; it is not run, not
+/// retried, and not run again after a restart. (Such a step was once handed
+/// to the pool, which refused it; the attempt was counted but never
+/// written, so its end failed "no job N", the step stayed `queued` for ever
+/// and every restart ran it again.)
+#[test]
+fn a_pipeline_input_over_the_limit_fails_once_saying_so() {
+    use jobvisor_proto::control::{InputRef, JobRef};
+    let mut d = Daemon::with_config("[limits]\nmax_input_bytes = 8192\n");
+    let rt = rt();
+    let step = rt.block_on(async {
+        let mut c = d.client().await;
+        // 20,000 bytes of stdout, put on the step's stdin: over 8 KiB.
+        let source = json_spec(
+            "exec",
+            r#"{"argv": ["sh", "-c", "head -c 20000 /dev/zero | tr '\\0' a"]}"#,
+        );
+        let mut step = json_spec("exec", r#"{"argv": ["true"]}"#);
+        step.input_from = vec![InputRef {
+            job: JobRef::Batch(0),
+            pointer: Some("/stdout".into()),
+            field: Some("stdin".into()),
+        }];
+        let ids = submit_ids(&mut c, vec![source, step]).await;
+        let recs = c
+            .wait(ids.clone(), Some(std::time::Duration::from_secs(30)))
+            .await
+            .expect("the step ends");
+        assert_eq!(recs[0].state, JobState::Succeeded, "{:?}", recs[0]);
+        let r = &recs[1];
+        assert_eq!(r.state, JobState::Failed, "{r:?}");
+        let error = r.error.as_deref().unwrap_or("");
+        assert!(
+            error.contains("input too large") && error.contains("limits.max_input_bytes (8192)"),
+            "{error}"
+        );
+        assert!(r.attempts.is_empty(), "it never ran: {r:?}");
+        ids[1]
+    });
+    d.kill9();
+    d.spawn();
+    rt.block_on(async {
+        let mut c = d.client().await;
+        let r = c.status(step).await.unwrap();
+        assert_eq!(r.state, JobState::Failed, "after a restart: {r:?}");
+        assert!(r.attempts.is_empty(), "not run after a restart: {r:?}");
+    });
+}

@@ -299,3 +299,188 @@ fn a_job_that_ends_while_the_disk_is_full_is_recorded_after_recovery() {
         );
     });
 }
+
+/// Reads go on while the store holds job-state writes back: `status`,
+/// `list` and `stats` answer from what has committed. (Held writes once ran
+/// in the reads' transaction, and every read failed "the job store is full"
+/// with them.)
+#[test]
+fn reads_go_on_while_job_state_writes_are_held() {
+    let Some(d) = daemon_on_small_fs(&[]) else {
+        return;
+    };
+    rt().block_on(async {
+        let mut c = d.client().await;
+        let id = c
+            .submit(vec![json_spec("sleep", r#"{"ms": 300}"#)])
+            .await
+            .unwrap()[0]
+            .id;
+        job_when(
+            &mut c,
+            id,
+            Duration::from_secs(30),
+            "the job running",
+            running,
+        )
+        .await;
+        let filler = fill(&d.state_dir());
+        until(
+            Duration::from_secs(20),
+            "the attempt's end was never held",
+            async || {
+                if d.log().contains("job store full: holding job-state writes") {
+                    Ok(())
+                } else {
+                    Err("no \"job store full\" in the daemon log".into())
+                }
+            },
+        )
+        .await;
+        // The end is held: the store still says running, and says it.
+        let r = c.status(id).await.expect("status while writes are held");
+        assert_eq!(r.state, JobState::Running, "{r:?}");
+        let all = c
+            .list(None, None, 100)
+            .await
+            .expect("list while writes are held");
+        assert_eq!(all.iter().map(|r| r.id).collect::<Vec<_>>(), vec![id]);
+        c.stats().await.expect("stats while writes are held");
+        let out = d.cli(&["status", &id.to_string()]);
+        assert!(out.status.success(), "{}", text(&out));
+
+        std::fs::remove_file(&filler).unwrap();
+        let r = c
+            .wait(vec![id], Some(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(r.state, JobState::Succeeded, "{r:?}");
+    });
+}
+
+/// A delayed job, queued (not running) until long after the test.
+fn delayed(task: &str, input: &str) -> JobSpec {
+    let mut s = json_spec(task, input);
+    s.delay_ms = Some(600_000);
+    s
+}
+
+/// `cancel` and `retry` are answered after their write commits: on a full
+/// disk they fail with the storage error and the job stays as it was, in
+/// memory and in the store (a later cancel still works); a cancel or retry
+/// answered "ok" survives a kill -9. (A cancel was once answered before its
+/// write, which a full disk then dropped: "cancelled", and after a restart
+/// the job was queued again.)
+#[test]
+fn cancel_and_retry_are_answered_after_they_are_durable() {
+    let Some(mut d) = daemon_on_small_fs(&[]) else {
+        return;
+    };
+    let rt = rt();
+    let (id, other) = rt.block_on(async {
+        let mut c = d.client().await;
+        let ids: Vec<u64> = c
+            .submit(vec![delayed("noop", "1"), delayed("noop", "2")])
+            .await
+            .unwrap()
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        let filler = fill(&d.state_dir());
+        assert_full(&c.cancel(ids[0]).await.expect_err("the disk is full"));
+        let out = d.cli(&["cancel", &ids[0].to_string()]);
+        assert_exit("cancel on a full disk", &out, 7, "full");
+        let r = c.status(ids[0]).await.expect("status on a full disk");
+        assert_eq!(r.state, JobState::Queued, "{r:?}");
+        std::fs::remove_file(&filler).unwrap();
+        // Still cancellable: the failed cancel left nothing behind in memory.
+        c.cancel(ids[0]).await.expect("cancel once there is room");
+        (ids[0], ids[1])
+    });
+    d.kill9();
+    d.spawn();
+    rt.block_on(async {
+        let mut c = d.client().await;
+        let r = c.status(id).await.unwrap();
+        assert_eq!(r.state, JobState::Cancelled, "after kill -9: {r:?}");
+        let r = c.status(other).await.unwrap();
+        assert_eq!(r.state, JobState::Queued, "after kill -9: {r:?}");
+
+        let filler = fill(&d.state_dir());
+        assert_full(&c.retry(id).await.expect_err("the disk is full"));
+        let r = c.status(id).await.unwrap();
+        assert_eq!(r.state, JobState::Cancelled, "{r:?}");
+        std::fs::remove_file(&filler).unwrap();
+        c.retry(id).await.expect("retry once there is room");
+        let r = c
+            .wait(vec![id], Some(Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(r.state, JobState::Succeeded, "{r:?}");
+    });
+}
+
+/// A cancel of a running job is answered once the attempt's end
+/// (cancelled) has committed: while the disk is full that write is held,
+/// and so is the answer; once there is room the client hears "ok", and the
+/// job is still cancelled after a kill -9. (It was answered "ok" at once,
+/// while the write that made it true could still be lost.)
+#[test]
+fn a_cancel_of_a_running_job_is_answered_after_its_end_commits() {
+    let Some(mut d) = daemon_on_small_fs(&[]) else {
+        return;
+    };
+    let rt = rt();
+    let id = rt.block_on(async {
+        let mut c = d.client().await;
+        let id = c
+            .submit(vec![json_spec("sleep", r#"{"ms": 600000}"#)])
+            .await
+            .unwrap()[0]
+            .id;
+        job_when(
+            &mut c,
+            id,
+            Duration::from_secs(30),
+            "the job running",
+            running,
+        )
+        .await;
+        let filler = fill(&d.state_dir());
+        let mut canceller = d.client().await;
+        let cancel = tokio::spawn(async move { canceller.cancel(id).await });
+        until(
+            Duration::from_secs(20),
+            "the cancelled attempt's end was never held",
+            async || {
+                if d.log().contains("job store full: holding job-state writes") {
+                    Ok(())
+                } else {
+                    Err("no \"job store full\" in the daemon log".into())
+                }
+            },
+        )
+        .await;
+        // Held: the end is not durable yet, so neither is the cancel. (The
+        // old answer came before the attempt even ended, so it would be in.)
+        assert!(
+            !cancel.is_finished(),
+            "cancel answered before its write committed"
+        );
+        std::fs::remove_file(&filler).unwrap();
+        cancel
+            .await
+            .unwrap()
+            .expect("cancel answered once the end committed");
+        id
+    });
+    d.kill9();
+    d.spawn();
+    rt.block_on(async {
+        let mut c = d.client().await;
+        let r = c.status(id).await.unwrap();
+        assert_eq!(r.state, JobState::Cancelled, "after kill -9: {r:?}");
+    });
+}

@@ -13,8 +13,9 @@
 //!   pure functions.
 //! - `pipeline`: jobs that take their input from other jobs' outputs.
 //! - [`config`]: the TOML configuration and its defaults.
-//! - `notify`: completion notifications (webhooks, commands), in their own
-//!   tasks; the scheduler only hands them over.
+//! - `notify`: completion notifications (webhooks, commands) from a durable
+//!   outbox in the store, in their own tasks; the scheduler writes their rows
+//!   with the terminal state and wakes the notifier.
 //! - `scheduler`: the actor that owns unfinished jobs: queues, priorities,
 //!   delays, dependencies, attempts, waiters.
 //! - `server`: the control socket (permissions, peer check, handshake, limits).
@@ -188,7 +189,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     }
 
     let registry = Arc::new(opts.registry);
-    let notifier = notify::Notifier::spawn(&cfg.notify, store.clone())?;
+    let notifier = notify::Notifier::spawn(&cfg.notify, store.clone()).await?;
     let mut scheduler = Scheduler::new(
         cfg.clone(),
         pool.clone(),
@@ -274,7 +275,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
             tracing::warn!(
                 pending = left,
                 ?grace,
-                "notifications still pending at exit are abandoned"
+                "notifications still pending at exit stay in the outbox; they go out after the next start"
             );
         }
     }

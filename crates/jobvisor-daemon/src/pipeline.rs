@@ -62,6 +62,11 @@ pub(crate) enum InputError {
     },
     #[error(transparent)]
     Encode(serde_json::Error),
+    #[error(
+        "input too large: the input built from the sources is {bytes} bytes, over \
+         limits.max_input_bytes ({max}); raise limits.max_input_bytes, or pass large data by file path"
+    )]
+    TooLarge { bytes: usize, max: usize },
 }
 
 /// A value that does not go where the input asks.
@@ -104,7 +109,8 @@ pub(crate) fn check_refs(refs: &[InputRef], index: usize, input: &Payload) -> Re
 }
 
 /// Builds a pipeline step's input from its template and the outputs of the
-/// jobs it references (all succeeded: they are its dependencies).
+/// jobs it references (all succeeded: they are its dependencies), at most
+/// `max_bytes` of JSON (`limits.max_input_bytes`, as for a submitted input).
 ///
 /// # Errors
 /// Why the input cannot be built: the step fails with it.
@@ -112,6 +118,7 @@ pub(crate) async fn build_input(
     store: &StoreHandle,
     template: &str,
     refs: &[InputRef],
+    max_bytes: usize,
 ) -> Result<String, InputError> {
     let mut input: Value = serde_json::from_str(template).map_err(InputError::InputNotJson)?;
     for r in refs {
@@ -142,7 +149,21 @@ pub(crate) async fn build_input(
         merge(&mut input, value, r.field.as_deref())
             .map_err(|source| InputError::Merge { id, source })?;
     }
-    serde_json::to_string(&input).map_err(InputError::Encode)
+    let text = serde_json::to_string(&input).map_err(InputError::Encode)?;
+    within_limit(text, max_bytes)
+}
+
+/// A built input, refused when it is over `max` bytes: a step's sources can
+/// make it far larger than any submit may be, and the workers' frames are
+/// sized for submitted inputs (the pool would refuse it).
+fn within_limit(text: String, max: usize) -> Result<String, InputError> {
+    if text.len() > max {
+        return Err(InputError::TooLarge {
+            bytes: text.len(),
+            max,
+        });
+    }
+    Ok(text)
 }
 
 fn merge(input: &mut Value, value: Value, field: Option<&str>) -> Result<(), MergeError> {
@@ -228,6 +249,18 @@ mod tests {
         )
         .is_err());
         assert!(check_refs(&[r(JobRef::Id(5), None, None)], 0, &Payload::Native(vec![])).is_err());
+    }
+
+    #[test]
+    fn a_built_input_over_the_limit_is_refused_naming_the_key() {
+        assert_eq!(within_limit("1234".into(), 4).unwrap(), "1234");
+        let e = within_limit("12345".into(), 4).unwrap_err().to_string();
+        assert!(e.starts_with("input too large"), "{e}");
+        assert!(e.contains("5 bytes"), "{e}");
+        assert!(
+            e.contains("limits.max_input_bytes (4); raise limits.max_input_bytes"),
+            "{e}"
+        );
     }
 
     #[test]

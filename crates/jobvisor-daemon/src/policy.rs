@@ -142,6 +142,24 @@ pub fn on_output(output: Result<Payload, ConvertError>, max_output_bytes: usize)
     }
 }
 
+/// What becomes of a job whose call the pool refused at once, before any
+/// attempt began: `None` when the refusal passes (the pool's queue is full,
+/// or it is closing: the job waits for its turn again), else its end. A
+/// call the pool cannot take (its input is over the frame limit, it cannot
+/// be encoded, no worker has the task) would be refused every time: the job
+/// fails, without an attempt, saying why and what to change.
+pub fn on_refusal(err: &PoolError) -> Option<Finish> {
+    let error = match err {
+        PoolError::QueueFull { .. } | PoolError::Closed => return None,
+        PoolError::InputTooLarge { .. } => format!(
+            "input too large for a worker: {}; raise limits.max_input_bytes, or pass large data by file path",
+            chain(err)
+        ),
+        other => format!("the pool refused the job: {}", chain(other)),
+    };
+    Some(Finish::Failed { error })
+}
+
 /// Decides after a failed attempt. `now_ms` and `random` (any u64) place the retry.
 pub fn on_failure(job: JobFacts, err: &PoolError, now_ms: u64, random: u64) -> Decision {
     let (outcome, next) = if job.cancel_requested {
@@ -341,6 +359,26 @@ pub fn jitter_seed() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_that_would_recur_fails_the_job_and_one_that_passes_does_not() {
+        assert_eq!(on_refusal(&PoolError::QueueFull { max: 4 }), None);
+        assert_eq!(on_refusal(&PoolError::Closed), None);
+        let Some(Finish::Failed { error }) = on_refusal(&PoolError::InputTooLarge {
+            bytes: 2_000_000,
+            max: 1_000_000,
+        }) else {
+            panic!("an input over the limit fails its job");
+        };
+        assert!(error.starts_with("input too large"), "{error}");
+        assert!(error.contains("2000000 bytes"), "{error}");
+        assert!(error.contains("raise limits.max_input_bytes"), "{error}");
+        let unknown = PoolError::UnknownTask {
+            name: "nope".into(),
+            known: "noop".into(),
+        };
+        assert!(matches!(on_refusal(&unknown), Some(Finish::Failed { .. })));
+    }
     use jobvisor_pool::{ExitStatus, TaskFailure};
 
     fn facts(failures: u32, crashes: u32) -> JobFacts {

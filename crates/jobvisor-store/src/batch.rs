@@ -86,8 +86,12 @@ fn pair_attempts(ops: &[Op]) -> Vec<Step> {
             Op::FinishJob { id, .. } => {
                 open.remove(id);
             }
-            // New jobs only (it reads whether dependencies and keys exist).
-            Op::InsertAll { .. } => {}
+            // New jobs only (it reads whether dependencies and keys exist),
+            // or the outbox only.
+            Op::InsertAll { .. }
+            | Op::Deliveries { .. }
+            | Op::DeliveryAttempted { .. }
+            | Op::DeliveryDone { .. } => {}
             Op::Get { .. }
             | Op::List { .. }
             | Op::Recover { .. }
@@ -114,18 +118,23 @@ fn run_pair<S: JobStore>(store: &mut S, start: &Op, finish: &Op) -> Answer {
                 outcome,
                 at_ms,
                 next,
+                deliveries,
                 ..
             },
-        ) => Answer::Unit(store.start_and_finish_attempt(
-            *id,
-            *number,
-            *started_ms,
-            // As the finish alone would: its pid if it knows one.
-            worker_pid.or(*started_pid),
-            outcome,
-            *at_ms,
-            next,
-        )),
+        ) => Answer::Unit(
+            store
+                .start_and_finish_attempt(
+                    *id,
+                    *number,
+                    *started_ms,
+                    // As the finish alone would: its pid if it knows one.
+                    worker_pid.or(*started_pid),
+                    outcome,
+                    *at_ms,
+                    next,
+                )
+                .and_then(|()| crate::op::add_deliveries(store, *id, *at_ms, deliveries)),
+        ),
         _ => finish.failed(StoreError::db(
             "internal: paired operations are not an attempt's start and finish",
         )),
@@ -165,11 +174,7 @@ fn run_batch_in_savepoints<S: JobStore>(
             Some(e) => {
                 // Best effort: SQLite may already have rolled it back.
                 let _ = store.rollback();
-                retry.extend(
-                    pending
-                        .drain(..)
-                        .filter_map(|(op, answer)| op.answer(answer, Some(&e))),
-                );
+                retry.extend(answer_undone(store, pending.drain(..), &e));
                 // The rest of the batch gets a new transaction.
             }
             None => break,
@@ -185,23 +190,43 @@ fn finish_batch<S: JobStore>(
     pending: impl IntoIterator<Item = (Op, Answer)>,
     commits: &AtomicU64,
 ) -> Vec<Op> {
-    let undone = match store.commit() {
+    match store.commit() {
         Ok(()) => {
             commits.fetch_add(1, Ordering::Relaxed);
-            None
+            pending
+                .into_iter()
+                .filter_map(|(op, answer)| op.answer(answer, None))
+                .collect()
         }
         Err(e) => {
             let _ = store.rollback();
-            Some(e)
+            answer_undone(store, pending, &e)
         }
-    };
-    pending
-        .into_iter()
-        .filter_map(|(op, answer)| op.answer(answer, undone.as_ref()))
+    }
+}
+
+/// Answers the operations of a transaction that `undone` rolled back: a
+/// write gets the error (or is held, see `held`), a read runs again on its
+/// own, outside any transaction, and gets what has committed. The writes
+/// before it in the batch did not commit, so it must not see them; and it
+/// must not fail with them, or no read would answer while writes are held.
+fn answer_undone<S: JobStore>(
+    store: &mut S,
+    ops: impl IntoIterator<Item = (Op, Answer)>,
+    undone: &StoreError,
+) -> Vec<Op> {
+    ops.into_iter()
+        .filter_map(|(op, answer)| {
+            if op.is_read() {
+                let again = op.run(store);
+                op.answer(again, None)
+            } else {
+                op.answer(answer, Some(undone))
+            }
+        })
         .collect()
 }
 
-#[cfg(test)]
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,6 +314,7 @@ mod tests {
             outcome: AttemptOutcome::Error("boom".into()),
             at_ms: 10 * u64::from(number) + 5,
             next,
+            deliveries: Vec::new(),
             reply,
         }
     }
@@ -315,6 +341,8 @@ mod tests {
                 id: 3,
                 at_ms: 1,
                 next: Finish::Requeue,
+                deliveries: Vec::new(),
+                hold: true,
                 reply: unit(),
             }, // 5
             finish(3, 1, retry(), unit()), // 6
@@ -392,6 +420,8 @@ mod tests {
                         id: 999,
                         at_ms: 1,
                         next: Finish::Requeue,
+                        deliveries: Vec::new(),
+                        hold: true,
                         reply: bad_tx,
                     },
                 );
@@ -430,8 +460,9 @@ mod tests {
         }
     }
 
-    /// When the commit fails, every operation of the batch gets the error and
-    /// nothing of it is stored.
+    /// When the commit fails, every write of the batch gets the error and
+    /// nothing of it is stored; a read runs again and answers what has
+    /// committed (not the undone writes before it).
     #[test]
     fn failed_commit_answers_every_op_with_the_error() {
         struct FailingCommit(SqliteStore);
@@ -501,6 +532,33 @@ mod tests {
             fn counts(&mut self) -> Result<Vec<(JobState, u64)>, StoreError> {
                 self.0.counts()
             }
+            fn add_deliveries(
+                &mut self,
+                id: u64,
+                at: u64,
+                d: &[crate::NewDelivery],
+            ) -> Result<(), StoreError> {
+                self.0.add_deliveries(id, at, d)
+            }
+            fn deliveries_after(
+                &mut self,
+                after: u64,
+                limit: u32,
+            ) -> Result<Vec<crate::Delivery>, StoreError> {
+                self.0.deliveries_after(after, limit)
+            }
+            fn delivery_attempted(
+                &mut self,
+                id: u64,
+                n: u32,
+                at: u64,
+                e: &str,
+            ) -> Result<(), StoreError> {
+                self.0.delivery_attempted(id, n, at, e)
+            }
+            fn delivery_done(&mut self, id: u64) -> Result<(), StoreError> {
+                self.0.delivery_done(id)
+            }
         }
         let dir = tempfile::tempdir().unwrap();
         let mut store = FailingCommit(SqliteStore::open(&dir.path().join("db")).unwrap());
@@ -517,7 +575,7 @@ mod tests {
         run_batch(&mut store, ops, &commits);
         assert_eq!(commits.load(Ordering::Relaxed), 0);
         assert!(matches!(a.try_recv().unwrap(), Err(StoreError::Full(_))));
-        assert!(matches!(b.try_recv().unwrap(), Err(StoreError::Full(_))));
+        assert_eq!(b.try_recv().unwrap().unwrap(), Vec::new());
         assert!(store.0.counts().unwrap().is_empty());
     }
 }

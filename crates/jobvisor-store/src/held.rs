@@ -2,13 +2,15 @@
 //! when they are tried again.
 //!
 //! Submits fail on a full disk, but what the daemon learned about jobs it
-//! already accepted (an attempt started or finished, a job cancelled) must
-//! not be dropped, or a finished job would stay `running` in the store. So
+//! already accepted (an attempt started or finished, a dependency failed)
+//! must not be dropped, or a finished job would stay `running` in the store. So
 //! such a write that meets a full disk is not answered: the store thread
 //! keeps it and runs it again, first and in order, when another operation
 //! arrives or after a wait that grows with each batch that still could not
 //! write it. At shutdown, with no operation left to come, it tries again
 //! without waiting until the wait would have reached its cap, then gives up.
+//! A change a client asked for and waits for (a cancel, a retry) is not
+//! held: it fails, and the client is told (`StoreHandle::try_finish_job`).
 
 use std::time::Duration;
 

@@ -11,6 +11,7 @@
 //!   migration to schema 5.
 //! - `schema`: the versioned schema and its migrations ([`SCHEMA_VERSION`]).
 //! - `insert`, `query`: writing new jobs, reading jobs back.
+//! - `outbox`: the notifications still to deliver, written with the job states they tell of.
 //! - `sqlite`: [`SqliteStore`], the embedded default (WAL, `synchronous=FULL`): the
 //!   connection, the writes of attempts and job states, the [`JobStore`] impl.
 //! - `held`: which job-state writes a full disk holds back, and when they are tried again.
@@ -27,6 +28,7 @@ mod held;
 mod insert;
 mod json;
 mod op;
+mod outbox;
 mod query;
 mod rows;
 mod schema;
@@ -38,5 +40,5 @@ mod writer;
 
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
-pub use store::{Finish, JobStore, NewJob, StoreError};
+pub use store::{Delivery, Finish, JobStore, NewDelivery, NewJob, StoreError};
 pub use writer::StoreHandle;

@@ -9,7 +9,7 @@ use jobvisor_proto::control::{AttemptOutcome, JobRecord, JobState, Submitted};
 use tokio::sync::oneshot;
 
 use crate::held::is_held;
-use crate::store::{Finish, JobStore, NewJob, StoreError};
+use crate::store::{Delivery, Finish, JobStore, NewDelivery, NewJob, StoreError};
 
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
@@ -33,12 +33,19 @@ pub(crate) enum Op {
         outcome: AttemptOutcome,
         at_ms: u64,
         next: Finish,
+        /// Notifications of the new state, written with it.
+        deliveries: Vec<NewDelivery>,
         reply: Reply<()>,
     },
     FinishJob {
         id: u64,
         at_ms: u64,
         next: Finish,
+        /// Notifications of the new state, written with it.
+        deliveries: Vec<NewDelivery>,
+        /// Held back by a full disk (see `held`); `false` for a write a
+        /// client waits for, which fails instead.
+        hold: bool,
         reply: Reply<()>,
     },
     Get {
@@ -63,6 +70,22 @@ pub(crate) enum Op {
     Counts {
         reply: Reply<Vec<(JobState, u64)>>,
     },
+    Deliveries {
+        after: u64,
+        limit: u32,
+        reply: Reply<Vec<Delivery>>,
+    },
+    DeliveryAttempted {
+        id: u64,
+        attempts: u32,
+        next_at_ms: u64,
+        error: String,
+        reply: Reply<()>,
+    },
+    DeliveryDone {
+        id: u64,
+        reply: Reply<()>,
+    },
 }
 
 /// What an operation produced, held until its transaction ends.
@@ -74,6 +97,7 @@ pub(crate) enum Answer {
     Jobs(Result<Vec<JobRecord>, StoreError>),
     Count(Result<u64, StoreError>),
     Counts(Result<Vec<(JobState, u64)>, StoreError>),
+    Deliveries(Result<Vec<Delivery>, StoreError>),
 }
 
 impl Answer {
@@ -85,6 +109,7 @@ impl Answer {
             Answer::Jobs(r) => r.as_ref().err(),
             Answer::Count(r) => r.as_ref().err(),
             Answer::Counts(r) => r.as_ref().err(),
+            Answer::Deliveries(r) => r.as_ref().err(),
         }
     }
 }
@@ -104,13 +129,27 @@ fn send<T>(reply: Reply<T>, result: Result<T, StoreError>) {
 }
 
 impl Op {
+    /// Whether the operation only reads. A read whose transaction was undone
+    /// (by a full disk, say) is run again on its own rather than failed:
+    /// what it reads has committed, so it does not depend on the writes
+    /// that were undone, and reads go on while writes are held.
+    pub(crate) fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Op::Get { .. } | Op::List { .. } | Op::Counts { .. } | Op::Deliveries { .. }
+        )
+    }
+
     /// Answers with `err` without running.
     pub(crate) fn fail(self, err: StoreError) {
         match self {
             Op::InsertAll { reply, .. } => send(reply, Err(err)),
             Op::StartAttempt { reply, .. }
             | Op::FinishAttempt { reply, .. }
-            | Op::FinishJob { reply, .. } => send(reply, Err(err)),
+            | Op::FinishJob { reply, .. }
+            | Op::DeliveryAttempted { reply, .. }
+            | Op::DeliveryDone { reply, .. } => send(reply, Err(err)),
+            Op::Deliveries { reply, .. } => send(reply, Err(err)),
             Op::Get { reply, .. } => send(reply, Err(err)),
             Op::List { reply, .. } | Op::Recover { reply, .. } => send(reply, Err(err)),
             Op::Prune { reply, .. } => send(reply, Err(err)),
@@ -122,9 +161,12 @@ impl Op {
     pub(crate) fn failed(&self, err: StoreError) -> Answer {
         match self {
             Op::InsertAll { .. } => Answer::Submitted(Err(err)),
-            Op::StartAttempt { .. } | Op::FinishAttempt { .. } | Op::FinishJob { .. } => {
-                Answer::Unit(Err(err))
-            }
+            Op::StartAttempt { .. }
+            | Op::FinishAttempt { .. }
+            | Op::FinishJob { .. }
+            | Op::DeliveryAttempted { .. }
+            | Op::DeliveryDone { .. } => Answer::Unit(Err(err)),
+            Op::Deliveries { .. } => Answer::Deliveries(Err(err)),
             Op::Get { .. } => Answer::Job(Err(err)),
             Op::List { .. } | Op::Recover { .. } => Answer::Jobs(Err(err)),
             Op::Prune { .. } => Answer::Count(Err(err)),
@@ -151,13 +193,35 @@ impl Op {
                 outcome,
                 at_ms,
                 next,
+                deliveries,
                 ..
-            } => {
-                Answer::Unit(store.finish_attempt(*id, *number, *worker_pid, outcome, *at_ms, next))
-            }
+            } => Answer::Unit(
+                store
+                    .finish_attempt(*id, *number, *worker_pid, outcome, *at_ms, next)
+                    .and_then(|()| add_deliveries(store, *id, *at_ms, deliveries)),
+            ),
             Op::FinishJob {
-                id, at_ms, next, ..
-            } => Answer::Unit(store.finish_job(*id, *at_ms, next)),
+                id,
+                at_ms,
+                next,
+                deliveries,
+                ..
+            } => Answer::Unit(
+                store
+                    .finish_job(*id, *at_ms, next)
+                    .and_then(|()| add_deliveries(store, *id, *at_ms, deliveries)),
+            ),
+            Op::Deliveries { after, limit, .. } => {
+                Answer::Deliveries(store.deliveries_after(*after, *limit))
+            }
+            Op::DeliveryAttempted {
+                id,
+                attempts,
+                next_at_ms,
+                error,
+                ..
+            } => Answer::Unit(store.delivery_attempted(*id, *attempts, *next_at_ms, error)),
+            Op::DeliveryDone { id, .. } => Answer::Unit(store.delivery_done(*id)),
             Op::Get { id, .. } => Answer::Job(store.get(*id).map(|r| r.map(Box::new))),
             Op::List {
                 state,
@@ -208,7 +272,9 @@ impl Op {
         match (self, answer) {
             (Op::InsertAll { reply, .. }, Answer::Submitted(r)) => send(reply, outcome(r, undone)),
             (
-                op @ (Op::StartAttempt { .. } | Op::FinishAttempt { .. } | Op::FinishJob { .. }),
+                op @ (Op::StartAttempt { .. }
+                | Op::FinishAttempt { .. }
+                | Op::FinishJob { hold: true, .. }),
                 Answer::Unit(r),
             ) if is_held(r.as_ref().err().or(undone)) => return Some(op),
             (
@@ -225,10 +291,31 @@ impl Op {
             }
             (Op::Prune { reply, .. }, Answer::Count(r)) => send(reply, outcome(r, undone)),
             (Op::Counts { reply }, Answer::Counts(r)) => send(reply, outcome(r, undone)),
+            (Op::Deliveries { reply, .. }, Answer::Deliveries(r)) => {
+                send(reply, outcome(r, undone))
+            }
+            (
+                Op::DeliveryAttempted { reply, .. } | Op::DeliveryDone { reply, .. },
+                Answer::Unit(r),
+            ) => send(reply, outcome(r, undone)),
             (op, _) => op.fail(StoreError::db("internal: an answer of the wrong kind")),
         }
         None
     }
+}
+
+/// Writes the notifications of a job state in the operation that writes the
+/// state (nothing when there are none).
+pub(crate) fn add_deliveries<S: JobStore>(
+    store: &mut S,
+    id: u64,
+    at_ms: u64,
+    deliveries: &[NewDelivery],
+) -> Result<(), StoreError> {
+    if deliveries.is_empty() {
+        return Ok(());
+    }
+    store.add_deliveries(id, at_ms, deliveries)
 }
 
 /// Inserts a batch in order, resolving references to earlier jobs of the same

@@ -3,7 +3,8 @@
 //! The schema is versioned with `PRAGMA user_version`; [`migrate`] brings a
 //! file up to [`SCHEMA_VERSION`] when it is opened, and refuses one written by
 //! a newer build before changing anything in it. Version 5 rewrote the
-//! codec blobs of older files as JSON (see `v4_blobs`).
+//! codec blobs of older files as JSON (see `v4_blobs`); version 6 added the
+//! notification outbox.
 
 use rusqlite::Connection;
 
@@ -80,6 +81,21 @@ const MIGRATIONS: &[Migration] = &[
     Migration::Sql("ALTER TABLE jobs ADD COLUMN notify_url TEXT;"),
     // v5: attempt outcomes and pipeline inputs as JSON text, not codec blobs.
     Migration::Code(v4_blobs::to_v5),
+    // v6: the outbox of completion notifications (see `outbox`). No foreign
+    // key: a job pruned before its notification went out is logged, not
+    // silently dropped with it.
+    Migration::Sql(
+        "CREATE TABLE outbox (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        job_id      INTEGER NOT NULL,
+        state       TEXT    NOT NULL,
+        target      TEXT    NOT NULL,
+        attempts    INTEGER NOT NULL,
+        next_at_ms  INTEGER NOT NULL,
+        created_ms  INTEGER NOT NULL,
+        last_error  TEXT
+    );",
+    ),
 ];
 
 /// The schema version this build writes (and the newest it can read).
@@ -193,9 +209,8 @@ mod tests {
             .unwrap();
         }
         let mut store = SqliteStore::open(&path).unwrap();
-        assert_eq!(SCHEMA_VERSION, 5);
         let version = user_version(&Connection::open(&path).unwrap()).unwrap_or(-1);
-        assert_eq!(version, 5);
+        assert_eq!(version, i64::from(SCHEMA_VERSION));
         let old = store.get(1).unwrap().expect("the v3 job survives");
         assert_eq!(old.state, JobState::Succeeded);
         assert_eq!(old.stall_timeout_ms, Some(70));
@@ -232,6 +247,51 @@ mod tests {
             Some(url),
             "recovery keeps it"
         );
+    }
+
+    /// v5 → v6 adds the empty outbox: the jobs are kept, and a delivery
+    /// written with a job's state reads back.
+    #[test]
+    fn a_version_5_database_gets_an_empty_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v5.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for step in &MIGRATIONS[..5] {
+                step.apply(&conn).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 5).unwrap();
+            conn.execute(
+                "INSERT INTO jobs (task, queue, priority, state, max_attempts, backoff_base_ms, \
+                 backoff_max_ms, run_at_ms, created_ms, input_kind, input) \
+                 VALUES ('noop', 'default', 0, 'queued', 3, 10, 100, 1, 1, 0, '5')",
+                [],
+            )
+            .unwrap();
+        }
+        let mut store = SqliteStore::open(&path).unwrap();
+        assert_eq!(SCHEMA_VERSION, 6);
+        let version = user_version(&Connection::open(&path).unwrap()).unwrap_or(-1);
+        assert_eq!(version, 6);
+        assert_eq!(
+            store.get(1).unwrap().expect("the v5 job survives").task,
+            "noop"
+        );
+        assert!(store.deliveries_after(0, 10).unwrap().is_empty());
+        store.begin().unwrap();
+        let d = crate::store::NewDelivery {
+            state: JobState::Succeeded,
+            target: "{\"url\":\"http://127.0.0.1:9/\"}".into(),
+        };
+        store
+            .add_deliveries(1, 7, std::slice::from_ref(&d))
+            .unwrap();
+        store.commit().unwrap();
+        let rows = store.deliveries_after(0, 10).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].job_id, rows[0].state), (1, JobState::Succeeded));
+        assert_eq!((rows[0].attempts, rows[0].next_at_ms), (0, 7));
+        assert_eq!(rows[0].target, d.target);
     }
 
     #[test]

@@ -14,11 +14,12 @@ use rusqlite::types::ToSqlOutput;
 use rusqlite::{params, Connection};
 
 use crate::insert::{self, PlainInserts};
+use crate::outbox;
 use crate::query;
 use crate::rows::{encode_outcome, payload_to_sql};
 use crate::schema::{self, check_version};
 use crate::sql_error::{rollback_quietly, to_store_error, Error};
-use crate::store::{Finish, JobStore, NewJob, StoreError};
+use crate::store::{Delivery, Finish, JobStore, NewDelivery, NewJob, StoreError};
 
 /// How long a statement waits for a lock held by another connection.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -416,6 +417,37 @@ impl JobStore for SqliteStore {
 
     fn counts(&mut self) -> Result<Vec<(JobState, u64)>, StoreError> {
         let r = query::counts(&self.conn);
+        self.wrap(r)
+    }
+
+    fn add_deliveries(
+        &mut self,
+        job_id: u64,
+        at_ms: u64,
+        deliveries: &[NewDelivery],
+    ) -> Result<(), StoreError> {
+        let r = outbox::add(&self.conn, job_id, at_ms, deliveries);
+        self.wrap(r)
+    }
+
+    fn deliveries_after(&mut self, after: u64, limit: u32) -> Result<Vec<Delivery>, StoreError> {
+        let r = outbox::after(&self.conn, after, limit);
+        self.wrap(r)
+    }
+
+    fn delivery_attempted(
+        &mut self,
+        id: u64,
+        attempts: u32,
+        next_at_ms: u64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        let r = outbox::attempted(&self.conn, id, attempts, next_at_ms, error);
+        self.wrap(r)
+    }
+
+    fn delivery_done(&mut self, id: u64) -> Result<(), StoreError> {
+        let r = outbox::remove(&self.conn, id);
         self.wrap(r)
     }
 }

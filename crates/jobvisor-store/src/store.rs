@@ -44,6 +44,34 @@ pub struct NewJob {
     pub notify_url: Option<String>,
 }
 
+/// A completion notification to deliver, written in the same transaction
+/// as the job state that causes it (the outbox).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewDelivery {
+    /// The job state it tells of.
+    pub state: JobState,
+    /// Where it goes, in the daemon's own encoding (the store keeps it as text).
+    pub target: String,
+}
+
+/// A notification waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Its row: ids grow with each delivery written, so "every row above
+    /// the last one seen" is every row written since.
+    pub id: u64,
+    /// The job it tells of.
+    pub job_id: u64,
+    /// The job state it tells of.
+    pub state: JobState,
+    /// As written ([`NewDelivery::target`]).
+    pub target: String,
+    /// Attempts made (and failed) so far.
+    pub attempts: u32,
+    /// The next attempt not before (unix ms).
+    pub next_at_ms: u64,
+}
+
 /// What becomes of a job when an attempt ends (or without an attempt).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finish {
@@ -309,4 +337,37 @@ pub trait JobStore: Send + 'static {
     /// # Errors
     /// Database errors.
     fn counts(&mut self) -> Result<Vec<(JobState, u64)>, StoreError>;
+    /// Puts notifications of job `job_id` in the outbox, due at `at_ms`.
+    /// The writer calls it in the operation that writes the job state they
+    /// tell of, so both commit or neither does.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn add_deliveries(
+        &mut self,
+        job_id: u64,
+        at_ms: u64,
+        deliveries: &[NewDelivery],
+    ) -> Result<(), StoreError>;
+    /// Up to `limit` outbox rows with an id above `after`, in id order.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn deliveries_after(&mut self, after: u64, limit: u32) -> Result<Vec<Delivery>, StoreError>;
+    /// Records a failed attempt of outbox row `id` (a missing row is no error).
+    ///
+    /// # Errors
+    /// Database errors.
+    fn delivery_attempted(
+        &mut self,
+        id: u64,
+        attempts: u32,
+        next_at_ms: u64,
+        error: &str,
+    ) -> Result<(), StoreError>;
+    /// Deletes outbox row `id`: delivered, or given up on.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn delivery_done(&mut self, id: u64) -> Result<(), StoreError>;
 }

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use crate::batch::run_batch;
 use crate::held::HeldRounds;
 use crate::op::Op;
-use crate::store::{Finish, JobStore, NewJob, StoreError};
+use crate::store::{Delivery, Finish, JobStore, NewDelivery, NewJob, StoreError};
 
 /// Most operations run in one transaction.
 const MAX_BATCH: usize = 4096;
@@ -202,10 +202,13 @@ impl StoreHandle {
         )
     }
 
-    /// See [`JobStore::finish_attempt`].
+    /// See [`JobStore::finish_attempt`]; `deliveries` (the notifications of
+    /// the job's next state, see [`JobStore::add_deliveries`]) are written in
+    /// the same transaction.
     ///
     /// # Errors
     /// As there; [`StoreError::Closed`] when the store thread is gone.
+    #[allow(clippy::too_many_arguments)]
     pub fn finish_attempt(
         &self,
         id: u64,
@@ -214,6 +217,7 @@ impl StoreHandle {
         outcome: AttemptOutcome,
         at_ms: u64,
         next: Finish,
+        deliveries: Vec<NewDelivery>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         self.call(
@@ -224,13 +228,15 @@ impl StoreHandle {
                 outcome,
                 at_ms,
                 next,
+                deliveries,
                 reply,
             },
             rx,
         )
     }
 
-    /// See [`JobStore::finish_job`].
+    /// See [`JobStore::finish_job`]; `deliveries` as for
+    /// [`StoreHandle::finish_attempt`].
     ///
     /// # Errors
     /// As there; [`StoreError::Closed`] when the store thread is gone.
@@ -239,6 +245,36 @@ impl StoreHandle {
         id: u64,
         at_ms: u64,
         next: Finish,
+        deliveries: Vec<NewDelivery>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.finish_job_op(id, at_ms, next, deliveries, true)
+    }
+
+    /// [`StoreHandle::finish_job`] for a change a client waits for (a
+    /// cancel, a retry): a full disk fails it with [`StoreError::Full`]
+    /// instead of holding it back, so the client hears that nothing changed
+    /// and the daemon keeps the job as it was.
+    ///
+    /// # Errors
+    /// As [`JobStore::finish_job`], [`StoreError::Full`] on a full disk;
+    /// [`StoreError::Closed`] when the store thread is gone.
+    pub fn try_finish_job(
+        &self,
+        id: u64,
+        at_ms: u64,
+        next: Finish,
+        deliveries: Vec<NewDelivery>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        self.finish_job_op(id, at_ms, next, deliveries, false)
+    }
+
+    fn finish_job_op(
+        &self,
+        id: u64,
+        at_ms: u64,
+        next: Finish,
+        deliveries: Vec<NewDelivery>,
+        hold: bool,
     ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         self.call(
@@ -246,10 +282,70 @@ impl StoreHandle {
                 id,
                 at_ms,
                 next,
+                deliveries,
+                hold,
                 reply,
             },
             rx,
         )
+    }
+
+    /// See [`JobStore::deliveries_after`].
+    ///
+    /// # Errors
+    /// As there; [`StoreError::Closed`] when the store thread is gone.
+    pub fn deliveries_after(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Delivery>, StoreError>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        self.call(
+            Op::Deliveries {
+                after,
+                limit,
+                reply,
+            },
+            rx,
+        )
+    }
+
+    /// See [`JobStore::delivery_attempted`]. Not held by a full disk: it
+    /// fails (the attempt is then counted again after a restart).
+    ///
+    /// # Errors
+    /// As there; [`StoreError::Closed`] when the store thread is gone.
+    pub fn delivery_attempted(
+        &self,
+        id: u64,
+        attempts: u32,
+        next_at_ms: u64,
+        error: String,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        self.call(
+            Op::DeliveryAttempted {
+                id,
+                attempts,
+                next_at_ms,
+                error,
+                reply,
+            },
+            rx,
+        )
+    }
+
+    /// See [`JobStore::delivery_done`]. Not held by a full disk: it fails
+    /// (the notification is then delivered again after a restart).
+    ///
+    /// # Errors
+    /// As there; [`StoreError::Closed`] when the store thread is gone.
+    pub fn delivery_done(
+        &self,
+        id: u64,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        self.call(Op::DeliveryDone { id, reply }, rx)
     }
 
     /// See [`JobStore::get`].

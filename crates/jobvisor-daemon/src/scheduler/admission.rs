@@ -239,6 +239,7 @@ fn admit_one<K: Fn(u64) -> bool>(
         deps_left: 0,
         call: None,
         cancel_requested: false,
+        cancelling: false,
         notify_url: spec.notify_url,
     };
     Ok((job, new_job))

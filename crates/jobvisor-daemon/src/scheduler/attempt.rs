@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobvisor_pool::{CallOptions, PoolError};
-use jobvisor_proto::control::{AttemptOutcome, JobState, Payload};
+use jobvisor_proto::control::{AttemptOutcome, ControlError, ErrorKind, JobState, Payload};
 use jobvisor_store::{Finish, StoreError};
 
 use super::job::{now_ms, Lane};
+use super::reply::{err, store_err, Reply};
 use super::{Internal, Scheduler};
 use crate::errors::{chain, Chain};
 use crate::notify::Notice;
@@ -24,7 +25,7 @@ impl Scheduler {
     /// Puts a job whose dependencies are done where it waits: building its
     /// pipeline input first, else delayed or ready.
     pub(super) fn place(&mut self, id: u64) {
-        let Some(job) = self.jobs.get(&id) else {
+        let Some(job) = self.jobs.get(&id).filter(|j| !j.cancelling) else {
             return;
         };
         if let Some(template) = &job.template {
@@ -34,8 +35,9 @@ impl Scheduler {
             let template = template.clone();
             let store = self.store.clone();
             let tx = self.internal_tx.clone();
+            let max = self.cfg.limits.max_input_bytes;
             tokio::spawn(async move {
-                let input = pipeline::build_input(&store, &template, &refs).await;
+                let input = pipeline::build_input(&store, &template, &refs, max).await;
                 let _ = tx.send(Internal::InputBuilt { id, input });
             });
             return;
@@ -88,25 +90,20 @@ impl Scheduler {
             .try_submit_raw(&job.task, job.input.as_ref().clone(), opts)
         {
             Ok(h) => h,
-            Err(PoolError::QueueFull { .. }) => {
-                self.queues.push(job);
-                return false;
-            }
-            Err(e) => {
-                // The attempt exists (numbered, its end recorded) though the
-                // pool refused it: it ends as a running attempt does.
-                job.attempts += 1;
-                job.set_state(JobState::Running);
-                let attempt = job.attempts;
-                let _ = self.internal_tx.send(Internal::AttemptDone {
-                    id,
-                    attempt,
-                    pid: None,
-                    usage: None,
-                    result: Err(e),
-                });
-                return true;
-            }
+            Err(e) => match policy::on_refusal(&e) {
+                // Saturated or closing: the job waits at the front of its queue.
+                None => {
+                    self.queues.push(job);
+                    return false;
+                }
+                // The call can never be taken: no attempt (none ran, and
+                // none was written), the job fails once, durably.
+                Some(next) => {
+                    tracing::warn!(job = id, error = %Chain(&e), "the pool refused the job");
+                    self.end_job(id, next, None);
+                    return true;
+                }
+            },
         };
         job.attempts += 1;
         job.set_state(JobState::Running);
@@ -213,29 +210,59 @@ impl Scheduler {
         attempt: Option<(u32, AttemptOutcome, Option<u32>)>,
     ) {
         let state = next.state();
+        // Decided while the job is in memory; sent once its state has committed.
+        let notice = self.notice(id, state);
+        let released = self.settle(id, &next, attempt.as_ref().map(|(n, _, pid)| (*n, *pid)));
+        let terminal = state.is_terminal();
+        let at = now_ms();
+        // Queued now, in call order (after this attempt's start), awaited in the task.
+        // Its notifications are written in the same transaction.
+        let rows = notice.as_ref().map(Notice::deliveries).unwrap_or_default();
+        let write: WriteFuture = match attempt {
+            Some((n, outcome, pid)) => Box::pin(
+                self.store
+                    .finish_attempt(id, n, pid, outcome, at, next, rows),
+            ),
+            None => Box::pin(self.store.finish_job(id, at, next, rows)),
+        };
+        let cancels = self.cancels.remove(&id).unwrap_or_default();
+        self.spawn_state_write(id, write, terminal, notice, (state, cancels));
+        self.release(id, state, released);
+    }
+
+    /// The notifications due when job `id` reaches `state`.
+    pub(super) fn notice(&self, id: u64, state: JobState) -> Option<Notice> {
+        self.jobs.get(&id).and_then(|j| {
+            let url = j.notify_url.as_deref();
+            self.notifier.notice(&self.cfg, id, &j.queue, url, state)
+        })
+    }
+
+    /// Applies a job's next state in memory (its event, its place; a
+    /// terminal job leaves memory); returns the jobs that waited for it.
+    /// `attempt`: the number and worker pid of the attempt that ended.
+    pub(super) fn settle(
+        &mut self,
+        id: u64,
+        next: &Finish,
+        attempt: Option<(u32, Option<u32>)>,
+    ) -> Vec<u64> {
+        let state = next.state();
         let mut released = Vec::new();
         if let Some(task) = self.jobs.get(&id).map(|j| j.task.clone()) {
-            let error = match &next {
+            let error = match next {
                 Finish::Retry { error, .. }
                 | Finish::Failed { error }
                 | Finish::Cancelled { error }
                 | Finish::Dead { error } => Some(error.clone()),
                 Finish::Requeue | Finish::Succeeded { .. } => None,
             };
-            let (n, pid) = attempt
-                .as_ref()
-                .map_or((None, None), |(n, _, pid)| (Some(*n), *pid));
+            let (n, pid) = attempt.map_or((None, None), |(n, pid)| (Some(n), pid));
             self.report.emit(id, task, state, n, pid, error);
         }
-        // Decided while the job is in memory; sent once its state has committed.
-        let notice = self.jobs.get(&id).and_then(|j| {
-            let url = j.notify_url.as_deref();
-            self.notifier
-                .notice(&self.cfg, id, &j.task, &j.queue, url, state)
-        });
         if let Some(job) = self.jobs.get_mut(&id) {
             job.set_state(state);
-            match &next {
+            match next {
                 Finish::Retry { run_at_ms, .. } => {
                     job.run_at_ms = *run_at_ms;
                     self.queues.delay(*run_at_ms, id);
@@ -248,16 +275,12 @@ impl Scheduler {
                 }
             }
         }
-        let terminal = state.is_terminal();
-        let at = now_ms();
-        // Queued now, in call order (after this attempt's start), awaited in the task.
-        let write: WriteFuture = match attempt {
-            Some((n, outcome, pid)) => {
-                Box::pin(self.store.finish_attempt(id, n, pid, outcome, at, next))
-            }
-            None => Box::pin(self.store.finish_job(id, at, next)),
-        };
-        self.spawn_state_write(id, write, terminal, notice);
+        released
+    }
+
+    /// The jobs that waited for job `id`, now `state`: placed when it
+    /// succeeded and they wait for nothing else, failed when it did not.
+    pub(super) fn release(&mut self, id: u64, state: JobState, released: Vec<u64>) {
         for d in released {
             if state == JobState::Succeeded {
                 let Some(dep) = self.jobs.get_mut(&d) else {
@@ -310,25 +333,31 @@ impl Scheduler {
         terminal: bool,
         notice: Option<Notice>,
     ) {
-        let write = Box::pin(self.store.finish_job(id, now_ms(), next));
-        self.spawn_state_write(id, write, terminal, notice);
+        let next_state = next.state();
+        let rows = notice.as_ref().map(Notice::deliveries).unwrap_or_default();
+        let write = Box::pin(self.store.finish_job(id, now_ms(), next, rows));
+        self.spawn_state_write(id, write, terminal, notice, (next_state, Vec::new()));
     }
 
     /// Awaits a queued job-state write in a task: a notification goes out
-    /// only after it committed; then the scheduler hears `Written`.
+    /// only after it committed, and the clients that asked to cancel the
+    /// job while it ran (`cancels`, with the state written) are answered
+    /// then; then the scheduler hears `Written`.
     fn spawn_state_write(
         &mut self,
         id: u64,
         write: WriteFuture,
         terminal: bool,
         notice: Option<Notice>,
+        cancels: (JobState, Vec<Reply<()>>),
     ) {
         self.quiesce.pending_writes += 1;
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
-            match write.await {
+            let result = write.await;
+            match &result {
                 Err(e) => {
-                    tracing::error!(job = id, error = %Chain(&e), "cannot record the job's state")
+                    tracing::error!(job = id, error = %Chain(e), "cannot record the job's state")
                 }
                 Ok(()) => {
                     if let Some(n) = notice {
@@ -336,7 +365,32 @@ impl Scheduler {
                     }
                 }
             }
+            let (state, replies) = cancels;
+            for reply in replies {
+                let _ = reply.send(cancel_answer(id, state, &result));
+            }
             let _ = tx.send(Internal::Written { id, terminal });
         });
+    }
+}
+
+/// The answer to a cancel of a running job, once the end of its attempt
+/// (in `state`) has been written with `result`: "ok" only when the job
+/// ended cancelled and that committed.
+fn cancel_answer(
+    id: u64,
+    state: JobState,
+    result: &Result<(), StoreError>,
+) -> Result<(), ControlError> {
+    match result {
+        Err(e) => Err(store_err(e)),
+        Ok(()) if state == JobState::Cancelled => Ok(()),
+        Ok(()) => Err(err(
+            ErrorKind::BadRequest,
+            format!(
+                "job {id} ended {} before the cancel took effect",
+                state.as_str()
+            ),
+        )),
     }
 }

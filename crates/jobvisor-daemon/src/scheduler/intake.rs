@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use jobvisor_proto::control::ControlError;
 use jobvisor_proto::control::{ErrorKind, JobRecord, JobRef, JobSpec, JobState, Stats, Submitted};
-use jobvisor_store::Finish;
+use jobvisor_store::{Finish, StoreError};
 use tokio::sync::{mpsc, oneshot};
 
 use super::admission::{self, Admitted};
@@ -17,7 +17,8 @@ use super::reply::{err, store_err, Reply};
 use super::stats::job_counts;
 use super::waiters::Added;
 use super::{Internal, Scheduler};
-use crate::errors::chain;
+use crate::errors::{chain, Chain};
+use crate::notify::Notice;
 
 impl Scheduler {
     pub(super) fn submit(&mut self, specs: Vec<JobSpec>, reply: Reply<Vec<Submitted>>) {
@@ -182,23 +183,75 @@ impl Scheduler {
             return;
         };
         if job.state == JobState::Running {
+            // Answered once the attempt's end (cancelled, or what it
+            // reached first) has committed (`spawn_state_write`).
             job.cancel_requested = true;
             if let Some(call) = job.call {
                 let pool = self.pool.clone();
                 tokio::spawn(async move { pool.cancel(call).await });
             }
-            let _ = reply.send(Ok(()));
+            self.cancels.entry(id).or_default().push(reply);
             return;
         }
+        // Answered once the cancel has committed (`on_cancelled`): until
+        // then the job is out of its queue and is not started.
+        job.cancelling = true;
         self.unplace(id);
-        self.end_job(
-            id,
-            Finish::Cancelled {
-                error: "cancelled by a client".into(),
-            },
-            None,
-        );
-        let _ = reply.send(Ok(()));
+        let next = Finish::Cancelled {
+            error: "cancelled by a client".into(),
+        };
+        // Its notifications are written with it, and go out once it committed.
+        let notice = self.notice(id, JobState::Cancelled);
+        let rows = notice.as_ref().map(Notice::deliveries).unwrap_or_default();
+        let write = self.store.try_finish_job(id, now_ms(), next.clone(), rows);
+        self.quiesce.pending_writes += 1;
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let result = write.await;
+            if let (Ok(()), Some(n)) = (&result, notice) {
+                n.send();
+            }
+            let _ = tx.send(Internal::Cancelled {
+                id,
+                next,
+                result,
+                reply,
+            });
+        });
+    }
+
+    /// A queued job's cancel has committed: it ends in memory as it has in
+    /// the store. Or the write failed: the job is placed again as it was,
+    /// and the client hears why.
+    pub(super) fn on_cancelled(
+        &mut self,
+        id: u64,
+        next: Finish,
+        result: Result<(), StoreError>,
+        reply: Reply<()>,
+    ) {
+        self.quiesce.pending_writes -= 1;
+        let cancelling = self.jobs.get(&id).is_some_and(|j| j.cancelling);
+        match result {
+            Ok(()) => {
+                if cancelling {
+                    let released = self.settle(id, &next, None);
+                    self.answer_waiters(id);
+                    self.release(id, JobState::Cancelled, released);
+                }
+                let _ = reply.send(Ok(()));
+            }
+            Err(e) => {
+                tracing::warn!(job = id, error = %Chain(&e), "cannot record a cancel; the job stays queued");
+                if let Some(job) = self.jobs.get_mut(&id).filter(|_| cancelling) {
+                    job.cancelling = false;
+                    if job.deps_left == 0 {
+                        self.place(id);
+                    }
+                }
+                let _ = reply.send(Err(store_err(&e)));
+            }
+        }
     }
 
     /// `jobvisor retry ID`: a finished job that did not succeed goes back to
@@ -264,23 +317,60 @@ impl Scheduler {
                 return;
             }
         };
+        if !self.reviving.insert(id) {
+            let _ = reply.send(Err(err(
+                ErrorKind::BadRequest,
+                format!("job {id} is being retried already"),
+            )));
+            return;
+        }
         // Fresh budgets, no dependencies to wait for; the history stays.
         job.failures = 0;
         job.crashes = 0;
         job.after.clear();
         job.set_state(JobState::Retrying);
         job.run_at_ms = now;
-        self.deps.forget(id);
-        self.jobs.insert(id, job);
-        self.spawn_finish_job(
+        // Answered once it has committed (`on_revived`); on a full disk it
+        // fails, and the job stays finished.
+        let write = self.store.try_finish_job(
             id,
+            now,
             Finish::Retry {
                 run_at_ms: now,
                 error: "retried by a client".into(),
             },
-            false,
-            None,
+            Vec::new(),
         );
+        self.quiesce.pending_writes += 1;
+        let tx = self.internal_tx.clone();
+        tokio::spawn(async move {
+            let result = write.await;
+            let _ = tx.send(Internal::Revived {
+                job: Box::new(job),
+                result,
+                reply,
+            });
+        });
+    }
+
+    /// A finished job's retry has committed: it goes back to its queue. Or
+    /// the write failed: it stays finished, and the client hears why.
+    pub(super) fn on_revived(
+        &mut self,
+        job: Job,
+        result: Result<(), StoreError>,
+        reply: Reply<()>,
+    ) {
+        self.quiesce.pending_writes -= 1;
+        let id = job.id;
+        self.reviving.remove(&id);
+        if let Err(e) = result {
+            tracing::warn!(job = id, error = %Chain(&e), "cannot record a retry; the job stays finished");
+            let _ = reply.send(Err(store_err(&e)));
+            return;
+        }
+        self.deps.forget(id);
+        self.jobs.insert(id, job);
         self.place(id);
         tracing::info!(job = id, "re-queued by a client");
         let _ = reply.send(Ok(()));

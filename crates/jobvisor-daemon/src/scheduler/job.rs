@@ -96,6 +96,10 @@ pub(crate) struct Job {
     /// The pool call of the running attempt.
     pub(super) call: Option<u64>,
     pub(super) cancel_requested: bool,
+    /// A client's cancel of this (not running) job is being written: it is
+    /// neither placed nor started until that commits (it ends then) or fails
+    /// (it is placed again, as it was).
+    pub(super) cancelling: bool,
     /// The job's own completion webhook.
     pub(super) notify_url: Option<String>,
 }
@@ -148,6 +152,7 @@ impl Job {
             deps_left: 0,
             call: None,
             cancel_requested: false,
+            cancelling: false,
             notify_url: r.notify_url,
         })
     }

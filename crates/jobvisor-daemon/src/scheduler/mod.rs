@@ -43,7 +43,7 @@ mod reply;
 mod stats;
 mod waiters;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -51,7 +51,7 @@ use jobvisor_pool::{CallUsage, Pool, PoolError};
 use jobvisor_proto::control::{
     ControlError, Event, JobRecord, JobSpec, JobState, Stats, Submitted,
 };
-use jobvisor_store::StoreHandle;
+use jobvisor_store::{Finish, StoreError, StoreHandle};
 use jobvisor_worker::Registry;
 use tokio::sync::{mpsc, oneshot};
 
@@ -135,6 +135,19 @@ enum Internal {
         record: Box<JobRecord>,
         reply: Reply<()>,
     },
+    /// A queued job's cancel has been written (or could not be).
+    Cancelled {
+        id: u64,
+        next: Finish,
+        result: Result<(), StoreError>,
+        reply: Reply<()>,
+    },
+    /// A finished job's retry has been written (or could not be).
+    Revived {
+        job: Box<Job>,
+        result: Result<(), StoreError>,
+        reply: Reply<()>,
+    },
     InputBuilt {
         id: u64,
         input: Result<String, InputError>,
@@ -158,6 +171,11 @@ pub(crate) struct Scheduler {
     internal_rx: Option<mpsc::UnboundedReceiver<Internal>>,
     /// Completion notifications, handed over once a terminal state commits.
     notifier: Notifier,
+    /// Finished jobs whose retry is being written.
+    reviving: HashSet<u64>,
+    /// Clients waiting for the cancel of a running job, answered once its
+    /// attempt's end has committed.
+    cancels: HashMap<u64, Vec<Reply<()>>>,
 }
 
 impl Scheduler {
@@ -187,6 +205,8 @@ impl Scheduler {
             internal_tx,
             internal_rx: Some(internal_rx),
             notifier,
+            reviving: HashSet::new(),
+            cancels: HashMap::new(),
         }
     }
 
@@ -273,18 +293,31 @@ impl Scheduler {
             Internal::Written { id, terminal } => {
                 self.quiesce.pending_writes -= 1;
                 if terminal {
-                    for (ids, reply) in self.waiters.job_done(id) {
-                        self.answer_wait(ids, reply);
-                    }
+                    self.answer_waiters(id);
                 }
             }
             Internal::Revive { record, reply } => self.revive(*record, reply),
+            Internal::Cancelled {
+                id,
+                next,
+                result,
+                reply,
+            } => self.on_cancelled(id, next, result, reply),
+            Internal::Revived { job, result, reply } => self.on_revived(*job, result, reply),
             Internal::InputBuilt { id, input } => self.on_input_built(id, input),
             Internal::WaitTimeout { waiter } => {
                 if let Some((ids, reply)) = self.waiters.timed_out(waiter) {
                     self.answer_wait(ids, reply);
                 }
             }
+        }
+    }
+
+    /// Answers the waits that were waiting for job `id` only, now that its
+    /// terminal state has committed.
+    fn answer_waiters(&mut self, id: u64) {
+        for (ids, reply) in self.waiters.job_done(id) {
+            self.answer_wait(ids, reply);
         }
     }
 

@@ -182,6 +182,7 @@ mod tests {
             deps_left: 0,
             call: None,
             cancel_requested: false,
+            cancelling: false,
             notify_url: None,
         }
     }

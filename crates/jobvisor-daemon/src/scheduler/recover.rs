@@ -39,9 +39,7 @@ impl Scheduler {
             let url = r.notify_url.as_deref();
             let state = JobState::Failed;
             debug_assert!(r.state.can_become(state), "job {}: {:?}", r.id, r.state);
-            let notice = self
-                .notifier
-                .notice(&self.cfg, r.id, &r.task, &r.queue, url, state);
+            let notice = self.notifier.notice(&self.cfg, r.id, &r.queue, url, state);
             match Job::from_record(r, &self.registry) {
                 Ok(job) => jobs.push(job),
                 Err((id, e)) => {

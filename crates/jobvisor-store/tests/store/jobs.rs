@@ -232,7 +232,7 @@ async fn insert_many_is_all_or_nothing_and_ids_are_not_reused() {
         .unwrap();
     let max = first.iter().map(|s| s.id).max().unwrap();
     for s in &first {
-        let fin = handle.finish_job(s.id, 5, Finish::Cancelled { error: "x".into() });
+        let fin = handle.finish_job(s.id, 5, Finish::Cancelled { error: "x".into() }, Vec::new());
         fin.await.unwrap();
     }
     assert_eq!(handle.prune(u64::MAX, 0).await.unwrap(), 200);

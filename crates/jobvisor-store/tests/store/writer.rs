@@ -19,6 +19,55 @@ async fn full_store_through_the_writer() {
     handle.close().await;
 }
 
+/// A terminal state's notifications are written in its transaction: with
+/// it, or (when it fails) not at all; then each row is updated after a
+/// failed attempt and deleted when done.
+#[tokio::test]
+async fn deliveries_commit_with_the_state_they_tell_of() {
+    use jobvisor_store::NewDelivery;
+    let dir = tempfile::tempdir().unwrap();
+    let handle = StoreHandle::spawn(open(dir.path())).unwrap();
+    let a = handle.insert_all(vec![job("a", json(1))]).await.unwrap()[0].id;
+    let hook = |state| NewDelivery {
+        state,
+        target: "{\"url\":\"http://127.0.0.1:9/\"}".into(),
+    };
+    let missing = handle.finish_job(
+        a + 1,
+        5,
+        Finish::Failed { error: "x".into() },
+        vec![hook(JobState::Failed)],
+    );
+    assert!(matches!(missing.await, Err(StoreError::NotFound(_))));
+    assert!(handle.deliveries_after(0, 10).await.unwrap().is_empty());
+    handle.start_attempt(a, 1, None, 1).await.unwrap();
+    let done = Finish::Succeeded { output: json(2) };
+    let two = vec![hook(JobState::Succeeded), hook(JobState::Succeeded)];
+    handle
+        .finish_attempt(a, 1, Some(7), AttemptOutcome::Ok, 9, done, two)
+        .await
+        .unwrap();
+    let rows = handle.deliveries_after(0, 10).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    assert!(rows[0].id < rows[1].id);
+    assert_eq!((rows[0].job_id, rows[0].state), (a, JobState::Succeeded));
+    assert_eq!((rows[0].attempts, rows[0].next_at_ms), (0, 9));
+    let later = handle.deliveries_after(rows[0].id, 10).await.unwrap();
+    assert_eq!(later, rows[1..]);
+    handle
+        .delivery_attempted(rows[0].id, 1, 500, "answered HTTP 500".into())
+        .await
+        .unwrap();
+    handle.delivery_done(rows[1].id).await.unwrap();
+    let left = handle.deliveries_after(0, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        (left[0].id, left[0].attempts, left[0].next_at_ms),
+        (rows[0].id, 1, 500)
+    );
+    handle.close().await;
+}
+
 #[tokio::test]
 async fn writer_runs_every_operation() {
     let dir = tempfile::tempdir().unwrap();
@@ -37,8 +86,9 @@ async fn writer_runs_every_operation() {
         AttemptOutcome::Ok,
         20,
         Finish::Succeeded { output: json(3) },
+        Vec::new(),
     );
-    let cancel = handle.finish_job(b, 30, Finish::Cancelled { error: "no".into() });
+    let cancel = handle.finish_job(b, 30, Finish::Cancelled { error: "no".into() }, Vec::new());
     let (start, finish, cancel) = tokio::join!(start, finish, cancel);
     start.unwrap();
     finish.unwrap();
@@ -72,7 +122,7 @@ async fn writer_runs_every_operation() {
     );
     assert_eq!(handle.prune(u64::MAX, 0).await.unwrap(), 2);
     assert!(matches!(
-        handle.finish_job(a, 1, Finish::Requeue).await,
+        handle.finish_job(a, 1, Finish::Requeue, Vec::new()).await,
         Err(StoreError::NotFound(_))
     ));
     let clone = handle.clone();
