@@ -213,6 +213,15 @@ pub struct SubmitArgs {
     /// Environment variable for an `exec` command (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env_pair)]
     pub env: Vec<(String, String)>,
+    /// Exit codes of an `exec` command that count as success (default: 0
+    /// only; any other exit, or a signal, fails the attempt), e.g. `0,1`.
+    #[arg(
+        long,
+        value_name = "CODE,...",
+        value_delimiter = ',',
+        allow_negative_numbers = true
+    )]
+    pub ok_codes: Vec<i32>,
     /// Queue (default: `default`).
     #[arg(long, value_name = "QUEUE")]
     pub queue: Option<String>,
@@ -262,7 +271,7 @@ pub struct SubmitArgs {
         long,
         value_name = "FILE",
         conflicts_with_all = [
-            "task", "command", "input", "cwd", "env", "queue", "priority",
+            "task", "command", "input", "cwd", "env", "ok_codes", "queue", "priority",
             "max_attempts", "backoff_ms", "timeout", "delay", "after", "key", "input_from",
             "notify_url",
         ]

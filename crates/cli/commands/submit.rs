@@ -91,9 +91,11 @@ fn single_spec(args: &SubmitArgs) -> Result<JobSpec, Failure> {
         .task
         .clone()
         .ok_or_else(|| Failure::usage("a TASK or --batch FILE is required"))?;
-    if args.command.is_empty() && (args.cwd.is_some() || !args.env.is_empty()) {
+    if args.command.is_empty()
+        && (args.cwd.is_some() || !args.env.is_empty() || !args.ok_codes.is_empty())
+    {
         return Err(Failure::usage(
-            "--cwd and --env are only for `submit exec [OPTIONS] -- CMD ARGS...`",
+            "--cwd, --env and --ok-codes are only for `submit exec [OPTIONS] -- CMD ARGS...`",
         ));
     }
     let input = if !args.command.is_empty() {
@@ -107,7 +109,8 @@ fn single_spec(args: &SubmitArgs) -> Result<JobSpec, Failure> {
             Some(dir) => Some(absolute_dir(dir)?),
             None => None,
         };
-        exec_input_json(&args.command, &args.env, cwd.as_deref())
+        let ok_codes = Some(args.ok_codes.as_slice()).filter(|c| !c.is_empty());
+        exec_input_json(&args.command, &args.env, cwd.as_deref(), ok_codes)
     } else {
         let text = args.input.as_deref().ok_or_else(|| {
             if task == EXEC_TASK {
@@ -163,7 +166,12 @@ fn absolute_dir(dir: &Path) -> Result<String, Failure> {
 
 /// The JSON input of the `exec` task. Every field of `ExecInput` is present:
 /// the daemon decodes it strictly into that struct.
-fn exec_input_json(argv: &[String], env: &[(String, String)], cwd: Option<&str>) -> String {
+fn exec_input_json(
+    argv: &[String],
+    env: &[(String, String)],
+    cwd: Option<&str>,
+    ok_codes: Option<&[i32]>,
+) -> String {
     json!({
         "argv": argv,
         "env": env,
@@ -173,6 +181,8 @@ fn exec_input_json(argv: &[String], env: &[(String, String)], cwd: Option<&str>)
         "max_output_bytes": 0,
         "timeout_ms": null,
         "kill_grace_ms": 0,
+        "ok_codes": ok_codes,
+        "error_tail_bytes": 0,
     })
     .to_string()
 }
@@ -194,14 +204,14 @@ mod tests {
             ("A".to_owned(), "1".to_owned()),
             ("B".to_owned(), "x=y".to_owned()),
         ];
-        let text = exec_input_json(&argv, &env, Some("/tmp"));
+        let text = exec_input_json(&argv, &env, Some("/tmp"), None);
         let input: jobvisor_tasks::ExecInput = serde_json::from_str(&text).unwrap();
         let mut want = jobvisor_tasks::ExecInput::new(argv.clone());
         want.env = env;
         want.cwd = Some("/tmp".to_owned());
         assert_eq!(input, want);
 
-        let text = exec_input_json(&argv, &[], None);
+        let text = exec_input_json(&argv, &[], None, None);
         let input: jobvisor_tasks::ExecInput = serde_json::from_str(&text).unwrap();
         assert_eq!(input, jobvisor_tasks::ExecInput::new(argv));
     }
@@ -235,6 +245,8 @@ mod tests {
             "8,9",
             "--key",
             "k",
+            "--ok-codes",
+            "0,1",
             "--",
             "ls",
             "-l",
@@ -256,6 +268,7 @@ mod tests {
             ]
         );
         assert_eq!(input.cwd.as_deref(), Some("/srv"));
+        assert_eq!(input.ok_codes, Some(vec![0, 1]));
         assert_eq!(spec.queue.as_deref(), Some("q"));
         assert_eq!(spec.priority, -2);
         assert_eq!(spec.max_attempts, Some(3));
@@ -328,12 +341,20 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(e.code, EXIT_USAGE);
-        assert!(e.message().contains("--cwd and --env"), "{}", e.message());
+        assert!(
+            e.message().contains("--cwd, --env and --ok-codes"),
+            "{}",
+            e.message()
+        );
         let e = single_spec(&submit_args(&[
             "submit", "sleep", "--env", "A=1", "--input", "1",
         ]))
         .unwrap_err();
-        assert!(e.message().contains("--cwd and --env"), "{}", e.message());
+        assert!(
+            e.message().contains("--cwd, --env and --ok-codes"),
+            "{}",
+            e.message()
+        );
         let e = single_spec(&submit_args(&["submit", "sleep", "--input", "{nope"])).unwrap_err();
         assert_eq!(e.code, EXIT_USAGE);
         assert!(e.message().contains("not valid JSON"), "{}", e.message());

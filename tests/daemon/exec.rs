@@ -1,0 +1,156 @@
+//! `exec` jobs end to end: a failing command fails its job (and is retried by
+//! the job's policy) with its output in the error, `--ok-codes` opts out.
+
+use jobvisor_client::JobState;
+
+use crate::util::*;
+
+/// The job id `submit` printed on its first line.
+fn first_id(out: &std::process::Output) -> u64 {
+    let id = stdout(out).lines().next().unwrap_or("").trim().to_string();
+    id.parse()
+        .unwrap_or_else(|_| panic!("no job id: {}", text(out)))
+}
+
+/// Issue 10, item E.17: `false` failed nothing (the job `succeeded`, `--wait`
+/// exited 0). Now each attempt fails, the policy retries it, the CLI exits 3,
+/// the error and `status` quote the exit code and the command's output, and a
+/// job after it does not run.
+#[test]
+fn a_failing_command_fails_its_job_and_is_retried() {
+    let d = Daemon::start(&[]);
+    let out = d.cli(&[
+        "submit",
+        "exec",
+        "--max-attempts",
+        "2",
+        "--backoff-ms",
+        "10",
+        "--wait",
+        "--",
+        "false",
+    ]);
+    assert_exit("submit exec -- false", &out, 3, "exited with code 1");
+    let id = first_id(&out);
+    let rec = rt().block_on(async { d.client().await.status(id).await.unwrap() });
+    assert_eq!(rec.state, JobState::Failed, "{rec:?}");
+    assert_eq!(rec.attempts.len(), 2, "retried per policy: {rec:?}");
+    let error = rec.error.unwrap_or_default();
+    assert!(
+        error.starts_with(
+            r#"task error: "false" exited with code 1 (ok_codes: [0]) (attempt 2 of 2)"#
+        ),
+        "{error}"
+    );
+
+    // The output is kept: in the error `--wait` prints and in `status`.
+    let script = "echo some output; echo it broke >&2; exit 4";
+    let out = d.cli(&[
+        "submit",
+        "exec",
+        "--max-attempts",
+        "1",
+        "--wait",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]);
+    assert_exit("exit 4", &out, 3, "exited with code 4");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\nstderr:\nit broke"), "{err}");
+    assert!(err.contains("\nstdout:\nsome output"), "{err}");
+    let id = first_id(&out).to_string();
+    let status = d.cli_ok(&["status", &id]);
+    assert!(status.contains("| it broke"), "{status}");
+    assert!(
+        status.contains(r#"error: "sh" exited with code 4 (ok_codes: [0])"#),
+        "{status}"
+    );
+
+    // A job after the failed one does not run.
+    let out = d.cli(&["submit", "noop", "--input", "1", "--after", &id, "--wait"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let after = first_id(&out);
+    let rec = rt().block_on(async { d.client().await.status(after).await.unwrap() });
+    assert!(rec.attempts.is_empty(), "the dependent ran: {rec:?}");
+}
+
+/// Issue 10, item E.17: the opt-out. `--ok-codes 0,1` makes `exit 1` a
+/// success, with the code in the output; a code outside the list still fails.
+#[test]
+fn ok_codes_make_an_exit_code_a_success() {
+    let d = Daemon::start(&[]);
+    let out = d.cli(&[
+        "submit",
+        "exec",
+        "--ok-codes",
+        "0,1",
+        "--wait",
+        "--",
+        "sh",
+        "-c",
+        "echo fine; exit 1",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let id = first_id(&out).to_string();
+    let res = d.cli_ok(&["result", &id, "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&res).expect(&res);
+    assert_eq!(v["output"]["code"], 1, "{res}");
+
+    let out = d.cli(&[
+        "submit",
+        "exec",
+        "--ok-codes",
+        "0,1",
+        "--max-attempts",
+        "1",
+        "--wait",
+        "--",
+        "sh",
+        "-c",
+        "exit 2",
+    ]);
+    assert_exit("exit 2", &out, 3, "exited with code 2 (ok_codes: [0, 1])");
+
+    // The same through the JSON input.
+    let out = d.cli(&[
+        "submit",
+        "exec",
+        "--wait",
+        "--input",
+        r#"{"argv": ["sh", "-c", "exit 7"], "ok_codes": [7]}"#,
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+/// Issue 10, item E.17: a command killed by a signal fails, whatever
+/// `--ok-codes` says.
+#[test]
+fn a_command_killed_by_a_signal_fails() {
+    let d = Daemon::start(&[]);
+    let out = d.cli(&[
+        "submit",
+        "exec",
+        "--ok-codes",
+        "0,143",
+        "--max-attempts",
+        "1",
+        "--wait",
+        "--",
+        "sh",
+        "-c",
+        "echo before; kill -TERM $$",
+    ]);
+    assert_exit(
+        "kill -TERM $$",
+        &out,
+        3,
+        "was killed by signal 15 (SIGTERM)",
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("\nstdout:\nbefore"),
+        "{}",
+        text(&out)
+    );
+}
