@@ -200,9 +200,10 @@ pub struct SubmitArgs {
     /// Task name. With `exec`, give the command after `--`.
     #[arg(value_name = "TASK", required_unless_present = "batch")]
     pub task: Option<String>,
-    /// The command of an `exec` job: `submit exec -- CMD ARGS...`.
+    /// The command of an `exec` job: `submit exec -- CMD ARGS...`. Any
+    /// bytes: an argument that is not UTF-8 reaches the command unchanged.
     #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<String>,
+    pub command: Vec<std::ffi::OsString>,
     /// Task input as JSON text (required except for `exec -- CMD` and `--batch`).
     #[arg(long, value_name = "JSON", conflicts_with = "command")]
     pub input: Option<String>,

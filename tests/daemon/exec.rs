@@ -1,5 +1,6 @@
 //! `exec` jobs end to end: a failing command fails its job (and is retried by
-//! the job's policy) with its output in the error, `--ok-codes` opts out.
+//! the job's policy) with its output in the error, `--ok-codes` opts out;
+//! arguments that are not UTF-8 pass through as bytes.
 
 use jobvisor_client::JobState;
 
@@ -153,4 +154,40 @@ fn a_command_killed_by_a_signal_fails() {
         "{}",
         text(&out)
     );
+}
+
+/// Issue 10, item D.16: an argument that is not UTF-8 reaches the command as
+/// the same bytes (it was refused as a usage error, and before that
+/// panicked the CLI). The command writes its `$1` to a file, compared here.
+#[test]
+fn a_non_utf8_argument_reaches_the_command_unchanged() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let d = Daemon::start(&[]);
+    let file = d.dir.path().join("arg");
+    let given: &[u8] = b"\xff\xfe caf\xc3\xa9 \x80-\x01";
+    let out = d
+        .cli_command()
+        .args([
+            "submit",
+            "exec",
+            "--wait",
+            "--",
+            "sh",
+            "-c",
+            r#"printf %s "$1" > "$2""#,
+            "sh",
+        ])
+        .arg(OsStr::from_bytes(given))
+        .arg(&file)
+        .output()
+        .expect("run submit");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(std::fs::read(&file).expect("the command wrote $1"), given);
+
+    // The stored input says so in its documented JSON form.
+    let id = first_id(&out).to_string();
+    let status = d.cli_ok(&["status", &id, "--json"]);
+    assert!(status.contains(r#""base64""#), "{status}");
 }

@@ -2,6 +2,7 @@
 //! ARGS...`) or many from `--batch FILE`, acknowledged once durable; with
 //! `--wait` (or a batch on a terminal) it waits for them to finish.
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
@@ -165,13 +166,15 @@ fn absolute_dir(dir: &Path) -> Result<String, Failure> {
 }
 
 /// The JSON input of the `exec` task. Every field of `ExecInput` is present:
-/// the daemon decodes it strictly into that struct.
+/// the daemon decodes it strictly into that struct. An argument that is not
+/// UTF-8 goes as `{"base64": "..."}` ([`jobvisor_tasks::arg_json`]).
 fn exec_input_json(
-    argv: &[String],
+    argv: &[OsString],
     env: &[(String, String)],
     cwd: Option<&str>,
     ok_codes: Option<&[i32]>,
 ) -> String {
+    let argv: Vec<Value> = argv.iter().map(|a| jobvisor_tasks::arg_json(a)).collect();
     json!({
         "argv": argv,
         "env": env,
@@ -199,7 +202,7 @@ mod tests {
 
     #[test]
     fn exec_input_decodes_into_exec_input() {
-        let argv = vec!["sh".to_owned(), "-c".to_owned(), "echo \"hi\"".to_owned()];
+        let argv: Vec<OsString> = vec!["sh".into(), "-c".into(), "echo \"hi\"".into()];
         let env = vec![
             ("A".to_owned(), "1".to_owned()),
             ("B".to_owned(), "x=y".to_owned()),

@@ -7,8 +7,10 @@
 //! runs on the worker's single thread: one `poll` loop watches the child's
 //! pipes, a pidfd for its exit, and the call's cancellation.
 
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -50,12 +52,15 @@ pub struct Exec;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecInput {
-    /// The program and its arguments. The program is looked up in `PATH`
-    /// unless it contains a `/`. Must not be empty.
-    pub argv: Vec<String>,
+    /// The program and its arguments: any bytes but NUL. The program is
+    /// looked up in `PATH` unless it contains a `/`. Must not be empty. In
+    /// JSON each is a string, or `{"base64": "..."}` for bytes that are not
+    /// UTF-8 (see [`crate::arg_json`]).
+    #[serde(with = "crate::args::argv")]
+    pub argv: Vec<OsString>,
     /// Environment variables to set, in order (a later entry wins). In JSON
     /// either `{"K": "V", ...}` or `[["K", "V"], ...]`.
-    #[serde(default, deserialize_with = "env_pairs")]
+    #[serde(default, deserialize_with = "crate::args::env_pairs")]
     pub env: Vec<(String, String)>,
     /// Start from an empty environment instead of the worker's.
     #[serde(default)]
@@ -109,7 +114,7 @@ impl ExecInput {
     pub fn new<I, S>(argv: I) -> Self
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: Into<OsString>,
     {
         Self {
             argv: argv.into_iter().map(Into::into).collect(),
@@ -390,7 +395,7 @@ fn validate(input: &ExecInput) -> Result<(), TaskError> {
             "ok_codes is empty, so no exit could succeed; leave it out for [0]",
         ));
     }
-    if let Some(a) = input.argv.iter().find(|a| a.contains('\0')) {
+    if let Some(a) = input.argv.iter().find(|a| a.as_bytes().contains(&0)) {
         return Err(TaskError::bad_input(format!(
             "argument {a:?} contains a NUL byte"
         )));
@@ -415,7 +420,7 @@ fn validate(input: &ExecInput) -> Result<(), TaskError> {
     Ok(())
 }
 
-fn command(program: &str, args: &[String], input: &ExecInput) -> Command {
+fn command(program: &OsStr, args: &[OsString], input: &ExecInput) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args);
     if input.clear_env {
@@ -758,43 +763,4 @@ fn wait_io(
         stderr: ready(slots[1]),
         stdin: ready(slots[2]),
     })
-}
-
-/// `env` as pairs from either JSON form: an object (`{"K": "V"}`, what people
-/// write) or a list of pairs (`[["K", "V"]]`, which keeps an order). The
-/// native (bincode) encoding is always the list: bincode cannot tell a map
-/// from a list by looking, so only a self-describing format gets the choice.
-fn env_pairs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
-    use serde::de::{MapAccess, SeqAccess, Visitor};
-
-    struct Pairs;
-    impl<'de> Visitor<'de> for Pairs {
-        type Value = Vec<(String, String)>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(r#"an object {"K": "V"} or a list of pairs [["K", "V"]]"#)
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(pair) = seq.next_element()? {
-                out.push(pair);
-            }
-            Ok(out)
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(pair) = map.next_entry()? {
-                out.push(pair);
-            }
-            Ok(out)
-        }
-    }
-
-    if d.is_human_readable() {
-        d.deserialize_any(Pairs)
-    } else {
-        d.deserialize_seq(Pairs)
-    }
 }
