@@ -1,9 +1,14 @@
 //! `exec` jobs end to end: a failing command fails its job (and is retried by
 //! the job's policy) with its output in the error, `--ok-codes` opts out;
-//! arguments that are not UTF-8 pass through as bytes.
+//! arguments that are not UTF-8 pass through as bytes; nothing a command
+//! started outlives its worker or the daemon, with either start method.
+
+use std::time::{Duration, Instant};
 
 use jobvisor_client::JobState;
 
+use crate::util::proc::{all_pids, cmdline, proc_info};
+use crate::util::wait::until;
 use crate::util::*;
 
 /// The job id `submit` printed on its first line.
@@ -190,4 +195,110 @@ fn a_non_utf8_argument_reaches_the_command_unchanged() {
     let id = first_id(&out).to_string();
     let status = d.cli_ok(&["status", &id, "--json"]);
     assert!(status.contains(r#""base64""#), "{status}");
+}
+
+/// Who is killed with `SIGKILL` under a running command.
+#[derive(Debug, Clone, Copy)]
+enum Victim {
+    Worker,
+    Daemon,
+}
+
+/// Live processes whose command line starts with `prefix` and holds `tag`.
+fn alive(prefix: &str, tag: &str) -> Vec<(i32, String)> {
+    all_pids()
+        .into_iter()
+        .filter(|&p| proc_info(p).is_some_and(|i| i.is_alive()))
+        .map(|p| (p, cmdline(p)))
+        .filter(|(_, c)| c.starts_with(prefix) && c.contains(tag))
+        .collect()
+}
+
+/// Live `sleep`s with argument `arg`, described.
+fn alive_with(arg: &str) -> Vec<String> {
+    alive(&format!("sleep {arg}"), arg)
+        .into_iter()
+        .map(|(p, c)| format!("pid {p}: {c}"))
+        .collect()
+}
+
+/// Issue 10, item D.14: `sh -c 'sleep A & sleep B'` runs; `victim` is killed
+/// with `SIGKILL`; no process with those unique sleep arguments may remain
+/// (both were reparented to init and ran on). A killed worker's job is
+/// retried, and the retry (which finds the flag file and exits 0) succeeds.
+fn nothing_of_the_command_survives(method: &str, victim: Victim) {
+    let mut d = Daemon::start_raw(&["--workers", "1", "--start-method", method]);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    let tag = format!("{}{nanos:09}", std::process::id());
+    let (a, b) = (format!("1006.{tag}"), format!("1007.{tag}"));
+    let flag = d.dir.path().join("started");
+    let script = format!(
+        "if [ -e '{f}' ]; then exit 0; fi; touch '{f}'; sleep {a} & sleep {b}",
+        f = flag.display()
+    );
+    let id: u64 = d
+        .cli_ok(&["submit", "exec", "--", "sh", "-c", &script])
+        .parse()
+        .expect("job id");
+    let worker = rt().block_on(async {
+        let mut c = d.client().await;
+        until(Duration::from_secs(30), "both sleeps running", async || {
+            let r = c.status(id).await.map_err(|e| e.to_string())?;
+            // The worker is the shell's parent.
+            let shell = alive("sh -c", &tag);
+            let worker = shell
+                .first()
+                .and_then(|(p, _)| proc_info(*p))
+                .map(|i| i.ppid);
+            let (sa, sb) = (alive_with(&a), alive_with(&b));
+            match worker {
+                Some(p) if r.state == JobState::Running && sa.len() == 1 && sb.len() == 1 => Ok(p),
+                _ => Err(format!("{r:?}; shell {shell:?}, sleeps {sa:?} {sb:?}")),
+            }
+        })
+        .await
+    });
+    match victim {
+        Victim::Worker => assert!(proc::signal(worker, libc::SIGKILL), "kill worker"),
+        Victim::Daemon => d.kill9(),
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut left = Vec::new();
+    while Instant::now() < deadline {
+        left = [alive_with(&a), alive_with(&b)].concat();
+        if left.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        left.is_empty(),
+        "{method}, {victim:?} killed: the command's processes survive: {left:?}"
+    );
+    if let Victim::Worker = victim {
+        let out = d.cli(&["wait", &id.to_string()]);
+        assert!(out.status.success(), "the retry: {}", text(&out));
+    }
+}
+
+#[test]
+fn a_killed_worker_takes_its_command_with_it_forkserver() {
+    nothing_of_the_command_survives("forkserver", Victim::Worker);
+}
+
+#[test]
+fn a_killed_worker_takes_its_command_with_it_spawn() {
+    nothing_of_the_command_survives("spawn", Victim::Worker);
+}
+
+#[test]
+fn a_killed_daemon_leaves_no_process_of_a_job_forkserver() {
+    nothing_of_the_command_survives("forkserver", Victim::Daemon);
+}
+
+#[test]
+fn a_killed_daemon_leaves_no_process_of_a_job_spawn() {
+    nothing_of_the_command_survives("spawn", Victim::Daemon);
 }

@@ -1,8 +1,10 @@
 //! `"exec"`: runs a program as a child process of the worker.
 //!
 //! The child gets its own process group, so that stopping it stops everything
-//! it started too (as long as those stay in the group), and dies with the
-//! worker thanks to `PR_SET_PDEATHSIG`. Output is captured up to a cap while
+//! it started too (as long as those stay in the group). The group dies with
+//! the worker: the child has `PR_SET_PDEATHSIG`, and the group is published
+//! (`jobvisor_worker::child_group`) for the worker's `SIGTERM` handler and for
+//! whoever reaps a worker that died of `SIGKILL`. Output is captured up to a cap while
 //! the pipes keep being drained, so a chatty child never blocks. Everything
 //! runs on the worker's single thread: one `poll` loop watches the child's
 //! pipes, a pidfd for its exit, and the call's cancellation.
@@ -487,6 +489,8 @@ impl Group {
             let _ = child.wait();
             return Err(TaskError::msg("child pid does not fit a pid_t"));
         };
+        // Now whoever reaps a dead worker can kill this group too.
+        jobvisor_worker::child_group::set(pid);
         Ok(Self {
             child,
             pid: Pid::from_raw(pid),
@@ -514,6 +518,8 @@ impl Group {
     }
 
     fn reap(&mut self) -> Result<ExitStatus, TaskError> {
+        // Withdrawn first: once reaped, the pid may name a stranger's group.
+        jobvisor_worker::child_group::clear();
         let status = self
             .child
             .wait()
@@ -527,6 +533,7 @@ impl Drop for Group {
     fn drop(&mut self) {
         if !self.reaped {
             self.signal(Signal::SIGKILL);
+            jobvisor_worker::child_group::clear();
             let _ = self.child.wait();
             self.reaped = true;
         }
