@@ -6,7 +6,7 @@
 //! this, `sh -c 'sleep 1 & sleep 2'` outlived a killed worker, reparented to
 //! init. Three parties now know the group:
 //! - the worker itself: on `SIGTERM` (the pool's escalation, and its parent
-//!   death signal, see [`arm`]) a handler kills the group, then the worker
+//!   death signal, see `arm`) a handler kills the group, then the worker
 //!   dies of `SIGTERM` as before;
 //! - the supervisor side, through slot 4 of the beacon page
 //!   ([`crate::Beacon::child_group`]): whoever reaps a worker that died of
