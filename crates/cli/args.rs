@@ -200,9 +200,10 @@ pub struct SubmitArgs {
     /// Task name. With `exec`, give the command after `--`.
     #[arg(value_name = "TASK", required_unless_present = "batch")]
     pub task: Option<String>,
-    /// The command of an `exec` job: `submit exec -- CMD ARGS...`.
+    /// The command of an `exec` job: `submit exec -- CMD ARGS...`. Any
+    /// bytes: an argument that is not UTF-8 reaches the command unchanged.
     #[arg(last = true, value_name = "CMD")]
-    pub command: Vec<String>,
+    pub command: Vec<std::ffi::OsString>,
     /// Task input as JSON text (required except for `exec -- CMD` and `--batch`).
     #[arg(long, value_name = "JSON", conflicts_with = "command")]
     pub input: Option<String>,
@@ -213,6 +214,15 @@ pub struct SubmitArgs {
     /// Environment variable for an `exec` command (repeatable).
     #[arg(long = "env", value_name = "K=V", value_parser = parse_env_pair)]
     pub env: Vec<(String, String)>,
+    /// Exit codes of an `exec` command that count as success (default: 0
+    /// only; any other exit, or a signal, fails the attempt), e.g. `0,1`.
+    #[arg(
+        long,
+        value_name = "CODE,...",
+        value_delimiter = ',',
+        allow_negative_numbers = true
+    )]
+    pub ok_codes: Vec<i32>,
     /// Queue (default: `default`).
     #[arg(long, value_name = "QUEUE")]
     pub queue: Option<String>,
@@ -262,7 +272,7 @@ pub struct SubmitArgs {
         long,
         value_name = "FILE",
         conflicts_with_all = [
-            "task", "command", "input", "cwd", "env", "queue", "priority",
+            "task", "command", "input", "cwd", "env", "ok_codes", "queue", "priority",
             "max_attempts", "backoff_ms", "timeout", "delay", "after", "key", "input_from",
             "notify_url",
         ]

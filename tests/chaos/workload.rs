@@ -22,7 +22,8 @@ pub(super) enum Kind {
     Spin,
     /// `exec true`: succeeds with code 0.
     ExecTrue,
-    /// `exec sh -c "exit 3"`: succeeds (the job ran) with code 3 recorded.
+    /// `exec sh -c "exit 3"` with `ok_codes: [3]`: succeeds with code 3
+    /// recorded (without the opt-out a nonzero exit fails the attempt).
     ExecExit3,
     /// `hash` of a small file: succeeds with its digest.
     Hash,
@@ -74,7 +75,7 @@ pub(super) fn plan(cfg: &ChaosConfig, dir: &Path, data: &Path) -> Vec<Planned> {
                 68..=74 => (
                     Kind::ExecExit3,
                     "exec",
-                    r#"{"argv": ["sh", "-c", "exit 3"]}"#.to_string(),
+                    r#"{"argv": ["sh", "-c", "exit 3"], "ok_codes": [3]}"#.to_string(),
                 ),
                 75..=84 => (
                     Kind::Hash,

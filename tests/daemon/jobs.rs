@@ -62,7 +62,7 @@ fn every_builtin_task_through_submit_wait_result() {
         "{}",
         text(&res)
     );
-    // A failing command is a job that succeeded with exit code 3 recorded.
+    // A command that exits 0 is a job that succeeded.
     let status = d.cli(&["status", &id, "--json"]);
     assert!(
         stdout(&status).contains("\"succeeded\""),

@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - `jobs`: built-in tasks, retries and exit codes, cancelling a command.
+//! - `exec`: commands: a failing one fails its job, `--ok-codes`.
 //! - `pipelines`: idempotency, dependencies, batches, outputs as inputs.
 //! - `control`: the socket's gates: peer uid, a full queue, bad input.
 //! - `crashes`: kill -9 with jobs queued, poison jobs, crashing tasks.
@@ -14,6 +15,7 @@
 
 mod control;
 mod crashes;
+mod exec;
 mod io;
 mod jobs;
 mod notify;

@@ -73,7 +73,7 @@ pub fn format_status(r: &JobRecord) -> String {
         field("output", &preview(output));
     }
     if let Some(e) = &r.error {
-        field("error", e);
+        field("error", &continued(e));
     }
     field(
         "attempts",
@@ -106,7 +106,7 @@ fn describe_outcome(o: &AttemptOutcome) -> String {
     match o {
         AttemptOutcome::Running => "running".to_owned(),
         AttemptOutcome::Ok => "ok".to_owned(),
-        AttemptOutcome::Error(e) => format!("error: {}", one_line(e)),
+        AttemptOutcome::Error(e) => format!("error: {}", one_line(headline(e))),
         AttemptOutcome::Panic(e) => format!("panicked: {}", one_line(e)),
         AttemptOutcome::Crashed {
             code,
@@ -128,6 +128,24 @@ fn describe_outcome(o: &AttemptOutcome) -> String {
         AttemptOutcome::Lost => "lost (the daemon stopped while it ran)".to_owned(),
         AttemptOutcome::Cancelled => "cancelled".to_owned(),
     }
+}
+
+/// The first line of an error: an `exec` failure goes on with the command's
+/// output, which the job's `error` field shows once, not every attempt.
+fn headline(e: &str) -> &str {
+    e.lines().next().unwrap_or(e)
+}
+
+/// A many-line value for a `name: value` field: its later lines indented
+/// under the value and marked `|`, like a crash's output tail.
+fn continued(value: &str) -> String {
+    let mut lines = value.lines();
+    let mut out = lines.next().unwrap_or("").to_owned();
+    for line in lines {
+        out.push_str("\n           | ");
+        out.push_str(line);
+    }
+    out
 }
 
 /// A payload on one line, cut to [`PREVIEW_CHARS`].

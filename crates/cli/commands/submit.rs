@@ -2,6 +2,7 @@
 //! ARGS...`) or many from `--batch FILE`, acknowledged once durable; with
 //! `--wait` (or a batch on a terminal) it waits for them to finish.
 
+use std::ffi::OsString;
 use std::io::IsTerminal;
 use std::path::Path;
 use std::time::Duration;
@@ -91,9 +92,11 @@ fn single_spec(args: &SubmitArgs) -> Result<JobSpec, Failure> {
         .task
         .clone()
         .ok_or_else(|| Failure::usage("a TASK or --batch FILE is required"))?;
-    if args.command.is_empty() && (args.cwd.is_some() || !args.env.is_empty()) {
+    if args.command.is_empty()
+        && (args.cwd.is_some() || !args.env.is_empty() || !args.ok_codes.is_empty())
+    {
         return Err(Failure::usage(
-            "--cwd and --env are only for `submit exec [OPTIONS] -- CMD ARGS...`",
+            "--cwd, --env and --ok-codes are only for `submit exec [OPTIONS] -- CMD ARGS...`",
         ));
     }
     let input = if !args.command.is_empty() {
@@ -107,7 +110,8 @@ fn single_spec(args: &SubmitArgs) -> Result<JobSpec, Failure> {
             Some(dir) => Some(absolute_dir(dir)?),
             None => None,
         };
-        exec_input_json(&args.command, &args.env, cwd.as_deref())
+        let ok_codes = Some(args.ok_codes.as_slice()).filter(|c| !c.is_empty());
+        exec_input_json(&args.command, &args.env, cwd.as_deref(), ok_codes)
     } else {
         let text = args.input.as_deref().ok_or_else(|| {
             if task == EXEC_TASK {
@@ -162,8 +166,15 @@ fn absolute_dir(dir: &Path) -> Result<String, Failure> {
 }
 
 /// The JSON input of the `exec` task. Every field of `ExecInput` is present:
-/// the daemon decodes it strictly into that struct.
-fn exec_input_json(argv: &[String], env: &[(String, String)], cwd: Option<&str>) -> String {
+/// the daemon decodes it strictly into that struct. An argument that is not
+/// UTF-8 goes as `{"base64": "..."}` ([`jobvisor_tasks::arg_json`]).
+fn exec_input_json(
+    argv: &[OsString],
+    env: &[(String, String)],
+    cwd: Option<&str>,
+    ok_codes: Option<&[i32]>,
+) -> String {
+    let argv: Vec<Value> = argv.iter().map(|a| jobvisor_tasks::arg_json(a)).collect();
     json!({
         "argv": argv,
         "env": env,
@@ -173,6 +184,8 @@ fn exec_input_json(argv: &[String], env: &[(String, String)], cwd: Option<&str>)
         "max_output_bytes": 0,
         "timeout_ms": null,
         "kill_grace_ms": 0,
+        "ok_codes": ok_codes,
+        "error_tail_bytes": 0,
     })
     .to_string()
 }
@@ -189,19 +202,19 @@ mod tests {
 
     #[test]
     fn exec_input_decodes_into_exec_input() {
-        let argv = vec!["sh".to_owned(), "-c".to_owned(), "echo \"hi\"".to_owned()];
+        let argv: Vec<OsString> = vec!["sh".into(), "-c".into(), "echo \"hi\"".into()];
         let env = vec![
             ("A".to_owned(), "1".to_owned()),
             ("B".to_owned(), "x=y".to_owned()),
         ];
-        let text = exec_input_json(&argv, &env, Some("/tmp"));
+        let text = exec_input_json(&argv, &env, Some("/tmp"), None);
         let input: jobvisor_tasks::ExecInput = serde_json::from_str(&text).unwrap();
         let mut want = jobvisor_tasks::ExecInput::new(argv.clone());
         want.env = env;
         want.cwd = Some("/tmp".to_owned());
         assert_eq!(input, want);
 
-        let text = exec_input_json(&argv, &[], None);
+        let text = exec_input_json(&argv, &[], None, None);
         let input: jobvisor_tasks::ExecInput = serde_json::from_str(&text).unwrap();
         assert_eq!(input, jobvisor_tasks::ExecInput::new(argv));
     }
@@ -235,6 +248,8 @@ mod tests {
             "8,9",
             "--key",
             "k",
+            "--ok-codes",
+            "0,1",
             "--",
             "ls",
             "-l",
@@ -256,6 +271,7 @@ mod tests {
             ]
         );
         assert_eq!(input.cwd.as_deref(), Some("/srv"));
+        assert_eq!(input.ok_codes, Some(vec![0, 1]));
         assert_eq!(spec.queue.as_deref(), Some("q"));
         assert_eq!(spec.priority, -2);
         assert_eq!(spec.max_attempts, Some(3));
@@ -328,12 +344,20 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(e.code, EXIT_USAGE);
-        assert!(e.message().contains("--cwd and --env"), "{}", e.message());
+        assert!(
+            e.message().contains("--cwd, --env and --ok-codes"),
+            "{}",
+            e.message()
+        );
         let e = single_spec(&submit_args(&[
             "submit", "sleep", "--env", "A=1", "--input", "1",
         ]))
         .unwrap_err();
-        assert!(e.message().contains("--cwd and --env"), "{}", e.message());
+        assert!(
+            e.message().contains("--cwd, --env and --ok-codes"),
+            "{}",
+            e.message()
+        );
         let e = single_spec(&submit_args(&["submit", "sleep", "--input", "{nope"])).unwrap_err();
         assert_eq!(e.code, EXIT_USAGE);
         assert!(e.message().contains("not valid JSON"), "{}", e.message());

@@ -203,7 +203,7 @@ fn failure_end(
             }
         } else {
             Finish::Failed {
-                error: format!("{error} (attempt {n} of {})", job.max_attempts),
+                error: with_note(&error, &format!("(attempt {n} of {})", job.max_attempts)),
             }
         };
         (outcome, next)
@@ -267,6 +267,16 @@ fn failure_end(
         ),
         PoolError::Closed => (AttemptOutcome::Lost, Finish::Requeue),
         other => failure(AttemptOutcome::Error(chain(other)), chain(other)),
+    }
+}
+
+/// `error` with `note` at the end of its first line: an error that quotes a
+/// command's output (exec's) goes on over more lines, and the note belongs
+/// to the headline, not after the output.
+fn with_note(error: &str, note: &str) -> String {
+    match error.split_once('\n') {
+        Some((head, rest)) => format!("{head} {note}\n{rest}"),
+        None => format!("{error} {note}"),
     }
 }
 
@@ -423,6 +433,21 @@ mod tests {
         assert_eq!(d.charge, Charge::Failure);
         let d = on_failure(facts(2, 0), &task_err(FailureKind::Error), 1000, 0);
         assert!(matches!(d.next, Finish::Failed { ref error } if error.contains("attempt 3 of 3")));
+    }
+
+    #[test]
+    fn the_attempt_note_ends_the_headline_of_a_many_line_error() {
+        assert_eq!(
+            with_note("boom", "(attempt 3 of 3)"),
+            "boom (attempt 3 of 3)"
+        );
+        assert_eq!(
+            with_note(
+                "\"false\" exited with code 1\nstderr:\nno",
+                "(attempt 1 of 1)"
+            ),
+            "\"false\" exited with code 1 (attempt 1 of 1)\nstderr:\nno"
+        );
     }
 
     #[test]

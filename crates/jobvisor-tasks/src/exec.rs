@@ -1,14 +1,18 @@
 //! `"exec"`: runs a program as a child process of the worker.
 //!
 //! The child gets its own process group, so that stopping it stops everything
-//! it started too (as long as those stay in the group), and dies with the
-//! worker thanks to `PR_SET_PDEATHSIG`. Output is captured up to a cap while
+//! it started too (as long as those stay in the group). The group dies with
+//! the worker: the child has `PR_SET_PDEATHSIG`, and the group is published
+//! (`jobvisor_worker::child_group`) for the worker's `SIGTERM` handler and for
+//! whoever reaps a worker that died of `SIGKILL`. Output is captured up to a cap while
 //! the pipes keep being drained, so a chatty child never blocks. Everything
 //! runs on the worker's single thread: one `poll` loop watches the child's
 //! pipes, a pidfd for its exit, and the call's cancellation.
 
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -24,8 +28,14 @@ use serde::{Deserialize, Serialize};
 
 /// `"exec"`: runs a program and collects its exit status and output.
 ///
-/// A nonzero exit is not a task error: the output carries the code and the
-/// caller decides. Failing to start the program (not found, bad `cwd`, …) is.
+/// The call succeeds only when the program exits with one of
+/// [`ExecInput::ok_codes`] (by default just 0), as pueue, GNU parallel and
+/// systemd have it: a nonzero exit, death by a signal or
+/// [`ExecInput::timeout_ms`] passing is a task error, so the job's retry
+/// policy applies and its dependents do not run. The error keeps the evidence:
+/// the exit code or signal and the last [`ExecInput::error_tail_bytes`] of
+/// stderr and stdout. Failing to start the program (not found, bad `cwd`, …)
+/// is a task error too.
 ///
 /// The program runs in a new process group. When the call is cancelled or
 /// [`ExecInput::timeout_ms`] passes, the group gets `SIGTERM`, then `SIGKILL`
@@ -44,12 +54,15 @@ pub struct Exec;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExecInput {
-    /// The program and its arguments. The program is looked up in `PATH`
-    /// unless it contains a `/`. Must not be empty.
-    pub argv: Vec<String>,
+    /// The program and its arguments: any bytes but NUL. The program is
+    /// looked up in `PATH` unless it contains a `/`. Must not be empty. In
+    /// JSON each is a string, or `{"base64": "..."}` for bytes that are not
+    /// UTF-8 (see [`crate::arg_json`]).
+    #[serde(with = "crate::args::argv")]
+    pub argv: Vec<OsString>,
     /// Environment variables to set, in order (a later entry wins). In JSON
     /// either `{"K": "V", ...}` or `[["K", "V"], ...]`.
-    #[serde(default, deserialize_with = "env_pairs")]
+    #[serde(default, deserialize_with = "crate::args::env_pairs")]
     pub env: Vec<(String, String)>,
     /// Start from an empty environment instead of the worker's.
     #[serde(default)]
@@ -67,15 +80,25 @@ pub struct ExecInput {
     /// travel back in the reply, so keep the pool's output limit in mind.
     #[serde(default)]
     pub max_output_bytes: u64,
-    /// Stop the program after this long: the call then succeeds with
-    /// [`ExecOutput::timed_out`] set. `None` means no limit of its own (the
-    /// call's deadline and cancellation still apply, and fail the call).
+    /// Stop the program after this long: the call then fails, with what the
+    /// program wrote so far in the error. `None` means no limit of its own
+    /// (the call's deadline and cancellation still apply, and fail the call).
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     /// Time between `SIGTERM` and `SIGKILL` when stopping the program.
     /// 0 means [`ExecInput::DEFAULT_KILL_GRACE_MS`].
     #[serde(default)]
     pub kill_grace_ms: u64,
+    /// Exit codes that count as success; `None` means `[0]`. A death by a
+    /// signal or a timeout is a failure whatever this says. An empty list is
+    /// refused (nothing could succeed).
+    #[serde(default)]
+    pub ok_codes: Option<Vec<i32>>,
+    /// Most bytes of the end of each of stderr and stdout that a failure's
+    /// error message quotes (at most what was captured). 0 means
+    /// [`ExecInput::DEFAULT_ERROR_TAIL_BYTES`].
+    #[serde(default)]
+    pub error_tail_bytes: u64,
 }
 
 impl ExecInput {
@@ -83,6 +106,9 @@ impl ExecInput {
     pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 1 << 20;
     /// What `kill_grace_ms: 0` stands for: 2 s.
     pub const DEFAULT_KILL_GRACE_MS: u64 = 2000;
+    /// What `error_tail_bytes: 0` stands for: 4 KiB per stream, enough for
+    /// the last screenful of a failed build without bloating the job record.
+    pub const DEFAULT_ERROR_TAIL_BYTES: u64 = 4096;
 
     /// Runs `argv` with the worker's environment and directory, no input, the
     /// default output cap and grace period, and no timeout of its own.
@@ -90,7 +116,7 @@ impl ExecInput {
     pub fn new<I, S>(argv: I) -> Self
     where
         I: IntoIterator<Item = S>,
-        S: Into<String>,
+        S: Into<OsString>,
     {
         Self {
             argv: argv.into_iter().map(Into::into).collect(),
@@ -101,16 +127,21 @@ impl ExecInput {
             max_output_bytes: 0,
             timeout_ms: None,
             kill_grace_ms: 0,
+            ok_codes: None,
+            error_tail_bytes: 0,
         }
     }
 }
 
-/// Output of [`Exec`].
+/// Output of [`Exec`]: what a program that exited with one of
+/// [`ExecInput::ok_codes`] left (any other end is a task error).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExecOutput {
-    /// Exit code, when the program exited normally.
+    /// Exit code: one of [`ExecInput::ok_codes`]. An `Option` for the sake
+    /// of stored records of earlier versions, which kept failures here too.
     pub code: Option<i32>,
-    /// The signal that killed the program, when one did.
+    /// The signal that killed the program: always `None` now that a signal
+    /// fails the call (kept for stored records of earlier versions).
     pub signal: Option<i32>,
     /// Captured standard output, at most `max_output_bytes`.
     #[serde(with = "serde_bytes")]
@@ -124,8 +155,6 @@ pub struct ExecOutput {
     pub stderr_truncated: bool,
     /// Wall time from start to exit, in milliseconds.
     pub duration_ms: u64,
-    /// Whether the program was stopped because `timeout_ms` passed.
-    pub timed_out: bool,
 }
 
 impl ExecOutput {
@@ -176,8 +205,13 @@ impl Task for Exec {
         // Opened before anything can reap the child, so the pid is still ours.
         let pidfd = pidfd_open(group.pid);
 
-        let mut stdout = Capture::new(group.child.stdout.take().map(OwnedFd::from), limit)?;
-        let mut stderr = Capture::new(group.child.stderr.take().map(OwnedFd::from), limit)?;
+        let tail = match input.error_tail_bytes {
+            0 => ExecInput::DEFAULT_ERROR_TAIL_BYTES,
+            n => n,
+        };
+        let tail = usize::try_from(tail).unwrap_or(usize::MAX);
+        let mut stdout = Capture::new(group.child.stdout.take().map(OwnedFd::from), limit, tail)?;
+        let mut stderr = Capture::new(group.child.stderr.take().map(OwnedFd::from), limit, tail)?;
         let mut feed = Feed::new(group.child.stdin.take().map(OwnedFd::from), input.stdin)?;
 
         let deadline = input
@@ -267,19 +301,79 @@ impl Task for Exec {
         if cancelled {
             return Err(TaskError::cancelled());
         }
-        let ended = exited_at.unwrap_or_else(Instant::now);
-        Ok(ExecOutput {
+        let end = End {
             code: status.code(),
             signal: status.signal(),
+            timed_out: timed_out.then_some(input.timeout_ms.unwrap_or(0)),
+        };
+        if let Some(why) = why_failed(&end, input.ok_codes.as_deref()) {
+            let head = format!("{program:?} {why}");
+            let tails = [("stderr", stderr.tail()), ("stdout", stdout.tail())];
+            return Err(TaskError::msg(failure_message(&head, &tails)));
+        }
+        let ended = exited_at.unwrap_or_else(Instant::now);
+        Ok(ExecOutput {
+            code: end.code,
+            signal: end.signal,
             stdout_truncated: stdout.truncated,
             stderr_truncated: stderr.truncated,
             stdout: stdout.buf,
             stderr: stderr.buf,
             duration_ms: u64::try_from(ended.duration_since(started).as_millis())
                 .unwrap_or(u64::MAX),
-            timed_out,
         })
     }
+}
+
+/// How a program ended, as far as success is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct End {
+    code: Option<i32>,
+    signal: Option<i32>,
+    /// `Some(timeout_ms)` when the program was stopped for its timeout.
+    timed_out: Option<u64>,
+}
+
+/// Why the program's end is a failure, or `None` when it is a success: an
+/// exit with one of `ok_codes` (`None`: just 0), not stopped for a timeout.
+fn why_failed(end: &End, ok_codes: Option<&[i32]>) -> Option<String> {
+    let ok = ok_codes.unwrap_or(&[0]);
+    let how = match (end.code, end.signal) {
+        (_, Some(sig)) => match jobvisor_proto::forkserver::signal_name(sig) {
+            Some(name) => format!("was killed by signal {sig} ({name})"),
+            None => format!("was killed by signal {sig}"),
+        },
+        (Some(c), None) => format!("exited with code {c}"),
+        (None, None) => "ended without an exit code or signal".to_owned(),
+    };
+    if let Some(ms) = end.timed_out {
+        return Some(format!("timed out after {ms} ms (timeout_ms) and {how}"));
+    }
+    match end.code {
+        Some(c) if end.signal.is_none() && ok.contains(&c) => None,
+        Some(_) if end.signal.is_none() => Some(format!("{how} (ok_codes: {ok:?})")),
+        _ => Some(how),
+    }
+}
+
+/// The error of a failed run: `head` on the first line, then the tail of
+/// each stream that is not empty, as text.
+fn failure_message(head: &str, tails: &[(&str, Tail<'_>)]) -> String {
+    let mut msg = head.to_owned();
+    for (name, t) in tails {
+        if t.bytes.is_empty() {
+            continue;
+        }
+        let text = String::from_utf8_lossy(t.bytes);
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        let label = if t.total > t.bytes.len() as u64 {
+            format!("{name} (last {} of {} bytes)", t.bytes.len(), t.total)
+        } else {
+            (*name).to_owned()
+        };
+        msg.push_str(&format!("\n{label}:\n{text}"));
+    }
+    msg
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,7 +392,12 @@ fn validate(input: &ExecInput) -> Result<(), TaskError> {
     if input.argv.is_empty() {
         return Err(TaskError::bad_input("argv is empty"));
     }
-    if let Some(a) = input.argv.iter().find(|a| a.contains('\0')) {
+    if input.ok_codes.as_ref().is_some_and(Vec::is_empty) {
+        return Err(TaskError::bad_input(
+            "ok_codes is empty, so no exit could succeed; leave it out for [0]",
+        ));
+    }
+    if let Some(a) = input.argv.iter().find(|a| a.as_bytes().contains(&0)) {
         return Err(TaskError::bad_input(format!(
             "argument {a:?} contains a NUL byte"
         )));
@@ -323,7 +422,7 @@ fn validate(input: &ExecInput) -> Result<(), TaskError> {
     Ok(())
 }
 
-fn command(program: &str, args: &[String], input: &ExecInput) -> Command {
+fn command(program: &OsStr, args: &[OsString], input: &ExecInput) -> Command {
     let mut cmd = Command::new(program);
     cmd.args(args);
     if input.clear_env {
@@ -390,6 +489,8 @@ impl Group {
             let _ = child.wait();
             return Err(TaskError::msg("child pid does not fit a pid_t"));
         };
+        // Now whoever reaps a dead worker can kill this group too.
+        jobvisor_worker::child_group::set(pid);
         Ok(Self {
             child,
             pid: Pid::from_raw(pid),
@@ -417,6 +518,8 @@ impl Group {
     }
 
     fn reap(&mut self) -> Result<ExitStatus, TaskError> {
+        // Withdrawn first: once reaped, the pid may name a stranger's group.
+        jobvisor_worker::child_group::clear();
         let status = self
             .child
             .wait()
@@ -430,6 +533,7 @@ impl Drop for Group {
     fn drop(&mut self) {
         if !self.reaped {
             self.signal(Signal::SIGKILL);
+            jobvisor_worker::child_group::clear();
             let _ = self.child.wait();
             self.reaped = true;
         }
@@ -447,16 +551,30 @@ fn set_nonblocking(fd: &OwnedFd) -> Result<(), TaskError> {
     Ok(())
 }
 
-/// One output stream: its pipe until EOF, and what was kept of it.
+/// One output stream: its pipe until EOF, what was kept of it (the first
+/// `limit` bytes), and its last `tail_limit` bytes, which a failure quotes.
 struct Capture {
     fd: Option<OwnedFd>,
     buf: Vec<u8>,
     limit: usize,
     truncated: bool,
+    /// The end of the stream: at most `2 × tail_limit` bytes, cut back to
+    /// `tail_limit` when it grows past that (amortised, no ring buffer).
+    tail: Vec<u8>,
+    tail_limit: usize,
+    /// Bytes read in all.
+    total: u64,
+}
+
+/// The end of a stream and how long the stream was.
+#[derive(Debug, Clone, Copy)]
+struct Tail<'a> {
+    bytes: &'a [u8],
+    total: u64,
 }
 
 impl Capture {
-    fn new(fd: Option<OwnedFd>, limit: usize) -> Result<Self, TaskError> {
+    fn new(fd: Option<OwnedFd>, limit: usize, tail_limit: usize) -> Result<Self, TaskError> {
         if let Some(fd) = &fd {
             set_nonblocking(fd)?;
         }
@@ -465,7 +583,28 @@ impl Capture {
             buf: Vec::new(),
             limit,
             truncated: false,
+            tail: Vec::new(),
+            tail_limit,
+            total: 0,
         })
+    }
+
+    /// Keeps `chunk` in the tail, dropping what falls out of it.
+    fn keep_tail(&mut self, chunk: &[u8]) {
+        let chunk = &chunk[chunk.len().saturating_sub(self.tail_limit)..];
+        self.tail.extend_from_slice(chunk);
+        if self.tail.len() > self.tail_limit.saturating_mul(2) {
+            let cut = self.tail.len() - self.tail_limit;
+            self.tail.drain(..cut);
+        }
+    }
+
+    /// The last `tail_limit` bytes read.
+    fn tail(&self) -> Tail<'_> {
+        Tail {
+            bytes: &self.tail[self.tail.len().saturating_sub(self.tail_limit)..],
+            total: self.total,
+        }
     }
 
     /// Reads what is available (bounded), keeping up to `limit` bytes in all
@@ -479,6 +618,8 @@ impl Capture {
                     return Ok(());
                 }
                 Ok(n) => {
+                    self.total = self.total.saturating_add(n as u64);
+                    self.keep_tail(&scratch[..n]);
                     let keep = n.min(self.limit.saturating_sub(self.buf.len()));
                     self.buf.extend_from_slice(&scratch[..keep]);
                     if keep < n {
@@ -629,43 +770,4 @@ fn wait_io(
         stderr: ready(slots[1]),
         stdin: ready(slots[2]),
     })
-}
-
-/// `env` as pairs from either JSON form: an object (`{"K": "V"}`, what people
-/// write) or a list of pairs (`[["K", "V"]]`, which keeps an order). The
-/// native (bincode) encoding is always the list: bincode cannot tell a map
-/// from a list by looking, so only a self-describing format gets the choice.
-fn env_pairs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
-    use serde::de::{MapAccess, SeqAccess, Visitor};
-
-    struct Pairs;
-    impl<'de> Visitor<'de> for Pairs {
-        type Value = Vec<(String, String)>;
-
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str(r#"an object {"K": "V"} or a list of pairs [["K", "V"]]"#)
-        }
-
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(pair) = seq.next_element()? {
-                out.push(pair);
-            }
-            Ok(out)
-        }
-
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(pair) = map.next_entry()? {
-                out.push(pair);
-            }
-            Ok(out)
-        }
-    }
-
-    if d.is_human_readable() {
-        d.deserialize_any(Pairs)
-    } else {
-        d.deserialize_seq(Pairs)
-    }
 }

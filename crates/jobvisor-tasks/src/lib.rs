@@ -31,11 +31,14 @@
 //!   destination atomically.
 //! - `http`: [`Http`] (one HTTP request, body returned or saved atomically)
 //!   and [`Notify`] (POST a JSON document), on one client per worker.
+//! - `args`: the JSON and native forms of `exec`'s argv (bytes, base64 in
+//!   JSON when not UTF-8) and env.
 //! - `chunks`: the cancellable, progress-reporting read loop shared by `hash`
 //!   and `compress`.
 //! - `tmpfile`: the self-removing temporary file that `compress` and `http`
 //!   rename over their destination.
 
+mod args;
 mod basic;
 mod chunks;
 mod compress;
@@ -46,6 +49,7 @@ mod tmpfile;
 
 use jobvisor_worker::Registry;
 
+pub use args::{arg_json, BASE64_KEY};
 pub use basic::{Crash, CrashInput, Noop, Sleep, SleepInput, Spin, SpinInput, SpinOutput};
 pub use compress::{Compress, CompressInput, CompressOutput};
 pub use exec::{Exec, ExecInput, ExecOutput};

@@ -20,6 +20,24 @@ fn exec(input: ExecInput) -> ExecOutput {
     run_detached(&Exec, input, None).unwrap_or_else(|e| panic!("exec {argv:?} failed: {e:?}"))
 }
 
+/// The error message of an exec that must fail (not a cancel, not bad input).
+fn exec_err(input: ExecInput) -> String {
+    let argv = input.argv.clone();
+    let e = run_detached(&Exec, input, None)
+        .err()
+        .unwrap_or_else(|| panic!("exec {argv:?} must fail"));
+    assert!(!e.is_cancelled() && !is_bad_input(&e), "{e:?}");
+    e.to_string()
+}
+
+/// The text a failure's error quotes under `label:` (up to the next label).
+fn quoted<'a>(message: &'a str, label: &str) -> &'a str {
+    let Some((_, rest)) = message.split_once(&format!("\n{label}:\n")) else {
+        panic!("no {label} in {message:?}")
+    };
+    rest.split("\nstdout:\n").next().unwrap_or(rest)
+}
+
 fn sh(script: &str) -> ExecInput {
     ExecInput::new(["sh", "-c", script])
 }
@@ -182,24 +200,69 @@ fn exec_echo() {
     assert_eq!(out.code, Some(0));
     assert_eq!(out.signal, None);
     assert!(out.success());
-    assert!(!out.timed_out && !out.stdout_truncated && !out.stderr_truncated);
+    assert!(!out.stdout_truncated && !out.stderr_truncated);
+}
+
+/// Issue 10, item E.17: a nonzero exit fails the call (it succeeded with
+/// `code: 3` before), and the error keeps the code and both streams.
+#[test]
+fn exec_fails_on_a_nonzero_exit_with_its_output_in_the_error() {
+    let e = exec_err(sh("echo out; echo err >&2; exit 3"));
+    assert!(
+        e.starts_with(r#""sh" exited with code 3 (ok_codes: [0])"#),
+        "{e}"
+    );
+    assert_eq!(quoted(&e, "stderr"), "err");
+    assert_eq!(quoted(&e, "stdout"), "out");
 }
 
 #[test]
-fn exec_propagates_exit_code_and_stderr() {
-    let out = exec(sh("echo out; echo err >&2; exit 3"));
+fn exec_ok_codes_make_other_exits_a_success() {
+    let mut input = sh("echo out; exit 3");
+    input.ok_codes = Some(vec![0, 3]);
+    let out = exec(input);
     assert_eq!(out.code, Some(3));
-    assert!(!out.success());
     assert_eq!(out.stdout, b"out\n");
-    assert_eq!(out.stderr, b"err\n");
+
+    let mut input = sh("exit 0");
+    input.ok_codes = Some(vec![1]);
+    let e = exec_err(input);
+    assert!(e.contains("exited with code 0 (ok_codes: [1])"), "{e}");
+
+    let mut input = ExecInput::new(["true"]);
+    input.ok_codes = Some(Vec::new());
+    let e = run_detached(&Exec, input, None).expect_err("no code could succeed");
+    assert!(is_bad_input(&e), "{e:?}");
 }
 
 #[test]
-fn exec_reports_a_killing_signal() {
-    let out = exec(sh("kill -9 $$"));
-    assert_eq!(out.code, None);
-    assert_eq!(out.signal, Some(libc::SIGKILL));
-    assert!(!out.timed_out);
+fn exec_fails_on_a_killing_signal_whatever_the_ok_codes() {
+    let mut input = sh("kill -9 $$");
+    input.ok_codes = Some(vec![0, 137]);
+    let e = exec_err(input);
+    assert!(
+        e.starts_with(r#""sh" was killed by signal 9 (SIGKILL)"#),
+        "{e}"
+    );
+}
+
+#[test]
+fn exec_failure_quotes_the_end_of_long_output() {
+    let mut input = sh("seq 1 5000 >&2; echo last >&2; exit 1");
+    input.error_tail_bytes = 100;
+    input.max_output_bytes = 1000;
+    let e = exec_err(input);
+    let total = (1..=5000)
+        .map(|i: u32| i.to_string().len() + 1)
+        .sum::<usize>()
+        + 5;
+    assert!(
+        e.contains(&format!("\nstderr (last 100 of {total} bytes):\n")),
+        "{e}"
+    );
+    let tail = quoted(&e, &format!("stderr (last 100 of {total} bytes)"));
+    assert!(tail.ends_with("4999\n5000\nlast"), "{tail:?}");
+    assert!(tail.len() <= 100, "{}", tail.len());
 }
 
 #[test]
@@ -317,15 +380,15 @@ fn exec_output_exactly_at_the_limit_is_not_truncated() {
 /// `ready` once that part is done, so such a miss fails by saying so.
 const SHELL_START_TIMEOUT_MS: u64 = 3000;
 
-/// The pid a script printed on its first line, once it also printed `ready`.
-fn pid_of_ready_shell(out: &ExecOutput) -> i32 {
-    let text = String::from_utf8_lossy(&out.stdout);
+/// The pid a script printed on its first line, once it also printed
+/// `ready`, read from the stdout that the error of its timeout quotes.
+fn pid_of_ready_shell(error: &str) -> i32 {
+    let text = error.split_once("\nstdout:\n").map_or("", |(_, t)| t);
     assert!(
         text.lines().nth(1) == Some("ready"),
-        "the shell did not get to its script within {SHELL_START_TIMEOUT_MS} ms: \
-         stdout {text:?}, {out:?}"
+        "the shell did not get to its script within {SHELL_START_TIMEOUT_MS} ms: {error:?}"
     );
-    first_line_pid(&out.stdout)
+    first_line_pid(text.as_bytes())
 }
 
 #[test]
@@ -333,20 +396,18 @@ fn exec_own_timeout_stops_the_whole_group() {
     let mut input = sh("echo $$; echo ready; sleep 100 & sleep 100; wait");
     input.timeout_ms = Some(SHELL_START_TIMEOUT_MS);
     let start = Instant::now();
-    let out = exec(input);
+    let e = exec_err(input);
     assert!(
         start.elapsed() < Duration::from_secs(60),
         "took {:?}",
         start.elapsed()
     );
-    let pid = pid_of_ready_shell(&out);
-    assert!(out.timed_out);
-    assert_eq!(out.signal, Some(libc::SIGTERM));
-    assert_eq!(out.code, None);
+    let pid = pid_of_ready_shell(&e);
     assert!(
-        out.duration_ms >= SHELL_START_TIMEOUT_MS,
-        "duration {}",
-        out.duration_ms
+        e.starts_with(&format!(
+            r#""sh" timed out after {SHELL_START_TIMEOUT_MS} ms (timeout_ms) and was killed by signal 15 (SIGTERM)"#
+        )),
+        "{e}"
     );
     assert_group_gone(pid);
 }
@@ -359,11 +420,11 @@ fn exec_escalates_to_sigkill_after_the_grace_period() {
     input.timeout_ms = Some(SHELL_START_TIMEOUT_MS);
     input.kill_grace_ms = 200;
     let start = Instant::now();
-    let out = exec(input);
+    let e = exec_err(input);
     let took = start.elapsed();
-    let pid = pid_of_ready_shell(&out);
-    assert!(out.timed_out);
-    assert_eq!(out.signal, Some(libc::SIGKILL));
+    let pid = pid_of_ready_shell(&e);
+    assert!(e.contains("timed out after"), "{e}");
+    assert!(e.contains("killed by signal 9 (SIGKILL)"), "{e}");
     assert!(
         took >= Duration::from_millis(SHELL_START_TIMEOUT_MS + 200),
         "took {took:?}"

@@ -11,7 +11,9 @@
 //! Slots (one `u64` each): 0, the running CPU call; 1, the async call being
 //! polled; 2, which thread aborted (written by a `SIGABRT` handler); 3, the
 //! running CPU call's soft deadline, so that the supervisor's grace runs from
-//! the worker's own deadline, not from when it sent the call.
+//! the worker's own deadline, not from when it sent the call; 4, the process
+//! group of the command the running call started (`exec`), which whoever
+//! reaps a dead worker kills (see `crate::child_group`).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -86,9 +88,9 @@ impl Beacon {
     }
 
     fn cell(&self, slot: usize) -> &AtomicU64 {
-        debug_assert!(slot < 4);
+        debug_assert!(slot < 5);
         // SAFETY: ptr points to a live, page-aligned shared mapping of PAGE
-        // bytes (see map); slots 0 to 3 are its first 32 bytes.
+        // bytes (see map); slots 0 to 4 are its first 40 bytes.
         unsafe { &*self.ptr.add(slot) }
     }
 
@@ -112,6 +114,23 @@ impl Beacon {
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(libc::SIGABRT, &sa, std::ptr::null_mut());
         }
+    }
+
+    /// In the worker: publishes the group of the command a call starts
+    /// (`crate::child_group::set`) in this page, and kills that group when
+    /// the worker gets `SIGTERM` or loses its parent.
+    pub fn arm_child_group(&self) {
+        crate::child_group::arm(self.cell(4));
+    }
+
+    /// The process group of the command the worker was running (read after
+    /// its death), if any. Its leader is the worker's child, so the id is
+    /// safe to kill until the leader is reaped; the fork server, a
+    /// subreaper, holds the leader's zombie until it has killed the group.
+    pub fn child_group(&self) -> Option<i32> {
+        i32::try_from(self.cell(4).load(Ordering::Acquire))
+            .ok()
+            .filter(|&g| g > 0)
     }
 
     /// Which thread of the worker aborted (read after its death).
@@ -218,6 +237,7 @@ extern "C" fn on_abort(sig: libc::c_int) {
 
 impl Drop for Beacon {
     fn drop(&mut self) {
+        crate::child_group::detach(self.cell(4));
         let mine = std::ptr::from_ref(self.cell(2)).cast_mut();
         let _ = CRASH_SLOT.compare_exchange(
             mine,

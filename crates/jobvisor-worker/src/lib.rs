@@ -14,6 +14,8 @@
 //! - `error`: [`WorkerError`], why the loop could not go on.
 //! - `shared`: what the CPU thread and the I/O lane share (the lane's
 //!   messages, the count of async calls held, draining).
+//! - [`child_group`]: the process group of the command a task runs,
+//!   published so that it dies with the worker.
 //! - `beacon`: [`Beacon`], the shared page that names the running call.
 //! - [`sys`]: `pidfd_open` and `PR_SET_PDEATHSIG`, for the pool and `exec` too.
 //! - `pace`: how often, at most, heartbeats, progress and pipe looks happen.
@@ -31,6 +33,7 @@
 
 mod async_task;
 mod beacon;
+pub mod child_group;
 mod error;
 mod flush;
 mod inbox;

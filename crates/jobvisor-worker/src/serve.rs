@@ -69,6 +69,7 @@ pub fn serve_with_beacon(
 
     if let Some(b) = &beacon {
         b.mark_crashing_thread();
+        b.arm_child_group();
     }
     let beacon = beacon.as_ref();
     let mut inbox = Inbox::new();

@@ -3,7 +3,15 @@
 //! ends, a pidfd and their beacon back over a `SOCK_SEQPACKET` socket with
 //! `SCM_RIGHTS`, and reaps them: when a worker exits it first kills the
 //! worker's whole process group (the pgid is still valid because the zombie
-//! is not reaped yet), then `wait4`s it and reports code, signal and peak RSS.
+//! is not reaped yet) and the group of the command it was running (named in
+//! its beacon), then `wait4`s it and reports code, signal and peak RSS.
+//!
+//! It is also a child subreaper: what a command orphans comes to it, and it
+//! kills every child that is not a worker ([`super::orphans`]). When the
+//! supervisor dies (EOF on the socket, or `SIGTERM`, its parent death signal,
+//! read from the signalfd) it kills every worker, their commands' groups and
+//! every orphan, reaps them all and exits: a daemon killed with `SIGKILL`
+//! leaves no process of any job behind.
 //!
 //! Because the fork server is single-threaded, continuing to run Rust in the
 //! forked worker is sound (no lock can be held by a thread that vanished), and
@@ -31,7 +39,7 @@ use nix::sys::socket::{
 use nix::unistd::{fork, pipe2, ForkResult, Pid};
 use tokio::sync::oneshot;
 
-use super::{ExitSender, SpawnedWorker};
+use super::{orphans, ExitSender, SpawnedWorker};
 use crate::sys;
 
 /// Size the call pipe (supervisor → worker) is grown to: large inputs cross
@@ -41,6 +49,20 @@ pub(crate) const PIPE_BYTES: i32 = 1 << 20;
 
 /// Largest packet on the fork server socket.
 const MAX_PACKET: usize = 4096;
+
+/// How long, at most, the fork server goes on killing and reaping after the
+/// supervisor died: a child stuck in an uninterruptible sleep must not keep
+/// it (and the reaping of everything else) for ever.
+const TAKE_DOWN_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `PR_SET_PDEATHSIG` with `signal`.
+fn set_parent_death_signal(signal: i32) -> io::Result<()> {
+    // SAFETY: prctl with integer arguments; touches no memory of ours.
+    if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, signal as libc::c_ulong, 0, 0, 0) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
 
 fn send_packet<T: serde::Serialize>(sock: RawFd, msg: &T, fds: &[RawFd]) -> io::Result<()> {
     let bytes = codec::encode(msg).map_err(io::Error::other)?;
@@ -148,20 +170,25 @@ fn server_main(
     initializer: Option<Box<dyn FnOnce() + Send>>,
     worker_init: Option<fn()>,
 ) -> io::Result<()> {
-    sys::set_parent_death_signal()?;
+    // SIGTERM is the parent death signal, blocked before it is asked for and
+    // read from the signalfd: the supervisor's death must not kill us before
+    // we have killed what its jobs left.
+    let mut mask = SigSet::empty();
+    mask.add(Signal::SIGCHLD);
+    mask.add(Signal::SIGTERM);
+    let mut old = SigSet::empty();
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old))?;
+    set_parent_death_signal(libc::SIGTERM)?;
     if nix::unistd::getppid() != parent {
         return Ok(()); // the supervisor died before prctl took effect
     }
+    orphans::become_subreaper()?;
     // Own process group: a Ctrl-C in the terminal goes to the supervisor, which
     // decides how to stop; the fork server follows it through the socket/PDEATHSIG.
     let _ = nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0));
     if let Some(init) = initializer {
         init();
     }
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGCHLD);
-    let mut old = SigSet::empty();
-    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&mask), Some(&mut old))?;
     let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)?;
 
     let mut server = Server {
@@ -169,6 +196,7 @@ fn server_main(
         sfd,
         old_mask: old,
         live: HashSet::new(),
+        beacons: HashMap::new(),
         registry,
         worker_init,
     };
@@ -180,6 +208,9 @@ struct Server {
     sfd: SignalFd,
     old_mask: SigSet,
     live: HashSet<i32>,
+    /// Our own mapping of each live worker's beacon: after its death, it
+    /// names the group of the command it was running.
+    beacons: HashMap<i32, jobvisor_worker::Beacon>,
     registry: Registry,
     worker_init: Option<fn()>,
 }
@@ -202,22 +233,22 @@ impl Server {
                 (any(&fds[0]), any(&fds[1]))
             };
             if sig_ready {
-                while let Ok(Some(_)) = self.sfd.read_signal() {}
+                let mut term = false;
+                while let Ok(Some(info)) = self.sfd.read_signal() {
+                    term |= info.ssi_signo == libc::SIGTERM as u32;
+                }
+                if term {
+                    // The supervisor died (or someone stops us): as on EOF.
+                    self.take_everything_down();
+                    return Ok(());
+                }
                 self.reap()?;
             }
             if sock_ready {
                 match recv_packet::<ForkRequest>(self.sock.as_raw_fd()) {
                     Ok(Some((req, _fds))) => self.handle(req)?,
                     Ok(None) | Err(_) => {
-                        // The supervisor is gone: take every worker with us.
-                        for &pid in &self.live {
-                            let _ = sys::killpg(pid, libc::SIGKILL);
-                        }
-                        while !self.live.is_empty() {
-                            let pid = *self.live.iter().next().unwrap_or(&0);
-                            let _ = sys::wait4(pid);
-                            self.live.remove(&pid);
-                        }
+                        self.take_everything_down();
                         return Ok(());
                     }
                 }
@@ -228,7 +259,7 @@ impl Server {
     fn handle(&mut self, req: ForkRequest) -> io::Result<()> {
         match req {
             ForkRequest::Spawn { token } => match self.spawn() {
-                Ok((pid, fds)) => {
+                Ok((pid, fds, beacon)) => {
                     let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
                     send_packet(
                         self.sock.as_raw_fd(),
@@ -239,6 +270,7 @@ impl Server {
                         &raw,
                     )?;
                     self.live.insert(pid);
+                    self.beacons.insert(pid, beacon);
                 }
                 Err(e) => {
                     let msg = ForkReply::SpawnFailed {
@@ -279,9 +311,14 @@ impl Server {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(e) => return Err(e.into()),
             };
-            let _ = sys::killpg(pid, libc::SIGKILL);
+            self.kill_groups_of(pid);
             let status = sys::wait4(pid)?;
-            self.live.remove(&pid);
+            // Whatever reparented to us meanwhile (the command's leader killed
+            // by its parent death signal, what it had started): kill it too.
+            orphans::kill_orphans(&self.live);
+            if !self.live.remove(&pid) {
+                continue; // an orphan, not a worker: nobody to tell
+            }
             send_packet(
                 self.sock.as_raw_fd(),
                 &ForkReply::Exited {
@@ -293,9 +330,65 @@ impl Server {
         }
     }
 
-    /// Forks one worker; returns its pid and the five fds the supervisor gets:
-    /// its ends of the input, output and log pipes, a pidfd, and the beacon.
-    fn spawn(&mut self) -> io::Result<(i32, [OwnedFd; 5])> {
+    /// Before reaping child `pid` (so that its pid still names its group):
+    /// SIGKILLs the group it leads and, for a worker, the group of the command
+    /// its beacon names (its leader, our orphan or the worker's child, is not
+    /// reaped yet either).
+    fn kill_groups_of(&mut self, pid: i32) {
+        let _ = sys::killpg(pid, libc::SIGKILL);
+        if let Some(group) = self.beacons.remove(&pid).and_then(|b| b.child_group()) {
+            let _ = sys::killpg(group, libc::SIGKILL);
+        }
+    }
+
+    /// The supervisor is gone: kill every worker, every command group and
+    /// every orphan, and reap them all, for up to [`TAKE_DOWN_FOR`].
+    fn take_everything_down(&mut self) {
+        use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+        let pids: Vec<i32> = self.live.iter().copied().collect();
+        for pid in pids {
+            let _ = sys::kill(pid, libc::SIGKILL);
+            if let Some(group) = self.beacons.get(&pid).and_then(|b| b.child_group()) {
+                let _ = sys::killpg(group, libc::SIGKILL);
+            }
+        }
+        let until = std::time::Instant::now() + TAKE_DOWN_FOR;
+        while std::time::Instant::now() < until {
+            // Everything alive is fair game now, workers included.
+            orphans::kill_orphans(&HashSet::new());
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            match waitid(Id::All, flags) {
+                Ok(WaitStatus::StillAlive) => {
+                    // Children that are dying, or orphans on their way to us:
+                    // wait for a SIGCHLD, or look again soon.
+                    self.await_sigchld(std::time::Duration::from_millis(5));
+                }
+                Ok(st) => {
+                    if let Some(pid) = st.pid().map(Pid::as_raw) {
+                        self.kill_groups_of(pid);
+                        let _ = sys::wait4(pid);
+                        self.live.remove(&pid);
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return, // ECHILD: nothing is left
+            }
+        }
+    }
+
+    /// Waits up to `wait` for a signal on the signalfd, and drains it.
+    fn await_sigchld(&self, wait: std::time::Duration) {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        let ms = u16::try_from(wait.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(self.sfd.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(ms));
+        while let Ok(Some(_)) = self.sfd.read_signal() {}
+    }
+
+    /// Forks one worker; returns its pid, the five fds the supervisor gets
+    /// (its ends of the input, output and log pipes, a pidfd, and the beacon)
+    /// and our own mapping of the beacon.
+    fn spawn(&mut self) -> io::Result<(i32, [OwnedFd; 5], jobvisor_worker::Beacon)> {
         let beacon = jobvisor_worker::Beacon::create()?;
         let beacon_fd = beacon.try_clone_fd()?;
         let (in_r, in_w) = pipe2(OFlag::O_CLOEXEC)?;
@@ -307,6 +400,8 @@ impl Server {
         match unsafe { fork() }? {
             ForkResult::Child => {
                 drop(beacon_fd);
+                // The other workers' beacons are none of this one's business.
+                drop(std::mem::take(&mut self.beacons));
                 let ends = [in_w, out_r, log_r];
                 let code = worker_main(self, me, in_r, out_w, log_w, ends, beacon);
                 // SAFETY: leave without running anything the fork server set up.
@@ -316,8 +411,8 @@ impl Server {
                 let pid = child.as_raw();
                 // Opened before we could reap it, so it names this very process.
                 let pidfd = sys::pidfd_open(pid)?;
-                drop((in_r, out_w, log_w, beacon));
-                Ok((pid, [in_w, out_r, log_r, pidfd, beacon_fd]))
+                drop((in_r, out_w, log_w));
+                Ok((pid, [in_w, out_r, log_r, pidfd, beacon_fd], beacon))
             }
         }
     }

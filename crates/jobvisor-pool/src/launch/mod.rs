@@ -14,6 +14,7 @@
 //! launch reads it, so start-up depends on launching and not the other way.
 
 pub(crate) mod forkserver;
+mod orphans;
 pub(crate) mod spawn;
 
 use std::io;

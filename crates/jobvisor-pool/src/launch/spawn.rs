@@ -63,6 +63,8 @@ pub(crate) async fn spawn(exits: ExitSender) -> io::Result<(SpawnedWorker, Arc<M
     drop(child); // std does not kill or wait on drop; the reaper below owns that.
     let reaped = Arc::new(Mutex::new(false));
     let watch = sys::async_fd(pidfd.try_clone()?, tokio::io::Interest::READABLE)?;
+    // Our own mapping: after the death, it names the command's group.
+    let last_words = jobvisor_worker::Beacon::map(beacon.try_clone_fd()?)?;
     let reaped2 = reaped.clone();
     tokio::spawn(async move {
         // A pidfd becomes readable when the process exits.
@@ -71,6 +73,11 @@ pub(crate) async fn spawn(exits: ExitSender) -> io::Result<(SpawnedWorker, Arc<M
             let Ok(mut done) = reaped2.lock() else { return };
             // The zombie keeps the pgid reserved: kill the group, then reap.
             let _ = sys::killpg(pid as i32, libc::SIGKILL);
+            // The command it ran, in a group of its own. Its leader is no
+            // child of ours: best effort, see docs/ARCHITECTURE.md.
+            if let Some(group) = last_words.child_group() {
+                let _ = sys::killpg(group, libc::SIGKILL);
+            }
             let status = sys::wait4(pid as i32);
             *done = true;
             status

@@ -95,13 +95,20 @@ pub(crate) async fn initializer_state_reaches_workers(method: StartMethod) {
 pub(crate) async fn exec_task_through_the_pool(method: StartMethod) {
     use jobvisor_tasks::{Exec, ExecInput};
     let pool = pool(method, 2).await;
-    let out = pool
-        .apply::<Exec>(&ExecInput::new(["sh", "-c", "echo hello; exit 3"]))
-        .await
-        .unwrap();
+    let mut input = ExecInput::new(["sh", "-c", "echo hello; exit 3"]);
+    // A nonzero exit fails the call, with the output in the error.
+    let e = pool.apply::<Exec>(&input).await.map(|o| o.code);
+    let text = format!("{e:?}");
+    input.ok_codes = Some(vec![3]);
+    let out = pool.apply::<Exec>(&input).await;
+    pool.shutdown().await;
+    assert!(
+        text.contains("exited with code 3") && text.contains("hello"),
+        "{text}"
+    );
+    let out = out.unwrap();
     assert_eq!(out.code, Some(3));
     assert_eq!(out.stdout, b"hello\n");
-    pool.shutdown().await;
 }
 
 pub(crate) async fn call_usage_tells_computing_from_waiting(method: StartMethod) {
