@@ -112,11 +112,12 @@ pub struct ExecOutput {
     pub code: Option<i32>,
     /// The signal that killed the program, when one did.
     pub signal: Option<i32>,
-    /// Captured standard output, at most `max_output_bytes`.
-    #[serde(with = "serde_bytes")]
+    /// Captured standard output, at most `max_output_bytes`. In JSON a
+    /// string, or `{"base64": "..."}` when it is not UTF-8.
+    #[serde(with = "jobvisor_proto::json::text")]
     pub stdout: Vec<u8>,
-    /// Captured standard error, at most `max_output_bytes`.
-    #[serde(with = "serde_bytes")]
+    /// Captured standard error, at most `max_output_bytes`; in JSON as `stdout`.
+    #[serde(with = "jobvisor_proto::json::text")]
     pub stderr: Vec<u8>,
     /// Whether stdout had more than was kept.
     pub stdout_truncated: bool,
