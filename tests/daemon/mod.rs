@@ -9,6 +9,7 @@
 //! - `crashes`: kill -9 with jobs queued, poison jobs, crashing tasks.
 //! - `signals`: SIGTERM drains, SIGHUP reloads.
 //! - `observe`: stats and the event stream.
+//! - `json`: the public JSON against its fixtures (`tests/data/json/`).
 //! - `io`: I/O tasks on the workers' event loops.
 //! - `notify`: completion notifications (webhooks, commands).
 
@@ -16,6 +17,7 @@ mod control;
 mod crashes;
 mod io;
 mod jobs;
+mod json;
 mod notify;
 mod observe;
 mod pipelines;
