@@ -138,6 +138,46 @@ pub enum Outcome {
     Cancelled,
 }
 
+/// For logs: the `kind`, then its fields as `key=value` (strings quoted),
+/// e.g. `crashed signal=SIGKILL max_rss_kib=2048` or `error message="boom"`.
+/// The worker's last lines are left out: the log has them already.
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Outcome::Running => f.write_str("running"),
+            Outcome::Ok => f.write_str("ok"),
+            Outcome::Error { message } => write!(f, "error message={message:?}"),
+            Outcome::Panic { message } => write!(f, "panic message={message:?}"),
+            Outcome::Crashed {
+                code,
+                signal,
+                signal_name,
+                max_rss_kib,
+                cause,
+                ..
+            } => {
+                f.write_str("crashed")?;
+                if let Some(code) = code {
+                    write!(f, " code={code}")?;
+                }
+                match (signal_name, signal) {
+                    (Some(name), _) => write!(f, " signal={name}")?,
+                    (None, Some(sig)) => write!(f, " signal={sig}")?,
+                    (None, None) => {}
+                }
+                write!(f, " max_rss_kib={max_rss_kib}")?;
+                if let Some(cause) = cause {
+                    write!(f, " cause={cause:?}")?;
+                }
+                Ok(())
+            }
+            Outcome::TimedOut { how } => write!(f, "timed_out how={how:?}"),
+            Outcome::Lost => f.write_str("lost"),
+            Outcome::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
 /// Where a pipeline step takes part of its input from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InputFrom {
@@ -403,6 +443,52 @@ mod tests {
         ];
         for (wire, want) in cases {
             assert_eq!(serde_json::to_value(Outcome::from(&wire)).unwrap(), want);
+        }
+    }
+
+    #[test]
+    fn outcomes_display_as_kind_and_fields_for_logs() {
+        let crashed = AttemptOutcome::Crashed {
+            code: None,
+            signal: Some(9),
+            max_rss_kib: 2_048,
+            stderr_tail: vec!["last {words}".into()],
+            cause: Some("memory limit exceeded".into()),
+        };
+        let cases = [
+            (
+                crashed,
+                r#"crashed signal=SIGKILL max_rss_kib=2048 cause="memory limit exceeded""#,
+            ),
+            (
+                AttemptOutcome::Crashed {
+                    code: Some(3),
+                    signal: None,
+                    max_rss_kib: 1,
+                    stderr_tail: vec![],
+                    cause: None,
+                },
+                "crashed code=3 max_rss_kib=1",
+            ),
+            (
+                AttemptOutcome::Error("no \"x\"".into()),
+                r#"error message="no \"x\"""#,
+            ),
+            (
+                AttemptOutcome::Panic("oops".into()),
+                r#"panic message="oops""#,
+            ),
+            (
+                AttemptOutcome::TimedOut("after 5s".into()),
+                r#"timed_out how="after 5s""#,
+            ),
+            (AttemptOutcome::Ok, "ok"),
+            (AttemptOutcome::Lost, "lost"),
+            (AttemptOutcome::Cancelled, "cancelled"),
+            (AttemptOutcome::Running, "running"),
+        ];
+        for (wire, want) in cases {
+            assert_eq!(Outcome::from(&wire).to_string(), want);
         }
     }
 
