@@ -9,7 +9,8 @@
 //! - `control`: the socket's gates: peer uid, a full queue, bad input.
 //! - `crashes`: kill -9 with jobs queued, poison jobs, crashing tasks.
 //! - `signals`: SIGTERM drains, SIGHUP reloads.
-//! - `observe`: stats and the event stream.
+//! - `observe`: stats, the event stream and the daemon's log.
+//! - `json`: the public JSON against its fixtures (`tests/data/json/`).
 //! - `io`: I/O tasks on the workers' event loops.
 //! - `notify`: completion notifications (webhooks, commands).
 
@@ -18,6 +19,7 @@ mod crashes;
 mod exec;
 mod io;
 mod jobs;
+mod json;
 mod notify;
 mod observe;
 mod pipelines;

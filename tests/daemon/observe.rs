@@ -1,5 +1,5 @@
 //! What the daemon tells about itself: stats that tell CPU-bound tasks from
-//! waiting ones, and the event stream of jobs and workers.
+//! waiting ones, the event stream of jobs and workers, and its log.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -105,8 +105,7 @@ fn events_follow_streams_job_and_worker_events() {
     let id: u64 = stdout(&out).parse().unwrap();
     let mut seen: Vec<serde_json::Value> = Vec::new();
     let is_dead = |v: &serde_json::Value| {
-        v.pointer("/kind/Job/id").and_then(|x| x.as_u64()) == Some(id)
-            && v.pointer("/kind/Job/state").and_then(|s| s.as_str()) == Some("dead")
+        v["kind"] == "job" && v["id"].as_u64() == Some(id) && v["state"].as_str() == Some("dead")
     };
     while !seen.iter().any(is_dead) {
         let v = rx
@@ -118,8 +117,8 @@ fn events_follow_streams_job_and_worker_events() {
     let _ = follower.wait();
     let states: Vec<&str> = seen
         .iter()
-        .filter(|v| v.pointer("/kind/Job/id").and_then(|x| x.as_u64()) == Some(id))
-        .filter_map(|v| v.pointer("/kind/Job/state").and_then(|s| s.as_str()))
+        .filter(|v| v["kind"] == "job" && v["id"].as_u64() == Some(id))
+        .filter_map(|v| v["state"].as_str())
         .collect();
     assert_eq!(states.first(), Some(&"queued"), "{seen:?}");
     assert!(
@@ -128,11 +127,57 @@ fn events_follow_streams_job_and_worker_events() {
     );
     assert_eq!(states.last(), Some(&"dead"));
     assert!(
-        seen.iter()
-            .any(|v| v.pointer("/kind/WorkerExited").is_some())
-            && seen
-                .iter()
-                .any(|v| v.pointer("/kind/WorkerStarted").is_some()),
+        seen.iter().any(|v| v["kind"] == "worker_exited")
+            && seen.iter().any(|v| v["kind"] == "worker_started"),
         "worker deaths and replacements are events too: {seen:?}"
     );
+}
+
+/// Issue 10, E.19: the daemon's log, written to a file, has no ANSI escapes;
+/// a worker's output line names the job that printed it (README: "each
+/// attempt's log lines carry the job id"); an attempt's outcome is logged as
+/// words (`outcome=crashed code=3 ...`), not as Rust's `Debug`.
+#[test]
+fn the_log_names_the_job_and_has_no_colours_or_debug_shapes() {
+    let d = Daemon::start(&[]);
+    let out = d.cli(&[
+        "submit",
+        "crash",
+        "--input",
+        r#"{"exit_code": 3}"#,
+        "--max-attempts",
+        "1",
+        "--wait",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let id = stdout(&out).lines().next().unwrap_or_default().to_string();
+    let log = d.log();
+    assert!(!log.contains('\x1b'), "ANSI escapes in a log file:\n{log}");
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("jobvisor::worker_output") && l.contains("down on purpose"))
+        .collect();
+    assert!(!said.is_empty(), "no worker output line:\n{log}");
+    for line in &said {
+        assert!(
+            line.contains(&format!("job={id}")),
+            "worker output without its job: {line}"
+        );
+    }
+    let ended: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("attempt ended"))
+        .collect();
+    assert!(!ended.is_empty(), "no attempt ended:\n{log}");
+    for line in ended {
+        let outcome = line
+            .find("outcome=")
+            .map(|at| &line[at..])
+            .unwrap_or_else(|| panic!("no outcome= in {line}"));
+        assert!(
+            outcome.starts_with("outcome=crashed code=3 max_rss_kib="),
+            "{line}"
+        );
+        assert!(!outcome.contains(['{', '}']), "Debug braces: {line}");
+    }
 }

@@ -2,8 +2,6 @@
 
 use std::path::Path;
 
-use serde_json::Value;
-
 use super::connect;
 use crate::exit::{CmdResult, EXIT_OK};
 use crate::output::emit;
@@ -17,14 +15,8 @@ pub async fn events(json: bool, socket: &Path) -> CmdResult {
     let mut stream = client.events().await?;
     while let Some(ev) = stream.next().await? {
         let line = if json {
-            let mut v = serde_json::to_value(&ev).map_err(json_failure)?;
-            // Lowercase states, as everywhere else in --json output.
-            if let Some(state) = v.pointer_mut("/kind/Job/state") {
-                if let Some(s) = state.as_str().map(str::to_lowercase) {
-                    *state = Value::String(s);
-                }
-            }
-            format!("{v}\n")
+            let v = jobvisor_proto::json::Event::from(&ev);
+            serde_json::to_string(&v).map_err(json_failure)? + "\n"
         } else {
             let at = fmt_unix_ms(ev.at_ms);
             match ev.kind {

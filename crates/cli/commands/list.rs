@@ -3,11 +3,9 @@
 use std::path::Path;
 
 use jobvisor_proto::control::JobState;
-use serde_json::Value;
 
 use super::connect;
 use crate::exit::{CmdResult, EXIT_OK};
-use crate::output::json::record_json;
 use crate::output::table::table;
 use crate::output::text::{one_line, truncate_chars};
 use crate::output::{emit, emit_json};
@@ -26,11 +24,11 @@ pub async fn list(
     let mut client = connect(socket).await?;
     let records = client.list(state, queue, limit).await?;
     if json {
-        let list = records
+        let list: Vec<_> = records
             .iter()
-            .map(record_json)
-            .collect::<Result<Vec<_>, _>>()?;
-        emit_json(&Value::Array(list))?;
+            .map(jobvisor_proto::json::Job::from)
+            .collect();
+        emit_json(&list)?;
         return Ok(EXIT_OK);
     }
     let rows: Vec<Vec<String>> = records

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use jobvisor_proto::control::{JobState, Payload};
 use jobvisor_proto::hex;
-use jobvisor_proto::json::payload_json;
+use jobvisor_proto::json::{payload_json, Text};
 use serde_json::{json, Value};
 
 use super::connect;
@@ -73,15 +73,14 @@ pub async fn result(id: u64, json: bool, socket: &Path) -> CmdResult {
 }
 
 /// The captured streams and a status line of an `exec` output
-/// (`{"stdout": [bytes], "stderr": [bytes], "code": .., "signal": .., ...}`).
+/// (`{"stdout": "text", "stderr": {"base64": "..."}, "code": .., "signal": .., ...}`;
+/// records written before the streams were text hold arrays of byte values).
 fn exec_streams(v: &Value) -> Option<(Vec<u8>, Vec<u8>, String)> {
     let obj = v.as_object()?;
     let bytes = |k: &str| -> Option<Vec<u8>> {
-        obj.get(k)?
-            .as_array()?
-            .iter()
-            .map(|b| b.as_u64().and_then(|b| u8::try_from(b).ok()))
-            .collect()
+        serde_json::from_value::<Text>(obj.get(k)?.clone())
+            .ok()
+            .map(|t| t.0)
     };
     let (out, err) = (bytes("stdout")?, bytes("stderr")?);
     let status = match (

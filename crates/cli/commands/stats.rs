@@ -4,7 +4,6 @@ use std::path::Path;
 
 use super::connect;
 use crate::exit::{CmdResult, EXIT_OK};
-use crate::output::json::stats_json;
 use crate::output::time::fmt_ms;
 use crate::output::{emit, emit_json};
 
@@ -13,7 +12,7 @@ pub async fn stats(json: bool, socket: &Path) -> CmdResult {
     let mut client = connect(socket).await?;
     let s = client.stats().await?;
     if json {
-        emit_json(&stats_json(&s)?)?;
+        emit_json(&jobvisor_proto::json::Stats::from(&s))?;
         return Ok(EXIT_OK);
     }
     let jobs = if s.jobs.is_empty() {

@@ -8,7 +8,6 @@ use jobvisor_proto::forkserver::signal_name;
 
 use super::connect;
 use crate::exit::{CmdResult, EXIT_OK};
-use crate::output::json::record_json;
 use crate::output::text::{one_line, truncate_chars};
 use crate::output::time::{fmt_ms, fmt_unix_ms};
 use crate::output::{emit, emit_json};
@@ -21,7 +20,7 @@ pub async fn status(id: u64, json: bool, socket: &Path) -> CmdResult {
     let mut client = connect(socket).await?;
     let r = client.status(id).await?;
     if json {
-        emit_json(&record_json(&r)?)?;
+        emit_json(&jobvisor_proto::json::Job::from(&r))?;
     } else {
         emit(&format_status(&r))?;
     }

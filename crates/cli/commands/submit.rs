@@ -15,7 +15,6 @@ use super::wait::{describe_unsuccessful, new_bar, summarize, unique, wait_all};
 use crate::args::SubmitArgs;
 use crate::batch::read_batch;
 use crate::exit::{worst_exit_code, CmdResult, Failure, EXIT_OK, EXIT_USAGE};
-use crate::output::json::json_failure;
 use crate::output::{emit, emit_json};
 
 /// The task name whose input `submit exec -- CMD ARGS...` builds.
@@ -32,7 +31,11 @@ pub async fn submit(args: SubmitArgs, socket: &Path) -> CmdResult {
     let submitted = client.submit(specs).await?;
 
     if args.json {
-        emit_json(&serde_json::to_value(&submitted).map_err(json_failure)?)?;
+        let list: Vec<_> = submitted
+            .iter()
+            .map(jobvisor_proto::json::Submitted::from)
+            .collect();
+        emit_json(&list)?;
     } else {
         let mut text = String::new();
         for s in &submitted {

@@ -8,13 +8,11 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use jobvisor_client::Client;
 use jobvisor_proto::control::{JobRecord, JobState};
-use serde_json::Value;
 use tokio::time::Instant;
 
 use super::{connect, PING_RETRY};
 
 use crate::exit::{worst_exit_code, CmdResult, Failure, EXIT_ERROR};
-use crate::output::json::record_json;
 use crate::output::text::one_line;
 use crate::output::{emit, emit_json};
 
@@ -151,11 +149,11 @@ pub async fn wait(
     let mut client = connect(socket).await?;
     let records = wait_all(&mut client, &ids, deadline, None).await?;
     if json {
-        let list = records
+        let list: Vec<_> = records
             .iter()
-            .map(record_json)
-            .collect::<Result<Vec<_>, _>>()?;
-        emit_json(&Value::Array(list))?;
+            .map(jobvisor_proto::json::Job::from)
+            .collect();
+        emit_json(&list)?;
     } else {
         let mut text = String::new();
         for r in &records {

@@ -6,7 +6,6 @@ use jobvisor_proto::control::WorkerRow;
 
 use super::connect;
 use crate::exit::{CmdResult, EXIT_OK};
-use crate::output::json::json_failure;
 use crate::output::table::table;
 use crate::output::{emit, emit_json};
 
@@ -15,7 +14,11 @@ pub async fn workers(json: bool, socket: &Path) -> CmdResult {
     let mut client = connect(socket).await?;
     let rows: Vec<WorkerRow> = client.workers().await?;
     if json {
-        emit_json(&serde_json::to_value(&rows).map_err(json_failure)?)?;
+        let list: Vec<_> = rows
+            .iter()
+            .map(jobvisor_proto::json::Worker::from)
+            .collect();
+        emit_json(&list)?;
         return Ok(EXIT_OK);
     }
     let cells: Vec<Vec<String>> = rows

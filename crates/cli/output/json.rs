@@ -1,8 +1,5 @@
-//! The `--json` shapes the CLI prints beyond the wire types' own: a job
-//! record (the shape of [`jobvisor_proto::json`]) and the daemon's figures.
-
-use jobvisor_proto::control::{JobRecord, Stats};
-use serde_json::{json, Value};
+//! `--json` output: every command prints a type of [`jobvisor_proto::json`]
+//! (documented in `docs/json.md`), never a wire type.
 
 use crate::exit::{Failure, EXIT_ERROR};
 
@@ -11,33 +8,14 @@ pub fn json_failure(e: serde_json::Error) -> Failure {
     Failure::new(EXIT_ERROR, anyhow::Error::new(e).context("encoding JSON"))
 }
 
-/// A record as JSON: the derived shape, but `state` as its lowercase name and
-/// `input`/`output` shown by [`jobvisor_proto::json::payload_json`]. The daemon's completion
-/// notifications send the same shape.
-pub fn record_json(r: &JobRecord) -> Result<Value, Failure> {
-    jobvisor_proto::json::record_json(r).map_err(json_failure)
-}
-
-/// Stats as JSON, with `jobs` as an object `{state: count}`.
-pub fn stats_json(s: &Stats) -> Result<Value, Failure> {
-    let mut v = serde_json::to_value(s).map_err(json_failure)?;
-    if let Value::Object(obj) = &mut v {
-        let jobs: serde_json::Map<String, Value> =
-            s.jobs.iter().map(|(k, n)| (k.clone(), json!(n))).collect();
-        obj.insert("jobs".to_owned(), Value::Object(jobs));
-    }
-    Ok(v)
-}
-
 #[cfg(test)]
 mod tests {
-    use jobvisor_proto::control::{JobState, Payload};
+    use jobvisor_proto::control::{JobRecord, JobState, Payload};
 
-    use super::*;
     use crate::commands::format_status;
 
     #[test]
-    fn json_shapes() {
+    fn status_text_names_state_and_native_payloads() {
         let rec = JobRecord {
             id: 7,
             task: "hash".into(),
@@ -61,32 +39,8 @@ mod tests {
             attempts: vec![],
             notify_url: Some("http://127.0.0.1:1/hook".into()),
         };
-        let v = record_json(&rec).unwrap();
-        assert_eq!(v["notify_url"], json!("http://127.0.0.1:1/hook"));
-        assert_eq!(v["input"], json!({"a": 1}));
-        assert_eq!(v["output"], json!({"native_hex": "0102"}));
-        assert_eq!(v["state"], json!("succeeded"));
         let s = format_status(&rec);
         assert!(s.contains("state:     succeeded"), "{s}");
         assert!(s.contains("<2 bytes, native encoding>"), "{s}");
-
-        let stats = Stats {
-            pid: 1,
-            uptime_s: 2,
-            workers: 3,
-            jobs: vec![("queued".into(), 4)],
-            submitted: 5,
-            attempts_finished: 6,
-            worker_restarts: 7,
-            recovered: 8,
-            degraded: false,
-            restart_delay_ms: 0,
-            tasks: Vec::new(),
-            notify_delivered: 9,
-            notify_failed: 10,
-            notify_dropped: 11,
-        };
-        assert_eq!(stats_json(&stats).unwrap()["notify_dropped"], json!(11));
-        assert_eq!(stats_json(&stats).unwrap()["jobs"], json!({"queued": 4}));
     }
 }

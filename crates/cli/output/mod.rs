@@ -3,7 +3,7 @@
 //! - [`text`]: one-line and truncated text.
 //! - [`time`]: durations and timestamps.
 //! - [`table`]: plain-text tables.
-//! - [`json`]: the `--json` shapes.
+//! - [`json`]: `--json` output (the types of `jobvisor_proto::json`).
 //!
 //! This module writes to stdout; a closed pipe (`jobvisor list | head`) is
 //! not an error.
@@ -15,7 +15,7 @@ pub mod time;
 
 use std::io::Write;
 
-use serde_json::Value;
+use serde::Serialize;
 
 use self::json::json_failure;
 use crate::exit::{Failure, EXIT_ERROR};
@@ -38,8 +38,9 @@ pub fn emit_bytes(bytes: &[u8]) -> Result<(), Failure> {
     }
 }
 
-/// Writes `value` as pretty JSON and a newline.
-pub fn emit_json(value: &Value) -> Result<(), Failure> {
+/// Writes `value` (a type of [`jobvisor_proto::json`], or a `serde_json::Value`)
+/// as pretty JSON and a newline.
+pub fn emit_json<T: Serialize + ?Sized>(value: &T) -> Result<(), Failure> {
     let mut text = serde_json::to_string_pretty(value).map_err(json_failure)?;
     text.push('\n');
     emit(&text)

@@ -14,12 +14,14 @@ use std::time::Duration;
 
 use jobvisor_proto::worker::{FromWorker, ToWorker};
 use jobvisor_proto::{encode_frame, FrameBuf, Hello, Role, HELLO_BYTES};
+use jobvisor_worker::BeaconLook;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::PoolConfig;
 use crate::launch::{self, ExitSender, ProcHandle};
+use crate::output::{writer_of, CallJobs};
 use crate::sys;
 
 /// What the I/O tasks tell the dispatcher.
@@ -47,8 +49,8 @@ pub(crate) struct WorkerConn {
     pub(crate) tail: Arc<Mutex<VecDeque<String>>>,
     /// Fires when the worker's output pipe reaches EOF (all its output is in `tail`).
     pub(crate) log_eof: oneshot::Receiver<()>,
-    /// Which call the worker runs (read when it dies).
-    pub(crate) beacon: jobvisor_worker::Beacon,
+    /// Which call the worker runs (read when it dies, and by the log drain).
+    pub(crate) beacon: Arc<jobvisor_worker::Beacon>,
 }
 
 pub(crate) async fn read_some(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
@@ -84,9 +86,10 @@ pub(crate) async fn start(
     cfg: &PoolConfig,
     exits: ExitSender,
     events: mpsc::UnboundedSender<LinkEvent>,
+    call_jobs: Arc<CallJobs>,
 ) -> io::Result<WorkerConn> {
     let (spawned, proc) = launch::launch(cfg.start_method, exits).await?;
-    let beacon = spawned.beacon;
+    let beacon = Arc::new(spawned.beacon);
     let pid = spawned.pid;
     let kill_on_error = |e: io::Error| {
         let _ = proc.signal(libc::SIGKILL);
@@ -102,7 +105,11 @@ pub(crate) async fn start(
     let (eof_tx, log_eof) = oneshot::channel();
     tokio::spawn(drain_log(
         log,
-        pid,
+        LogSource {
+            pid,
+            beacon: beacon.clone(),
+            call_jobs,
+        },
         tail.clone(),
         cfg.stderr_tail_lines,
         cfg.max_log_line_bytes,
@@ -261,30 +268,73 @@ async fn read_loop(
     let _ = events.send(LinkEvent::Closed { worker, error });
 }
 
+/// Whose output a log drain reads: the worker, and what tells which of its
+/// calls (and so which job) wrote a line (see [`crate::output`]).
+struct LogSource {
+    pid: u32,
+    beacon: Arc<jobvisor_worker::Beacon>,
+    call_jobs: Arc<CallJobs>,
+}
+
+impl LogSource {
+    /// The job whose call wrote output read between looks `since` and `now`.
+    fn job(&self, since: Option<BeaconLook>, now: Option<BeaconLook>) -> Option<u64> {
+        writer_of(since, now).and_then(|call| self.call_jobs.job_of(call))
+    }
+}
+
+/// Logs each line of a worker's output (with the job that wrote it, when
+/// known) and keeps the last `keep` for crash reports.
 async fn drain_log(
     fd: AsyncFd<OwnedFd>,
-    pid: u32,
+    src: LogSource,
     tail: Arc<Mutex<VecDeque<String>>>,
     keep: usize,
     max_line: usize,
     eof: oneshot::Sender<()>,
 ) {
+    let pid = src.pid;
     let mut buf = vec![0u8; 16 * 1024];
     let mut lines = LineSplitter::new(max_line);
-    let emit = |text: String| {
-        tracing::info!(target: "jobvisor::worker_output", pid, "{text}");
+    let emit = |text: String, job: Option<u64>| {
+        match job {
+            Some(job) => tracing::info!(target: "jobvisor::worker_output", pid, job, "{text}"),
+            None => tracing::info!(target: "jobvisor::worker_output", pid, "{text}"),
+        }
         if let Ok(mut t) = tail.lock() {
             keep_last(&mut t, keep, text);
         }
     };
+    // Output in the pipe now was written after `since`: a look taken before
+    // the last read that emptied the pipe (the worker's start, at first).
+    let mut since = src.beacon.look();
+    // Where the partial line at the end of the last read began.
+    let mut carried = since;
     loop {
+        let before = src.beacon.look();
         let n = match read_some(&fd, &mut buf).await {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        lines.push(&buf[..n], emit);
+        let now = src.beacon.look();
+        // A line begun in an earlier read was partly written before `since`.
+        let had_partial = lines.has_partial();
+        let first = src.job(if had_partial { carried } else { since }, now);
+        let rest = src.job(since, now);
+        let mut emitted = false;
+        lines.push(&buf[..n], |text| {
+            emit(text, if emitted { rest } else { first });
+            emitted = true;
+        });
+        if lines.has_partial() && (emitted || !had_partial) {
+            carried = since;
+        }
+        if n < buf.len() {
+            since = before;
+        }
     }
-    lines.finish(emit);
+    let now = src.beacon.look();
+    lines.finish(|text| emit(text, src.job(carried, now)));
     drop(fd);
     let _ = eof.send(());
 }
@@ -319,6 +369,11 @@ impl LineSplitter {
                 self.cut = true;
             }
         }
+    }
+
+    /// Whether part of a line is waiting for its newline.
+    fn has_partial(&self) -> bool {
+        !self.line.is_empty() || self.cut
     }
 
     /// At EOF: hands a last line without a newline to `emit`.

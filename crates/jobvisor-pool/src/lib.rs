@@ -37,6 +37,8 @@
 //! - `config`: [`PoolConfig`], every limit with its unit and default.
 //! - `bootstrap`: [`bootstrap`], the first call in `main` (fork server, or
 //!   worker mode).
+//! - `output`: which call (and job) wrote a worker's output line, from the
+//!   worker's beacon.
 //! - `conn`: the supervisor's end of one worker: handshake, reader, writer,
 //!   log drain.
 //! - `dispatch`: the actor that owns the queue and the workers, and beside
@@ -51,6 +53,7 @@ mod conn;
 mod dispatch;
 mod error;
 mod launch;
+mod output;
 mod pool;
 mod sys;
 mod types;

@@ -19,6 +19,7 @@ use crate::config::PoolConfig;
 use crate::dispatch::{CallResult, Channels, Command, Dispatcher, Pending};
 use crate::error::PoolError;
 use crate::launch::StartMethod;
+use crate::output::{CallJobGuard, CallJobs};
 use crate::types::{CallUsage, Health, PoolEvent, PoolHealth, WorkerInfo};
 
 /// Capacity of the submission channel in front of the dispatcher. The real
@@ -46,6 +47,10 @@ pub struct CallOptions {
     /// Stop the call when it sends no heartbeat or progress (`ctx.heartbeat()`,
     /// `ctx.progress()`) for this long: a watchdog for hung or stopped workers.
     pub stall_timeout: Option<Duration>,
+    /// The caller's job id for this call: the lines the worker prints while
+    /// it runs the call are logged with it (`job=`), when the pool can tell
+    /// they are this call's (see the `output` module).
+    pub job: Option<u64>,
 }
 
 /// Builds a [`Pool`].
@@ -173,6 +178,7 @@ impl PoolBuilder {
         let (events, _) = broadcast::channel(1024);
         let (started_tx, started_rx) = oneshot::channel();
         let health = Arc::new(Health::default());
+        let call_jobs = Arc::new(CallJobs::default());
         Dispatcher::spawn(
             self.cfg.clone(),
             Channels {
@@ -182,6 +188,7 @@ impl PoolBuilder {
             events.clone(),
             started_tx,
             health.clone(),
+            call_jobs.clone(),
         );
         let names = started_rx.await.map_err(|_| {
             let e = std::io::Error::other("the dispatcher stopped during start-up");
@@ -202,6 +209,7 @@ impl PoolBuilder {
                 cfg: self.cfg,
                 events,
                 health,
+                call_jobs,
             }),
         })
     }
@@ -216,6 +224,7 @@ struct Inner {
     cfg: PoolConfig,
     events: broadcast::Sender<PoolEvent>,
     health: Arc<Health>,
+    call_jobs: Arc<CallJobs>,
 }
 
 /// A pool of worker processes. Cheap to clone; the workers stop when the last
@@ -242,6 +251,8 @@ pub struct TaskHandle<O> {
     id: u64,
     rx: oneshot::Receiver<CallResult>,
     control: mpsc::WeakUnboundedSender<Command>,
+    /// Keeps the call's job id known to the log drain until the handle goes.
+    _job: Option<CallJobGuard>,
     _out: PhantomData<fn() -> O>,
 }
 
@@ -355,6 +366,7 @@ impl Pool {
             id,
             rx,
             control: self.inner.control.downgrade(),
+            _job: opts.job.map(|job| self.inner.call_jobs.insert(id, job)),
             _out: PhantomData,
         };
         Ok((pending, handle))

@@ -13,7 +13,8 @@
 //! - [`frame`]: framing: [`FrameBuf`] (incremental decoder) and [`encode_frame`].
 //! - [`handshake`]: the fixed-layout [`Hello`] every link starts with: protocol
 //!   version and schema hash, and the error that names both sides on a mismatch.
-//! - [`json`]: the JSON shape of a job record (`status --json`, notifications).
+//! - [`json`]: the public JSON (`--json`, notifications, the HTTP API): output
+//!   types of their own, built from the wire types, documented in `docs/json.md`.
 //! - [`paths`]: the default state directory and control socket, which the
 //!   daemon and its clients share.
 //! - [`worker`]: messages on the supervisor ↔ worker link.

@@ -143,11 +143,12 @@ pub struct ExecOutput {
     /// The signal that killed the program: always `None` now that a signal
     /// fails the call (kept for stored records of earlier versions).
     pub signal: Option<i32>,
-    /// Captured standard output, at most `max_output_bytes`.
-    #[serde(with = "serde_bytes")]
+    /// Captured standard output, at most `max_output_bytes`. In JSON a
+    /// string, or `{"base64": "..."}` when it is not UTF-8.
+    #[serde(with = "jobvisor_proto::json::text")]
     pub stdout: Vec<u8>,
-    /// Captured standard error, at most `max_output_bytes`.
-    #[serde(with = "serde_bytes")]
+    /// Captured standard error, at most `max_output_bytes`; in JSON as `stdout`.
+    #[serde(with = "jobvisor_proto::json::text")]
     pub stderr: Vec<u8>,
     /// Whether stdout had more than was kept.
     pub stdout_truncated: bool,

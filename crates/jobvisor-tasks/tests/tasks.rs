@@ -148,6 +148,24 @@ fn json_inputs_refuse_unknown_fields_and_exec_env_takes_an_object() {
     );
 }
 
+/// Issue 10, E.18: exec's output in JSON (what the daemon stores and `status
+/// --json` shows) has its streams as text, not arrays of numbers, and bytes
+/// that are not UTF-8 as `{"base64": ...}`.
+#[test]
+fn exec_output_in_json_is_text() {
+    let out = exec(sh(r"printf 'h\303\251llo\n'; printf '\377\376' >&2"));
+    let registry = builtin();
+    let native = jobvisor_proto::codec::encode(&out).expect("encode");
+    let text = registry
+        .native_output_to_json("exec", &native)
+        .expect("to json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    assert_eq!(v["stdout"], serde_json::json!("héllo\n"), "{text}");
+    assert_eq!(v["stderr"], serde_json::json!({"base64": "//4="}), "{text}");
+    let back: ExecOutput = serde_json::from_str(&text).expect("back");
+    assert_eq!(back, out);
+}
+
 #[test]
 fn inputs_and_outputs_survive_the_wire_codec() {
     use jobvisor_proto::codec::{decode, encode};

@@ -13,11 +13,14 @@
 //! running CPU call's soft deadline, so that the supervisor's grace runs from
 //! the worker's own deadline, not from when it sent the call; 4, the process
 //! group of the command the running call started (`exec`), which whoever
-//! reaps a dead worker kills (see `crate::child_group`).
+//! reaps a dead worker kills (see `crate::child_group`); 5, a sequence
+//! (seqlock) of CPU call starts, twice their number, odd while one is being
+//! written; 6, the last CPU call started. Slots 5 and 6 let the supervisor
+//! tell which call wrote the output it reads ([`Beacon::look`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicI64, AtomicPtr, AtomicU64, Ordering};
 
 /// A mapped beacon page.
 #[derive(Debug)]
@@ -88,9 +91,9 @@ impl Beacon {
     }
 
     fn cell(&self, slot: usize) -> &AtomicU64 {
-        debug_assert!(slot < 5);
+        debug_assert!(slot < 7);
         // SAFETY: ptr points to a live, page-aligned shared mapping of PAGE
-        // bytes (see map); slots 0 to 4 are its first 40 bytes.
+        // bytes (see map); slots 0 to 6 are its first 56 bytes.
         unsafe { &*self.ptr.add(slot) }
     }
 
@@ -144,7 +147,46 @@ impl Beacon {
 
     /// Marks CPU call `id` as running (0: none).
     pub fn set(&self, id: u64) {
-        self.cell(0).store(id, Ordering::Release);
+        if id == 0 {
+            self.cell(0).store(0, Ordering::Release);
+        } else {
+            self.started(id);
+        }
+    }
+
+    /// A CPU call starts: count it and name it (slots 5, 6), then mark it
+    /// running, as one seqlock write so [`Beacon::look`] never sees half.
+    fn started(&self, id: u64) {
+        let seq = self.cell(5).load(Ordering::Relaxed);
+        self.cell(5).store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        self.cell(6).store(id, Ordering::Relaxed);
+        self.cell(0).store(id, Ordering::Relaxed);
+        self.cell(5).store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    /// In the supervisor: the CPU calls started so far, the running one and
+    /// the last one started, read together; `None` if the worker kept
+    /// writing them (or scribbled on the page) through a few tries.
+    pub fn look(&self) -> Option<BeaconLook> {
+        for _ in 0..4 {
+            let before = self.cell(5).load(Ordering::Acquire);
+            if before % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let running = self.cell(0).load(Ordering::Relaxed);
+            let last_started = self.cell(6).load(Ordering::Relaxed);
+            fence(Ordering::Acquire);
+            if self.cell(5).load(Ordering::Relaxed) == before {
+                return Some(BeaconLook {
+                    started: before / 2,
+                    running,
+                    last_started,
+                });
+            }
+        }
+        None
     }
 
     /// Marks CPU call `id` as running with its soft deadline, in
@@ -154,7 +196,7 @@ impl Beacon {
     /// escalates, however late the worker got to the call.
     pub fn set_with_deadline(&self, id: u64, deadline_us: u64) {
         self.cell(3).store(deadline_us, Ordering::Relaxed);
-        self.cell(0).store(id, Ordering::Release);
+        self.set(id);
     }
 
     /// The soft deadline of the running CPU call, in [`monotonic_us`], if it
@@ -179,6 +221,18 @@ impl Beacon {
     pub fn get_io(&self) -> u64 {
         self.cell(1).load(Ordering::Acquire)
     }
+}
+
+/// What [`Beacon::look`] read: enough to tell which CPU call ran between two
+/// looks (the supervisor names the job on the worker's output lines with it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BeaconLook {
+    /// CPU calls started so far.
+    pub started: u64,
+    /// The running CPU call (0: none).
+    pub running: u64,
+    /// The last CPU call started (0: none yet).
+    pub last_started: u64,
 }
 
 /// `CLOCK_MONOTONIC` in microseconds: one clock for every process of the
@@ -265,5 +319,28 @@ mod tests {
         assert_eq!(a.get(), 0);
         a.set_io(7);
         assert_eq!((b.get(), b.get_io()), (0, 7));
+    }
+
+    #[test]
+    fn a_look_counts_and_names_the_calls_started() {
+        let a = Beacon::create().unwrap();
+        let b = Beacon::map(a.try_clone_fd().unwrap()).unwrap();
+        let none = BeaconLook {
+            started: 0,
+            running: 0,
+            last_started: 0,
+        };
+        assert_eq!(b.look(), Some(none));
+        a.set_with_deadline(5, 0);
+        a.set(0);
+        a.set(6);
+        let want = BeaconLook {
+            started: 2,
+            running: 6,
+            last_started: 6,
+        };
+        assert_eq!(b.look(), Some(want));
+        a.set(0);
+        assert_eq!(b.look().map(|l| (l.running, l.last_started)), Some((0, 6)));
     }
 }

@@ -50,7 +50,7 @@ mod task;
 mod usage;
 
 pub use async_task::{run_detached_async, AsyncCtx, AsyncTask};
-pub use beacon::{monotonic_us, Beacon, CrashedThread};
+pub use beacon::{monotonic_us, Beacon, BeaconLook, CrashedThread};
 pub use error::WorkerError;
 pub use jobvisor_proto::worker::TaskKind;
 pub use registry::{ConvertError, Registry};

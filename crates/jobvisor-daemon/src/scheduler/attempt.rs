@@ -84,6 +84,8 @@ impl Scheduler {
         let opts = CallOptions {
             timeout: job.timeout_ms.map(Duration::from_millis),
             stall_timeout: job.stall_timeout_ms.map(Duration::from_millis),
+            // The worker's output lines name the job (README: log lines).
+            job: Some(id),
         };
         let handle = match self
             .pool
@@ -195,7 +197,9 @@ impl Scheduler {
         match &next {
             Finish::Succeeded { .. } => tracing::debug!("attempt succeeded"),
             other => {
-                tracing::info!(state = other.state().as_str(), outcome = ?outcome, "attempt ended")
+                // Display, not Debug: `outcome=crashed signal=SIGKILL ...`.
+                let shown = jobvisor_proto::json::Outcome::from(&outcome);
+                tracing::info!(state = other.state().as_str(), outcome = %shown, "attempt ended")
             }
         }
         drop(_enter);

@@ -42,8 +42,9 @@ impl Dispatcher {
             let exits = self.exits_tx.clone();
             let links = self.link_tx.clone();
             let internal = self.internal_tx.clone();
+            let call_jobs = self.call_jobs.clone();
             tokio::spawn(async move {
-                let result = conn::start(id, &cfg, exits, links).await;
+                let result = conn::start(id, &cfg, exits, links, call_jobs).await;
                 let _ = internal.send(Internal::Started { id, result });
             });
         }

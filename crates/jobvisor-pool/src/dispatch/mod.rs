@@ -49,6 +49,7 @@ mod worker;
 use crate::config::PoolConfig;
 use crate::conn::{LinkEvent, WorkerConn};
 use crate::error::PoolError;
+use crate::output::CallJobs;
 use crate::types::{CallUsage, Health, PoolEvent, WorkerInfo, WorkerState};
 use call::{answer, InFlight, IoFlight};
 pub(crate) use call::{CallResult, Channels, Command, Pending, StartedReply};
@@ -100,6 +101,8 @@ pub(crate) struct Dispatcher {
     /// delay they earned.
     intensity: RestartIntensity,
     health: Arc<Health>,
+    /// Which job each call runs, for the log drains of new workers.
+    call_jobs: Arc<CallJobs>,
     stop: Stop,
     stop_waiters: Vec<oneshot::Sender<()>>,
     commands_open: bool,
@@ -122,6 +125,7 @@ impl Dispatcher {
         events: broadcast::Sender<PoolEvent>,
         started: StartedReply,
         health: Arc<Health>,
+        call_jobs: Arc<CallJobs>,
     ) {
         let (link_tx, link_rx) = mpsc::unbounded_channel();
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
@@ -137,6 +141,7 @@ impl Dispatcher {
             next_worker_id: 1,
             intensity: RestartIntensity::default(),
             health,
+            call_jobs,
             stop: Stop::No,
             stop_waiters: Vec::new(),
             commands_open: true,

@@ -56,7 +56,7 @@ pub(super) struct Worker {
     /// Its state when it was marked dead (tells a death from a retirement).
     pub(super) state_before_death: WorkerState,
     /// Names the call it was running (shared page the worker writes).
-    pub(super) beacon: jobvisor_worker::Beacon,
+    pub(super) beacon: Arc<jobvisor_worker::Beacon>,
     /// Reaped, but its pipe still has frames to read: finish when it closes.
     pub(super) reap_waiting: bool,
 }
