@@ -177,11 +177,17 @@ pub enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Stream job and worker events as they happen, until interrupted.
+    /// Print the recent job and worker events the daemon kept
+    /// (`limits.event_history`) and exit; with `--follow`, then stream new
+    /// ones as they happen, until interrupted.
     Events {
-        /// Keep following (the default; accepted for clarity in scripts).
-        #[arg(long)]
+        /// After the recent events, keep streaming new ones.
+        #[arg(long, short = 'f')]
         follow: bool,
+        /// Only events of the last DUR (e.g. 10m; `0s` with `--follow`: only
+        /// new ones).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        since: Option<Duration>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,

@@ -75,7 +75,11 @@ async fn dispatch(cmd: ClientCommand, socket: &Path) -> CmdResult {
         ClientCommand::Workers { json } => workers::workers(json, socket).await,
         ClientCommand::Stats { json } => stats::stats(json, socket).await,
         ClientCommand::Ping { wait, json } => ping::ping(wait, json, socket).await,
-        ClientCommand::Events { follow: _, json } => events::events(json, socket).await,
+        ClientCommand::Events {
+            follow,
+            since,
+            json,
+        } => events::events(follow, since, json, socket).await,
         ClientCommand::Shutdown { now } => shutdown::shutdown(!now, socket).await,
     }
 }

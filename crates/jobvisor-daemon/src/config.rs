@@ -8,6 +8,9 @@ use jobvisor_pool::StartMethod;
 use jobvisor_proto::control::JobState;
 use serde::Deserialize;
 
+/// Largest `limits.event_history`: the kept events are memory.
+const MAX_EVENT_HISTORY: usize = 1_000_000;
+
 /// Largest `pool.cancel_grace_ms` / `pool.term_grace_ms`.
 const MAX_GRACE_MS: u64 = 3_600_000;
 
@@ -63,6 +66,9 @@ pub struct Limits {
     pub max_key_bytes: usize,
     /// A client must complete its hello within this (ms).
     pub handshake_timeout_ms: u64,
+    /// Recent job and worker events kept for `jobvisor events` (the oldest
+    /// is dropped past it); 0 keeps none.
+    pub event_history: usize,
 }
 
 /// Defaults for jobs that do not say.
@@ -259,6 +265,7 @@ impl Default for Limits {
             max_wait_ids: 100_000,
             max_key_bytes: 1024,
             handshake_timeout_ms: 5_000,
+            event_history: 1_000,
         }
     }
 }
@@ -356,6 +363,9 @@ impl Config {
             return bad(
                 "limits.max_input_bytes must be at least 4 KiB below limits.max_frame_bytes",
             );
+        }
+        if self.limits.event_history > MAX_EVENT_HISTORY {
+            return bad("limits.event_history must be at most 1000000");
         }
         if self.jobs.max_crashes == 0 {
             return bad("jobs.max_crashes must be at least 1");

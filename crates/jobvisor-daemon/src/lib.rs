@@ -13,6 +13,7 @@
 //!   pure functions.
 //! - `pipeline`: jobs that take their input from other jobs' outputs.
 //! - [`config`]: the TOML configuration and its defaults.
+//! - `events`: the event feed (job and worker events, the recent ones kept).
 //! - `notify`: completion notifications (webhooks, commands), in their own
 //!   tasks; the scheduler only hands them over.
 //! - `scheduler`: the actor that owns unfinished jobs: queues, priorities,
@@ -24,6 +25,7 @@
 mod bounds;
 pub mod config;
 mod errors;
+mod events;
 mod notify;
 mod pipeline;
 pub mod policy;
@@ -150,19 +152,17 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let workers = cfg.worker_count();
     let pool = pool_builder(&cfg)?.build().await?;
     let counters = Arc::new(Counters::default());
-    let (events_tx, _) = tokio::sync::broadcast::channel::<Event>(4096);
+    let events_tx = events::EventFeed::new(cfg.limits.event_history);
     {
         let mut events = pool.events();
         let c = counters.clone();
         let out = events_tx.clone();
         tokio::spawn(async move {
             let publish = |kind: EventKind| {
-                if out.receiver_count() > 0 {
-                    let _ = out.send(Event {
-                        at_ms: scheduler::now_ms(),
-                        kind,
-                    });
-                }
+                out.publish(Event {
+                    at_ms: scheduler::now_ms(),
+                    kind,
+                })
             };
             loop {
                 match events.recv().await {

@@ -32,7 +32,7 @@ pub(crate) struct ServerCtx {
     /// Set to request a shutdown: `Some(graceful)`.
     pub(crate) stop: watch::Sender<Option<bool>>,
     /// Job and worker events, for `Events` subscribers.
-    pub(crate) events: tokio::sync::broadcast::Sender<jobvisor_proto::control::Event>,
+    pub(crate) events: Arc<crate::events::EventFeed>,
     /// Bytes all connections' request buffers hold, against `limits.max_buffered_bytes`.
     pub(crate) buffered: BufferBudget,
 }
@@ -402,8 +402,8 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
             Err(e) => Err(e),
         };
         let (resp, close) = match req {
-            Ok(Request::Events) => {
-                stream_events(&mut stream, ctx, max_frame).await;
+            Ok(Request::Events { since_ms, follow }) => {
+                stream_events(&mut stream, ctx, max_frame, since_ms, follow).await;
                 return;
             }
             Ok(req) => (handle(req, ctx).await, false),
@@ -433,12 +433,36 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
     }
 }
 
-/// Streams events to a subscriber until it goes away (or the daemon stops).
-/// A slow subscriber never slows the daemon: it misses events and is told how many.
-async fn stream_events(stream: &mut UnixStream, ctx: &ServerCtx, max_frame: usize) {
+/// Sends a subscriber the kept events (at or after `since_ms`), then, with
+/// `follow`, every new one until it goes away (or the daemon stops); without
+/// it, `Ok` marks the end. A slow subscriber never slows the daemon: it
+/// misses events and is told how many.
+async fn stream_events(
+    stream: &mut UnixStream,
+    ctx: &ServerCtx,
+    max_frame: usize,
+    since_ms: Option<u64>,
+    follow: bool,
+) {
     use tokio::sync::broadcast::error::RecvError;
-    let mut rx = ctx.events.subscribe();
+    let (past, mut rx) = ctx.events.subscribe(since_ms);
     let mut buf = Vec::new();
+    for ev in past {
+        buf.clear();
+        if encode_frame(&mut buf, &Response::Event(ev), max_frame).is_err() {
+            continue;
+        }
+        if stream.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+    if !follow {
+        buf.clear();
+        if encode_frame(&mut buf, &Response::Ok, max_frame).is_ok() {
+            let _ = stream.write_all(&buf).await;
+        }
+        return;
+    }
     let mut probe = [0u8; 64];
     loop {
         let ev = tokio::select! {
@@ -565,7 +589,7 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
             None => gone(),
         },
         // Handled by the connection loop (a stream, not one answer).
-        Request::Events => error(ErrorKind::BadRequest, "events is a subscription"),
+        Request::Events { .. } => error(ErrorKind::BadRequest, "events is a subscription"),
         Request::Shutdown { graceful } => {
             let _ = ctx.stop.send(Some(graceful));
             Response::Ok

@@ -483,9 +483,16 @@ pub enum Request {
     Stats,
     /// Liveness.
     Ping,
-    /// Subscribe: the daemon streams [`Response::Event`] frames on this
-    /// connection until the client closes it.
-    Events,
+    /// Events: the daemon sends the kept ones (at or after `since_ms`, all
+    /// of them for `None`) as [`Response::Event`] frames; then, with
+    /// `follow`, every new one until the client closes the connection, and
+    /// without it [`Response::Ok`], the end.
+    Events {
+        /// Only events at or after this time (Unix ms).
+        since_ms: Option<u64>,
+        /// Keep streaming new events after the kept ones.
+        follow: bool,
+    },
     /// Stop the daemon (draining running jobs when `graceful`).
     Shutdown {
         /// Drain first.
