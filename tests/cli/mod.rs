@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+mod readme;
 mod robust;
 
 fn jobvisor() -> Command {
