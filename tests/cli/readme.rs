@@ -194,7 +194,8 @@ fn every_shell_example_in_the_readme_runs() {
     let mut d = Daemon::in_work_dir(&[]);
     let cfg = d.dir.path().join("jobvisor.toml");
     std::fs::write(&cfg, "[jobs]\ndrain_grace_ms = 500\n").expect("config");
-    d.extra.extend(["--config".to_owned(), cfg.display().to_string()]);
+    d.extra
+        .extend(["--config".to_owned(), cfg.display().to_string()]);
     d.spawn();
     let work = d.cwd.clone().expect("work dir");
     write_fixtures(&work);
