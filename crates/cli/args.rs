@@ -111,8 +111,12 @@ pub enum ClientCommand {
     /// the worst state (3 failed/dead, 6 cancelled, 1 unfinished at the timeout).
     Wait {
         /// Job ids.
-        #[arg(required = true, num_args = 1.., value_name = "ID")]
+        #[arg(required_unless_present = "all", conflicts_with = "all", num_args = 1.., value_name = "ID")]
         ids: Vec<u64>,
+        /// Wait until no job is unfinished (queued, running, retrying),
+        /// jobs submitted meanwhile included.
+        #[arg(long)]
+        all: bool,
         /// Give up after this long (e.g. 500ms, 2s, 1.5s, 1h30m).
         #[arg(long, value_name = "DUR", value_parser = parse_duration)]
         timeout: Option<Duration>,
@@ -132,12 +136,18 @@ pub enum ClientCommand {
     Cancel {
         /// Job id.
         id: u64,
+        /// Print `{"id": N, "cancelled": true}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-queue a finished job that did not succeed (dead, failed,
     /// cancelled), with fresh attempt and crash budgets.
     Retry {
         /// Job id.
         id: u64,
+        /// Print `{"id": N, "state": "queued"}`.
+        #[arg(long)]
+        json: bool,
     },
     /// List jobs, newest first.
     List {
@@ -148,9 +158,15 @@ pub enum ClientCommand {
         /// Only jobs of this queue.
         #[arg(long, value_name = "QUEUE")]
         queue: Option<String>,
-        /// At most this many jobs.
-        #[arg(long, value_name = "N", default_value_t = 50)]
+        /// At most this many jobs (up to 10000). When more exist, stderr
+        /// says so and how to see them.
+        #[arg(long, value_name = "N", default_value_t = 50,
+              value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
+        /// Only jobs older than job ID (an id below it): the next page after
+        /// a list that ended at ID.
+        #[arg(long, value_name = "ID")]
+        before: Option<u64>,
         /// Print the job records as JSON.
         #[arg(long)]
         json: bool,
@@ -197,6 +213,12 @@ pub enum ClientCommand {
         /// Do not wait for running jobs.
         #[arg(long)]
         now: bool,
+        /// Return only after the daemon has stopped.
+        #[arg(long)]
+        wait: bool,
+        /// Print `{"shutdown": "graceful"|"now", "stopped": BOOL, "pid": N}`.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -361,7 +383,13 @@ mod tests {
     #[test]
     fn other_commands_parse() {
         match parse(&["wait", "1", "2", "--timeout", "2s", "--json"]).unwrap() {
-            ClientCommand::Wait { ids, timeout, json } => {
+            ClientCommand::Wait {
+                ids,
+                all,
+                timeout,
+                json,
+            } => {
+                assert!(!all);
                 assert_eq!(ids, [1, 2]);
                 assert_eq!(timeout, Some(Duration::from_secs(2)));
                 assert!(json);
@@ -369,6 +397,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse(&["wait"]).is_err());
+        assert!(parse(&["wait", "--all", "1"]).is_err());
+        assert!(matches!(
+            parse(&["wait", "--all"]).unwrap(),
+            ClientCommand::Wait { all: true, .. }
+        ));
+        assert!(parse(&["list", "--limit", "0"]).is_err());
+        assert!(parse(&["list", "--limit", "10001"]).is_err());
         match parse(&["list", "--state", "failed"]).unwrap() {
             ClientCommand::List {
                 state, limit, json, ..
@@ -385,8 +420,12 @@ mod tests {
             ClientCommand::Ping { wait: Some(d), json: false } if d == Duration::from_secs(5)
         ));
         assert!(matches!(
-            parse(&["shutdown", "--now"]).unwrap(),
-            ClientCommand::Shutdown { now: true }
+            parse(&["shutdown", "--now", "--wait", "--json"]).unwrap(),
+            ClientCommand::Shutdown {
+                now: true,
+                wait: true,
+                json: true
+            }
         ));
     }
 }

@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+mod commands;
 mod config;
 mod readme;
 mod robust;

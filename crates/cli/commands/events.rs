@@ -10,7 +10,7 @@ use super::connect;
 use crate::exit::{CmdResult, EXIT_OK};
 use crate::output::emit;
 use crate::output::json::json_failure;
-use crate::output::time::fmt_unix_ms;
+use crate::output::time::{fmt_unix_ms, now_ms};
 
 /// Prints the kept events of the last `since` (all for `None`), then with
 /// `follow` new ones until the daemon closes the stream.
@@ -69,13 +69,6 @@ pub async fn events(follow: bool, since: Option<Duration>, json: bool, socket: &
 /// The Unix ms `ago` before `now_ms` (0 when that is before 1970).
 fn since_ms(now_ms: u64, ago: Duration) -> u64 {
     now_ms.saturating_sub(u64::try_from(ago.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Now, in Unix ms (0 if the clock is before 1970).
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 #[cfg(test)]

@@ -38,6 +38,20 @@ pub fn fmt_unix_ms(ms: u64) -> String {
     )
 }
 
+/// Unix milliseconds to the second, for a table: `2023-11-14 22:13:20`
+/// (UTC, as [`fmt_unix_ms`]).
+pub fn fmt_unix_secs(ms: u64) -> String {
+    let full = fmt_unix_ms(ms);
+    full.get(..19).unwrap_or(&full).to_owned()
+}
+
+/// Now, in Unix ms (0 if the clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
 /// (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {

@@ -197,10 +197,26 @@ impl Client {
         queue: Option<String>,
         limit: u32,
     ) -> Result<Vec<JobRecord>, ClientError> {
+        self.list_page(state, queue, None, limit).await
+    }
+
+    /// Lists jobs with an id below `before` (all for `None`), newest first:
+    /// the page after one that ended at `before`.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub async fn list_page(
+        &mut self,
+        state: Option<JobState>,
+        queue: Option<String>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, ClientError> {
         match self
             .request(&Request::List {
                 state,
                 queue,
+                before,
                 limit,
             })
             .await?

@@ -22,6 +22,10 @@ use crate::config::Config;
 use crate::errors::{chain, Chain};
 use crate::scheduler::SchedCmd;
 
+/// Most jobs one `List` answers (a larger limit is cut to it; the CLI
+/// tells that more exist and pages on with `--before`).
+pub(crate) const MAX_LIST_JOBS: u32 = 10_000;
+
 /// What a connection can reach.
 #[derive(Clone)]
 pub(crate) struct ServerCtx {
@@ -556,8 +560,13 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
         Request::List {
             state,
             queue,
+            before,
             limit,
-        } => match ctx.store.list(state, queue, limit.clamp(1, 10_000)).await {
+        } => match ctx
+            .store
+            .list_page(state, queue, before, limit.clamp(1, MAX_LIST_JOBS))
+            .await
+        {
             Ok(v) => Response::Jobs(v),
             Err(e) => error(ErrorKind::Storage, chain(&e)),
         },

@@ -474,6 +474,8 @@ pub enum Request {
         state: Option<JobState>,
         /// Only this queue.
         queue: Option<String>,
+        /// Only jobs with an id below this (the next page after it).
+        before: Option<u64>,
         /// At most this many.
         limit: u32,
     },
