@@ -35,9 +35,13 @@ pub fn daemon_command(state: &Path, log: &Path) -> Command {
         .open(log)
         .unwrap_or_else(|e| panic!("daemon log {}: {e}", log.display()));
     let mut cmd = Command::new(bin());
+    // Hermetic: no configuration file of the user's is found (a test that
+    // wants one writes it there).
+    let xdg = state.parent().unwrap_or(state).join("xdg-config");
     cmd.arg("daemon")
         .arg("--state-dir")
         .arg(state)
+        .env("XDG_CONFIG_HOME", xdg)
         .env("JOBVISOR_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -550,6 +550,40 @@ impl Config {
     }
 }
 
+/// Where a daemon started without `--config` looks for its file, in order
+/// (the first that exists is read, alone): `$XDG_CONFIG_HOME/jobvisor/jobvisor.toml`
+/// (`$XDG_CONFIG_HOME` unset, empty or relative: `$HOME/.config/...`), then
+/// `/etc/jobvisor/jobvisor.toml`. Pure: the caller passes the environment.
+pub fn standard_paths(
+    xdg_config_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Vec<PathBuf> {
+    let absolute = |v: Option<std::ffi::OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
+    let user = absolute(xdg_config_home).or_else(|| absolute(home).map(|h| h.join(".config")));
+    user.map(|dir| dir.join("jobvisor").join("jobvisor.toml"))
+        .into_iter()
+        .chain(std::iter::once(PathBuf::from(
+            "/etc/jobvisor/jobvisor.toml",
+        )))
+        .collect()
+}
+
+/// The first of [`standard_paths`] (for this process's environment) that
+/// exists, and every place looked in (for the log when none does). A path
+/// that exists but cannot be read is still returned: loading it then names
+/// the error, rather than silently falling back to the next one.
+pub fn discover() -> (Option<PathBuf>, Vec<PathBuf>) {
+    let paths = standard_paths(
+        std::env::var_os("XDG_CONFIG_HOME"),
+        std::env::var_os("HOME"),
+    );
+    let found = paths
+        .iter()
+        .find(|p| std::fs::symlink_metadata(p).is_ok())
+        .cloned();
+    (found, paths)
+}
+
 /// `$XDG_STATE_HOME/jobvisor`, else `$HOME/.local/state/jobvisor`, else
 /// `./.jobvisor`: the rule clients share, [`jobvisor_proto::paths`].
 pub fn default_state_dir() -> PathBuf {
@@ -723,6 +757,25 @@ mod tests {
             let e = toml::from_str::<Config>(bad).unwrap_err().to_string();
             assert!(e.contains(says), "{bad}: {e}");
         }
+    }
+
+    /// Issue 10, item F.23: the places a daemon without `--config` looks in.
+    #[test]
+    fn standard_paths_follow_xdg_then_etc() {
+        let s = |v: &str| Some(std::ffi::OsString::from(v));
+        let etc = PathBuf::from("/etc/jobvisor/jobvisor.toml");
+        assert_eq!(
+            standard_paths(s("/x/conf"), s("/home/u")),
+            [PathBuf::from("/x/conf/jobvisor/jobvisor.toml"), etc.clone()]
+        );
+        let home = PathBuf::from("/home/u/.config/jobvisor/jobvisor.toml");
+        for xdg in [None, s(""), s("relative/dir")] {
+            assert_eq!(
+                standard_paths(xdg, s("/home/u")),
+                [home.clone(), etc.clone()]
+            );
+        }
+        assert_eq!(standard_paths(None, None), [etc]);
     }
 
     #[test]

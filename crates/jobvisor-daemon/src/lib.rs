@@ -90,6 +90,9 @@ pub struct Options {
     pub config: Config,
     /// Re-read on SIGHUP, when set.
     pub config_path: Option<PathBuf>,
+    /// Without `config_path`: on SIGHUP, look for a file in the standard
+    /// places ([`config::discover`]) and read the first found.
+    pub discover_config: bool,
     /// `--workers` given on the command line: wins over the file, at start and on reload.
     pub workers_override: Option<usize>,
     /// The same tasks the workers have: used to validate and convert inputs at submit time.
@@ -230,6 +233,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let hard = spawn_signals(
         stop_tx,
         opts.config_path,
+        opts.discover_config,
         opts.workers_override,
         pool.clone(),
         sched_tx.clone(),
@@ -291,6 +295,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 fn spawn_signals(
     stop: watch::Sender<Option<bool>>,
     config_path: Option<PathBuf>,
+    discover_config: bool,
     workers_override: Option<usize>,
     pool: Pool,
     sched: mpsc::Sender<SchedCmd>,
@@ -324,21 +329,41 @@ fn spawn_signals(
                     }
                 }
                 _ = hup.recv() => {
-                    let Some(path) = &config_path else {
-                        tracing::info!("SIGHUP: no config file to reload");
+                    let (found, looked_in) = match (&config_path, discover_config) {
+                        (Some(path), _) => (Some(path.clone()), Vec::new()),
+                        (None, true) => config::discover(),
+                        (None, false) => (None, Vec::new()),
+                    };
+                    let Some(path) = found else {
+                        let looked_in: Vec<String> =
+                            looked_in.iter().map(|p| p.display().to_string()).collect();
+                        tracing::info!(
+                            looked_in = %looked_in.join(", "),
+                            "SIGHUP: no config file to reload"
+                        );
                         continue;
                     };
-                    match Config::load(path) {
+                    match Config::load(&path) {
                         Ok(mut cfg) => {
                             if let Some(w) = workers_override {
                                 cfg.workers = w;
                             }
                             let workers = cfg.worker_count();
-                            tracing::info!(workers, "SIGHUP: configuration reloaded");
                             pool.resize(workers).await;
                             let _ = sched.send(SchedCmd::Reload { config: Box::new(cfg) }).await;
+                            // After the send: a request that follows this
+                            // line reaches the scheduler after the reload.
+                            tracing::info!(
+                                path = %path.display(),
+                                workers,
+                                "SIGHUP: configuration reloaded"
+                            );
                         }
-                        Err(e) => tracing::error!(error = %errors::Chain(&e), "SIGHUP: keeping the old configuration"),
+                        Err(e) => tracing::error!(
+                            path = %path.display(),
+                            error = %errors::Chain(&e),
+                            "SIGHUP: keeping the old configuration"
+                        ),
                     }
                 }
             }
