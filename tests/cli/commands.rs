@@ -176,3 +176,20 @@ fn cancel_retry_and_shutdown_speak_json_and_shutdown_waits() {
     );
     d.child = None;
 }
+
+/// A missing `--input` gets a hint from the task's real input type: `noop`
+/// takes a number, not `null` (issue 10, item F.24).
+#[test]
+fn a_missing_input_gets_the_tasks_own_shape_as_hint() {
+    let out = std::process::Command::new(bin())
+        .args(["--socket", "/nonexistent/jobvisor.sock", "submit", "noop"])
+        .output()
+        .expect("run jobvisor");
+    assert_exit("submit noop without --input", &out, 2, "--input 1");
+    assert!(!stderr(&out).contains("--input null"), "{}", text(&out));
+    let out = std::process::Command::new(bin())
+        .args(["--socket", "/nonexistent/jobvisor.sock", "submit", "spin"])
+        .output()
+        .expect("run jobvisor");
+    assert_exit("submit spin without --input", &out, 2, "\"ms\"");
+}
