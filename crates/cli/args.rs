@@ -19,15 +19,24 @@ use crate::parse::{
 #[derive(Debug, Parser)]
 #[command(name = "jobvisor", version, about)]
 pub struct Cli {
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
-    pub log_format: LogFormat,
     /// Control socket (default: STATE_DIR/control.sock, STATE_DIR being
     /// $XDG_STATE_HOME/jobvisor or ~/.local/state/jobvisor).
     #[arg(long, env = "JOBVISOR_SOCKET", global = true)]
     pub socket: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The log format: `--log-format` of `daemon` or `demo`, the only
+    /// commands that log (a client command's few warnings are pretty).
+    pub fn log_format(&self) -> LogFormat {
+        match &self.command {
+            Command::Daemon(a) => a.log_format,
+            Command::Demo(a) => a.log_format,
+            Command::Client(_) => LogFormat::Pretty,
+        }
+    }
 }
 
 /// Log output format.
@@ -67,6 +76,9 @@ pub struct DaemonArgs {
     /// How workers start: forkserver or spawn.
     #[arg(long)]
     pub start_method: Option<String>,
+    /// Log format (filter with JOBVISOR_LOG, e.g. JOBVISOR_LOG=debug).
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
 }
 
 /// Arguments of `jobvisor demo`.
@@ -78,6 +90,9 @@ pub struct DemoArgs {
     /// How workers start: forkserver or spawn.
     #[arg(long, default_value = "forkserver")]
     pub start_method: StartMethod,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
 }
 
 impl Command {
@@ -372,6 +387,39 @@ mod tests {
         // The worker's hidden argument is no command of ours: main asks
         // jobvisor_pool::is_spawned_worker before parsing.
         assert!(runs(&["__jobvisor-worker", "3", "4"]).is_err());
+    }
+
+    /// Issue 10, item F.25: `--log-format` is the daemon's (and the demo's)
+    /// option, not every client subcommand's.
+    #[test]
+    fn log_format_is_an_option_of_the_commands_that_log() {
+        use clap::CommandFactory;
+        let cli = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("jobvisor").chain(args.iter().copied()))
+        };
+        assert!(matches!(
+            cli(&["daemon", "--log-format", "json"]).map(|c| c.log_format()),
+            Ok(LogFormat::Json)
+        ));
+        assert!(matches!(
+            cli(&["demo", "--log-format", "json"]).map(|c| c.log_format()),
+            Ok(LogFormat::Json)
+        ));
+        assert!(matches!(
+            cli(&["ping"]).map(|c| c.log_format()),
+            Ok(LogFormat::Pretty)
+        ));
+        assert!(cli(&["ping", "--log-format", "json"]).is_err());
+        assert!(cli(&["--log-format", "json", "status", "1"]).is_err());
+        let mut cmd = Cli::command();
+        let help = |cmd: &mut clap::Command, sub: &str| {
+            cmd.find_subcommand_mut(sub)
+                .expect(sub)
+                .render_long_help()
+                .to_string()
+        };
+        assert!(!help(&mut cmd, "status").contains("--log-format"));
+        assert!(help(&mut cmd, "daemon").contains("--log-format"));
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub fn init(cli: &Cli) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .log_internal_errors(false);
-    match cli.log_format {
+    match cli.log_format() {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
