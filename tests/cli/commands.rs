@@ -193,3 +193,42 @@ fn a_missing_input_gets_the_tasks_own_shape_as_hint() {
         .expect("run jobvisor");
     assert_exit("submit spin without --input", &out, 2, "\"ms\"");
 }
+
+/// Times for people are in the local zone (`TZ`), with its offset (issue
+/// 10, item F.25); before, they were UTC whatever the zone.
+#[test]
+fn times_are_shown_in_the_local_time_zone() {
+    let d = Daemon::start(&[]);
+    let id = d.cli_ok(&["submit", "noop", "--input", "1", "--wait"]);
+    let in_zone = |tz: &str, args: &[&str]| {
+        let out = d
+            .cli_command()
+            .env("TZ", tz)
+            .args(args)
+            .output()
+            .expect("run cli");
+        assert!(out.status.success(), "{}", text(&out));
+        stdout(&out)
+    };
+    let created = |status: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with("created:"))
+            .unwrap_or_else(|| panic!("{status}"))
+            .to_owned()
+    };
+    // POSIX TZ: "JVT-3" is 3 hours east of UTC.
+    let east = created(&in_zone("JVT-3", &["status", &id]));
+    let utc = created(&in_zone("UTC0", &["status", &id]));
+    assert!(
+        east.ends_with("+03:00") && utc.ends_with("+00:00"),
+        "{east}\n{utc}"
+    );
+    let hour = |l: &str| -> u32 {
+        let time = l.split_whitespace().nth(2).expect("time");
+        time[..2].parse().expect("hour")
+    };
+    assert_eq!((hour(&utc) + 3) % 24, hour(&east), "{east}\n{utc}");
+    let events = in_zone("JVT-3", &["events"]);
+    assert!(events.lines().all(|l| l.contains(" +03:00 ")), "{events}");
+}
