@@ -62,6 +62,8 @@ pub fn fmt_at_offset(ms: u64, offset_secs: i64) -> String {
 
 /// The local zone's offset east of UTC at `ms` (daylight saving included),
 /// from `localtime_r` (which reads `TZ`); 0 when it cannot tell.
+// `c_long` is `i64` here but `i32` on 32-bit targets: the conversion stays.
+#[allow(clippy::useless_conversion)]
 fn local_offset_secs(ms: u64) -> i64 {
     let Ok(t) = libc::time_t::try_from(ms / 1_000) else {
         return 0;
