@@ -19,15 +19,24 @@ use crate::parse::{
 #[derive(Debug, Parser)]
 #[command(name = "jobvisor", version, about)]
 pub struct Cli {
-    /// Log format.
-    #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
-    pub log_format: LogFormat,
     /// Control socket (default: STATE_DIR/control.sock, STATE_DIR being
     /// $XDG_STATE_HOME/jobvisor or ~/.local/state/jobvisor).
     #[arg(long, env = "JOBVISOR_SOCKET", global = true)]
     pub socket: Option<std::path::PathBuf>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// The log format: `--log-format` of `daemon` or `demo`, the only
+    /// commands that log (a client command's few warnings are pretty).
+    pub fn log_format(&self) -> LogFormat {
+        match &self.command {
+            Command::Daemon(a) => a.log_format,
+            Command::Demo(a) => a.log_format,
+            Command::Client(_) => LogFormat::Pretty,
+        }
+    }
 }
 
 /// Log output format.
@@ -67,6 +76,9 @@ pub struct DaemonArgs {
     /// How workers start: forkserver or spawn.
     #[arg(long)]
     pub start_method: Option<String>,
+    /// Log format (filter with JOBVISOR_LOG, e.g. JOBVISOR_LOG=debug).
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
 }
 
 /// Arguments of `jobvisor demo`.
@@ -78,6 +90,9 @@ pub struct DemoArgs {
     /// How workers start: forkserver or spawn.
     #[arg(long, default_value = "forkserver")]
     pub start_method: StartMethod,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty)]
+    pub log_format: LogFormat,
 }
 
 impl Command {
@@ -111,8 +126,12 @@ pub enum ClientCommand {
     /// the worst state (3 failed/dead, 6 cancelled, 1 unfinished at the timeout).
     Wait {
         /// Job ids.
-        #[arg(required = true, num_args = 1.., value_name = "ID")]
+        #[arg(required_unless_present = "all", conflicts_with = "all", num_args = 1.., value_name = "ID")]
         ids: Vec<u64>,
+        /// Wait until no job is unfinished (queued, running, retrying),
+        /// jobs submitted meanwhile included.
+        #[arg(long)]
+        all: bool,
         /// Give up after this long (e.g. 500ms, 2s, 1.5s, 1h30m).
         #[arg(long, value_name = "DUR", value_parser = parse_duration)]
         timeout: Option<Duration>,
@@ -132,12 +151,18 @@ pub enum ClientCommand {
     Cancel {
         /// Job id.
         id: u64,
+        /// Print `{"id": N, "cancelled": true}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Re-queue a finished job that did not succeed (dead, failed,
     /// cancelled), with fresh attempt and crash budgets.
     Retry {
         /// Job id.
         id: u64,
+        /// Print `{"id": N, "state": "queued"}`.
+        #[arg(long)]
+        json: bool,
     },
     /// List jobs, newest first.
     List {
@@ -148,9 +173,15 @@ pub enum ClientCommand {
         /// Only jobs of this queue.
         #[arg(long, value_name = "QUEUE")]
         queue: Option<String>,
-        /// At most this many jobs.
-        #[arg(long, value_name = "N", default_value_t = 50)]
+        /// At most this many jobs (up to 10000). When more exist, stderr
+        /// says so and how to see them.
+        #[arg(long, value_name = "N", default_value_t = 50,
+              value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
+        /// Only jobs older than job ID (an id below it): the next page after
+        /// a list that ended at ID.
+        #[arg(long, value_name = "ID")]
+        before: Option<u64>,
         /// Print the job records as JSON.
         #[arg(long)]
         json: bool,
@@ -177,11 +208,17 @@ pub enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Stream job and worker events as they happen, until interrupted.
+    /// Print the recent job and worker events the daemon kept
+    /// (`limits.event_history`) and exit; with `--follow`, then stream new
+    /// ones as they happen, until interrupted.
     Events {
-        /// Keep following (the default; accepted for clarity in scripts).
-        #[arg(long)]
+        /// After the recent events, keep streaming new ones.
+        #[arg(long, short = 'f')]
         follow: bool,
+        /// Only events of the last DUR (e.g. 10m; `0s` with `--follow`: only
+        /// new ones).
+        #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+        since: Option<Duration>,
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
@@ -191,6 +228,12 @@ pub enum ClientCommand {
         /// Do not wait for running jobs.
         #[arg(long)]
         now: bool,
+        /// Return only after the daemon has stopped.
+        #[arg(long)]
+        wait: bool,
+        /// Print `{"shutdown": "graceful"|"now", "stopped": BOOL, "pid": N}`.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -356,6 +399,39 @@ mod tests {
         assert!(runs(&["__jobvisor-worker", "3", "4"]).is_err());
     }
 
+    /// Issue 10, item F.25: `--log-format` is the daemon's (and the demo's)
+    /// option, not every client subcommand's.
+    #[test]
+    fn log_format_is_an_option_of_the_commands_that_log() {
+        use clap::CommandFactory;
+        let cli = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("jobvisor").chain(args.iter().copied()))
+        };
+        assert!(matches!(
+            cli(&["daemon", "--log-format", "json"]).map(|c| c.log_format()),
+            Ok(LogFormat::Json)
+        ));
+        assert!(matches!(
+            cli(&["demo", "--log-format", "json"]).map(|c| c.log_format()),
+            Ok(LogFormat::Json)
+        ));
+        assert!(matches!(
+            cli(&["ping"]).map(|c| c.log_format()),
+            Ok(LogFormat::Pretty)
+        ));
+        assert!(cli(&["ping", "--log-format", "json"]).is_err());
+        assert!(cli(&["--log-format", "json", "status", "1"]).is_err());
+        let mut cmd = Cli::command();
+        let help = |cmd: &mut clap::Command, sub: &str| {
+            cmd.find_subcommand_mut(sub)
+                .expect(sub)
+                .render_long_help()
+                .to_string()
+        };
+        assert!(!help(&mut cmd, "status").contains("--log-format"));
+        assert!(help(&mut cmd, "daemon").contains("--log-format"));
+    }
+
     #[test]
     fn clap_definition_is_consistent() {
         use clap::CommandFactory;
@@ -365,7 +441,13 @@ mod tests {
     #[test]
     fn other_commands_parse() {
         match parse(&["wait", "1", "2", "--timeout", "2s", "--json"]).unwrap() {
-            ClientCommand::Wait { ids, timeout, json } => {
+            ClientCommand::Wait {
+                ids,
+                all,
+                timeout,
+                json,
+            } => {
+                assert!(!all);
                 assert_eq!(ids, [1, 2]);
                 assert_eq!(timeout, Some(Duration::from_secs(2)));
                 assert!(json);
@@ -373,6 +455,13 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(parse(&["wait"]).is_err());
+        assert!(parse(&["wait", "--all", "1"]).is_err());
+        assert!(matches!(
+            parse(&["wait", "--all"]).unwrap(),
+            ClientCommand::Wait { all: true, .. }
+        ));
+        assert!(parse(&["list", "--limit", "0"]).is_err());
+        assert!(parse(&["list", "--limit", "10001"]).is_err());
         match parse(&["list", "--state", "failed"]).unwrap() {
             ClientCommand::List {
                 state, limit, json, ..
@@ -389,8 +478,12 @@ mod tests {
             ClientCommand::Ping { wait: Some(d), json: false } if d == Duration::from_secs(5)
         ));
         assert!(matches!(
-            parse(&["shutdown", "--now"]).unwrap(),
-            ClientCommand::Shutdown { now: true }
+            parse(&["shutdown", "--now", "--wait", "--json"]).unwrap(),
+            ClientCommand::Shutdown {
+                now: true,
+                wait: true,
+                json: true
+            }
         ));
     }
 }

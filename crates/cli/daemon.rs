@@ -6,15 +6,35 @@ use std::path::PathBuf;
 
 use crate::args::DaemonArgs;
 
-/// Loads the configuration (`--config`, else the defaults), lets the flags and
+/// Loads the configuration (`--config`, else the first file of the standard
+/// places, else the defaults: the log says which), lets the flags and
 /// `--socket` override it, and runs the daemon until it stops.
 ///
 /// # Errors
 /// A configuration that does not load, or the daemon's own error.
 pub async fn run(args: DaemonArgs, socket: Option<PathBuf>) -> anyhow::Result<()> {
     let mut config = match &args.config {
-        Some(path) => jobvisor_daemon::Config::load(path)?,
-        None => jobvisor_daemon::Config::default(),
+        Some(path) => {
+            let c = jobvisor_daemon::Config::load(path)?;
+            tracing::info!(path = %path.display(), "configuration read (--config)");
+            c
+        }
+        None => match jobvisor_daemon::config::discover() {
+            (Some(path), _) => {
+                let c = jobvisor_daemon::Config::load(&path)?;
+                tracing::info!(path = %path.display(), "configuration read");
+                c
+            }
+            (None, looked_in) => {
+                let looked_in: Vec<String> =
+                    looked_in.iter().map(|p| p.display().to_string()).collect();
+                tracing::info!(
+                    looked_in = %looked_in.join(", "),
+                    "no configuration file found; using the defaults"
+                );
+                jobvisor_daemon::Config::default()
+            }
+        },
     };
     if let Some(d) = args.state_dir {
         config.state_dir = Some(d);
@@ -31,6 +51,7 @@ pub async fn run(args: DaemonArgs, socket: Option<PathBuf>) -> anyhow::Result<()
     }
     let options = jobvisor_daemon::Options {
         config,
+        discover_config: args.config.is_none(),
         config_path: args.config,
         workers_override,
         registry: jobvisor_tasks::builtin(),

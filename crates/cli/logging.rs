@@ -37,7 +37,7 @@ pub fn init(cli: &Cli) {
             std::env::var_os("NO_COLOR").as_deref(),
         ))
         .log_internal_errors(false);
-    match cli.log_format {
+    match cli.log_format() {
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),
     }

@@ -2,6 +2,9 @@
 
 use std::process::Command;
 
+mod commands;
+mod config;
+mod readme;
 mod robust;
 
 fn jobvisor() -> Command {

@@ -35,9 +35,13 @@ pub fn daemon_command(state: &Path, log: &Path) -> Command {
         .open(log)
         .unwrap_or_else(|e| panic!("daemon log {}: {e}", log.display()));
     let mut cmd = Command::new(bin());
+    // Hermetic: no configuration file of the user's is found (a test that
+    // wants one writes it there).
+    let xdg = state.parent().unwrap_or(state).join("xdg-config");
     cmd.arg("daemon")
         .arg("--state-dir")
         .arg(state)
+        .env("XDG_CONFIG_HOME", xdg)
         .env("JOBVISOR_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -86,6 +90,8 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub extra: Vec<String>,
+    /// The daemon's working directory (default: the test's).
+    pub cwd: Option<PathBuf>,
     /// Dropped after the daemon is killed (`Drop` runs before the fields).
     _cpu: CpuGuard,
 }
@@ -103,6 +109,21 @@ impl Daemon {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut d = Self::new(dir, None, args);
         d.spawn();
+        d
+    }
+
+    /// A daemon like [`Daemon::start`], not started yet (the test completes
+    /// `extra` first, then calls [`Daemon::spawn`]), whose working directory
+    /// is a fresh `work` dir in its temp dir, where relative paths in task
+    /// inputs resolve.
+    pub fn in_work_dir(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let work = dir.path().join("work");
+        std::fs::create_dir(&work).expect("work dir");
+        let mut args = vec!["--workers", "2"];
+        args.extend_from_slice(extra);
+        let mut d = Self::new(dir, None, &args);
+        d.cwd = Some(work);
         d
     }
 
@@ -139,6 +160,7 @@ impl Daemon {
             dir,
             socket,
             extra: args,
+            cwd: None,
             _cpu: cpu::shared(),
         }
     }
@@ -153,10 +175,11 @@ impl Daemon {
 
     /// Starts (or restarts) the daemon and waits until it answers.
     pub fn spawn(&mut self) {
-        let child = daemon_command(&self.state_dir(), &self.dir.path().join("daemon.log"))
-            .args(&self.extra)
-            .spawn()
-            .expect("spawn daemon");
+        let mut cmd = daemon_command(&self.state_dir(), &self.dir.path().join("daemon.log"));
+        if let Some(cwd) = &self.cwd {
+            cmd.current_dir(cwd);
+        }
+        let child = cmd.args(&self.extra).spawn().expect("spawn daemon");
         self.child = Some(child);
         wait_ready(&self.socket, Duration::from_secs(20), || self.log());
     }

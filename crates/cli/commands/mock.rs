@@ -249,7 +249,7 @@ fn answer(st: &mut State, req: Request) -> Response {
             notify_failed: 0,
             notify_dropped: 0,
         }),
-        Request::Events => err(ErrorKind::BadRequest, "not in this mock"),
+        Request::Events { .. } => err(ErrorKind::BadRequest, "not in this mock"),
         Request::Ping => Response::Pong {
             pid: 4242,
             version: "test".to_owned(),

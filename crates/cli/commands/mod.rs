@@ -62,21 +62,52 @@ async fn dispatch(cmd: ClientCommand, socket: &Path) -> CmdResult {
     match cmd {
         ClientCommand::Submit(args) => submit::submit(*args, socket).await,
         ClientCommand::Status { id, json } => status::status(id, json, socket).await,
-        ClientCommand::Wait { ids, timeout, json } => wait::wait(ids, timeout, json, socket).await,
+        ClientCommand::Wait {
+            ids,
+            all: false,
+            timeout,
+            json,
+        } => wait::wait(ids, timeout, json, socket).await,
+        ClientCommand::Wait {
+            all: true,
+            timeout,
+            json,
+            ..
+        } => wait::wait_for_every_job(timeout, json, socket).await,
         ClientCommand::Result { id, json } => result::result(id, json, socket).await,
-        ClientCommand::Cancel { id } => cancel::cancel(id, socket).await,
-        ClientCommand::Retry { id } => retry::retry(id, socket).await,
+        ClientCommand::Cancel { id, json } => cancel::cancel(id, json, socket).await,
+        ClientCommand::Retry { id, json } => retry::retry(id, json, socket).await,
         ClientCommand::List {
             state,
             queue,
             limit,
+            before,
             json,
-        } => list::list(state, queue, limit, json, socket).await,
+        } => {
+            let q = list::ListQuery {
+                state,
+                queue,
+                limit,
+                before,
+            };
+            list::list(q, json, socket).await
+        }
         ClientCommand::Workers { json } => workers::workers(json, socket).await,
         ClientCommand::Stats { json } => stats::stats(json, socket).await,
         ClientCommand::Ping { wait, json } => ping::ping(wait, json, socket).await,
-        ClientCommand::Events { follow: _, json } => events::events(json, socket).await,
-        ClientCommand::Shutdown { now } => shutdown::shutdown(!now, socket).await,
+        ClientCommand::Events {
+            follow,
+            since,
+            json,
+        } => events::events(follow, since, json, socket).await,
+        ClientCommand::Shutdown { now, wait, json } => {
+            let a = shutdown::ShutdownArgs {
+                graceful: !now,
+                wait,
+                json,
+            };
+            shutdown::shutdown(a, socket).await
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use jobvisor_proto::control::{AttemptOutcome, JobRecord, Payload};
+use jobvisor_proto::control::{Attempt, AttemptOutcome, JobRecord, Payload};
 use jobvisor_proto::forkserver::signal_name;
 
 use super::connect;
@@ -79,9 +79,7 @@ pub fn format_status(r: &JobRecord) -> String {
         &format!("{} of at most {}", r.attempts.len(), r.max_attempts),
     );
     for a in &r.attempts {
-        let pid = a
-            .worker_pid
-            .map_or_else(|| "pid ?".to_owned(), |p| format!("pid {p}"));
+        let pid = attempt_pid(a);
         let took = a
             .finished_ms
             .map(|f| format!(", {}", fmt_ms(f.saturating_sub(a.started_ms))))
@@ -98,6 +96,18 @@ pub fn format_status(r: &JobRecord) -> String {
         }
     }
     s
+}
+
+/// Which worker ran attempt `a`. A lost attempt was cut off by a daemon
+/// that stopped or died before it learnt (or stored) the pid; it used to
+/// show as `pid ?`.
+fn attempt_pid(a: &Attempt) -> String {
+    match (a.worker_pid, &a.outcome) {
+        (Some(p), _) => format!("pid {p}"),
+        (None, AttemptOutcome::Lost) => "pid unknown (the daemon stopped before it knew)".into(),
+        (None, AttemptOutcome::Running) => "pid not known yet".into(),
+        (None, _) => "pid unknown".into(),
+    }
 }
 
 /// How an attempt ended, in words.
@@ -152,5 +162,36 @@ fn preview(p: &Payload) -> String {
     match p {
         Payload::Json(t) => truncate_chars(&one_line(t), PREVIEW_CHARS),
         Payload::Native(b) => format!("<{} bytes, native encoding>", b.len()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attempt(worker_pid: Option<u32>, outcome: AttemptOutcome) -> Attempt {
+        Attempt {
+            number: 1,
+            worker_pid,
+            started_ms: 0,
+            finished_ms: None,
+            outcome,
+        }
+    }
+
+    /// Issue 10, item F.25: no `pid ?`.
+    #[test]
+    fn an_attempt_without_a_pid_says_why() {
+        assert_eq!(
+            attempt_pid(&attempt(Some(42), AttemptOutcome::Ok)),
+            "pid 42"
+        );
+        let lost = attempt_pid(&attempt(None, AttemptOutcome::Lost));
+        assert!(lost.starts_with("pid unknown (the daemon"), "{lost}");
+        assert_eq!(
+            attempt_pid(&attempt(None, AttemptOutcome::Running)),
+            "pid not known yet"
+        );
+        assert!(!attempt_pid(&attempt(None, AttemptOutcome::Cancelled)).contains('?'));
     }
 }

@@ -20,6 +20,51 @@ use crate::output::{emit, emit_json};
 /// The task name whose input `submit exec -- CMD ARGS...` builds.
 const EXEC_TASK: &str = "exec";
 
+/// Inputs tried, in order, to tell what a task takes, each with how to say
+/// it: the first its real input type accepts wins.
+const INPUT_PROBES: &[(&str, &str)] = &[
+    ("null", "it takes none: use --input null"),
+    ("1", "its input is a number, e.g. --input 1"),
+    ("{}", "its input is a JSON object, e.g. --input '{}'"),
+    ("\"text\"", "its input is a string, e.g. --input '\"text\"'"),
+    ("[]", "its input is a list, e.g. --input '[]'"),
+];
+
+/// What a missing `--input` hint says for `task`, from the input type of
+/// the built-in task of that name (this binary's registry).
+fn builtin_input_hint(task: &str) -> String {
+    let registry = jobvisor_tasks::builtin();
+    if !registry.contains(task) {
+        return "give the task's input as JSON text".into();
+    }
+    input_hint(|json| {
+        registry
+            .json_to_native(task, json)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
+
+/// The hint from probing a task's input decoder (`fits`) with
+/// [`INPUT_PROBES`]; for an object with required fields, the decoder names
+/// the first one missing. (The hint used to be "use --input null for none"
+/// for every task, wrong for `noop`, whose input is a number.)
+pub fn input_hint(fits: impl Fn(&str) -> Result<(), String>) -> String {
+    if let Some((_, say)) = INPUT_PROBES.iter().find(|(json, _)| fits(json).is_ok()) {
+        return (*say).to_owned();
+    }
+    let missing = fits("{}").err().and_then(|e| {
+        let rest = e.split_once("missing field `")?.1;
+        Some(rest.split_once('`')?.0.to_owned())
+    });
+    match missing {
+        Some(field) => format!(
+            "its input is a JSON object with \"{field}\", e.g. --input '{{\"{field}\": ...}}'"
+        ),
+        None => "see the built-in tasks and their JSON input in the README".into(),
+    }
+}
+
 /// Submits the job(s) and prints their ids; waits with `--wait`.
 pub async fn submit(args: SubmitArgs, socket: &Path) -> CmdResult {
     // Everything local is checked before connecting.
@@ -121,7 +166,8 @@ fn single_spec(args: &SubmitArgs) -> Result<JobSpec, Failure> {
                 Failure::usage("`submit exec` needs a command after `--` (or --input JSON)")
             } else {
                 Failure::usage(format!(
-                    "--input JSON is required for task `{task}` (use --input null for none)"
+                    "--input JSON is required for task `{task}` ({})",
+                    builtin_input_hint(&task)
                 ))
             }
         })?;
@@ -202,6 +248,29 @@ mod tests {
     use super::*;
     use crate::args::testing::{parse, submit_args};
     use crate::exit::EXIT_USAGE;
+
+    /// Issue 10, item F.24: the hint follows the task's input type.
+    #[test]
+    fn the_missing_input_hint_comes_from_the_tasks_input_type() {
+        let noop = builtin_input_hint("noop");
+        assert!(
+            noop.contains("a number") && noop.contains("--input 1"),
+            "{noop}"
+        );
+        assert!(!noop.contains("null"), "{noop}");
+        for (task, field) in [("spin", "ms"), ("sleep", "ms"), ("hash", "path")] {
+            let h = builtin_input_hint(task);
+            assert!(h.contains(&format!("\"{field}\"")), "{task}: {h}");
+        }
+        assert!(input_hint(|j| if j == "null" {
+            Ok(())
+        } else {
+            Err(String::new())
+        })
+        .contains("--input null"));
+        assert!(input_hint(|_| Err("nothing fits".into())).contains("README"));
+        assert!(builtin_input_hint("custom").contains("as JSON"));
+    }
 
     #[test]
     fn exec_input_decodes_into_exec_input() {

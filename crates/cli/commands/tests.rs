@@ -152,12 +152,14 @@ async fn against_a_mock_daemon() {
         .await,
         4
     );
-    assert_eq!(code(ClientCommand::Cancel { id: 1 }, sock).await, 0);
-    assert_eq!(code(ClientCommand::Cancel { id: 999 }, sock).await, 4);
+    let cancel = |id| ClientCommand::Cancel { id, json: false };
+    assert_eq!(code(cancel(1), sock).await, 0);
+    assert_eq!(code(cancel(999), sock).await, 4);
 
     // wait: worst state; unknown id is not found.
     let w = |ids: Vec<u64>| ClientCommand::Wait {
         ids,
+        all: false,
         timeout: None,
         json: false,
     };
@@ -172,6 +174,7 @@ async fn against_a_mock_daemon() {
             state: None,
             queue: None,
             limit: 50,
+            before: None,
             json,
         };
         assert_eq!(code(list, sock).await, 0);
@@ -182,7 +185,12 @@ async fn against_a_mock_daemon() {
             0
         );
     }
-    assert_eq!(code(ClientCommand::Shutdown { now: false }, sock).await, 0);
+    let shutdown = ClientCommand::Shutdown {
+        now: false,
+        wait: false,
+        json: false,
+    };
+    assert_eq!(code(shutdown, sock).await, 0);
 }
 
 // Paused time: the deadlines and retries run on tokio's clock, which
@@ -202,6 +210,7 @@ async fn wait_with_a_deadline_and_a_never_ending_job() {
     let started = Instant::now();
     let cmd = ClientCommand::Wait {
         ids: vec![1, 2],
+        all: false,
         timeout: Some(Duration::from_millis(300)),
         json: true,
     };

@@ -148,23 +148,89 @@ pub async fn wait(
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut client = connect(socket).await?;
     let records = wait_all(&mut client, &ids, deadline, None).await?;
+    print_records(&records, json)?;
+    Ok(worst_exit_code(records.iter().map(|r| r.state)))
+}
+
+/// What `wait` prints: the records as JSON, or `ID STATE[: error]` lines.
+fn print_records(records: &[JobRecord], json: bool) -> Result<(), Failure> {
     if json {
         let list: Vec<_> = records
             .iter()
             .map(jobvisor_proto::json::Job::from)
             .collect();
-        emit_json(&list)?;
-    } else {
-        let mut text = String::new();
-        for r in &records {
-            text.push_str(&format!("{} {}", r.id, r.state.as_str()));
-            if let (false, Some(e)) = (r.state == JobState::Succeeded, &r.error) {
-                text.push_str(&format!(": {}", one_line(e)));
-            }
-            text.push('\n');
-        }
-        emit(&text)?;
+        return emit_json(&list);
     }
+    let mut text = String::new();
+    for r in records {
+        text.push_str(&format!("{} {}", r.id, r.state.as_str()));
+        if let (false, Some(e)) = (r.state == JobState::Succeeded, &r.error) {
+            text.push_str(&format!(": {}", one_line(e)));
+        }
+        text.push('\n');
+    }
+    emit(&text)
+}
+
+/// Jobs listed in one request while `wait --all` collects the unfinished.
+const LIST_PAGE: u32 = 1_000;
+
+/// The ids of every unfinished job (queued, running, retrying), in pages.
+async fn unfinished_ids(client: &mut Client) -> Result<Vec<u64>, Failure> {
+    let mut ids = Vec::new();
+    for state in [JobState::Queued, JobState::Running, JobState::Retrying] {
+        let mut before = None;
+        loop {
+            let page = client
+                .list_page(Some(state), None, before, LIST_PAGE)
+                .await?;
+            ids.extend(page.iter().map(|r| r.id));
+            match page.last() {
+                Some(last) if page.len() >= LIST_PAGE as usize => before = Some(last.id),
+                _ => break,
+            }
+        }
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+/// `wait --all`: until no job is unfinished, jobs submitted meanwhile
+/// included (the unfinished are listed again once those known have
+/// finished), or `timeout`. Prints every job waited for; the exit code is
+/// the worst one's (0 when there was none).
+pub async fn wait_for_every_job(timeout: Option<Duration>, json: bool, socket: &Path) -> CmdResult {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut client = connect(socket).await?;
+    let mut records: Vec<JobRecord> = Vec::new();
+    let mut seen = HashSet::new();
+    loop {
+        let ids = unfinished_ids(&mut client).await?;
+        // A job listed again is one that finished and was retried since.
+        let fresh: Vec<u64> = ids.into_iter().filter(|id| seen.insert(*id)).collect();
+        if fresh.is_empty() && !records.iter().any(|r| !r.state.is_terminal()) {
+            break;
+        }
+        let mut pending: Vec<u64> = records
+            .iter()
+            .filter(|r| !r.state.is_terminal())
+            .map(|r| r.id)
+            .collect();
+        pending.extend(&fresh);
+        let done = wait_all(&mut client, &pending, deadline, None).await?;
+        for r in done {
+            match records.iter_mut().find(|k| k.id == r.id) {
+                Some(k) => *k = r,
+                None => records.push(r),
+            }
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+    }
+    records.sort_by_key(|r| r.id);
+    print_records(&records, json)?;
     Ok(worst_exit_code(records.iter().map(|r| r.state)))
 }
 

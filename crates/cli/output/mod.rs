@@ -52,13 +52,28 @@ mod tests {
 
     use super::table::table;
     use super::text::{one_line, truncate_chars};
-    use super::time::{fmt_ms, fmt_unix_ms};
+    use super::time::{fmt_at_offset, fmt_ms};
 
     #[test]
     fn formatting_helpers() {
-        assert_eq!(fmt_unix_ms(0), "1970-01-01 00:00:00.000Z");
-        assert_eq!(fmt_unix_ms(1_700_000_000_123), "2023-11-14 22:13:20.123Z");
-        assert_eq!(fmt_unix_ms(951_782_400_000), "2000-02-29 00:00:00.000Z");
+        assert_eq!(fmt_at_offset(0, 0), "1970-01-01 00:00:00.000 +00:00");
+        assert_eq!(
+            fmt_at_offset(1_700_000_000_123, 0),
+            "2023-11-14 22:13:20.123 +00:00"
+        );
+        assert_eq!(
+            fmt_at_offset(951_782_400_000, 0),
+            "2000-02-29 00:00:00.000 +00:00"
+        );
+        // Issue 10, item F.25: local time, with the zone's offset.
+        assert_eq!(
+            fmt_at_offset(1_700_000_000_123, 3_600),
+            "2023-11-14 23:13:20.123 +01:00"
+        );
+        assert_eq!(
+            fmt_at_offset(1_700_000_000_123, -(5 * 3600 + 1800)),
+            "2023-11-14 16:43:20.123 -05:30"
+        );
         assert_eq!(fmt_ms(5), "5ms");
         assert_eq!(fmt_ms(1_500), "1.5s");
         assert_eq!(fmt_ms(2_000), "2s");

@@ -197,10 +197,26 @@ impl Client {
         queue: Option<String>,
         limit: u32,
     ) -> Result<Vec<JobRecord>, ClientError> {
+        self.list_page(state, queue, None, limit).await
+    }
+
+    /// Lists jobs with an id below `before` (all for `None`), newest first:
+    /// the page after one that ended at `before`.
+    ///
+    /// # Errors
+    /// As [`Client::request`].
+    pub async fn list_page(
+        &mut self,
+        state: Option<JobState>,
+        queue: Option<String>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<JobRecord>, ClientError> {
         match self
             .request(&Request::List {
                 state,
                 queue,
+                before,
                 limit,
             })
             .await?
@@ -251,13 +267,21 @@ impl Client {
         self.expect_ok(&Request::Shutdown { graceful }).await
     }
 
-    /// Subscribes to job and worker events: the connection becomes a stream.
+    /// Job and worker events: the connection becomes a stream of the events
+    /// the daemon kept (at or after `since_ms`; all for `None`), then, with
+    /// `follow`, of every new one; without it the stream ends after the kept
+    /// ones.
     ///
     /// # Errors
     /// As [`Client::request`].
-    pub async fn events(mut self) -> Result<EventStream, ClientError> {
+    pub async fn events(
+        mut self,
+        since_ms: Option<u64>,
+        follow: bool,
+    ) -> Result<EventStream, ClientError> {
         self.wbuf.clear();
-        encode_frame(&mut self.wbuf, &Request::Events, MAX_RESPONSE_BYTES)?;
+        let req = Request::Events { since_ms, follow };
+        encode_frame(&mut self.wbuf, &req, MAX_RESPONSE_BYTES)?;
         self.stream.write_all(&self.wbuf).await?;
         Ok(EventStream { client: self })
     }
@@ -277,13 +301,15 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    /// The next event; `Ok(None)` when the daemon closed the stream.
+    /// The next event; `Ok(None)` at the end of the kept events (without
+    /// `follow`) or when the daemon closed the stream.
     ///
     /// # Errors
     /// I/O, framing, or an error answer from the daemon.
     pub async fn next(&mut self) -> Result<Option<Event>, ClientError> {
         match self.client.read_response().await {
             Ok(Response::Event(e)) => Ok(Some(e)),
+            Ok(Response::Ok) => Ok(None),
             Ok(Response::Error(e)) => Err(ClientError::Server(e)),
             Ok(other) => Err(unexpected(&other)),
             Err(ClientError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),

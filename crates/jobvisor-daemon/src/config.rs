@@ -8,6 +8,67 @@ use jobvisor_pool::StartMethod;
 use jobvisor_proto::control::JobState;
 use serde::Deserialize;
 
+/// Values of duration keys: an integer in the key's unit (`_ms`: ms, `_secs`:
+/// seconds), as every such key took before and still means, or a text
+/// with units (`"1.5s"`, `"30m"`, `"7d"`) read by the CLI's parser.
+mod human {
+    use std::fmt;
+
+    use serde::de::{self, Deserializer, Visitor};
+
+    /// A `_ms` key: ms, or a human duration.
+    pub(super) fn ms<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        d.deserialize_any(InUnit { unit_ms: 1 })
+    }
+
+    /// A `_secs` key: seconds, or a human duration of whole seconds.
+    pub(super) fn secs<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        d.deserialize_any(InUnit { unit_ms: 1000 })
+    }
+
+    /// Reads a duration into a count of `unit_ms`.
+    struct InUnit {
+        unit_ms: u64,
+    }
+
+    impl Visitor<'_> for InUnit {
+        type Value = u64;
+
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            let unit = if self.unit_ms == 1 { "ms" } else { "seconds" };
+            write!(
+                f,
+                "a number of {unit} or a duration with units such as \"1.5s\", \"30m\", \"7d\""
+            )
+        }
+
+        fn visit_u64<E: de::Error>(self, n: u64) -> Result<u64, E> {
+            Ok(n)
+        }
+
+        fn visit_i64<E: de::Error>(self, n: i64) -> Result<u64, E> {
+            u64::try_from(n).map_err(|_| E::invalid_value(de::Unexpected::Signed(n), &self))
+        }
+
+        fn visit_str<E: de::Error>(self, text: &str) -> Result<u64, E> {
+            in_unit(text, self.unit_ms).map_err(E::custom)
+        }
+    }
+
+    /// `text` as a count of `unit_ms`; a remainder is refused, not rounded.
+    pub(super) fn in_unit(text: &str, unit_ms: u64) -> Result<u64, String> {
+        let d = jobvisor_proto::duration::parse_duration(text)?;
+        let ms = u64::try_from(d.as_millis()).map_err(|_| format!("`{text}` is too long"))?;
+        if ms % unit_ms != 0 {
+            return Err(format!("`{text}` is not a whole number of seconds"));
+        }
+        Ok(ms / unit_ms)
+    }
+}
+
+/// Largest `limits.event_history`: the kept events are memory.
+const MAX_EVENT_HISTORY: usize = 1_000_000;
+
 /// Largest `pool.cancel_grace_ms` / `pool.term_grace_ms`.
 const MAX_GRACE_MS: u64 = 3_600_000;
 
@@ -62,15 +123,21 @@ pub struct Limits {
     /// Longest idempotency key (bytes).
     pub max_key_bytes: usize,
     /// A client must complete its hello within this (ms).
+    #[serde(deserialize_with = "human::ms")]
     pub handshake_timeout_ms: u64,
     /// A connection that starts no request for this long after its hello or
     /// its last answer is closed (ms), so silent clients give their slot back.
+    #[serde(deserialize_with = "human::ms")]
     pub idle_timeout_ms: u64,
     /// A request that has begun must arrive whole within this (ms), and each
     /// answer (or event of a subscription) must be taken by the client within
     /// it: a client that trickles bytes cannot keep its slot. Not the time a
     /// request takes to be answered (`wait` and `events --follow` may last).
+    #[serde(deserialize_with = "human::ms")]
     pub request_timeout_ms: u64,
+    /// Recent job and worker events kept for `jobvisor events` (the oldest
+    /// is dropped past it); 0 keeps none.
+    pub event_history: usize,
 }
 
 /// Defaults for jobs that do not say.
@@ -80,14 +147,17 @@ pub struct JobDefaults {
     /// Attempts in all, the first included.
     pub max_attempts: u32,
     /// First retry delay (ms); doubles per attempt, with jitter.
+    #[serde(deserialize_with = "human::ms")]
     pub backoff_base_ms: u64,
     /// Retry delay cap (ms).
+    #[serde(deserialize_with = "human::ms")]
     pub backoff_max_ms: u64,
     /// Crash budget: a job under which this many workers died is
     /// dead-lettered (`dead`), whatever its attempt budget.
     pub max_crashes: u32,
     /// On SIGTERM, how long running jobs may finish before they are stopped
     /// (and re-queued for the next start).
+    #[serde(deserialize_with = "human::ms")]
     pub drain_grace_ms: u64,
 }
 
@@ -96,10 +166,12 @@ pub struct JobDefaults {
 #[serde(default, deny_unknown_fields)]
 pub struct Retention {
     /// Finished jobs older than this are deleted (seconds).
+    #[serde(deserialize_with = "human::secs")]
     pub max_age_secs: u64,
     /// At most this many finished jobs are kept.
     pub max_jobs: u64,
     /// How often pruning runs (seconds).
+    #[serde(deserialize_with = "human::secs")]
     pub prune_interval_secs: u64,
 }
 
@@ -118,12 +190,16 @@ pub struct PoolSettings {
     /// restarts are delayed (the daemon reports itself degraded).
     pub max_restarts: u32,
     /// See `max_restarts`.
+    #[serde(deserialize_with = "human::ms")]
     pub restart_window_ms: u64,
     /// First restart delay once degraded; doubles per further death.
+    #[serde(deserialize_with = "human::ms")]
     pub restart_backoff_ms: u64,
     /// Cap of the restart delay.
+    #[serde(deserialize_with = "human::ms")]
     pub restart_backoff_max_ms: u64,
     /// Degraded → healthy after this long without a worker death.
+    #[serde(deserialize_with = "human::ms")]
     pub healthy_after_ms: u64,
     /// Async (I/O) tasks running at once on each worker's event loop. They
     /// do not take CPU slots: a worker runs one CPU task and up to this many
@@ -131,8 +207,10 @@ pub struct PoolSettings {
     pub io_concurrency_per_worker: usize,
     /// After a job's timeout (or cancel, or stall), how long its task gets to
     /// stop by itself before its worker's process group gets SIGTERM (ms).
+    #[serde(deserialize_with = "human::ms")]
     pub cancel_grace_ms: u64,
     /// After that SIGTERM, how long before SIGKILL (ms).
+    #[serde(deserialize_with = "human::ms")]
     pub term_grace_ms: u64,
 }
 
@@ -165,13 +243,17 @@ pub struct NotifySettings {
     /// Attempts per delivery, the first included.
     pub max_attempts: u32,
     /// First retry delay (ms); doubles per attempt, with jitter.
+    #[serde(deserialize_with = "human::ms")]
     pub backoff_base_ms: u64,
     /// Retry delay cap (ms).
+    #[serde(deserialize_with = "human::ms")]
     pub backoff_max_ms: u64,
     /// One HTTP request or command may take this long (ms); a command is
     /// killed then.
+    #[serde(deserialize_with = "human::ms")]
     pub timeout_ms: u64,
     /// On a graceful stop, how long pending deliveries may finish (ms).
+    #[serde(deserialize_with = "human::ms")]
     pub drain_grace_ms: u64,
 }
 
@@ -269,6 +351,7 @@ impl Default for Limits {
             handshake_timeout_ms: 5_000,
             idle_timeout_ms: 60_000,
             request_timeout_ms: 30_000,
+            event_history: 1_000,
         }
     }
 }
@@ -369,6 +452,9 @@ impl Config {
             return bad(
                 "limits.max_input_bytes must be at least 4 KiB below limits.max_frame_bytes",
             );
+        }
+        if self.limits.event_history > MAX_EVENT_HISTORY {
+            return bad("limits.event_history must be at most 1000000");
         }
         if self.jobs.max_crashes == 0 {
             return bad("jobs.max_crashes must be at least 1");
@@ -477,6 +563,40 @@ impl Config {
     pub fn knows_queue(&self, queue: &str) -> bool {
         queue == "default" || self.queues.contains_key(queue)
     }
+}
+
+/// Where a daemon started without `--config` looks for its file, in order
+/// (the first that exists is read, alone): `$XDG_CONFIG_HOME/jobvisor/jobvisor.toml`
+/// (`$XDG_CONFIG_HOME` unset, empty or relative: `$HOME/.config/...`), then
+/// `/etc/jobvisor/jobvisor.toml`. Pure: the caller passes the environment.
+pub fn standard_paths(
+    xdg_config_home: Option<std::ffi::OsString>,
+    home: Option<std::ffi::OsString>,
+) -> Vec<PathBuf> {
+    let absolute = |v: Option<std::ffi::OsString>| v.map(PathBuf::from).filter(|p| p.is_absolute());
+    let user = absolute(xdg_config_home).or_else(|| absolute(home).map(|h| h.join(".config")));
+    user.map(|dir| dir.join("jobvisor").join("jobvisor.toml"))
+        .into_iter()
+        .chain(std::iter::once(PathBuf::from(
+            "/etc/jobvisor/jobvisor.toml",
+        )))
+        .collect()
+}
+
+/// The first of [`standard_paths`] (for this process's environment) that
+/// exists, and every place looked in (for the log when none does). A path
+/// that exists but cannot be read is still returned: loading it then names
+/// the error, rather than silently falling back to the next one.
+pub fn discover() -> (Option<PathBuf>, Vec<PathBuf>) {
+    let paths = standard_paths(
+        std::env::var_os("XDG_CONFIG_HOME"),
+        std::env::var_os("HOME"),
+    );
+    let found = paths
+        .iter()
+        .find(|p| std::fs::symlink_metadata(p).is_ok())
+        .cloned();
+    (found, paths)
 }
 
 /// `$XDG_STATE_HOME/jobvisor`, else `$HOME/.local/state/jobvisor`, else
@@ -607,6 +727,70 @@ mod tests {
     fn unknown_keys_are_refused_with_their_name() {
         let err = toml::from_str::<Config>("[limits]\nmax_queue_jobs = 5\n").unwrap_err();
         assert!(err.to_string().contains("max_queue_jobs"), "{err}");
+    }
+
+    /// Issue 10, item F.21: duration keys take human values; an integer
+    /// means what it meant before (ms for `_ms`, seconds for `_secs`).
+    #[test]
+    fn duration_keys_take_human_values_and_integers_as_before() {
+        let cfg: Config = toml::from_str(
+            r#"
+            [limits]
+            handshake_timeout_ms = "1.5s"
+            [jobs]
+            backoff_base_ms = 250
+            backoff_max_ms = "1m 30s"
+            drain_grace_ms = "500ms"
+            [retention]
+            max_age_secs = "7d"
+            prune_interval_secs = 30
+            [pool]
+            restart_window_ms = "1h30m"
+            [notify]
+            timeout_ms = "2s"
+            "#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.limits.handshake_timeout_ms, 1_500);
+        assert_eq!(cfg.jobs.backoff_base_ms, 250);
+        assert_eq!(cfg.jobs.backoff_max_ms, 90_000);
+        assert_eq!(cfg.jobs.drain_grace_ms, 500);
+        assert_eq!(cfg.retention.max_age_secs, 7 * 24 * 3600);
+        assert_eq!(cfg.retention.prune_interval_secs, 30);
+        assert_eq!(cfg.pool.restart_window_ms, 5_400_000);
+        assert_eq!(cfg.notify.timeout_ms, 2_000);
+        for (bad, says) in [
+            ("[jobs]\ndrain_grace_ms = \"5\"\n", "needs a unit"),
+            ("[jobs]\ndrain_grace_ms = \"soon\"\n", "invalid duration"),
+            ("[jobs]\ndrain_grace_ms = -1\n", "a number of ms"),
+            (
+                "[retention]\nmax_age_secs = \"1.5s\"\n",
+                "whole number of seconds",
+            ),
+        ] {
+            let e = toml::from_str::<Config>(bad).unwrap_err().to_string();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    /// Issue 10, item F.23: the places a daemon without `--config` looks in.
+    #[test]
+    fn standard_paths_follow_xdg_then_etc() {
+        let s = |v: &str| Some(std::ffi::OsString::from(v));
+        let etc = PathBuf::from("/etc/jobvisor/jobvisor.toml");
+        assert_eq!(
+            standard_paths(s("/x/conf"), s("/home/u")),
+            [PathBuf::from("/x/conf/jobvisor/jobvisor.toml"), etc.clone()]
+        );
+        let home = PathBuf::from("/home/u/.config/jobvisor/jobvisor.toml");
+        for xdg in [None, s(""), s("relative/dir")] {
+            assert_eq!(
+                standard_paths(xdg, s("/home/u")),
+                [home.clone(), etc.clone()]
+            );
+        }
+        assert_eq!(standard_paths(None, None), [etc]);
     }
 
     #[test]

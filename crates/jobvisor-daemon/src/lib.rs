@@ -13,6 +13,7 @@
 //!   pure functions.
 //! - `pipeline`: jobs that take their input from other jobs' outputs.
 //! - [`config`]: the TOML configuration and its defaults.
+//! - `events`: the event feed (job and worker events, the recent ones kept).
 //! - `notify`: completion notifications (webhooks, commands) from a durable
 //!   outbox in the store, in their own tasks; the scheduler writes their rows
 //!   with the terminal state and wakes the notifier.
@@ -25,6 +26,7 @@
 mod bounds;
 pub mod config;
 mod errors;
+mod events;
 mod notify;
 mod pipeline;
 pub mod policy;
@@ -89,6 +91,9 @@ pub struct Options {
     pub config: Config,
     /// Re-read on SIGHUP, when set.
     pub config_path: Option<PathBuf>,
+    /// Without `config_path`: on SIGHUP, look for a file in the standard
+    /// places ([`config::discover`]) and read the first found.
+    pub discover_config: bool,
     /// `--workers` given on the command line: wins over the file, at start and on reload.
     pub workers_override: Option<usize>,
     /// The same tasks the workers have: used to validate and convert inputs at submit time.
@@ -151,19 +156,17 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let workers = cfg.worker_count();
     let pool = pool_builder(&cfg)?.build().await?;
     let counters = Arc::new(Counters::default());
-    let (events_tx, _) = tokio::sync::broadcast::channel::<Event>(4096);
+    let events_tx = events::EventFeed::new(cfg.limits.event_history);
     {
         let mut events = pool.events();
         let c = counters.clone();
         let out = events_tx.clone();
         tokio::spawn(async move {
             let publish = |kind: EventKind| {
-                if out.receiver_count() > 0 {
-                    let _ = out.send(Event {
-                        at_ms: scheduler::now_ms(),
-                        kind,
-                    });
-                }
+                out.publish(Event {
+                    at_ms: scheduler::now_ms(),
+                    kind,
+                })
             };
             loop {
                 match events.recv().await {
@@ -231,6 +234,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let hard = spawn_signals(
         stop_tx,
         opts.config_path,
+        opts.discover_config,
         opts.workers_override,
         pool.clone(),
         sched_tx.clone(),
@@ -292,6 +296,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
 fn spawn_signals(
     stop: watch::Sender<Option<bool>>,
     config_path: Option<PathBuf>,
+    discover_config: bool,
     workers_override: Option<usize>,
     pool: Pool,
     sched: mpsc::Sender<SchedCmd>,
@@ -325,21 +330,41 @@ fn spawn_signals(
                     }
                 }
                 _ = hup.recv() => {
-                    let Some(path) = &config_path else {
-                        tracing::info!("SIGHUP: no config file to reload");
+                    let (found, looked_in) = match (&config_path, discover_config) {
+                        (Some(path), _) => (Some(path.clone()), Vec::new()),
+                        (None, true) => config::discover(),
+                        (None, false) => (None, Vec::new()),
+                    };
+                    let Some(path) = found else {
+                        let looked_in: Vec<String> =
+                            looked_in.iter().map(|p| p.display().to_string()).collect();
+                        tracing::info!(
+                            looked_in = %looked_in.join(", "),
+                            "SIGHUP: no config file to reload"
+                        );
                         continue;
                     };
-                    match Config::load(path) {
+                    match Config::load(&path) {
                         Ok(mut cfg) => {
                             if let Some(w) = workers_override {
                                 cfg.workers = w;
                             }
                             let workers = cfg.worker_count();
-                            tracing::info!(workers, "SIGHUP: configuration reloaded");
                             pool.resize(workers).await;
                             let _ = sched.send(SchedCmd::Reload { config: Box::new(cfg) }).await;
+                            // After the send: a request that follows this
+                            // line reaches the scheduler after the reload.
+                            tracing::info!(
+                                path = %path.display(),
+                                workers,
+                                "SIGHUP: configuration reloaded"
+                            );
                         }
-                        Err(e) => tracing::error!(error = %errors::Chain(&e), "SIGHUP: keeping the old configuration"),
+                        Err(e) => tracing::error!(
+                            path = %path.display(),
+                            error = %errors::Chain(&e),
+                            "SIGHUP: keeping the old configuration"
+                        ),
                     }
                 }
             }

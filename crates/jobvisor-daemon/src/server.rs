@@ -25,6 +25,10 @@ use crate::config::Config;
 use crate::errors::{chain, Chain};
 use crate::scheduler::SchedCmd;
 
+/// Most jobs one `List` answers (a larger limit is cut to it; the CLI
+/// tells that more exist and pages on with `--before`).
+pub(crate) const MAX_LIST_JOBS: u32 = 10_000;
+
 /// What a connection can reach.
 #[derive(Clone)]
 pub(crate) struct ServerCtx {
@@ -35,7 +39,7 @@ pub(crate) struct ServerCtx {
     /// Set to request a shutdown: `Some(graceful)`.
     pub(crate) stop: watch::Sender<Option<bool>>,
     /// Job and worker events, for `Events` subscribers.
-    pub(crate) events: tokio::sync::broadcast::Sender<jobvisor_proto::control::Event>,
+    pub(crate) events: Arc<crate::events::EventFeed>,
     /// Bytes all connections' request buffers hold, against `limits.max_buffered_bytes`.
     pub(crate) buffered: BufferBudget,
 }
@@ -503,8 +507,8 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
             Err(e) => Err((Response::Error(malformed(&e)), false)),
         };
         let (resp, close) = match req {
-            Ok(Request::Events) => {
-                stream_events(&mut stream, ctx).await;
+            Ok(Request::Events { since_ms, follow }) => {
+                stream_events(&mut stream, ctx, since_ms, follow).await;
                 return;
             }
             Ok(req) => (handle(req, ctx).await, false),
@@ -558,15 +562,38 @@ fn malformed(e: &(dyn std::error::Error + 'static)) -> ControlError {
     }
 }
 
-/// Streams events to a subscriber until it goes away (or the daemon stops).
-/// A slow subscriber never slows the daemon: it misses events and is told how many.
-/// A subscriber that does not read an event within `limits.request_timeout_ms`
-/// is closed (it would hold its slot for ever).
-async fn stream_events(stream: &mut UnixStream, ctx: &ServerCtx) {
+/// Sends a subscriber the kept events (at or after `since_ms`), then, with
+/// `follow`, every new one until it goes away (or the daemon stops); without
+/// it, `Ok` marks the end. A slow subscriber never slows the daemon: it
+/// misses events and is told how many. A subscriber that does not read an
+/// event within `limits.request_timeout_ms` is closed (it would hold its slot
+/// for ever).
+async fn stream_events(
+    stream: &mut UnixStream,
+    ctx: &ServerCtx,
+    since_ms: Option<u64>,
+    follow: bool,
+) {
     let max_frame = ctx.cfg.limits.max_frame_bytes;
     use tokio::sync::broadcast::error::RecvError;
-    let mut rx = ctx.events.subscribe();
+    let (past, mut rx) = ctx.events.subscribe(since_ms);
     let mut buf = Vec::new();
+    for ev in past {
+        buf.clear();
+        if encode_frame(&mut buf, &Response::Event(ev), max_frame).is_err() {
+            continue;
+        }
+        if !send(stream, &buf, &ctx.cfg.limits).await {
+            return;
+        }
+    }
+    if !follow {
+        buf.clear();
+        if encode_frame(&mut buf, &Response::Ok, max_frame).is_ok() {
+            let _ = send(stream, &buf, &ctx.cfg.limits).await;
+        }
+        return;
+    }
     let mut probe = [0u8; 64];
     loop {
         let ev = tokio::select! {
@@ -660,8 +687,13 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
         Request::List {
             state,
             queue,
+            before,
             limit,
-        } => match ctx.store.list(state, queue, limit.clamp(1, 10_000)).await {
+        } => match ctx
+            .store
+            .list_page(state, queue, before, limit.clamp(1, MAX_LIST_JOBS))
+            .await
+        {
             Ok(v) => Response::Jobs(v),
             Err(e) => error(ErrorKind::Storage, chain(&e)),
         },
@@ -693,7 +725,7 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
             None => gone(),
         },
         // Handled by the connection loop (a stream, not one answer).
-        Request::Events => error(ErrorKind::BadRequest, "events is a subscription"),
+        Request::Events { .. } => error(ErrorKind::BadRequest, "events is a subscription"),
         Request::Shutdown { graceful } => {
             let _ = ctx.stop.send(Some(graceful));
             Response::Ok

@@ -474,6 +474,8 @@ pub enum Request {
         state: Option<JobState>,
         /// Only this queue.
         queue: Option<String>,
+        /// Only jobs with an id below this (the next page after it).
+        before: Option<u64>,
         /// At most this many.
         limit: u32,
     },
@@ -483,9 +485,16 @@ pub enum Request {
     Stats,
     /// Liveness.
     Ping,
-    /// Subscribe: the daemon streams [`Response::Event`] frames on this
-    /// connection until the client closes it.
-    Events,
+    /// Events: the daemon sends the kept ones (at or after `since_ms`, all
+    /// of them for `None`) as [`Response::Event`] frames; then, with
+    /// `follow`, every new one until the client closes the connection, and
+    /// without it [`Response::Ok`], the end.
+    Events {
+        /// Only events at or after this time (Unix ms).
+        since_ms: Option<u64>,
+        /// Keep streaming new events after the kept ones.
+        follow: bool,
+    },
     /// Stop the daemon (draining running jobs when `graceful`).
     Shutdown {
         /// Drain first.
@@ -595,9 +604,13 @@ mod tests {
                 state: None,
                 queue: None,
                 limit: 3,
+                before: None,
             },
             Request::Ping,
-            Request::Events,
+            Request::Events {
+                since_ms: None,
+                follow: true,
+            },
         ];
         for r in others {
             let bytes = crate::codec::encode(&r).unwrap();

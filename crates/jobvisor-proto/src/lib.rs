@@ -9,6 +9,8 @@
 //! - [`backoff`]: exponential backoff with a cap (and jitter): the one rule
 //!   for retries, restarts and held writes.
 //! - [`bytes`]: the serde adapter for byte fields (bounded decoding).
+//! - [`duration`]: human durations (`1.5s`, `1h30m`), for the CLI and the
+//!   configuration.
 //! - [`codec`]: the only module that touches `bincode`; encode / decode with a limit.
 //! - [`frame`]: framing: [`FrameBuf`] (incremental decoder) and [`encode_frame`].
 //! - [`handshake`]: the fixed-layout [`Hello`] every link starts with: protocol
@@ -27,6 +29,7 @@ pub mod backoff;
 pub mod bytes;
 pub mod codec;
 pub mod control;
+pub mod duration;
 pub mod forkserver;
 pub mod frame;
 pub mod handshake;

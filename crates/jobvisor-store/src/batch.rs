@@ -515,13 +515,14 @@ mod tests {
             fn get(&mut self, id: u64) -> Result<Option<JobRecord>, StoreError> {
                 self.0.get(id)
             }
-            fn list(
+            fn list_page(
                 &mut self,
                 s: Option<JobState>,
                 q: Option<&str>,
+                b: Option<u64>,
                 l: u32,
             ) -> Result<Vec<JobRecord>, StoreError> {
-                self.0.list(s, q, l)
+                self.0.list_page(s, q, b, l)
             }
             fn recover(&mut self, now: u64) -> Result<Vec<JobRecord>, StoreError> {
                 self.0.recover(now)

@@ -55,6 +55,7 @@ pub(crate) enum Op {
     List {
         state: Option<JobState>,
         queue: Option<String>,
+        before: Option<u64>,
         limit: u32,
         reply: Reply<Vec<JobRecord>>,
     },
@@ -226,9 +227,10 @@ impl Op {
             Op::List {
                 state,
                 queue,
+                before,
                 limit,
                 ..
-            } => Answer::Jobs(store.list(*state, queue.as_deref(), *limit)),
+            } => Answer::Jobs(store.list_page(*state, queue.as_deref(), *before, *limit)),
             Op::Recover { now_ms, .. } => Answer::Jobs(store.recover(*now_ms)),
             Op::Prune {
                 before_ms, keep, ..

@@ -22,22 +22,22 @@ const SELECT_LIVE: &str = concat!(
 const LIST_ALL: &str = concat!(
     "SELECT ",
     job_cols!(),
-    " FROM jobs ORDER BY id DESC LIMIT ?3"
+    " FROM jobs WHERE (?4 IS NULL OR id < ?4) ORDER BY id DESC LIMIT ?3"
 );
 const LIST_STATE: &str = concat!(
     "SELECT ",
     job_cols!(),
-    " FROM jobs WHERE state = ?1 ORDER BY id DESC LIMIT ?3"
+    " FROM jobs WHERE state = ?1 AND (?4 IS NULL OR id < ?4) ORDER BY id DESC LIMIT ?3"
 );
 const LIST_QUEUE: &str = concat!(
     "SELECT ",
     job_cols!(),
-    " FROM jobs WHERE queue = ?2 ORDER BY id DESC LIMIT ?3"
+    " FROM jobs WHERE queue = ?2 AND (?4 IS NULL OR id < ?4) ORDER BY id DESC LIMIT ?3"
 );
 const LIST_BOTH: &str = concat!(
     "SELECT ",
     job_cols!(),
-    " FROM jobs WHERE state = ?1 AND queue = ?2 ORDER BY id DESC LIMIT ?3"
+    " FROM jobs WHERE state = ?1 AND queue = ?2 AND (?4 IS NULL OR id < ?4) ORDER BY id DESC LIMIT ?3"
 );
 
 /// A job with its payloads, dependencies and attempts.
@@ -76,6 +76,7 @@ pub(crate) fn list(
     conn: &Connection,
     state: Option<JobState>,
     queue: Option<&str>,
+    before: Option<u64>,
     limit: u32,
 ) -> Result<Vec<JobRecord>, Error> {
     let sql = match (state.is_some(), queue.is_some()) {
@@ -85,11 +86,14 @@ pub(crate) fn list(
         (true, true) => LIST_BOTH,
     };
     let mut stmt = conn.prepare_cached(sql)?;
+    // An id past i64::MAX is past every job: all of them are before it.
+    let before = before.map(|b| i64::try_from(b).unwrap_or(i64::MAX));
     // Unused parameters are bound anyway (as NULL); SQLite allows it.
     let mut jobs = stmt
-        .query_map(params![state.map(JobState::as_str), queue, limit], |row| {
-            job_from_row(row, false)
-        })?
+        .query_map(
+            params![state.map(JobState::as_str), queue, limit, before],
+            |row| job_from_row(row, false),
+        )?
         .collect::<Result<Vec<_>, _>>()?;
     drop(stmt);
     for job in &mut jobs {

@@ -395,13 +395,14 @@ impl JobStore for SqliteStore {
         self.wrap(r)
     }
 
-    fn list(
+    fn list_page(
         &mut self,
         state: Option<JobState>,
         queue: Option<&str>,
+        before: Option<u64>,
         limit: u32,
     ) -> Result<Vec<JobRecord>, StoreError> {
-        let r = query::list(&self.conn, state, queue, limit);
+        let r = query::list(&self.conn, state, queue, before, limit);
         self.wrap(r)
     }
 

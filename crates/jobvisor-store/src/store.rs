@@ -316,6 +316,20 @@ pub trait JobStore: Send + 'static {
         state: Option<JobState>,
         queue: Option<&str>,
         limit: u32,
+    ) -> Result<Vec<JobRecord>, StoreError> {
+        self.list_page(state, queue, None, limit)
+    }
+    /// As [`JobStore::list`], only jobs with an id below `before` (all for
+    /// `None`): the next page after a page that ended at `before`.
+    ///
+    /// # Errors
+    /// Database errors.
+    fn list_page(
+        &mut self,
+        state: Option<JobState>,
+        queue: Option<&str>,
+        before: Option<u64>,
+        limit: u32,
     ) -> Result<Vec<JobRecord>, StoreError>;
     /// Recovery after a restart: every attempt still `Running` becomes `Lost`
     /// (finished at `now_ms`) and its job goes back to `Queued` (run_at

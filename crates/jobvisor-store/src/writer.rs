@@ -370,11 +370,26 @@ impl StoreHandle {
         queue: Option<String>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send + 'static {
+        self.list_page(state, queue, None, limit)
+    }
+
+    /// See [`JobStore::list_page`].
+    ///
+    /// # Errors
+    /// As there; [`StoreError::Closed`] when the store thread is gone.
+    pub fn list_page(
+        &self,
+        state: Option<JobState>,
+        queue: Option<String>,
+        before: Option<u64>,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<JobRecord>, StoreError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         self.call(
             Op::List {
                 state,
                 queue,
+                before,
                 limit,
                 reply,
             },

@@ -48,9 +48,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use jobvisor_pool::{CallUsage, Pool, PoolError};
-use jobvisor_proto::control::{
-    ControlError, Event, JobRecord, JobSpec, JobState, Stats, Submitted,
-};
+use jobvisor_proto::control::{ControlError, JobRecord, JobSpec, JobState, Stats, Submitted};
 use jobvisor_store::{Finish, StoreError, StoreHandle};
 use jobvisor_worker::Registry;
 use tokio::sync::{mpsc, oneshot};
@@ -185,7 +183,7 @@ impl Scheduler {
         store: StoreHandle,
         registry: Arc<Registry>,
         counters: Arc<Counters>,
-        events: tokio::sync::broadcast::Sender<Event>,
+        events: Arc<crate::events::EventFeed>,
         notifier: Notifier,
     ) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();

@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use jobvisor_pool::CallUsage;
 use jobvisor_proto::control::{Event, EventKind, JobState, TaskUsage};
-use tokio::sync::broadcast;
 
 use super::job::now_ms;
+use crate::events::EventFeed;
 use crate::policy;
 
 /// Counters shared with whoever reports them.
@@ -37,7 +37,7 @@ struct Usage {
 pub(super) struct Report {
     pub(super) counters: std::sync::Arc<Counters>,
     /// Job events for `jobvisor events --follow` subscribers.
-    events: broadcast::Sender<Event>,
+    events: std::sync::Arc<EventFeed>,
     /// CPU and wall time per task name since start ("which kind is it?").
     usage: HashMap<String, Usage>,
     pub(super) started: Instant,
@@ -48,7 +48,7 @@ pub(super) struct Report {
 impl Report {
     pub(super) fn new(
         counters: std::sync::Arc<Counters>,
-        events: broadcast::Sender<Event>,
+        events: std::sync::Arc<EventFeed>,
     ) -> Self {
         Self {
             counters,
@@ -105,7 +105,7 @@ impl Report {
         tasks
     }
 
-    /// Publishes a job event to `events` subscribers (none: nothing happens).
+    /// Publishes a job event to the feed (kept, and sent to subscribers).
     pub(super) fn emit(
         &self,
         id: u64,
@@ -115,10 +115,7 @@ impl Report {
         worker_pid: Option<u32>,
         error: Option<String>,
     ) {
-        if self.events.receiver_count() == 0 {
-            return;
-        }
-        let _ = self.events.send(Event {
+        self.events.publish(Event {
             at_ms: now_ms(),
             kind: EventKind::Job {
                 id,
@@ -183,8 +180,7 @@ mod tests {
 
     #[test]
     fn usage_adds_up_per_task_and_counts_long_polls() {
-        let (events, _) = broadcast::channel(1);
-        let mut r = Report::new(Default::default(), events);
+        let mut r = Report::new(Default::default(), EventFeed::new(0));
         let usage = |cpu_ms, wall_ms, poll_ms| CallUsage {
             cpu: Duration::from_millis(cpu_ms),
             wall: Duration::from_millis(wall_ms),

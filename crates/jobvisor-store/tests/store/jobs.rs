@@ -365,4 +365,35 @@ fn list_filters_newest_first_without_payloads() {
     let succeeded = store.list(Some(JobState::Succeeded), None, 100).unwrap();
     assert_eq!(succeeded.len(), 1);
     assert!(store.list(None, Some("none"), 100).unwrap().is_empty());
+    // Pages: only ids below `before`, with every filter.
+    let page = |s: &mut SqliteStore, st, q: Option<&str>, before| {
+        s.list_page(st, q, before, 2)
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect::<Vec<u64>>()
+    };
+    assert_eq!(page(&mut store, None, None, Some(ids[4])), [ids[3], ids[2]]);
+    assert_eq!(
+        page(&mut store, None, Some("even"), Some(ids[4])),
+        [ids[2], ids[0]]
+    );
+    assert_eq!(
+        page(&mut store, Some(JobState::Queued), None, Some(ids[2])),
+        [ids[1], ids[0]]
+    );
+    assert_eq!(
+        page(
+            &mut store,
+            Some(JobState::Queued),
+            Some("odd"),
+            Some(ids[3])
+        ),
+        [ids[1]]
+    );
+    assert_eq!(
+        page(&mut store, None, None, Some(u64::MAX)),
+        [ids[5], ids[4]]
+    );
+    assert!(page(&mut store, None, None, Some(ids[0])).is_empty());
 }
