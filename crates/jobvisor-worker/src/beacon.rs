@@ -21,7 +21,10 @@ use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering};
 #[derive(Debug)]
 pub struct Beacon {
     ptr: *mut AtomicU64,
-    _fd: OwnedFd,
+    /// The memfd, kept only by the side that created the beacon and hands it
+    /// on ([`Beacon::try_clone_fd`]). A worker keeps the mapping alone: an fd
+    /// left open is one a task can write garbage through.
+    fd: Option<OwnedFd>,
 }
 
 // SAFETY: the mapping is process-wide memory accessed only through an
@@ -49,40 +52,37 @@ impl Beacon {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), PAGE as libc::off_t) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Self::map(fd)
+        let ptr = map_page(&fd)?;
+        Ok(Self { ptr, fd: Some(fd) })
     }
 
-    /// Maps a beacon received from the other side.
+    /// Maps a beacon received from the other side, and closes `fd`: the
+    /// mapping is all either side needs from here on.
     ///
     /// # Errors
     /// `mmap` failed (e.g. the fd is not a beacon of at least a page).
     pub fn map(fd: OwnedFd) -> io::Result<Self> {
-        // SAFETY: a fresh shared mapping of PAGE bytes of a valid fd; checked below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self {
-            ptr: ptr.cast(),
-            _fd: fd,
-        })
+        let ptr = map_page(&fd)?;
+        Ok(Self { ptr, fd: None })
+    }
+
+    /// Closes the memfd of a beacon made by [`Beacon::create`], keeping the
+    /// mapping: for a worker forked with the beacon already mapped.
+    pub fn close_fd(&mut self) {
+        self.fd = None;
     }
 
     /// The descriptor, to hand to the other side (dup it; the beacon keeps its own).
     ///
     /// # Errors
-    /// `dup` failed.
+    /// `dup` failed, or this beacon was mapped from a received fd and keeps none.
     pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
-        self._fd.try_clone()
+        self.fd
+            .as_ref()
+            .ok_or_else(|| {
+                io::Error::other("this beacon keeps no fd (mapped from a received one)")
+            })?
+            .try_clone()
     }
 
     fn cell(&self, slot: usize) -> &AtomicU64 {
@@ -160,6 +160,25 @@ impl Beacon {
     pub fn get_io(&self) -> u64 {
         self.cell(1).load(Ordering::Acquire)
     }
+}
+
+/// Maps the first page of beacon `fd`, shared.
+fn map_page(fd: &OwnedFd) -> io::Result<*mut AtomicU64> {
+    // SAFETY: a fresh shared mapping of PAGE bytes of a valid fd; checked below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ptr.cast())
 }
 
 /// `CLOCK_MONOTONIC` in microseconds: one clock for every process of the

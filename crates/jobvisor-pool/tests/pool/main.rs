@@ -9,6 +9,7 @@ mod tasks;
 
 mod calls;
 mod crash;
+mod fds;
 mod io;
 mod memory;
 mod shutdown;
@@ -38,6 +39,9 @@ fn main() -> ExitCode {
             DIE_FLAG_ENV,
             std::env::temp_dir().join(format!("jobvisor-die-{}", std::process::id())),
         );
+    }
+    if !jobvisor_pool::is_spawned_worker() {
+        fds::leave_inheritable_fds();
     }
     let options = BootstrapOptions {
         fork_server: true,
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
         shutdown::control_commands_do_not_wait_behind_a_full_queue,
         io::async_stall_timeouts_follow_heartbeats,
         memory::recycling_counts_calls_of_both_kinds,
+        fds::a_worker_holds_only_its_own_fds,
     ];
     helper::run_all(&tests)
 }
