@@ -11,11 +11,13 @@
 //! Slots (one `u64` each): 0, the running CPU call; 1, the async call being
 //! polled; 2, which thread aborted (written by a `SIGABRT` handler); 3, the
 //! running CPU call's soft deadline, so that the supervisor's grace runs from
-//! the worker's own deadline, not from when it sent the call.
+//! the worker's own deadline, not from when it sent the call; 4, the length of
+//! the last panic message, kept from byte 64 to the end of the page: a crash's
+//! last lines of stderr may be all backtrace, the message scrolled away.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
 
 /// A mapped beacon page.
 #[derive(Debug)]
@@ -86,9 +88,9 @@ impl Beacon {
     }
 
     fn cell(&self, slot: usize) -> &AtomicU64 {
-        debug_assert!(slot < 4);
+        debug_assert!(slot <= PANIC_LEN_SLOT);
         // SAFETY: ptr points to a live, page-aligned shared mapping of PAGE
-        // bytes (see map); slots 0 to 3 are its first 32 bytes.
+        // bytes (see map); slots 0 to 4 are its first 40 bytes.
         unsafe { &*self.ptr.add(slot) }
     }
 
@@ -159,6 +161,98 @@ impl Beacon {
     /// for none.
     pub fn get_io(&self) -> u64 {
         self.cell(1).load(Ordering::Acquire)
+    }
+
+    /// In the worker: keeps the message of each panic in this page (see
+    /// [`Beacon::panic_message`]), then lets the hook that was installed
+    /// before print it as usual.
+    pub fn record_panics(&self) {
+        PANIC_PAGE.store(self.ptr, Ordering::Release);
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let page = PANIC_PAGE.load(Ordering::Acquire);
+            // One writer at a time; a second thread panicking meanwhile
+            // keeps the first one's message.
+            if !page.is_null() && !PANIC_WRITING.swap(true, Ordering::AcqRel) {
+                // SAFETY: PANIC_PAGE points to a live beacon mapping (Drop
+                // clears it before unmapping), and PANIC_WRITING makes this
+                // the only writer of its message bytes.
+                unsafe { write_panic(page, &panic_text(info)) };
+                PANIC_WRITING.store(false, Ordering::Release);
+            }
+            previous(info);
+        }));
+    }
+
+    /// In the worker: forgets the last panic (a call starts; a panic it
+    /// caught before is not the cause of a later death).
+    pub fn clear_panic(&self) {
+        if self.cell(PANIC_LEN_SLOT).load(Ordering::Relaxed) != 0 {
+            self.cell(PANIC_LEN_SLOT).store(0, Ordering::Release);
+        }
+    }
+
+    /// The message of the worker's last panic since its call started, read
+    /// after its death. Bounded by the page whatever a task wrote into it.
+    pub fn panic_message(&self) -> Option<String> {
+        let len = self.cell(PANIC_LEN_SLOT).load(Ordering::Acquire);
+        let len = usize::try_from(len).unwrap_or(usize::MAX).min(PANIC_MAX);
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: bytes PANIC_AT..PANIC_AT+len lie inside the live mapping;
+        // volatile reads, since the other process wrote them.
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| unsafe { self.ptr.cast::<u8>().add(PANIC_AT + i).read_volatile() })
+            .collect();
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+/// Slot of the panic message's length.
+const PANIC_LEN_SLOT: usize = 4;
+/// Where in the page the panic message starts.
+const PANIC_AT: usize = 64;
+/// The longest panic message kept (longer ones are cut).
+const PANIC_MAX: usize = PAGE - PANIC_AT;
+
+/// The beacon page the panic hook writes to (null: none).
+static PANIC_PAGE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// The panic hook is writing a message.
+static PANIC_WRITING: AtomicBool = AtomicBool::new(false);
+
+/// `thread 'main' panicked at src/x.rs:1:2: message`.
+fn panic_text(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("<unnamed>");
+    let payload = info
+        .payload()
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("Box<dyn Any>");
+    match info.location() {
+        Some(at) => format!("thread '{name}' panicked at {at}: {payload}"),
+        None => format!("thread '{name}' panicked: {payload}"),
+    }
+}
+
+/// Stores `text` (cut to [`PANIC_MAX`] bytes, on a character boundary) as the
+/// last panic message of beacon page `page`.
+///
+/// # Safety
+/// `page` is a live beacon mapping, and nothing else writes its message bytes.
+unsafe fn write_panic(page: *mut AtomicU64, text: &str) {
+    let mut n = text.len().min(PANIC_MAX);
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    // SAFETY: as the caller promises; the length goes last, so a reader
+    // never sees more bytes than were written.
+    unsafe {
+        (*page.add(PANIC_LEN_SLOT)).store(0, Ordering::Release);
+        std::ptr::copy_nonoverlapping(text.as_ptr(), page.cast::<u8>().add(PANIC_AT), n);
+        (*page.add(PANIC_LEN_SLOT)).store(n as u64, Ordering::Release);
     }
 }
 
@@ -244,6 +338,12 @@ impl Drop for Beacon {
             Ordering::AcqRel,
             Ordering::Acquire,
         );
+        let _ = PANIC_PAGE.compare_exchange(
+            self.ptr,
+            std::ptr::null_mut(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
         // SAFETY: unmapping exactly the region mapped in `map`.
         unsafe { libc::munmap(self.ptr.cast(), PAGE) };
     }
@@ -264,5 +364,32 @@ mod tests {
         assert_eq!(a.get(), 0);
         a.set_io(7);
         assert_eq!((b.get(), b.get_io()), (0, 7));
+    }
+
+    #[test]
+    fn a_panic_message_crosses_bounded_and_is_cleared_by_a_call() {
+        let a = Beacon::create().unwrap();
+        let b = Beacon::map(a.try_clone_fd().unwrap()).unwrap();
+        assert_eq!(b.panic_message(), None);
+        // SAFETY: a's live mapping, written by this thread only.
+        unsafe { write_panic(a.ptr, "thread 'main' panicked at x.rs:1:1: boom") };
+        assert_eq!(
+            b.panic_message().as_deref(),
+            Some("thread 'main' panicked at x.rs:1:1: boom")
+        );
+        let long = "é".repeat(PAGE);
+        // SAFETY: as above.
+        unsafe { write_panic(a.ptr, &long) };
+        let kept = b.panic_message().unwrap();
+        assert!(
+            kept.len() <= PANIC_MAX && long.starts_with(&kept),
+            "{}",
+            kept.len()
+        );
+        // A length scribbled past the page is cut at the page's end.
+        a.cell(PANIC_LEN_SLOT).store(u64::MAX, Ordering::Release);
+        assert!(b.panic_message().unwrap().len() <= PANIC_MAX * 3);
+        a.clear_panic();
+        assert_eq!(b.panic_message(), None);
     }
 }

@@ -69,6 +69,7 @@ pub fn serve_with_beacon(
 
     if let Some(b) = &beacon {
         b.mark_crashing_thread();
+        b.record_panics();
     }
     let beacon = beacon.as_ref();
     let mut inbox = Inbox::new();
@@ -174,6 +175,7 @@ fn cpu_loop(
             flush.flushed();
         }
         if let Some(b) = beacon {
+            b.clear_panic();
             let deadline_us = call.timeout_ms.map_or(0, |ms| {
                 crate::beacon::monotonic_us().saturating_add(ms.saturating_mul(1000))
             });

@@ -102,6 +102,8 @@ pub(super) struct Charge<'a> {
     pub(super) status: &'a ExitStatus,
     /// Its last lines of output.
     pub(super) tail: &'a [String],
+    /// The message of its last panic, from its beacon.
+    pub(super) panic: Option<&'a str>,
     /// The pool's hard memory limit per worker.
     pub(super) memory_limit: Option<u64>,
 }
@@ -128,7 +130,7 @@ impl Charge<'_> {
             return esc.error(timeout, stall, self.status);
         }
         PoolError::WorkerDied {
-            cause: death_cause(self.status, self.tail, self.memory_limit),
+            cause: death_cause(self.status, self.tail, self.memory_limit, self.panic),
             pid: self.pid,
             status: *self.status,
             stderr_tail: self.tail.to_vec(),
@@ -136,22 +138,28 @@ impl Charge<'_> {
     }
 }
 
-/// Why a worker died, when its status and last output say so.
+/// Why a worker died, when its status, last output and last panic say so.
+/// The panic message comes from the beacon, not the output: with
+/// `RUST_BACKTRACE` set, the last lines are all backtrace.
 pub(super) fn death_cause(
     status: &ExitStatus,
     tail: &[String],
     memory_limit: Option<u64>,
+    panic: Option<&str>,
 ) -> Option<String> {
     let alloc_failed = tail.iter().any(|l| l.contains("memory allocation of"));
-    if alloc_failed
+    let memory = (alloc_failed
         || (memory_limit.is_some()
             && status.signal == Some(libc::SIGKILL)
-            && tail.iter().any(|l| l.contains("Out of memory")))
-    {
+            && tail.iter().any(|l| l.contains("Out of memory"))))
+    .then(|| {
         let limit = memory_limit.map_or(String::new(), |b| format!(" ({} MiB)", b / (1024 * 1024)));
-        return Some(format!("memory limit exceeded{limit}"));
+        format!("memory limit exceeded{limit}")
+    });
+    match (memory, panic) {
+        (Some(m), Some(p)) => Some(format!("{m}; {p}")),
+        (m, p) => m.or_else(|| p.map(str::to_owned)),
     }
-    None
 }
 
 #[cfg(test)]
@@ -279,6 +287,7 @@ mod tests {
             pid: 42,
             status: &st,
             tail: &tail,
+            panic: None,
             memory_limit: Some(64 << 20),
         };
         match charge.error(1, None, None, None) {
@@ -333,15 +342,27 @@ mod tests {
     fn the_oom_killer_is_named_only_with_a_limit() {
         let oom = vec!["Out of memory: killed".to_string()];
         let kill = status(Some(libc::SIGKILL));
-        assert_eq!(death_cause(&kill, &oom, None), None);
+        assert_eq!(death_cause(&kill, &oom, None, None), None);
         assert_eq!(
-            death_cause(&kill, &oom, Some(1 << 30)).as_deref(),
+            death_cause(&kill, &oom, Some(1 << 30), None).as_deref(),
             Some("memory limit exceeded (1024 MiB)")
         );
         assert_eq!(
-            death_cause(&status(Some(libc::SIGSEGV)), &oom, Some(1 << 30)),
+            death_cause(&status(Some(libc::SIGSEGV)), &oom, Some(1 << 30), None),
             None
         );
-        assert_eq!(death_cause(&kill, &[], Some(1 << 30)), None);
+        assert_eq!(death_cause(&kill, &[], Some(1 << 30), None), None);
+    }
+
+    #[test]
+    fn a_panic_message_is_a_cause_beside_the_memory_limit() {
+        let abrt = status(Some(libc::SIGABRT));
+        let boom = Some("thread 'main' panicked at x.rs:1:1: boom");
+        assert_eq!(death_cause(&abrt, &[], None, boom), boom.map(str::to_owned));
+        let alloc = vec!["memory allocation of 8 bytes failed".to_string()];
+        assert_eq!(
+            death_cause(&abrt, &alloc, None, boom).as_deref(),
+            Some("memory limit exceeded; thread 'main' panicked at x.rs:1:1: boom")
+        );
     }
 }

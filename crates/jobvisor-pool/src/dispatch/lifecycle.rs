@@ -261,11 +261,13 @@ impl Dispatcher {
             .lock()
             .map(|t| t.iter().cloned().collect())
             .unwrap_or_default();
+        let panic = w.beacon.panic_message();
         let charge = blame::Charge {
             killing: self.killing(),
             pid: w.pid,
             status: &status,
             tail: &tail,
+            panic: panic.as_deref(),
             memory_limit: self.cfg.memory_limit_bytes,
         };
         if let Some(head) = blamed.cpu.and_then(|pos| w.inflight.remove(pos)) {

@@ -262,3 +262,35 @@ pub(crate) async fn restart_intensity_bounds_a_crash_loop(method: StartMethod) {
     pool.shutdown().await;
     assert_no_zombies().await;
 }
+
+/// A worker that dies of a panic under `RUST_BACKTRACE=1`: its last lines of
+/// output are backtrace, so the panic message comes from its beacon, as the
+/// death's cause (issue 10, G.30).
+pub(crate) async fn a_panic_message_survives_a_backtrace(method: StartMethod) {
+    let pool = pool(method, 1).await;
+    let r = pool
+        .apply::<CpuDecodePanicsLoudly>(&PanicsLoudlyOnDecode("the loud boom 31".into()))
+        .await;
+    match r {
+        Err(PoolError::WorkerDied {
+            cause, stderr_tail, ..
+        }) => {
+            let cause = cause.unwrap_or_default();
+            assert!(
+                cause.contains("panicked at") && cause.contains("the loud boom 31"),
+                "cause: {cause:?}; tail: {stderr_tail:?}"
+            );
+            // The backtrace is there too, as the last lines.
+            assert!(
+                stderr_tail
+                    .iter()
+                    .any(|l| l.contains("stack backtrace") || l.contains(" at ")),
+                "{stderr_tail:?}"
+            );
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert_eq!(pool.apply::<Noop>(&5).await.unwrap(), 5);
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}

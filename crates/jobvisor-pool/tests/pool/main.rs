@@ -97,6 +97,7 @@ fn main() -> ExitCode {
         io::async_stall_timeouts_follow_heartbeats,
         memory::recycling_counts_calls_of_both_kinds,
         fds::a_worker_holds_only_its_own_fds,
+        crash::a_panic_message_survives_a_backtrace,
     ];
     helper::run_all(&tests)
 }

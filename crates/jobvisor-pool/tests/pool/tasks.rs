@@ -325,6 +325,29 @@ impl Task for CpuDecodePanics {
     }
 }
 
+/// An input whose decoding panics with its message, under `RUST_BACKTRACE=1`
+/// (set in the worker first): the worker's last lines of output are then all
+/// backtrace.
+#[derive(Debug, Serialize)]
+pub(crate) struct PanicsLoudlyOnDecode(pub(crate) String);
+impl<'de> Deserialize<'de> for PanicsLoudlyOnDecode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let message = String::deserialize(d)?;
+        std::env::set_var("RUST_BACKTRACE", "1");
+        panic!("{message}")
+    }
+}
+
+pub(crate) struct CpuDecodePanicsLoudly;
+impl Task for CpuDecodePanicsLoudly {
+    const NAME: &'static str = "test.cpu_decode_panics_loudly";
+    type Input = PanicsLoudlyOnDecode;
+    type Output = ();
+    fn run(&self, _: PanicsLoudlyOnDecode, _ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
+        Ok(())
+    }
+}
+
 pub(crate) struct IoDecodePanics;
 impl AsyncTask for IoDecodePanics {
     const NAME: &'static str = "test.io_decode_panics";
@@ -390,7 +413,8 @@ pub(crate) fn registry() -> Registry {
         .register(Hog)
         .register(Hold)
         .register(Beat)
-        .register(CpuDecodePanics);
+        .register(CpuDecodePanics)
+        .register(CpuDecodePanicsLoudly);
     r.register_async(IoDecodePanics)
         .register_async(IoHoldMeet)
         .register_async(IoBeat);
