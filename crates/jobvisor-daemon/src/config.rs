@@ -8,6 +8,8 @@ use jobvisor_pool::StartMethod;
 use jobvisor_proto::control::JobState;
 use serde::Deserialize;
 
+/// Largest `pool.max_deaths_per_call`: a call re-run that often is charged.
+const MAX_DEATHS_PER_CALL: u32 = 1000;
 /// Largest `pool.cancel_grace_ms` / `pool.term_grace_ms`.
 const MAX_GRACE_MS: u64 = 3_600_000;
 
@@ -126,6 +128,10 @@ pub struct PoolSettings {
     pub cancel_grace_ms: u64,
     /// After that SIGTERM, how long before SIGKILL (ms).
     pub term_grace_ms: u64,
+    /// A task in flight at this many worker deaths that no task was charged
+    /// with (its worker's beacon named none) is charged with the crash
+    /// itself, instead of re-running uncharged for ever. 1 to 1000.
+    pub max_deaths_per_call: u32,
 }
 
 impl Default for PoolSettings {
@@ -141,6 +147,7 @@ impl Default for PoolSettings {
             io_concurrency_per_worker: 256,
             cancel_grace_ms: 100,
             term_grace_ms: 1000,
+            max_deaths_per_call: 3,
         }
     }
 }
@@ -370,6 +377,9 @@ impl Config {
             return bad(
                 "pool.cancel_grace_ms and pool.term_grace_ms must be at most 3600000 (1 h)",
             );
+        }
+        if !(1..=MAX_DEATHS_PER_CALL).contains(&self.pool.max_deaths_per_call) {
+            return bad("pool.max_deaths_per_call must be between 1 and 1000");
         }
         self.validate_notify()
     }

@@ -9,7 +9,13 @@
 //! | the async call being polled (I/O beacon)    | that call, when no CPU call was charged |
 //! | CPU calls queued behind the running one     | nobody: they never started, and run again |
 //! | async calls waiting on I/O                  | nobody: innocent, they run again  |
+//! | any call, at a death that charged no call   | nobody, until the call has been in flight at `max_deaths_per_call` such deaths: then that call |
 //!
+//! A death nobody asked for that charges no call (the beacon named none: a
+//! task wrote over it, or the worker died between a call and its reply)
+//! makes each call it held a *suspect* ([`charged_nobody`]): it runs again,
+//! alone in a worker (see `admission`), so the next such death is its own.
+//! A call re-run for ever, uncharged, would hold the pool up for ever.
 //! The worker's SIGABRT handler says which thread aborted (panic=abort, a
 //! failed allocation, a stack overflow). Otherwise (SIGKILL from outside,
 //! SIGSEGV, an exit) the running CPU call is charged if there is one, else
@@ -91,6 +97,14 @@ pub(super) fn exit_was_asked(stopping: bool, state: WorkerState, signalled: bool
     stopping || matches!(state, WorkerState::Stopping | WorkerState::Retiring) || signalled
 }
 
+/// Whether a death charged no call though nobody asked for it (`asked`, as
+/// [`exit_was_asked`]; `charged`: how many calls it charged): then each call
+/// the worker held counts it, and one that has counted `max_deaths_per_call`
+/// is charged (see [`Charge::unexplained`]).
+pub(super) fn charged_nobody(asked: bool, charged: usize) -> bool {
+    !asked && charged == 0
+}
+
 /// What a charged call fails with.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Charge<'a> {
@@ -131,6 +145,30 @@ impl Charge<'_> {
         }
         PoolError::WorkerDied {
             cause: death_cause(self.status, self.tail, self.memory_limit, self.panic),
+            pid: self.pid,
+            status: *self.status,
+            stderr_tail: self.tail.to_vec(),
+        }
+    }
+}
+
+impl Charge<'_> {
+    /// The error of a call charged for being in flight at `max` worker deaths
+    /// that charged no call.
+    pub(super) fn unexplained(&self, max: u32) -> PoolError {
+        if self.killing {
+            return PoolError::Closed;
+        }
+        let why = format!(
+            "the worker died {max} times while it held this call, and no call was named as \
+             the cause (max_deaths_per_call = {max}): this call may be what kills it"
+        );
+        let cause = match death_cause(self.status, self.tail, self.memory_limit, self.panic) {
+            Some(c) => format!("{why}; {c}"),
+            None => why,
+        };
+        PoolError::WorkerDied {
+            cause: Some(cause),
             pid: self.pid,
             status: *self.status,
             stderr_tail: self.tail.to_vec(),
@@ -267,6 +305,29 @@ mod tests {
         d.cpu_escalated = false;
         d.crashed = CrashedThread::Cpu;
         assert_eq!(blame(&d).cpu, Some(0));
+    }
+
+    #[test]
+    fn only_an_unasked_death_that_charged_nobody_makes_suspects() {
+        assert!(charged_nobody(false, 0));
+        assert!(!charged_nobody(false, 1));
+        assert!(!charged_nobody(true, 0));
+        let st = status(Some(libc::SIGKILL));
+        let charge = Charge {
+            killing: false,
+            pid: 7,
+            status: &st,
+            tail: &[],
+            panic: None,
+            memory_limit: None,
+        };
+        match charge.unexplained(3) {
+            PoolError::WorkerDied { cause, pid, .. } => {
+                assert_eq!(pid, 7);
+                assert!(cause.unwrap().contains("max_deaths_per_call = 3"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

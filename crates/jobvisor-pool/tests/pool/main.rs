@@ -98,6 +98,8 @@ fn main() -> ExitCode {
         memory::recycling_counts_calls_of_both_kinds,
         fds::a_worker_holds_only_its_own_fds,
         crash::a_panic_message_survives_a_backtrace,
+        crash::a_call_that_hides_from_the_beacon_is_charged_in_the_end,
+        crash::innocents_beside_a_hidden_crash_are_not_charged,
     ];
     helper::run_all(&tests)
 }
