@@ -132,6 +132,10 @@ pub struct PoolSettings {
     /// with (its worker's beacon named none) is charged with the crash
     /// itself, instead of re-running uncharged for ever. 1 to 1000.
     pub max_deaths_per_call: u32,
+    /// How long a frame from a worker may take to arrive whole once it has
+    /// begun (ms); longer means its link is corrupt (a task wrote garbage to
+    /// it), and the worker is killed. 1 to 3600000.
+    pub frame_timeout_ms: u64,
 }
 
 impl Default for PoolSettings {
@@ -148,6 +152,7 @@ impl Default for PoolSettings {
             cancel_grace_ms: 100,
             term_grace_ms: 1000,
             max_deaths_per_call: 3,
+            frame_timeout_ms: 10_000,
         }
     }
 }
@@ -380,6 +385,9 @@ impl Config {
         }
         if !(1..=MAX_DEATHS_PER_CALL).contains(&self.pool.max_deaths_per_call) {
             return bad("pool.max_deaths_per_call must be between 1 and 1000");
+        }
+        if !(1..=MAX_GRACE_MS).contains(&self.pool.frame_timeout_ms) {
+            return bad("pool.frame_timeout_ms must be between 1 and 3600000 (1 h)");
         }
         self.validate_notify()
     }

@@ -67,6 +67,10 @@ pub struct PoolConfig {
     /// between a call and its reply) is charged with the death itself
     /// (default 3, at least 1). Until then it runs again, alone in a worker.
     pub max_deaths_per_call: u32,
+    /// How long a frame from a worker may take to arrive whole once its first
+    /// bytes have (default 10 s). One that takes longer means the link is
+    /// corrupt (a task wrote garbage to it): the worker is killed and replaced.
+    pub frame_timeout: Duration,
 }
 
 impl Default for PoolConfig {
@@ -93,6 +97,7 @@ impl Default for PoolConfig {
             memory_limit_bytes: None,
             memory_soft_limit_bytes: None,
             max_deaths_per_call: 3,
+            frame_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -117,6 +117,13 @@ impl PoolBuilder {
         self.cfg.max_deaths_per_call = n.max(1);
         self
     }
+    /// How long a frame from a worker may take to arrive once it has begun
+    /// (see [`PoolConfig::frame_timeout`]; at least 1 ms).
+    #[must_use]
+    pub fn frame_timeout(mut self, t: Duration) -> Self {
+        self.cfg.frame_timeout = t.max(Duration::from_millis(1));
+        self
+    }
     /// Restart intensity: more than `max` deaths within `window` → restarts are delayed.
     #[must_use]
     pub fn restart_intensity(mut self, max: u32, window: Duration) -> Self {

@@ -11,6 +11,7 @@ mod calls;
 mod crash;
 mod fds;
 mod io;
+mod link;
 mod memory;
 mod shutdown;
 mod timeout;
@@ -100,6 +101,7 @@ fn main() -> ExitCode {
         crash::a_panic_message_survives_a_backtrace,
         crash::a_call_that_hides_from_the_beacon_is_charged_in_the_end,
         crash::innocents_beside_a_hidden_crash_are_not_charged,
+        link::a_frame_that_never_completes_replaces_the_worker,
     ];
     helper::run_all(&tests)
 }
