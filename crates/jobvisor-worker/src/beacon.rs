@@ -13,7 +13,10 @@
 //! running CPU call's soft deadline, so that the supervisor's grace runs from
 //! the worker's own deadline, not from when it sent the call; 4, the length of
 //! the last panic message, kept from byte 64 to the end of the page: a crash's
-//! last lines of stderr may be all backtrace, the message scrolled away.
+//! last lines of stderr may be all backtrace, the message scrolled away; 5,
+//! the worker's `ru_maxrss` as it started (KiB: what `exec` carried over from
+//! the process that forked it); 6, its own peak resident set as last sampled
+//! (see [`Beacon::own_peak_kib`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -88,9 +91,9 @@ impl Beacon {
     }
 
     fn cell(&self, slot: usize) -> &AtomicU64 {
-        debug_assert!(slot <= PANIC_LEN_SLOT);
+        debug_assert!(slot * 8 < PANIC_AT);
         // SAFETY: ptr points to a live, page-aligned shared mapping of PAGE
-        // bytes (see map); slots 0 to 4 are its first 40 bytes.
+        // bytes (see map); slots 0 to 7 are its first 64 bytes.
         unsafe { &*self.ptr.add(slot) }
     }
 
@@ -163,6 +166,34 @@ impl Beacon {
         self.cell(1).load(Ordering::Acquire)
     }
 
+    /// In the worker: its `ru_maxrss` as it starts, before it runs anything
+    /// (KiB), and its own peak resident set (`VmHWM`, KiB) sampled now.
+    pub fn set_rss_at_start(&self, max_rss_kib: u64, peak_kib: u64) {
+        self.cell(5).store(max_rss_kib, Ordering::Relaxed);
+        self.set_peak_rss(peak_kib);
+    }
+
+    /// In the worker: its own peak resident set (`VmHWM`, KiB), sampled now.
+    pub fn set_peak_rss(&self, peak_kib: u64) {
+        self.cell(6).store(peak_kib, Ordering::Release);
+    }
+
+    /// The dead worker's own peak resident set (KiB), from `wait4`'s
+    /// `ru_maxrss` (`wait_kib`). That figure is the largest of the worker's
+    /// own peak and what `exec` carried over from the process that forked it
+    /// (for a `spawn` worker, the supervisor's resident set): above what the
+    /// worker carried as it started, it is the worker's own, exactly; not
+    /// above, the worker never grew past what it carried, and its own peak is
+    /// the one it sampled last (after its last call, within
+    /// 100 ms). A worker that wrote nothing leaves `wait_kib` as it is.
+    pub fn own_peak_kib(&self, wait_kib: u64) -> u64 {
+        own_peak_kib(
+            wait_kib,
+            self.cell(5).load(Ordering::Acquire),
+            self.cell(6).load(Ordering::Acquire),
+        )
+    }
+
     /// In the worker: keeps the message of each panic in this page (see
     /// [`Beacon::panic_message`]), then lets the hook that was installed
     /// before print it as usual.
@@ -206,6 +237,16 @@ impl Beacon {
             .map(|i| unsafe { self.ptr.cast::<u8>().add(PANIC_AT + i).read_volatile() })
             .collect();
         Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+/// See [`Beacon::own_peak_kib`]: `carried_kib` and `sampled_kib` as the
+/// worker wrote them (0: it did not).
+fn own_peak_kib(wait_kib: u64, carried_kib: u64, sampled_kib: u64) -> u64 {
+    if carried_kib == 0 || sampled_kib == 0 || wait_kib > carried_kib {
+        wait_kib
+    } else {
+        sampled_kib.min(wait_kib)
     }
 }
 
@@ -364,6 +405,22 @@ mod tests {
         assert_eq!(a.get(), 0);
         a.set_io(7);
         assert_eq!((b.get(), b.get_io()), (0, 7));
+    }
+
+    #[test]
+    fn the_peak_is_the_workers_own() {
+        // Grew past what exec carried: wait4's figure is its own.
+        assert_eq!(own_peak_kib(500_000, 200_000, 3_000), 500_000);
+        // Never did: its own sample, not the supervisor's resident set.
+        assert_eq!(own_peak_kib(200_000, 200_000, 3_000), 3_000);
+        // Nothing written (an old worker, no beacon): as wait4 says.
+        assert_eq!(own_peak_kib(200_000, 0, 0), 200_000);
+        // A sample above wait4's figure (written over) is not believed.
+        assert_eq!(own_peak_kib(9_000, 10_000, u64::MAX), 9_000);
+        let a = Beacon::create().unwrap();
+        a.set_rss_at_start(200_000, 3_000);
+        a.set_peak_rss(4_000);
+        assert_eq!(a.own_peak_kib(150_000), 4_000);
     }
 
     #[test]

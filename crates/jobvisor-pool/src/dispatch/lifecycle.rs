@@ -228,12 +228,14 @@ impl Dispatcher {
         let Some(mut w) = self.workers.remove(&id) else {
             return;
         };
-        let status = w.status.unwrap_or(ExitStatus {
+        let mut status = w.status.unwrap_or(ExitStatus {
             code: None,
             signal: None,
             core_dumped: false,
             max_rss_kib: 0,
         });
+        // The worker's own peak, not what exec carried over from its parent.
+        status.max_rss_kib = w.beacon.own_peak_kib(status.max_rss_kib);
         let esc_signalled = |e: &Option<Escalation>| e.is_some_and(|e| e.signalled());
         let io_signalled = w.io.values().any(|f| esc_signalled(&f.esc));
         let signalled = esc_signalled(&w.esc) || io_signalled;

@@ -102,6 +102,7 @@ fn main() -> ExitCode {
         crash::a_call_that_hides_from_the_beacon_is_charged_in_the_end,
         crash::innocents_beside_a_hidden_crash_are_not_charged,
         link::a_frame_that_never_completes_replaces_the_worker,
+        memory::a_dead_workers_peak_rss_is_its_own,
     ];
     helper::run_all(&tests)
 }
