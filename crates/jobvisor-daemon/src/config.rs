@@ -69,6 +69,8 @@ mod human {
 /// Largest `limits.event_history`: the kept events are memory.
 const MAX_EVENT_HISTORY: usize = 1_000_000;
 
+/// Largest `pool.max_deaths_per_call`: a call re-run that often is charged.
+const MAX_DEATHS_PER_CALL: u32 = 1000;
 /// Largest `pool.cancel_grace_ms` / `pool.term_grace_ms`.
 const MAX_GRACE_MS: u64 = 3_600_000;
 
@@ -212,6 +214,15 @@ pub struct PoolSettings {
     /// After that SIGTERM, how long before SIGKILL (ms).
     #[serde(deserialize_with = "human::ms")]
     pub term_grace_ms: u64,
+    /// A task in flight at this many worker deaths that no task was charged
+    /// with (its worker's beacon named none) is charged with the crash
+    /// itself, instead of re-running uncharged for ever. 1 to 1000.
+    pub max_deaths_per_call: u32,
+    /// How long a frame from a worker may take to arrive whole once it has
+    /// begun (ms); longer means its link is corrupt (a task wrote garbage to
+    /// it), and the worker is killed. 1 to 3600000.
+    #[serde(deserialize_with = "human::ms")]
+    pub frame_timeout_ms: u64,
 }
 
 impl Default for PoolSettings {
@@ -227,6 +238,8 @@ impl Default for PoolSettings {
             io_concurrency_per_worker: 256,
             cancel_grace_ms: 100,
             term_grace_ms: 1000,
+            max_deaths_per_call: 3,
+            frame_timeout_ms: 10_000,
         }
     }
 }
@@ -469,6 +482,12 @@ impl Config {
             return bad(
                 "pool.cancel_grace_ms and pool.term_grace_ms must be at most 3600000 (1 h)",
             );
+        }
+        if !(1..=MAX_DEATHS_PER_CALL).contains(&self.pool.max_deaths_per_call) {
+            return bad("pool.max_deaths_per_call must be between 1 and 1000");
+        }
+        if !(1..=MAX_GRACE_MS).contains(&self.pool.frame_timeout_ms) {
+            return bad("pool.frame_timeout_ms must be between 1 and 3600000 (1 h)");
         }
         self.validate_notify()
     }

@@ -110,6 +110,8 @@ fn pool_builder(cfg: &Config) -> Result<PoolBuilder, DaemonError> {
         .io_concurrency_per_worker(p.io_concurrency_per_worker.clamp(1, 100_000))
         .cancel_grace(Duration::from_millis(p.cancel_grace_ms))
         .term_grace(Duration::from_millis(p.term_grace_ms))
+        .max_deaths_per_call(p.max_deaths_per_call)
+        .frame_timeout(Duration::from_millis(p.frame_timeout_ms))
         .restart_intensity(p.max_restarts, Duration::from_millis(p.restart_window_ms))
         .restart_backoff(
             Duration::from_millis(p.restart_backoff_ms),
@@ -430,6 +432,30 @@ mod tests {
         cfg.pool.term_grace_ms = 3_600_001;
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("pool.term_grace_ms"), "{e}");
+    }
+
+    #[test]
+    fn the_pool_gets_the_configured_bound_on_uncharged_deaths() {
+        let mut cfg = Config::default();
+        assert_eq!(pool_builder(&cfg).unwrap().current().max_deaths_per_call, 3);
+        cfg.pool.max_deaths_per_call = 5;
+        assert_eq!(pool_builder(&cfg).unwrap().current().max_deaths_per_call, 5);
+        cfg.pool.max_deaths_per_call = 0;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("pool.max_deaths_per_call"), "{e}");
+    }
+
+    #[test]
+    fn the_pool_gets_the_configured_frame_timeout() {
+        let mut cfg = Config::default();
+        let p = pool_builder(&cfg).unwrap().current().clone();
+        assert_eq!(p.frame_timeout, Duration::from_secs(10));
+        cfg.pool.frame_timeout_ms = 250;
+        let p = pool_builder(&cfg).unwrap().current().clone();
+        assert_eq!(p.frame_timeout, Duration::from_millis(250));
+        cfg.pool.frame_timeout_ms = 0;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("pool.frame_timeout_ms"), "{e}");
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub struct BootstrapOptions {
     /// Runs once inside the fork server before it forks any worker: what it
     /// loads (tables, models) is shared copy-on-write by every worker. With the
     /// `spawn` start method each worker is a fresh image and runs it itself.
+    /// Descriptors it opens do not reach forked workers (a worker holds only
+    /// stdio and its protocol pipes): open those in `worker_init`.
     pub initializer: Option<Box<dyn FnOnce() + Send>>,
     /// Runs in every worker process when it starts, before its handshake (per
     /// worker set-up: a connection, a seed). A worker that exits here counts as

@@ -62,6 +62,15 @@ pub struct PoolConfig {
     /// Soft memory limit per worker, bytes: a worker whose resident set is
     /// above it after a call is recycled (between calls, nothing fails).
     pub memory_soft_limit_bytes: Option<u64>,
+    /// A call in flight at this many worker deaths that charged no call (the
+    /// worker's beacon named none: a task wrote over it, or broke the link
+    /// between a call and its reply) is charged with the death itself
+    /// (default 3, at least 1). Until then it runs again, alone in a worker.
+    pub max_deaths_per_call: u32,
+    /// How long a frame from a worker may take to arrive whole once its first
+    /// bytes have (default 10 s). One that takes longer means the link is
+    /// corrupt (a task wrote garbage to it): the worker is killed and replaced.
+    pub frame_timeout: Duration,
 }
 
 impl Default for PoolConfig {
@@ -87,6 +96,8 @@ impl Default for PoolConfig {
             healthy_after: Duration::from_secs(30),
             memory_limit_bytes: None,
             memory_soft_limit_bytes: None,
+            max_deaths_per_call: 3,
+            frame_timeout: Duration::from_secs(10),
         }
     }
 }

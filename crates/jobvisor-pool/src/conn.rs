@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jobvisor_proto::worker::{FromWorker, ToWorker};
 use jobvisor_proto::{encode_frame, FrameBuf, Hello, Role, HELLO_BYTES};
@@ -143,7 +143,7 @@ pub(crate) async fn start(
     };
     let (tx, rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_loop(writer, rx));
-    tokio::spawn(read_loop(reader, fb, id, events));
+    tokio::spawn(read_loop(reader, fb, id, events, cfg.frame_timeout));
     Ok(WorkerConn {
         proc,
         tasks,
@@ -239,16 +239,24 @@ async fn write_loop(fd: AsyncFd<OwnedFd>, mut rx: mpsc::UnboundedReceiver<Vec<u8
     }
 }
 
+/// Reads frames until EOF or a corrupt link: a frame that does not decode,
+/// or one that does not complete within `frame_timeout` of its first bytes
+/// (garbage whose first four bytes read as a length would otherwise hold
+/// the link, and the calls behind it, for ever).
 async fn read_loop(
     fd: AsyncFd<OwnedFd>,
     mut fb: FrameBuf,
     worker: u64,
     events: mpsc::UnboundedSender<LinkEvent>,
+    frame_timeout: Duration,
 ) {
+    // When the first bytes of the frame being received arrived.
+    let mut started = None;
     let error = 'link: loop {
         loop {
             match fb.decode_next::<FromWorker>() {
                 Ok(Some(msg)) => {
+                    started = None;
                     if events.send(LinkEvent::Frame { worker, msg }).is_err() {
                         return;
                     }
@@ -257,7 +265,21 @@ async fn read_loop(
                 Err(e) => break 'link Some(e.to_string()),
             }
         }
-        match read_some(&fd, fb.spare()).await {
+        let deadline = frame_deadline(&mut started, fb.buffered(), Instant::now(), frame_timeout);
+        let read = read_some(&fd, fb.spare());
+        let read = match deadline {
+            None => read.await,
+            Some(at) => match tokio::time::timeout_at(at.into(), read).await {
+                Ok(r) => r,
+                Err(_) => {
+                    break Some(format!(
+                        "a frame did not complete within {frame_timeout:?} of its first \
+                         bytes (frame_timeout): the link is corrupt"
+                    ))
+                }
+            },
+        };
+        match read {
             Ok(0) => break fb.check_eof().err().map(|e| e.to_string()),
             Ok(n) => fb.filled(n),
             Err(e) => break Some(e.to_string()),
@@ -266,6 +288,22 @@ async fn read_loop(
     // Closed before it is reported: a reaped worker holds no fd of ours.
     drop(fd);
     let _ = events.send(LinkEvent::Closed { worker, error });
+}
+
+/// When the frame being received must be complete: `timeout` after its first
+/// bytes arrived (`started`, set here on the first look), or never while
+/// nothing is buffered.
+fn frame_deadline(
+    started: &mut Option<Instant>,
+    buffered: usize,
+    now: Instant,
+    timeout: Duration,
+) -> Option<Instant> {
+    if buffered == 0 {
+        *started = None;
+        return None;
+    }
+    Some(*started.get_or_insert(now) + timeout)
 }
 
 /// Whose output a log drain reads: the worker, and what tells which of its
@@ -435,6 +473,33 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_must_complete_within_the_timeout_of_its_first_bytes() {
+        let t0 = Instant::now();
+        let timeout = Duration::from_secs(10);
+        let mut started = None;
+        assert_eq!(frame_deadline(&mut started, 0, t0, timeout), None);
+        // Bytes arrive: the clock starts, and does not move while they wait.
+        let later = t0 + Duration::from_secs(3);
+        assert_eq!(
+            frame_deadline(&mut started, 4, t0, timeout),
+            Some(t0 + timeout)
+        );
+        assert_eq!(
+            frame_deadline(&mut started, 9, later, timeout),
+            Some(t0 + timeout)
+        );
+        // A frame completed (the caller resets `started`): the next one has
+        // its own clock.
+        started = None;
+        assert_eq!(
+            frame_deadline(&mut started, 2, later, timeout),
+            Some(later + timeout)
+        );
+        assert_eq!(frame_deadline(&mut started, 0, later, timeout), None);
+        assert_eq!(started, None);
+    }
+
+    #[test]
     fn output_is_split_into_lines_across_reads() {
         assert_eq!(
             lines_of(80, &[b"one\ntw", b"o\n\nthree"]),
@@ -556,7 +621,7 @@ mod tests {
         w.write_all(&bytes).expect("write");
         drop(w);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        read_loop(fd, FrameBuf::new(1 << 20), 3, tx).await;
+        read_loop(fd, FrameBuf::new(1 << 20), 3, tx, Duration::from_secs(60)).await;
         let mut events = Vec::new();
         while let Ok(ev) = rx.try_recv() {
             events.push(ev);

@@ -115,6 +115,20 @@ impl PoolBuilder {
         self.cfg.memory_soft_limit_bytes = Some(n);
         self
     }
+    /// Worker deaths that charged no call a call may be in flight at before it
+    /// is charged itself (see [`PoolConfig::max_deaths_per_call`]; at least 1).
+    #[must_use]
+    pub fn max_deaths_per_call(mut self, n: u32) -> Self {
+        self.cfg.max_deaths_per_call = n.max(1);
+        self
+    }
+    /// How long a frame from a worker may take to arrive once it has begun
+    /// (see [`PoolConfig::frame_timeout`]; at least 1 ms).
+    #[must_use]
+    pub fn frame_timeout(mut self, t: Duration) -> Self {
+        self.cfg.frame_timeout = t.max(Duration::from_millis(1));
+        self
+    }
     /// Restart intensity: more than `max` deaths within `window` → restarts are delayed.
     #[must_use]
     pub fn restart_intensity(mut self, max: u32, window: Duration) -> Self {
@@ -361,6 +375,7 @@ impl Pool {
             stall: opts.stall_timeout,
             input,
             reply: tx,
+            deaths: 0,
         };
         let handle = TaskHandle {
             id,

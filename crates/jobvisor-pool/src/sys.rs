@@ -3,7 +3,7 @@
 //! [`jobvisor_worker::sys`]'s, which `exec` shares.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use jobvisor_proto::forkserver::ExitStatus;
 
@@ -132,4 +132,42 @@ pub(crate) fn async_fd(
 pub(crate) fn grow_pipe(fd: BorrowedFd<'_>, bytes: i32) {
     // SAFETY: fcntl(F_SETPIPE_SZ) on a valid borrowed fd; failure is harmless.
     unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, bytes) };
+}
+
+/// Closes every descriptor from 3 up but `keep` (with `cloexec`, marks them
+/// close-on-exec instead, for a child that still has to `exec`), so a worker
+/// holds only the descriptors the pool gave it, never what the program that
+/// started the supervisor left open. Async-signal-safe: `close_range(2)` calls
+/// and an in-place sort of `keep`, no allocation, so it may run between
+/// `fork` and `exec` of a multi-threaded process.
+///
+/// # Errors
+/// The kernel's: `ENOSYS` before Linux 5.9, `EINVAL` for `cloexec` before 5.11.
+pub(crate) fn close_fds_except(keep: &mut [RawFd], cloexec: bool) -> io::Result<()> {
+    let flags = if cloexec {
+        libc::CLOSE_RANGE_CLOEXEC
+    } else {
+        0
+    };
+    keep.sort_unstable();
+    let mut from: RawFd = 3;
+    for &fd in keep.iter() {
+        if fd < from {
+            continue;
+        }
+        if fd > from {
+            close_range(from as u32, (fd - 1) as u32, flags)?;
+        }
+        from = fd + 1;
+    }
+    close_range(from as u32, u32::MAX, flags)
+}
+
+fn close_range(first: u32, last: u32, flags: libc::c_uint) -> io::Result<()> {
+    // SAFETY: close_range(2) with integer arguments; the descriptors it closes
+    // have no owner that will use them (see `close_fds_except`).
+    if unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -15,18 +15,26 @@
 //! group of the command the running call started (`exec`), which whoever
 //! reaps a dead worker kills (see `crate::child_group`); 5, a sequence
 //! (seqlock) of CPU call starts, twice their number, odd while one is being
-//! written; 6, the last CPU call started. Slots 5 and 6 let the supervisor
-//! tell which call wrote the output it reads ([`Beacon::look`]).
+//! written; 6, the last CPU call started (slots 5 and 6 let the supervisor
+//! tell which call wrote the output it reads, [`Beacon::look`]); 7, the
+//! length of the last panic message, kept from byte 128 to the end of the
+//! page: a crash's last lines of stderr may be all backtrace, the message
+//! scrolled away; 8, the worker's `ru_maxrss` as it started (KiB: what `exec`
+//! carried over from the process that forked it); 9, its own peak resident
+//! set as last sampled (see [`Beacon::own_peak_kib`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{fence, AtomicI64, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering};
 
 /// A mapped beacon page.
 #[derive(Debug)]
 pub struct Beacon {
     ptr: *mut AtomicU64,
-    _fd: OwnedFd,
+    /// The memfd, kept only by the side that created the beacon and hands it
+    /// on ([`Beacon::try_clone_fd`]). A worker keeps the mapping alone: an fd
+    /// left open is one a task can write garbage through.
+    fd: Option<OwnedFd>,
 }
 
 // SAFETY: the mapping is process-wide memory accessed only through an
@@ -54,46 +62,43 @@ impl Beacon {
         if unsafe { libc::ftruncate(fd.as_raw_fd(), PAGE as libc::off_t) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        Self::map(fd)
+        let ptr = map_page(&fd)?;
+        Ok(Self { ptr, fd: Some(fd) })
     }
 
-    /// Maps a beacon received from the other side.
+    /// Maps a beacon received from the other side, and closes `fd`: the
+    /// mapping is all either side needs from here on.
     ///
     /// # Errors
     /// `mmap` failed (e.g. the fd is not a beacon of at least a page).
     pub fn map(fd: OwnedFd) -> io::Result<Self> {
-        // SAFETY: a fresh shared mapping of PAGE bytes of a valid fd; checked below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                PAGE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Self {
-            ptr: ptr.cast(),
-            _fd: fd,
-        })
+        let ptr = map_page(&fd)?;
+        Ok(Self { ptr, fd: None })
+    }
+
+    /// Closes the memfd of a beacon made by [`Beacon::create`], keeping the
+    /// mapping: for a worker forked with the beacon already mapped.
+    pub fn close_fd(&mut self) {
+        self.fd = None;
     }
 
     /// The descriptor, to hand to the other side (dup it; the beacon keeps its own).
     ///
     /// # Errors
-    /// `dup` failed.
+    /// `dup` failed, or this beacon was mapped from a received fd and keeps none.
     pub fn try_clone_fd(&self) -> io::Result<OwnedFd> {
-        self._fd.try_clone()
+        self.fd
+            .as_ref()
+            .ok_or_else(|| {
+                io::Error::other("this beacon keeps no fd (mapped from a received one)")
+            })?
+            .try_clone()
     }
 
     fn cell(&self, slot: usize) -> &AtomicU64 {
-        debug_assert!(slot < 7);
+        debug_assert!(slot * 8 < PANIC_AT);
         // SAFETY: ptr points to a live, page-aligned shared mapping of PAGE
-        // bytes (see map); slots 0 to 6 are its first 56 bytes.
+        // bytes (see map); slots 0 to 15 are its first 128 bytes.
         unsafe { &*self.ptr.add(slot) }
     }
 
@@ -221,6 +226,155 @@ impl Beacon {
     pub fn get_io(&self) -> u64 {
         self.cell(1).load(Ordering::Acquire)
     }
+
+    /// In the worker: its `ru_maxrss` as it starts, before it runs anything
+    /// (KiB), and its own peak resident set (`VmHWM`, KiB) sampled now.
+    pub fn set_rss_at_start(&self, max_rss_kib: u64, peak_kib: u64) {
+        self.cell(8).store(max_rss_kib, Ordering::Relaxed);
+        self.set_peak_rss(peak_kib);
+    }
+
+    /// In the worker: its own peak resident set (`VmHWM`, KiB), sampled now.
+    pub fn set_peak_rss(&self, peak_kib: u64) {
+        self.cell(9).store(peak_kib, Ordering::Release);
+    }
+
+    /// The dead worker's own peak resident set (KiB), from `wait4`'s
+    /// `ru_maxrss` (`wait_kib`). That figure is the largest of the worker's
+    /// own peak and what `exec` carried over from the process that forked it
+    /// (for a `spawn` worker, the supervisor's resident set): above what the
+    /// worker carried as it started, it is the worker's own, exactly; not
+    /// above, the worker never grew past what it carried, and its own peak is
+    /// the one it sampled last (after its last call, within
+    /// 100 ms). A worker that wrote nothing leaves `wait_kib` as it is.
+    pub fn own_peak_kib(&self, wait_kib: u64) -> u64 {
+        own_peak_kib(
+            wait_kib,
+            self.cell(8).load(Ordering::Acquire),
+            self.cell(9).load(Ordering::Acquire),
+        )
+    }
+
+    /// In the worker: keeps the message of each panic in this page (see
+    /// [`Beacon::panic_message`]), then lets the hook that was installed
+    /// before print it as usual.
+    pub fn record_panics(&self) {
+        PANIC_PAGE.store(self.ptr, Ordering::Release);
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let page = PANIC_PAGE.load(Ordering::Acquire);
+            // One writer at a time; a second thread panicking meanwhile
+            // keeps the first one's message.
+            if !page.is_null() && !PANIC_WRITING.swap(true, Ordering::AcqRel) {
+                // SAFETY: PANIC_PAGE points to a live beacon mapping (Drop
+                // clears it before unmapping), and PANIC_WRITING makes this
+                // the only writer of its message bytes.
+                unsafe { write_panic(page, &panic_text(info)) };
+                PANIC_WRITING.store(false, Ordering::Release);
+            }
+            previous(info);
+        }));
+    }
+
+    /// In the worker: forgets the last panic (a call starts; a panic it
+    /// caught before is not the cause of a later death).
+    pub fn clear_panic(&self) {
+        if self.cell(PANIC_LEN_SLOT).load(Ordering::Relaxed) != 0 {
+            self.cell(PANIC_LEN_SLOT).store(0, Ordering::Release);
+        }
+    }
+
+    /// The message of the worker's last panic since its call started, read
+    /// after its death. Bounded by the page whatever a task wrote into it.
+    pub fn panic_message(&self) -> Option<String> {
+        let len = self.cell(PANIC_LEN_SLOT).load(Ordering::Acquire);
+        let len = usize::try_from(len).unwrap_or(usize::MAX).min(PANIC_MAX);
+        if len == 0 {
+            return None;
+        }
+        // SAFETY: bytes PANIC_AT..PANIC_AT+len lie inside the live mapping;
+        // volatile reads, since the other process wrote them.
+        let bytes: Vec<u8> = (0..len)
+            .map(|i| unsafe { self.ptr.cast::<u8>().add(PANIC_AT + i).read_volatile() })
+            .collect();
+        Some(String::from_utf8_lossy(&bytes).into_owned())
+    }
+}
+
+/// See [`Beacon::own_peak_kib`]: `carried_kib` and `sampled_kib` as the
+/// worker wrote them (0: it did not).
+fn own_peak_kib(wait_kib: u64, carried_kib: u64, sampled_kib: u64) -> u64 {
+    if carried_kib == 0 || sampled_kib == 0 || wait_kib > carried_kib {
+        wait_kib
+    } else {
+        sampled_kib.min(wait_kib)
+    }
+}
+
+/// Slot of the panic message's length.
+const PANIC_LEN_SLOT: usize = 7;
+/// Where in the page the panic message starts.
+const PANIC_AT: usize = 128;
+/// The longest panic message kept (longer ones are cut).
+const PANIC_MAX: usize = PAGE - PANIC_AT;
+
+/// The beacon page the panic hook writes to (null: none).
+static PANIC_PAGE: AtomicPtr<AtomicU64> = AtomicPtr::new(std::ptr::null_mut());
+/// The panic hook is writing a message.
+static PANIC_WRITING: AtomicBool = AtomicBool::new(false);
+
+/// `thread 'main' panicked at src/x.rs:1:2: message`.
+fn panic_text(info: &std::panic::PanicHookInfo<'_>) -> String {
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("<unnamed>");
+    let payload = info
+        .payload()
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("Box<dyn Any>");
+    match info.location() {
+        Some(at) => format!("thread '{name}' panicked at {at}: {payload}"),
+        None => format!("thread '{name}' panicked: {payload}"),
+    }
+}
+
+/// Stores `text` (cut to [`PANIC_MAX`] bytes, on a character boundary) as the
+/// last panic message of beacon page `page`.
+///
+/// # Safety
+/// `page` is a live beacon mapping, and nothing else writes its message bytes.
+unsafe fn write_panic(page: *mut AtomicU64, text: &str) {
+    let mut n = text.len().min(PANIC_MAX);
+    while !text.is_char_boundary(n) {
+        n -= 1;
+    }
+    // SAFETY: as the caller promises; the length goes last, so a reader
+    // never sees more bytes than were written.
+    unsafe {
+        (*page.add(PANIC_LEN_SLOT)).store(0, Ordering::Release);
+        std::ptr::copy_nonoverlapping(text.as_ptr(), page.cast::<u8>().add(PANIC_AT), n);
+        (*page.add(PANIC_LEN_SLOT)).store(n as u64, Ordering::Release);
+    }
+}
+
+/// Maps the first page of beacon `fd`, shared.
+fn map_page(fd: &OwnedFd) -> io::Result<*mut AtomicU64> {
+    // SAFETY: a fresh shared mapping of PAGE bytes of a valid fd; checked below.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd.as_raw_fd(),
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ptr.cast())
 }
 
 /// What [`Beacon::look`] read: enough to tell which CPU call ran between two
@@ -299,6 +453,12 @@ impl Drop for Beacon {
             Ordering::AcqRel,
             Ordering::Acquire,
         );
+        let _ = PANIC_PAGE.compare_exchange(
+            self.ptr,
+            std::ptr::null_mut(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
         // SAFETY: unmapping exactly the region mapped in `map`.
         unsafe { libc::munmap(self.ptr.cast(), PAGE) };
     }
@@ -342,5 +502,48 @@ mod tests {
         assert_eq!(b.look(), Some(want));
         a.set(0);
         assert_eq!(b.look().map(|l| (l.running, l.last_started)), Some((0, 6)));
+    }
+
+    #[test]
+    fn the_peak_is_the_workers_own() {
+        // Grew past what exec carried: wait4's figure is its own.
+        assert_eq!(own_peak_kib(500_000, 200_000, 3_000), 500_000);
+        // Never did: its own sample, not the supervisor's resident set.
+        assert_eq!(own_peak_kib(200_000, 200_000, 3_000), 3_000);
+        // Nothing written (an old worker, no beacon): as wait4 says.
+        assert_eq!(own_peak_kib(200_000, 0, 0), 200_000);
+        // A sample above wait4's figure (written over) is not believed.
+        assert_eq!(own_peak_kib(9_000, 10_000, u64::MAX), 9_000);
+        let a = Beacon::create().unwrap();
+        a.set_rss_at_start(200_000, 3_000);
+        a.set_peak_rss(4_000);
+        assert_eq!(a.own_peak_kib(150_000), 4_000);
+    }
+
+    #[test]
+    fn a_panic_message_crosses_bounded_and_is_cleared_by_a_call() {
+        let a = Beacon::create().unwrap();
+        let b = Beacon::map(a.try_clone_fd().unwrap()).unwrap();
+        assert_eq!(b.panic_message(), None);
+        // SAFETY: a's live mapping, written by this thread only.
+        unsafe { write_panic(a.ptr, "thread 'main' panicked at x.rs:1:1: boom") };
+        assert_eq!(
+            b.panic_message().as_deref(),
+            Some("thread 'main' panicked at x.rs:1:1: boom")
+        );
+        let long = "é".repeat(PAGE);
+        // SAFETY: as above.
+        unsafe { write_panic(a.ptr, &long) };
+        let kept = b.panic_message().unwrap();
+        assert!(
+            kept.len() <= PANIC_MAX && long.starts_with(&kept),
+            "{}",
+            kept.len()
+        );
+        // A length scribbled past the page is cut at the page's end.
+        a.cell(PANIC_LEN_SLOT).store(u64::MAX, Ordering::Release);
+        assert!(b.panic_message().unwrap().len() <= PANIC_MAX * 3);
+        a.clear_panic();
+        assert_eq!(b.panic_message(), None);
     }
 }

@@ -85,6 +85,35 @@ fn resident_bytes() -> Option<u64> {
     resident_from_statm(&statm, u64::try_from(page).unwrap_or(4096))
 }
 
+/// This process's peak resident set (`VmHWM`, KiB), from `/proc/self/status`:
+/// the high-water mark of its own memory since its last `exec`. `wait4`'s
+/// `ru_maxrss` is not: it keeps what `exec` carried over from the process
+/// that forked it (a `spawn` worker's supervisor).
+pub(crate) fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    hwm_from_status(&status)
+}
+
+/// `VmHWM` in KiB from the text of `/proc/<pid>/status`.
+fn hwm_from_status(status: &str) -> Option<u64> {
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    line.trim().strip_suffix("kB")?.trim().parse().ok()
+}
+
+/// This process's `ru_maxrss` (KiB), as its parent's `wait4` would see it now.
+pub(crate) fn max_rss_kib() -> u64 {
+    // SAFETY: rusage is plain old data; getrusage writes one.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid pointer to a local.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return 0;
+    }
+    u64::try_from(usage.ru_maxrss).unwrap_or(0)
+}
+
+/// How often, at most, a worker samples its peak resident set for its beacon.
+pub(crate) const PEAK_SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
 /// The resident set in bytes from the text of `/proc/<pid>/statm` (its
 /// second field, in pages).
 fn resident_from_statm(statm: &str, page_bytes: u64) -> Option<u64> {
@@ -144,6 +173,16 @@ mod tests {
         assert_eq!(resident_from_statm("2518", 4096), None);
         assert_eq!(resident_from_statm("2518 x 1", 4096), None);
         assert_eq!(resident_from_statm(&format!("1 {}", u64::MAX), 4096), None);
+    }
+
+    #[test]
+    fn status_gives_the_peak_resident_set_in_kib() {
+        let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmHWM:\t    1234 kB\nVmRSS:\t 1000 kB\n";
+        assert_eq!(hwm_from_status(status), Some(1234));
+        assert_eq!(hwm_from_status("VmHWM:\t12 MB\n"), None);
+        assert_eq!(hwm_from_status("Name:\tx\n"), None);
+        assert!(peak_rss_kib().is_some_and(|k| k > 0));
+        assert!(max_rss_kib() > 0);
     }
 
     #[test]

@@ -20,7 +20,8 @@ use crate::flush::{is_timed, Flush};
 use crate::inbox::{Inbox, LaneRoute};
 use crate::io_lane::{self, LaneConfig};
 use crate::limits::{
-    limit_address_space, over_limit_action, over_soft_limit, rss_check_due, tune_malloc, OverLimit,
+    limit_address_space, max_rss_kib, over_limit_action, over_soft_limit, peak_rss_kib,
+    rss_check_due, tune_malloc, OverLimit, PEAK_SAMPLE_EVERY,
 };
 use crate::link::{Link, BOOTSTRAP_MAX_FRAME};
 use crate::registry::Registry;
@@ -70,6 +71,8 @@ pub fn serve_with_beacon(
     if let Some(b) = &beacon {
         b.mark_crashing_thread();
         b.arm_child_group();
+        b.record_panics();
+        b.set_rss_at_start(max_rss_kib(), peak_rss_kib().unwrap_or(0));
     }
     let beacon = beacon.as_ref();
     let mut inbox = Inbox::new();
@@ -143,6 +146,7 @@ fn cpu_loop(
     soft_limit: u64,
 ) -> Result<Exit, WorkerError> {
     let mut last_rss_check = Instant::now();
+    let mut last_peak_sample = Instant::now();
     let mut sampler = Sampler::new();
     let mut flush = Flush::new(Instant::now());
     loop {
@@ -175,6 +179,7 @@ fn cpu_loop(
             flush.flushed();
         }
         if let Some(b) = beacon {
+            b.clear_panic();
             let deadline_us = call.timeout_ms.map_or(0, |ms| {
                 crate::beacon::monotonic_us().saturating_add(ms.saturating_mul(1000))
             });
@@ -216,6 +221,15 @@ fn cpu_loop(
         )?;
         flush.replied(timed);
         let now = Instant::now();
+        if let Some(b) = beacon {
+            // Crash evidence: the worker's own peak (see `Beacon::own_peak_kib`).
+            if now.saturating_duration_since(last_peak_sample) >= PEAK_SAMPLE_EVERY {
+                last_peak_sample = now;
+                if let Some(kib) = peak_rss_kib() {
+                    b.set_peak_rss(kib);
+                }
+            }
+        }
         if rss_check_due(
             soft_limit,
             inbox.is_empty(),

@@ -14,6 +14,17 @@
 //!
 //! Neither lane sends a worker past its recycling budget
 //! (`max_tasks_per_worker`), counting what it holds of both kinds.
+//!
+//! A *suspect* (a call in flight at a worker death that charged no call, see
+//! `blame`) runs alone: it goes only to a worker that holds nothing, and that
+//! worker is sent nothing else until it is answered ([`may_take`]). Then the
+//! next death of its worker is its own, and no innocent call shares it.
+
+/// Whether a worker may be sent the next queued call: `suspect`, that call is
+/// one; `idle`, the worker holds no call; `holds_suspect`, it holds one.
+pub(super) fn may_take(suspect: bool, idle: bool, holds_suspect: bool) -> bool {
+    !holds_suspect && (!suspect || idle)
+}
 
 /// Calls a worker may still be sent before `max_calls` recycles it, given
 /// `calls_done` and the calls of both kinds it `holds` (recycling is exact).
@@ -98,6 +109,16 @@ pub(super) fn io_shares(mut ready: Vec<(usize, u64)>, queued: usize) -> Vec<(u64
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_suspect_runs_alone() {
+        // Innocent calls share a worker, never with a suspect.
+        assert!(may_take(false, false, false));
+        assert!(!may_take(false, false, true));
+        // A suspect goes only to a worker that holds nothing.
+        assert!(may_take(true, true, false));
+        assert!(!may_take(true, false, false));
+    }
 
     #[test]
     fn recycling_budget_counts_both_kinds() {

@@ -9,7 +9,13 @@
 //! | the async call being polled (I/O beacon)    | that call, when no CPU call was charged |
 //! | CPU calls queued behind the running one     | nobody: they never started, and run again |
 //! | async calls waiting on I/O                  | nobody: innocent, they run again  |
+//! | any call, at a death that charged no call   | nobody, until the call has been in flight at `max_deaths_per_call` such deaths: then that call |
 //!
+//! A death nobody asked for that charges no call (the beacon named none: a
+//! task wrote over it, or the worker died between a call and its reply)
+//! makes each call it held a *suspect* ([`charged_nobody`]): it runs again,
+//! alone in a worker (see `admission`), so the next such death is its own.
+//! A call re-run for ever, uncharged, would hold the pool up for ever.
 //! The worker's SIGABRT handler says which thread aborted (panic=abort, a
 //! failed allocation, a stack overflow). Otherwise (SIGKILL from outside,
 //! SIGSEGV, an exit) the running CPU call is charged if there is one, else
@@ -91,6 +97,14 @@ pub(super) fn exit_was_asked(stopping: bool, state: WorkerState, signalled: bool
     stopping || matches!(state, WorkerState::Stopping | WorkerState::Retiring) || signalled
 }
 
+/// Whether a death charged no call though nobody asked for it (`asked`, as
+/// [`exit_was_asked`]; `charged`: how many calls it charged): then each call
+/// the worker held counts it, and one that has counted `max_deaths_per_call`
+/// is charged (see [`Charge::unexplained`]).
+pub(super) fn charged_nobody(asked: bool, charged: usize) -> bool {
+    !asked && charged == 0
+}
+
 /// What a charged call fails with.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Charge<'a> {
@@ -102,6 +116,8 @@ pub(super) struct Charge<'a> {
     pub(super) status: &'a ExitStatus,
     /// Its last lines of output.
     pub(super) tail: &'a [String],
+    /// The message of its last panic, from its beacon.
+    pub(super) panic: Option<&'a str>,
     /// The pool's hard memory limit per worker.
     pub(super) memory_limit: Option<u64>,
 }
@@ -128,7 +144,7 @@ impl Charge<'_> {
             return esc.error(timeout, stall, self.status);
         }
         PoolError::WorkerDied {
-            cause: death_cause(self.status, self.tail, self.memory_limit),
+            cause: death_cause(self.status, self.tail, self.memory_limit, self.panic),
             pid: self.pid,
             status: *self.status,
             stderr_tail: self.tail.to_vec(),
@@ -136,22 +152,52 @@ impl Charge<'_> {
     }
 }
 
-/// Why a worker died, when its status and last output say so.
+impl Charge<'_> {
+    /// The error of a call charged for being in flight at `max` worker deaths
+    /// that charged no call.
+    pub(super) fn unexplained(&self, max: u32) -> PoolError {
+        if self.killing {
+            return PoolError::Closed;
+        }
+        let why = format!(
+            "the worker died {max} times while it held this call, and no call was named as \
+             the cause (max_deaths_per_call = {max}): this call may be what kills it"
+        );
+        let cause = match death_cause(self.status, self.tail, self.memory_limit, self.panic) {
+            Some(c) => format!("{why}; {c}"),
+            None => why,
+        };
+        PoolError::WorkerDied {
+            cause: Some(cause),
+            pid: self.pid,
+            status: *self.status,
+            stderr_tail: self.tail.to_vec(),
+        }
+    }
+}
+
+/// Why a worker died, when its status, last output and last panic say so.
+/// The panic message comes from the beacon, not the output: with
+/// `RUST_BACKTRACE` set, the last lines are all backtrace.
 pub(super) fn death_cause(
     status: &ExitStatus,
     tail: &[String],
     memory_limit: Option<u64>,
+    panic: Option<&str>,
 ) -> Option<String> {
     let alloc_failed = tail.iter().any(|l| l.contains("memory allocation of"));
-    if alloc_failed
+    let memory = (alloc_failed
         || (memory_limit.is_some()
             && status.signal == Some(libc::SIGKILL)
-            && tail.iter().any(|l| l.contains("Out of memory")))
-    {
+            && tail.iter().any(|l| l.contains("Out of memory"))))
+    .then(|| {
         let limit = memory_limit.map_or(String::new(), |b| format!(" ({} MiB)", b / (1024 * 1024)));
-        return Some(format!("memory limit exceeded{limit}"));
+        format!("memory limit exceeded{limit}")
+    });
+    match (memory, panic) {
+        (Some(m), Some(p)) => Some(format!("{m}; {p}")),
+        (m, p) => m.or_else(|| p.map(str::to_owned)),
     }
-    None
 }
 
 #[cfg(test)]
@@ -262,6 +308,29 @@ mod tests {
     }
 
     #[test]
+    fn only_an_unasked_death_that_charged_nobody_makes_suspects() {
+        assert!(charged_nobody(false, 0));
+        assert!(!charged_nobody(false, 1));
+        assert!(!charged_nobody(true, 0));
+        let st = status(Some(libc::SIGKILL));
+        let charge = Charge {
+            killing: false,
+            pid: 7,
+            status: &st,
+            tail: &[],
+            panic: None,
+            memory_limit: None,
+        };
+        match charge.unexplained(3) {
+            PoolError::WorkerDied { cause, pid, .. } => {
+                assert_eq!(pid, 7);
+                assert!(cause.unwrap().contains("max_deaths_per_call = 3"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn asked_exits_are_not_deaths() {
         assert!(!exit_was_asked(false, WorkerState::Ready, false));
         assert!(exit_was_asked(true, WorkerState::Ready, false));
@@ -279,6 +348,7 @@ mod tests {
             pid: 42,
             status: &st,
             tail: &tail,
+            panic: None,
             memory_limit: Some(64 << 20),
         };
         match charge.error(1, None, None, None) {
@@ -333,15 +403,27 @@ mod tests {
     fn the_oom_killer_is_named_only_with_a_limit() {
         let oom = vec!["Out of memory: killed".to_string()];
         let kill = status(Some(libc::SIGKILL));
-        assert_eq!(death_cause(&kill, &oom, None), None);
+        assert_eq!(death_cause(&kill, &oom, None, None), None);
         assert_eq!(
-            death_cause(&kill, &oom, Some(1 << 30)).as_deref(),
+            death_cause(&kill, &oom, Some(1 << 30), None).as_deref(),
             Some("memory limit exceeded (1024 MiB)")
         );
         assert_eq!(
-            death_cause(&status(Some(libc::SIGSEGV)), &oom, Some(1 << 30)),
+            death_cause(&status(Some(libc::SIGSEGV)), &oom, Some(1 << 30), None),
             None
         );
-        assert_eq!(death_cause(&kill, &[], Some(1 << 30)), None);
+        assert_eq!(death_cause(&kill, &[], Some(1 << 30), None), None);
+    }
+
+    #[test]
+    fn a_panic_message_is_a_cause_beside_the_memory_limit() {
+        let abrt = status(Some(libc::SIGABRT));
+        let boom = Some("thread 'main' panicked at x.rs:1:1: boom");
+        assert_eq!(death_cause(&abrt, &[], None, boom), boom.map(str::to_owned));
+        let alloc = vec!["memory allocation of 8 bytes failed".to_string()];
+        assert_eq!(
+            death_cause(&abrt, &alloc, None, boom).as_deref(),
+            Some("memory limit exceeded; thread 'main' panicked at x.rs:1:1: boom")
+        );
     }
 }

@@ -39,6 +39,9 @@ pub(crate) struct Pending {
     pub(crate) stall: Option<Duration>,
     pub(crate) input: Vec<u8>,
     pub(crate) reply: Responder,
+    /// Worker deaths that charged no call while this one was in flight (see
+    /// `blame`): above 0, the call is a suspect and runs alone.
+    pub(crate) deaths: u32,
 }
 
 #[derive(Debug)]
@@ -73,6 +76,8 @@ pub(super) struct InFlight {
     pub(super) input: Vec<u8>,
     pub(super) reply: Responder,
     pub(super) cancel_requested: bool,
+    /// As [`Pending::deaths`].
+    pub(super) deaths: u32,
 }
 
 impl InFlight {
@@ -87,6 +92,7 @@ impl InFlight {
             input: p.input,
             reply: p.reply,
             cancel_requested: false,
+            deaths: p.deaths,
         }
     }
 }

@@ -229,16 +229,19 @@ impl Dispatcher {
         let Some(mut w) = self.workers.remove(&id) else {
             return;
         };
-        let status = w.status.unwrap_or(ExitStatus {
+        let mut status = w.status.unwrap_or(ExitStatus {
             code: None,
             signal: None,
             core_dumped: false,
             max_rss_kib: 0,
         });
+        // The worker's own peak, not what exec carried over from its parent.
+        status.max_rss_kib = w.beacon.own_peak_kib(status.max_rss_kib);
         let esc_signalled = |e: &Option<Escalation>| e.is_some_and(|e| e.signalled());
         let io_signalled = w.io.values().any(|f| esc_signalled(&f.esc));
         let signalled = esc_signalled(&w.esc) || io_signalled;
-        if blame::exit_was_asked(self.stopping(), w.state_before_death, signalled) {
+        let asked = blame::exit_was_asked(self.stopping(), w.state_before_death, signalled);
+        if asked {
             tracing::debug!(worker = id, pid = w.pid, %status, "worker exited");
         } else {
             tracing::warn!(worker = id, pid = w.pid, %status, "worker died");
@@ -262,16 +265,20 @@ impl Dispatcher {
             .lock()
             .map(|t| t.iter().cloned().collect())
             .unwrap_or_default();
+        let panic = w.beacon.panic_message();
         let charge = blame::Charge {
             killing: self.killing(),
             pid: w.pid,
             status: &status,
             tail: &tail,
+            panic: panic.as_deref(),
             memory_limit: self.cfg.memory_limit_bytes,
         };
+        let mut charged = 0usize;
         if let Some(head) = blamed.cpu.and_then(|pos| w.inflight.remove(pos)) {
             let err = charge.error(head.id, head.timeout, head.stall, w.esc);
             answer(head.reply, Some(w.pid), Err(err));
+            charged += 1;
         }
         let mut back: Vec<InFlight> = w.inflight.drain(..).collect();
         w.io_timers.clear();
@@ -279,9 +286,27 @@ impl Dispatcher {
             if blamed.charges_io(id, esc_signalled(&f.esc)) {
                 let err = charge.error(id, f.f.timeout, f.f.stall, f.esc);
                 answer(f.f.reply, Some(w.pid), Err(err));
+                charged += 1;
             } else {
                 back.push(f.f);
             }
+        }
+        if blame::charged_nobody(asked, charged) {
+            // The beacon named no call (a task wrote over it, or the worker
+            // died between a call and its reply): each call it held is a
+            // suspect, charged once it has seen too many such deaths.
+            let max = self.cfg.max_deaths_per_call;
+            let (charged, again): (Vec<InFlight>, Vec<InFlight>) = back
+                .into_iter()
+                .map(|mut f| {
+                    f.deaths += 1;
+                    f
+                })
+                .partition(|f| f.deaths >= max);
+            for f in charged {
+                answer(f.reply, Some(w.pid), Err(charge.unexplained(max)));
+            }
+            back = again;
         }
         self.requeue_unstarted(back);
         // Reported once its calls are answered and its pidfd and beacon are
@@ -323,6 +348,7 @@ impl Dispatcher {
                 stall: f.stall,
                 input: f.input,
                 reply: f.reply,
+                deaths: f.deaths,
             });
         }
     }

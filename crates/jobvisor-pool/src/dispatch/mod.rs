@@ -535,7 +535,7 @@ impl Dispatcher {
         let ready: Vec<(usize, u64)> = self
             .workers
             .values()
-            .filter(|w| w.state == WorkerState::Ready)
+            .filter(|w| w.state == WorkerState::Ready && !w.holds_suspect())
             .map(|w| (room(w), w.id))
             .filter(|(r, _)| *r > 0)
             .collect();
@@ -548,7 +548,14 @@ impl Dispatcher {
                 continue;
             };
             let mut ids = Vec::with_capacity(share);
-            for p in self.io_queue.drain(..share) {
+            for _ in 0..share {
+                // A suspect goes alone (see `admission::may_take`).
+                if !self.io_queue.front().is_some_and(|p| w.may_take(p)) {
+                    break;
+                }
+                let Some(p) = self.io_queue.pop_front() else {
+                    break;
+                };
                 ids.push(p.id);
                 let id = p.id;
                 let f = IoFlight {
@@ -585,7 +592,7 @@ impl Dispatcher {
         let mut ready: Vec<(u64, usize, usize)> = self
             .workers
             .values()
-            .filter(|w| w.state == WorkerState::Ready)
+            .filter(|w| w.state == WorkerState::Ready && !w.holds_suspect())
             .map(|w| (w.id, room(w), w.inflight.len()))
             .filter(|&(_, room, _)| room > 0)
             .collect();
@@ -600,6 +607,13 @@ impl Dispatcher {
             let Some(w) = self.workers.get_mut(&id) else {
                 continue;
             };
+            let Some(front) = self.queue.front() else {
+                break;
+            };
+            // A suspect goes alone (see `admission::may_take`).
+            if !w.may_take(front) {
+                continue;
+            }
             let Some(p) = self.queue.pop_front() else {
                 break;
             };

@@ -104,6 +104,16 @@ impl Worker {
         self.inflight.is_empty() && self.io.is_empty()
     }
 
+    /// Holds a suspect (see `admission::may_take`): it is sent nothing else.
+    pub(super) fn holds_suspect(&self) -> bool {
+        self.inflight.iter().any(|f| f.deaths > 0) || self.io.values().any(|f| f.f.deaths > 0)
+    }
+
+    /// May be sent `next` (see `admission::may_take`).
+    pub(super) fn may_take(&self, next: &super::call::Pending) -> bool {
+        admission::may_take(next.deaths > 0, self.idle(), self.holds_suspect())
+    }
+
     /// Queues one control message (cancel, shutdown) for the worker's writer.
     /// A gone worker is noticed by its reader, so a failed send is not an error.
     pub(super) fn send(&self, msg: &ToWorker, max_frame_bytes: usize) {

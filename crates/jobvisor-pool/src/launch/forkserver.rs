@@ -426,9 +426,11 @@ fn worker_main(
     output: OwnedFd,
     log: OwnedFd,
     supervisor_ends: [OwnedFd; 3],
-    beacon: jobvisor_worker::Beacon,
+    mut beacon: jobvisor_worker::Beacon,
 ) -> i32 {
     drop(supervisor_ends);
+    // The page is mapped; an open memfd would only let a task write to it.
+    beacon.close_fd();
     // The fork server's own descriptors must not live on in the worker: the
     // supervisor detects the fork server's death by EOF on its socket.
     // SAFETY: closing fds we inherited and will not use; no other owner in this process.
@@ -445,6 +447,12 @@ fn worker_main(
         return 1;
     }
     drop(log);
+    // Nothing but stdio and the protocol descriptors: not what the supervisor
+    // inherited and passed on to the fork server (the shell's fds, say).
+    let mut keep = [input.as_raw_fd(), output.as_raw_fd()];
+    if sys::close_fds_except(&mut keep, false).is_err() {
+        return 1;
+    }
     if let Some(init) = server.worker_init {
         init();
     }

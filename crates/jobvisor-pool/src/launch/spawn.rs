@@ -41,13 +41,17 @@ pub(crate) async fn spawn(exits: ExitSender) -> io::Result<(SpawnedWorker, Arc<M
         .stdout(Stdio::from(log_w.try_clone()?))
         .stderr(Stdio::from(log_w))
         .process_group(0);
-    // SAFETY: the closure only makes async-signal-safe syscalls (prctl, fcntl)
-    // and does not allocate.
+    // SAFETY: the closure only makes async-signal-safe syscalls (prctl,
+    // close_range, fcntl) and does not allocate.
     unsafe {
         cmd.pre_exec(move || {
             sys::set_parent_death_signal()?;
-            // Let exactly the two protocol pipes and the beacon through exec.
-            for fd in [in_raw, out_raw, beacon_raw] {
+            // Let exactly stdio, the two protocol pipes and the beacon through
+            // exec: not the descriptors the supervisor inherited without
+            // close-on-exec (from the shell that started it, say).
+            let mut keep = [in_raw, out_raw, beacon_raw];
+            sys::close_fds_except(&mut keep, true)?;
+            for fd in keep {
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(io::Error::last_os_error());
                 }

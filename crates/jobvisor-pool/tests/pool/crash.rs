@@ -262,3 +262,123 @@ pub(crate) async fn restart_intensity_bounds_a_crash_loop(method: StartMethod) {
     pool.shutdown().await;
     assert_no_zombies().await;
 }
+
+/// A worker that dies of a panic under `RUST_BACKTRACE=1`: its last lines of
+/// output are backtrace, so the panic message comes from its beacon, as the
+/// death's cause (issue 10, G.30).
+pub(crate) async fn a_panic_message_survives_a_backtrace(method: StartMethod) {
+    let pool = pool(method, 1).await;
+    let r = pool
+        .apply::<CpuDecodePanicsLoudly>(&PanicsLoudlyOnDecode("the loud boom 31".into()))
+        .await;
+    match r {
+        Err(PoolError::WorkerDied {
+            cause, stderr_tail, ..
+        }) => {
+            let cause = cause.unwrap_or_default();
+            assert!(
+                cause.contains("panicked at") && cause.contains("the loud boom 31"),
+                "cause: {cause:?}; tail: {stderr_tail:?}"
+            );
+            // The backtrace is there too, as the last lines.
+            assert!(
+                stderr_tail
+                    .iter()
+                    .any(|l| l.contains("stack backtrace") || l.contains(" at ")),
+                "{stderr_tail:?}"
+            );
+        }
+        other => panic!("expected WorkerDied, got {other:?}"),
+    }
+    assert_eq!(pool.apply::<Noop>(&5).await.unwrap(), 5);
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
+/// A task that writes over the beacon and dies, or breaks the link (with or
+/// without writing over the beacon) and returns, leaves a death that charges
+/// no call: the call is charged once it has been in flight at
+/// `max_deaths_per_call` of them, not re-run for ever, and the pool serves
+/// on (issue 10, G.26 and G.28).
+pub(crate) async fn a_call_that_hides_from_the_beacon_is_charged_in_the_end(method: StartMethod) {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = one_worker_pool(method, |b| {
+        b.max_deaths_per_call(2)
+            .restart_intensity(1000, Duration::from_secs(1))
+    })
+    .await;
+    let cases = [
+        (true, Then::Die),
+        (true, Then::Garbage),
+        (false, Then::Garbage),
+    ];
+    for (i, (scribble, then)) in cases.into_iter().enumerate() {
+        let runs = dir.path().join(format!("runs-{i}"));
+        let how = MisbehaveHow {
+            runs: runs.to_string_lossy().into_owned(),
+            scribble,
+            then,
+        };
+        let r = tokio::time::timeout(Duration::from_secs(60), pool.apply::<Misbehave>(&how))
+            .await
+            .unwrap_or_else(|_| panic!("{how:?} is re-run for ever"));
+        let runs = std::fs::read_to_string(&runs).unwrap().lines().count();
+        match r {
+            Err(PoolError::WorkerDied { cause, .. }) => {
+                // Breaking the link without writing over the beacon may
+                // be charged at once, if our kill lands before the worker
+                // clears it; otherwise it takes the bound.
+                let bounded = if scribble {
+                    runs == 2
+                } else {
+                    (1..=2).contains(&runs)
+                };
+                assert!(bounded, "{how:?}: {runs} runs");
+                if runs == 2 {
+                    let cause = cause.unwrap_or_default();
+                    assert!(cause.contains("max_deaths_per_call = 2"), "{cause}");
+                }
+            }
+            other => panic!("{how:?}: expected WorkerDied, got {other:?}"),
+        }
+        assert_eq!(pool.apply::<Noop>(&(i as u64)).await.unwrap(), i as u64);
+    }
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}
+
+/// A suspect (a call in flight at a death that charged no call) runs alone,
+/// so the innocent calls that were in flight with it are not charged with its
+/// deaths.
+pub(crate) async fn innocents_beside_a_hidden_crash_are_not_charged(method: StartMethod) {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = one_worker_pool(method, |b| {
+        b.max_deaths_per_call(2)
+            .restart_intensity(1000, Duration::from_secs(1))
+    })
+    .await;
+    let how = MisbehaveHow {
+        runs: dir.path().join("runs").to_string_lossy().into_owned(),
+        scribble: true,
+        then: Then::Die,
+    };
+    // Queued behind the culprit in the same window, and before it.
+    let mut before = Vec::new();
+    for i in 0..20u64 {
+        before.push(pool.submit::<Noop>(&i).await.unwrap());
+    }
+    let culprit = pool.submit::<Misbehave>(&how).await.unwrap();
+    let mut after = Vec::new();
+    for i in 0..20u64 {
+        after.push(pool.submit::<Noop>(&i).await.unwrap());
+    }
+    assert!(matches!(culprit.await, Err(PoolError::WorkerDied { .. })));
+    for (i, h) in before.into_iter().chain(after).enumerate() {
+        assert_eq!(
+            h.await.expect("an innocent call was charged"),
+            (i % 20) as u64
+        );
+    }
+    pool.shutdown().await;
+    assert_no_zombies().await;
+}

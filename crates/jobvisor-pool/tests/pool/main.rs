@@ -9,7 +9,9 @@ mod tasks;
 
 mod calls;
 mod crash;
+mod fds;
 mod io;
+mod link;
 mod memory;
 mod shutdown;
 mod timeout;
@@ -38,6 +40,9 @@ fn main() -> ExitCode {
             DIE_FLAG_ENV,
             std::env::temp_dir().join(format!("jobvisor-die-{}", std::process::id())),
         );
+    }
+    if !jobvisor_pool::is_spawned_worker() {
+        fds::leave_inheritable_fds();
     }
     let options = BootstrapOptions {
         fork_server: true,
@@ -92,6 +97,12 @@ fn main() -> ExitCode {
         shutdown::control_commands_do_not_wait_behind_a_full_queue,
         io::async_stall_timeouts_follow_heartbeats,
         memory::recycling_counts_calls_of_both_kinds,
+        fds::a_worker_holds_only_its_own_fds,
+        crash::a_panic_message_survives_a_backtrace,
+        crash::a_call_that_hides_from_the_beacon_is_charged_in_the_end,
+        crash::innocents_beside_a_hidden_crash_are_not_charged,
+        link::a_frame_that_never_completes_replaces_the_worker,
+        memory::a_dead_workers_peak_rss_is_its_own,
     ];
     helper::run_all(&tests)
 }

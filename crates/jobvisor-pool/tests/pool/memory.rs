@@ -1,5 +1,6 @@
 //! Memory limits and recycling: the hard limit fails the call, the soft limit
-//! and `max_tasks_per_worker` recycle a worker between calls.
+//! and `max_tasks_per_worker` recycle a worker between calls, and a dead
+//! worker's peak resident set is its own.
 
 use crate::support::*;
 use crate::tasks::*;
@@ -130,4 +131,29 @@ pub(crate) async fn recycling_counts_calls_of_both_kinds(method: StartMethod) {
         assert_ne!(h.await.unwrap(), first);
     }
     pool.shutdown().await;
+}
+
+/// A dead worker's peak resident set is its own, not what `exec` carried over
+/// from a big supervisor (a `spawn` worker is forked from it): crash evidence
+/// that blames the task for the supervisor's memory misleads (issue 10, G.31).
+pub(crate) async fn a_dead_workers_peak_rss_is_its_own(method: StartMethod) {
+    const BALLAST: usize = 200 << 20;
+    // The supervisor holds 200 MiB, touched, while the worker starts.
+    let mut ballast = vec![0u8; BALLAST];
+    for i in (0..BALLAST).step_by(4096) {
+        ballast[i] = 1;
+    }
+    let ballast = std::hint::black_box(ballast);
+    let pool = pool(method, 1).await;
+    let (_, status) = died(pool.apply::<Die>(&DieHow::Exit(3)).await);
+    assert_eq!(status.code, Some(3));
+    let ballast_kib = (BALLAST / 1024) as u64;
+    assert!(
+        status.max_rss_kib > 0 && status.max_rss_kib < ballast_kib,
+        "the worker's peak RSS is {} KiB, not below the {ballast_kib} KiB the supervisor holds",
+        status.max_rss_kib
+    );
+    drop(ballast);
+    pool.shutdown().await;
+    assert_no_zombies().await;
 }

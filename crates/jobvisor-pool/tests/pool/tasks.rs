@@ -31,6 +31,99 @@ impl Task for Die {
     }
 }
 
+/// Misbehaves with the descriptors and memory the pool gave its worker:
+/// counts its run in a file, then may write over the beacon page (through
+/// `/proc/self/mem`, so it needs no descriptor), then dies, writes a frame
+/// that does not decode to the reply pipe, or writes half a frame to it.
+pub(crate) struct Misbehave;
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MisbehaveHow {
+    /// A line is appended here per run.
+    pub(crate) runs: String,
+    /// Zero the beacon page's slots first.
+    pub(crate) scribble: bool,
+    pub(crate) then: Then,
+}
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) enum Then {
+    /// SIGKILL itself.
+    Die,
+    /// A whole frame that does not decode, and return.
+    Garbage,
+    /// A frame header that promises bytes that never come, and return.
+    HalfFrame,
+}
+impl Task for Misbehave {
+    const NAME: &'static str = "test.misbehave";
+    type Input = MisbehaveHow;
+    type Output = ();
+    fn run(&self, how: MisbehaveHow, _ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
+        use std::io::Write;
+        let mut runs = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&how.runs)
+            .map_err(TaskError::msg)?;
+        writeln!(runs, "{}", std::process::id()).map_err(TaskError::msg)?;
+        if how.scribble {
+            scribble_on_the_beacon();
+        }
+        match how.then {
+            Then::Die => {
+                // SAFETY: raising a signal on ourselves.
+                unsafe { libc::raise(libc::SIGKILL) };
+            }
+            Then::Garbage => write_reply_pipe(&[&8u32.to_le_bytes()[..], &[0xff; 8]].concat()),
+            Then::HalfFrame => {
+                write_reply_pipe(&[&1000u32.to_le_bytes()[..], &[0xff; 10]].concat())
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Zeroes the first 64 bytes of this process's beacon mapping.
+fn scribble_on_the_beacon() {
+    use std::io::{Seek, SeekFrom, Write};
+    let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+    let line = maps
+        .lines()
+        .find(|l| l.contains("jobvisor-beacon"))
+        .expect("the beacon is mapped");
+    let start = u64::from_str_radix(line.split('-').next().unwrap(), 16).unwrap();
+    let mut mem = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/proc/self/mem")
+        .expect("open /proc/self/mem");
+    mem.seek(SeekFrom::Start(start)).unwrap();
+    mem.write_all(&[0u8; 64]).expect("write over the beacon");
+}
+
+/// Writes `bytes` to the worker's reply pipe: its only write-only pipe above
+/// stderr.
+fn write_reply_pipe(bytes: &[u8]) {
+    let fd = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<i32>().ok())
+        .find(|&fd| {
+            let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap_or_default();
+            let info =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .and_then(|f| i32::from_str_radix(f.trim(), 8).ok())
+                .unwrap_or(0);
+            fd > 2
+                && target.to_string_lossy().starts_with("pipe:")
+                && flags & libc::O_ACCMODE == libc::O_WRONLY
+        })
+        .expect("the reply pipe");
+    // SAFETY: a write(2) of a borrowed buffer to a descriptor we hold.
+    unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+}
+
 pub(crate) struct Panics;
 impl Task for Panics {
     const NAME: &'static str = "test.panic";
@@ -325,6 +418,29 @@ impl Task for CpuDecodePanics {
     }
 }
 
+/// An input whose decoding panics with its message, under `RUST_BACKTRACE=1`
+/// (set in the worker first): the worker's last lines of output are then all
+/// backtrace.
+#[derive(Debug, Serialize)]
+pub(crate) struct PanicsLoudlyOnDecode(pub(crate) String);
+impl<'de> Deserialize<'de> for PanicsLoudlyOnDecode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let message = String::deserialize(d)?;
+        std::env::set_var("RUST_BACKTRACE", "1");
+        panic!("{message}")
+    }
+}
+
+pub(crate) struct CpuDecodePanicsLoudly;
+impl Task for CpuDecodePanicsLoudly {
+    const NAME: &'static str = "test.cpu_decode_panics_loudly";
+    type Input = PanicsLoudlyOnDecode;
+    type Output = ();
+    fn run(&self, _: PanicsLoudlyOnDecode, _ctx: &mut Ctx<'_>) -> Result<(), TaskError> {
+        Ok(())
+    }
+}
+
 pub(crate) struct IoDecodePanics;
 impl AsyncTask for IoDecodePanics {
     const NAME: &'static str = "test.io_decode_panics";
@@ -390,7 +506,9 @@ pub(crate) fn registry() -> Registry {
         .register(Hog)
         .register(Hold)
         .register(Beat)
-        .register(CpuDecodePanics);
+        .register(CpuDecodePanics)
+        .register(CpuDecodePanicsLoudly)
+        .register(Misbehave);
     r.register_async(IoDecodePanics)
         .register_async(IoHoldMeet)
         .register_async(IoBeat);
