@@ -1,7 +1,9 @@
 //! Times for people: durations (`1.5s`, `1m30s`) and Unix milliseconds as
 //! timestamps in the local time zone (`TZ`, else the system's), with their
 //! offset, and the calendar maths that needs (no time crate: the zone's
-//! offset comes from libc's `localtime_r`). `--json` keeps Unix ms.
+//! offset comes from libc's `localtime_r`; the calendar is
+//! [`jobvisor_proto::json::time::civil_from_days`], the one the JSON's
+//! RFC 3339 times use).
 
 /// `1500` → `1.5s`, `90000` → `1m30s`, `3723000` → `1h02m03s`.
 pub fn fmt_ms(ms: u64) -> String {
@@ -46,7 +48,7 @@ pub fn fmt_at_offset(ms: u64, offset_secs: i64) -> String {
     let secs = ms / 1_000;
     let days = i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2);
     let rem = secs % 86_400;
-    let (y, mo, d) = civil_from_days(days);
+    let (y, mo, d) = jobvisor_proto::json::time::civil_from_days(days);
     let sign = if offset_secs < 0 { '-' } else { '+' };
     let off = offset_secs.unsigned_abs();
     format!(
@@ -84,19 +86,4 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
