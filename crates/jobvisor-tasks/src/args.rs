@@ -12,12 +12,14 @@ use std::fmt;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use base64::Engine as _;
+use jobvisor_proto::json::text::{self, Text};
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde::ser::{SerializeMap, SerializeSeq, Serializer};
+use serde::ser::{SerializeSeq, Serializer};
 use serde::Deserialize;
 
-/// The one key of the JSON form of an argument that is not UTF-8.
-pub const BASE64_KEY: &str = "base64";
+/// The one key of the JSON form of an argument that is not UTF-8: the
+/// public JSON's marker for bytes ([`jobvisor_proto::json::text`]).
+pub use jobvisor_proto::json::text::BASE64_KEY;
 
 /// `#[serde(with = "crate::args::argv")]` for `Vec<OsString>`.
 pub mod argv {
@@ -29,10 +31,9 @@ pub mod argv {
     /// # Errors
     /// The serializer's.
     pub fn serialize<S: Serializer>(args: &[OsString], s: S) -> Result<S::Ok, S::Error> {
-        let human = s.is_human_readable();
         let mut seq = s.serialize_seq(Some(args.len()))?;
         for a in args {
-            seq.serialize_element(&Arg { arg: a, human })?;
+            seq.serialize_element(&Arg(a))?;
         }
         seq.end()
     }
@@ -51,34 +52,16 @@ pub mod argv {
 /// The JSON form of one argument: its text, or `{"base64": ...}` when it is
 /// not UTF-8 (what the CLI sends for `submit exec -- ls $'\xff'`).
 pub fn arg_json(arg: &OsStr) -> serde_json::Value {
-    match arg.to_str() {
-        Some(text) => serde_json::Value::String(text.to_owned()),
-        None => serde_json::json!({ BASE64_KEY: encode(arg.as_bytes()) }),
-    }
+    Text::to_value(arg.as_bytes())
 }
 
-fn encode(bytes: &[u8]) -> String {
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}
-
-struct Arg<'a> {
-    arg: &'a OsStr,
-    human: bool,
-}
+/// One argument as written: the public JSON's rule for bytes (a string, or
+/// `{"base64": ...}`), natively a byte string.
+struct Arg<'a>(&'a OsStr);
 
 impl serde::Serialize for Arg<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if !self.human {
-            return s.serialize_bytes(self.arg.as_bytes());
-        }
-        match self.arg.to_str() {
-            Some(text) => s.serialize_str(text),
-            None => {
-                let mut m = s.serialize_map(Some(1))?;
-                m.serialize_entry(BASE64_KEY, &encode(self.arg.as_bytes()))?;
-                m.end()
-            }
-        }
+        text::serialize(self.0.as_bytes(), s)
     }
 }
 
