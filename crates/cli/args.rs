@@ -70,6 +70,10 @@ pub struct DaemonArgs {
     /// State directory (job database, lock, default socket location).
     #[arg(long)]
     pub state_dir: Option<std::path::PathBuf>,
+    /// Job store: sqlite:PATH (default sqlite:STATE_DIR/jobs.db) or
+    /// postgres://user@host:port/db (overrides `[store] url`).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// Worker processes (0 = one per core).
     #[arg(long)]
     pub workers: Option<usize>,

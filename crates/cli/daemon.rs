@@ -42,6 +42,9 @@ pub async fn run(args: DaemonArgs, socket: Option<PathBuf>) -> anyhow::Result<()
     if let Some(s) = socket {
         config.socket = Some(s);
     }
+    if let Some(url) = args.store {
+        config.store.url = Some(url);
+    }
     if let Some(w) = args.workers {
         config.workers = w;
     }

@@ -13,6 +13,7 @@
 //! - `json`: the public JSON against its fixtures (`tests/data/json/`).
 //! - `io`: I/O tasks on the workers' event loops.
 //! - `notify`: completion notifications (webhooks, commands).
+//! - `store`: `[store] url`, where the jobs live.
 
 mod control;
 mod crashes;
@@ -24,3 +25,4 @@ mod notify;
 mod observe;
 mod pipelines;
 mod signals;
+mod store;

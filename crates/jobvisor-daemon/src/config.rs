@@ -98,7 +98,38 @@ pub struct Config {
     pub notify: NotifySettings,
     /// Named queues.
     pub queues: BTreeMap<String, QueueConfig>,
+    /// Where the jobs are stored.
+    pub store: StoreSettings,
 }
+
+/// `[store]`: where the jobs live and, on PostgreSQL, how this node takes
+/// part in the cluster.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `sqlite:PATH` or `postgres://user@host:port/db`; default
+    /// `sqlite:<state dir>/jobs.db`.
+    pub url: Option<String>,
+    /// On PostgreSQL: how long a silent node keeps its jobs before other
+    /// nodes take them (1 s to 1 h).
+    #[serde(deserialize_with = "human::ms")]
+    pub lease_ms: u64,
+    /// This node's name in the cluster; default `<host name>-<pid>`.
+    pub node_name: Option<String>,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            lease_ms: 10_000,
+            node_name: None,
+        }
+    }
+}
+
+/// Bounds of `[store] lease_ms`.
+const LEASE_MS: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
 
 /// Every bound, each with its key.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -345,6 +376,7 @@ impl Default for Config {
             pool: PoolSettings::default(),
             notify: NotifySettings::default(),
             queues: BTreeMap::new(),
+            store: StoreSettings::default(),
         }
     }
 }
@@ -489,7 +521,43 @@ impl Config {
         if !(1..=MAX_GRACE_MS).contains(&self.pool.frame_timeout_ms) {
             return bad("pool.frame_timeout_ms must be between 1 and 3600000 (1 h)");
         }
+        self.validate_store()?;
         self.validate_notify()
+    }
+
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        self.store_url()?;
+        if !LEASE_MS.contains(&self.store.lease_ms) {
+            return bad("store.lease_ms must be between 1000 (1 s) and 3600000 (1 h)".into());
+        }
+        if let Some(name) = &self.store.node_name {
+            if let Err(e) = crate::store_url::check_node_name(name) {
+                return bad(format!("store.node_name {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The job store: `[store] url`, else `sqlite:<state dir>/jobs.db`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `store.url`.
+    pub fn store_url(&self) -> Result<crate::store_url::StoreUrl, ConfigError> {
+        use crate::store_url::StoreUrl;
+        let Some(url) = &self.store.url else {
+            return Ok(StoreUrl::Sqlite(self.state_dir().join("jobs.db")));
+        };
+        let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        StoreUrl::parse(url, &base).map_err(|e| ConfigError::Invalid(format!("store.url: {e}")))
+    }
+
+    /// This node's name: `[store] node_name`, else `<host name>-<pid>`.
+    pub fn node_name(&self) -> String {
+        self.store
+            .node_name
+            .clone()
+            .unwrap_or_else(crate::store_url::default_node_name)
     }
 
     fn validate_notify(&self) -> Result<(), ConfigError> {
@@ -637,6 +705,54 @@ mod tests {
             .queues
             .insert("default".into(), QueueConfig::default());
         assert_eq!(cfg, expected);
+    }
+
+    #[test]
+    fn the_store_section_parses_and_is_checked() {
+        use crate::store_url::StoreUrl;
+        let cfg: Config = toml::from_str(
+            r#"
+            state_dir = "/srv/jv"
+            [store]
+            url = "postgres://jv:pw@db:5432/jobs"
+            lease_ms = "30s"
+            node_name = "node-a"
+            "#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.store.lease_ms, 30_000);
+        assert_eq!(cfg.node_name(), "node-a");
+        assert_eq!(
+            cfg.store_url().unwrap(),
+            StoreUrl::Postgres("postgres://jv:pw@db:5432/jobs".into())
+        );
+        let default = Config {
+            state_dir: Some("/srv/jv".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            default.store_url().unwrap(),
+            StoreUrl::Sqlite("/srv/jv/jobs.db".into())
+        );
+        assert!(default
+            .node_name()
+            .ends_with(&format!("-{}", std::process::id())));
+        let invalid = |edit: fn(&mut Config), key: &str| {
+            let mut c = Config::default();
+            edit(&mut c);
+            match c.validate() {
+                Err(ConfigError::Invalid(m)) => assert!(m.contains(key), "{m}"),
+                other => panic!("{key}: {other:?}"),
+            }
+        };
+        invalid(|c| c.store.lease_ms = 999, "store.lease_ms");
+        invalid(|c| c.store.lease_ms = 3_600_001, "store.lease_ms");
+        invalid(|c| c.store.url = Some("redis://x".into()), "store.url");
+        invalid(
+            |c| c.store.node_name = Some("a b".into()),
+            "store.node_name",
+        );
     }
 
     #[test]

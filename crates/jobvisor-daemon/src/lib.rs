@@ -32,6 +32,7 @@ mod pipeline;
 pub mod policy;
 mod scheduler;
 mod server;
+pub mod store_url;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -46,6 +47,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::Config;
 pub use notify::NotifyStartError;
+use store_url::StoreUrl;
 
 use scheduler::{Counters, SchedCmd, Scheduler};
 
@@ -152,7 +154,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     )))?;
     let _lock = lock(&state_dir)?;
 
-    let store = SqliteStore::open(&state_dir.join("jobs.db"))?;
+    let store_url = cfg.store_url()?;
+    let node = cfg.node_name();
+    let store = open_store(&store_url)?;
     let store = StoreHandle::spawn(store).map_err(io("cannot start the store thread"))?;
 
     let workers = cfg.worker_count();
@@ -227,6 +231,8 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     tracing::info!(
         socket = %socket.display(),
         state_dir = %state_dir.display(),
+        store = %store_url,
+        node = %node,
         workers,
         recovered,
         pid = std::process::id(),
@@ -380,6 +386,26 @@ fn spawn_signals(
 /// The file is opened without following a symlink, and must be a regular file
 /// of ours: it is truncated and written. It is not created `O_EXCL`: it
 /// outlives a killed daemon by design (the `flock` is what is held).
+/// Opens the job store `url` names. An SQLite file's directory is made (or
+/// checked) like the state directory: created 0700, or refused when another
+/// user could write it.
+fn open_store(url: &StoreUrl) -> Result<SqliteStore, DaemonError> {
+    match url {
+        StoreUrl::Sqlite(path) => {
+            let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+            server::create_private_dir(dir, true).map_err(io(format!(
+                "cannot use the store's directory {} (store.url)",
+                dir.display()
+            )))?;
+            Ok(SqliteStore::open(path)?)
+        }
+        StoreUrl::Postgres(_) => Err(DaemonError::Config(config::ConfigError::Invalid(format!(
+            "store.url: {url}: the daemon does not run on PostgreSQL yet (the store \
+             layer exists; its cluster mode is not built); use sqlite:PATH"
+        )))),
+    }
+}
+
 fn lock(state_dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
     use std::io::Write;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
