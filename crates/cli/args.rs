@@ -34,7 +34,7 @@ impl Cli {
         match &self.command {
             Command::Daemon(a) => a.log_format,
             Command::Demo(a) => a.log_format,
-            Command::Client(_) => LogFormat::Pretty,
+            Command::Client(_) | Command::Completions { .. } | Command::Man => LogFormat::Pretty,
         }
     }
 }
@@ -59,6 +59,15 @@ pub enum Command {
     /// CPU parallelism, a worker killed mid-task and replaced, a timeout, and
     /// a command run through `exec`.
     Demo(DemoArgs),
+    /// Print a shell completion script: `source <(jobvisor completions bash)`,
+    /// or write it where the shell looks (see `scripts/completions`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout: `jobvisor man | man -l -`.
+    Man,
 }
 
 /// Arguments of `jobvisor daemon`.
@@ -106,7 +115,7 @@ impl Command {
     pub fn runs_workers(&self) -> bool {
         match self {
             Command::Daemon(_) | Command::Demo(_) => true,
-            Command::Client(_) => false,
+            Command::Client(_) | Command::Completions { .. } | Command::Man => false,
         }
     }
 }

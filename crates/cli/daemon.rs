@@ -6,13 +6,26 @@ use std::path::PathBuf;
 
 use crate::args::DaemonArgs;
 
+/// systemd's notification socket (`Type=notify`).
+pub type Systemd = jobvisor_daemon::sdnotify::SdNotify;
+
+/// Takes systemd's notification variables out of the environment. Only
+/// while the process has one thread: `main` calls it before the fork server.
+pub fn take_systemd() -> Option<Systemd> {
+    Systemd::take_from_env()
+}
+
 /// Loads the configuration (`--config`, else the first file of the standard
 /// places, else the defaults: the log says which), lets the flags and
 /// `--socket` override it, and runs the daemon until it stops.
 ///
 /// # Errors
 /// A configuration that does not load, or the daemon's own error.
-pub async fn run(args: DaemonArgs, socket: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn run(
+    args: DaemonArgs,
+    socket: Option<PathBuf>,
+    systemd: Option<Systemd>,
+) -> anyhow::Result<()> {
     let mut config = match &args.config {
         Some(path) => {
             let c = jobvisor_daemon::Config::load(path)?;
@@ -58,6 +71,7 @@ pub async fn run(args: DaemonArgs, socket: Option<PathBuf>) -> anyhow::Result<()
         config_path: args.config,
         workers_override,
         registry: jobvisor_tasks::builtin(),
+        systemd,
     };
     jobvisor_daemon::run(options).await?;
     Ok(())

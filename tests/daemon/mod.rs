@@ -13,6 +13,7 @@
 //! - `json`: the public JSON against its fixtures (`tests/data/json/`).
 //! - `io`: I/O tasks on the workers' event loops.
 //! - `notify`: completion notifications (webhooks, commands).
+//! - `systemd`: sd_notify messages and journald log lines.
 //! - `store`: `[store] url`, where the jobs live.
 
 mod control;
@@ -26,3 +27,4 @@ mod observe;
 mod pipelines;
 mod signals;
 mod store;
+mod systemd;

@@ -31,6 +31,7 @@ mod notify;
 mod pipeline;
 pub mod policy;
 mod scheduler;
+pub mod sdnotify;
 mod server;
 pub mod store_url;
 
@@ -100,6 +101,9 @@ pub struct Options {
     pub workers_override: Option<usize>,
     /// The same tasks the workers have: used to validate and convert inputs at submit time.
     pub registry: Registry,
+    /// systemd's notification socket, when run by a `Type=notify` unit
+    /// ([`sdnotify::SdNotify::take_from_env`], taken before any thread).
+    pub systemd: Option<sdnotify::SdNotify>,
 }
 
 /// The worker pool `cfg` asks for.
@@ -204,7 +208,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         pool.clone(),
         store.clone(),
         registry,
-        counters,
+        counters.clone(),
         events_tx.clone(),
         notifier.clone(),
     );
@@ -238,6 +242,21 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         pid = std::process::id(),
         "jobvisor daemon ready"
     );
+    let systemd = opts.systemd.map(Arc::new);
+    if let Some(sd) = &systemd {
+        sd.ready(&status_line(workers, &counters));
+        if let Some(every) = sd.watchdog_every() {
+            let (sd, counters) = (sd.clone(), counters.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    sd.watchdog(&status_line(workers, &counters));
+                }
+            });
+        }
+    }
 
     let hard = spawn_signals(
         stop_tx,
@@ -258,6 +277,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         }
     };
     tracing::info!(graceful, "shutting down");
+    if let Some(sd) = &systemd {
+        sd.stopping(if graceful {
+            "draining: running jobs finish, queued ones wait for the next start"
+        } else {
+            "stopping now"
+        });
+    }
     let _ = stopping_tx.send(true);
     if graceful {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -297,6 +323,16 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let _ = std::fs::remove_file(&socket);
     tracing::info!("jobvisor daemon stopped");
     Ok(())
+}
+
+/// The one-line summary systemd shows (`systemctl status`).
+fn status_line(workers: usize, c: &Counters) -> String {
+    format!(
+        "ready: {workers} workers; since start {} jobs submitted, {} attempts finished, {} worker restarts",
+        c.submitted.load(Ordering::Relaxed),
+        c.attempts_finished.load(Ordering::Relaxed),
+        c.worker_restarts.load(Ordering::Relaxed),
+    )
 }
 
 /// One task owns the signals: SIGTERM/SIGINT → graceful stop (a second
