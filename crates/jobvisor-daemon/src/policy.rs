@@ -292,9 +292,10 @@ pub fn backoff_ms(base_ms: u64, max_ms: u64, tries: u32, random: u64) -> u64 {
 /// once there is enough to judge (5 attempts and 100 ms of wall time).
 ///
 /// A CPU task (`Task`) holds a worker for its whole wall time; if the worker's
-/// thread computed for less than half of it, the task mostly waited (on a
-/// child process, the network, a disk, a sleep) and would not need a worker
-/// of its own as an I/O task. Wall time includes waiting for a CPU: on a
+/// thread and the child processes it ran (an `exec` command's CPU counts as
+/// its job's) computed for less than half of it, the task mostly waited (the
+/// network, a disk, a sleep) and would not need a worker of its own as an
+/// I/O task. Wall time includes waiting for a CPU: on a
 /// machine oversubscribed by other work, CPU-bound tasks show a lower share too.
 pub fn advice(attempts: u64, cpu_us: u64, wall_us: u64) -> Option<String> {
     if attempts < 5 || wall_us < 100_000 {

@@ -28,7 +28,7 @@ use crate::registry::Registry;
 use crate::reply::{name_soft_timeout, outcome, outcome_size};
 use crate::shared::{IoMsg, LaneState};
 use crate::task::Ctx;
-use crate::usage::{thread_cpu_us, Sampler};
+use crate::usage::{call_cpu_us, Sampler};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -187,7 +187,7 @@ fn cpu_loop(
         }
         let started = Instant::now();
         let measure = sampler.measure();
-        let cpu_before = if measure { thread_cpu_us() } else { 0 };
+        let cpu_before = if measure { call_cpu_us() } else { 0 };
         let deadline = call
             .timeout_ms
             .map(|ms| started + Duration::from_millis(ms));
@@ -210,7 +210,7 @@ fn cpu_loop(
                 id: call.id,
                 outcome,
                 cpu_us: if measure {
-                    thread_cpu_us().saturating_sub(cpu_before)
+                    call_cpu_us().saturating_sub(cpu_before)
                 } else {
                     0
                 },
