@@ -81,16 +81,18 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(&id) else {
             return true;
         };
+        let Some(pool) = &self.pool else {
+            // No workers (the actor's unit tests): nothing starts.
+            self.queues.push(job);
+            return false;
+        };
         let opts = CallOptions {
             timeout: job.timeout_ms.map(Duration::from_millis),
             stall_timeout: job.stall_timeout_ms.map(Duration::from_millis),
             // The worker's output lines name the job (README: log lines).
             job: Some(id),
         };
-        let handle = match self
-            .pool
-            .try_submit_raw(&job.task, job.input.as_ref().clone(), opts)
-        {
+        let handle = match pool.try_submit_raw(&job.task, job.input.as_ref().clone(), opts) {
             Ok(h) => h,
             Err(e) => match policy::on_refusal(&e) {
                 // Saturated or closing: the job waits at the front of its queue.
@@ -273,7 +275,12 @@ impl Scheduler {
                 }
                 Finish::Requeue => self.queues.push(job),
                 _ => {
-                    self.jobs.remove(&id);
+                    // It no longer waits for its dependencies: one that ends
+                    // later must not place or fail it (it may have been
+                    // retried and be running by then).
+                    if let Some(job) = self.jobs.remove(&id) {
+                        self.deps.unwait(id, &job.after);
+                    }
                     self.deps.remember(id, state);
                     released = self.deps.released(id);
                 }
@@ -284,6 +291,9 @@ impl Scheduler {
 
     /// The jobs that waited for job `id`, now `state`: placed when it
     /// succeeded and they wait for nothing else, failed when it did not.
+    /// A job whose cancel is being written is left to the cancel, which
+    /// the client was promised: it ends cancelled once that commits, or,
+    /// if it cannot, fails then for this dependency (`on_cancelled`).
     pub(super) fn release(&mut self, id: u64, state: JobState, released: Vec<u64>) {
         for d in released {
             if state == JobState::Succeeded {
@@ -294,7 +304,7 @@ impl Scheduler {
                 if dep.deps_left == 0 {
                     self.place(d);
                 }
-            } else if self.jobs.contains_key(&d) {
+            } else if self.jobs.get(&d).is_some_and(|j| !j.cancelling) {
                 self.unplace(d);
                 self.end_job(
                     d,
@@ -323,6 +333,9 @@ impl Scheduler {
                 job.template = None;
                 self.place(id);
             }
+            // A cancel being written wins; if it fails, placing the job
+            // again builds its input again.
+            Err(_) if job.cancelling => {}
             Err(why) => {
                 self.unplace(id);
                 self.end_job(id, Finish::Failed { error: why }, None);

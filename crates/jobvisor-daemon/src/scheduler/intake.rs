@@ -186,8 +186,7 @@ impl Scheduler {
             // Answered once the attempt's end (cancelled, or what it
             // reached first) has committed (`spawn_state_write`).
             job.cancel_requested = true;
-            if let Some(call) = job.call {
-                let pool = self.pool.clone();
+            if let (Some(call), Some(pool)) = (job.call, self.pool.clone()) {
                 tokio::spawn(async move { pool.cancel(call).await });
             }
             self.cancels.entry(id).or_default().push(reply);
@@ -233,19 +232,43 @@ impl Scheduler {
         self.quiesce.pending_writes -= 1;
         let cancelling = self.jobs.get(&id).is_some_and(|j| j.cancelling);
         match result {
-            Ok(()) => {
-                if cancelling {
-                    let released = self.settle(id, &next, None);
-                    self.answer_waiters(id);
-                    self.release(id, JobState::Cancelled, released);
-                }
+            Ok(()) if cancelling => {
+                let released = self.settle(id, &next, None);
+                self.answer_waiters(id);
+                self.release(id, JobState::Cancelled, released);
                 let _ = reply.send(Ok(()));
+            }
+            // Nothing else ends a job whose cancel is being written (see
+            // `release`), but should something have, its write came after
+            // this one: the client hears what the store holds last.
+            Ok(()) => {
+                let _ = reply.send(match self.deps.finished(id) {
+                    Some(s) if s != JobState::Cancelled => Err(err(
+                        ErrorKind::BadRequest,
+                        format!(
+                            "job {id} ended {} before the cancel took effect",
+                            s.as_str()
+                        ),
+                    )),
+                    _ => Ok(()),
+                });
             }
             Err(e) => {
                 tracing::warn!(job = id, error = %Chain(&e), "cannot record a cancel; the job stays queued");
                 if let Some(job) = self.jobs.get_mut(&id).filter(|_| cancelling) {
                     job.cancelling = false;
-                    if job.deps_left == 0 {
+                    // A dependency may have ended badly meanwhile (`release`
+                    // left the job to its cancel): it fails now.
+                    let deps = &self.deps;
+                    let broken = job.after.iter().find_map(|&d| {
+                        deps.finished(d)
+                            .filter(|s| *s != JobState::Succeeded)
+                            .map(|s| (d, s))
+                    });
+                    if let Some((d, s)) = broken {
+                        let error = format!("dependency {d} {}", s.as_str());
+                        self.end_job(id, Finish::Failed { error }, None);
+                    } else if job.deps_left == 0 {
                         self.place(id);
                     }
                 }
@@ -430,11 +453,18 @@ impl Scheduler {
         }
         let store = self.store.clone();
         let c = self.report.counters.clone();
-        let workers = self.pool.config().workers as u64;
+        let workers = self.pool_cfg.workers as u64;
         let uptime_s = self.report.started.elapsed().as_secs();
         let (notify_delivered, notify_failed, notify_dropped) = self.notifier.counts();
         let recovered = self.report.recovered;
-        let health = self.pool.health();
+        let health = self.pool.as_ref().map_or(
+            jobvisor_pool::PoolHealth {
+                degraded: false,
+                restart_delay: Duration::ZERO,
+                deaths: 0,
+            },
+            jobvisor_pool::Pool::health,
+        );
         let tasks = self
             .report
             .task_rows(|task| lane_of(&self.registry, task) == Lane::Io);

@@ -31,6 +31,8 @@
 //! - The actor's `impl` (this file: the loop and its dispatch), split by
 //!   concern: `intake` (client commands), `attempt` (running and ending
 //!   attempts, writing states), `recover` (loading the store at start).
+//! - `tests` (unit tests only): the actor driven by hand on the real store,
+//!   with no pool, its internal messages delivered in the order a test picks.
 
 mod admission;
 mod attempt;
@@ -41,13 +43,15 @@ mod queues;
 mod recover;
 mod reply;
 mod stats;
+#[cfg(test)]
+mod tests;
 mod waiters;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobvisor_pool::{CallUsage, Pool, PoolError};
+use jobvisor_pool::{CallUsage, Pool, PoolConfig, PoolError};
 use jobvisor_proto::control::{ControlError, JobRecord, JobSpec, JobState, Stats, Submitted};
 use jobvisor_store::{Finish, StoreError, StoreHandle};
 use jobvisor_worker::Registry;
@@ -155,7 +159,11 @@ enum Internal {
 /// The actor. Its state is grouped by concern (see the modules).
 pub(crate) struct Scheduler {
     cfg: Config,
-    pool: Pool,
+    /// The workers; `None` only in the actor's unit tests (`tests`), which
+    /// drive it by hand and start no attempt.
+    pool: Option<Pool>,
+    /// The pool's configuration (its lane caps, its worker count).
+    pool_cfg: PoolConfig,
     store: StoreHandle,
     registry: Arc<Registry>,
     jobs: HashMap<u64, Job>,
@@ -186,11 +194,38 @@ impl Scheduler {
         events: Arc<crate::events::EventFeed>,
         notifier: Notifier,
     ) -> Self {
+        let pool_cfg = pool.config().clone();
+        Self::with_pool(
+            cfg,
+            Some(pool),
+            pool_cfg,
+            store,
+            registry,
+            counters,
+            events,
+            notifier,
+        )
+    }
+
+    /// [`Scheduler::new`] with the pool's parts apart (`pool` is `None` in
+    /// the actor's unit tests).
+    #[allow(clippy::too_many_arguments)]
+    fn with_pool(
+        cfg: Config,
+        pool: Option<Pool>,
+        pool_cfg: PoolConfig,
+        store: StoreHandle,
+        registry: Arc<Registry>,
+        counters: Arc<Counters>,
+        events: Arc<crate::events::EventFeed>,
+        notifier: Notifier,
+    ) -> Self {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
-        let caps = job::lane_caps(pool.config().workers, pool.config());
+        let caps = job::lane_caps(pool_cfg.workers, &pool_cfg);
         Self {
             cfg,
             pool,
+            pool_cfg,
             store,
             registry,
             jobs: HashMap::new(),
@@ -262,7 +297,7 @@ impl Scheduler {
                 tracing::info!(queues = ?config.queues, "configuration reloaded");
                 // The pool was resized to this many workers: the caps follow.
                 self.load
-                    .set_caps(job::lane_caps(config.worker_count(), self.pool.config()));
+                    .set_caps(job::lane_caps(config.worker_count(), &self.pool_cfg));
                 self.cfg.queues = config.queues;
             }
         }

@@ -1,0 +1,208 @@
+//! The actor driven by hand, with the real store (SQLite in a temp dir) and
+//! no pool: a test sends commands, then delivers the actor's internal
+//! messages in the order it chooses, which makes races between a client's
+//! command and a store write deterministic. No attempt starts here (no
+//! workers); the jobs of these tests wait, or end by cancel.
+
+use std::sync::Arc;
+
+use jobvisor_proto::control::{ControlError, JobSpec, JobState, Payload, Submitted};
+use jobvisor_store::{SqliteStore, StoreHandle};
+use jobvisor_worker::{Ctx, Registry, Task, TaskError};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Counters, Internal, SchedCmd, Scheduler};
+use crate::config::Config;
+use crate::notify::Notifier;
+
+/// A task that never runs here (no workers); admission only needs its name.
+struct Nap;
+
+impl Task for Nap {
+    const NAME: &'static str = "nap";
+    type Input = u64;
+    type Output = u64;
+
+    fn run(&self, input: u64, _ctx: &mut Ctx<'_>) -> Result<u64, TaskError> {
+        Ok(input)
+    }
+}
+
+pub(super) struct Harness {
+    pub(super) s: Scheduler,
+    internal: mpsc::UnboundedReceiver<Internal>,
+    /// Internal messages held back by [`Harness::settle_except`].
+    held: Vec<Internal>,
+    _dir: tempfile::TempDir,
+}
+
+pub(super) fn spec(after: &[u64]) -> JobSpec {
+    JobSpec {
+        task: "nap".into(),
+        input: Payload::Json("1".into()),
+        queue: None,
+        priority: 0,
+        max_attempts: None,
+        backoff_base_ms: None,
+        backoff_max_ms: None,
+        timeout_ms: None,
+        delay_ms: None,
+        after: after.to_vec(),
+        key: None,
+        stall_timeout_ms: None,
+        input_from: Vec::new(),
+        notify_url: None,
+    }
+}
+
+impl Harness {
+    pub(super) async fn new() -> Self {
+        Self::with_config(Config::default()).await
+    }
+
+    pub(super) async fn with_config(cfg: Config) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("jobs.db")).unwrap();
+        let store = StoreHandle::spawn(store).unwrap();
+        let notifier = Notifier::spawn(&cfg.notify, store.clone()).await.unwrap();
+        let mut s = Scheduler::with_pool(
+            cfg,
+            None,
+            jobvisor_pool::PoolConfig::default(),
+            store,
+            Arc::new(Registry::new().with(Nap)),
+            Arc::new(Counters::default()),
+            crate::events::EventFeed::new(100),
+            notifier,
+        );
+        let internal = s.internal_rx.take().unwrap();
+        Self {
+            s,
+            internal,
+            held: Vec::new(),
+            _dir: dir,
+        }
+    }
+
+    /// Delivers internal messages until `reply` is answered; holds back
+    /// those `hold` picks (for [`Harness::release_held`]).
+    pub(super) async fn until<T>(
+        &mut self,
+        mut reply: oneshot::Receiver<T>,
+        hold: impl Fn(&Internal) -> bool,
+    ) -> T {
+        loop {
+            tokio::select! {
+                biased;
+                r = &mut reply => return r.expect("the actor answers"),
+                ev = self.internal.recv() => {
+                    let ev = ev.expect("the actor holds a sender");
+                    if hold(&ev) {
+                        self.held.push(ev);
+                    } else {
+                        self.s.on_internal(ev);
+                        self.s.check_idle();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for the next internal message that `pick` picks and holds it
+    /// back, delivering the others meanwhile.
+    pub(super) async fn hold_next(&mut self, pick: impl Fn(&Internal) -> bool) {
+        loop {
+            let ev = self.internal.recv().await.expect("a sender");
+            if pick(&ev) {
+                self.held.push(ev);
+                return;
+            }
+            self.s.on_internal(ev);
+            self.s.check_idle();
+        }
+    }
+
+    /// Delivers the held messages, in the order they came.
+    pub(super) fn release_held(&mut self) {
+        for ev in std::mem::take(&mut self.held) {
+            self.s.on_internal(ev);
+        }
+        self.s.check_idle();
+    }
+
+    pub(super) async fn submit(&mut self, specs: Vec<JobSpec>) -> Vec<Submitted> {
+        let (tx, rx) = oneshot::channel();
+        self.s.on_command(SchedCmd::Submit { specs, reply: tx });
+        self.until(rx, |_| false).await.unwrap()
+    }
+
+    /// Sends a cancel; the answer comes once its write is delivered.
+    pub(super) fn cancel(&mut self, id: u64) -> oneshot::Receiver<Result<(), ControlError>> {
+        let (tx, rx) = oneshot::channel();
+        self.s.on_command(SchedCmd::Cancel { id, reply: tx });
+        rx
+    }
+
+    pub(super) async fn retry(&mut self, id: u64) -> Result<(), ControlError> {
+        let (tx, rx) = oneshot::channel();
+        self.s.on_command(SchedCmd::Retry { id, reply: tx });
+        self.until(rx, |_| false).await
+    }
+
+    /// What the store holds, once every write issued so far committed.
+    pub(super) async fn stored(&mut self, id: u64) -> JobState {
+        let (tx, rx) = oneshot::channel();
+        self.s.on_command(SchedCmd::Flush { reply: tx });
+        self.s.check_idle();
+        self.until(rx, |_| false).await;
+        self.s.store.get(id).await.unwrap().unwrap().state
+    }
+}
+
+fn is_cancelled(id: u64) -> impl Fn(&Internal) -> bool {
+    move |ev| matches!(ev, Internal::Cancelled { id: i, .. } if *i == id)
+}
+
+/// A cancelled waiting job is out of its dependency's dependents: retried
+/// (it is queued again, waiting for nothing), it is not failed when that
+/// dependency ends badly later, and nothing of it is kept meanwhile.
+#[tokio::test]
+async fn a_cancelled_dependent_is_forgotten_by_its_dependency() {
+    let mut h = Harness::new().await;
+    let a = h.submit(vec![spec(&[])]).await[0].id;
+    let c = h.submit(vec![spec(&[a])]).await[0].id;
+    assert_eq!(h.s.deps.waiting_for(a), 1);
+    let rx = h.cancel(c);
+    h.until(rx, |_| false).await.unwrap();
+    assert_eq!(h.s.deps.waiting_for(a), 0, "the cancelled job is kept");
+    h.retry(c).await.unwrap();
+    assert!(h.s.jobs.contains_key(&c));
+    // `a` ends cancelled: `c`, retried and waiting for nothing, is not its
+    // dependent any more.
+    let rx = h.cancel(a);
+    h.until(rx, |_| false).await.unwrap();
+    assert_eq!(h.stored(c).await, JobState::Retrying);
+    assert!(h.s.jobs.contains_key(&c), "c was ended for a's end");
+}
+
+/// A dependency fails while a queued job's cancel is being written: the
+/// client's answer is what the store ends with.
+#[tokio::test]
+async fn a_cancel_answered_ok_is_what_the_store_keeps_when_a_dependency_fails_meanwhile() {
+    let mut h = Harness::new().await;
+    let a = h.submit(vec![spec(&[])]).await[0].id;
+    let c = h.submit(vec![spec(&[a])]).await[0].id;
+    // `c`'s cancel is written, and its answer held back, while `a` ends
+    // cancelled (a dependency that did not succeed).
+    let c_reply = h.cancel(c);
+    h.hold_next(is_cancelled(c)).await;
+    let rx = h.cancel(a);
+    h.until(rx, is_cancelled(c)).await.unwrap();
+    h.release_held();
+    let answer = c_reply.await.unwrap();
+    let stored = h.stored(c).await;
+    match answer {
+        Ok(()) => assert_eq!(stored, JobState::Cancelled, "told ok, stored {stored:?}"),
+        Err(e) => assert_eq!(stored, JobState::Failed, "told {e}, stored {stored:?}"),
+    }
+}
