@@ -9,8 +9,9 @@ use std::time::Duration;
 use jobvisor_pool::{CallOptions, PoolError};
 use jobvisor_proto::control::{AttemptOutcome, ControlError, ErrorKind, JobState, Payload};
 use jobvisor_store::{Finish, StoreError};
+use tokio::time::Instant;
 
-use super::job::{now_ms, Lane};
+use super::job::{self, now_ms, Lane};
 use super::reply::{err, store_err, Reply};
 use super::{Internal, Scheduler};
 use crate::errors::{chain, Chain};
@@ -42,8 +43,10 @@ impl Scheduler {
             });
             return;
         }
-        if job.run_at_ms > now_ms() {
-            self.queues.delay(job.run_at_ms, id);
+        let wall = now_ms();
+        if job.run_at_ms > wall {
+            let at = job::due_at(job.run_at_ms, wall, Instant::now());
+            self.queues.delay(at, id);
         } else {
             self.queues.push(job);
         }
@@ -271,7 +274,8 @@ impl Scheduler {
             match next {
                 Finish::Retry { run_at_ms, .. } => {
                     job.run_at_ms = *run_at_ms;
-                    self.queues.delay(*run_at_ms, id);
+                    let at = job::due_at(*run_at_ms, now_ms(), Instant::now());
+                    self.queues.delay(at, id);
                 }
                 Finish::Requeue => self.queues.push(job),
                 _ => {

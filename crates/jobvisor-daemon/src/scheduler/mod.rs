@@ -4,7 +4,8 @@
 //!
 //! Ordering: ready jobs wait per queue, highest priority first and FIFO (job
 //! id) within a priority; the best head among the queues under their cap runs
-//! next. Delayed and retrying jobs wait in a time-ordered set; jobs with
+//! next. Delayed and retrying jobs wait in a time-ordered set, on the
+//! monotonic clock (their durable `run_at_ms` is wall time); jobs with
 //! unfinished dependencies wait on them. At most `max_inflight` attempts are
 //! handed to the pool at once, so priorities and cancels stay the scheduler's.
 //! CPU jobs and I/O jobs (async tasks) are two lanes with separate ready sets
@@ -250,14 +251,7 @@ impl Scheduler {
         ));
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let jobs = &self.jobs;
-            self.queues.promote_due(now_ms(), |id| jobs.get(&id));
-            self.dispatch();
-            self.check_idle();
-            let sleep = self.queues.next_due().map(|t| {
-                let wait = t.saturating_sub(now_ms());
-                tokio::time::Instant::now() + Duration::from_millis(wait)
-            });
+            let sleep = self.tick();
             tokio::select! {
                 biased;
                 Some(ev) = internal.recv() => self.on_internal(ev),
@@ -269,6 +263,18 @@ impl Scheduler {
                 _ = prune.tick() => self.prune(),
             }
         }
+    }
+
+    /// Between two messages: the delayed jobs due by now (monotonic
+    /// clock) become ready, attempts start; returns when the next delayed
+    /// job is due.
+    fn tick(&mut self) -> Option<tokio::time::Instant> {
+        let jobs = &self.jobs;
+        self.queues
+            .promote_due(tokio::time::Instant::now(), |id| jobs.get(&id));
+        self.dispatch();
+        self.check_idle();
+        self.queues.next_due()
     }
 
     fn on_command(&mut self, cmd: SchedCmd) {

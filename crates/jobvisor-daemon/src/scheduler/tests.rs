@@ -5,6 +5,7 @@
 //! workers); the jobs of these tests wait, or end by cancel.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use jobvisor_proto::control::{ControlError, JobSpec, JobState, Payload, Submitted};
 use jobvisor_store::{SqliteStore, StoreHandle};
@@ -205,4 +206,28 @@ async fn a_cancel_answered_ok_is_what_the_store_keeps_when_a_dependency_fails_me
         Ok(()) => assert_eq!(stored, JobState::Cancelled, "told ok, stored {stored:?}"),
         Err(e) => assert_eq!(stored, JobState::Failed, "told {e}, stored {stored:?}"),
     }
+}
+
+/// Delays run on the monotonic clock: with tokio's clock paused the wall
+/// clock still moves and tokio's does not, and the job becomes ready when
+/// tokio's clock has moved by its delay (not before half of it), whatever
+/// the wall clock did meanwhile.
+#[tokio::test(start_paused = true)]
+async fn a_delayed_job_is_due_by_the_monotonic_clock() {
+    let mut h = Harness::new().await;
+    let mut delayed = spec(&[]);
+    delayed.delay_ms = Some(60_000);
+    let id = h.submit(vec![delayed]).await[0].id;
+    let ready = |h: &mut Harness| {
+        h.s.tick();
+        h.s.jobs.get(&id).is_some_and(|j| h.s.queues.is_ready(j))
+    };
+    assert!(!ready(&mut h));
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(!ready(&mut h), "due after half its delay");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    assert!(
+        ready(&mut h),
+        "not due after its delay on the monotonic clock"
+    );
 }
