@@ -39,7 +39,7 @@ impl Scheduler {
             let max = self.cfg.limits.max_input_bytes;
             tokio::spawn(async move {
                 let input = pipeline::build_input(&store, &template, &refs, max).await;
-                let _ = tx.send(Internal::InputBuilt { id, input });
+                let _ = tx.send(Internal::InputBuilt { id, input }).await;
             });
             return;
         }
@@ -130,21 +130,25 @@ impl Scheduler {
             if let Err(e) = write.await {
                 tracing::error!(job = id, attempt, error = %Chain(&e), "cannot record the attempt start");
             }
-            let _ = tx.send(Internal::Written {
-                id,
-                terminal: false,
-            });
+            let _ = tx
+                .send(Internal::Written {
+                    id,
+                    terminal: false,
+                })
+                .await;
         });
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let r = handle.report().await;
-            let _ = tx.send(Internal::AttemptDone {
-                id,
-                attempt,
-                pid: r.pid,
-                usage: r.usage,
-                result: r.result,
-            });
+            let _ = tx
+                .send(Internal::AttemptDone {
+                    id,
+                    attempt,
+                    pid: r.pid,
+                    usage: r.usage,
+                    result: r.result,
+                })
+                .await;
         });
         true
     }
@@ -390,7 +394,7 @@ impl Scheduler {
             for reply in replies {
                 let _ = reply.send(cancel_answer(id, state, &result));
             }
-            let _ = tx.send(Internal::Written { id, terminal });
+            let _ = tx.send(Internal::Written { id, terminal }).await;
         });
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use jobvisor_proto::control::ControlError;
 use jobvisor_proto::control::{ErrorKind, JobRecord, JobRef, JobSpec, JobState, Stats, Submitted};
 use jobvisor_store::{Finish, StoreError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::admission::{self, Admitted};
 use super::deps;
@@ -76,12 +77,14 @@ impl Scheduler {
                 Ok(()) => store.insert_all(new_jobs).await.map_err(|e| store_err(&e)),
                 Err(e) => Err(e),
             };
-            let _ = tx.send(Internal::Inserted {
-                jobs,
-                result,
-                dep_states,
-                reply,
-            });
+            let _ = tx
+                .send(Internal::Inserted {
+                    jobs,
+                    result,
+                    dep_states,
+                    reply,
+                })
+                .await;
         });
     }
 
@@ -210,12 +213,14 @@ impl Scheduler {
             if let (Ok(()), Some(n)) = (&result, notice) {
                 n.send();
             }
-            let _ = tx.send(Internal::Cancelled {
-                id,
-                next,
-                result,
-                reply,
-            });
+            let _ = tx
+                .send(Internal::Cancelled {
+                    id,
+                    next,
+                    result,
+                    reply,
+                })
+                .await;
         });
     }
 
@@ -305,10 +310,12 @@ impl Scheduler {
                     )));
                 }
                 Ok(Some(rec)) => {
-                    let _ = tx.send(Internal::Revive {
-                        record: Box::new(rec),
-                        reply,
-                    });
+                    let _ = tx
+                        .send(Internal::Revive {
+                            record: Box::new(rec),
+                            reply,
+                        })
+                        .await;
                 }
                 Ok(None) => {
                     let _ = reply.send(Err(err(ErrorKind::NotFound, format!("no job {id}"))));
@@ -368,11 +375,13 @@ impl Scheduler {
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let result = write.await;
-            let _ = tx.send(Internal::Revived {
-                job: Box::new(job),
-                result,
-                reply,
-            });
+            let _ = tx
+                .send(Internal::Revived {
+                    job: Box::new(job),
+                    result,
+                    reply,
+                })
+                .await;
         });
     }
 
@@ -413,13 +422,12 @@ impl Scheduler {
             }
         };
         let jobs = &self.jobs;
-        match self.waiters.add(ids, |id| jobs.contains_key(&id), reply) {
-            Added::Now(ids, reply) => self.answer_wait(ids, reply),
-            Added::Waiting(w) => {
-                if let Some(ms) = timeout_ms {
-                    arm_wait_timeout(self.internal_tx.clone(), w, ms);
-                }
-            }
+        // Past what an instant can hold: no timeout.
+        let deadline =
+            timeout_ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
+        let live = |id| jobs.contains_key(&id);
+        if let Added::Now(ids, reply) = self.waiters.add(ids, live, deadline, reply) {
+            self.answer_wait(ids, reply);
         }
     }
 
@@ -490,14 +498,6 @@ impl Scheduler {
     }
 }
 
-/// Tells the actor that waiter `waiter`'s `ms` are over.
-fn arm_wait_timeout(tx: mpsc::UnboundedSender<Internal>, waiter: u64, ms: u64) {
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        let _ = tx.send(Internal::WaitTimeout { waiter });
-    });
-}
-
 /// The ids a `wait` asks for, each once, in the order first given; refused
 /// past `max` distinct ids (`limits.max_wait_ids`), so a small request cannot
 /// make the daemon read and send one record per repeated id.
@@ -521,21 +521,6 @@ fn wait_ids(ids: Vec<u64>, max: usize) -> Result<Vec<u64>, ControlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_wait_times_out_when_its_time_is_over_and_not_before() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        arm_wait_timeout(tx, 7, 1_000);
-        tokio::task::yield_now().await;
-        tokio::time::advance(Duration::from_millis(999)).await;
-        tokio::task::yield_now().await;
-        assert!(rx.try_recv().is_err(), "too early");
-        tokio::time::advance(Duration::from_millis(1)).await;
-        match rx.recv().await {
-            Some(Internal::WaitTimeout { waiter }) => assert_eq!(waiter, 7),
-            other => panic!("{other:?}"),
-        }
-    }
 
     #[test]
     fn repeated_wait_ids_count_once_and_keep_their_first_place() {

@@ -69,6 +69,13 @@ pub(crate) use stats::Counters;
 
 use job::Job;
 
+/// Reports of the actor's helper tasks that wait to be read. Every helper
+/// serves one client request (at most `limits.max_pending_requests` queued
+/// and one per connection taken), one attempt (at most the lanes' caps) or
+/// one store write, so what waits is bounded by those; this only bounds the
+/// buffer between them and the actor.
+const INTERNAL_CAPACITY: usize = 4096;
+
 /// What the control server asks of the scheduler.
 #[derive(Debug)]
 pub(crate) enum SchedCmd {
@@ -131,9 +138,6 @@ enum Internal {
         id: u64,
         terminal: bool,
     },
-    WaitTimeout {
-        waiter: u64,
-    },
     Revive {
         record: Box<JobRecord>,
         reply: Reply<()>,
@@ -174,8 +178,11 @@ pub(crate) struct Scheduler {
     waiters: waiters::Waiters<Reply<Vec<JobRecord>>>,
     quiesce: waiters::Quiesce,
     report: stats::Report,
-    internal_tx: mpsc::UnboundedSender<Internal>,
-    internal_rx: Option<mpsc::UnboundedReceiver<Internal>>,
+    /// The helper tasks' reports. Bounded: a helper awaits room (it is a
+    /// task of its own, never the actor nor the pool's completion path),
+    /// so nothing is dropped, and the actor reads them before commands.
+    internal_tx: mpsc::Sender<Internal>,
+    internal_rx: Option<mpsc::Receiver<Internal>>,
     /// Completion notifications, handed over once a terminal state commits.
     notifier: Notifier,
     /// Finished jobs whose retry is being written.
@@ -221,7 +228,7 @@ impl Scheduler {
         events: Arc<crate::events::EventFeed>,
         notifier: Notifier,
     ) -> Self {
-        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_CAPACITY);
         let caps = job::lane_caps(pool_cfg.workers, &pool_cfg);
         Self {
             cfg,
@@ -266,15 +273,21 @@ impl Scheduler {
     }
 
     /// Between two messages: the delayed jobs due by now (monotonic
-    /// clock) become ready, attempts start; returns when the next delayed
-    /// job is due.
+    /// clock) become ready, attempts start, waits past their timeout are
+    /// answered; returns when the next of those timers is due.
     fn tick(&mut self) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
         let jobs = &self.jobs;
-        self.queues
-            .promote_due(tokio::time::Instant::now(), |id| jobs.get(&id));
+        self.queues.promote_due(now, |id| jobs.get(&id));
         self.dispatch();
         self.check_idle();
-        self.queues.next_due()
+        for (ids, reply) in self.waiters.expired(now) {
+            self.answer_wait(ids, reply);
+        }
+        match (self.queues.next_due(), self.waiters.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     fn on_command(&mut self, cmd: SchedCmd) {
@@ -344,11 +357,6 @@ impl Scheduler {
             } => self.on_cancelled(id, next, result, reply),
             Internal::Revived { job, result, reply } => self.on_revived(*job, result, reply),
             Internal::InputBuilt { id, input } => self.on_input_built(id, input),
-            Internal::WaitTimeout { waiter } => {
-                if let Some((ids, reply)) = self.waiters.timed_out(waiter) {
-                    self.answer_wait(ids, reply);
-                }
-            }
         }
     }
 

@@ -31,7 +31,7 @@ impl Task for Nap {
 
 pub(super) struct Harness {
     pub(super) s: Scheduler,
-    internal: mpsc::UnboundedReceiver<Internal>,
+    internal: mpsc::Receiver<Internal>,
     /// Internal messages held back by [`Harness::settle_except`].
     held: Vec<Internal>,
     _dir: tempfile::TempDir,
@@ -230,4 +230,56 @@ async fn a_delayed_job_is_due_by_the_monotonic_clock() {
         ready(&mut h),
         "not due after its delay on the monotonic clock"
     );
+}
+
+/// A wait answered before its timeout leaves nothing behind: there was a
+/// sleeping task per wait until its timeout, which a client could pile up
+/// by the thousand with long timeouts on jobs that end soon. Counted on a
+/// current-thread runtime, where a helper that has sent its answer has
+/// also ended by the time the answer is read.
+#[tokio::test]
+async fn an_answered_wait_leaves_no_timer_behind() {
+    let mut h = Harness::new().await;
+    let a = h.submit(vec![spec(&[])]).await[0].id;
+    h.stored(a).await;
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let before = tasks();
+    let (tx, wait) = oneshot::channel();
+    h.s.on_command(SchedCmd::Wait {
+        ids: vec![a],
+        timeout_ms: Some(3_600_000),
+        reply: tx,
+    });
+    let rx = h.cancel(a);
+    h.until(rx, |_| false).await.unwrap();
+    let recs = h.until(wait, |_| false).await.unwrap();
+    assert_eq!(recs[0].state, JobState::Cancelled);
+    h.stored(a).await;
+    assert_eq!(tasks(), before, "a task outlives the answered wait");
+}
+
+/// A wait that times out is answered by the actor's own timer, as the
+/// jobs stand, once the monotonic clock reaches its deadline.
+#[tokio::test(start_paused = true)]
+async fn a_wait_is_answered_at_its_timeout_as_the_jobs_stand() {
+    let mut h = Harness::new().await;
+    let a = h.submit(vec![spec(&[])]).await[0].id;
+    let (tx, mut wait) = oneshot::channel();
+    h.s.on_command(SchedCmd::Wait {
+        ids: vec![a],
+        timeout_ms: Some(60_000),
+        reply: tx,
+    });
+    let due = h.s.tick().expect("the wait's timeout is the next timer");
+    tokio::time::advance(Duration::from_secs(30)).await;
+    h.s.tick();
+    assert!(wait.try_recv().is_err(), "answered before its timeout");
+    tokio::time::sleep_until(due).await;
+    h.s.tick();
+    let recs = h.until(wait, |_| false).await.unwrap();
+    assert_eq!(recs[0].state, JobState::Queued);
 }
