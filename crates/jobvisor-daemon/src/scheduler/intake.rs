@@ -195,6 +195,12 @@ impl Scheduler {
             self.cancels.entry(id).or_default().push(reply);
             return;
         }
+        if job.cancelling {
+            // Its cancel is being written: answered with it, not written
+            // (and notified of) twice.
+            self.cancels.entry(id).or_default().push(reply);
+            return;
+        }
         // Answered once the cancel has committed (`on_cancelled`): until
         // then the job is out of its queue and is not started.
         job.cancelling = true;
@@ -236,28 +242,29 @@ impl Scheduler {
     ) {
         self.quiesce.pending_writes -= 1;
         let cancelling = self.jobs.get(&id).is_some_and(|j| j.cancelling);
-        match result {
+        // The clients that asked to cancel it too meanwhile hear the same.
+        let mut replies = self.cancels.remove(&id).unwrap_or_default();
+        replies.push(reply);
+        let answer = match result {
             Ok(()) if cancelling => {
                 let released = self.settle(id, &next, None);
                 self.answer_waiters(id);
                 self.release(id, JobState::Cancelled, released);
-                let _ = reply.send(Ok(()));
+                Ok(())
             }
             // Nothing else ends a job whose cancel is being written (see
             // `release`), but should something have, its write came after
             // this one: the client hears what the store holds last.
-            Ok(()) => {
-                let _ = reply.send(match self.deps.finished(id) {
-                    Some(s) if s != JobState::Cancelled => Err(err(
-                        ErrorKind::BadRequest,
-                        format!(
-                            "job {id} ended {} before the cancel took effect",
-                            s.as_str()
-                        ),
-                    )),
-                    _ => Ok(()),
-                });
-            }
+            Ok(()) => match self.deps.finished(id) {
+                Some(s) if s != JobState::Cancelled => Err(err(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "job {id} ended {} before the cancel took effect",
+                        s.as_str()
+                    ),
+                )),
+                _ => Ok(()),
+            },
             Err(e) => {
                 tracing::warn!(job = id, error = %Chain(&e), "cannot record a cancel; the job stays queued");
                 if let Some(job) = self.jobs.get_mut(&id).filter(|_| cancelling) {
@@ -277,8 +284,11 @@ impl Scheduler {
                         self.place(id);
                     }
                 }
-                let _ = reply.send(Err(store_err(&e)));
+                Err(store_err(&e))
             }
+        };
+        for reply in replies {
+            let _ = reply.send(answer.clone());
         }
     }
 

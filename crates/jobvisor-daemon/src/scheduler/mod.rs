@@ -188,7 +188,8 @@ pub(crate) struct Scheduler {
     /// Finished jobs whose retry is being written.
     reviving: HashSet<u64>,
     /// Clients waiting for the cancel of a running job, answered once its
-    /// attempt's end has committed.
+    /// attempt's end has committed, and the further clients cancelling a
+    /// job whose cancel is being written (answered with that one).
     cancels: HashMap<u64, Vec<Reply<()>>>,
 }
 

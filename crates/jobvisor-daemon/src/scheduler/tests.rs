@@ -283,3 +283,18 @@ async fn a_wait_is_answered_at_its_timeout_as_the_jobs_stand() {
     let recs = h.until(wait, |_| false).await.unwrap();
     assert_eq!(recs[0].state, JobState::Queued);
 }
+
+/// Two clients cancel a queued job at once: the cancel is written once
+/// (one write, one set of notifications), and both hear how it went.
+#[tokio::test]
+async fn a_second_cancel_during_the_first_joins_it() {
+    let mut h = Harness::new().await;
+    let a = h.submit(vec![spec(&[])]).await[0].id;
+    h.stored(a).await;
+    let first = h.cancel(a);
+    let second = h.cancel(a);
+    assert_eq!(h.s.quiesce.pending_writes, 1, "the cancel is written twice");
+    assert_eq!(h.until(first, |_| false).await, Ok(()));
+    assert_eq!(second.await.unwrap(), Ok(()));
+    assert_eq!(h.stored(a).await, JobState::Cancelled);
+}
