@@ -70,10 +70,10 @@ pub(crate) use stats::Counters;
 use job::Job;
 
 /// Reports of the actor's helper tasks that wait to be read. Every helper
-/// serves one client request (at most `limits.max_pending_requests` queued
-/// and one per connection taken), one attempt (at most the lanes' caps) or
-/// one store write, so what waits is bounded by those; this only bounds the
-/// buffer between them and the actor.
+/// serves one client request (a connection has one at a time, and at most
+/// `limits.max_pending_requests` wait for the actor), one attempt (at most
+/// the lanes' caps) or one store write, so the helpers are bounded by those;
+/// this bounds the buffer between them and the actor.
 const INTERNAL_CAPACITY: usize = 4096;
 
 /// What the control server asks of the scheduler.
