@@ -120,9 +120,9 @@ async fn ping_eventually(socket: &Path, within: Duration) -> (Client, Duration) 
 /// Nothing here is timed by the test: it awaits the disconnections and the
 /// freed slots as events. Which timer dropped the clients is told by the
 /// order of two of the daemon's own timers: a job submitted just before the
-/// silent clients connect, delayed by 3.5 s, has not run when they are
-/// dropped. The configured timeout (2 s) comes first; the default one (5 s)
-/// would come after the job. The configured timeout must outlast the
+/// silent clients connect, delayed by 4 s, has still not run once they are
+/// dropped and two new sessions are in. The configured timeout (2 s) comes
+/// first; the default one (5 s) would come after the job. The configured timeout must outlast the
 /// set-up (two silent clients, then a third client's connect, hello and
 /// ping), or the third client gets a session.
 #[test]
@@ -139,7 +139,7 @@ fn silent_clients_are_dropped_after_the_handshake_timeout_and_free_their_slots()
         let job = {
             let mut c = d.client().await;
             let mut spec = json_spec("noop", "1");
-            spec.delay_ms = Some(3_500);
+            spec.delay_ms = Some(4_000);
             c.submit(vec![spec]).await.unwrap()[0].id
         };
         // Fully silent, and a slow loris that sends 10 of the 24 hello bytes.
