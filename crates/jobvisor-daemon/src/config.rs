@@ -153,6 +153,9 @@ pub struct Limits {
     pub max_batch_jobs: usize,
     /// Distinct job ids in one `wait` request (repeated ids count once).
     pub max_wait_ids: usize,
+    /// Client requests waiting for the scheduler to take them; one more
+    /// is refused as busy (`LimitReached`) instead of being buffered.
+    pub max_pending_requests: usize,
     /// Longest idempotency key (bytes).
     pub max_key_bytes: usize,
     /// A client must complete its hello within this (ms).
@@ -392,6 +395,7 @@ impl Default for Limits {
             max_buffered_bytes: 256 * 1024 * 1024,
             max_batch_jobs: 100_000,
             max_wait_ids: 100_000,
+            max_pending_requests: 1024,
             max_key_bytes: 1024,
             handshake_timeout_ms: 5_000,
             idle_timeout_ms: 60_000,
@@ -480,6 +484,9 @@ impl Config {
         }
         if self.limits.max_connections == 0 {
             return bad("limits.max_connections must be at least 1");
+        }
+        if self.limits.max_pending_requests == 0 {
+            return bad("limits.max_pending_requests must be at least 1");
         }
         if self.limits.idle_timeout_ms == 0 || self.limits.request_timeout_ms == 0 {
             return bad("limits.idle_timeout_ms and limits.request_timeout_ms must be at least 1");

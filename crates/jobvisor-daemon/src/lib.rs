@@ -213,7 +213,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         notifier.clone(),
     );
     let recovered = scheduler.recover().await?;
-    let (sched_tx, sched_rx) = mpsc::channel(1024);
+    // Client requests fail as busy when it is full (`server::ask`); the
+    // daemon's own (drain, flush, reload) wait for room.
+    let (sched_tx, sched_rx) = mpsc::channel(cfg.limits.max_pending_requests);
     let sched_task = tokio::spawn(scheduler.run(sched_rx));
 
     let socket = cfg.socket();

@@ -2,9 +2,11 @@
 //! the clock its times are on. Plain data: the bottom of the scheduler.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use jobvisor_proto::control::{InputRef, JobRecord, JobState, Payload};
 use jobvisor_worker::{ConvertError, Registry, TaskKind};
+use tokio::time::Instant;
 
 use crate::policy;
 
@@ -29,11 +31,19 @@ impl Lane {
 }
 
 /// Milliseconds since the Unix epoch: the clock of `run_at_ms` and of
-/// every time the store records.
+/// every time the store records (not of timers: see [`due_at`]).
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The instant of the monotonic clock (`now` on it, `now_ms` on the wall
+/// clock, read together) at which a job due at wall time `run_at_ms` runs:
+/// its remaining delay from now, none when that time has passed. Timers run
+/// on the result, so a wall-clock jump after this does not move them.
+pub(super) fn due_at(run_at_ms: u64, now_ms: u64, now: Instant) -> Instant {
+    now + Duration::from_millis(run_at_ms.saturating_sub(now_ms))
 }
 
 /// The lane of a task: [`Lane::Io`] for async tasks, [`Lane::Cpu`] for the rest.
@@ -174,6 +184,15 @@ impl Job {
 mod tests {
     use super::*;
     use jobvisor_proto::control::{Attempt, AttemptOutcome};
+
+    #[test]
+    fn a_job_is_due_after_its_remaining_delay_and_at_once_when_late() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(due_at(10_000, 4_000, now), now + ms(6_000));
+        assert_eq!(due_at(4_000, 10_000, now), now, "late: due now");
+        assert_eq!(due_at(u64::MAX, 0, now), now + ms(u64::MAX));
+    }
 
     #[test]
     fn a_recovered_job_recounts_its_budgets_from_its_attempts() {
