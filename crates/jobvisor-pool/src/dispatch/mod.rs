@@ -420,6 +420,7 @@ impl Dispatcher {
                 }
                 FromWorker::Retiring { reason } => self.on_retiring(worker, &reason),
                 FromWorker::Draining { reason } => self.on_draining(worker, &reason),
+                FromWorker::Pulse => {}
                 FromWorker::Ready { .. } => {
                     tracing::warn!(worker, "unexpected Ready from a running worker");
                 }
