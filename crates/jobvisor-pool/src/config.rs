@@ -79,7 +79,9 @@ pub struct PoolConfig {
     /// heartbeat) for this long is unresponsive (stopped, or its event loop
     /// stuck in one poll): it is killed and replaced, and the calls it held
     /// are charged by the usual blame rules (default 10 s; must be longer
-    /// than `heartbeat_interval`). A long CPU task is not unresponsive.
+    /// than `heartbeat_interval`, and should be several intervals: a pulse
+    /// may come up to an interval late on a loaded machine, and silence is
+    /// looked at once per interval). A long CPU task is not unresponsive.
     pub liveness_timeout: Duration,
 }
 
