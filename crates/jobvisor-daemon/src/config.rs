@@ -257,6 +257,17 @@ pub struct PoolSettings {
     /// it), and the worker is killed. 1 to 3600000.
     #[serde(deserialize_with = "human::ms")]
     pub frame_timeout_ms: u64,
+    /// While a worker holds tasks, it says it is alive at least this often
+    /// (ms), from a thread no task runs on. 1 to 3600000.
+    #[serde(deserialize_with = "human::ms")]
+    pub heartbeat_interval_ms: u64,
+    /// A worker that holds tasks and has sent nothing (no result, no
+    /// heartbeat) for this long (ms) is unresponsive (stopped, or its event
+    /// loop stuck): it is killed and replaced, and its running task is
+    /// charged with a crash. Longer than `heartbeat_interval_ms`, at most
+    /// 3600000.
+    #[serde(deserialize_with = "human::ms")]
+    pub liveness_timeout_ms: u64,
 }
 
 impl Default for PoolSettings {
@@ -274,6 +285,8 @@ impl Default for PoolSettings {
             term_grace_ms: 1000,
             max_deaths_per_call: 3,
             frame_timeout_ms: 10_000,
+            heartbeat_interval_ms: 1000,
+            liveness_timeout_ms: 10_000,
         }
     }
 }
@@ -524,6 +537,17 @@ impl Config {
         }
         if !(1..=MAX_DEATHS_PER_CALL).contains(&self.pool.max_deaths_per_call) {
             return bad("pool.max_deaths_per_call must be between 1 and 1000");
+        }
+        if !(1..=MAX_GRACE_MS).contains(&self.pool.heartbeat_interval_ms) {
+            return bad("pool.heartbeat_interval_ms must be between 1 and 3600000 (1 h)");
+        }
+        if self.pool.liveness_timeout_ms <= self.pool.heartbeat_interval_ms
+            || self.pool.liveness_timeout_ms > MAX_GRACE_MS
+        {
+            return bad(
+                "pool.liveness_timeout_ms must be longer than pool.heartbeat_interval_ms and at \
+                 most 3600000 (1 h)",
+            );
         }
         if !(1..=MAX_GRACE_MS).contains(&self.pool.frame_timeout_ms) {
             return bad("pool.frame_timeout_ms must be between 1 and 3600000 (1 h)");

@@ -118,6 +118,10 @@ fn pool_builder(cfg: &Config) -> Result<PoolBuilder, DaemonError> {
         .term_grace(Duration::from_millis(p.term_grace_ms))
         .max_deaths_per_call(p.max_deaths_per_call)
         .frame_timeout(Duration::from_millis(p.frame_timeout_ms))
+        .liveness(
+            Duration::from_millis(p.heartbeat_interval_ms),
+            Duration::from_millis(p.liveness_timeout_ms),
+        )
         .restart_intensity(p.max_restarts, Duration::from_millis(p.restart_window_ms))
         .restart_backoff(
             Duration::from_millis(p.restart_backoff_ms),
@@ -520,6 +524,25 @@ mod tests {
         cfg.pool.frame_timeout_ms = 0;
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("pool.frame_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn the_pool_gets_the_configured_liveness() {
+        let mut cfg = Config::default();
+        let p = pool_builder(&cfg).unwrap().current().clone();
+        assert_eq!(p.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(p.liveness_timeout, Duration::from_secs(10));
+        cfg.pool.heartbeat_interval_ms = 20;
+        cfg.pool.liveness_timeout_ms = 300;
+        let p = pool_builder(&cfg).unwrap().current().clone();
+        assert_eq!(p.heartbeat_interval, Duration::from_millis(20));
+        assert_eq!(p.liveness_timeout, Duration::from_millis(300));
+        cfg.pool.liveness_timeout_ms = 20;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("pool.liveness_timeout_ms"), "{e}");
+        cfg.pool.heartbeat_interval_ms = 0;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("pool.heartbeat_interval_ms"), "{e}");
     }
 
     #[test]

@@ -10,13 +10,13 @@
 //! builds then refuse each other with an error naming both hashes.
 
 /// Version of the link protocols. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Every message type on the links, field by field, in declaration order.
 pub const SCHEMA: &str = "\
-ToWorker{Configure{max_frame_bytes:u64,max_output_bytes:u64,memory_soft_limit_bytes:u64,memory_limit_bytes:u64},Run(Vec<Call>),Cancel{id:u64},Shutdown}\
+ToWorker{Configure{max_frame_bytes:u64,max_output_bytes:u64,memory_soft_limit_bytes:u64,memory_limit_bytes:u64,heartbeat_interval_ms:u64},Run(Vec<Call>),Cancel{id:u64},Shutdown}\
 Call{id:u64,task:u32,chunk:bool,timeout_ms:Option<u64>,stall_ms:Option<u64>,input:bytes}\
-FromWorker{Ready{pid:u32,tasks:Vec<String>,kinds:Vec<TaskKind>},Done(Vec<Reply>),Heartbeat{id:u64},Retiring{reason:String},Progress{id:u64,done:u64,total:u64},Draining{reason:String}}\
+FromWorker{Ready{pid:u32,tasks:Vec<String>,kinds:Vec<TaskKind>},Done(Vec<Reply>),Heartbeat{id:u64},Retiring{reason:String},Progress{id:u64,done:u64,total:u64},Draining{reason:String},Pulse}\
 Reply{id:u64,outcome:Outcome,cpu_us:u64,wall_us:u64,max_poll_us:u64}\
 TaskKind{Cpu,Io}\
 Outcome{Ok(bytes),Err(TaskFailure)}\
