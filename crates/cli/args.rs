@@ -34,7 +34,10 @@ impl Cli {
         match &self.command {
             Command::Daemon(a) => a.log_format,
             Command::Demo(a) => a.log_format,
-            Command::Client(_) | Command::Completions { .. } | Command::Man => LogFormat::Pretty,
+            Command::Client(_)
+            | Command::Completions { .. }
+            | Command::Man
+            | Command::Token { .. } => LogFormat::Pretty,
         }
     }
 }
@@ -68,6 +71,27 @@ pub enum Command {
     },
     /// Print the manual page (roff) on stdout: `jobvisor man | man -l -`.
     Man,
+    /// HTTP API tokens: `token new --role read|submit|admin [--name N]`
+    /// prints a fresh token and the `[[http.tokens]]` lines (its SHA-256) to
+    /// paste into the config; the token itself is stored nowhere.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+/// `jobvisor token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh token and the config lines that grant it a role.
+    New {
+        /// What it may do: read, submit or admin.
+        #[arg(long, value_parser = ["read", "submit", "admin"])]
+        role: String,
+        /// Its name in the config and the logs.
+        #[arg(long, default_value = "token")]
+        name: String,
+    },
 }
 
 /// Arguments of `jobvisor daemon`.
@@ -115,7 +139,10 @@ impl Command {
     pub fn runs_workers(&self) -> bool {
         match self {
             Command::Daemon(_) | Command::Demo(_) => true,
-            Command::Client(_) | Command::Completions { .. } | Command::Man => false,
+            Command::Client(_)
+            | Command::Completions { .. }
+            | Command::Man
+            | Command::Token { .. } => false,
         }
     }
 }

@@ -9,6 +9,25 @@ use crate::args::DaemonArgs;
 /// systemd's notification socket (`Type=notify`).
 pub type Systemd = jobvisor_daemon::sdnotify::SdNotify;
 
+/// `jobvisor token new`: a fresh token on stdout's first line, then the
+/// config lines holding its hash.
+pub fn token(command: crate::args::TokenCommand) -> std::process::ExitCode {
+    let crate::args::TokenCommand::New { role, name } = command;
+    match jobvisor_daemon::access::new_token() {
+        Ok(token) => {
+            let hash = jobvisor_daemon::access::sha256_hex(&token);
+            println!("{token}");
+            eprintln!("# Give the token above to its user; it is shown only now. In the config:");
+            println!("[[http.tokens]]\nname = {name:?}\nsha256 = \"{hash}\"\nrole = \"{role}\"");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("jobvisor: cannot read random bytes: {e}");
+            std::process::ExitCode::from(crate::exit::EXIT_ERROR)
+        }
+    }
+}
+
 /// Takes systemd's notification variables out of the environment. Only
 /// while the process has one thread: `main` calls it before the fork server.
 pub fn take_systemd() -> Option<Systemd> {

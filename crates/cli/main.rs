@@ -79,6 +79,7 @@ fn main() -> ExitCode {
         Command::Client(cmd) => run_client(cmd, cli.socket),
         Command::Completions { shell } => docs::completions(shell),
         Command::Man => docs::man(),
+        Command::Token { command } => daemon::token(command),
         command => match run_workers(command, cli.socket, systemd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -136,7 +137,7 @@ fn run_workers(
     match command {
         Command::Demo(args) => rt.block_on(demo::run(args)),
         Command::Daemon(args) => rt.block_on(daemon::run(args, socket, systemd)),
-        Command::Client(_) | Command::Completions { .. } | Command::Man => {
+        Command::Client(_) | Command::Completions { .. } | Command::Man | Command::Token { .. } => {
             anyhow::bail!("only daemon and demo run workers")
         }
     }

@@ -100,6 +100,64 @@ pub struct Config {
     pub queues: BTreeMap<String, QueueConfig>,
     /// Where the jobs are stored.
     pub store: StoreSettings,
+    /// The HTTP/JSON API (off unless `listen` is set).
+    pub http: HttpSettings,
+}
+
+/// `[http]`: the HTTP/JSON API, its limits and who may use it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// `host:port` to listen on; unset = no HTTP listener.
+    pub listen: Option<String>,
+    /// Listen on a non-loopback address without TLS (a warning is logged).
+    pub allow_plaintext: bool,
+    /// Largest request body (bytes); larger gets 413.
+    pub max_body_bytes: usize,
+    /// Largest request head, request line and headers (bytes).
+    pub max_header_bytes: usize,
+    /// A request's head must arrive within this of its first byte, and its
+    /// body within this of its head; else the connection is closed.
+    #[serde(deserialize_with = "human::ms")]
+    pub request_timeout_ms: u64,
+    /// A kept-alive connection that starts no request for this long is closed.
+    #[serde(deserialize_with = "human::ms")]
+    pub idle_timeout_ms: u64,
+    /// Connections at once; more get 503 and are closed.
+    pub max_connections: usize,
+    /// Longest `GET /v1/jobs/{id}/wait?timeout=` (longer is cut to it).
+    #[serde(deserialize_with = "human::ms")]
+    pub max_wait_ms: u64,
+    /// Bearer tokens, stored as SHA-256 (`jobvisor token new` prints one).
+    pub tokens: Vec<TokenConfig>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            allow_plaintext: false,
+            max_body_bytes: 16 << 20,
+            max_header_bytes: 16 << 10,
+            request_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 256,
+            max_wait_ms: 300_000,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// One `[[http.tokens]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who it is, for logs (never the token).
+    pub name: String,
+    /// SHA-256 of the token, 64 hex digits.
+    pub sha256: String,
+    /// What it may do.
+    pub role: crate::access::Role,
 }
 
 /// `[store]`: where the jobs live and, on PostgreSQL, how this node takes
@@ -393,6 +451,7 @@ impl Default for Config {
             notify: NotifySettings::default(),
             queues: BTreeMap::new(),
             store: StoreSettings::default(),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -553,6 +612,7 @@ impl Config {
             return bad("pool.frame_timeout_ms must be between 1 and 3600000 (1 h)");
         }
         self.validate_store()?;
+        self.validate_http()?;
         self.validate_notify()
     }
 
@@ -565,6 +625,44 @@ impl Config {
         if let Some(name) = &self.store.node_name {
             if let Err(e) = crate::store_url::check_node_name(name) {
                 return bad(format!("store.node_name {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let h = &self.http;
+        if let Some(listen) = &h.listen {
+            if let Err(e) = crate::access::listen_addr(listen, h.allow_plaintext) {
+                return bad(format!("http.listen: {e}"));
+            }
+        }
+        if !(1024..=(1 << 30)).contains(&h.max_body_bytes) {
+            return bad("http.max_body_bytes must be between 1024 and 1073741824 (1 GiB)".into());
+        }
+        if !(8192..=(1 << 20)).contains(&h.max_header_bytes) {
+            return bad("http.max_header_bytes must be between 8192 and 1048576".into());
+        }
+        if h.request_timeout_ms == 0 || h.idle_timeout_ms == 0 || h.max_wait_ms == 0 {
+            return bad(
+                "http.request_timeout_ms, http.idle_timeout_ms and http.max_wait_ms must be at least 1"
+                    .into(),
+            );
+        }
+        if h.max_connections == 0 || h.max_connections > 100_000 {
+            return bad("http.max_connections must be between 1 and 100000".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in h.tokens.iter().enumerate() {
+            if let Err(e) = crate::access::check_token_config(t) {
+                return bad(format!("http.tokens[{i}] ({}): {e}", t.name));
+            }
+            if !names.insert(&t.name) {
+                return bad(format!(
+                    "http.tokens[{i}]: the name {:?} is used twice",
+                    t.name
+                ));
             }
         }
         Ok(())

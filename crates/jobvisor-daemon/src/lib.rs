@@ -23,10 +23,12 @@
 //! - [`run`] (here): start-up (lock, store, pool, recovery, socket), signals,
 //!   and the shutdown order.
 
+pub mod access;
 mod bounds;
 pub mod config;
 mod errors;
 mod events;
+mod http;
 mod notify;
 mod pipeline;
 pub mod policy;
@@ -237,6 +239,27 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         events: events_tx.clone(),
         buffered: Default::default(),
     };
+    let http = match &cfg.http.listen {
+        Some(listen) => {
+            let addr = access::listen_addr(listen, cfg.http.allow_plaintext).map_err(|e| {
+                DaemonError::Config(config::ConfigError::Invalid(format!("http.listen: {e}")))
+            })?;
+            let l = http::bind(addr)
+                .await
+                .map_err(io(format!("cannot listen on {addr} (http.listen)")))?;
+            let bound = l.local_addr().map_err(io("http.listen".to_string()))?;
+            if !bound.ip().is_loopback() {
+                tracing::warn!(%bound, "http: listening on a non-loopback address without TLS (http.allow_plaintext)");
+            }
+            tracing::info!(%bound, "http API listening");
+            Some(tokio::spawn(http::serve(
+                l,
+                ctx.clone(),
+                stopping_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let server_task = tokio::spawn(server::serve(listener, ctx, stopping_rx));
     tracing::info!(
         socket = %socket.display(),
@@ -325,6 +348,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     }
     drop(sched_tx);
     let _ = server_task.await;
+    if let Some(h) = http {
+        let _ = h.await;
+    }
     sched_task.abort();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("jobvisor daemon stopped");

@@ -671,7 +671,7 @@ fn impossible_id(req: &Request) -> Option<u64> {
     }
 }
 
-async fn handle(req: Request, ctx: &ServerCtx) -> Response {
+pub(crate) async fn handle(req: Request, ctx: &ServerCtx) -> Response {
     if let Some(id) = impossible_id(&req) {
         return error(ErrorKind::NotFound, format!("no job {id}"));
     }

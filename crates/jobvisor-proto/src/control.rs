@@ -540,6 +540,9 @@ pub enum ErrorKind {
     Storage,
     /// This peer may not do that.
     PermissionDenied,
+    /// The job's state does not allow it (cancel of a finished job, retry
+    /// of an unfinished one).
+    Conflict,
     /// A bug.
     Internal,
 }

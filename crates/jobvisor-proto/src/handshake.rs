@@ -41,7 +41,7 @@ TaskUsage{task:String,attempts:u64,cpu_ms:u64,wall_ms:u64,advice:Option<String>,
 Request{Submit(Vec<JobSpec>),Status{id:u64},Wait{ids:Vec<u64>,timeout_ms:Option<u64>},Cancel{id:u64},Retry{id:u64},List{state:Option<JobState>,queue:Option<String>,limit:u32},Workers,Stats,Ping,Events,Shutdown{graceful:bool}}\
 Event{at_ms:u64,kind:EventKind}\
 EventKind{Job{id:u64,task:String,state:JobState,attempt:Option<u32>,worker_pid:Option<u32>,error:Option<String>},WorkerStarted{pid:u32},WorkerExited{pid:u32,status:String},Lagged{missed:u64}}\
-ErrorKind{BadRequest,UnknownTask,BadInput,NotFound,LimitReached,ShuttingDown,Storage,PermissionDenied,Internal}\
+ErrorKind{BadRequest,UnknownTask,BadInput,NotFound,LimitReached,ShuttingDown,Storage,PermissionDenied,Conflict,Internal}\
 ControlError{kind:ErrorKind,message:String}\
 Response{Submitted(Vec<Submitted>),Job(JobRecord),Jobs(Vec<JobRecord>),Workers(Vec<WorkerRow>),Stats(Stats),Pong{pid:u32,version:String},Event(Event),Ok,Error(ControlError)}";
 

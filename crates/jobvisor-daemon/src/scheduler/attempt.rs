@@ -411,7 +411,7 @@ fn cancel_answer(
         Err(e) => Err(store_err(e)),
         Ok(()) if state == JobState::Cancelled => Ok(()),
         Ok(()) => Err(err(
-            ErrorKind::BadRequest,
+            ErrorKind::Conflict,
             format!(
                 "job {id} ended {} before the cancel took effect",
                 state.as_str()

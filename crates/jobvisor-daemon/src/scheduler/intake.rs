@@ -176,7 +176,7 @@ impl Scheduler {
                 let r = match store.get(id).await {
                     Ok(None) => Err(err(ErrorKind::NotFound, format!("no job {id}"))),
                     Ok(Some(rec)) => Err(err(
-                        ErrorKind::BadRequest,
+                        ErrorKind::Conflict,
                         format!("job {id} has already finished ({})", rec.state.as_str()),
                     )),
                     Err(e) => Err(store_err(&e)),
@@ -304,7 +304,7 @@ impl Scheduler {
         }
         if let Some(job) = self.jobs.get(&id) {
             let _ = reply.send(Err(err(
-                ErrorKind::BadRequest,
+                ErrorKind::Conflict,
                 format!("job {id} is {}, not finished", job.state.as_str()),
             )));
             return;
@@ -315,7 +315,7 @@ impl Scheduler {
             match store.get(id).await {
                 Ok(Some(rec)) if rec.state == JobState::Succeeded => {
                     let _ = reply.send(Err(err(
-                        ErrorKind::BadRequest,
+                        ErrorKind::Conflict,
                         format!("job {id} already succeeded"),
                     )));
                 }
@@ -340,7 +340,7 @@ impl Scheduler {
     pub(super) fn revive(&mut self, r: JobRecord, reply: Reply<()>) {
         if self.jobs.contains_key(&r.id) || !r.state.is_terminal() {
             let _ = reply.send(Err(err(
-                ErrorKind::BadRequest,
+                ErrorKind::Conflict,
                 format!("job {} is not finished", r.id),
             )));
             return;
@@ -359,7 +359,7 @@ impl Scheduler {
         };
         if !self.reviving.insert(id) {
             let _ = reply.send(Err(err(
-                ErrorKind::BadRequest,
+                ErrorKind::Conflict,
                 format!("job {id} is being retried already"),
             )));
             return;
