@@ -54,7 +54,7 @@ pub fn parse_batch(text: &str) -> Result<Vec<JobSpec>, String> {
 
 /// Parses one batch line: a JSON object with `task` and `input` (any JSON
 /// value, sent as its JSON text) and optional `queue`, `priority`,
-/// `max_attempts`, `backoff_base_ms`, `backoff_max_ms`, `timeout_ms`,
+/// `max_attempts`, `max_crashes`, `backoff_base_ms`, `backoff_max_ms`, `timeout_ms`,
 /// `delay_ms`, `after`, `key`, `notify_url`. Unknown fields are refused (they are typos).
 pub fn parse_batch_line(line: &str) -> Result<JobSpec, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
@@ -67,6 +67,7 @@ pub fn parse_batch_line(line: &str) -> Result<JobSpec, String> {
         "queue",
         "priority",
         "max_attempts",
+        "max_crashes",
         "backoff_base_ms",
         "backoff_max_ms",
         "timeout_ms",
@@ -129,6 +130,8 @@ pub fn parse_batch_line(line: &str) -> Result<JobSpec, String> {
             Some(u32::try_from(n).map_err(|_| "field `max_attempts` is too large".to_owned())?)
         }
     };
+    // The daemon checks the range, naming it.
+    spec.max_crashes = opt_u64("max_crashes")?.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
     spec.backoff_base_ms = opt_u64("backoff_base_ms")?;
     spec.backoff_max_ms = opt_u64("backoff_max_ms")?;
     spec.timeout_ms = opt_u64("timeout_ms")?;
@@ -198,7 +201,7 @@ mod tests {
     fn batch_line_full() {
         let spec = parse_batch_line(
             r#"{"task":"hash","input":{"data":[1,2]},"queue":"q","priority":-3,"max_attempts":4,
-               "backoff_base_ms":10,"backoff_max_ms":100,"timeout_ms":5000,"delay_ms":7,
+               "max_crashes":2,"backoff_base_ms":10,"backoff_max_ms":100,"timeout_ms":5000,"delay_ms":7,
                "after":[1,2],"key":"k1"}"#,
         )
         .unwrap();
@@ -207,6 +210,7 @@ mod tests {
         assert_eq!(spec.queue.as_deref(), Some("q"));
         assert_eq!(spec.priority, -3);
         assert_eq!(spec.max_attempts, Some(4));
+        assert_eq!(spec.max_crashes, Some(2));
         assert_eq!(spec.backoff_base_ms, Some(10));
         assert_eq!(spec.backoff_max_ms, Some(100));
         assert_eq!(spec.timeout_ms, Some(5000));

@@ -74,10 +74,16 @@ pub fn format_status(r: &JobRecord) -> String {
     if let Some(e) = &r.error {
         field("error", &continued(e));
     }
-    field(
-        "attempts",
-        &format!("{} of at most {}", r.attempts.len(), r.max_attempts),
-    );
+    field("attempts", &attempts_line(r));
+    let crashes = r
+        .attempts
+        .iter()
+        .filter(|a| a.number >= r.budget_from)
+        .filter(|a| matches!(a.outcome, AttemptOutcome::Crashed { .. }))
+        .count();
+    if let (Some(max), 1..) = (r.max_crashes, crashes) {
+        field("crashes", &format!("{crashes} of at most {max}"));
+    }
     for a in &r.attempts {
         let pid = attempt_pid(a);
         let took = a
@@ -96,6 +102,26 @@ pub fn format_status(r: &JobRecord) -> String {
         }
     }
     s
+}
+
+/// The attempts of the current budget against the attempt budget, and
+/// all of them when a `retry` started a fresh budget: "1 of at most 3 (6
+/// in all)".
+fn attempts_line(r: &JobRecord) -> String {
+    let (since, all) = (budget_attempts(r), r.attempts.len());
+    if since == all {
+        format!("{all} of at most {}", r.max_attempts)
+    } else {
+        format!("{since} of at most {} ({all} in all)", r.max_attempts)
+    }
+}
+
+/// The attempts the job's current budgets count (since its last `retry`).
+pub fn budget_attempts(r: &JobRecord) -> usize {
+    r.attempts
+        .iter()
+        .filter(|a| a.number >= r.budget_from)
+        .count()
 }
 
 /// Which worker ran attempt `a`. A lost attempt was cut off by a daemon
@@ -193,5 +219,23 @@ mod tests {
             "pid not known yet"
         );
         assert!(!attempt_pid(&attempt(None, AttemptOutcome::Cancelled)).contains('?'));
+    }
+
+    /// Issue 10, item F.25: after `retry`, not "attempts: 6 of at most 3".
+    #[test]
+    fn attempts_count_the_current_budget_and_all() {
+        let mut r = crate::commands::mock::record(1, "t", Payload::Json("1".into()));
+        r.max_attempts = 3;
+        r.attempts = (1..=6)
+            .map(|n| Attempt {
+                number: n,
+                ..attempt(Some(9), AttemptOutcome::Error("e".into()))
+            })
+            .collect();
+        assert_eq!(attempts_line(&r), "6 of at most 3");
+        r.budget_from = 6;
+        assert_eq!(attempts_line(&r), "1 of at most 3 (6 in all)");
+        r.budget_from = 7;
+        assert_eq!(attempts_line(&r), "0 of at most 3 (6 in all)");
     }
 }

@@ -9,11 +9,16 @@
 //! | output over `limits.max_output_bytes` (as stored: JSON for a client that sent JSON), or one that does not convert to JSON | `error` | `failed` at once: the next attempt would return the same |
 //! | task error, panic, output over the worker link's frame limit (the worker's `OutputTooLarge`) | `error` / `panic` | retried after backoff while the *attempt budget* (`max_attempts`) lasts, else `failed` |
 //! | bad input (the input does not decode) | `error` | `failed` at once: retrying cannot help |
-//! | worker died (signal, exit code, memory limit) | `crashed` (code/signal, peak RSS, output tail, cause) | retried while the *crash budget* (`jobs.max_crashes`) lasts, else `dead`: a poison job never drives a crash loop |
+//! | worker died (signal, exit code, memory limit) | `crashed` (code/signal, peak RSS, output tail, cause) | retried while the *crash budget* (the job's `max_crashes`, default `jobs.max_crashes`) lasts, else `dead`: a poison job never drives a crash loop |
 //! | timeout, stall (no heartbeat) | `timed_out` (how it was stopped) | retried while the attempt budget lasts, else `failed` |
 //! | cancelled by a client | `cancelled` | `cancelled` |
 //! | the pool was stopped under it (daemon shutdown) | `lost` | back to `queued`, the attempt not counted against a budget |
 //! | daemon killed while it ran (found at restart) | `lost` | back to `queued` (by the store's `recover`), the attempt not counted against a budget |
+//!
+//! Budgets count the attempts of the current epoch only: those numbered
+//! `budget_from` or later. A client's `retry` of a finished job starts a
+//! new epoch at its next attempt, with fresh budgets; the history stays,
+//! and both are stored, so a restart recounts the same ([`spent_since`]).
 //!
 //! The two budgets are separate: a job that keeps killing workers is
 //! dead-lettered after K deaths however many task errors it may still make,
@@ -26,7 +31,7 @@ use std::time::Duration;
 
 use jobvisor_pool::{FailureKind, PoolError};
 use jobvisor_proto::backoff;
-use jobvisor_proto::control::{AttemptOutcome, Payload};
+use jobvisor_proto::control::{Attempt, AttemptOutcome, Payload};
 use jobvisor_store::Finish;
 use jobvisor_worker::ConvertError;
 
@@ -85,6 +90,17 @@ pub struct Spent {
     pub failures: u32,
     /// Charged to the crash budget.
     pub crashes: u32,
+}
+
+/// Counts the attempts of the current epoch (numbered `budget_from` or
+/// later) by [`charge`].
+pub fn spent_since(attempts: &[Attempt], budget_from: u32) -> Spent {
+    spent(
+        attempts
+            .iter()
+            .filter(|a| a.number >= budget_from)
+            .map(|a| &a.outcome),
+    )
 }
 
 /// Counts the attempts of a history by [`charge`].
@@ -242,7 +258,7 @@ fn failure_end(
             let next = if n >= job.max_crashes {
                 Finish::Dead {
                     error: format!(
-                        "poison job: it killed {n} workers (jobs.max_crashes = {}); last: {}",
+                        "poison job: it killed {n} workers (max_crashes = {}); last: {}",
                         job.max_crashes,
                         chain(err)
                     ),
@@ -545,6 +561,39 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn budgets_count_the_attempts_since_the_last_retry() {
+        let attempt = |number, outcome| Attempt {
+            number,
+            worker_pid: None,
+            started_ms: 0,
+            finished_ms: Some(1),
+            outcome,
+        };
+        let history = [
+            attempt(1, on_failure(facts(0, 0), &crash(9), 0, 0).outcome),
+            attempt(2, AttemptOutcome::Error("e".into())),
+            attempt(3, AttemptOutcome::Error("x".into())),
+            attempt(4, AttemptOutcome::Lost),
+            attempt(5, AttemptOutcome::Panic("p".into())),
+        ];
+        let all = Spent {
+            failures: 3,
+            crashes: 1,
+        };
+        assert_eq!(spent_since(&history, 1), all);
+        assert_eq!(spent_since(&history, 0), all);
+        assert_eq!(
+            spent_since(&history, 3),
+            Spent {
+                failures: 2,
+                crashes: 0
+            },
+            "a shutdown's loss is not charged"
+        );
+        assert_eq!(spent_since(&history, 6), Spent::default());
     }
 
     #[test]

@@ -44,6 +44,10 @@ pub struct JobSpec {
     pub priority: i32,
     /// Attempts in all, the first included (default from config).
     pub max_attempts: Option<u32>,
+    /// Crash budget: worker deaths after which the job is dead-lettered,
+    /// 1..=[`JobSpec::MAX_CRASHES`] (default: the daemon's
+    /// `jobs.max_crashes`).
+    pub max_crashes: Option<u32>,
     /// First retry delay; doubles per attempt, with jitter (default from config).
     pub backoff_base_ms: Option<u64>,
     /// Cap on the retry delay (default from config).
@@ -91,6 +95,9 @@ pub struct InputRef {
 }
 
 impl JobSpec {
+    /// The largest crash budget a job may ask for ([`JobSpec::max_crashes`]).
+    pub const MAX_CRASHES: u32 = 1000;
+
     /// A spec with defaults for everything but the task and its input.
     pub fn new(task: impl Into<String>, input: Payload) -> Self {
         Self {
@@ -99,6 +106,7 @@ impl JobSpec {
             queue: None,
             priority: 0,
             max_attempts: None,
+            max_crashes: None,
             backoff_base_ms: None,
             backoff_max_ms: None,
             timeout_ms: None,
@@ -252,8 +260,18 @@ pub struct JobRecord {
     pub priority: i32,
     /// State.
     pub state: JobState,
-    /// Attempts in all, the first included.
+    /// Attempts in all, the first included, counted from `budget_from`.
     pub max_attempts: u32,
+    /// Crash budget, counted from `budget_from`; `None` for a job stored
+    /// before budgets were kept per job (the daemon's `jobs.max_crashes`
+    /// applies).
+    pub max_crashes: Option<u32>,
+    /// The number of the first attempt the current budgets count (1 until
+    /// a client's `retry` starts fresh budgets at the next attempt).
+    pub budget_from: u32,
+    /// How many times a client's `retry` revived the job (0 at first): the
+    /// epoch of its notifications' delivery ids.
+    pub epoch: u32,
     /// Per-attempt timeout.
     pub timeout_ms: Option<u64>,
     /// Stall timeout (no heartbeat for this long).

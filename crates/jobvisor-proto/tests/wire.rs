@@ -38,7 +38,7 @@ use serde::Serialize;
 
 /// `jobvisor_proto::SCHEMA_HASH` when the fixtures were last blessed. Changing
 /// `SCHEMA` without updating this (and re-blessing) fails `schema_is_recorded`.
-const RECORDED_SCHEMA_HASH: u64 = 0xe050_1d2b_cec2_0d27;
+const RECORDED_SCHEMA_HASH: u64 = 0xc06a_671c_0faa_9adc;
 /// `jobvisor_proto::PROTOCOL_VERSION` when the fixtures were last blessed.
 const RECORDED_PROTOCOL_VERSION: u32 = 1;
 

@@ -19,6 +19,8 @@ pub struct NewJob {
     pub priority: i32,
     /// Attempts in all.
     pub max_attempts: u32,
+    /// Crash budget.
+    pub max_crashes: u32,
     /// First retry delay.
     pub backoff_base_ms: u64,
     /// Retry delay cap.
@@ -84,6 +86,19 @@ pub enum Finish {
     },
     /// Back to `Queued` now (e.g. the attempt never really started).
     Requeue,
+    /// A client's `retry` of a finished job: `Retrying` at `run_at_ms`,
+    /// with fresh budgets that count attempts from `budget_from` on, in a
+    /// new `epoch` (both as the daemon decided; the store records them).
+    Revive {
+        /// Next attempt not before (unix ms).
+        run_at_ms: u64,
+        /// Kept as the job's error until the next attempt ends.
+        error: String,
+        /// The first attempt number the new budgets count.
+        budget_from: u32,
+        /// The job's new epoch.
+        epoch: u32,
+    },
     /// `Succeeded` with an output.
     Succeeded {
         /// The output.
@@ -110,7 +125,7 @@ impl Finish {
     /// The state the job ends up in.
     pub fn state(&self) -> JobState {
         match self {
-            Finish::Retry { .. } => JobState::Retrying,
+            Finish::Retry { .. } | Finish::Revive { .. } => JobState::Retrying,
             Finish::Requeue => JobState::Queued,
             Finish::Succeeded { .. } => JobState::Succeeded,
             Finish::Failed { .. } => JobState::Failed,

@@ -180,7 +180,7 @@ impl Scheduler {
                     failures: job.failures,
                     crashes: job.crashes,
                     max_attempts: job.max_attempts,
-                    max_crashes: self.cfg.jobs.max_crashes,
+                    max_crashes: job.max_crashes,
                     backoff_base_ms: job.backoff_base_ms,
                     backoff_max_ms: job.backoff_max_ms,
                     cancel_requested: job.cancel_requested,
@@ -256,6 +256,7 @@ impl Scheduler {
         if let Some(task) = self.jobs.get(&id).map(|j| j.task.clone()) {
             let error = match next {
                 Finish::Retry { error, .. }
+                | Finish::Revive { error, .. }
                 | Finish::Failed { error }
                 | Finish::Cancelled { error }
                 | Finish::Dead { error } => Some(error.clone()),
@@ -267,7 +268,7 @@ impl Scheduler {
         if let Some(job) = self.jobs.get_mut(&id) {
             job.set_state(state);
             match next {
-                Finish::Retry { run_at_ms, .. } => {
+                Finish::Retry { run_at_ms, .. } | Finish::Revive { run_at_ms, .. } => {
                     job.run_at_ms = *run_at_ms;
                     self.queues.delay(*run_at_ms, id);
                 }

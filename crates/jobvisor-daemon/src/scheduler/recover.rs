@@ -40,7 +40,7 @@ impl Scheduler {
             let state = JobState::Failed;
             debug_assert!(r.state.can_become(state), "job {}: {:?}", r.id, r.state);
             let notice = self.notifier.notice(&self.cfg, r.id, &r.queue, url, state);
-            match Job::from_record(r, &self.registry) {
+            match Job::from_record(r, &self.registry, self.cfg.jobs.max_crashes) {
                 Ok(job) => jobs.push(job),
                 Err((id, e)) => {
                     let error = format!("cannot resume: {}", chain(&e));
@@ -67,6 +67,9 @@ mod tests {
             priority: 0,
             state: JobState::Queued,
             max_attempts: 1,
+            max_crashes: Some(3),
+            budget_from: 1,
+            epoch: 0,
             timeout_ms: None,
             stall_timeout_ms: None,
             input_from: Vec::new(),

@@ -101,6 +101,12 @@ fn finish_states() {
             error: "again".into(),
         },
         Finish::Requeue,
+        Finish::Revive {
+            run_at_ms: 88_888,
+            error: "retried".into(),
+            budget_from: 2,
+            epoch: 1,
+        },
     ];
     for (via_attempt, next) in [false, true]
         .into_iter()
@@ -138,6 +144,19 @@ fn finish_states() {
                 assert_eq!(rec.run_at_ms, 1_000);
                 assert_eq!(rec.error, None);
             }
+            Finish::Revive {
+                run_at_ms,
+                error,
+                budget_from,
+                epoch,
+            } => {
+                assert_eq!(rec.run_at_ms, *run_at_ms);
+                assert_eq!(rec.error.as_ref(), Some(error));
+                assert_eq!((rec.budget_from, rec.epoch), (*budget_from, *epoch));
+            }
+        }
+        if !matches!(next, Finish::Revive { .. }) {
+            assert_eq!((rec.budget_from, rec.epoch), (1, 0), "{next:?}");
         }
     }
 }
