@@ -6,7 +6,7 @@
 //! codec blobs of older files as JSON (see `v4_blobs`); version 6 added the
 //! notification outbox; version 7 keeps each job's crash budget and the
 //! epoch its budgets count from (so a `retry`'s fresh budget survives a
-//! restart).
+//! restart), and the epoch of each notification.
 
 use rusqlite::Connection;
 
@@ -100,11 +100,13 @@ const MIGRATIONS: &[Migration] = &[
     ),
     // v7: budgets per job. `max_crashes` NULL: a job from before, under the
     // daemon's `jobs.max_crashes`; `budget_from`: the first attempt the
-    // budgets count; `epoch`: retries by a client.
+    // budgets count; `epoch`: retries by a client, also kept with each
+    // notification (its delivery id names it).
     Migration::Sql(
         "ALTER TABLE jobs ADD COLUMN max_crashes INTEGER;
         ALTER TABLE jobs ADD COLUMN budget_from INTEGER NOT NULL DEFAULT 1;
-        ALTER TABLE jobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;",
+        ALTER TABLE jobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE outbox ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;",
     ),
 ];
 
@@ -330,6 +332,12 @@ mod tests {
                 [],
             )
             .unwrap();
+            conn.execute(
+                "INSERT INTO outbox (job_id, state, target, attempts, next_at_ms, created_ms) \
+                 VALUES (1, 'dead', '{}', 1, 5, 2)",
+                [],
+            )
+            .unwrap();
         }
         let mut store = SqliteStore::open(&path).unwrap();
         let version = user_version(&Connection::open(&path).unwrap()).unwrap_or(-1);
@@ -357,6 +365,18 @@ mod tests {
             (2, 1),
             "a restart reads the revived budgets back"
         );
+
+        // The v6 delivery is of epoch 0; one written now takes the job's.
+        store.begin().unwrap();
+        let d = crate::store::NewDelivery {
+            state: JobState::Dead,
+            target: "{}".into(),
+        };
+        store.add_deliveries(1, 11, &[d]).unwrap();
+        store.commit().unwrap();
+        let rows = store.deliveries_after(0, 10).unwrap();
+        let epochs: Vec<_> = rows.iter().map(|r| (r.attempts, r.epoch)).collect();
+        assert_eq!(epochs, [(1, 0), (0, 1)]);
     }
 
     #[test]

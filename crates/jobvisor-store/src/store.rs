@@ -72,6 +72,10 @@ pub struct Delivery {
     pub attempts: u32,
     /// The next attempt not before (unix ms).
     pub next_at_ms: u64,
+    /// The job's epoch (`JobRecord::epoch`) when the row was written: a
+    /// job revived by `retry` that reaches the same state again has a new
+    /// delivery, not the old one again.
+    pub epoch: u32,
 }
 
 /// What becomes of a job when an attempt ends (or without an attempt).
@@ -366,9 +370,10 @@ pub trait JobStore: Send + 'static {
     /// # Errors
     /// Database errors.
     fn counts(&mut self) -> Result<Vec<(JobState, u64)>, StoreError>;
-    /// Puts notifications of job `job_id` in the outbox, due at `at_ms`.
-    /// The writer calls it in the operation that writes the job state they
-    /// tell of, so both commit or neither does.
+    /// Puts notifications of job `job_id` in the outbox, due at `at_ms`,
+    /// each with the job's current epoch ([`Delivery::epoch`]; 0 when the
+    /// job is not there). The writer calls it in the operation that writes
+    /// the job state they tell of, so both commit or neither does.
     ///
     /// # Errors
     /// Database errors.
