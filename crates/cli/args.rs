@@ -275,8 +275,9 @@ pub struct SubmitArgs {
     /// Attempts in all, the first included.
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u32>,
-    /// Crash budget: dead after this many worker deaths, 1 to 1000
-    /// (default: the daemon's `jobs.max_crashes`).
+    /// Crash budget: dead after this many worker deaths (or daemon deaths
+    /// during an attempt), 1 to 1000 (default: the daemon's
+    /// `jobs.max_crashes`).
     #[arg(
         long,
         value_name = "N",

@@ -57,7 +57,7 @@ fn kill_minus_nine_with_a_thousand_jobs_loses_nothing() {
         reruns += r
             .attempts
             .iter()
-            .filter(|a| a.outcome == jobvisor_client::AttemptOutcome::Lost)
+            .filter(|a| a.outcome.is_daemon_died())
             .count();
     }
     let stats = rt().block_on(async { d.client().await.stats().await.unwrap() });
@@ -331,7 +331,7 @@ fn a_retrys_fresh_budget_survives_a_daemon_restart() {
         })
         .await;
     });
-    // The daemon dies under attempt 4 (lost, not charged).
+    // The daemon dies under attempt 4: one crash of the fresh budget.
     d.kill9();
     d.spawn();
     rt().block_on(async {
@@ -340,11 +340,7 @@ fn a_retrys_fresh_budget_survives_a_daemon_restart() {
             r.state == JobState::Running && r.attempts.len() == 5
         })
         .await;
-        assert_eq!(
-            r.attempts[3].outcome,
-            jobvisor_client::AttemptOutcome::Lost,
-            "{r:?}"
-        );
+        assert!(r.attempts[3].outcome.is_daemon_died(), "{r:?}");
         assert_eq!((r.budget_from, r.epoch), (4, 1));
     });
     let shown = d.cli_ok(&["status", &id.to_string()]);
@@ -352,9 +348,10 @@ fn a_retrys_fresh_budget_survives_a_daemon_restart() {
         shown.contains("attempts:  2 of at most 3 (5 in all)"),
         "{shown}"
     );
+    assert!(shown.contains("crashes:   1 of at most 3"), "{shown}");
     rt().block_on(async {
         let mut c = d.client().await;
-        // One crash of the fresh budget: one of three, so it runs again.
+        // A second crash of the fresh budget: two of three, so it runs again.
         kill_worker_of_attempt(&mut c, id, 5).await;
         let r = job_when(&mut c, id, Duration::from_secs(30), "attempt 6", |r| {
             r.attempts.len() == 6 || r.state.is_terminal()
@@ -366,5 +363,67 @@ fn a_retrys_fresh_budget_survives_a_daemon_restart() {
             "the budget counts from the retry: {r:?}"
         );
         c.cancel(id).await.unwrap();
+    });
+}
+
+/// Issue 10 (stop 17, defects found during the daemon split): an attempt
+/// lost because the daemon died under it was never charged, so a job that
+/// takes the daemon down every time re-ran for ever. It is a crash of the
+/// whole supervisor now: after `max_crashes` of them the job is dead,
+/// saying why. The job's command kills the daemon itself (kill -9 of the
+/// pid the test hands it through a FIFO, once the attempt's start is in
+/// the store).
+#[test]
+fn a_job_that_kills_the_daemon_is_dead_after_its_crash_budget() {
+    let mut d = Daemon::with_config("[jobs]\nmax_crashes = 2\n");
+    let fifo = d.dir.path().join("pid.fifo");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let script = format!("read pid < '{}' && kill -9 \"$pid\"", fifo.display());
+    let id: u64 = d
+        .cli_ok(&["submit", "exec", "--", "sh", "-c", &script])
+        .parse()
+        .unwrap();
+    for n in 1..=2 {
+        rt().block_on(async {
+            let mut c = d.client().await;
+            job_when(
+                &mut c,
+                id,
+                Duration::from_secs(30),
+                "attempt running",
+                |r| r.state == JobState::Running && r.attempts.len() == n,
+            )
+            .await;
+        });
+        // Blocks until the command opens its end.
+        std::fs::write(&fifo, format!("{}\n", d.pid())).expect("write the fifo");
+        let status = d.child.take().unwrap().wait().expect("reap the daemon");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "the job killed the daemon"
+        );
+        d.spawn();
+    }
+    rt().block_on(async {
+        let mut c = d.client().await;
+        let r = c
+            .wait(vec![id], Some(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(r.state, JobState::Dead, "not re-run for ever: {r:?}");
+        assert_eq!(r.attempts.len(), 2, "{r:?}");
+        assert!(
+            r.attempts.iter().all(|a| a.outcome.is_daemon_died()),
+            "{r:?}"
+        );
+        let error = r.error.unwrap_or_default();
+        assert!(
+            error.contains("poison job: 2 of its attempts crashed (max_crashes = 2)")
+                && error.contains("the daemon died while it ran"),
+            "{error}"
+        );
     });
 }

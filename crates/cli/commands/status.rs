@@ -131,6 +131,7 @@ fn attempt_pid(a: &Attempt) -> String {
     match (a.worker_pid, &a.outcome) {
         (Some(p), _) => format!("pid {p}"),
         (None, AttemptOutcome::Lost) => "pid unknown (the daemon stopped before it knew)".into(),
+        (None, o) if o.is_daemon_died() => "pid unknown (the daemon died before it knew)".into(),
         (None, AttemptOutcome::Running) => "pid not known yet".into(),
         (None, _) => "pid unknown".into(),
     }
@@ -143,6 +144,9 @@ fn describe_outcome(o: &AttemptOutcome) -> String {
         AttemptOutcome::Ok => "ok".to_owned(),
         AttemptOutcome::Error(e) => format!("error: {}", one_line(headline(e))),
         AttemptOutcome::Panic(e) => format!("panicked: {}", one_line(e)),
+        o if o.is_daemon_died() => {
+            "crashed: the daemon died while it ran (found at its next start)".to_owned()
+        }
         AttemptOutcome::Crashed {
             code,
             signal,
@@ -160,7 +164,7 @@ fn describe_outcome(o: &AttemptOutcome) -> String {
             format!("worker crashed ({how}, peak RSS {max_rss_kib} KiB)")
         }
         AttemptOutcome::TimedOut(how) => format!("timed out ({how})"),
-        AttemptOutcome::Lost => "lost (the daemon stopped while it ran)".to_owned(),
+        AttemptOutcome::Lost => "lost (the daemon stopped while it ran; not charged)".to_owned(),
         AttemptOutcome::Cancelled => "cancelled".to_owned(),
     }
 }
@@ -219,6 +223,9 @@ mod tests {
             "pid not known yet"
         );
         assert!(!attempt_pid(&attempt(None, AttemptOutcome::Cancelled)).contains('?'));
+        let died = attempt(None, AttemptOutcome::daemon_died());
+        assert!(attempt_pid(&died).starts_with("pid unknown (the daemon died"));
+        assert!(describe_outcome(&died.outcome).contains("the daemon died while it ran"));
     }
 
     /// Issue 10, item F.25: after `retry`, not "attempts: 6 of at most 3".

@@ -155,8 +155,8 @@ pub struct JobDefaults {
     #[serde(deserialize_with = "human::ms")]
     pub backoff_max_ms: u64,
     /// Default crash budget (1 to 1000; a job may set its own,
-    /// `max_crashes`): a job under which this many workers died is
-    /// dead-lettered (`dead`), whatever its attempt budget.
+    /// `max_crashes`): a job under which this many workers died, or the
+    /// daemon itself, is dead-lettered (`dead`), whatever its attempt budget.
     pub max_crashes: u32,
     /// On SIGTERM, how long running jobs may finish before they are stopped
     /// (and re-queued for the next start).

@@ -277,13 +277,13 @@ impl SqliteStore {
     }
 
     fn recover_inner(&self, now_ms: u64) -> Result<Vec<JobRecord>, Error> {
-        let lost = encode_outcome(&AttemptOutcome::Lost)?;
+        let lost = encode_outcome(&AttemptOutcome::daemon_died())?;
         self.conn.execute(
             "UPDATE attempts SET finished_ms = ?1, outcome = ?2 WHERE finished_ms IS NULL",
             params![now_ms, lost],
         )?;
-        // A lost attempt is not charged to either budget (the job did not
-        // fail: the daemon died), so every job that was running runs again.
+        // Every job that was running waits again; the daemon's policy
+        // decides whether it may run (its crash budget counts the attempt).
         self.conn.execute(
             "UPDATE jobs SET state = 'queued' WHERE state = 'running'",
             [],

@@ -350,9 +350,10 @@ pub trait JobStore: Send + 'static {
         before: Option<u64>,
         limit: u32,
     ) -> Result<Vec<JobRecord>, StoreError>;
-    /// Recovery after a restart: every attempt still `Running` becomes `Lost`
-    /// (finished at `now_ms`) and its job goes back to `Queued` (run_at
-    /// unchanged): a lost attempt is not charged to the job's budgets.
+    /// Recovery after a restart: every attempt still `Running` becomes
+    /// [`AttemptOutcome::daemon_died`] (finished at `now_ms`: a crash the
+    /// daemon's policy charges to the job's crash budget) and its job goes
+    /// back to `Queued` (run_at unchanged).
     /// `Retrying` and delayed `Queued` jobs keep their times. Returns every
     /// non-terminal job, with input and attempts, in id order.
     ///

@@ -34,7 +34,8 @@ pub struct Job {
     pub finished_at: Option<String>,
     /// Attempts in all, the first included, counted from `budget_from`.
     pub max_attempts: u32,
-    /// Crash budget (worker deaths), counted from `budget_from`; `null` for a job stored before budgets
+    /// Crash budget (worker deaths, and daemon deaths during an attempt),
+    /// counted from `budget_from`; `null` for a job stored before budgets
     /// were kept per job (the daemon's `jobs.max_crashes` applies).
     pub max_crashes: Option<u32>,
     /// The number of the first attempt the current budgets count: 1, or
