@@ -121,7 +121,8 @@ pub enum Outcome {
         /// The panic's message.
         message: String,
     },
-    /// The worker died under it.
+    /// The worker died under it; or, with cause
+    /// [`control::DAEMON_DIED`], the daemon did (found at its next start).
     Crashed {
         /// Exit code, when it exited.
         code: Option<i32>,
@@ -141,7 +142,8 @@ pub enum Outcome {
         /// How it was stopped.
         how: String,
     },
-    /// The daemon died while it ran.
+    /// Cut off by the daemon's shutdown (or found running by a daemon
+    /// older than budgets per job): not charged.
     Lost,
     /// Cancelled.
     Cancelled,
