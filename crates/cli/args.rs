@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use jobvisor_pool::StartMethod;
-use jobvisor_proto::control::JobState;
+use jobvisor_proto::control::{JobSpec, JobState};
 
 use crate::parse::{
     parse_backoff, parse_duration, parse_env_pair, parse_input_from, parse_state, Backoff,
@@ -315,6 +315,15 @@ pub struct SubmitArgs {
     /// Attempts in all, the first included.
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u32>,
+    /// Crash budget: dead after this many worker deaths (or daemon deaths
+    /// during an attempt), 1 to 1000 (default: the daemon's
+    /// `jobs.max_crashes`).
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(JobSpec::MAX_CRASHES))
+    )]
+    pub max_crashes: Option<u32>,
     /// Retry backoff in ms: first delay, optionally `:` the cap (e.g. 100:5000).
     #[arg(long, value_name = "BASE[:MAX]", value_parser = parse_backoff)]
     pub backoff_ms: Option<Backoff>,
@@ -348,7 +357,7 @@ pub struct SubmitArgs {
     pub wait: bool,
     /// Submit many jobs from a JSON-lines file (`-` for stdin), one object per
     /// line: {"task", "input", and optionally "queue", "priority",
-    /// "max_attempts", "backoff_base_ms", "backoff_max_ms", "timeout_ms",
+    /// "max_attempts", "max_crashes", "backoff_base_ms", "backoff_max_ms", "timeout_ms",
     /// "delay_ms", "after", "key", "notify_url"}. All are accepted or none. On a terminal,
     /// shows a progress bar until all finished.
     #[arg(
@@ -356,7 +365,7 @@ pub struct SubmitArgs {
         value_name = "FILE",
         conflicts_with_all = [
             "task", "command", "input", "cwd", "env", "ok_codes", "queue", "priority",
-            "max_attempts", "backoff_ms", "timeout", "delay", "after", "key", "input_from",
+            "max_attempts", "max_crashes", "backoff_ms", "timeout", "delay", "after", "key", "input_from",
             "notify_url",
         ]
     )]

@@ -68,7 +68,7 @@ mod tests {
     fn batch_line_full() {
         let spec = parse_batch_line(
             r#"{"task":"hash","input":{"data":[1,2]},"queue":"q","priority":-3,"max_attempts":4,
-               "backoff_base_ms":10,"backoff_max_ms":100,"timeout_ms":5000,"delay_ms":7,
+               "max_crashes":2,"backoff_base_ms":10,"backoff_max_ms":100,"timeout_ms":5000,"delay_ms":7,
                "after":[1,2],"key":"k1"}"#,
         )
         .unwrap();
@@ -77,6 +77,7 @@ mod tests {
         assert_eq!(spec.queue.as_deref(), Some("q"));
         assert_eq!(spec.priority, -3);
         assert_eq!(spec.max_attempts, Some(4));
+        assert_eq!(spec.max_crashes, Some(2));
         assert_eq!(spec.backoff_base_ms, Some(10));
         assert_eq!(spec.backoff_max_ms, Some(100));
         assert_eq!(spec.timeout_ms, Some(5000));

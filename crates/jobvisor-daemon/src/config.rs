@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use jobvisor_pool::StartMethod;
-use jobvisor_proto::control::JobState;
+use jobvisor_proto::control::{JobSpec, JobState};
 use serde::Deserialize;
 
 /// Values of duration keys: an integer in the key's unit (`_ms`: ms, `_secs`:
@@ -246,8 +246,9 @@ pub struct JobDefaults {
     /// Retry delay cap (ms).
     #[serde(deserialize_with = "human::ms")]
     pub backoff_max_ms: u64,
-    /// Crash budget: a job under which this many workers died is
-    /// dead-lettered (`dead`), whatever its attempt budget.
+    /// Default crash budget (1 to 1000; a job may set its own,
+    /// `max_crashes`): a job under which this many workers died, or the
+    /// daemon itself, is dead-lettered (`dead`), whatever its attempt budget.
     pub max_crashes: u32,
     /// On SIGTERM, how long running jobs may finish before they are stopped
     /// (and re-queued for the next start).
@@ -580,8 +581,8 @@ impl Config {
         if self.limits.event_history > MAX_EVENT_HISTORY {
             return bad("limits.event_history must be at most 1000000");
         }
-        if self.jobs.max_crashes == 0 {
-            return bad("jobs.max_crashes must be at least 1");
+        if !(1..=JobSpec::MAX_CRASHES).contains(&self.jobs.max_crashes) {
+            return bad("jobs.max_crashes must be 1 to 1000");
         }
         if self.jobs.max_attempts == 0 {
             return bad("jobs.max_attempts must be at least 1");

@@ -26,13 +26,13 @@ ForkRequest{Spawn{token:u64},Signal{pid:u32,signal:i32,group:bool}}\
 ForkReply{Spawned{token:u64,pid:u32},SpawnFailed{token:u64,message:String},Exited{pid:u32,status:ExitStatus}}\
 ExitStatus{code:Option<i32>,signal:Option<i32>,core_dumped:bool,max_rss_kib:u64}\
 Payload{Json(String),Native(bytes)}\
-JobSpec{task:String,input:Payload,queue:Option<String>,priority:i32,max_attempts:Option<u32>,backoff_base_ms:Option<u64>,backoff_max_ms:Option<u64>,timeout_ms:Option<u64>,delay_ms:Option<u64>,after:Vec<u64>,key:Option<String>,stall_timeout_ms:Option<u64>,input_from:Vec<InputRef>,notify_url:Option<String>}\
+JobSpec{task:String,input:Payload,queue:Option<String>,priority:i32,max_attempts:Option<u32>,max_crashes:Option<u32>,backoff_base_ms:Option<u64>,backoff_max_ms:Option<u64>,timeout_ms:Option<u64>,delay_ms:Option<u64>,after:Vec<u64>,key:Option<String>,stall_timeout_ms:Option<u64>,input_from:Vec<InputRef>,notify_url:Option<String>}\
 JobRef{Id(u64),Batch(u32)}\
 InputRef{job:JobRef,pointer:Option<String>,field:Option<String>}\
 JobState{Queued,Running,Retrying,Succeeded,Failed,Cancelled,Dead}\
 AttemptOutcome{Running,Ok,Error(String),Panic(String),Crashed{code:Option<i32>,signal:Option<i32>,max_rss_kib:u64,stderr_tail:Vec<String>,cause:Option<String>},TimedOut(String),Lost,Cancelled}\
 Attempt{number:u32,worker_pid:Option<u32>,started_ms:u64,finished_ms:Option<u64>,outcome:AttemptOutcome}\
-JobRecord{id:u64,task:String,queue:String,priority:i32,state:JobState,max_attempts:u32,timeout_ms:Option<u64>,stall_timeout_ms:Option<u64>,input_from:Vec<InputRef>,backoff_base_ms:u64,backoff_max_ms:u64,after:Vec<u64>,key:Option<String>,created_ms:u64,run_at_ms:u64,finished_ms:Option<u64>,input:Option<Payload>,output:Option<Payload>,error:Option<String>,attempts:Vec<Attempt>,notify_url:Option<String>}\
+JobRecord{id:u64,task:String,queue:String,priority:i32,state:JobState,max_attempts:u32,max_crashes:Option<u32>,budget_from:u32,epoch:u32,timeout_ms:Option<u64>,stall_timeout_ms:Option<u64>,input_from:Vec<InputRef>,backoff_base_ms:u64,backoff_max_ms:u64,after:Vec<u64>,key:Option<String>,created_ms:u64,run_at_ms:u64,finished_ms:Option<u64>,input:Option<Payload>,output:Option<Payload>,error:Option<String>,attempts:Vec<Attempt>,notify_url:Option<String>}\
 Submitted{id:u64,duplicate:bool}\
 WorkerState{Ready,Retiring,Stopping,Dead}\
 WorkerRow{id:u64,pid:u32,state:WorkerState,in_flight:u64,calls_done:u64,running_job:Option<u64>}\

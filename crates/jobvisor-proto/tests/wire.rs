@@ -38,7 +38,7 @@ use serde::Serialize;
 
 /// `jobvisor_proto::SCHEMA_HASH` when the fixtures were last blessed. Changing
 /// `SCHEMA` without updating this (and re-blessing) fails `schema_is_recorded`.
-const RECORDED_SCHEMA_HASH: u64 = 0x3207_1d9d_121f_8032;
+const RECORDED_SCHEMA_HASH: u64 = 0x7d01_2cde_cab3_b361;
 /// `jobvisor_proto::PROTOCOL_VERSION` when the fixtures were last blessed.
 const RECORDED_PROTOCOL_VERSION: u32 = 2;
 

@@ -189,7 +189,7 @@ impl Scheduler {
                     failures: job.failures,
                     crashes: job.crashes,
                     max_attempts: job.max_attempts,
-                    max_crashes: self.cfg.jobs.max_crashes,
+                    max_crashes: job.max_crashes,
                     backoff_base_ms: job.backoff_base_ms,
                     backoff_max_ms: job.backoff_max_ms,
                     cancel_requested: job.cancel_requested,
@@ -265,6 +265,7 @@ impl Scheduler {
         if let Some(task) = self.jobs.get(&id).map(|j| j.task.clone()) {
             let error = match next {
                 Finish::Retry { error, .. }
+                | Finish::Revive { error, .. }
                 | Finish::Failed { error }
                 | Finish::Cancelled { error }
                 | Finish::Dead { error } => Some(error.clone()),
@@ -276,7 +277,7 @@ impl Scheduler {
         if let Some(job) = self.jobs.get_mut(&id) {
             job.set_state(state);
             match next {
-                Finish::Retry { run_at_ms, .. } => {
+                Finish::Retry { run_at_ms, .. } | Finish::Revive { run_at_ms, .. } => {
                     job.run_at_ms = *run_at_ms;
                     let at = job::due_at(*run_at_ms, now_ms(), Instant::now());
                     self.queues.delay(at, id);

@@ -347,7 +347,7 @@ impl Scheduler {
         }
         let now = now_ms();
         let id = r.id;
-        let mut job = match Job::from_record(r, &self.registry) {
+        let mut job = match Job::from_record(r, &self.registry, self.cfg.jobs.max_crashes) {
             Ok(job) => job,
             Err((_, e)) => {
                 let _ = reply.send(Err(err(
@@ -364,9 +364,13 @@ impl Scheduler {
             )));
             return;
         }
-        // Fresh budgets, no dependencies to wait for; the history stays.
+        // Fresh budgets from the next attempt on, in a new epoch (both
+        // stored, so a restart counts the same), no dependencies to wait
+        // for; the history stays.
         job.failures = 0;
         job.crashes = 0;
+        job.budget_from = job.attempts + 1;
+        job.epoch += 1;
         job.after.clear();
         job.set_state(JobState::Retrying);
         job.run_at_ms = now;
@@ -375,9 +379,11 @@ impl Scheduler {
         let write = self.store.try_finish_job(
             id,
             now,
-            Finish::Retry {
+            Finish::Revive {
                 run_at_ms: now,
                 error: "retried by a client".into(),
+                budget_from: job.budget_from,
+                epoch: job.epoch,
             },
             Vec::new(),
         );

@@ -44,6 +44,7 @@ pub(super) fn spec(after: &[u64]) -> JobSpec {
         queue: None,
         priority: 0,
         max_attempts: None,
+        max_crashes: None,
         backoff_base_ms: None,
         backoff_max_ms: None,
         timeout_ms: None,

@@ -13,6 +13,7 @@ pub const FIELDS: &[&str] = &[
     "queue",
     "priority",
     "max_attempts",
+    "max_crashes",
     "backoff_base_ms",
     "backoff_max_ms",
     "timeout_ms",
@@ -84,6 +85,7 @@ pub fn job_spec(value: &Value) -> Result<JobSpec, String> {
             Some(u32::try_from(n).map_err(|_| "field `max_attempts` is too large".to_owned())?)
         }
     };
+    spec.max_crashes = opt_u64("max_crashes")?.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
     spec.backoff_base_ms = opt_u64("backoff_base_ms")?;
     spec.backoff_max_ms = opt_u64("backoff_max_ms")?;
     spec.timeout_ms = opt_u64("timeout_ms")?;
