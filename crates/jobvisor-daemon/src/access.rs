@@ -14,6 +14,18 @@ use std::net::SocketAddr;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+/// One `[[http.tokens]]` entry.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who it is, for logs (never the token).
+    pub name: String,
+    /// SHA-256 of the token, 64 hex digits.
+    pub sha256: String,
+    /// What it may do.
+    pub role: Role,
+}
+
 /// What a caller may do. Ordered: a higher role may do all a lower one may.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -78,7 +90,7 @@ pub fn listen_addr(listen: &str, allow_plaintext: bool) -> Result<SocketAddr, St
 ///
 /// # Errors
 /// What is wrong with it.
-pub fn check_token_config(t: &crate::config::TokenConfig) -> Result<(), String> {
+pub fn check_token_config(t: &TokenConfig) -> Result<(), String> {
     if t.name.is_empty() || t.name.len() > 128 || t.name.chars().any(char::is_control) {
         return Err("name must be 1 to 128 printable bytes".into());
     }
@@ -129,7 +141,7 @@ pub struct Tokens(Vec<(String, [u8; 32], Role)>);
 
 impl Tokens {
     /// From `[[http.tokens]]` (already validated; a bad entry is skipped).
-    pub fn new(config: &[crate::config::TokenConfig]) -> Self {
+    pub fn new(config: &[TokenConfig]) -> Self {
         Tokens(
             config
                 .iter()
@@ -171,7 +183,7 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TokenConfig;
+    use TokenConfig;
 
     #[test]
     fn roles_are_ordered_and_named() {

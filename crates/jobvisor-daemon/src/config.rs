@@ -129,7 +129,7 @@ pub struct HttpSettings {
     #[serde(deserialize_with = "human::ms")]
     pub max_wait_ms: u64,
     /// Bearer tokens, stored as SHA-256 (`jobvisor token new` prints one).
-    pub tokens: Vec<TokenConfig>,
+    pub tokens: Vec<crate::access::TokenConfig>,
 }
 
 impl Default for HttpSettings {
@@ -146,18 +146,6 @@ impl Default for HttpSettings {
             tokens: Vec::new(),
         }
     }
-}
-
-/// One `[[http.tokens]]` entry.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct TokenConfig {
-    /// Who it is, for logs (never the token).
-    pub name: String,
-    /// SHA-256 of the token, 64 hex digits.
-    pub sha256: String,
-    /// What it may do.
-    pub role: crate::access::Role,
 }
 
 /// `[store]`: where the jobs live and, on PostgreSQL, how this node takes

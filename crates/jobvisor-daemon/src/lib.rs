@@ -12,6 +12,10 @@
 //! - [`policy`]: what an attempt's end means for its job (retry, fail, ...):
 //!   pure functions.
 //! - `pipeline`: jobs that take their input from other jobs' outputs.
+//! - [`store_url`]: `[store] url` (`sqlite:PATH`, `postgres://...`) and node names.
+//! - [`sdnotify`]: systemd's notification protocol (READY, STOPPING, WATCHDOG).
+//! - [`access`]: roles and the HTTP API's tokens (hashed, compared in
+//!   constant time).
 //! - [`config`]: the TOML configuration and its defaults.
 //! - `events`: the event feed (job and worker events, the recent ones kept).
 //! - `notify`: completion notifications (webhooks, commands) from a durable
@@ -20,6 +24,7 @@
 //! - `scheduler`: the actor that owns unfinished jobs: queues, priorities,
 //!   delays, dependencies, attempts, waiters.
 //! - `server`: the control socket (permissions, peer check, handshake, limits).
+//! - `http`: the HTTP/JSON API, answering through the socket's handler.
 //! - [`run`] (here): start-up (lock, store, pool, recovery, socket), signals,
 //!   and the shutdown order.
 
