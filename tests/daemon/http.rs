@@ -445,3 +445,109 @@ fn a_public_listen_address_needs_allow_plaintext() {
         "{err}"
     );
 }
+
+/// Reads server-sent events off `s` until `want` of them arrived: their
+/// (id, event name, data) in order. The chunked framing's size lines are
+/// skipped (they are not `field: value` lines).
+fn read_events(
+    s: &mut std::net::TcpStream,
+    want: usize,
+) -> Vec<(String, String, serde_json::Value)> {
+    let mut got = Vec::new();
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < want {
+        let n = s.read(&mut buf).expect("events within 30 s");
+        assert!(n > 0, "the stream ended after {got:?}");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        while let Some(end) = text.find("\n\n") {
+            let block: String = text.drain(..end + 2).collect();
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                    .map(str::to_owned)
+            };
+            if let (Some(id), Some(data)) = (field("id"), field("data")) {
+                let event = field("event").unwrap_or_default();
+                got.push((id, event, serde_json::from_str(&data).expect("json data")));
+            }
+        }
+    }
+    got
+}
+
+fn open_events(addr: &str, last: Option<&str>) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let resume = last
+        .map(|l| format!("last-event-id: {l}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET /v1/events HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {READ}\r\n{resume}\r\n"
+    )
+    .unwrap();
+    s
+}
+
+/// `GET /v1/events` streams the kept history and then live events as
+/// `text/event-stream`; a client that comes back with `Last-Event-ID` gets
+/// exactly the events after that one.
+#[test]
+fn events_stream_over_sse_and_resume_after_the_last_one_seen() {
+    let (_d, addr) = api("");
+    let mut s = open_events(&addr, None);
+    let id = call(
+        &addr,
+        "POST",
+        "/v1/jobs",
+        Some(SUBMIT),
+        Some(r#"{"task": "noop", "input": 5}"#),
+    )
+    .json()["id"]
+        .as_u64()
+        .unwrap();
+    // The job's events, live, until it has succeeded.
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|(_, _, d): &(String, String, serde_json::Value)| {
+            d["id"].as_u64() == Some(id) && d["state"] == "succeeded"
+        })
+    {
+        seen.extend(read_events(&mut s, 1));
+    }
+    drop(s);
+    let states: Vec<&str> = seen
+        .iter()
+        .filter(|(_, e, d)| e == "job" && d["id"].as_u64() == Some(id))
+        .filter_map(|(_, _, d)| d["state"].as_str())
+        .collect();
+    assert_eq!(states, ["queued", "running", "succeeded"], "{seen:?}");
+    // Ids grow by one.
+    let seqs: Vec<u64> = seen
+        .iter()
+        .map(|(i, _, _)| i.split('-').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
+
+    // Resume after the first job event: the rest again, same ids, nothing before.
+    let at = seen.iter().position(|(_, e, _)| e == "job").unwrap();
+    let mut again = open_events(&addr, Some(&seen[at].0));
+    let rest = read_events(&mut again, seen.len() - at - 1);
+    let ids = |v: &[(String, String, serde_json::Value)]| {
+        v.iter().map(|(i, _, _)| i.clone()).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(&rest), ids(&seen[at + 1..]));
+    // The head says what it is.
+    let mut head = open_events(&addr, None);
+    let mut buf = [0u8; 1024];
+    let n = head.read(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(
+        text.starts_with("http/1.1 200") && text.contains("content-type: text/event-stream"),
+        "{text}"
+    );
+}

@@ -602,7 +602,7 @@ async fn stream_events(
             _ = stream.read(&mut probe) => return,
         };
         let ev = match ev {
-            Ok(ev) => ev,
+            Ok((_, ev)) => ev,
             Err(RecvError::Lagged(missed)) => jobvisor_proto::control::Event {
                 at_ms: crate::scheduler::now_ms(),
                 kind: jobvisor_proto::control::EventKind::Lagged { missed },

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /healthz` | none: the process answers |
 //! | `GET /readyz` | none: the scheduler and the store answer |
-//! | `GET /v1/jobs`, `/v1/jobs/{id}`, `/v1/jobs/{id}/wait`, `/v1/jobs/{id}/result`, `/v1/workers`, `/v1/stats` | `read` |
+//! | `GET /v1/jobs`, `/v1/jobs/{id}`, `/v1/jobs/{id}/wait`, `/v1/jobs/{id}/result`, `/v1/workers`, `/v1/stats`, `/v1/events` | `read` |
 //! | `POST /v1/jobs`, `/v1/jobs/{id}/cancel`, `/v1/jobs/{id}/retry` | `submit` |
 //! | `POST /v1/shutdown` | `admin` |
 //!
@@ -63,6 +63,7 @@ pub(super) fn router(state: State) -> Router {
         .route("/v1/jobs/{id}/retry", post(retry))
         .route("/v1/workers", get(workers))
         .route("/v1/stats", get(stats))
+        .route("/v1/events", get(events))
         .route("/v1/shutdown", post(shutdown))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -370,6 +371,68 @@ async fn stats(axum::extract::State(s): axum::extract::State<Shared>) -> Answer 
         control::Response::Stats(st) => Ok(Json(json::Stats::from(&st)).into_response()),
         other => Err(ApiError::from_response(other)),
     }
+}
+
+/// `GET /v1/events`: server-sent events, each `id: <run>-<seq>`, `event:
+/// <kind>` and `data:` the event's public JSON. The kept history first (or,
+/// with `Last-Event-ID` of this run, what followed that event, and a
+/// `lagged` event counting what is no longer kept), then live events until
+/// the client goes; a comment every 15 s keeps proxies from closing it.
+async fn events(
+    axum::extract::State(s): axum::extract::State<Shared>,
+    headers: HeaderMap,
+) -> Response {
+    use axum::response::sse::{Event as Sse, KeepAlive};
+    use tokio::sync::broadcast::error::RecvError;
+    let run = s.ctx.events.run();
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once('-'))
+        .and_then(|(r, q)| Some((r.parse::<u64>().ok()?, q.parse::<u64>().ok()?)))
+        // An id of an earlier run says nothing of this one's events.
+        .and_then(|(r, q)| (r == run).then_some(q));
+    let (past, missed, rx) = s.ctx.events.subscribe_after(last);
+    let frame = move |seq: u64, ev: &control::Event| {
+        let ev = json::Event::from(ev);
+        let kind = serde_json::to_value(&ev)
+            .ok()
+            .and_then(|v| v["kind"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| "event".into());
+        Sse::default()
+            .id(format!("{run}-{seq}"))
+            .event(kind)
+            .json_data(&ev)
+            .unwrap_or_else(|_| Sse::default().comment("unencodable event"))
+    };
+    let mut first = Vec::new();
+    if last.is_some() && missed > 0 {
+        let lagged = control::Event {
+            at_ms: crate::scheduler::now_ms(),
+            kind: control::EventKind::Lagged { missed },
+        };
+        first.push(frame(past.first().map_or(0, |(q, _)| q - 1), &lagged));
+    }
+    first.extend(past.iter().map(|(seq, ev)| frame(*seq, ev)));
+    let past = futures_util::stream::iter(first.into_iter().map(Ok::<_, std::convert::Infallible>));
+    let live = futures_util::stream::unfold(rx, move |mut rx| async move {
+        let item = match rx.recv().await {
+            Ok((seq, ev)) => frame(seq, &ev),
+            Err(RecvError::Lagged(missed)) => frame(
+                0,
+                &control::Event {
+                    at_ms: crate::scheduler::now_ms(),
+                    kind: control::EventKind::Lagged { missed },
+                },
+            ),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(item), rx))
+    });
+    use futures_util::StreamExt;
+    axum::response::sse::Sse::new(past.chain(live))
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 /// Query of `shutdown`.
