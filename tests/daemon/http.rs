@@ -551,3 +551,23 @@ fn events_stream_over_sse_and_resume_after_the_last_one_seen() {
         "{text}"
     );
 }
+
+/// `clients/python` (standard library only) against a real daemon: its
+/// unittest suite, run by the machine's python3.
+#[test]
+fn the_python_client_drives_a_real_daemon() {
+    let (_d, addr) = api("");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/python");
+    let out = std::process::Command::new("python3")
+        .args(["-m", "unittest", "discover", "-v", "-s"])
+        .arg(root.join("tests"))
+        .env("PYTHONPATH", &root)
+        .env("JOBVISOR_URL", format!("http://{addr}"))
+        .env("JOBVISOR_TOKEN", SUBMIT)
+        .env("JOBVISOR_READ_TOKEN", READ)
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Ran 5 tests") && text.contains("OK"), "{text}");
+}
