@@ -85,7 +85,7 @@ impl Listener {
         poll: Duration,
         tx: mpsc::Sender<Wake>,
     ) -> Result<Listener, StoreError> {
-        let first = listen(url, channel)?;
+        let first = super::off_runtime(|| listen(url, channel))?;
         let stop = Arc::new(AtomicBool::new(false));
         let (url, channel, flag) = (url.to_string(), channel.to_string(), stop.clone());
         let thread = std::thread::Builder::new()

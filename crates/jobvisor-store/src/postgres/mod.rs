@@ -95,7 +95,8 @@ struct Pending {
 /// `cluster`) run in transactions of their own, never inside one opened
 /// by [`JobStore::begin`].
 pub struct PostgresStore {
-    client: Client,
+    /// Dropped off any tokio runtime (see [`off_runtime`]).
+    client: std::mem::ManuallyDrop<Client>,
     stmts: HashMap<&'static str, Statement>,
     /// `LISTEN/NOTIFY` channel: `jobvisor:<schema>`.
     channel: String,
@@ -186,15 +187,14 @@ impl PostgresStore {
     /// [`StoreError::TooNew`] when the database's schema is newer than this
     /// build's; [`StoreError::Db`] when it cannot connect.
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        let client = connect(url)?;
-        Self::from_client(client)
-    }
-
-    fn from_client(mut client: Client) -> Result<Self, StoreError> {
-        schema::migrate(&mut client)?;
-        let schema: String = client.query_one("SELECT current_schema()", &[])?.get(0);
+        let (client, schema) = off_runtime(|| {
+            let mut client = connect(url)?;
+            schema::migrate(&mut client)?;
+            let schema: String = client.query_one("SELECT current_schema()", &[])?.get(0);
+            Ok::<_, StoreError>((client, schema))
+        })?;
         Ok(PostgresStore {
-            client,
+            client: std::mem::ManuallyDrop::new(client),
             stmts: HashMap::new(),
             channel: channel_of(&schema),
             node: None,
@@ -521,6 +521,29 @@ impl PostgresStore {
         }
         sql
     }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        // SAFETY: `client` is not used again; this is the only take.
+        let client = unsafe { std::mem::ManuallyDrop::take(&mut self.client) };
+        off_runtime(move || drop(client));
+    }
+}
+
+/// Runs `f` here, or on a thread of its own when this thread drives a
+/// tokio runtime: the blocking client runs (and drops) a runtime of its
+/// own, which tokio forbids inside another. So a store may be opened and
+/// dropped anywhere, e.g. in the daemon's `main` before the writer thread
+/// takes it.
+pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
 }
 
 /// Connects without TLS (the server is on loopback or a private network;
