@@ -184,7 +184,7 @@ impl PostgresStore {
             self.held.iter().map(|(&j, &t)| (big(j), big(t))).unzip();
         let rows = self.client.query(
             "WITH n AS (UPDATE nodes SET last_heartbeat = now() WHERE name = $1) \
-             UPDATE jobs SET lease_expires = now() + $2 * interval '1 millisecond' \
+             UPDATE jobs SET lease_expires = now() + $2::bigint * interval '1 millisecond' \
              FROM unnest($3::bigint[], $4::bigint[]) AS h(id, token) \
              WHERE jobs.id = h.id AND jobs.token = h.token AND jobs.lease_node = $1 \
              AND jobs.state = 'running' RETURNING jobs.id",
@@ -342,7 +342,7 @@ impl PostgresStore {
         }
         let s = self.st(concat!(
             "UPDATE jobs SET state = 'running', token = token + 1, lease_node = $1, ",
-            "lease_expires = now() + $2 * interval '1 millisecond', cancel_requested = false ",
+            "lease_expires = now() + $2::bigint * interval '1 millisecond', cancel_requested = false ",
             "WHERE id = ANY($3) RETURNING ",
             pg_job_cols!(),
             ", input_text, input_bytes, output_text, output_bytes, token"
@@ -391,9 +391,9 @@ impl PostgresStore {
                  WHERE job_id IN (SELECT id FROM x) AND finished_ms IS NULL) \
                  UPDATE jobs j SET lost_leases = j.lost_leases + 1, token = j.token + 1, \
                  lease_node = NULL, lease_expires = NULL, cancel_requested = false, \
-                 state = CASE WHEN j.lost_leases + 1 >= $1 THEN 'dead' ELSE 'queued' END, \
-                 finished_ms = CASE WHEN j.lost_leases + 1 >= $1 THEN {NOW_MS} END, \
-                 error = CASE WHEN j.lost_leases + 1 >= $1 THEN to_jsonb('lost its lease ' || \
+                 state = CASE WHEN j.lost_leases + 1 >= $1::bigint THEN 'dead' ELSE 'queued' END, \
+                 finished_ms = CASE WHEN j.lost_leases + 1 >= $1::bigint THEN {NOW_MS} END, \
+                 error = CASE WHEN j.lost_leases + 1 >= $1::bigint THEN to_jsonb('lost its lease ' || \
                  (j.lost_leases + 1) || ' times (its node stopped or was cut off while running it)') \
                  ELSE j.error END \
                  FROM x WHERE j.id = x.id RETURNING j.id, j.state"

@@ -26,6 +26,9 @@ use crate::store::StoreError;
 /// notification was lost.
 pub const POLL_FALLBACK: Duration = Duration::from_millis(1_000);
 
+/// How often the thread looks at its stop flag while waiting.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
 /// The longest wait between two connection attempts (the first waits
 /// 100 ms, each next one twice as long).
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -63,8 +66,8 @@ impl Wake {
 }
 
 /// The listening thread. Dropping it (or [`Listener::stop`]) stops the
-/// thread within one `poll` interval and joins it; so does dropping the
-/// receiver.
+/// thread (within about 100 ms) and joins it; dropping the receiver stops
+/// it too.
 #[derive(Debug)]
 pub struct Listener {
     stop: Arc<AtomicBool>,
@@ -98,7 +101,7 @@ impl Listener {
         })
     }
 
-    /// Stops the thread and waits for it (at most about one `poll` interval).
+    /// Stops the thread and waits for it.
     pub fn stop(mut self) {
         self.halt();
     }
@@ -133,11 +136,17 @@ fn run(
 ) {
     let mut client = Some(first);
     let mut backoff = Duration::from_millis(100);
+    let mut quiet_since = std::time::Instant::now();
+    let mut next_try = std::time::Instant::now();
     let done = || stop.load(Ordering::Relaxed) || tx.is_closed();
     while !done() {
         let Some(c) = client.as_mut() else {
-            std::thread::sleep(backoff.min(poll));
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            // Reconnecting: wait out the backoff in short naps (to see a stop).
+            let left = next_try.saturating_duration_since(std::time::Instant::now());
+            if !left.is_zero() {
+                std::thread::sleep(left.min(STOP_CHECK));
+                continue;
+            }
             match listen(url, channel) {
                 Ok(c) => {
                     client = Some(c);
@@ -147,23 +156,30 @@ fn run(
                         return;
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "listener cannot reconnect; retrying"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "listener cannot reconnect; retrying");
+                    next_try = std::time::Instant::now() + backoff;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
             }
             continue;
         };
-        let next = c.notifications().timeout_iter(poll).next();
+        let next = c.notifications().timeout_iter(poll.min(STOP_CHECK)).next();
         let wake = match next {
             Ok(Some(n)) => match Wake::parse(n.payload()) {
                 Some(w) => w,
                 None => continue,
             },
+            Ok(None) if quiet_since.elapsed() < poll => continue,
             Ok(None) => Wake::Poll,
             Err(e) => {
                 tracing::warn!(error = %e, "listener connection lost; reconnecting");
                 client = None;
+                next_try = std::time::Instant::now() + backoff;
                 continue;
             }
         };
+        quiet_since = std::time::Instant::now();
         if tx.blocking_send(wake).is_err() {
             return;
         }

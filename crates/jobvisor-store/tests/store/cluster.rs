@@ -1,0 +1,534 @@
+//! Several nodes on one PostgreSQL database, each a store of its own (its
+//! own connection), as several daemons would be: claims never overlap,
+//! stale tokens are refused, caps and dependencies hold across nodes, keys
+//! are unique across nodes, notifications arrive, migrations race safely.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Barrier};
+
+use jobvisor_store::{
+    CancelRequest, Claim, Claimed, Listener, NodeState, PostgresStore, Wake, PG_SCHEMA_VERSION,
+};
+
+use super::pg::Pg;
+use super::*;
+
+/// A store registered as node `name` with a lease of `lease_ms`.
+fn node(pg: &Pg, name: &str, lease_ms: u64) -> PostgresStore {
+    let mut s = pg.open();
+    s.register_node(name, std::process::id(), "test-host", lease_ms)
+        .unwrap();
+    s
+}
+
+fn claim(store: &mut PostgresStore, limit: u32) -> Vec<Claimed> {
+    store
+        .claim(&Claim {
+            limit,
+            ..Claim::default()
+        })
+        .unwrap()
+}
+
+/// Runs attempt `number` of `id` to success, as a node does: one transaction.
+fn succeed(store: &mut PostgresStore, id: u64, number: u32) -> Result<(), StoreError> {
+    store.begin()?;
+    let r = store.start_and_finish_attempt(
+        id,
+        number,
+        10,
+        Some(1),
+        &AttemptOutcome::Ok,
+        20,
+        &Finish::Succeeded { output: json(id) },
+    );
+    match r {
+        Ok(()) => store.commit(),
+        Err(e) => {
+            store.rollback()?;
+            Err(e)
+        }
+    }
+}
+
+/// Expires leases until `id`'s has (a lease of 0 ms has passed by the next
+/// transaction of the database's clock), a bounded number of tries.
+fn expire_until(store: &mut PostgresStore, id: u64) -> jobvisor_store::Expired {
+    for _ in 0..1_000 {
+        let e = store.expire(10, 100).unwrap();
+        if e.requeued.contains(&id) || e.dead.contains(&id) {
+            return e;
+        }
+    }
+    panic!("the lease of job {id} never expired");
+}
+
+fn insert_all(store: &mut PostgresStore, jobs: &[NewJob]) -> Vec<u64> {
+    in_tx(store, |s| s.insert_many(jobs).unwrap())
+        .iter()
+        .map(|s| s.id)
+        .collect()
+}
+
+#[test]
+fn two_nodes_claiming_concurrently_never_get_the_same_job() {
+    const N: u64 = 1_000;
+    let pg = Pg::new();
+    let mut setup = pg.open();
+    let jobs: Vec<NewJob> = (0..N).map(|n| job("t", json(n))).collect();
+    let all: BTreeSet<u64> = insert_all(&mut setup, &jobs).into_iter().collect();
+    let start = Arc::new(Barrier::new(2));
+    let run = |name: &'static str| {
+        let (pg, start) = (&pg, start.clone());
+        move || {
+            let mut store = node(pg, name, 60_000);
+            start.wait();
+            let mut mine = Vec::new();
+            loop {
+                let got = claim(&mut store, 25);
+                if got.is_empty() {
+                    return mine;
+                }
+                for c in got {
+                    assert_eq!(c.job.state, JobState::Running);
+                    assert_eq!(store.token(c.job.id), Some(c.token));
+                    succeed(&mut store, c.job.id, 1).unwrap();
+                    mine.push(c.job.id);
+                }
+            }
+        }
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(run("a"));
+        let b = s.spawn(run("b"));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let (sa, sb): (BTreeSet<u64>, BTreeSet<u64>) =
+        (a.iter().copied().collect(), b.iter().copied().collect());
+    assert_eq!(sa.len(), a.len(), "node a claimed a job twice");
+    assert_eq!(sb.len(), b.len(), "node b claimed a job twice");
+    assert!(sa.is_disjoint(&sb), "both nodes claimed {:?}", sa.intersection(&sb).next());
+    assert_eq!(&sa | &sb, all, "every job was claimed");
+    eprintln!("claims: node a {}, node b {}", a.len(), b.len());
+    assert_eq!(setup.counts().unwrap(), vec![(JobState::Succeeded, N)]);
+}
+
+#[test]
+fn a_stale_token_is_refused_after_expiry_and_a_new_claim() {
+    let pg = Pg::new();
+    let mut a = node(&pg, "a", 0);
+    let mut b = node(&pg, "b", 60_000);
+    let id = insert(&mut a, &job("t", json(1)));
+    let first = claim(&mut a, 10);
+    assert_eq!(first.len(), 1);
+    let old = first[0].token;
+    in_tx(&mut a, |s| s.start_attempt(id, 1, Some(11), 5).unwrap());
+
+    // a's lease (0 ms) passes; b expires it and claims the job again.
+    let expired = expire_until(&mut b, id);
+    assert_eq!((expired.requeued, expired.dead), (vec![id], vec![]));
+    let second = claim(&mut b, 10);
+    assert_eq!(second.len(), 1);
+    let new = second[0].token;
+    assert!(new > old);
+    assert_eq!(second[0].job.attempts[0].outcome, AttemptOutcome::Lost);
+
+    // a comes back and reports its result: refused, nothing written.
+    a.begin().unwrap();
+    let late = a.finish_attempt(
+        id,
+        1,
+        None,
+        &AttemptOutcome::Ok,
+        30,
+        &Finish::Succeeded { output: json(99) },
+    );
+    a.rollback().unwrap();
+    match late {
+        Err(StoreError::Fenced {
+            job,
+            token,
+            current,
+        }) => assert_eq!((job, token, current), (id, old, new)),
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    let rec = b.get(id).unwrap().unwrap();
+    assert_eq!((rec.state, rec.output), (JobState::Running, None));
+    // Every kind of write of a's is refused alike.
+    a.begin().unwrap();
+    assert!(matches!(
+        a.start_attempt(id, 2, None, 40),
+        Err(StoreError::Fenced { .. })
+    ));
+    a.rollback().unwrap();
+    a.begin().unwrap();
+    assert!(matches!(
+        a.finish_job(id, 40, &Finish::Requeue),
+        Err(StoreError::Fenced { .. })
+    ));
+    a.rollback().unwrap();
+
+    // b's result is the one stored.
+    succeed(&mut b, id, 2).unwrap();
+    let rec = b.get(id).unwrap().unwrap();
+    assert_eq!((rec.state, rec.output), (JobState::Succeeded, Some(json(id))));
+    let outcomes: Vec<_> = rec.attempts.iter().map(|a| a.outcome.clone()).collect();
+    assert_eq!(outcomes, [AttemptOutcome::Lost, AttemptOutcome::Ok]);
+    // a's next heartbeat tells it the job is lost to it, and forgets it.
+    assert_eq!(a.token(id), Some(old));
+    assert_eq!(a.heartbeat().unwrap(), vec![id]);
+    assert!(a.token(id).is_none());
+}
+
+#[test]
+fn the_heartbeat_renews_leases_and_reports_the_lost_ones() {
+    let pg = Pg::new();
+    let mut a = node(&pg, "a", 0);
+    let mut b = node(&pg, "b", 60_000);
+    let ids = insert_all(&mut a, &[job("t", json(1)), job("t", json(2))]);
+    assert_eq!(claim(&mut a, 10).len(), 2);
+    expire_until(&mut b, ids[0]);
+    // Both leases were 0 ms: whichever the loop did not yet expire goes now.
+    let _ = b.expire(10, 100).unwrap();
+    if b.get(ids[1]).unwrap().unwrap().state == JobState::Running {
+        expire_until(&mut b, ids[1]);
+    }
+    let mut lost = a.heartbeat().unwrap();
+    lost.sort_unstable();
+    assert_eq!(lost, ids);
+    assert!(a.held().is_empty());
+
+    // A live lease is renewed and kept.
+    let mut c = node(&pg, "c", 60_000);
+    let got = claim(&mut c, 10);
+    assert_eq!(got.len(), 2);
+    assert!(c.heartbeat().unwrap().is_empty());
+    assert_eq!(c.held().len(), 2);
+}
+
+#[test]
+fn a_job_that_keeps_losing_its_lease_is_dead() {
+    let pg = Pg::new();
+    let mut a = node(&pg, "a", 0);
+    let mut b = node(&pg, "b", 60_000);
+    let id = insert(&mut a, &job("t", json(1)));
+    for round in 1..=3u32 {
+        assert_eq!(claim(&mut a, 1).len(), 1, "round {round}");
+        let mut e = None;
+        for _ in 0..1_000 {
+            let x = b.expire(3, 100).unwrap();
+            if !x.requeued.is_empty() || !x.dead.is_empty() {
+                e = Some(x);
+                break;
+            }
+        }
+        let e = e.expect("the lease expires");
+        if round < 3 {
+            assert_eq!(e.requeued, vec![id]);
+        } else {
+            assert_eq!(e.dead, vec![id]);
+        }
+    }
+    let rec = b.get(id).unwrap().unwrap();
+    assert_eq!(rec.state, JobState::Dead);
+    assert!(rec.finished_ms.is_some());
+    assert!(rec.error.unwrap().contains("lost its lease 3 times"));
+    assert!(claim(&mut a, 1).is_empty());
+}
+
+#[test]
+fn queue_caps_hold_across_nodes() {
+    const CAP: u32 = 3;
+    let pg = Pg::new();
+    let mut setup = pg.open();
+    let jobs: Vec<NewJob> = (0..40)
+        .map(|n| {
+            let mut j = job("t", json(n));
+            j.queue = if n % 2 == 0 { "capped" } else { "free" }.into();
+            j
+        })
+        .collect();
+    insert_all(&mut setup, &jobs);
+    let caps = vec![("capped".to_string(), CAP)];
+    // Four nodes claim at once, each as much as it may.
+    let start = Arc::new(Barrier::new(4));
+    let claimed: Vec<Vec<Claimed>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let (pg, start, caps) = (&pg, start.clone(), &caps);
+                s.spawn(move || {
+                    let mut store = node(pg, &format!("n{i}"), 60_000);
+                    start.wait();
+                    let got = store
+                        .claim(&Claim {
+                            limit: 8,
+                            queues: None,
+                            caps,
+                        })
+                        .unwrap();
+                    // Keep the store (and so the node's claims) alive.
+                    (got, store)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap().0).collect()
+    });
+    let capped: usize = claimed
+        .iter()
+        .flatten()
+        .filter(|c| c.job.queue == "capped")
+        .count();
+    assert_eq!(capped, CAP as usize, "{capped} capped jobs running at once");
+    let running = setup.list(Some(JobState::Running), Some("capped"), 100).unwrap();
+    assert_eq!(running.len(), CAP as usize);
+
+    // One finishes: exactly one more may start, on whichever node.
+    let mut n9 = node(&pg, "n9", 60_000);
+    let only_capped = vec!["capped".to_string()];
+    let claim_capped = |s: &mut PostgresStore| {
+        s.claim(&Claim {
+            limit: 10,
+            queues: Some(&only_capped),
+            caps: &caps,
+        })
+        .unwrap()
+    };
+    assert!(claim_capped(&mut n9).is_empty());
+    in_tx(&mut setup, |s| {
+        s.finish_job(running[0].id, 5, &Finish::Succeeded { output: json(0) })
+            .unwrap()
+    });
+    assert_eq!(claim_capped(&mut n9).len(), 1);
+    assert!(claim_capped(&mut n9).is_empty());
+}
+
+#[test]
+fn dependencies_finished_on_other_nodes_release_their_dependents() {
+    let pg = Pg::new();
+    let mut a = node(&pg, "a", 60_000);
+    let mut b = node(&pg, "b", 60_000);
+    let parent = insert(&mut a, &job("parent", json(1)));
+    let mut child = job("child", json(2));
+    child.after = vec![parent];
+    child.priority = 100; // would go first, but must wait
+    let child = insert(&mut a, &child);
+    let mut delayed = job("later", json(3));
+    delayed.run_at_ms = u64::MAX / 2; // far in the future (database clock)
+    insert(&mut a, &delayed);
+
+    let got = claim(&mut b, 10);
+    assert_eq!(
+        got.iter().map(|c| c.job.id).collect::<Vec<_>>(),
+        vec![parent],
+        "only the parent is ready"
+    );
+    assert!(claim(&mut a, 10).is_empty());
+    succeed(&mut b, parent, 1).unwrap();
+    let got = claim(&mut a, 10);
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].job.id, &got[0].job.after), (child, &vec![parent]));
+
+    // A failed dependency never releases its dependent.
+    let p2 = insert(&mut a, &job("p2", json(4)));
+    let mut c2 = job("c2", json(5));
+    c2.after = vec![p2];
+    insert(&mut a, &c2);
+    assert_eq!(claim(&mut b, 10)[0].job.id, p2);
+    in_tx(&mut b, |s| {
+        s.finish_job(p2, 5, &Finish::Failed { error: "no".into() }).unwrap()
+    });
+    assert!(claim(&mut a, 10).is_empty());
+}
+
+#[test]
+fn an_idempotency_key_is_one_job_across_nodes() {
+    let pg = Pg::new();
+    let mut a = node(&pg, "a", 60_000);
+    let mut b = node(&pg, "b", 60_000);
+    let mut keyed = job("t", json(1));
+    keyed.key = Some("once".into());
+    // a inserts and holds its transaction open; b's insert of the same key
+    // must wait for it, then see a's job.
+    a.begin().unwrap();
+    let first = a.insert(&keyed).unwrap();
+    assert!(!first.duplicate);
+    let mut watch = pg.sql();
+    let second = std::thread::scope(|s| {
+        let keyed = keyed.clone();
+        let waiter = s.spawn(move || in_tx(&mut b, |b| b.insert(&keyed).unwrap()));
+        // Until b waits on a's row lock (an event PostgreSQL shows).
+        loop {
+            let waiting: i64 = watch
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                     AND application_name = current_setting('application_name')",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            if waiting > 0 || waiter.is_finished() {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        a.commit().unwrap();
+        waiter.join().unwrap()
+    });
+    assert_eq!((second.id, second.duplicate), (first.id, true));
+    assert_eq!(a.list(None, None, 10).unwrap().len(), 1);
+}
+
+#[test]
+fn cancel_from_any_node_reaches_the_node_running_the_job() {
+    let pg = Pg::new();
+    let mut a = node(&pg, "a", 60_000);
+    let mut c = node(&pg, "c", 60_000);
+    let ids = insert_all(&mut a, &[job("t", json(1)), job("t", json(2))]);
+    let got = claim(&mut a, 1);
+    let running = got[0].job.id;
+    let waiting = ids.iter().copied().find(|&i| i != running).unwrap();
+    assert_eq!(
+        c.request_cancel(running, 50, "cancelled by user").unwrap(),
+        CancelRequest::Requested {
+            node: Some("a".into())
+        }
+    );
+    assert_eq!(a.cancel_requested().unwrap(), vec![running]);
+    assert!(c.cancel_requested().unwrap().is_empty());
+    assert_eq!(
+        c.request_cancel(waiting, 50, "cancelled by user").unwrap(),
+        CancelRequest::Cancelled
+    );
+    let rec = c.get(waiting).unwrap().unwrap();
+    assert_eq!(rec.state, JobState::Cancelled);
+    assert_eq!(rec.error.as_deref(), Some("cancelled by user"));
+    assert!(claim(&mut c, 10).is_empty(), "a cancelled job is not claimed");
+    // a stops the worker and writes the end, fenced as any write.
+    in_tx(&mut a, |s| {
+        s.finish_job(running, 60, &Finish::Cancelled { error: "cancelled by user".into() })
+            .unwrap()
+    });
+    assert_eq!(
+        c.request_cancel(running, 70, "again").unwrap(),
+        CancelRequest::Finished(JobState::Cancelled)
+    );
+    assert!(matches!(
+        c.request_cancel(9_999, 70, "x"),
+        Err(StoreError::NotFound(9_999))
+    ));
+}
+
+#[test]
+fn nodes_are_listed_with_their_jobs_and_state() {
+    let pg = Pg::new();
+    let mut a = node(&pg, "a", 60_000);
+    let mut b = node(&pg, "b", 60_000);
+    let mut gone = node(&pg, "gone", 0);
+    insert_all(&mut a, &[job("t", json(1)), job("t", json(2))]);
+    assert_eq!(claim(&mut a, 2).len(), 2);
+    b.deregister_node().unwrap();
+    gone.heartbeat().unwrap();
+    let nodes = a.nodes().unwrap();
+    let view: Vec<(&str, u64, NodeState)> = nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.jobs_running, n.state))
+        .collect();
+    // "gone" has a lease of 0 ms: silent for longer than it at once.
+    assert_eq!(
+        view,
+        [
+            ("a", 2, NodeState::Up),
+            ("b", 0, NodeState::Stopped),
+            ("gone", 0, NodeState::Lost)
+        ]
+    );
+    assert_eq!(nodes[0].pid, std::process::id());
+    assert_eq!(nodes[0].host, "test-host");
+    assert!(nodes[0].last_heartbeat_ms >= nodes[0].started_ms);
+    // A live node's name cannot be taken by another process.
+    let mut thief = pg.open();
+    let err = thief.register_node("a", 1, "elsewhere", 60_000).unwrap_err();
+    let cause = std::error::Error::source(&err).map(ToString::to_string);
+    assert!(cause.as_deref().unwrap_or("").contains("in use by a live node"), "{err}: {cause:?}");
+    // A stopped node's can.
+    thief.register_node("b", 1, "elsewhere", 60_000).unwrap();
+}
+
+#[test]
+fn notifications_reach_a_listener() {
+    let pg = Pg::new();
+    let mut a = node(&pg, "a", 60_000);
+    let mut c = node(&pg, "c", 60_000);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let listener = Listener::spawn(
+        &pg.url,
+        a.channel(),
+        std::time::Duration::from_secs(60),
+        tx,
+    )
+    .unwrap();
+    // The next notification that is not a poll.
+    let mut next = || {
+        rt.block_on(async {
+            loop {
+                match tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv()).await {
+                    Ok(Some(Wake::Poll)) => continue,
+                    Ok(Some(w)) => return w,
+                    other => panic!("no notification: {other:?}"),
+                }
+            }
+        })
+    };
+    let id = insert(&mut c, &job("t", json(1)));
+    assert_eq!(next(), Wake::Submit(vec![id]));
+    let ids = insert_all(&mut c, &(0..5).map(|n| job("t", json(n))).collect::<Vec<_>>());
+    assert_eq!(next(), Wake::Submit(vec![ids[0], ids[4]]));
+    assert_eq!(claim(&mut a, 1)[0].job.id, id);
+    c.request_cancel(id, 5, "x").unwrap();
+    assert_eq!(next(), Wake::Cancel(vec![id]));
+    in_tx(&mut a, |s| {
+        s.finish_job(id, 6, &Finish::Cancelled { error: "x".into() })
+            .unwrap()
+    });
+    assert_eq!(next(), Wake::Finish(vec![id]));
+    // A rolled-back write tells nothing: the next one is the next commit.
+    c.begin().unwrap();
+    c.insert(&job("t", json(7))).unwrap();
+    c.rollback().unwrap();
+    let after = insert(&mut c, &job("t", json(8)));
+    assert_eq!(next(), Wake::Submit(vec![after]));
+    listener.stop();
+}
+
+#[test]
+fn two_opens_racing_on_a_new_database_migrate_it_once() {
+    let pg = Pg::new();
+    let start = Arc::new(Barrier::new(4));
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            let (pg, start) = (&pg, start.clone());
+            s.spawn(move || {
+                start.wait();
+                drop(pg.open());
+            });
+        }
+    });
+    let mut sql = pg.sql();
+    let rows = sql.query("SELECT version FROM jobvisor_schema", &[]).unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].get::<_, i32>(0) as u32, PG_SCHEMA_VERSION);
+    // And once more, on a migrated database: nothing to do.
+    let mut store = pg.open();
+    assert!(store.counts().unwrap().is_empty());
+    // A newer database is refused.
+    sql.execute("UPDATE jobvisor_schema SET version = version + 1", &[])
+        .unwrap();
+    assert!(matches!(
+        PostgresStore::open(&pg.url),
+        Err(StoreError::TooNew { .. })
+    ));
+}

@@ -48,7 +48,7 @@ impl Pg {
             .unwrap();
         let (host, port) = host_port.split_once(':').unwrap();
         let url = format!(
-            "host={host} port={port} user=jobvisor dbname={db} options='-csearch_path={schema}'"
+            "host={host} port={port} user=jobvisor dbname={db} application_name={schema} options='-csearch_path={schema}'"
         );
         Pg { url, schema }
     }
