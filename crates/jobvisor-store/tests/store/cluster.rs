@@ -532,3 +532,90 @@ fn two_opens_racing_on_a_new_database_migrate_it_once() {
         Err(StoreError::TooNew { .. })
     ));
 }
+
+/// The SQL blocks of `docs/cluster.md`, by their `-- query: NAME` line.
+fn doc_queries() -> Vec<(String, String)> {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/cluster.md"
+    ))
+    .unwrap();
+    doc.split("```sql\n")
+        .skip(1)
+        .map(|block| {
+            let sql = block.split("```").next().unwrap();
+            let name = sql
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("-- query: "))
+                .expect("each SQL block starts with -- query: NAME");
+            (name.to_string(), sql.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_operator_queries_of_the_docs_run() {
+    let pg = Pg::new();
+    let mut a = node(&pg, "a", 60_000);
+    let mut b = node(&pg, "b", 60_000);
+    let ids = insert_all(&mut a, &(1..=4).map(|n| job("t", json(n))).collect::<Vec<_>>());
+    assert_eq!(claim(&mut a, 3).len(), 3);
+    succeed(&mut a, ids[0], 1).unwrap();
+    let crash = AttemptOutcome::Crashed {
+        code: None,
+        signal: Some(9),
+        max_rss_kib: 123_456,
+        stderr_tail: vec!["oom".into()],
+        cause: None,
+    };
+    in_tx(&mut a, |s| {
+        s.start_and_finish_attempt(ids[1], 1, 1, None, &crash, 2, &Finish::Retry {
+            run_at_ms: 0,
+            error: "crashed".into(),
+        })
+        .unwrap();
+        s.start_and_finish_attempt(
+            ids[2],
+            1,
+            1,
+            None,
+            &AttemptOutcome::Error("bad".into()),
+            2,
+            &Finish::Failed { error: "bad input".into() },
+        )
+        .unwrap();
+    });
+    let on_b = claim(&mut b, 10);
+    assert_eq!(on_b.len(), 2, "the retried job and the fourth");
+
+    let queries = doc_queries();
+    let names: Vec<&str> = queries.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["two-successes", "crashes", "nodes", "failures"]);
+    let mut sql = pg.sql();
+    for (name, q) in &queries {
+        let rows = sql.query(q.as_str(), &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        match name.as_str() {
+            "two-successes" => assert!(rows.is_empty()),
+            "crashes" => {
+                assert_eq!(rows.len(), 1);
+                assert_eq!(rows[0].get::<_, i32>("signal"), 9);
+                assert_eq!(rows[0].get::<_, i64>("attempts"), 1);
+                assert_eq!(rows[0].get::<_, i64>("max_rss_kib"), 123_456);
+            }
+            "nodes" => {
+                let view: Vec<(String, i64)> = rows
+                    .iter()
+                    .map(|r| (r.get("name"), r.get("running")))
+                    .collect();
+                assert_eq!(view, [("a".to_string(), 0), ("b".to_string(), 2)]);
+            }
+            "failures" => {
+                assert_eq!(rows.len(), 1);
+                assert_eq!(rows[0].get::<_, i64>("id") as u64, ids[2]);
+                assert_eq!(rows[0].get::<_, &str>("error"), "bad input");
+            }
+            other => panic!("no check for query {other}"),
+        }
+    }
+}
