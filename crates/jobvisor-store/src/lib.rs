@@ -44,12 +44,12 @@ mod store;
 mod v4_blobs;
 mod writer;
 
-pub use schema::SCHEMA_VERSION;
 #[cfg(feature = "postgres")]
 pub use postgres::{
     CancelRequest, Claim, Claimed, Expired, Listener, NodeInfo, NodeState, PostgresStore, Wake,
     DEFAULT_LEASE_MS, PG_SCHEMA_VERSION, POLL_FALLBACK,
 };
+pub use schema::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
 pub use store::{Delivery, Finish, JobStore, NewDelivery, NewJob, StoreError};
 pub use writer::StoreHandle;

@@ -347,9 +347,7 @@ impl PostgresStore {
             pg_job_cols!(),
             ", input_text, input_bytes, output_text, output_bytes, token"
         ))?;
-        let rows = self
-            .client
-            .query(&s, &[&node, &big(self.lease_ms), &ids])?;
+        let rows = self.client.query(&s, &[&node, &big(self.lease_ms), &ids])?;
         let mut jobs = Vec::with_capacity(rows.len());
         let mut tokens = Vec::with_capacity(rows.len());
         for r in &rows {

@@ -54,7 +54,10 @@ impl Wake {
     pub(crate) fn parse(payload: &str) -> Option<Wake> {
         let mut words = payload.split(' ');
         let kind = words.next()?;
-        let ids = words.map(str::parse).collect::<Result<Vec<u64>, _>>().ok()?;
+        let ids = words
+            .map(str::parse)
+            .collect::<Result<Vec<u64>, _>>()
+            .ok()?;
         Some(match kind {
             "submit" => Wake::Submit(ids),
             "ready" => Wake::Ready(ids),

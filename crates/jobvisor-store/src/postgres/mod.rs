@@ -256,7 +256,10 @@ impl PostgresStore {
         let (mut finished, mut run_at, mut set_error, mut error) = (None, None, true, None);
         let mut output = None;
         match next {
-            Finish::Retry { run_at_ms, error: e } => {
+            Finish::Retry {
+                run_at_ms,
+                error: e,
+            } => {
                 run_at = Some(big(*run_at_ms));
                 error = Some(no_nul(e));
             }
@@ -265,7 +268,9 @@ impl PostgresStore {
                 finished = Some(big(at_ms));
                 output = Some(payload_cols(o));
             }
-            Finish::Failed { error: e } | Finish::Cancelled { error: e } | Finish::Dead { error: e } => {
+            Finish::Failed { error: e }
+            | Finish::Cancelled { error: e }
+            | Finish::Dead { error: e } => {
                 finished = Some(big(at_ms));
                 error = Some(no_nul(e));
             }
@@ -395,7 +400,10 @@ impl PostgresStore {
         let Some(row) = row else {
             // Another node inserted the key after our look-up (and has
             // committed: ON CONFLICT waited for it).
-            let key = job.key.as_ref().ok_or_else(|| StoreError::db("insert conflict without a key"))?;
+            let key = job
+                .key
+                .as_ref()
+                .ok_or_else(|| StoreError::db("insert conflict without a key"))?;
             let s = self.st(KEY_OF)?;
             let row = self.client.query_one(&s, &[key])?;
             let id: i64 = row.get(0);
@@ -416,7 +424,11 @@ impl PostgresStore {
         })
     }
 
-    fn insert_plain(&mut self, jobs: &[NewJob], out: &mut Vec<Submitted>) -> Result<(), StoreError> {
+    fn insert_plain(
+        &mut self,
+        jobs: &[NewJob],
+        out: &mut Vec<Submitted>,
+    ) -> Result<(), StoreError> {
         let n = jobs.len();
         let mut task = Vec::with_capacity(n);
         let mut queue = Vec::with_capacity(n);
@@ -453,12 +465,27 @@ impl PostgresStore {
         let rows = self.client.query(
             &s,
             &[
-                &task, &queue, &priority, &max_attempts, &base, &max, &timeout, &run_at, &created,
-                &jsonb, &text, &bytes, &stall, &notify,
+                &task,
+                &queue,
+                &priority,
+                &max_attempts,
+                &base,
+                &max,
+                &timeout,
+                &run_at,
+                &created,
+                &jsonb,
+                &text,
+                &bytes,
+                &stall,
+                &notify,
             ],
         )?;
         if rows.len() != n {
-            return Err(StoreError::db(format!("inserted {} of {n} jobs", rows.len())));
+            return Err(StoreError::db(format!(
+                "inserted {} of {n} jobs",
+                rows.len()
+            )));
         }
         let mut ids: Vec<u64> = rows.iter().map(|r| r.get::<_, i64>(0) as u64).collect();
         ids.sort_unstable();
@@ -549,7 +576,8 @@ pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 /// Connects without TLS (the server is on loopback or a private network;
 /// see `docs/cluster.md`).
 pub(crate) fn connect(url: &str) -> Result<Client, StoreError> {
-    Client::connect(url, NoTls).map_err(|e| StoreError::db_context(format!("cannot connect to {}", redact(url)), e))
+    Client::connect(url, NoTls)
+        .map_err(|e| StoreError::db_context(format!("cannot connect to {}", redact(url)), e))
 }
 
 /// `url` without a password.
@@ -654,7 +682,15 @@ impl JobStore for PostgresStore {
         at_ms: u64,
     ) -> Result<(), StoreError> {
         let token = self.start_job(id)?;
-        self.write_attempt(id, number, worker_pid, at_ms, None, &AttemptOutcome::Running, token)
+        self.write_attempt(
+            id,
+            number,
+            worker_pid,
+            at_ms,
+            None,
+            &AttemptOutcome::Running,
+            token,
+        )
     }
 
     fn finish_attempt(
@@ -698,7 +734,15 @@ impl JobStore for PostgresStore {
     ) -> Result<(), StoreError> {
         let token = self.token_for(id);
         self.apply_finish(id, at_ms, next)?;
-        self.write_attempt(id, number, worker_pid, started_ms, Some(at_ms), outcome, token)
+        self.write_attempt(
+            id,
+            number,
+            worker_pid,
+            started_ms,
+            Some(at_ms),
+            outcome,
+            token,
+        )
     }
 
     fn finish_job(&mut self, id: u64, at_ms: u64, next: &Finish) -> Result<(), StoreError> {
@@ -790,8 +834,10 @@ impl JobStore for PostgresStore {
              VALUES ($1, $2, $3, 0, $4, $4)",
         )?;
         for d in deliveries {
-            self.client
-                .execute(&s, &[&big(job_id), &d.state.as_str(), &d.target, &big(at_ms)])?;
+            self.client.execute(
+                &s,
+                &[&big(job_id), &d.state.as_str(), &d.target, &big(at_ms)],
+            )?;
         }
         Ok(())
     }
@@ -828,7 +874,12 @@ impl JobStore for PostgresStore {
         )?;
         self.client.execute(
             &s,
-            &[&big(id), &i64::from(attempts), &big(next_at_ms), &no_nul(error).as_ref()],
+            &[
+                &big(id),
+                &i64::from(attempts),
+                &big(next_at_ms),
+                &no_nul(error).as_ref(),
+            ],
         )?;
         Ok(())
     }

@@ -169,7 +169,9 @@ pub(crate) fn job_from_row(row: &Row, payloads: bool) -> Result<JobRecord, Store
         stall_timeout_ms: opt_unsigned(row, 14)?,
         input_from: match input_from {
             None => Vec::new(),
-            Some(text) => json::inputs_from_json(text.as_bytes()).map_err(|e| bad("input_from", e))?,
+            Some(text) => {
+                json::inputs_from_json(text.as_bytes()).map_err(|e| bad("input_from", e))?
+            }
         },
         attempts: Vec::new(),
         notify_url: row.try_get(16)?,

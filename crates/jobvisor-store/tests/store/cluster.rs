@@ -107,7 +107,11 @@ fn two_nodes_claiming_concurrently_never_get_the_same_job() {
         (a.iter().copied().collect(), b.iter().copied().collect());
     assert_eq!(sa.len(), a.len(), "node a claimed a job twice");
     assert_eq!(sb.len(), b.len(), "node b claimed a job twice");
-    assert!(sa.is_disjoint(&sb), "both nodes claimed {:?}", sa.intersection(&sb).next());
+    assert!(
+        sa.is_disjoint(&sb),
+        "both nodes claimed {:?}",
+        sa.intersection(&sb).next()
+    );
     assert_eq!(&sa | &sb, all, "every job was claimed");
     eprintln!("claims: node a {}, node b {}", a.len(), b.len());
     assert_eq!(setup.counts().unwrap(), vec![(JobState::Succeeded, N)]);
@@ -171,7 +175,10 @@ fn a_stale_token_is_refused_after_expiry_and_a_new_claim() {
     // b's result is the one stored.
     succeed(&mut b, id, 2).unwrap();
     let rec = b.get(id).unwrap().unwrap();
-    assert_eq!((rec.state, rec.output), (JobState::Succeeded, Some(json(id))));
+    assert_eq!(
+        (rec.state, rec.output),
+        (JobState::Succeeded, Some(json(id)))
+    );
     let outcomes: Vec<_> = rec.attempts.iter().map(|a| a.outcome.clone()).collect();
     assert_eq!(outcomes, [AttemptOutcome::Lost, AttemptOutcome::Ok]);
     // a's next heartbeat tells it the job is lost to it, and forgets it.
@@ -279,7 +286,9 @@ fn queue_caps_hold_across_nodes() {
         .filter(|c| c.job.queue == "capped")
         .count();
     assert_eq!(capped, CAP as usize, "{capped} capped jobs running at once");
-    let running = setup.list(Some(JobState::Running), Some("capped"), 100).unwrap();
+    let running = setup
+        .list(Some(JobState::Running), Some("capped"), 100)
+        .unwrap();
     assert_eq!(running.len(), CAP as usize);
 
     // One finishes: exactly one more may start, on whichever node.
@@ -335,7 +344,8 @@ fn dependencies_finished_on_other_nodes_release_their_dependents() {
     insert(&mut a, &c2);
     assert_eq!(claim(&mut b, 10)[0].job.id, p2);
     in_tx(&mut b, |s| {
-        s.finish_job(p2, 5, &Finish::Failed { error: "no".into() }).unwrap()
+        s.finish_job(p2, 5, &Finish::Failed { error: "no".into() })
+            .unwrap()
     });
     assert!(claim(&mut a, 10).is_empty());
 }
@@ -402,11 +412,20 @@ fn cancel_from_any_node_reaches_the_node_running_the_job() {
     let rec = c.get(waiting).unwrap().unwrap();
     assert_eq!(rec.state, JobState::Cancelled);
     assert_eq!(rec.error.as_deref(), Some("cancelled by user"));
-    assert!(claim(&mut c, 10).is_empty(), "a cancelled job is not claimed");
+    assert!(
+        claim(&mut c, 10).is_empty(),
+        "a cancelled job is not claimed"
+    );
     // a stops the worker and writes the end, fenced as any write.
     in_tx(&mut a, |s| {
-        s.finish_job(running, 60, &Finish::Cancelled { error: "cancelled by user".into() })
-            .unwrap()
+        s.finish_job(
+            running,
+            60,
+            &Finish::Cancelled {
+                error: "cancelled by user".into(),
+            },
+        )
+        .unwrap()
     });
     assert_eq!(
         c.request_cancel(running, 70, "again").unwrap(),
@@ -447,9 +466,17 @@ fn nodes_are_listed_with_their_jobs_and_state() {
     assert!(nodes[0].last_heartbeat_ms >= nodes[0].started_ms);
     // A live node's name cannot be taken by another process.
     let mut thief = pg.open();
-    let err = thief.register_node("a", 1, "elsewhere", 60_000).unwrap_err();
+    let err = thief
+        .register_node("a", 1, "elsewhere", 60_000)
+        .unwrap_err();
     let cause = std::error::Error::source(&err).map(ToString::to_string);
-    assert!(cause.as_deref().unwrap_or("").contains("in use by a live node"), "{err}: {cause:?}");
+    assert!(
+        cause
+            .as_deref()
+            .unwrap_or("")
+            .contains("in use by a live node"),
+        "{err}: {cause:?}"
+    );
     // A stopped node's can.
     thief.register_node("b", 1, "elsewhere", 60_000).unwrap();
 }
@@ -464,13 +491,8 @@ fn notifications_reach_a_listener() {
         .build()
         .unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::channel(16);
-    let listener = Listener::spawn(
-        &pg.url,
-        a.channel(),
-        std::time::Duration::from_secs(60),
-        tx,
-    )
-    .unwrap();
+    let listener =
+        Listener::spawn(&pg.url, a.channel(), std::time::Duration::from_secs(60), tx).unwrap();
     // The next notification that is not a poll.
     let mut next = || {
         rt.block_on(async {
@@ -485,7 +507,10 @@ fn notifications_reach_a_listener() {
     };
     let id = insert(&mut c, &job("t", json(1)));
     assert_eq!(next(), Wake::Submit(vec![id]));
-    let ids = insert_all(&mut c, &(0..5).map(|n| job("t", json(n))).collect::<Vec<_>>());
+    let ids = insert_all(
+        &mut c,
+        &(0..5).map(|n| job("t", json(n))).collect::<Vec<_>>(),
+    );
     assert_eq!(next(), Wake::Submit(vec![ids[0], ids[4]]));
     assert_eq!(claim(&mut a, 1)[0].job.id, id);
     c.request_cancel(id, 5, "x").unwrap();
@@ -518,7 +543,9 @@ fn two_opens_racing_on_a_new_database_migrate_it_once() {
         }
     });
     let mut sql = pg.sql();
-    let rows = sql.query("SELECT version FROM jobvisor_schema", &[]).unwrap();
+    let rows = sql
+        .query("SELECT version FROM jobvisor_schema", &[])
+        .unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].get::<_, i32>(0) as u32, PG_SCHEMA_VERSION);
     // And once more, on a migrated database: nothing to do.
@@ -559,7 +586,10 @@ fn the_operator_queries_of_the_docs_run() {
     let pg = Pg::new();
     let mut a = node(&pg, "a", 60_000);
     let mut b = node(&pg, "b", 60_000);
-    let ids = insert_all(&mut a, &(1..=4).map(|n| job("t", json(n))).collect::<Vec<_>>());
+    let ids = insert_all(
+        &mut a,
+        &(1..=4).map(|n| job("t", json(n))).collect::<Vec<_>>(),
+    );
     assert_eq!(claim(&mut a, 3).len(), 3);
     succeed(&mut a, ids[0], 1).unwrap();
     let crash = AttemptOutcome::Crashed {
@@ -570,10 +600,18 @@ fn the_operator_queries_of_the_docs_run() {
         cause: None,
     };
     in_tx(&mut a, |s| {
-        s.start_and_finish_attempt(ids[1], 1, 1, None, &crash, 2, &Finish::Retry {
-            run_at_ms: 0,
-            error: "crashed".into(),
-        })
+        s.start_and_finish_attempt(
+            ids[1],
+            1,
+            1,
+            None,
+            &crash,
+            2,
+            &Finish::Retry {
+                run_at_ms: 0,
+                error: "crashed".into(),
+            },
+        )
         .unwrap();
         s.start_and_finish_attempt(
             ids[2],
@@ -582,7 +620,9 @@ fn the_operator_queries_of_the_docs_run() {
             None,
             &AttemptOutcome::Error("bad".into()),
             2,
-            &Finish::Failed { error: "bad input".into() },
+            &Finish::Failed {
+                error: "bad input".into(),
+            },
         )
         .unwrap();
     });
@@ -594,7 +634,9 @@ fn the_operator_queries_of_the_docs_run() {
     assert_eq!(names, ["two-successes", "crashes", "nodes", "failures"]);
     let mut sql = pg.sql();
     for (name, q) in &queries {
-        let rows = sql.query(q.as_str(), &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let rows = sql
+            .query(q.as_str(), &[])
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         match name.as_str() {
             "two-successes" => assert!(rows.is_empty()),
             "crashes" => {
