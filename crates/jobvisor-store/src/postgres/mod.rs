@@ -129,13 +129,31 @@ const START_ATTEMPT: &str = "INSERT INTO attempts \
      ON CONFLICT (job_id, number) DO UPDATE SET worker_pid = excluded.worker_pid, \
      started_ms = excluded.started_ms, finished_ms = excluded.finished_ms, \
      outcome = excluded.outcome, node = excluded.node, token = excluded.token";
-const FINISH_ATTEMPT: &str = "UPDATE attempts SET finished_ms = $3, outcome = $4::text::jsonb, \
-     worker_pid = COALESCE($5, worker_pid) WHERE job_id = $1 AND number = $2";
 const APPLY_FINISH: &str = "UPDATE jobs SET state = $2, finished_ms = $3, \
      run_at_ms = COALESCE($4, run_at_ms), output = $5::text::jsonb, output_text = $6, \
      output_bytes = $7, error = CASE WHEN $8 THEN to_jsonb($9::text) ELSE error END, \
      lease_node = NULL, lease_expires = NULL \
      WHERE id = $1 AND ($10::bigint IS NULL OR token = $10)";
+/// [`APPLY_FINISH`] and the attempt's start and end in one statement (one
+/// round trip): nothing is written when the job's update is refused.
+const FINISH_PAIR: &str = "WITH j AS (UPDATE jobs SET state = $2, finished_ms = $3, \
+     run_at_ms = COALESCE($4, run_at_ms), output = $5::text::jsonb, output_text = $6, \
+     output_bytes = $7, error = CASE WHEN $8 THEN to_jsonb($9::text) ELSE error END, \
+     lease_node = NULL, lease_expires = NULL \
+     WHERE id = $1 AND ($10::bigint IS NULL OR token = $10) RETURNING id) \
+     INSERT INTO attempts (job_id, number, worker_pid, started_ms, finished_ms, outcome, node, token) \
+     SELECT id, $11, $12, $13, $14, $15::text::jsonb, $16, $10 FROM j \
+     ON CONFLICT (job_id, number) DO UPDATE SET worker_pid = excluded.worker_pid, \
+     started_ms = excluded.started_ms, finished_ms = excluded.finished_ms, \
+     outcome = excluded.outcome, node = excluded.node, token = excluded.token";
+/// [`APPLY_FINISH`] and the end of a started attempt in one statement.
+const FINISH_STARTED: &str = "WITH j AS (UPDATE jobs SET state = $2, finished_ms = $3, \
+     run_at_ms = COALESCE($4, run_at_ms), output = $5::text::jsonb, output_text = $6, \
+     output_bytes = $7, error = CASE WHEN $8 THEN to_jsonb($9::text) ELSE error END, \
+     lease_node = NULL, lease_expires = NULL \
+     WHERE id = $1 AND ($10::bigint IS NULL OR token = $10) RETURNING id) \
+     UPDATE attempts a SET finished_ms = $14, outcome = $12::text::jsonb, \
+     worker_pid = COALESCE($13, a.worker_pid) FROM j WHERE a.job_id = j.id AND a.number = $11";
 const TOKEN_OF: &str = "SELECT token FROM jobs WHERE id = $1";
 const KEY_OF: &str = "SELECT id FROM jobs WHERE key = $1";
 const FIRST_MISSING: &str = "SELECT d FROM unnest($1::bigint[]) WITH ORDINALITY AS u(d, o) \
@@ -231,14 +249,14 @@ impl PostgresStore {
         self.held.get(&id).map(|&t| big(t))
     }
 
-    /// After a write on `id` carrying `token` changed no row: the job is
-    /// gone, or its token moved on.
+    /// After a write on `id` carrying `token` changed no row: its token
+    /// moved on (`Fenced`), or the job (or the attempt) is missing.
     fn refused(&mut self, id: u64, token: Option<i64>) -> StoreError {
         let current = self
             .st(TOKEN_OF)
             .and_then(|s| Ok(self.client.query_opt(&s, &[&big(id)])?));
         match (current, token) {
-            (Ok(Some(row)), Some(token)) => {
+            (Ok(Some(row)), Some(token)) if row.get::<_, i64>(0) != token => {
                 let current: i64 = row.get(0);
                 StoreError::Fenced {
                     job: id,
@@ -252,7 +270,20 @@ impl PostgresStore {
     }
 
     fn apply_finish(&mut self, id: u64, at_ms: u64, next: &Finish) -> Result<(), StoreError> {
+        self.finish_with(id, at_ms, next, AttemptEnd::None)
+    }
+
+    /// A job's next state, and with it (in the same statement) the end of
+    /// its attempt: refused as a whole when the token is stale.
+    fn finish_with(
+        &mut self,
+        id: u64,
+        at_ms: u64,
+        next: &Finish,
+        attempt: AttemptEnd<'_>,
+    ) -> Result<(), StoreError> {
         let state = next.state();
+        let state_str = state.as_str();
         let (mut finished, mut run_at, mut set_error, mut error) = (None, None, true, None);
         let mut output = None;
         match next {
@@ -280,23 +311,55 @@ impl PostgresStore {
             None => (None, None, None),
         };
         let token = self.token_for(id);
-        let s = self.st(APPLY_FINISH)?;
         let error = error.as_deref();
-        let changed = self.client.execute(
-            &s,
-            &[
-                &big(id),
-                &state.as_str(),
-                &finished,
-                &run_at,
-                &jsonb,
-                &text,
-                &bytes,
-                &set_error,
-                &error,
-                &token,
-            ],
-        )?;
+        let (id_, node) = (big(id), self.node.clone());
+        let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![
+            &id_, &state_str, &finished, &run_at, &jsonb, &text, &bytes, &set_error, &error, &token,
+        ];
+        let (number, pid, started, at, outcome);
+        let sql = match attempt {
+            AttemptEnd::None => APPLY_FINISH,
+            AttemptEnd::Pair {
+                number: n,
+                worker_pid,
+                started_ms,
+                outcome: o,
+            } => {
+                number = i64::from(n);
+                pid = worker_pid.map(i64::from);
+                started = big(started_ms);
+                at = big(at_ms);
+                outcome = rows::encode_outcome(o)?;
+                params.extend([
+                    &number as &(dyn postgres::types::ToSql + Sync),
+                    &pid,
+                    &started,
+                    &at,
+                    &outcome,
+                    &node,
+                ]);
+                FINISH_PAIR
+            }
+            AttemptEnd::Started {
+                number: n,
+                worker_pid,
+                outcome: o,
+            } => {
+                number = i64::from(n);
+                pid = worker_pid.map(i64::from);
+                at = big(at_ms);
+                outcome = rows::encode_outcome(o)?;
+                params.extend([
+                    &number as &(dyn postgres::types::ToSql + Sync),
+                    &outcome,
+                    &pid,
+                    &at,
+                ]);
+                FINISH_STARTED
+            }
+        };
+        let s = self.st(sql)?;
+        let changed = self.client.execute(&s, &params)?;
         if changed == 0 {
             return Err(self.refused(id, token));
         }
@@ -573,6 +636,25 @@ pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// The attempt a job's finish writes with it.
+enum AttemptEnd<'a> {
+    /// None (a state change without an attempt).
+    None,
+    /// An attempt started and ended in this one write.
+    Pair {
+        number: u32,
+        worker_pid: Option<u32>,
+        started_ms: u64,
+        outcome: &'a AttemptOutcome,
+    },
+    /// The end of an attempt already started.
+    Started {
+        number: u32,
+        worker_pid: Option<u32>,
+        outcome: &'a AttemptOutcome,
+    },
+}
+
 /// Connects without TLS (the server is on loopback or a private network;
 /// see `docs/cluster.md`).
 pub(crate) fn connect(url: &str) -> Result<Client, StoreError> {
@@ -702,24 +784,12 @@ impl JobStore for PostgresStore {
         at_ms: u64,
         next: &Finish,
     ) -> Result<(), StoreError> {
-        // The job first: a stale token is refused before anything is written.
-        self.apply_finish(id, at_ms, next)?;
-        let outcome = rows::encode_outcome(outcome)?;
-        let s = self.st(FINISH_ATTEMPT)?;
-        let changed = self.client.execute(
-            &s,
-            &[
-                &big(id),
-                &i64::from(number),
-                &big(at_ms),
-                &outcome,
-                &worker_pid.map(i64::from),
-            ],
-        )?;
-        if changed == 0 {
-            return Err(StoreError::NotFound(id));
-        }
-        Ok(())
+        let end = AttemptEnd::Started {
+            number,
+            worker_pid,
+            outcome,
+        };
+        self.finish_with(id, at_ms, next, end)
     }
 
     fn start_and_finish_attempt(
@@ -732,17 +802,13 @@ impl JobStore for PostgresStore {
         at_ms: u64,
         next: &Finish,
     ) -> Result<(), StoreError> {
-        let token = self.token_for(id);
-        self.apply_finish(id, at_ms, next)?;
-        self.write_attempt(
-            id,
+        let end = AttemptEnd::Pair {
             number,
             worker_pid,
             started_ms,
-            Some(at_ms),
             outcome,
-            token,
-        )
+        };
+        self.finish_with(id, at_ms, next, end)
     }
 
     fn finish_job(&mut self, id: u64, at_ms: u64, next: &Finish) -> Result<(), StoreError> {

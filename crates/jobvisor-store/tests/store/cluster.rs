@@ -661,3 +661,68 @@ fn the_operator_queries_of_the_docs_run() {
         }
     }
 }
+
+/// Throughput on the local server (a measurement, not a check of speed:
+/// run with `cargo test -p jobvisor-store --test store -- --ignored
+/// --nocapture measure`): `insert_many` of plain jobs in one transaction,
+/// then claim + fenced finish by 1 and 2 nodes, 100 jobs per claim and
+/// one transaction for the finishes of each claim (as the writer's group
+/// commit would).
+#[test]
+#[ignore = "a measurement; run on purpose"]
+fn measure_insert_and_claim_throughput() {
+    const N: u64 = 20_000;
+    for nodes in [1usize, 2] {
+        let pg = Pg::new();
+        let mut setup = pg.open();
+        let jobs: Vec<NewJob> = (0..N).map(|n| job("t", json(n))).collect();
+        let t = std::time::Instant::now();
+        for chunk in jobs.chunks(5_000) {
+            insert_all(&mut setup, chunk);
+        }
+        let insert = t.elapsed();
+        let t = std::time::Instant::now();
+        let done: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..nodes)
+                .map(|i| {
+                    let pg = &pg;
+                    s.spawn(move || {
+                        let mut store = node(pg, &format!("n{i}"), 60_000);
+                        let mut done = 0;
+                        loop {
+                            let got = claim(&mut store, 100);
+                            if got.is_empty() {
+                                return done;
+                            }
+                            store.begin().unwrap();
+                            for c in &got {
+                                store
+                                    .start_and_finish_attempt(
+                                        c.job.id,
+                                        1,
+                                        1,
+                                        Some(1),
+                                        &AttemptOutcome::Ok,
+                                        2,
+                                        &Finish::Succeeded { output: json(1) },
+                                    )
+                                    .unwrap();
+                            }
+                            store.commit().unwrap();
+                            done += got.len();
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        let burn = t.elapsed();
+        assert_eq!(done as u64, N);
+        assert_eq!(setup.counts().unwrap(), vec![(JobState::Succeeded, N)]);
+        eprintln!(
+            "postgres, {nodes} node(s): insert_many {:.0} jobs/s; claim + fenced finish {:.0} jobs/s",
+            N as f64 / insert.as_secs_f64(),
+            N as f64 / burn.as_secs_f64()
+        );
+    }
+}
