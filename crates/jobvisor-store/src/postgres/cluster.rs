@@ -210,6 +210,7 @@ impl PostgresStore {
     /// # Errors
     /// Database errors.
     pub fn nodes(&mut self) -> Result<Vec<NodeInfo>, StoreError> {
+        self.not_in_tx()?;
         let rows = self.client.query(
             "SELECT n.name, n.pid, n.host, (extract(epoch from n.started) * 1000)::bigint, \
              (extract(epoch from n.last_heartbeat) * 1000)::bigint, \
@@ -497,6 +498,7 @@ impl PostgresStore {
     /// # Errors
     /// Database errors.
     pub fn cancel_requested(&mut self) -> Result<Vec<u64>, StoreError> {
+        self.not_in_tx()?;
         let node = self.node()?.to_string();
         let rows = self.client.query(
             "SELECT id FROM jobs WHERE lease_node = $1 AND cancel_requested ORDER BY id",
@@ -511,12 +513,13 @@ impl PostgresStore {
             .ok_or_else(|| StoreError::db("not registered as a node: call register_node first"))
     }
 
-    fn not_in_tx(&self) -> Result<(), StoreError> {
+    /// Checks that no store transaction is open, and reconnects if needed.
+    fn not_in_tx(&mut self) -> Result<(), StoreError> {
         if self.in_tx {
             return Err(StoreError::db(
                 "internal: a cluster operation inside a store transaction",
             ));
         }
-        Ok(())
+        self.ensure_connected()
     }
 }

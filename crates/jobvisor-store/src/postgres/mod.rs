@@ -95,6 +95,8 @@ struct Pending {
 /// `cluster`) run in transactions of their own, never inside one opened
 /// by [`JobStore::begin`].
 pub struct PostgresStore {
+    /// Where to connect again after the connection is lost.
+    url: String,
     /// Dropped off any tokio runtime (see [`off_runtime`]).
     client: std::mem::ManuallyDrop<Client>,
     stmts: HashMap<&'static str, Statement>,
@@ -212,6 +214,7 @@ impl PostgresStore {
             Ok::<_, StoreError>((client, schema))
         })?;
         Ok(PostgresStore {
+            url: url.to_string(),
             client: std::mem::ManuallyDrop::new(client),
             stmts: HashMap::new(),
             channel: channel_of(&schema),
@@ -228,8 +231,31 @@ impl PostgresStore {
         &self.channel
     }
 
+    /// Connects again when the connection was lost (the server restarted,
+    /// the network failed), between transactions only: a transaction
+    /// whose connection is lost fails as a whole, and the next one, on a
+    /// new connection, starts from what had committed. Claimed jobs and
+    /// their tokens stay this store's (they are rows, not sessions).
+    ///
+    /// # Errors
+    /// The new connection fails: the store stays disconnected and the next
+    /// operation tries again.
+    pub(crate) fn ensure_connected(&mut self) -> Result<(), StoreError> {
+        if !self.client.is_closed() || self.in_tx {
+            return Ok(());
+        }
+        let url = self.url.clone();
+        let client = off_runtime(move || connect(&url))?;
+        let old = std::mem::replace(&mut *self.client, client);
+        off_runtime(move || drop(old));
+        self.stmts.clear();
+        tracing::info!("reconnected to the job store");
+        Ok(())
+    }
+
     /// A prepared statement, prepared once per connection.
     fn st(&mut self, sql: &'static str) -> Result<Statement, StoreError> {
+        self.ensure_connected()?;
         if let Some(s) = self.stmts.get(sql) {
             return Ok(s.clone());
         }
@@ -679,6 +705,7 @@ fn channel_of(schema: &str) -> String {
 
 impl JobStore for PostgresStore {
     fn begin(&mut self) -> Result<(), StoreError> {
+        self.ensure_connected()?;
         self.client.batch_execute("BEGIN")?;
         self.in_tx = true;
         self.pending = Pending::default();

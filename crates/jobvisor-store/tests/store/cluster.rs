@@ -726,3 +726,32 @@ fn measure_insert_and_claim_throughput() {
         );
     }
 }
+
+#[test]
+fn a_store_connects_again_after_losing_its_connection() {
+    let pg = Pg::new();
+    let mut a = node(&pg, "a", 60_000);
+    let id = insert(&mut a, &job("t", json(1)));
+    let got = claim(&mut a, 1);
+    assert_eq!(got[0].job.id, id);
+    // The server ends every session of this test but the one asking.
+    let mut admin = pg.sql();
+    let ended: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = current_setting('application_name') \
+             AND pid <> pg_backend_pid()) t",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(ended, 1);
+    // The first operation meets the dead connection and fails; the next
+    // one connects again, and the claim (a row, not a session) still holds.
+    assert!(a.get(id).is_err());
+    let rec = a.get(id).unwrap().unwrap();
+    assert_eq!(rec.state, JobState::Running);
+    assert_eq!(a.token(id), Some(got[0].token));
+    succeed(&mut a, id, 1).unwrap();
+    assert_eq!(a.get(id).unwrap().unwrap().state, JobState::Succeeded);
+}
