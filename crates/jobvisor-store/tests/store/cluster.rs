@@ -755,3 +755,43 @@ fn a_store_connects_again_after_losing_its_connection() {
     succeed(&mut a, id, 1).unwrap();
     assert_eq!(a.get(id).unwrap().unwrap().state, JobState::Succeeded);
 }
+
+/// Through the writer thread (group commit): a stale write is refused
+/// alone; the other writes queued with it commit.
+#[test]
+fn a_fenced_write_fails_alone_in_its_batch() {
+    let pg = Pg::new();
+    let mut a = node(&pg, "a", 60_000);
+    let ids = insert_all(&mut a, &[job("t", json(1)), job("t", json(2))]);
+    let got = claim(&mut a, 2);
+    assert_eq!(got.len(), 2);
+    // As if ids[0]'s lease had expired and another node claimed it.
+    let mut sql = pg.sql();
+    sql.execute(
+        "UPDATE jobs SET token = token + 1 WHERE id = $1",
+        &[&(ids[0] as i64)],
+    )
+    .unwrap();
+    let (first, second) = (ids[0], ids[1]);
+    let (stale, fine) = block_on(async move {
+        let handle = StoreHandle::spawn(a).unwrap();
+        let done = || Finish::Succeeded { output: json(7) };
+        // Queued back to back: normally one batch.
+        let stale = handle.finish_job(first, 5, done(), Vec::new());
+        let fine = handle.finish_job(second, 5, done(), Vec::new());
+        let r = tokio::join!(stale, fine);
+        handle.close().await;
+        r
+    });
+    assert!(
+        matches!(stale, Err(StoreError::Fenced { job, .. }) if job == ids[0]),
+        "{stale:?}"
+    );
+    fine.unwrap();
+    let mut check = pg.open();
+    assert_eq!(check.get(ids[0]).unwrap().unwrap().state, JobState::Running);
+    assert_eq!(
+        check.get(ids[1]).unwrap().unwrap().state,
+        JobState::Succeeded
+    );
+}
