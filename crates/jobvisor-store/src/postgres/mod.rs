@@ -124,7 +124,7 @@ impl std::fmt::Debug for PostgresStore {
 }
 
 const START_JOB: &str = "UPDATE jobs SET state = 'running' \
-     WHERE id = $1 AND ($2::bigint IS NULL OR token = $2)";
+     WHERE id = $1 AND (token = $2 OR ($2::bigint IS NULL AND lease_node IS NULL))";
 const START_ATTEMPT: &str = "INSERT INTO attempts \
      (job_id, number, worker_pid, started_ms, finished_ms, outcome, node, token) \
      VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8) \
@@ -135,14 +135,14 @@ const APPLY_FINISH: &str = "UPDATE jobs SET state = $2, finished_ms = $3, \
      run_at_ms = COALESCE($4, run_at_ms), output = $5::text::jsonb, output_text = $6, \
      output_bytes = $7, error = CASE WHEN $8 THEN to_jsonb($9::text) ELSE error END, \
      lease_node = NULL, lease_expires = NULL \
-     WHERE id = $1 AND ($10::bigint IS NULL OR token = $10)";
+     WHERE id = $1 AND (token = $10 OR ($10::bigint IS NULL AND lease_node IS NULL))";
 /// [`APPLY_FINISH`] and the attempt's start and end in one statement (one
 /// round trip): nothing is written when the job's update is refused.
 const FINISH_PAIR: &str = "WITH j AS (UPDATE jobs SET state = $2, finished_ms = $3, \
      run_at_ms = COALESCE($4, run_at_ms), output = $5::text::jsonb, output_text = $6, \
      output_bytes = $7, error = CASE WHEN $8 THEN to_jsonb($9::text) ELSE error END, \
      lease_node = NULL, lease_expires = NULL \
-     WHERE id = $1 AND ($10::bigint IS NULL OR token = $10) RETURNING id) \
+     WHERE id = $1 AND (token = $10 OR ($10::bigint IS NULL AND lease_node IS NULL)) RETURNING id) \
      INSERT INTO attempts (job_id, number, worker_pid, started_ms, finished_ms, outcome, node, token) \
      SELECT id, $11, $12, $13, $14, $15::text::jsonb, $16, $10 FROM j \
      ON CONFLICT (job_id, number) DO UPDATE SET worker_pid = excluded.worker_pid, \
@@ -153,10 +153,10 @@ const FINISH_STARTED: &str = "WITH j AS (UPDATE jobs SET state = $2, finished_ms
      run_at_ms = COALESCE($4, run_at_ms), output = $5::text::jsonb, output_text = $6, \
      output_bytes = $7, error = CASE WHEN $8 THEN to_jsonb($9::text) ELSE error END, \
      lease_node = NULL, lease_expires = NULL \
-     WHERE id = $1 AND ($10::bigint IS NULL OR token = $10) RETURNING id) \
+     WHERE id = $1 AND (token = $10 OR ($10::bigint IS NULL AND lease_node IS NULL)) RETURNING id) \
      UPDATE attempts a SET finished_ms = $14, outcome = $12::text::jsonb, \
      worker_pid = COALESCE($13, a.worker_pid) FROM j WHERE a.job_id = j.id AND a.number = $11";
-const TOKEN_OF: &str = "SELECT token FROM jobs WHERE id = $1";
+const TOKEN_OF: &str = "SELECT token, lease_node IS NOT NULL FROM jobs WHERE id = $1";
 const KEY_OF: &str = "SELECT id FROM jobs WHERE key = $1";
 const FIRST_MISSING: &str = "SELECT d FROM unnest($1::bigint[]) WITH ORDINALITY AS u(d, o) \
      WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = d) ORDER BY o LIMIT 1";
@@ -270,7 +270,8 @@ impl PostgresStore {
 
     /// The token a write on job `id` carries: the one of this store's
     /// claim, or none for a job it did not claim (a single-node daemon, a
-    /// queued job cancelled).
+    /// queued job cancelled). A write without a token is refused on a job
+    /// that some node holds: only the holder writes a claimed job.
     fn token_for(&self, id: u64) -> Option<i64> {
         self.held.get(&id).map(|&t| big(t))
     }
@@ -281,17 +282,26 @@ impl PostgresStore {
         let current = self
             .st(TOKEN_OF)
             .and_then(|s| Ok(self.client.query_opt(&s, &[&big(id)])?));
-        match (current, token) {
-            (Ok(Some(row)), Some(token)) if row.get::<_, i64>(0) != token => {
-                let current: i64 = row.get(0);
-                StoreError::Fenced {
-                    job: id,
-                    token: token as u64,
-                    current: current as u64,
-                }
-            }
-            (Ok(_), _) => StoreError::NotFound(id),
-            (Err(e), _) => e,
+        let row = match current {
+            Ok(Some(row)) => row,
+            Ok(None) => return StoreError::NotFound(id),
+            Err(e) => return e,
+        };
+        let (current, leased): (i64, bool) = (row.get(0), row.get(1));
+        match token {
+            Some(token) if token != current => StoreError::Fenced {
+                job: id,
+                token: token as u64,
+                current: current as u64,
+            },
+            // Held by a node, and not by this store: token 0 is "none".
+            None if leased => StoreError::Fenced {
+                job: id,
+                token: 0,
+                current: current as u64,
+            },
+            // The job is there and the token good: the attempt is missing.
+            _ => StoreError::NotFound(id),
         }
     }
 

@@ -259,7 +259,7 @@ fn queue_caps_hold_across_nodes() {
     let caps = vec![("capped".to_string(), CAP)];
     // Four nodes claim at once, each as much as it may.
     let start = Arc::new(Barrier::new(4));
-    let claimed: Vec<Vec<Claimed>> = std::thread::scope(|s| {
+    let nodes: Vec<(Vec<Claimed>, PostgresStore)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)
             .map(|i| {
                 let (pg, start, caps) = (&pg, start.clone(), &caps);
@@ -278,10 +278,12 @@ fn queue_caps_hold_across_nodes() {
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap().0).collect()
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
+    let claimed: Vec<&Vec<Claimed>> = nodes.iter().map(|(c, _)| c).collect();
     let capped: usize = claimed
         .iter()
+        .copied()
         .flatten()
         .filter(|c| c.job.queue == "capped")
         .count();
@@ -303,7 +305,12 @@ fn queue_caps_hold_across_nodes() {
         .unwrap()
     };
     assert!(claim_capped(&mut n9).is_empty());
-    in_tx(&mut setup, |s| {
+    let mut holder = nodes
+        .into_iter()
+        .map(|(_, store)| store)
+        .find(|store| store.token(running[0].id).is_some())
+        .unwrap();
+    in_tx(&mut holder, |s| {
         s.finish_job(running[0].id, 5, &Finish::Succeeded { output: json(0) })
             .unwrap()
     });
@@ -404,6 +411,14 @@ fn cancel_from_any_node_reaches_the_node_running_the_job() {
         }
     );
     assert_eq!(a.cancel_requested().unwrap(), vec![running]);
+    // c does not hold the job: it cannot write it (only ask).
+    c.begin().unwrap();
+    let not_mine = c.finish_job(running, 55, &Finish::Cancelled { error: "x".into() });
+    c.rollback().unwrap();
+    assert!(
+        matches!(not_mine, Err(StoreError::Fenced { job, token: 0, .. }) if job == running),
+        "{not_mine:?}"
+    );
     assert!(c.cancel_requested().unwrap().is_empty());
     assert_eq!(
         c.request_cancel(waiting, 50, "cancelled by user").unwrap(),
@@ -746,10 +761,16 @@ fn a_store_connects_again_after_losing_its_connection() {
         .unwrap()
         .get(0);
     assert_eq!(ended, 1);
-    // The first operation meets the dead connection and fails; the next
-    // one connects again, and the claim (a row, not a session) still holds.
+    // The first operation meets the dead connection and fails (the
+    // server's FATAL message, then perhaps the reset socket: two at most);
+    // the next one connects again, and the claim (a row, not a session)
+    // still holds.
     assert!(a.get(id).is_err());
-    let rec = a.get(id).unwrap().unwrap();
+    let rec = match a.get(id) {
+        Ok(rec) => rec,
+        Err(_) => a.get(id).unwrap(),
+    }
+    .unwrap();
     assert_eq!(rec.state, JobState::Running);
     assert_eq!(a.token(id), Some(got[0].token));
     succeed(&mut a, id, 1).unwrap();
