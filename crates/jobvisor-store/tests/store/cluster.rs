@@ -816,3 +816,61 @@ fn a_fenced_write_fails_alone_in_its_batch() {
         JobState::Succeeded
     );
 }
+
+/// A listener whose connection dies connects again and says `Poll` (what
+/// was sent meanwhile is lost: the consumer must read the store), then
+/// hears notifications again.
+#[test]
+fn a_listener_reconnects_and_says_poll() {
+    let pg = Pg::new();
+    let mut c = pg.open();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let poll = std::time::Duration::from_secs(3_600);
+    let listener = Listener::spawn(&pg.url, c.channel(), poll, tx).unwrap();
+    let mut recv = || {
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv())
+                .await
+                .expect("a wake-up")
+                .expect("the listener runs")
+        })
+    };
+    let id = insert(&mut c, &job("t", json(1)));
+    assert_eq!(recv(), Wake::Submit(vec![id]));
+    let mut admin = pg.sql();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = current_setting('application_name') \
+             AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .unwrap();
+    // No poll interval passes (an hour): this Poll is the reconnect's.
+    assert_eq!(recv(), Wake::Poll);
+    // The store's own connection died too: its next operation may fail once
+    // or twice, then it connects again.
+    let mut again = None;
+    for _ in 0..3 {
+        c.begin().ok();
+        match c
+            .insert(&job("t", json(2)))
+            .and_then(|s| c.commit().map(|()| s))
+        {
+            Ok(s) => {
+                again = Some(s.id);
+                break;
+            }
+            Err(_) => {
+                let _ = c.rollback();
+            }
+        }
+    }
+    let again = again.expect("the store connects again");
+    assert_eq!(recv(), Wake::Submit(vec![again]));
+    listener.stop();
+}
