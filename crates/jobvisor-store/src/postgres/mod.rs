@@ -244,6 +244,11 @@ impl PostgresStore {
         if !self.client.is_closed() || self.in_tx {
             return Ok(());
         }
+        self.reconnect()
+    }
+
+    /// Replaces the connection with a new one.
+    fn reconnect(&mut self) -> Result<(), StoreError> {
         let url = self.url.clone();
         let client = off_runtime(move || connect(&url))?;
         let old = std::mem::replace(&mut *self.client, client);
@@ -672,6 +677,13 @@ pub(crate) fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
+/// The server ended the session (`FATAL`: shut down, terminated) or the
+/// socket failed: the connection is gone even if the client does not know yet.
+fn is_fatal(e: &postgres::Error) -> bool {
+    let io = std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>());
+    io || e.as_db_error().is_some_and(|d| d.severity() == "FATAL")
+}
+
 /// The attempt a job's finish writes with it.
 enum AttemptEnd<'a> {
     /// None (a state change without an attempt).
@@ -716,7 +728,15 @@ fn channel_of(schema: &str) -> String {
 impl JobStore for PostgresStore {
     fn begin(&mut self) -> Result<(), StoreError> {
         self.ensure_connected()?;
-        self.client.batch_execute("BEGIN")?;
+        if let Err(e) = self.client.batch_execute("BEGIN") {
+            // A connection the server ended (a restart, an admin) often
+            // shows only now: nothing was done yet, so once more on a new one.
+            if !(e.is_closed() || self.client.is_closed() || is_fatal(&e)) {
+                return Err(e.into());
+            }
+            self.reconnect()?;
+            self.client.batch_execute("BEGIN")?;
+        }
         self.in_tx = true;
         self.pending = Pending::default();
         Ok(())
