@@ -258,6 +258,18 @@ impl PostgresStore {
         if claim.limit == 0 {
             return Ok(Vec::new());
         }
+        let capped = claim
+            .caps
+            .iter()
+            .any(|(q, _)| claim.queues.is_none_or(|qs| qs.contains(q)));
+        if !capped {
+            // One statement (its own transaction): pick and mark.
+            let claimed = self.claim_uncapped(&node, claim)?;
+            for c in &claimed {
+                self.held.insert(c.job.id, c.token);
+            }
+            return Ok(claimed);
+        }
         self.begin()?;
         let r = self.claim_inner(&node, claim);
         match r {
@@ -349,9 +361,45 @@ impl PostgresStore {
             ", input_text, input_bytes, output_text, output_bytes, token"
         ))?;
         let rows = self.client.query(&s, &[&node, &big(self.lease_ms), &ids])?;
+        self.claimed_from(&rows)
+    }
+
+    /// [`PostgresStore::claim`] without caps: the pick (`FOR UPDATE SKIP
+    /// LOCKED`) and the mark in one statement, one round trip.
+    fn claim_uncapped(
+        &mut self,
+        node: &str,
+        claim: &Claim<'_>,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let queues: Option<Vec<&str>> = claim
+            .queues
+            .map(|qs| qs.iter().map(String::as_str).collect());
+        let s = self.st(concat!(
+            "WITH c AS (SELECT id AS cid FROM jobs j WHERE state IN ('queued', 'retrying') ",
+            "AND run_at_ms <= (extract(epoch from now()) * 1000)::bigint ",
+            "AND ($1::text[] IS NULL OR queue = ANY($1)) ",
+            "AND NOT EXISTS (SELECT 1 FROM deps d JOIN jobs p ON p.id = d.dep_id ",
+            "WHERE d.job_id = j.id AND p.state <> 'succeeded') ",
+            "ORDER BY priority DESC, id LIMIT $2 FOR UPDATE SKIP LOCKED) ",
+            "UPDATE jobs SET state = 'running', token = token + 1, lease_node = $3, ",
+            "lease_expires = now() + $4::bigint * interval '1 millisecond', cancel_requested = false ",
+            "FROM c WHERE jobs.id = c.cid RETURNING ",
+            pg_job_cols!(),
+            ", input_text, input_bytes, output_text, output_bytes, token"
+        ))?;
+        let rows = self.client.query(
+            &s,
+            &[&queues, &i64::from(claim.limit), &node, &big(self.lease_ms)],
+        )?;
+        self.claimed_from(&rows)
+    }
+
+    /// Claimed jobs from the rows of a claim's `UPDATE ... RETURNING`, with
+    /// their dependencies and attempts, highest priority first then oldest.
+    fn claimed_from(&mut self, rows: &[postgres::Row]) -> Result<Vec<Claimed>, StoreError> {
         let mut jobs = Vec::with_capacity(rows.len());
         let mut tokens = Vec::with_capacity(rows.len());
-        for r in &rows {
+        for r in rows {
             jobs.push(rows::job_from_row(r, true)?);
             tokens.push(r.get::<_, i64>(21) as u64);
         }
