@@ -123,13 +123,14 @@ impl std::fmt::Debug for PostgresStore {
     }
 }
 
-const START_JOB: &str = "UPDATE jobs SET state = 'running' \
-     WHERE id = $1 AND (token = $2 OR ($2::bigint IS NULL AND lease_node IS NULL))";
-const START_ATTEMPT: &str = "INSERT INTO attempts \
-     (job_id, number, worker_pid, started_ms, finished_ms, outcome, node, token) \
-     VALUES ($1, $2, $3, $4, $5, $6::text::jsonb, $7, $8) \
+/// An attempt's start: the job `running` (fenced by its token) and the
+/// attempt row, in one statement; nothing is written when refused.
+const START_ATTEMPT: &str = "WITH j AS (UPDATE jobs SET state = 'running' \
+     WHERE id = $1 AND (token = $2 OR ($2::bigint IS NULL AND lease_node IS NULL)) RETURNING id) \
+     INSERT INTO attempts (job_id, number, worker_pid, started_ms, finished_ms, outcome, node, token) \
+     SELECT id, $3, $4, $5, NULL, $6::text::jsonb, $7, $2 FROM j \
      ON CONFLICT (job_id, number) DO UPDATE SET worker_pid = excluded.worker_pid, \
-     started_ms = excluded.started_ms, finished_ms = excluded.finished_ms, \
+     started_ms = excluded.started_ms, finished_ms = NULL, \
      outcome = excluded.outcome, node = excluded.node, token = excluded.token";
 const APPLY_FINISH: &str = "UPDATE jobs SET state = $2, finished_ms = $3, \
      run_at_ms = COALESCE($4, run_at_ms), output = $5::text::jsonb, output_text = $6, \
@@ -412,45 +413,6 @@ impl PostgresStore {
             s if s.is_terminal() => self.notice(NoticeKind::Finish, id),
             _ => {}
         }
-        Ok(())
-    }
-
-    fn start_job(&mut self, id: u64) -> Result<Option<i64>, StoreError> {
-        let token = self.token_for(id);
-        let s = self.st(START_JOB)?;
-        if self.client.execute(&s, &[&big(id), &token])? == 0 {
-            return Err(self.refused(id, token));
-        }
-        Ok(token)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn write_attempt(
-        &mut self,
-        id: u64,
-        number: u32,
-        worker_pid: Option<u32>,
-        started_ms: u64,
-        finished_ms: Option<u64>,
-        outcome: &AttemptOutcome,
-        token: Option<i64>,
-    ) -> Result<(), StoreError> {
-        let outcome = rows::encode_outcome(outcome)?;
-        let s = self.st(START_ATTEMPT)?;
-        let node = self.node.clone();
-        self.client.execute(
-            &s,
-            &[
-                &big(id),
-                &i64::from(number),
-                &worker_pid.map(i64::from),
-                &big(started_ms),
-                &opt_big(finished_ms),
-                &outcome,
-                &node,
-                &token,
-            ],
-        )?;
         Ok(())
     }
 
@@ -820,16 +782,26 @@ impl JobStore for PostgresStore {
         worker_pid: Option<u32>,
         at_ms: u64,
     ) -> Result<(), StoreError> {
-        let token = self.start_job(id)?;
-        self.write_attempt(
-            id,
-            number,
-            worker_pid,
-            at_ms,
-            None,
-            &AttemptOutcome::Running,
-            token,
-        )
+        let token = self.token_for(id);
+        let outcome = rows::encode_outcome(&AttemptOutcome::Running)?;
+        let node = self.node.clone();
+        let s = self.st(START_ATTEMPT)?;
+        let changed = self.client.execute(
+            &s,
+            &[
+                &big(id),
+                &token,
+                &i64::from(number),
+                &worker_pid.map(i64::from),
+                &big(at_ms),
+                &outcome,
+                &node,
+            ],
+        )?;
+        if changed == 0 {
+            return Err(self.refused(id, token));
+        }
+        Ok(())
     }
 
     fn finish_attempt(
