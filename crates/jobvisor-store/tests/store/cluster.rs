@@ -740,6 +740,29 @@ fn measure_insert_and_claim_throughput() {
             N as f64 / burn.as_secs_f64()
         );
     }
+    // Submits of one job each, 5,000 in flight through the writer thread
+    // (group commit), on both backends.
+    const ONE_BY_ONE: u64 = 5_000;
+    fn submits<B: Backend>(b: B) -> f64 {
+        block_on(async move {
+            let handle = StoreHandle::spawn(b.open()).unwrap();
+            let t = std::time::Instant::now();
+            let calls: Vec<_> = (0..ONE_BY_ONE)
+                .map(|n| handle.insert_all(vec![job("t", json(n))]))
+                .collect();
+            for c in calls {
+                c.await.unwrap();
+            }
+            let rate = ONE_BY_ONE as f64 / t.elapsed().as_secs_f64();
+            handle.close().await;
+            rate
+        })
+    }
+    eprintln!(
+        "one-job submits through the writer: postgres {:.0} jobs/s, sqlite {:.0} jobs/s",
+        submits(Pg::new()),
+        submits(crate::Sqlite::new())
+    );
 }
 
 #[test]
