@@ -34,12 +34,12 @@ use crate::store::{Delivery, Finish, JobStore, NewDelivery, NewJob, StoreError};
 use rows::{big, no_nul, opt_big, payload_cols, pg_job_cols};
 
 pub use cluster::{CancelRequest, Claim, Claimed, Expired, NodeInfo, NodeState};
+pub use listen::{Listener, Wake, POLL_FALLBACK};
+pub use schema::PG_SCHEMA_VERSION;
 
 /// The lease of a claim when none is set (`[store] lease_ms`' default):
 /// a node silent for this long loses its jobs to the others.
 pub const DEFAULT_LEASE_MS: u64 = 10_000;
-pub use listen::{Listener, Wake, POLL_FALLBACK};
-pub use schema::PG_SCHEMA_VERSION;
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
