@@ -881,3 +881,51 @@ fn a_listener_reconnects_and_says_poll() {
     assert_eq!(recv(), Wake::Submit(vec![again]));
     listener.stop();
 }
+
+/// Retention: one node prunes at a time; another that tries meanwhile
+/// skips (and deletes nothing), and prunes later.
+#[test]
+fn one_node_prunes_at_a_time() {
+    let pg = Pg::new();
+    let mut a = pg.open();
+    let mut b = pg.open();
+    let ids = insert_all(
+        &mut a,
+        &(0..4).map(|n| job("t", json(n))).collect::<Vec<_>>(),
+    );
+    in_tx(&mut a, |s| {
+        for &id in &ids {
+            s.finish_job(id, 5, &Finish::Failed { error: "e".into() })
+                .unwrap();
+        }
+    });
+    a.begin().unwrap();
+    assert_eq!(a.prune(0, 2).unwrap(), 2, "a prunes all but the newest two");
+    // a's transaction (and its lock) is still open: b skips at once. (Were
+    // b to prune anyway, it would wait on a's rows: seen, a commits, and b
+    // reports what it deleted.)
+    let mut watch = pg.sql();
+    let skipped = std::thread::scope(|s| {
+        let b = &mut b;
+        let pruner = s.spawn(move || in_tx(b, |s| s.prune(u64::MAX, 0).unwrap()));
+        while !pruner.is_finished() {
+            let waiting: i64 = watch
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                     AND application_name = current_setting('application_name')",
+                    &[],
+                )
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            std::thread::yield_now();
+        }
+        a.commit().unwrap();
+        pruner.join().unwrap()
+    });
+    assert_eq!(skipped, 0, "b skips while a prunes");
+    assert_eq!(in_tx(&mut b, |s| s.prune(u64::MAX, 0).unwrap()), 2);
+    assert!(b.counts().unwrap().is_empty());
+}
