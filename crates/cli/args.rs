@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use jobvisor_pool::StartMethod;
-use jobvisor_proto::control::JobState;
+use jobvisor_proto::control::{JobSpec, JobState};
 
 use crate::parse::{
     parse_backoff, parse_duration, parse_env_pair, parse_input_from, parse_state, Backoff,
@@ -34,7 +34,10 @@ impl Cli {
         match &self.command {
             Command::Daemon(a) => a.log_format,
             Command::Demo(a) => a.log_format,
-            Command::Client(_) => LogFormat::Pretty,
+            Command::Client(_)
+            | Command::Completions { .. }
+            | Command::Man
+            | Command::Token { .. } => LogFormat::Pretty,
         }
     }
 }
@@ -59,6 +62,36 @@ pub enum Command {
     /// CPU parallelism, a worker killed mid-task and replaced, a timeout, and
     /// a command run through `exec`.
     Demo(DemoArgs),
+    /// Print a shell completion script: `source <(jobvisor completions bash)`,
+    /// or write it where the shell looks (see `scripts/completions`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on stdout: `jobvisor man | man -l -`.
+    Man,
+    /// HTTP API tokens: `token new --role read|submit|admin [--name N]`
+    /// prints a fresh token and the `[[http.tokens]]` lines (its SHA-256) to
+    /// paste into the config; the token itself is stored nowhere.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+/// `jobvisor token ...`.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh token and the config lines that grant it a role.
+    New {
+        /// What it may do: read, submit or admin.
+        #[arg(long, value_parser = ["read", "submit", "admin"])]
+        role: String,
+        /// Its name in the config and the logs.
+        #[arg(long, default_value = "token")]
+        name: String,
+    },
 }
 
 /// Arguments of `jobvisor daemon`.
@@ -70,6 +103,10 @@ pub struct DaemonArgs {
     /// State directory (job database, lock, default socket location).
     #[arg(long)]
     pub state_dir: Option<std::path::PathBuf>,
+    /// Job store: sqlite:PATH (default sqlite:STATE_DIR/jobs.db) or
+    /// postgres://user@host:port/db (overrides `[store] url`).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// Worker processes (0 = one per core).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -102,7 +139,10 @@ impl Command {
     pub fn runs_workers(&self) -> bool {
         match self {
             Command::Daemon(_) | Command::Demo(_) => true,
-            Command::Client(_) => false,
+            Command::Client(_)
+            | Command::Completions { .. }
+            | Command::Man
+            | Command::Token { .. } => false,
         }
     }
 }
@@ -275,6 +315,15 @@ pub struct SubmitArgs {
     /// Attempts in all, the first included.
     #[arg(long, value_name = "N")]
     pub max_attempts: Option<u32>,
+    /// Crash budget: dead after this many worker deaths (or daemon deaths
+    /// during an attempt), 1 to 1000 (default: the daemon's
+    /// `jobs.max_crashes`).
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..=i64::from(JobSpec::MAX_CRASHES))
+    )]
+    pub max_crashes: Option<u32>,
     /// Retry backoff in ms: first delay, optionally `:` the cap (e.g. 100:5000).
     #[arg(long, value_name = "BASE[:MAX]", value_parser = parse_backoff)]
     pub backoff_ms: Option<Backoff>,
@@ -308,7 +357,7 @@ pub struct SubmitArgs {
     pub wait: bool,
     /// Submit many jobs from a JSON-lines file (`-` for stdin), one object per
     /// line: {"task", "input", and optionally "queue", "priority",
-    /// "max_attempts", "backoff_base_ms", "backoff_max_ms", "timeout_ms",
+    /// "max_attempts", "max_crashes", "backoff_base_ms", "backoff_max_ms", "timeout_ms",
     /// "delay_ms", "after", "key", "notify_url"}. All are accepted or none. On a terminal,
     /// shows a progress bar until all finished.
     #[arg(
@@ -316,7 +365,7 @@ pub struct SubmitArgs {
         value_name = "FILE",
         conflicts_with_all = [
             "task", "command", "input", "cwd", "env", "ok_codes", "queue", "priority",
-            "max_attempts", "backoff_ms", "timeout", "delay", "after", "key", "input_from",
+            "max_attempts", "max_crashes", "backoff_ms", "timeout", "delay", "after", "key", "input_from",
             "notify_url",
         ]
     )]

@@ -4,11 +4,10 @@
 use std::io::Read;
 use std::path::Path;
 
-use jobvisor_proto::control::{JobSpec, Payload};
+use jobvisor_proto::control::JobSpec;
 use serde_json::Value;
 
 use crate::exit::{Failure, EXIT_USAGE};
-use crate::parse::{parse_input_from, parse_job_ref};
 
 /// Reads a JSON-lines batch file (`-` is stdin).
 pub fn read_batch(path: &Path) -> Result<Vec<JobSpec>, Failure> {
@@ -52,153 +51,24 @@ pub fn parse_batch(text: &str) -> Result<Vec<JobSpec>, String> {
     Ok(specs)
 }
 
-/// Parses one batch line: a JSON object with `task` and `input` (any JSON
-/// value, sent as its JSON text) and optional `queue`, `priority`,
-/// `max_attempts`, `backoff_base_ms`, `backoff_max_ms`, `timeout_ms`,
-/// `delay_ms`, `after`, `key`, `notify_url`. Unknown fields are refused (they are typos).
+/// Parses one batch line: a JSON object read by the one job-spec parser
+/// ([`jobvisor_proto::json::spec::job_spec`]), whose fields are listed in
+/// `docs/json.md`. Unknown fields are refused (they are typos).
 pub fn parse_batch_line(line: &str) -> Result<JobSpec, String> {
     let value: Value = serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
-    let Value::Object(obj) = value else {
-        return Err("expected a JSON object like {\"task\": ..., \"input\": ...}".to_owned());
-    };
-    const KNOWN: &[&str] = &[
-        "task",
-        "input",
-        "queue",
-        "priority",
-        "max_attempts",
-        "backoff_base_ms",
-        "backoff_max_ms",
-        "timeout_ms",
-        "stall_timeout_ms",
-        "delay_ms",
-        "after",
-        "key",
-        "input_from",
-        "notify_url",
-    ];
-    if let Some(unknown) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-        return Err(format!(
-            "unknown field `{unknown}` (known: {})",
-            KNOWN.join(", ")
-        ));
-    }
-
-    let task = match obj.get("task") {
-        Some(Value::String(t)) if !t.is_empty() => t.clone(),
-        Some(Value::String(_)) => return Err("field `task` is empty".to_owned()),
-        Some(_) => return Err("field `task` must be a string".to_owned()),
-        None => return Err("missing field `task`".to_owned()),
-    };
-    let input = obj
-        .get("input")
-        .ok_or_else(|| "missing field `input` (use null for none)".to_owned())?
-        .to_string();
-
-    let opt_u64 = |name: &str| -> Result<Option<u64>, String> {
-        match obj.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| format!("field `{name}` must be a non-negative integer")),
-        }
-    };
-    let opt_string = |name: &str| -> Result<Option<String>, String> {
-        match obj.get(name) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(format!("field `{name}` must be a string")),
-        }
-    };
-
-    let mut spec = JobSpec::new(task, Payload::Json(input));
-    spec.queue = opt_string("queue")?;
-    spec.key = opt_string("key")?;
-    spec.notify_url = opt_string("notify_url")?;
-    spec.priority = match obj.get("priority") {
-        None | Some(Value::Null) => 0,
-        Some(v) => v
-            .as_i64()
-            .and_then(|p| i32::try_from(p).ok())
-            .ok_or_else(|| "field `priority` must be a 32-bit integer".to_owned())?,
-    };
-    spec.max_attempts = match opt_u64("max_attempts")? {
-        None => None,
-        Some(n) => {
-            Some(u32::try_from(n).map_err(|_| "field `max_attempts` is too large".to_owned())?)
-        }
-    };
-    spec.backoff_base_ms = opt_u64("backoff_base_ms")?;
-    spec.backoff_max_ms = opt_u64("backoff_max_ms")?;
-    spec.timeout_ms = opt_u64("timeout_ms")?;
-    spec.stall_timeout_ms = opt_u64("stall_timeout_ms")?;
-    spec.delay_ms = opt_u64("delay_ms")?;
-    spec.after = match obj.get("after") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|v| {
-                v.as_u64()
-                    .ok_or_else(|| "field `after` must be an array of job ids".to_owned())
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err("field `after` must be an array of job ids".to_owned()),
-    };
-    spec.input_from = match obj.get("input_from") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(input_ref_from_json)
-            .collect::<Result<_, _>>()?,
-        Some(_) => return Err("field `input_from` must be an array".to_owned()),
-    };
-    Ok(spec)
-}
-
-/// `{"job": 12 | "#2", "pointer": "/x", "field": "f"}`, or the CLI's string
-/// form `"12:/x@f"`; `#N` is the N-th line (1-based) of the same batch.
-pub fn input_ref_from_json(v: &Value) -> Result<jobvisor_proto::control::InputRef, String> {
-    use jobvisor_proto::control::{InputRef, JobRef};
-    if let Some(s) = v.as_str() {
-        return parse_input_from(s);
-    }
-    let obj = v
-        .as_object()
-        .ok_or("each `input_from` entry must be an object or a string")?;
-    let job = match obj.get("job") {
-        Some(Value::Number(n)) => JobRef::Id(n.as_u64().ok_or("`job` must be a job id")?),
-        Some(Value::String(s)) => parse_job_ref(s)?,
-        _ => {
-            return Err(
-                "each `input_from` entry needs `job`: an id or \"#N\" (a line of this batch)"
-                    .into(),
-            )
-        }
-    };
-    let text = |k: &str| -> Result<Option<String>, String> {
-        match obj.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(_) => Err(format!("`{k}` must be a string")),
-        }
-    };
-    Ok(InputRef {
-        job,
-        pointer: text("pointer")?,
-        field: text("field")?,
-    })
+    jobvisor_proto::json::spec::job_spec(&value)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jobvisor_proto::control::Payload;
 
     #[test]
     fn batch_line_full() {
         let spec = parse_batch_line(
             r#"{"task":"hash","input":{"data":[1,2]},"queue":"q","priority":-3,"max_attempts":4,
-               "backoff_base_ms":10,"backoff_max_ms":100,"timeout_ms":5000,"delay_ms":7,
+               "max_crashes":2,"backoff_base_ms":10,"backoff_max_ms":100,"timeout_ms":5000,"delay_ms":7,
                "after":[1,2],"key":"k1"}"#,
         )
         .unwrap();
@@ -207,6 +77,7 @@ mod tests {
         assert_eq!(spec.queue.as_deref(), Some("q"));
         assert_eq!(spec.priority, -3);
         assert_eq!(spec.max_attempts, Some(4));
+        assert_eq!(spec.max_crashes, Some(2));
         assert_eq!(spec.backoff_base_ms, Some(10));
         assert_eq!(spec.backoff_max_ms, Some(100));
         assert_eq!(spec.timeout_ms, Some(5000));

@@ -132,7 +132,8 @@ pub fn exit_code_for_error_kind(kind: ErrorKind) -> u8 {
         | ErrorKind::LimitReached
         | ErrorKind::ShuttingDown
         | ErrorKind::Storage
-        | ErrorKind::PermissionDenied => EXIT_REFUSED,
+        | ErrorKind::PermissionDenied
+        | ErrorKind::Conflict => EXIT_REFUSED,
     }
 }
 
@@ -201,6 +202,7 @@ mod tests {
             (ErrorKind::ShuttingDown, EXIT_REFUSED),
             (ErrorKind::Storage, EXIT_REFUSED),
             (ErrorKind::PermissionDenied, EXIT_REFUSED),
+            (ErrorKind::Conflict, EXIT_REFUSED),
         ] {
             let e = ClientError::Server(jobvisor_proto::control::ControlError {
                 kind,

@@ -11,6 +11,12 @@
 //! Colours only on a terminal: a log redirected to a file or a pipe gets no
 //! ANSI escapes, and `NO_COLOR` (<https://no-color.org>) turns them off
 //! everywhere.
+//!
+//! Under systemd, when stderr is the journal (`$JOURNAL_STREAM` names its
+//! device and inode, `systemd.exec(5)`), pretty lines carry no timestamp
+//! (the journal keeps its own) and start with the `sd-daemon(3)` priority
+//! prefix (`<3>` error, `<4>` warning, `<6>` info, `<7>` debug), so
+//! `journalctl -p warning` filters them.
 
 use std::ffi::OsStr;
 use std::io::IsTerminal;
@@ -38,8 +44,67 @@ pub fn init(cli: &Cli) {
         ))
         .log_internal_errors(false);
     match cli.log_format() {
+        LogFormat::Pretty if stderr_is_journal() => builder
+            .event_format(Journald(
+                tracing_subscriber::fmt::format()
+                    .without_time()
+                    .with_ansi(false),
+            ))
+            .init(),
         LogFormat::Pretty => builder.init(),
         LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Whether stderr is the journal's stream: `$JOURNAL_STREAM` is
+/// `DEVICE:INODE` of it.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    // fstat of fd 2 without taking ownership of it.
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    journal_stream_is(stream.to_str().unwrap_or(""), meta.dev(), meta.ino())
+}
+
+/// Pure: whether `JOURNAL_STREAM`'s `DEVICE:INODE` is (`dev`, `ino`).
+fn journal_stream_is(stream: &str, dev: u64, ino: u64) -> bool {
+    stream
+        .split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+        == Some((dev, ino))
+}
+
+/// The priority prefix of `sd-daemon(3)` before each line of an inner format.
+struct Journald<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for Journald<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", priority(*event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// syslog priority of a level.
+fn priority(level: tracing::Level) -> u8 {
+    match level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        _ => 7,
     }
 }
 
@@ -53,7 +118,17 @@ fn colours_wanted(stderr_is_terminal: bool, no_color: Option<&OsStr>) -> bool {
 mod tests {
     use std::ffi::OsStr;
 
-    use super::colours_wanted;
+    use super::{colours_wanted, journal_stream_is, priority};
+
+    #[test]
+    fn the_journal_is_recognised_by_device_and_inode() {
+        assert!(journal_stream_is("8:1234", 8, 1234));
+        assert!(!journal_stream_is("8:1234", 8, 1235));
+        assert!(!journal_stream_is("8", 8, 1234));
+        assert!(!journal_stream_is("x:y", 8, 1234));
+        assert_eq!(priority(tracing::Level::ERROR), 3);
+        assert_eq!(priority(tracing::Level::TRACE), 7);
+    }
 
     #[test]
     fn colours_only_on_a_terminal_without_no_color() {

@@ -25,6 +25,7 @@
 //! - [`commands`]: the client commands, one module each, and their dispatch.
 //! - [`daemon`]: `jobvisor daemon` (the one user of `jobvisor-daemon`).
 //! - [`demo`]: `jobvisor demo`.
+//! - [`docs`]: `jobvisor completions` and `jobvisor man`.
 //! - [`logging`]: the `tracing` subscriber.
 
 mod args;
@@ -32,6 +33,7 @@ mod batch;
 mod commands;
 mod daemon;
 mod demo;
+mod docs;
 mod exit;
 mod logging;
 mod output;
@@ -61,6 +63,11 @@ fn main() -> ExitCode {
             return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(EXIT_USAGE));
         }
     };
+    // Taken (and removed from the environment) while there is one thread,
+    // before the fork server, so no worker or job inherits it.
+    let systemd = matches!(cli.command, Command::Daemon(_))
+        .then(daemon::take_systemd)
+        .flatten();
     if cli.command.runs_workers() {
         // Still single-threaded: no runtime and no logger exist yet.
         if let Some(code) = start_workers() {
@@ -70,7 +77,10 @@ fn main() -> ExitCode {
     logging::init(&cli);
     match cli.command {
         Command::Client(cmd) => run_client(cmd, cli.socket),
-        command => match run_workers(command, cli.socket) {
+        Command::Completions { shell } => docs::completions(shell),
+        Command::Man => docs::man(),
+        Command::Token { command } => daemon::token(command),
+        command => match run_workers(command, cli.socket, systemd) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("jobvisor: {e:#}");
@@ -115,14 +125,20 @@ fn start_workers() -> Option<ExitCode> {
 }
 
 /// Runs `daemon` or `demo` on a multi-threaded runtime.
-fn run_workers(command: Command, socket: Option<PathBuf>) -> anyhow::Result<()> {
+fn run_workers(
+    command: Command,
+    socket: Option<PathBuf>,
+    systemd: Option<daemon::Systemd>,
+) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     match command {
         Command::Demo(args) => rt.block_on(demo::run(args)),
-        Command::Daemon(args) => rt.block_on(daemon::run(args, socket)),
-        Command::Client(_) => anyhow::bail!("client commands run on their own runtime"),
+        Command::Daemon(args) => rt.block_on(daemon::run(args, socket, systemd)),
+        Command::Client(_) | Command::Completions { .. } | Command::Man | Command::Token { .. } => {
+            anyhow::bail!("only daemon and demo run workers")
+        }
     }
 }

@@ -61,39 +61,9 @@ pub fn parse_state(s: &str) -> Result<JobState, String> {
     })
 }
 
-/// A job id, or `#N`: the N-th line (1-based) of the same batch.
-pub fn parse_job_ref(s: &str) -> Result<jobvisor_proto::control::JobRef, String> {
-    use jobvisor_proto::control::JobRef;
-    if let Some(n) = s.strip_prefix('#') {
-        let n: u32 = n
-            .parse()
-            .map_err(|_| format!("bad batch reference {s:?}"))?;
-        if n == 0 {
-            return Err("batch references count lines from #1".into());
-        }
-        return Ok(JobRef::Batch(n - 1));
-    }
-    s.parse()
-        .map(JobRef::Id)
-        .map_err(|_| format!("bad job reference {s:?} (an id, or #N for a line of the batch)"))
-}
-
 /// `ID[:/json/pointer][@field]` (ID may be `#N` in a batch).
 pub fn parse_input_from(s: &str) -> Result<jobvisor_proto::control::InputRef, String> {
-    let (rest, field) = match s.rsplit_once('@') {
-        Some((r, f)) if !f.is_empty() => (r, Some(f.to_string())),
-        Some(_) => return Err(format!("empty field after '@' in {s:?}")),
-        None => (s, None),
-    };
-    let (job, pointer) = match rest.split_once(':') {
-        Some((j, p)) => (j, Some(p.to_string())),
-        None => (rest, None),
-    };
-    Ok(jobvisor_proto::control::InputRef {
-        job: parse_job_ref(job)?,
-        pointer,
-        field,
-    })
+    jobvisor_proto::json::spec::input_from(s)
 }
 
 #[cfg(test)]

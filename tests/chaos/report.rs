@@ -136,10 +136,17 @@ pub(super) fn check_records(
         let mut crashes = 0u32;
         let mut failures = 0u32;
         let mut lost = 0u32;
+        // Attempts a daemon kill cut off, found at the next start: lost,
+        // and charged to the crash budget.
+        let mut died = 0u32;
         let mut oks = 0u32;
         let mut odd = 0u32;
         for a in &r.attempts {
             match a.outcome {
+                ref o if o.is_daemon_died() => {
+                    lost += 1;
+                    died += 1;
+                }
                 AttemptOutcome::Crashed { .. } => crashes += 1,
                 AttemptOutcome::Error(_)
                 | AttemptOutcome::Panic(_)
@@ -154,7 +161,9 @@ pub(super) fn check_records(
         if p.kind != Kind::Poison {
             let mut foreign = 0;
             for a in &r.attempts {
-                if !matches!(a.outcome, AttemptOutcome::Crashed { .. }) {
+                if !matches!(a.outcome, AttemptOutcome::Crashed { .. })
+                    || a.outcome.is_daemon_died()
+                {
                     continue;
                 }
                 if we_killed(a) {
@@ -188,7 +197,7 @@ pub(super) fn check_records(
         if !numbers_ok || odd > 0 {
             flag("attempts misnumbered or left running/cancelled", r);
         }
-        if crashes > cfg.max_crashes || failures > cfg.max_attempts {
+        if crashes + died > cfg.max_crashes || failures > cfg.max_attempts {
             flag(
                 "over budget (crashes > max_crashes or failures > max_attempts)",
                 r,
@@ -197,8 +206,14 @@ pub(super) fn check_records(
         if lost as usize > cfg.daemon_kills {
             flag("more lost attempts than daemon kills", r);
         }
+        // A job the daemon died under as often as its crash budget allows
+        // is dead too, saying so.
+        let killed_by_daemon_deaths = died > 0
+            && crashes + died == cfg.max_crashes
+            && r.error.as_deref().unwrap_or("").contains("the daemon died");
         let expect = match p.kind {
             Kind::Poison => JobState::Dead,
+            _ if killed_by_daemon_deaths => JobState::Dead,
             k if k.fails() => JobState::Failed,
             _ => JobState::Succeeded,
         };
@@ -243,7 +258,7 @@ pub(super) fn check_records(
                 }
             }
             JobState::Dead
-                if crashes != cfg.max_crashes
+                if crashes + died != cfg.max_crashes
                     || !r.error.as_deref().unwrap_or("").contains("poison job") =>
             {
                 flag("dead without spending exactly its crash budget", r);

@@ -4,6 +4,7 @@ use std::process::Command;
 
 mod commands;
 mod config;
+mod docs;
 mod readme;
 mod robust;
 

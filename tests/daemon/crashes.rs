@@ -57,7 +57,7 @@ fn kill_minus_nine_with_a_thousand_jobs_loses_nothing() {
         reruns += r
             .attempts
             .iter()
-            .filter(|a| a.outcome == jobvisor_client::AttemptOutcome::Lost)
+            .filter(|a| a.outcome.is_daemon_died())
             .count();
     }
     let stats = rt().block_on(async { d.client().await.stats().await.unwrap() });
@@ -229,4 +229,201 @@ fn crash_task_is_dead_lettered_and_the_daemon_stays_healthy() {
         );
     });
     d.cli_ok(&["submit", "noop", "--input", "9", "--wait"]);
+}
+
+/// Issue 10, item F.25: a job's own crash budget. A `crash` job with
+/// `--max-attempts 1` ran 3 times (the daemon's `jobs.max_crashes`); with
+/// `--max-crashes 1` it runs once and is dead. Out of range is refused,
+/// by the CLI and by the daemon, naming the bounds.
+#[test]
+fn max_crashes_is_the_jobs_own_crash_budget() {
+    let d = Daemon::start(&[]);
+    let out = d.cli(&[
+        "submit",
+        "crash",
+        "--input",
+        r#"{"exit_code": 7}"#,
+        "--max-attempts",
+        "1",
+        "--max-crashes",
+        "1",
+        "--wait",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "dead: {}", text(&out));
+    let id: u64 = stdout(&out).lines().next().unwrap().parse().unwrap();
+    let out = d.cli(&["submit", "noop", "--input", "1", "--max-crashes", "0"]);
+    assert_exit("--max-crashes 0", &out, 2, "1..=1000");
+    rt().block_on(async {
+        let mut c = d.client().await;
+        let r = c.status(id).await.unwrap();
+        assert_eq!(r.state, JobState::Dead, "{r:?}");
+        assert_eq!(r.attempts.len(), 1, "one crash spends it: {r:?}");
+        assert_eq!(r.max_crashes, Some(1));
+        let error = r.error.unwrap_or_default();
+        assert!(
+            error.contains("killed 1 workers (max_crashes = 1)"),
+            "{error}"
+        );
+        let mut spec = json_spec("noop", "1");
+        spec.max_crashes = Some(1001);
+        let e = c.submit(vec![spec]).await.expect_err("refused");
+        assert!(
+            e.to_string()
+                .contains("max_crashes must be 1 to 1000, not 1001"),
+            "{e}"
+        );
+    });
+}
+
+/// Kills the worker that runs attempt `n` of job `id` (once it runs).
+async fn kill_worker_of_attempt(c: &mut jobvisor_client::Client, id: u64, n: usize) {
+    let pid = until(Duration::from_secs(30), "attempt running", async || {
+        let r = c.status(id).await.unwrap();
+        if r.state != JobState::Running || r.attempts.len() != n {
+            return Err(format!("attempt {n}: {r:?}"));
+        }
+        let rows = c.workers().await.unwrap();
+        match rows.iter().find(|w| w.running_job == Some(id)) {
+            Some(w) => Ok(w.pid),
+            None => Err(format!("attempt {n}: no worker runs it: {rows:?}")),
+        }
+    })
+    .await;
+    assert!(signal(pid as i32, libc::SIGKILL), "kill worker {pid}");
+}
+
+/// Issue 10, item F.25 and its stop-17 note: `retry` gives fresh budgets
+/// that are stored, so a kill -9 and restart counts them from the retry,
+/// not from every attempt (before, the three crashes before the retry
+/// were counted again and the next crash made the job dead). And `status`
+/// says "attempts: 2 of at most 3 (5 in all)", not "5 of at most 3".
+#[test]
+fn a_retrys_fresh_budget_survives_a_daemon_restart() {
+    let mut d = Daemon::with_config("[jobs]\nmax_crashes = 3\n");
+    // A long spin: killed from outside, as an OOM killer would.
+    let id: u64 = d
+        .cli_ok(&[
+            "submit",
+            "spin",
+            "--input",
+            r#"{"ms": 60000}"#,
+            "--backoff-ms",
+            "10:20",
+        ])
+        .parse()
+        .unwrap();
+    rt().block_on(async {
+        let mut c = d.client().await;
+        for n in 1..=3 {
+            kill_worker_of_attempt(&mut c, id, n).await;
+        }
+        let r = c
+            .wait(vec![id], Some(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        assert_eq!(r[0].state, JobState::Dead, "{r:?}");
+    });
+    d.cli_ok(&["retry", &id.to_string()]);
+    rt().block_on(async {
+        let mut c = d.client().await;
+        job_when(&mut c, id, Duration::from_secs(30), "retried", |r| {
+            r.state == JobState::Running && r.attempts.len() == 4
+        })
+        .await;
+    });
+    // The daemon dies under attempt 4: one crash of the fresh budget.
+    d.kill9();
+    d.spawn();
+    rt().block_on(async {
+        let mut c = d.client().await;
+        let r = job_when(&mut c, id, Duration::from_secs(30), "re-run", |r| {
+            r.state == JobState::Running && r.attempts.len() == 5
+        })
+        .await;
+        assert!(r.attempts[3].outcome.is_daemon_died(), "{r:?}");
+        assert_eq!((r.budget_from, r.epoch), (4, 1));
+    });
+    let shown = d.cli_ok(&["status", &id.to_string()]);
+    assert!(
+        shown.contains("attempts:  2 of at most 3 (5 in all)"),
+        "{shown}"
+    );
+    assert!(shown.contains("crashes:   1 of at most 3"), "{shown}");
+    rt().block_on(async {
+        let mut c = d.client().await;
+        // A second crash of the fresh budget: two of three, so it runs again.
+        kill_worker_of_attempt(&mut c, id, 5).await;
+        let r = job_when(&mut c, id, Duration::from_secs(30), "attempt 6", |r| {
+            r.attempts.len() == 6 || r.state.is_terminal()
+        })
+        .await;
+        assert_ne!(
+            r.state,
+            JobState::Dead,
+            "the budget counts from the retry: {r:?}"
+        );
+        c.cancel(id).await.unwrap();
+    });
+}
+
+/// Issue 10 (stop 17, defects found during the daemon split): an attempt
+/// lost because the daemon died under it was never charged, so a job that
+/// takes the daemon down every time re-ran for ever. It is a crash of the
+/// whole supervisor now: after `max_crashes` of them the job is dead,
+/// saying why. The job's command kills the daemon itself (kill -9 of the
+/// pid the test hands it through a FIFO, once the attempt's start is in
+/// the store).
+#[test]
+fn a_job_that_kills_the_daemon_is_dead_after_its_crash_budget() {
+    let mut d = Daemon::with_config("[jobs]\nmax_crashes = 2\n");
+    let fifo = d.dir.path().join("pid.fifo");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let script = format!("read pid < '{}' && kill -9 \"$pid\"", fifo.display());
+    let id: u64 = d
+        .cli_ok(&["submit", "exec", "--", "sh", "-c", &script])
+        .parse()
+        .unwrap();
+    for n in 1..=2 {
+        rt().block_on(async {
+            let mut c = d.client().await;
+            job_when(
+                &mut c,
+                id,
+                Duration::from_secs(30),
+                "attempt running",
+                |r| r.state == JobState::Running && r.attempts.len() == n,
+            )
+            .await;
+        });
+        // Blocks until the command opens its end.
+        std::fs::write(&fifo, format!("{}\n", d.pid())).expect("write the fifo");
+        let status = d.child.take().unwrap().wait().expect("reap the daemon");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "the job killed the daemon"
+        );
+        d.spawn();
+    }
+    rt().block_on(async {
+        let mut c = d.client().await;
+        let r = c
+            .wait(vec![id], Some(Duration::from_secs(10)))
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(r.state, JobState::Dead, "not re-run for ever: {r:?}");
+        assert_eq!(r.attempts.len(), 2, "{r:?}");
+        assert!(
+            r.attempts.iter().all(|a| a.outcome.is_daemon_died()),
+            "{r:?}"
+        );
+        let error = r.error.unwrap_or_default();
+        assert!(
+            error.contains("poison job: 2 of its attempts crashed (max_crashes = 2)")
+                && error.contains("the daemon died while it ran"),
+            "{error}"
+        );
+    });
 }

@@ -13,10 +13,14 @@
 //! - `json`: the public JSON against its fixtures (`tests/data/json/`).
 //! - `io`: I/O tasks on the workers' event loops.
 //! - `notify`: completion notifications (webhooks, commands).
+//! - `http`: the HTTP/JSON API: endpoints, roles, errors, limits.
+//! - `systemd`: sd_notify messages and journald log lines.
+//! - `store`: `[store] url`, where the jobs live.
 
 mod control;
 mod crashes;
 mod exec;
+mod http;
 mod io;
 mod jobs;
 mod json;
@@ -24,3 +28,5 @@ mod notify;
 mod observe;
 mod pipelines;
 mod signals;
+mod store;
+mod systemd;

@@ -218,7 +218,10 @@ fn a_jobs_notify_url_gets_one_post_with_its_record() {
     assert_eq!((hit.method.as_str(), hit.path.as_str()), ("POST", "/hook"));
     assert_eq!(hit.header("content-type"), "application/json");
     assert_eq!(hit.header("x-jobvisor-event"), "job.succeeded");
-    assert_eq!(hit.header("x-jobvisor-delivery"), format!("{id}-succeeded"));
+    assert_eq!(
+        hit.header("x-jobvisor-delivery"),
+        format!("{id}-0-succeeded")
+    );
     let body = hit.json();
     assert_eq!(body["id"], json!(id.parse::<u64>().unwrap()));
     assert_eq!(body["state"], json!("succeeded"));
@@ -269,7 +272,7 @@ fn a_queues_notify_url_hears_of_failures_only_when_told_so() {
     assert_eq!(hit.header("x-jobvisor-event"), "job.failed");
     assert_eq!(
         hit.header("x-jobvisor-delivery"),
-        format!("{failed}-failed")
+        format!("{failed}-0-failed")
     );
     let body = hit.json();
     assert_eq!(body["id"], json!(failed.parse::<u64>().unwrap()));
@@ -311,12 +314,56 @@ fn a_failing_receiver_is_retried_with_the_same_delivery_id() {
         vec![500, 500, 200]
     );
     for h in &hits {
-        assert_eq!(h.header("x-jobvisor-delivery"), format!("{id}-succeeded"));
+        assert_eq!(h.header("x-jobvisor-delivery"), format!("{id}-0-succeeded"));
         assert_eq!(h.json()["id"], json!(id.parse::<u64>().unwrap()));
     }
     let s = stats_when(&d, |s| s.notify_delivered >= 1);
     assert_eq!((s.notify_delivered, s.notify_failed), (1, 0));
     assert!(hook.pending().is_empty(), "no fourth attempt after the 200");
+}
+
+/// Issue 10 (stop 17, noticed): the delivery id was `<id>-<state>`, so a
+/// job revived by `retry` that failed again sent the id of its first
+/// failure, and a receiver that dedupes dropped a real event. The id names
+/// the job's epoch now: the same on every attempt of one delivery, a new
+/// one after each `retry`.
+#[test]
+fn a_retried_job_that_fails_again_gets_a_new_delivery_id() {
+    let hook = Hook::start(0);
+    let d = Daemon::start(&[]);
+    let out = d.cli(&[
+        "submit",
+        "hash",
+        "--input",
+        r#"{"path": "/nonexistent/notify-epoch"}"#,
+        "--max-attempts",
+        "1",
+        "--notify-url",
+        &hook.url,
+        "--wait",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let id = stdout(&out).lines().next().unwrap_or("").trim().to_owned();
+    let first = hook.next();
+    assert_eq!(first.header("x-jobvisor-event"), "job.failed");
+    assert_eq!(
+        first.header("x-jobvisor-delivery"),
+        format!("{id}-0-failed")
+    );
+    d.cli_ok(&["retry", &id]);
+    let out = d.cli(&["wait", &id]);
+    assert_eq!(out.status.code(), Some(3), "failed again: {}", text(&out));
+    let second = hook.next();
+    assert_eq!(second.header("x-jobvisor-event"), "job.failed");
+    assert_eq!(
+        second.header("x-jobvisor-delivery"),
+        format!("{id}-1-failed")
+    );
+    assert_eq!(second.json()["epoch"], json!(1));
+    assert_eq!(second.json()["attempts"].as_array().map(Vec::len), Some(2));
+    let s = stats_when(&d, |s| s.notify_delivered >= 2);
+    assert_eq!((s.notify_delivered, s.notify_failed), (2, 0));
+    assert!(hook.pending().is_empty());
 }
 
 #[test]
@@ -364,7 +411,10 @@ fn a_jobs_notify_url_survives_a_daemon_crash() {
     d.kill9();
     d.spawn();
     let hit = hook.next();
-    assert_eq!(hit.header("x-jobvisor-delivery"), format!("{id}-succeeded"));
+    assert_eq!(
+        hit.header("x-jobvisor-delivery"),
+        format!("{id}-0-succeeded")
+    );
     let s = stats_when(&d, |s| s.notify_delivered >= 1);
     assert!(s.recovered >= 1, "{s:?}");
 }
@@ -393,7 +443,7 @@ fn a_pending_notification_survives_a_daemon_crash_with_its_delivery_id() {
     let first = hook.next();
     assert_eq!(first.answered, 500);
     let key = first.header("x-jobvisor-delivery").to_owned();
-    assert_eq!(key, format!("{id}-succeeded"));
+    assert_eq!(key, format!("{id}-0-succeeded"));
     d.kill9();
     let before = hook.pending();
     assert!(before.iter().all(|h| h.answered == 500), "{before:?}");
@@ -435,7 +485,7 @@ fn a_notification_in_flight_at_a_crash_is_sent_again_with_the_same_id() {
     let first = hook.next();
     assert_eq!(first.answered, 0, "read, never answered");
     let key = first.header("x-jobvisor-delivery").to_owned();
-    assert_eq!(key, format!("{id}-succeeded"));
+    assert_eq!(key, format!("{id}-0-succeeded"));
     d.kill9();
     hook.set_slow(false);
     d.spawn();

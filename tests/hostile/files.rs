@@ -119,3 +119,40 @@ fn the_job_database_and_its_wal_are_private() {
         assert_eq!(mode(&path), 0o600, "{}", path.display());
     }
 }
+
+/// A `sqlite:` store in a directory another user can write is refused, as a
+/// state directory would be: that user could swap the database.
+#[test]
+fn a_sqlite_store_in_a_directory_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).expect("mkdir");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+    let url = format!("sqlite:{}/jobs.db", open.display());
+    let state = dir.path().join("state");
+    let (status, log) = refused(&state, &dir.path().join("daemon.log"), &["--store", &url]);
+    assert!(!status.success(), "{status:?}\n{log}");
+    assert!(
+        log.contains(&format!("refusing to use {}", open.display())) && log.contains("store.url"),
+        "the error names the path, why and the key:\n{log}"
+    );
+    assert!(!open.join("jobs.db").exists(), "a database was created");
+}
+
+/// A store URL the daemon cannot use is refused at start, naming the key.
+#[test]
+fn an_unknown_store_url_is_refused_naming_the_key() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    let (status, log) = refused(
+        &state,
+        &dir.path().join("daemon.log"),
+        &["--store", "mysql://h/db"],
+    );
+    assert!(!status.success(), "{status:?}\n{log}");
+    assert!(
+        log.contains("store.url") && log.contains("unknown store `mysql`"),
+        "{log}"
+    );
+}

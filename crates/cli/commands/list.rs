@@ -76,7 +76,7 @@ fn row(r: &JobRecord, now_ms: u64) -> Vec<String> {
         r.state.as_str().to_owned(),
         r.task.clone(),
         r.queue.clone(),
-        format!("{}/{}", r.attempts.len(), r.max_attempts),
+        attempts(r),
         fmt_unix_secs(r.created_ms),
         r.finished_ms
             .map(fmt_unix_secs)
@@ -89,6 +89,17 @@ fn row(r: &JobRecord, now_ms: u64) -> Vec<String> {
             .map(|e| truncate_chars(&one_line(e), LIST_ERROR_CHARS))
             .unwrap_or_default(),
     ]
+}
+
+/// The ATTEMPTS column: those of the current budget against the attempt
+/// budget, and all of them after a `retry` ("1/3 (6)").
+fn attempts(r: &JobRecord) -> String {
+    let (since, all) = (super::status::budget_attempts(r), r.attempts.len());
+    if since == all {
+        format!("{all}/{}", r.max_attempts)
+    } else {
+        format!("{since}/{} ({all})", r.max_attempts)
+    }
 }
 
 /// How long the job ran: from its first attempt's start to its end, or to
@@ -122,6 +133,9 @@ mod tests {
             priority: 0,
             state,
             max_attempts: 3,
+            max_crashes: Some(3),
+            budget_from: 1,
+            epoch: 0,
             timeout_ms: None,
             stall_timeout_ms: None,
             input_from: vec![],

@@ -84,7 +84,7 @@ async fn conn(mut stream: UnixStream, state: Arc<Mutex<State>>) {
     }
 }
 
-fn record(id: u64, task: &str, input: Payload) -> JobRecord {
+pub(crate) fn record(id: u64, task: &str, input: Payload) -> JobRecord {
     JobRecord {
         id,
         task: task.to_owned(),
@@ -92,6 +92,9 @@ fn record(id: u64, task: &str, input: Payload) -> JobRecord {
         priority: 0,
         state: JobState::Queued,
         max_attempts: 3,
+        max_crashes: Some(3),
+        budget_from: 1,
+        epoch: 0,
         timeout_ms: None,
         stall_timeout_ms: None,
         input_from: Vec::new(),

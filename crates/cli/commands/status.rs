@@ -74,10 +74,16 @@ pub fn format_status(r: &JobRecord) -> String {
     if let Some(e) = &r.error {
         field("error", &continued(e));
     }
-    field(
-        "attempts",
-        &format!("{} of at most {}", r.attempts.len(), r.max_attempts),
-    );
+    field("attempts", &attempts_line(r));
+    let crashes = r
+        .attempts
+        .iter()
+        .filter(|a| a.number >= r.budget_from)
+        .filter(|a| matches!(a.outcome, AttemptOutcome::Crashed { .. }))
+        .count();
+    if let (Some(max), 1..) = (r.max_crashes, crashes) {
+        field("crashes", &format!("{crashes} of at most {max}"));
+    }
     for a in &r.attempts {
         let pid = attempt_pid(a);
         let took = a
@@ -98,6 +104,26 @@ pub fn format_status(r: &JobRecord) -> String {
     s
 }
 
+/// The attempts of the current budget against the attempt budget, and
+/// all of them when a `retry` started a fresh budget: "1 of at most 3 (6
+/// in all)".
+fn attempts_line(r: &JobRecord) -> String {
+    let (since, all) = (budget_attempts(r), r.attempts.len());
+    if since == all {
+        format!("{all} of at most {}", r.max_attempts)
+    } else {
+        format!("{since} of at most {} ({all} in all)", r.max_attempts)
+    }
+}
+
+/// The attempts the job's current budgets count (since its last `retry`).
+pub fn budget_attempts(r: &JobRecord) -> usize {
+    r.attempts
+        .iter()
+        .filter(|a| a.number >= r.budget_from)
+        .count()
+}
+
 /// Which worker ran attempt `a`. A lost attempt was cut off by a daemon
 /// that stopped or died before it learnt (or stored) the pid; it used to
 /// show as `pid ?`.
@@ -105,6 +131,7 @@ fn attempt_pid(a: &Attempt) -> String {
     match (a.worker_pid, &a.outcome) {
         (Some(p), _) => format!("pid {p}"),
         (None, AttemptOutcome::Lost) => "pid unknown (the daemon stopped before it knew)".into(),
+        (None, o) if o.is_daemon_died() => "pid unknown (the daemon died before it knew)".into(),
         (None, AttemptOutcome::Running) => "pid not known yet".into(),
         (None, _) => "pid unknown".into(),
     }
@@ -117,6 +144,9 @@ fn describe_outcome(o: &AttemptOutcome) -> String {
         AttemptOutcome::Ok => "ok".to_owned(),
         AttemptOutcome::Error(e) => format!("error: {}", one_line(headline(e))),
         AttemptOutcome::Panic(e) => format!("panicked: {}", one_line(e)),
+        o if o.is_daemon_died() => {
+            "crashed: the daemon died while it ran (found at its next start)".to_owned()
+        }
         AttemptOutcome::Crashed {
             code,
             signal,
@@ -134,7 +164,7 @@ fn describe_outcome(o: &AttemptOutcome) -> String {
             format!("worker crashed ({how}, peak RSS {max_rss_kib} KiB)")
         }
         AttemptOutcome::TimedOut(how) => format!("timed out ({how})"),
-        AttemptOutcome::Lost => "lost (the daemon stopped while it ran)".to_owned(),
+        AttemptOutcome::Lost => "lost (the daemon stopped while it ran; not charged)".to_owned(),
         AttemptOutcome::Cancelled => "cancelled".to_owned(),
     }
 }
@@ -193,5 +223,26 @@ mod tests {
             "pid not known yet"
         );
         assert!(!attempt_pid(&attempt(None, AttemptOutcome::Cancelled)).contains('?'));
+        let died = attempt(None, AttemptOutcome::daemon_died());
+        assert!(attempt_pid(&died).starts_with("pid unknown (the daemon died"));
+        assert!(describe_outcome(&died.outcome).contains("the daemon died while it ran"));
+    }
+
+    /// Issue 10, item F.25: after `retry`, not "attempts: 6 of at most 3".
+    #[test]
+    fn attempts_count_the_current_budget_and_all() {
+        let mut r = crate::commands::mock::record(1, "t", Payload::Json("1".into()));
+        r.max_attempts = 3;
+        r.attempts = (1..=6)
+            .map(|n| Attempt {
+                number: n,
+                ..attempt(Some(9), AttemptOutcome::Error("e".into()))
+            })
+            .collect();
+        assert_eq!(attempts_line(&r), "6 of at most 3");
+        r.budget_from = 6;
+        assert_eq!(attempts_line(&r), "1 of at most 3 (6 in all)");
+        r.budget_from = 7;
+        assert_eq!(attempts_line(&r), "0 of at most 3 (6 in all)");
     }
 }

@@ -183,6 +183,7 @@ fn single_spec(args: &SubmitArgs) -> Result<JobSpec, Failure> {
     spec.queue = args.queue.clone();
     spec.priority = args.priority.unwrap_or(0);
     spec.max_attempts = args.max_attempts;
+    spec.max_crashes = args.max_crashes;
     if let Some(b) = args.backoff_ms {
         spec.backoff_base_ms = Some(b.base_ms);
         spec.backoff_max_ms = b.max_ms;

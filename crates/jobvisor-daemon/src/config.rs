@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use jobvisor_pool::StartMethod;
-use jobvisor_proto::control::JobState;
+use jobvisor_proto::control::{JobSpec, JobState};
 use serde::Deserialize;
 
 /// Values of duration keys: an integer in the key's unit (`_ms`: ms, `_secs`:
@@ -98,7 +98,84 @@ pub struct Config {
     pub notify: NotifySettings,
     /// Named queues.
     pub queues: BTreeMap<String, QueueConfig>,
+    /// Where the jobs are stored.
+    pub store: StoreSettings,
+    /// The HTTP/JSON API (off unless `listen` is set).
+    pub http: HttpSettings,
 }
+
+/// `[http]`: the HTTP/JSON API, its limits and who may use it.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// `host:port` to listen on; unset = no HTTP listener.
+    pub listen: Option<String>,
+    /// Listen on a non-loopback address without TLS (a warning is logged).
+    pub allow_plaintext: bool,
+    /// Largest request body (bytes); larger gets 413.
+    pub max_body_bytes: usize,
+    /// Largest request head, request line and headers (bytes).
+    pub max_header_bytes: usize,
+    /// A request's head must arrive within this of its first byte, and its
+    /// body within this of its head; else the connection is closed.
+    #[serde(deserialize_with = "human::ms")]
+    pub request_timeout_ms: u64,
+    /// A kept-alive connection that starts no request for this long is closed.
+    #[serde(deserialize_with = "human::ms")]
+    pub idle_timeout_ms: u64,
+    /// Connections at once; more get 503 and are closed.
+    pub max_connections: usize,
+    /// Longest `GET /v1/jobs/{id}/wait?timeout=` (longer is cut to it).
+    #[serde(deserialize_with = "human::ms")]
+    pub max_wait_ms: u64,
+    /// Bearer tokens, stored as SHA-256 (`jobvisor token new` prints one).
+    pub tokens: Vec<crate::access::TokenConfig>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            allow_plaintext: false,
+            max_body_bytes: 16 << 20,
+            max_header_bytes: 16 << 10,
+            request_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            max_connections: 256,
+            max_wait_ms: 300_000,
+            tokens: Vec::new(),
+        }
+    }
+}
+
+/// `[store]`: where the jobs live and, on PostgreSQL, how this node takes
+/// part in the cluster.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreSettings {
+    /// `sqlite:PATH` or `postgres://user@host:port/db`; default
+    /// `sqlite:<state dir>/jobs.db`.
+    pub url: Option<String>,
+    /// On PostgreSQL: how long a silent node keeps its jobs before other
+    /// nodes take them (1 s to 1 h).
+    #[serde(deserialize_with = "human::ms")]
+    pub lease_ms: u64,
+    /// This node's name in the cluster; default `<host name>-<pid>`.
+    pub node_name: Option<String>,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            url: None,
+            lease_ms: 10_000,
+            node_name: None,
+        }
+    }
+}
+
+/// Bounds of `[store] lease_ms`.
+const LEASE_MS: std::ops::RangeInclusive<u64> = 1_000..=3_600_000;
 
 /// Every bound, each with its key.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -122,6 +199,9 @@ pub struct Limits {
     pub max_batch_jobs: usize,
     /// Distinct job ids in one `wait` request (repeated ids count once).
     pub max_wait_ids: usize,
+    /// Client requests waiting for the scheduler to take them; one more
+    /// is refused as busy (`LimitReached`) instead of being buffered.
+    pub max_pending_requests: usize,
     /// Longest idempotency key (bytes).
     pub max_key_bytes: usize,
     /// A client must complete its hello within this (ms).
@@ -154,8 +234,9 @@ pub struct JobDefaults {
     /// Retry delay cap (ms).
     #[serde(deserialize_with = "human::ms")]
     pub backoff_max_ms: u64,
-    /// Crash budget: a job under which this many workers died is
-    /// dead-lettered (`dead`), whatever its attempt budget.
+    /// Default crash budget (1 to 1000; a job may set its own,
+    /// `max_crashes`): a job under which this many workers died, or the
+    /// daemon itself, is dead-lettered (`dead`), whatever its attempt budget.
     pub max_crashes: u32,
     /// On SIGTERM, how long running jobs may finish before they are stopped
     /// (and re-queued for the next start).
@@ -223,6 +304,17 @@ pub struct PoolSettings {
     /// it), and the worker is killed. 1 to 3600000.
     #[serde(deserialize_with = "human::ms")]
     pub frame_timeout_ms: u64,
+    /// While a worker holds tasks, it says it is alive at least this often
+    /// (ms), from a thread no task runs on. 1 to 3600000.
+    #[serde(deserialize_with = "human::ms")]
+    pub heartbeat_interval_ms: u64,
+    /// A worker that holds tasks and has sent nothing (no result, no
+    /// heartbeat) for this long (ms) is unresponsive (stopped, or its event
+    /// loop stuck): it is killed and replaced, and its running task is
+    /// charged with a crash. Longer than `heartbeat_interval_ms`, at most
+    /// 3600000.
+    #[serde(deserialize_with = "human::ms")]
+    pub liveness_timeout_ms: u64,
 }
 
 impl Default for PoolSettings {
@@ -240,6 +332,8 @@ impl Default for PoolSettings {
             term_grace_ms: 1000,
             max_deaths_per_call: 3,
             frame_timeout_ms: 10_000,
+            heartbeat_interval_ms: 1000,
+            liveness_timeout_ms: 10_000,
         }
     }
 }
@@ -345,6 +439,8 @@ impl Default for Config {
             pool: PoolSettings::default(),
             notify: NotifySettings::default(),
             queues: BTreeMap::new(),
+            store: StoreSettings::default(),
+            http: HttpSettings::default(),
         }
     }
 }
@@ -360,6 +456,7 @@ impl Default for Limits {
             max_buffered_bytes: 256 * 1024 * 1024,
             max_batch_jobs: 100_000,
             max_wait_ids: 100_000,
+            max_pending_requests: 1024,
             max_key_bytes: 1024,
             handshake_timeout_ms: 5_000,
             idle_timeout_ms: 60_000,
@@ -449,6 +546,9 @@ impl Config {
         if self.limits.max_connections == 0 {
             return bad("limits.max_connections must be at least 1");
         }
+        if self.limits.max_pending_requests == 0 {
+            return bad("limits.max_pending_requests must be at least 1");
+        }
         if self.limits.idle_timeout_ms == 0 || self.limits.request_timeout_ms == 0 {
             return bad("limits.idle_timeout_ms and limits.request_timeout_ms must be at least 1");
         }
@@ -469,8 +569,8 @@ impl Config {
         if self.limits.event_history > MAX_EVENT_HISTORY {
             return bad("limits.event_history must be at most 1000000");
         }
-        if self.jobs.max_crashes == 0 {
-            return bad("jobs.max_crashes must be at least 1");
+        if !(1..=JobSpec::MAX_CRASHES).contains(&self.jobs.max_crashes) {
+            return bad("jobs.max_crashes must be 1 to 1000");
         }
         if self.jobs.max_attempts == 0 {
             return bad("jobs.max_attempts must be at least 1");
@@ -486,10 +586,96 @@ impl Config {
         if !(1..=MAX_DEATHS_PER_CALL).contains(&self.pool.max_deaths_per_call) {
             return bad("pool.max_deaths_per_call must be between 1 and 1000");
         }
+        if !(1..=MAX_GRACE_MS).contains(&self.pool.heartbeat_interval_ms) {
+            return bad("pool.heartbeat_interval_ms must be between 1 and 3600000 (1 h)");
+        }
+        if self.pool.liveness_timeout_ms <= self.pool.heartbeat_interval_ms
+            || self.pool.liveness_timeout_ms > MAX_GRACE_MS
+        {
+            return bad(
+                "pool.liveness_timeout_ms must be longer than pool.heartbeat_interval_ms and at \
+                 most 3600000 (1 h)",
+            );
+        }
         if !(1..=MAX_GRACE_MS).contains(&self.pool.frame_timeout_ms) {
             return bad("pool.frame_timeout_ms must be between 1 and 3600000 (1 h)");
         }
+        self.validate_store()?;
+        self.validate_http()?;
         self.validate_notify()
+    }
+
+    fn validate_store(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        self.store_url()?;
+        if !LEASE_MS.contains(&self.store.lease_ms) {
+            return bad("store.lease_ms must be between 1000 (1 s) and 3600000 (1 h)".into());
+        }
+        if let Some(name) = &self.store.node_name {
+            if let Err(e) = crate::store_url::check_node_name(name) {
+                return bad(format!("store.node_name {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        let h = &self.http;
+        if let Some(listen) = &h.listen {
+            if let Err(e) = crate::access::listen_addr(listen, h.allow_plaintext) {
+                return bad(format!("http.listen: {e}"));
+            }
+        }
+        if !(1024..=(1 << 30)).contains(&h.max_body_bytes) {
+            return bad("http.max_body_bytes must be between 1024 and 1073741824 (1 GiB)".into());
+        }
+        if !(8192..=(1 << 20)).contains(&h.max_header_bytes) {
+            return bad("http.max_header_bytes must be between 8192 and 1048576".into());
+        }
+        if h.request_timeout_ms == 0 || h.idle_timeout_ms == 0 || h.max_wait_ms == 0 {
+            return bad(
+                "http.request_timeout_ms, http.idle_timeout_ms and http.max_wait_ms must be at least 1"
+                    .into(),
+            );
+        }
+        if h.max_connections == 0 || h.max_connections > 100_000 {
+            return bad("http.max_connections must be between 1 and 100000".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in h.tokens.iter().enumerate() {
+            if let Err(e) = crate::access::check_token_config(t) {
+                return bad(format!("http.tokens[{i}] ({}): {e}", t.name));
+            }
+            if !names.insert(&t.name) {
+                return bad(format!(
+                    "http.tokens[{i}]: the name {:?} is used twice",
+                    t.name
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The job store: `[store] url`, else `sqlite:<state dir>/jobs.db`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming `store.url`.
+    pub fn store_url(&self) -> Result<crate::store_url::StoreUrl, ConfigError> {
+        use crate::store_url::StoreUrl;
+        let Some(url) = &self.store.url else {
+            return Ok(StoreUrl::Sqlite(self.state_dir().join("jobs.db")));
+        };
+        let base = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+        StoreUrl::parse(url, &base).map_err(|e| ConfigError::Invalid(format!("store.url: {e}")))
+    }
+
+    /// This node's name: `[store] node_name`, else `<host name>-<pid>`.
+    pub fn node_name(&self) -> String {
+        self.store
+            .node_name
+            .clone()
+            .unwrap_or_else(crate::store_url::default_node_name)
     }
 
     fn validate_notify(&self) -> Result<(), ConfigError> {
@@ -637,6 +823,54 @@ mod tests {
             .queues
             .insert("default".into(), QueueConfig::default());
         assert_eq!(cfg, expected);
+    }
+
+    #[test]
+    fn the_store_section_parses_and_is_checked() {
+        use crate::store_url::StoreUrl;
+        let cfg: Config = toml::from_str(
+            r#"
+            state_dir = "/srv/jv"
+            [store]
+            url = "postgres://jv:pw@db:5432/jobs"
+            lease_ms = "30s"
+            node_name = "node-a"
+            "#,
+        )
+        .unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.store.lease_ms, 30_000);
+        assert_eq!(cfg.node_name(), "node-a");
+        assert_eq!(
+            cfg.store_url().unwrap(),
+            StoreUrl::Postgres("postgres://jv:pw@db:5432/jobs".into())
+        );
+        let default = Config {
+            state_dir: Some("/srv/jv".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            default.store_url().unwrap(),
+            StoreUrl::Sqlite("/srv/jv/jobs.db".into())
+        );
+        assert!(default
+            .node_name()
+            .ends_with(&format!("-{}", std::process::id())));
+        let invalid = |edit: fn(&mut Config), key: &str| {
+            let mut c = Config::default();
+            edit(&mut c);
+            match c.validate() {
+                Err(ConfigError::Invalid(m)) => assert!(m.contains(key), "{m}"),
+                other => panic!("{key}: {other:?}"),
+            }
+        };
+        invalid(|c| c.store.lease_ms = 999, "store.lease_ms");
+        invalid(|c| c.store.lease_ms = 3_600_001, "store.lease_ms");
+        invalid(|c| c.store.url = Some("redis://x".into()), "store.url");
+        invalid(
+            |c| c.store.node_name = Some("a b".into()),
+            "store.node_name",
+        );
     }
 
     #[test]

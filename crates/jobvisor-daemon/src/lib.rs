@@ -12,6 +12,10 @@
 //! - [`policy`]: what an attempt's end means for its job (retry, fail, ...):
 //!   pure functions.
 //! - `pipeline`: jobs that take their input from other jobs' outputs.
+//! - [`store_url`]: `[store] url` (`sqlite:PATH`, `postgres://...`) and node names.
+//! - [`sdnotify`]: systemd's notification protocol (READY, STOPPING, WATCHDOG).
+//! - [`access`]: roles and the HTTP API's tokens (hashed, compared in
+//!   constant time).
 //! - [`config`]: the TOML configuration and its defaults.
 //! - `events`: the event feed (job and worker events, the recent ones kept).
 //! - `notify`: completion notifications (webhooks, commands) from a durable
@@ -20,18 +24,23 @@
 //! - `scheduler`: the actor that owns unfinished jobs: queues, priorities,
 //!   delays, dependencies, attempts, waiters.
 //! - `server`: the control socket (permissions, peer check, handshake, limits).
+//! - `http`: the HTTP/JSON API, answering through the socket's handler.
 //! - [`run`] (here): start-up (lock, store, pool, recovery, socket), signals,
 //!   and the shutdown order.
 
+pub mod access;
 mod bounds;
 pub mod config;
 mod errors;
 mod events;
+mod http;
 mod notify;
 mod pipeline;
 pub mod policy;
 mod scheduler;
+pub mod sdnotify;
 mod server;
+pub mod store_url;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
@@ -46,6 +55,7 @@ use tokio::sync::{mpsc, watch};
 
 pub use config::Config;
 pub use notify::NotifyStartError;
+use store_url::StoreUrl;
 
 use scheduler::{Counters, SchedCmd, Scheduler};
 
@@ -98,6 +108,9 @@ pub struct Options {
     pub workers_override: Option<usize>,
     /// The same tasks the workers have: used to validate and convert inputs at submit time.
     pub registry: Registry,
+    /// systemd's notification socket, when run by a `Type=notify` unit
+    /// ([`sdnotify::SdNotify::take_from_env`], taken before any thread).
+    pub systemd: Option<sdnotify::SdNotify>,
 }
 
 /// The worker pool `cfg` asks for.
@@ -112,6 +125,10 @@ fn pool_builder(cfg: &Config) -> Result<PoolBuilder, DaemonError> {
         .term_grace(Duration::from_millis(p.term_grace_ms))
         .max_deaths_per_call(p.max_deaths_per_call)
         .frame_timeout(Duration::from_millis(p.frame_timeout_ms))
+        .liveness(
+            Duration::from_millis(p.heartbeat_interval_ms),
+            Duration::from_millis(p.liveness_timeout_ms),
+        )
         .restart_intensity(p.max_restarts, Duration::from_millis(p.restart_window_ms))
         .restart_backoff(
             Duration::from_millis(p.restart_backoff_ms),
@@ -152,7 +169,9 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     )))?;
     let _lock = lock(&state_dir)?;
 
-    let store = SqliteStore::open(&state_dir.join("jobs.db"))?;
+    let store_url = cfg.store_url()?;
+    let node = cfg.node_name();
+    let store = open_store(&store_url)?;
     let store = StoreHandle::spawn(store).map_err(io("cannot start the store thread"))?;
 
     let workers = cfg.worker_count();
@@ -200,12 +219,14 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         pool.clone(),
         store.clone(),
         registry,
-        counters,
+        counters.clone(),
         events_tx.clone(),
         notifier.clone(),
     );
     let recovered = scheduler.recover().await?;
-    let (sched_tx, sched_rx) = mpsc::channel(1024);
+    // Client requests fail as busy when it is full (`server::ask`); the
+    // daemon's own (drain, flush, reload) wait for room.
+    let (sched_tx, sched_rx) = mpsc::channel(cfg.limits.max_pending_requests);
     let sched_task = tokio::spawn(scheduler.run(sched_rx));
 
     let socket = cfg.socket();
@@ -223,15 +244,53 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         events: events_tx.clone(),
         buffered: Default::default(),
     };
+    let http = match &cfg.http.listen {
+        Some(listen) => {
+            let addr = access::listen_addr(listen, cfg.http.allow_plaintext).map_err(|e| {
+                DaemonError::Config(config::ConfigError::Invalid(format!("http.listen: {e}")))
+            })?;
+            let l = http::bind(addr)
+                .await
+                .map_err(io(format!("cannot listen on {addr} (http.listen)")))?;
+            let bound = l.local_addr().map_err(io("http.listen".to_string()))?;
+            if !bound.ip().is_loopback() {
+                tracing::warn!(%bound, "http: listening on a non-loopback address without TLS (http.allow_plaintext)");
+            }
+            tracing::info!(%bound, "http API listening");
+            Some(tokio::spawn(http::serve(
+                l,
+                ctx.clone(),
+                stopping_rx.clone(),
+            )))
+        }
+        None => None,
+    };
     let server_task = tokio::spawn(server::serve(listener, ctx, stopping_rx));
     tracing::info!(
         socket = %socket.display(),
         state_dir = %state_dir.display(),
+        store = %store_url,
+        node = %node,
         workers,
         recovered,
         pid = std::process::id(),
         "jobvisor daemon ready"
     );
+    let systemd = opts.systemd.map(Arc::new);
+    if let Some(sd) = &systemd {
+        sd.ready(&status_line(workers, &counters));
+        if let Some(every) = sd.watchdog_every() {
+            let (sd, counters) = (sd.clone(), counters.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    sd.watchdog(&status_line(workers, &counters));
+                }
+            });
+        }
+    }
 
     let hard = spawn_signals(
         stop_tx,
@@ -252,6 +311,13 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         }
     };
     tracing::info!(graceful, "shutting down");
+    if let Some(sd) = &systemd {
+        sd.stopping(if graceful {
+            "draining: running jobs finish, queued ones wait for the next start"
+        } else {
+            "stopping now"
+        });
+    }
     let _ = stopping_tx.send(true);
     if graceful {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -287,10 +353,23 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     }
     drop(sched_tx);
     let _ = server_task.await;
+    if let Some(h) = http {
+        let _ = h.await;
+    }
     sched_task.abort();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("jobvisor daemon stopped");
     Ok(())
+}
+
+/// The one-line summary systemd shows (`systemctl status`).
+fn status_line(workers: usize, c: &Counters) -> String {
+    format!(
+        "ready: {workers} workers; since start {} jobs submitted, {} attempts finished, {} worker restarts",
+        c.submitted.load(Ordering::Relaxed),
+        c.attempts_finished.load(Ordering::Relaxed),
+        c.worker_restarts.load(Ordering::Relaxed),
+    )
 }
 
 /// One task owns the signals: SIGTERM/SIGINT → graceful stop (a second
@@ -380,6 +459,26 @@ fn spawn_signals(
 /// The file is opened without following a symlink, and must be a regular file
 /// of ours: it is truncated and written. It is not created `O_EXCL`: it
 /// outlives a killed daemon by design (the `flock` is what is held).
+/// Opens the job store `url` names. An SQLite file's directory is made (or
+/// checked) like the state directory: created 0700, or refused when another
+/// user could write it.
+fn open_store(url: &StoreUrl) -> Result<SqliteStore, DaemonError> {
+    match url {
+        StoreUrl::Sqlite(path) => {
+            let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+            server::create_private_dir(dir, true).map_err(io(format!(
+                "cannot use the store's directory {} (store.url)",
+                dir.display()
+            )))?;
+            Ok(SqliteStore::open(path)?)
+        }
+        StoreUrl::Postgres(_) => Err(DaemonError::Config(config::ConfigError::Invalid(format!(
+            "store.url: {url}: the daemon does not run on PostgreSQL yet (the store \
+             layer exists; its cluster mode is not built); use sqlite:PATH"
+        )))),
+    }
+}
+
 fn lock(state_dir: &std::path::Path) -> Result<nix::fcntl::Flock<std::fs::File>, DaemonError> {
     use std::io::Write;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -456,6 +555,25 @@ mod tests {
         cfg.pool.frame_timeout_ms = 0;
         let e = cfg.validate().unwrap_err().to_string();
         assert!(e.contains("pool.frame_timeout_ms"), "{e}");
+    }
+
+    #[test]
+    fn the_pool_gets_the_configured_liveness() {
+        let mut cfg = Config::default();
+        let p = pool_builder(&cfg).unwrap().current().clone();
+        assert_eq!(p.heartbeat_interval, Duration::from_secs(1));
+        assert_eq!(p.liveness_timeout, Duration::from_secs(10));
+        cfg.pool.heartbeat_interval_ms = 20;
+        cfg.pool.liveness_timeout_ms = 300;
+        let p = pool_builder(&cfg).unwrap().current().clone();
+        assert_eq!(p.heartbeat_interval, Duration::from_millis(20));
+        assert_eq!(p.liveness_timeout, Duration::from_millis(300));
+        cfg.pool.liveness_timeout_ms = 20;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("pool.liveness_timeout_ms"), "{e}");
+        cfg.pool.heartbeat_interval_ms = 0;
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(e.contains("pool.heartbeat_interval_ms"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Failure policy: what happens to a job when an attempt ends. One module, one
 //! place to read it. Pure functions; the scheduler applies the decisions
 //! ([`on_output`] when the attempt returned an output, [`on_failure`] when it
-//! did not), and [`charge`] says which budget a recorded outcome spent.
+//! did not, [`on_recovery`] when a restarted daemon finds the job), and
+//! [`charge`] says which budget a recorded outcome spent.
 //!
 //! | attempt ended with | attempt outcome | job |
 //! |---|---|---|
@@ -9,11 +10,16 @@
 //! | output over `limits.max_output_bytes` (as stored: JSON for a client that sent JSON), or one that does not convert to JSON | `error` | `failed` at once: the next attempt would return the same |
 //! | task error, panic, output over the worker link's frame limit (the worker's `OutputTooLarge`) | `error` / `panic` | retried after backoff while the *attempt budget* (`max_attempts`) lasts, else `failed` |
 //! | bad input (the input does not decode) | `error` | `failed` at once: retrying cannot help |
-//! | worker died (signal, exit code, memory limit) | `crashed` (code/signal, peak RSS, output tail, cause) | retried while the *crash budget* (`jobs.max_crashes`) lasts, else `dead`: a poison job never drives a crash loop |
+//! | worker died (signal, exit code, memory limit) | `crashed` (code/signal, peak RSS, output tail, cause) | retried while the *crash budget* (the job's `max_crashes`, default `jobs.max_crashes`) lasts, else `dead`: a poison job never drives a crash loop |
 //! | timeout, stall (no heartbeat) | `timed_out` (how it was stopped) | retried while the attempt budget lasts, else `failed` |
 //! | cancelled by a client | `cancelled` | `cancelled` |
 //! | the pool was stopped under it (daemon shutdown) | `lost` | back to `queued`, the attempt not counted against a budget |
-//! | daemon killed while it ran (found at restart) | `lost` | back to `queued` (by the store's `recover`), the attempt not counted against a budget |
+//! | daemon killed while it ran (found at restart) | `crashed`, cause [`DAEMON_DIED`] (by the store's `recover`) | a crash of the whole supervisor, charged to the crash budget: back to `queued` while it lasts, else `dead` ([`on_recovery`]), so a job that takes the daemon down every time (the OOM killer picking the daemon) does not re-run for ever |
+//!
+//! Budgets count the attempts of the current epoch only: those numbered
+//! `budget_from` or later. A client's `retry` of a finished job starts a
+//! new epoch at its next attempt, with fresh budgets; the history stays,
+//! and both are stored, so a restart recounts the same ([`spent_since`]).
 //!
 //! The two budgets are separate: a job that keeps killing workers is
 //! dead-lettered after K deaths however many task errors it may still make,
@@ -26,7 +32,8 @@ use std::time::Duration;
 
 use jobvisor_pool::{FailureKind, PoolError};
 use jobvisor_proto::backoff;
-use jobvisor_proto::control::{AttemptOutcome, Payload};
+pub use jobvisor_proto::control::DAEMON_DIED;
+use jobvisor_proto::control::{Attempt, AttemptOutcome, Payload};
 use jobvisor_store::Finish;
 use jobvisor_worker::ConvertError;
 
@@ -85,6 +92,17 @@ pub struct Spent {
     pub failures: u32,
     /// Charged to the crash budget.
     pub crashes: u32,
+}
+
+/// Counts the attempts of the current epoch (numbered `budget_from` or
+/// later) by [`charge`].
+pub fn spent_since(attempts: &[Attempt], budget_from: u32) -> Spent {
+    spent(
+        attempts
+            .iter()
+            .filter(|a| a.number >= budget_from)
+            .map(|a| &a.outcome),
+    )
 }
 
 /// Counts the attempts of a history by [`charge`].
@@ -242,7 +260,7 @@ fn failure_end(
             let next = if n >= job.max_crashes {
                 Finish::Dead {
                     error: format!(
-                        "poison job: it killed {n} workers (jobs.max_crashes = {}); last: {}",
+                        "poison job: it killed {n} workers (max_crashes = {}); last: {}",
                         job.max_crashes,
                         chain(err)
                     ),
@@ -270,6 +288,22 @@ fn failure_end(
     }
 }
 
+/// What becomes of a job a restarted daemon recovers, having spent
+/// `spent` of its budgets (the attempts the dead daemon left running
+/// included, each recorded as a crash with cause [`DAEMON_DIED`]): `None`
+/// when it may run again, else its end: `dead` once the crash budget is
+/// spent, saying so.
+pub fn on_recovery(spent: Spent, max_crashes: u32) -> Option<Finish> {
+    (spent.crashes >= max_crashes).then(|| Finish::Dead {
+        error: format!(
+            "poison job: {} of its attempts crashed (max_crashes = {max_crashes}), the last \
+             one taking the daemon down with it (the daemon died while it ran: killed, \
+             out of memory, or the machine stopped)",
+            spent.crashes
+        ),
+    })
+}
+
 /// `error` with `note` at the end of its first line: an error that quotes a
 /// command's output (exec's) goes on over more lines, and the note belongs
 /// to the headline, not after the output.
@@ -292,9 +326,10 @@ pub fn backoff_ms(base_ms: u64, max_ms: u64, tries: u32, random: u64) -> u64 {
 /// once there is enough to judge (5 attempts and 100 ms of wall time).
 ///
 /// A CPU task (`Task`) holds a worker for its whole wall time; if the worker's
-/// thread computed for less than half of it, the task mostly waited (on a
-/// child process, the network, a disk, a sleep) and would not need a worker
-/// of its own as an I/O task. Wall time includes waiting for a CPU: on a
+/// thread and the child processes it ran (an `exec` command's CPU counts as
+/// its job's) computed for less than half of it, the task mostly waited (the
+/// network, a disk, a sleep) and would not need a worker of its own as an
+/// I/O task. Wall time includes waiting for a CPU: on a
 /// machine oversubscribed by other work, CPU-bound tasks show a lower share too.
 pub fn advice(attempts: u64, cpu_us: u64, wall_us: u64) -> Option<String> {
     if attempts < 5 || wall_us < 100_000 {
@@ -545,6 +580,57 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn budgets_count_the_attempts_since_the_last_retry() {
+        let attempt = |number, outcome| Attempt {
+            number,
+            worker_pid: None,
+            started_ms: 0,
+            finished_ms: Some(1),
+            outcome,
+        };
+        let history = [
+            attempt(1, on_failure(facts(0, 0), &crash(9), 0, 0).outcome),
+            attempt(2, AttemptOutcome::Error("e".into())),
+            attempt(3, AttemptOutcome::daemon_died()),
+            attempt(4, AttemptOutcome::Lost),
+            attempt(5, AttemptOutcome::Panic("p".into())),
+        ];
+        let all = Spent {
+            failures: 2,
+            crashes: 2,
+        };
+        assert_eq!(spent_since(&history, 1), all);
+        assert_eq!(spent_since(&history, 0), all);
+        assert_eq!(
+            spent_since(&history, 3),
+            Spent {
+                failures: 1,
+                crashes: 1
+            },
+            "a daemon death is a crash, a shutdown's loss is not charged"
+        );
+        assert_eq!(spent_since(&history, 6), Spent::default());
+    }
+
+    #[test]
+    fn a_recovered_job_whose_crash_budget_is_spent_is_dead_saying_why() {
+        let spent = |crashes| Spent {
+            failures: 7,
+            crashes,
+        };
+        assert_eq!(on_recovery(spent(0), 1), None);
+        assert_eq!(on_recovery(spent(2), 3), None, "failures do not count");
+        let Some(Finish::Dead { error }) = on_recovery(spent(3), 3) else {
+            panic!("dead once the crash budget is spent");
+        };
+        assert!(
+            error.starts_with("poison job: 3 of its attempts crashed (max_crashes = 3)"),
+            "{error}"
+        );
+        assert!(error.contains("the daemon died while it ran"), "{error}");
     }
 
     #[test]

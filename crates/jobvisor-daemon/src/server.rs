@@ -619,10 +619,39 @@ async fn stream_events(
     }
 }
 
-async fn ask<T>(ctx: &ServerCtx, make: impl FnOnce(oneshot::Sender<T>) -> SchedCmd) -> Option<T> {
+/// Hands a client's request to the scheduler and awaits its answer; the
+/// answer to give instead when the scheduler is busy or gone.
+async fn ask<T>(
+    ctx: &ServerCtx,
+    make: impl FnOnce(oneshot::Sender<T>) -> SchedCmd,
+) -> Result<T, Response> {
+    ask_on(&ctx.sched, make).await
+}
+
+/// [`ask`] on the scheduler's channel `sched`. A request that finds
+/// `limits.max_pending_requests` (the channel's capacity) waiting is
+/// refused at once: nothing of it is done, and nothing waits in memory for
+/// room.
+async fn ask_on<T>(
+    sched: &mpsc::Sender<SchedCmd>,
+    make: impl FnOnce(oneshot::Sender<T>) -> SchedCmd,
+) -> Result<T, Response> {
     let (tx, rx) = oneshot::channel();
-    ctx.sched.send(make(tx)).await.ok()?;
-    rx.await.ok()
+    match sched.try_send(make(tx)) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            let max = sched.max_capacity();
+            return Err(error(
+                ErrorKind::LimitReached,
+                format!(
+                    "the daemon is busy: {max} requests wait for its scheduler \
+                     (limits.max_pending_requests); try again"
+                ),
+            ));
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => return Err(gone()),
+    }
+    rx.await.map_err(|_| gone())
 }
 
 fn gone() -> Response {
@@ -642,7 +671,7 @@ fn impossible_id(req: &Request) -> Option<u64> {
     }
 }
 
-async fn handle(req: Request, ctx: &ServerCtx) -> Response {
+pub(crate) async fn handle(req: Request, ctx: &ServerCtx) -> Response {
     if let Some(id) = impossible_id(&req) {
         return error(ErrorKind::NotFound, format!("no job {id}"));
     }
@@ -652,19 +681,19 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
             version: env!("CARGO_PKG_VERSION").to_string(),
         },
         Request::Submit(specs) => match ask(ctx, |reply| SchedCmd::Submit { specs, reply }).await {
-            Some(Ok(v)) => Response::Submitted(v),
-            Some(Err(e)) => Response::Error(e),
-            None => gone(),
+            Ok(Ok(v)) => Response::Submitted(v),
+            Ok(Err(e)) => Response::Error(e),
+            Err(refused) => refused,
         },
         Request::Cancel { id } => match ask(ctx, |reply| SchedCmd::Cancel { id, reply }).await {
-            Some(Ok(())) => Response::Ok,
-            Some(Err(e)) => Response::Error(e),
-            None => gone(),
+            Ok(Ok(())) => Response::Ok,
+            Ok(Err(e)) => Response::Error(e),
+            Err(refused) => refused,
         },
         Request::Retry { id } => match ask(ctx, |reply| SchedCmd::Retry { id, reply }).await {
-            Some(Ok(())) => Response::Ok,
-            Some(Err(e)) => Response::Error(e),
-            None => gone(),
+            Ok(Ok(())) => Response::Ok,
+            Ok(Err(e)) => Response::Error(e),
+            Err(refused) => refused,
         },
         Request::Wait { ids, timeout_ms } => {
             match ask(ctx, |reply| SchedCmd::Wait {
@@ -674,9 +703,9 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
             })
             .await
             {
-                Some(Ok(v)) => Response::Jobs(v),
-                Some(Err(e)) => Response::Error(e),
-                None => gone(),
+                Ok(Ok(v)) => Response::Jobs(v),
+                Ok(Err(e)) => Response::Error(e),
+                Err(refused) => refused,
             }
         }
         Request::Status { id } => match ctx.store.get(id).await {
@@ -704,7 +733,7 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
             // The workers are worth showing even without their jobs.
             let jobs = ask(ctx, |reply| SchedCmd::JobsOfCalls { calls, reply })
                 .await
-                .unwrap_or_else(|| vec![None; n]);
+                .unwrap_or_else(|_| vec![None; n]);
             let mut jobs = jobs.into_iter();
             Response::Workers(
                 workers
@@ -721,8 +750,8 @@ async fn handle(req: Request, ctx: &ServerCtx) -> Response {
             )
         }
         Request::Stats => match ask(ctx, |reply| SchedCmd::Stats { reply }).await {
-            Some(s) => Response::Stats(s),
-            None => gone(),
+            Ok(s) => Response::Stats(s),
+            Err(refused) => refused,
         },
         // Handled by the connection loop (a stream, not one answer).
         Request::Events { .. } => error(ErrorKind::BadRequest, "events is a subscription"),
@@ -746,6 +775,52 @@ fn worker_state(state: jobvisor_pool::WorkerState) -> WorkerState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// With `limits.max_pending_requests` requests waiting, one more is
+    /// refused at once, naming the key (it used to wait for room, held in
+    /// memory by its connection); once there is room, it is taken.
+    #[tokio::test(start_paused = true)]
+    async fn a_request_past_the_pending_limit_is_refused_as_busy() {
+        let (sched, mut rx) = mpsc::channel(1);
+        let (filler, _) = oneshot::channel();
+        sched.try_send(SchedCmd::Stats { reply: filler }).unwrap();
+        // A wait that never ends would be the old behaviour: the paused
+        // clock makes the hour pass at once.
+        let asked = tokio::time::timeout(
+            Duration::from_secs(3600),
+            ask_on(&sched, |reply| SchedCmd::JobsOfCalls {
+                calls: vec![7],
+                reply,
+            }),
+        )
+        .await
+        .expect("refused at once, not held until there is room");
+        let Err(Response::Error(e)) = asked else {
+            panic!("not refused: {asked:?}")
+        };
+        assert_eq!(e.kind, ErrorKind::LimitReached);
+        assert!(e.message.contains("busy"), "{}", e.message);
+        assert!(
+            e.message
+                .contains("1 requests wait for its scheduler (limits.max_pending_requests)"),
+            "{}",
+            e.message
+        );
+        // Room again: the request reaches the scheduler, which answers it.
+        drop(rx.recv().await);
+        let answer = tokio::spawn(async move {
+            if let Some(SchedCmd::JobsOfCalls { calls, reply }) = rx.recv().await {
+                let _ = reply.send(calls.iter().map(|&c| Some(c * 2)).collect());
+            }
+        });
+        let asked = ask_on(&sched, |reply| SchedCmd::JobsOfCalls {
+            calls: vec![7],
+            reply,
+        })
+        .await;
+        assert_eq!(asked.ok(), Some(vec![Some(14)]));
+        answer.await.unwrap();
+    }
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

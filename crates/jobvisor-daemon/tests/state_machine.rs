@@ -286,6 +286,7 @@ impl Model {
             }
             Finish::Cancelled { .. } | Finish::Requeue => {}
             Finish::Succeeded { .. } => panic!("a failure cannot succeed: {}", ctx()),
+            Finish::Revive { .. } => panic!("only a client revives a job: {}", ctx()),
         }
         let why = format!("{:?} / {:?}", d.outcome, d.charge);
         self.go(to, why);

@@ -71,6 +71,18 @@ pub struct PoolConfig {
     /// bytes have (default 10 s). One that takes longer means the link is
     /// corrupt (a task wrote garbage to it): the worker is killed and replaced.
     pub frame_timeout: Duration,
+    /// While a worker holds calls, it sends a heartbeat in each interval this
+    /// long in which it sent nothing else, from a thread no task runs on
+    /// (default 1 s). An idle worker sends none.
+    pub heartbeat_interval: Duration,
+    /// A worker that holds calls and has sent nothing (no reply, no
+    /// heartbeat) for this long is unresponsive (stopped, or its event loop
+    /// stuck in one poll): it is killed and replaced, and the calls it held
+    /// are charged by the usual blame rules (default 10 s; must be longer
+    /// than `heartbeat_interval`, and should be several intervals: a pulse
+    /// may come up to an interval late on a loaded machine, and silence is
+    /// looked at once per interval). A long CPU task is not unresponsive.
+    pub liveness_timeout: Duration,
 }
 
 impl Default for PoolConfig {
@@ -98,6 +110,8 @@ impl Default for PoolConfig {
             memory_soft_limit_bytes: None,
             max_deaths_per_call: 3,
             frame_timeout: Duration::from_secs(10),
+            heartbeat_interval: Duration::from_secs(1),
+            liveness_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -109,5 +123,40 @@ impl PoolConfig {
     /// Largest encoded input (or output) of one call.
     pub fn max_payload_bytes(&self) -> usize {
         self.max_frame_bytes.saturating_sub(FRAME_SLACK)
+    }
+
+    /// Checks the limits that depend on each other.
+    ///
+    /// # Errors
+    /// A message naming the setting when `heartbeat_interval` is under 1 ms
+    /// or `liveness_timeout` is not longer than it.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.heartbeat_interval < Duration::from_millis(1) {
+            return Err("heartbeat_interval must be at least 1 ms".into());
+        }
+        if self.liveness_timeout <= self.heartbeat_interval {
+            return Err(format!(
+                "liveness_timeout ({:?}) must be longer than heartbeat_interval ({:?})",
+                self.liveness_timeout, self.heartbeat_interval
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_liveness_timeout_must_outlast_the_heartbeat_interval() {
+        let mut cfg = PoolConfig::default();
+        assert_eq!(cfg.validate(), Ok(()));
+        cfg.liveness_timeout = cfg.heartbeat_interval;
+        let e = cfg.validate().unwrap_err();
+        assert!(e.contains("liveness_timeout"), "{e}");
+        cfg.liveness_timeout = Duration::from_secs(10);
+        cfg.heartbeat_interval = Duration::ZERO;
+        assert!(cfg.validate().unwrap_err().contains("heartbeat_interval"));
     }
 }

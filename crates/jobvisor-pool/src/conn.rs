@@ -168,6 +168,7 @@ async fn handshake(
         max_output_bytes: cfg.max_payload_bytes() as u64,
         memory_soft_limit_bytes: cfg.memory_soft_limit_bytes.unwrap_or(0),
         memory_limit_bytes: cfg.memory_limit_bytes.unwrap_or(0),
+        heartbeat_interval_ms: (cfg.heartbeat_interval.as_millis() as u64).max(1),
     };
     encode_frame(&mut out, &configure, cfg.max_frame_bytes).map_err(io::Error::other)?;
     write_all(writer, &out).await?;

@@ -129,6 +129,16 @@ impl PoolBuilder {
         self.cfg.frame_timeout = t.max(Duration::from_millis(1));
         self
     }
+    /// How often a worker that holds calls says it is alive, and how long one
+    /// that holds calls may say nothing before it is killed and replaced (see
+    /// [`PoolConfig::heartbeat_interval`], [`PoolConfig::liveness_timeout`];
+    /// `build` fails unless the timeout is longer than the interval).
+    #[must_use]
+    pub fn liveness(mut self, heartbeat_interval: Duration, liveness_timeout: Duration) -> Self {
+        self.cfg.heartbeat_interval = heartbeat_interval;
+        self.cfg.liveness_timeout = liveness_timeout;
+        self
+    }
     /// Restart intensity: more than `max` deaths within `window` → restarts are delayed.
     #[must_use]
     pub fn restart_intensity(mut self, max: u32, window: Duration) -> Self {
@@ -181,10 +191,17 @@ impl PoolBuilder {
     /// Starts the workers and waits until all of them are ready.
     ///
     /// # Errors
-    /// [`PoolError::Startup`] when a worker cannot be started or fails its
+    /// [`PoolError::Startup`] when the configuration is inconsistent
+    /// ([`PoolConfig::validate`]), or a worker cannot be started or fails its
     /// handshake (then none is left running).
     pub async fn build(self) -> Result<Pool, PoolError> {
         crate::launch::booted().map_err(|e| PoolError::Startup(Arc::new(e)))?;
+        self.cfg.validate().map_err(|e| {
+            PoolError::Startup(Arc::new(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                e,
+            )))
+        })?;
         let (tx, rx) = mpsc::channel(COMMAND_CHANNEL);
         // Cancel, shutdown, resize and snapshots: never stuck behind submits
         // waiting for queue space (one per caller at a time: bounded by them).

@@ -44,6 +44,10 @@ pub struct JobSpec {
     pub priority: i32,
     /// Attempts in all, the first included (default from config).
     pub max_attempts: Option<u32>,
+    /// Crash budget: worker deaths (and daemon deaths during an attempt)
+    /// after which the job is dead-lettered, 1..=[`JobSpec::MAX_CRASHES`]
+    /// (default: the daemon's `jobs.max_crashes`).
+    pub max_crashes: Option<u32>,
     /// First retry delay; doubles per attempt, with jitter (default from config).
     pub backoff_base_ms: Option<u64>,
     /// Cap on the retry delay (default from config).
@@ -91,6 +95,9 @@ pub struct InputRef {
 }
 
 impl JobSpec {
+    /// The largest crash budget a job may ask for ([`JobSpec::max_crashes`]).
+    pub const MAX_CRASHES: u32 = 1000;
+
     /// A spec with defaults for everything but the task and its input.
     pub fn new(task: impl Into<String>, input: Payload) -> Self {
         Self {
@@ -99,6 +106,7 @@ impl JobSpec {
             queue: None,
             priority: 0,
             max_attempts: None,
+            max_crashes: None,
             backoff_base_ms: None,
             backoff_max_ms: None,
             timeout_ms: None,
@@ -175,6 +183,7 @@ impl JobState {
     /// | `queued`, `retrying` | `failed` | a dependency did not succeed, or the job's input cannot be built or converted |
     /// | `running` | `succeeded`, `failed`, `retrying`, `cancelled`, `dead` | the attempt ends (see the daemon's failure policy) |
     /// | `running` | `queued` | the pool was stopped under the attempt (daemon shutdown) |
+    /// | `queued` | `dead` | a restarted daemon finds its crash budget spent: the daemon died under its last attempt |
     /// | `failed`, `cancelled`, `dead` | `retrying` | a client's `retry` revives a job that did not succeed |
     ///
     /// Nothing leaves `succeeded`, and no state becomes itself.
@@ -183,6 +192,7 @@ impl JobState {
         matches!(
             (self, next),
             (Queued | Retrying, Running | Cancelled | Failed)
+                | (Queued, Dead)
                 | (
                     Running,
                     Succeeded | Failed | Retrying | Cancelled | Dead | Queued
@@ -218,10 +228,38 @@ pub enum AttemptOutcome {
     },
     /// Past its timeout; how it was stopped.
     TimedOut(String),
-    /// The daemon died while it ran.
+    /// Cut off by the daemon's own shutdown (past the drain's grace), or
+    /// found running by a restarted daemon older than budgets per job. A
+    /// restarted daemon now records an attempt it finds running as
+    /// [`AttemptOutcome::daemon_died`].
     Lost,
     /// Cancelled.
     Cancelled,
+}
+
+/// The cause of an attempt a restarted daemon found still running: the
+/// daemon died under it, a crash of the whole supervisor.
+pub const DAEMON_DIED: &str = "the daemon died while it ran";
+
+impl AttemptOutcome {
+    /// How a restarted daemon records an attempt it finds still running: a
+    /// crash (so it is charged to the job's crash budget) with cause
+    /// [`DAEMON_DIED`], and no exit status or output, which died with the
+    /// daemon.
+    pub fn daemon_died() -> Self {
+        AttemptOutcome::Crashed {
+            code: None,
+            signal: None,
+            max_rss_kib: 0,
+            stderr_tail: Vec::new(),
+            cause: Some(DAEMON_DIED.to_owned()),
+        }
+    }
+
+    /// Whether it is [`AttemptOutcome::daemon_died`]'s.
+    pub fn is_daemon_died(&self) -> bool {
+        matches!(self, AttemptOutcome::Crashed { cause: Some(c), .. } if c == DAEMON_DIED)
+    }
 }
 
 /// One attempt of a job.
@@ -252,8 +290,18 @@ pub struct JobRecord {
     pub priority: i32,
     /// State.
     pub state: JobState,
-    /// Attempts in all, the first included.
+    /// Attempts in all, the first included, counted from `budget_from`.
     pub max_attempts: u32,
+    /// Crash budget, counted from `budget_from`; `None` for a job stored
+    /// before budgets were kept per job (the daemon's `jobs.max_crashes`
+    /// applies).
+    pub max_crashes: Option<u32>,
+    /// The number of the first attempt the current budgets count (1 until
+    /// a client's `retry` starts fresh budgets at the next attempt).
+    pub budget_from: u32,
+    /// How many times a client's `retry` revived the job (0 at first): the
+    /// epoch of its notifications' delivery ids.
+    pub epoch: u32,
     /// Per-attempt timeout.
     pub timeout_ms: Option<u64>,
     /// Stall timeout (no heartbeat for this long).
@@ -540,6 +588,9 @@ pub enum ErrorKind {
     Storage,
     /// This peer may not do that.
     PermissionDenied,
+    /// The job's state does not allow it (cancel of a finished job, retry
+    /// of an unfinished one).
+    Conflict,
     /// A bug.
     Internal,
 }
@@ -630,15 +681,16 @@ mod tests {
             .flat_map(|&a| ALL.iter().map(move |&b| (a, b)))
             .filter(|&(a, b)| a.can_become(b))
             .collect();
-        assert_eq!(legal.len(), 15, "{legal:?}");
+        assert_eq!(legal.len(), 16, "{legal:?}");
         for s in ALL {
             assert!(!s.can_become(s), "{s:?} becomes itself");
             assert!(!Succeeded.can_become(s), "succeeded is final");
         }
-        // Only a running attempt ends in success or a dead letter.
+        // Only a running attempt ends in success; a dead letter follows a
+        // running attempt, or one the daemon died under (found queued).
         for s in ALL {
             assert_eq!(s.can_become(Succeeded), s == Running, "{s:?}");
-            assert_eq!(s.can_become(Dead), s == Running, "{s:?}");
+            assert_eq!(s.can_become(Dead), matches!(s, Running | Queued), "{s:?}");
         }
         // Every terminal state but success can be revived, to `retrying` only.
         for s in [Failed, Cancelled, Dead] {

@@ -10,13 +10,13 @@
 //! builds then refuse each other with an error naming both hashes.
 
 /// Version of the link protocols. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Every message type on the links, field by field, in declaration order.
 pub const SCHEMA: &str = "\
-ToWorker{Configure{max_frame_bytes:u64,max_output_bytes:u64,memory_soft_limit_bytes:u64,memory_limit_bytes:u64},Run(Vec<Call>),Cancel{id:u64},Shutdown}\
+ToWorker{Configure{max_frame_bytes:u64,max_output_bytes:u64,memory_soft_limit_bytes:u64,memory_limit_bytes:u64,heartbeat_interval_ms:u64},Run(Vec<Call>),Cancel{id:u64},Shutdown}\
 Call{id:u64,task:u32,chunk:bool,timeout_ms:Option<u64>,stall_ms:Option<u64>,input:bytes}\
-FromWorker{Ready{pid:u32,tasks:Vec<String>,kinds:Vec<TaskKind>},Done(Vec<Reply>),Heartbeat{id:u64},Retiring{reason:String},Progress{id:u64,done:u64,total:u64},Draining{reason:String}}\
+FromWorker{Ready{pid:u32,tasks:Vec<String>,kinds:Vec<TaskKind>},Done(Vec<Reply>),Heartbeat{id:u64},Retiring{reason:String},Progress{id:u64,done:u64,total:u64},Draining{reason:String},Pulse}\
 Reply{id:u64,outcome:Outcome,cpu_us:u64,wall_us:u64,max_poll_us:u64}\
 TaskKind{Cpu,Io}\
 Outcome{Ok(bytes),Err(TaskFailure)}\
@@ -26,13 +26,13 @@ ForkRequest{Spawn{token:u64},Signal{pid:u32,signal:i32,group:bool}}\
 ForkReply{Spawned{token:u64,pid:u32},SpawnFailed{token:u64,message:String},Exited{pid:u32,status:ExitStatus}}\
 ExitStatus{code:Option<i32>,signal:Option<i32>,core_dumped:bool,max_rss_kib:u64}\
 Payload{Json(String),Native(bytes)}\
-JobSpec{task:String,input:Payload,queue:Option<String>,priority:i32,max_attempts:Option<u32>,backoff_base_ms:Option<u64>,backoff_max_ms:Option<u64>,timeout_ms:Option<u64>,delay_ms:Option<u64>,after:Vec<u64>,key:Option<String>,stall_timeout_ms:Option<u64>,input_from:Vec<InputRef>,notify_url:Option<String>}\
+JobSpec{task:String,input:Payload,queue:Option<String>,priority:i32,max_attempts:Option<u32>,max_crashes:Option<u32>,backoff_base_ms:Option<u64>,backoff_max_ms:Option<u64>,timeout_ms:Option<u64>,delay_ms:Option<u64>,after:Vec<u64>,key:Option<String>,stall_timeout_ms:Option<u64>,input_from:Vec<InputRef>,notify_url:Option<String>}\
 JobRef{Id(u64),Batch(u32)}\
 InputRef{job:JobRef,pointer:Option<String>,field:Option<String>}\
 JobState{Queued,Running,Retrying,Succeeded,Failed,Cancelled,Dead}\
 AttemptOutcome{Running,Ok,Error(String),Panic(String),Crashed{code:Option<i32>,signal:Option<i32>,max_rss_kib:u64,stderr_tail:Vec<String>,cause:Option<String>},TimedOut(String),Lost,Cancelled}\
 Attempt{number:u32,worker_pid:Option<u32>,started_ms:u64,finished_ms:Option<u64>,outcome:AttemptOutcome}\
-JobRecord{id:u64,task:String,queue:String,priority:i32,state:JobState,max_attempts:u32,timeout_ms:Option<u64>,stall_timeout_ms:Option<u64>,input_from:Vec<InputRef>,backoff_base_ms:u64,backoff_max_ms:u64,after:Vec<u64>,key:Option<String>,created_ms:u64,run_at_ms:u64,finished_ms:Option<u64>,input:Option<Payload>,output:Option<Payload>,error:Option<String>,attempts:Vec<Attempt>,notify_url:Option<String>}\
+JobRecord{id:u64,task:String,queue:String,priority:i32,state:JobState,max_attempts:u32,max_crashes:Option<u32>,budget_from:u32,epoch:u32,timeout_ms:Option<u64>,stall_timeout_ms:Option<u64>,input_from:Vec<InputRef>,backoff_base_ms:u64,backoff_max_ms:u64,after:Vec<u64>,key:Option<String>,created_ms:u64,run_at_ms:u64,finished_ms:Option<u64>,input:Option<Payload>,output:Option<Payload>,error:Option<String>,attempts:Vec<Attempt>,notify_url:Option<String>}\
 Submitted{id:u64,duplicate:bool}\
 WorkerState{Ready,Retiring,Stopping,Dead}\
 WorkerRow{id:u64,pid:u32,state:WorkerState,in_flight:u64,calls_done:u64,running_job:Option<u64>}\
@@ -41,7 +41,7 @@ TaskUsage{task:String,attempts:u64,cpu_ms:u64,wall_ms:u64,advice:Option<String>,
 Request{Submit(Vec<JobSpec>),Status{id:u64},Wait{ids:Vec<u64>,timeout_ms:Option<u64>},Cancel{id:u64},Retry{id:u64},List{state:Option<JobState>,queue:Option<String>,limit:u32},Workers,Stats,Ping,Events,Shutdown{graceful:bool}}\
 Event{at_ms:u64,kind:EventKind}\
 EventKind{Job{id:u64,task:String,state:JobState,attempt:Option<u32>,worker_pid:Option<u32>,error:Option<String>},WorkerStarted{pid:u32},WorkerExited{pid:u32,status:String},Lagged{missed:u64}}\
-ErrorKind{BadRequest,UnknownTask,BadInput,NotFound,LimitReached,ShuttingDown,Storage,PermissionDenied,Internal}\
+ErrorKind{BadRequest,UnknownTask,BadInput,NotFound,LimitReached,ShuttingDown,Storage,PermissionDenied,Conflict,Internal}\
 ControlError{kind:ErrorKind,message:String}\
 Response{Submitted(Vec<Submitted>),Job(JobRecord),Jobs(Vec<JobRecord>),Workers(Vec<WorkerRow>),Stats(Stats),Pong{pid:u32,version:String},Event(Event),Ok,Error(ControlError)}";
 

@@ -26,6 +26,9 @@ pub enum ToWorker {
         /// (`RLIMIT_AS`) at this many bytes, so an allocation past it fails
         /// (0 = none).
         memory_limit_bytes: u64,
+        /// While it holds calls, the worker sends [`FromWorker::Pulse`] when
+        /// it has sent nothing else for this many ms (0 = never).
+        heartbeat_interval_ms: u64,
     },
     /// Calls to run, in order.
     Run(Vec<Call>),
@@ -75,6 +78,8 @@ pub enum ToWorkerRef<'a> {
         memory_soft_limit_bytes: u64,
         /// See [`ToWorker::Configure`].
         memory_limit_bytes: u64,
+        /// See [`ToWorker::Configure`].
+        heartbeat_interval_ms: u64,
     },
     /// See [`ToWorker::Run`].
     Run(&'a [CallRef<'a>]),
@@ -139,6 +144,13 @@ pub enum FromWorker {
         /// Why.
         reason: String,
     },
+    /// The worker holds calls and is alive: its event loop turns and its
+    /// process runs. Sent by a thread of its own, neither the CPU thread nor
+    /// the event loop, every `heartbeat_interval_ms` in which the worker sent
+    /// nothing else; never while it holds no call. Unlike
+    /// [`FromWorker::Heartbeat`], it says nothing about any one call (a
+    /// call's stall timeout still needs the task's own heartbeats).
+    Pulse,
 }
 
 /// The result of one call.
@@ -269,12 +281,14 @@ mod tests {
             max_output_bytes: 7,
             memory_soft_limit_bytes: 5,
             memory_limit_bytes: 3,
+            heartbeat_interval_ms: 1,
         };
         let cfg_ref = ToWorkerRef::Configure {
             max_frame_bytes: 9,
             max_output_bytes: 7,
             memory_soft_limit_bytes: 5,
             memory_limit_bytes: 3,
+            heartbeat_interval_ms: 1,
         };
         assert_eq!(encode(&cfg).unwrap(), encode(&cfg_ref).unwrap());
     }

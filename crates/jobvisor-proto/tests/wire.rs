@@ -38,9 +38,9 @@ use serde::Serialize;
 
 /// `jobvisor_proto::SCHEMA_HASH` when the fixtures were last blessed. Changing
 /// `SCHEMA` without updating this (and re-blessing) fails `schema_is_recorded`.
-const RECORDED_SCHEMA_HASH: u64 = 0xe050_1d2b_cec2_0d27;
+const RECORDED_SCHEMA_HASH: u64 = 0x7d01_2cde_cab3_b361;
 /// `jobvisor_proto::PROTOCOL_VERSION` when the fixtures were last blessed.
-const RECORDED_PROTOCOL_VERSION: u32 = 1;
+const RECORDED_PROTOCOL_VERSION: u32 = 2;
 
 const BLESS_VAR: &str = "JOBVISOR_BLESS";
 const BLESS_CMD: &str = "JOBVISOR_BLESS=1 cargo test -p jobvisor-proto --test wire";
@@ -173,6 +173,7 @@ fn fixtures() -> Vec<Fixture> {
                 max_output_bytes: 250,
                 memory_soft_limit_bytes: 1 << 30,
                 memory_limit_bytes: 0,
+                heartbeat_interval_ms: 1000,
             },
         ),
         message("to_worker_run", ToWorker::Run(two_calls())),
@@ -210,6 +211,7 @@ fn fixtures() -> Vec<Fixture> {
             ]),
         ),
         message("from_worker_heartbeat", FromWorker::Heartbeat { id: 7 }),
+        message("from_worker_pulse", FromWorker::Pulse),
         message(
             "from_worker_progress",
             FromWorker::Progress {
@@ -409,13 +411,20 @@ fn arb_call() -> impl Strategy<Value = Call> {
 
 fn arb_to_worker() -> impl Strategy<Value = ToWorker> {
     prop_oneof![
-        1 => (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-            |(max_frame_bytes, max_output_bytes, memory_soft_limit_bytes, memory_limit_bytes)| {
+        1 => (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
+            |(
+                max_frame_bytes,
+                max_output_bytes,
+                memory_soft_limit_bytes,
+                memory_limit_bytes,
+                heartbeat_interval_ms,
+            )| {
                 ToWorker::Configure {
                     max_frame_bytes,
                     max_output_bytes,
                     memory_soft_limit_bytes,
                     memory_limit_bytes,
+                    heartbeat_interval_ms,
                 }
             }
         ),

@@ -244,6 +244,7 @@ mod tests {
             queue: "default".into(),
             priority: 0,
             max_attempts: 1,
+            max_crashes: 1,
             backoff_base_ms: 10,
             backoff_max_ms: 100,
             timeout_ms: None,

@@ -17,8 +17,8 @@ const INSERT_ROWS: [usize; 3] = [32, 8, 1];
 /// order of its parameters; `state` is the literal `'queued'`.
 const PLAIN_COLS: &str = "task, queue, priority, state, max_attempts, backoff_base_ms, \
      backoff_max_ms, timeout_ms, run_at_ms, created_ms, input_kind, input, stall_timeout_ms, \
-     notify_url";
-const PLAIN_ROW: &str = "(?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+     notify_url, max_crashes";
+const PLAIN_ROW: &str = "(?, ?, ?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 
 /// The multi-row `INSERT` of each size in [`INSERT_ROWS`], built once per
 /// connection.
@@ -63,8 +63,8 @@ pub(crate) fn insert(conn: &Connection, job: &NewJob) -> Result<Submitted, Error
     conn.prepare_cached(
         "INSERT INTO jobs (task, queue, priority, state, max_attempts, backoff_base_ms, \
              backoff_max_ms, timeout_ms, run_at_ms, created_ms, key, input_kind, input, \
-             stall_timeout_ms, input_from, notify_url) \
-             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+             stall_timeout_ms, input_from, notify_url, max_crashes) \
+             VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?
     .execute(params![
         job.task,
@@ -82,6 +82,7 @@ pub(crate) fn insert(conn: &Connection, job: &NewJob) -> Result<Submitted, Error
         job.stall_timeout_ms,
         input_from,
         job.notify_url,
+        job.max_crashes,
     ])?;
     let id =
         u64::try_from(conn.last_insert_rowid()).map_err(|_| StoreError::db("negative job id"))?;
@@ -144,7 +145,7 @@ fn insert_plain(
     for job in jobs {
         let (input_kind, input) = payload_to_sql(&job.input);
         // In the order of PLAIN_COLS.
-        let row: [&dyn ToSql; 13] = [
+        let row: [&dyn ToSql; 14] = [
             &job.task,
             &job.queue,
             &job.priority,
@@ -158,6 +159,7 @@ fn insert_plain(
             &input,
             &job.stall_timeout_ms,
             &job.notify_url,
+            &job.max_crashes,
         ];
         for value in row {
             idx += 1;

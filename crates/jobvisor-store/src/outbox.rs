@@ -10,7 +10,8 @@ use crate::rows::state_from_row;
 use crate::sql_error::Error;
 use crate::store::{Delivery, NewDelivery};
 
-/// Writes one row per delivery of job `job_id`, due at `at_ms`.
+/// Writes one row per delivery of job `job_id`, due at `at_ms`, in the
+/// job's current epoch (0 if the job is not there).
 pub(crate) fn add(
     conn: &Connection,
     job_id: u64,
@@ -18,8 +19,8 @@ pub(crate) fn add(
     deliveries: &[NewDelivery],
 ) -> Result<(), Error> {
     let mut insert = conn.prepare_cached(
-        "INSERT INTO outbox (job_id, state, target, attempts, next_at_ms, created_ms) \
-         VALUES (?1, ?2, ?3, 0, ?4, ?4)",
+        "INSERT INTO outbox (job_id, state, target, attempts, next_at_ms, created_ms, epoch) \
+         VALUES (?1, ?2, ?3, 0, ?4, ?4, COALESCE((SELECT epoch FROM jobs WHERE id = ?1), 0))",
     )?;
     for d in deliveries {
         insert.execute(params![job_id, d.state.as_str(), d.target, at_ms])?;
@@ -31,7 +32,7 @@ pub(crate) fn add(
 pub(crate) fn after(conn: &Connection, after: u64, limit: u32) -> Result<Vec<Delivery>, Error> {
     let after = i64::try_from(after).unwrap_or(i64::MAX);
     let mut select = conn.prepare_cached(
-        "SELECT id, job_id, state, target, attempts, next_at_ms FROM outbox \
+        "SELECT id, job_id, state, target, attempts, next_at_ms, epoch FROM outbox \
          WHERE id > ?1 ORDER BY id LIMIT ?2",
     )?;
     let rows = select.query_map(params![after, limit], |row| {
@@ -42,6 +43,7 @@ pub(crate) fn after(conn: &Connection, after: u64, limit: u32) -> Result<Vec<Del
             target: row.get(3)?,
             attempts: row.get(4)?,
             next_at_ms: row.get(5)?,
+            epoch: row.get(6)?,
         })
     })?;
     Ok(rows.collect::<Result<_, _>>()?)

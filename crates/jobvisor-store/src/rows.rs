@@ -21,7 +21,7 @@ macro_rules! job_cols {
     () => {
         "id, task, queue, priority, state, max_attempts, timeout_ms, key, created_ms, \
          run_at_ms, finished_ms, error, backoff_base_ms, backoff_max_ms, stall_timeout_ms, input_from, \
-         notify_url"
+         notify_url, max_crashes, budget_from, epoch"
     };
 }
 pub(crate) use job_cols;
@@ -114,7 +114,7 @@ pub(crate) fn state_from_row(row: &Row<'_>, idx: usize) -> rusqlite::Result<JobS
 /// input, output kind, output. Dependencies and attempts are left empty.
 pub(crate) fn job_from_row(row: &Row<'_>, payloads: bool) -> rusqlite::Result<JobRecord> {
     let (input, output) = if payloads {
-        (payload_from_row(row, 17)?, payload_from_row(row, 19)?)
+        (payload_from_row(row, 20)?, payload_from_row(row, 22)?)
     } else {
         (None, None)
     };
@@ -125,6 +125,9 @@ pub(crate) fn job_from_row(row: &Row<'_>, payloads: bool) -> rusqlite::Result<Jo
         priority: row.get(3)?,
         state: state_from_row(row, 4)?,
         max_attempts: row.get(5)?,
+        max_crashes: row.get(17)?,
+        budget_from: row.get(18)?,
+        epoch: row.get(19)?,
         timeout_ms: row.get(6)?,
         after: Vec::new(),
         key: row.get(7)?,

@@ -4,7 +4,9 @@
 //! file up to [`SCHEMA_VERSION`] when it is opened, and refuses one written by
 //! a newer build before changing anything in it. Version 5 rewrote the
 //! codec blobs of older files as JSON (see `v4_blobs`); version 6 added the
-//! notification outbox.
+//! notification outbox; version 7 keeps each job's crash budget and the
+//! epoch its budgets count from (so a `retry`'s fresh budget survives a
+//! restart), and the epoch of each notification.
 
 use rusqlite::Connection;
 
@@ -95,6 +97,16 @@ const MIGRATIONS: &[Migration] = &[
         created_ms  INTEGER NOT NULL,
         last_error  TEXT
     );",
+    ),
+    // v7: budgets per job. `max_crashes` NULL: a job from before, under the
+    // daemon's `jobs.max_crashes`; `budget_from`: the first attempt the
+    // budgets count; `epoch`: retries by a client, also kept with each
+    // notification (its delivery id names it).
+    Migration::Sql(
+        "ALTER TABLE jobs ADD COLUMN max_crashes INTEGER;
+        ALTER TABLE jobs ADD COLUMN budget_from INTEGER NOT NULL DEFAULT 1;
+        ALTER TABLE jobs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE outbox ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0;",
     ),
 ];
 
@@ -225,6 +237,7 @@ mod tests {
                 queue: "default".into(),
                 priority: 0,
                 max_attempts: 1,
+                max_crashes: 1,
                 backoff_base_ms: 10,
                 backoff_max_ms: 100,
                 timeout_ms: None,
@@ -270,9 +283,8 @@ mod tests {
             .unwrap();
         }
         let mut store = SqliteStore::open(&path).unwrap();
-        assert_eq!(SCHEMA_VERSION, 6);
         let version = user_version(&Connection::open(&path).unwrap()).unwrap_or(-1);
-        assert_eq!(version, 6);
+        assert_eq!(version, i64::from(SCHEMA_VERSION));
         assert_eq!(
             store.get(1).unwrap().expect("the v5 job survives").task,
             "noop"
@@ -292,6 +304,79 @@ mod tests {
         assert_eq!((rows[0].job_id, rows[0].state), (1, JobState::Succeeded));
         assert_eq!((rows[0].attempts, rows[0].next_at_ms), (0, 7));
         assert_eq!(rows[0].target, d.target);
+    }
+
+    /// v6 → v7 adds budgets per job: an existing job reads back with no
+    /// crash budget of its own (the daemon's default applies) and its
+    /// budgets counted from attempt 1 in epoch 0; a revive records both.
+    #[test]
+    fn a_version_6_database_gets_budgets_per_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v6.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for step in &MIGRATIONS[..6] {
+                step.apply(&conn).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 6).unwrap();
+            conn.execute(
+                "INSERT INTO jobs (task, queue, priority, state, max_attempts, backoff_base_ms, \
+                 backoff_max_ms, run_at_ms, created_ms, input_kind, input) \
+                 VALUES ('noop', 'default', 0, 'dead', 3, 10, 100, 1, 1, 0, '5')",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO attempts (job_id, number, started_ms, finished_ms, outcome) \
+                 VALUES (1, 1, 1, 2, '{\"kind\": \"lost\"}')",
+                [],
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO outbox (job_id, state, target, attempts, next_at_ms, created_ms) \
+                 VALUES (1, 'dead', '{}', 1, 5, 2)",
+                [],
+            )
+            .unwrap();
+        }
+        let mut store = SqliteStore::open(&path).unwrap();
+        let version = user_version(&Connection::open(&path).unwrap()).unwrap_or(-1);
+        assert_eq!(version, i64::from(SCHEMA_VERSION));
+        let old = store.get(1).unwrap().expect("the v6 job survives");
+        assert_eq!(old.state, JobState::Dead);
+        assert_eq!((old.max_crashes, old.budget_from, old.epoch), (None, 1, 0));
+        assert_eq!(old.attempts.len(), 1);
+
+        store.begin().unwrap();
+        let revive = crate::store::Finish::Revive {
+            run_at_ms: 9,
+            error: "retried by a client".into(),
+            budget_from: 2,
+            epoch: 1,
+        };
+        store.finish_job(1, 9, &revive).unwrap();
+        store.commit().unwrap();
+        let revived = store.get(1).unwrap().unwrap();
+        assert_eq!(revived.state, JobState::Retrying);
+        assert_eq!((revived.budget_from, revived.epoch), (2, 1));
+        let live = store.recover(10).unwrap();
+        assert_eq!(
+            (live[0].budget_from, live[0].epoch),
+            (2, 1),
+            "a restart reads the revived budgets back"
+        );
+
+        // The v6 delivery is of epoch 0; one written now takes the job's.
+        store.begin().unwrap();
+        let d = crate::store::NewDelivery {
+            state: JobState::Dead,
+            target: "{}".into(),
+        };
+        store.add_deliveries(1, 11, &[d]).unwrap();
+        store.commit().unwrap();
+        let rows = store.deliveries_after(0, 10).unwrap();
+        let epochs: Vec<_> = rows.iter().map(|r| (r.attempts, r.epoch)).collect();
+        assert_eq!(epochs, [(1, 0), (0, 1)]);
     }
 
     #[test]

@@ -35,6 +35,8 @@ struct JobUpdate<'a> {
     output: Option<ToSqlOutput<'a>>,
     set_error: bool,
     error: Option<&'a str>,
+    /// A revived job's new `budget_from` and `epoch`.
+    budget: Option<(u32, u32)>,
 }
 
 /// The SQLite [`JobStore`]: one connection, used by one thread.
@@ -210,11 +212,22 @@ impl SqliteStore {
             output: None,
             set_error: true,
             error: None,
+            budget: None,
         };
         match next {
             Finish::Retry { run_at_ms, error } => {
                 update.run_at_ms = Some(*run_at_ms);
                 update.error = Some(error);
+            }
+            Finish::Revive {
+                run_at_ms,
+                error,
+                budget_from,
+                epoch,
+            } => {
+                update.run_at_ms = Some(*run_at_ms);
+                update.error = Some(error);
+                update.budget = Some((*budget_from, *epoch));
             }
             Finish::Requeue => update.set_error = false,
             Finish::Succeeded { output } => {
@@ -235,12 +248,14 @@ impl SqliteStore {
             output,
             set_error,
             error,
+            budget,
         } = update;
         let changed = self
             .conn
             .prepare_cached(
                 "UPDATE jobs SET state = ?2, finished_ms = ?3, run_at_ms = COALESCE(?4, run_at_ms), \
-                 output_kind = ?5, output = ?6, error = CASE WHEN ?7 THEN ?8 ELSE error END \
+                 output_kind = ?5, output = ?6, error = CASE WHEN ?7 THEN ?8 ELSE error END, \
+                 budget_from = COALESCE(?9, budget_from), epoch = COALESCE(?10, epoch) \
                  WHERE id = ?1",
             )?
             .execute(params![
@@ -251,7 +266,9 @@ impl SqliteStore {
                 output_kind,
                 output,
                 set_error,
-                error
+                error,
+                budget.map(|b| b.0),
+                budget.map(|b| b.1)
             ])?;
         if changed == 0 {
             return Err(StoreError::NotFound(id).into());
@@ -260,13 +277,13 @@ impl SqliteStore {
     }
 
     fn recover_inner(&self, now_ms: u64) -> Result<Vec<JobRecord>, Error> {
-        let lost = encode_outcome(&AttemptOutcome::Lost)?;
+        let lost = encode_outcome(&AttemptOutcome::daemon_died())?;
         self.conn.execute(
             "UPDATE attempts SET finished_ms = ?1, outcome = ?2 WHERE finished_ms IS NULL",
             params![now_ms, lost],
         )?;
-        // A lost attempt is not charged to either budget (the job did not
-        // fail: the daemon died), so every job that was running runs again.
+        // Every job that was running waits again; the daemon's policy
+        // decides whether it may run (its crash budget counts the attempt).
         self.conn.execute(
             "UPDATE jobs SET state = 'queued' WHERE state = 'running'",
             [],

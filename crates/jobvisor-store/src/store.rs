@@ -19,6 +19,8 @@ pub struct NewJob {
     pub priority: i32,
     /// Attempts in all.
     pub max_attempts: u32,
+    /// Crash budget.
+    pub max_crashes: u32,
     /// First retry delay.
     pub backoff_base_ms: u64,
     /// Retry delay cap.
@@ -70,6 +72,10 @@ pub struct Delivery {
     pub attempts: u32,
     /// The next attempt not before (unix ms).
     pub next_at_ms: u64,
+    /// The job's epoch (`JobRecord::epoch`) when the row was written: a
+    /// job revived by `retry` that reaches the same state again has a new
+    /// delivery, not the old one again.
+    pub epoch: u32,
 }
 
 /// What becomes of a job when an attempt ends (or without an attempt).
@@ -84,6 +90,19 @@ pub enum Finish {
     },
     /// Back to `Queued` now (e.g. the attempt never really started).
     Requeue,
+    /// A client's `retry` of a finished job: `Retrying` at `run_at_ms`,
+    /// with fresh budgets that count attempts from `budget_from` on, in a
+    /// new `epoch` (both as the daemon decided; the store records them).
+    Revive {
+        /// Next attempt not before (unix ms).
+        run_at_ms: u64,
+        /// Kept as the job's error until the next attempt ends.
+        error: String,
+        /// The first attempt number the new budgets count.
+        budget_from: u32,
+        /// The job's new epoch.
+        epoch: u32,
+    },
     /// `Succeeded` with an output.
     Succeeded {
         /// The output.
@@ -110,7 +129,7 @@ impl Finish {
     /// The state the job ends up in.
     pub fn state(&self) -> JobState {
         match self {
-            Finish::Retry { .. } => JobState::Retrying,
+            Finish::Retry { .. } | Finish::Revive { .. } => JobState::Retrying,
             Finish::Requeue => JobState::Queued,
             Finish::Succeeded { .. } => JobState::Succeeded,
             Finish::Failed { .. } => JobState::Failed,
@@ -343,9 +362,10 @@ pub trait JobStore: Send + 'static {
         before: Option<u64>,
         limit: u32,
     ) -> Result<Vec<JobRecord>, StoreError>;
-    /// Recovery after a restart: every attempt still `Running` becomes `Lost`
-    /// (finished at `now_ms`) and its job goes back to `Queued` (run_at
-    /// unchanged): a lost attempt is not charged to the job's budgets.
+    /// Recovery after a restart: every attempt still `Running` becomes
+    /// [`AttemptOutcome::daemon_died`] (finished at `now_ms`: a crash the
+    /// daemon's policy charges to the job's crash budget) and its job goes
+    /// back to `Queued` (run_at unchanged).
     /// `Retrying` and delayed `Queued` jobs keep their times. Returns every
     /// non-terminal job, with input and attempts, in id order.
     ///
@@ -363,9 +383,10 @@ pub trait JobStore: Send + 'static {
     /// # Errors
     /// Database errors.
     fn counts(&mut self) -> Result<Vec<(JobState, u64)>, StoreError>;
-    /// Puts notifications of job `job_id` in the outbox, due at `at_ms`.
-    /// The writer calls it in the operation that writes the job state they
-    /// tell of, so both commit or neither does.
+    /// Puts notifications of job `job_id` in the outbox, due at `at_ms`,
+    /// each with the job's current epoch ([`Delivery::epoch`]; 0 when the
+    /// job is not there). The writer calls it in the operation that writes
+    /// the job state they tell of, so both commit or neither does.
     ///
     /// # Errors
     /// Database errors.

@@ -297,6 +297,7 @@ mod tests {
             max_output_bytes: 1,
             memory_soft_limit_bytes: 1,
             memory_limit_bytes: 1,
+            heartbeat_interval_ms: 1,
         };
         assert_eq!(inbox.accept(configure, None), Accepted::Routed);
         assert!(!inbox.shutdown());

@@ -48,6 +48,10 @@ pub(crate) struct LaneConfig {
     pub(crate) soft_limit: u64,
     /// Shared with the CPU thread.
     pub(crate) state: Arc<LaneState>,
+    /// The pulse's interval, if the worker has a pulse: while calls run the
+    /// loop turns at least twice per interval, so a loop that does not turn
+    /// is one stuck in a poll (see `pulse`).
+    pub(crate) heartbeat_interval: Option<Duration>,
 }
 
 type Finished = (u64, Reply, usize);
@@ -135,8 +139,14 @@ async fn serve_lane(
     // too, not only when calls end.
     let mut memory_tick = tokio::time::interval(Duration::from_millis(100));
     memory_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let turn_every = cfg
+        .heartbeat_interval
+        .map(|d| (d / 2).max(Duration::from_millis(1)));
+    let mut turn_tick = tokio::time::interval(turn_every.unwrap_or(Duration::from_secs(3600)));
+    turn_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut first = Some(first);
     loop {
+        cfg.state.turned();
         let pending_reports = std::mem::take(&mut *reports.borrow_mut());
         if !pending_reports.is_empty() && out.write_all(&pending_reports).is_err() {
             return;
@@ -175,6 +185,7 @@ async fn serve_lane(
                     report(&FromWorker::Draining { reason });
                 }
             }
+            _ = turn_tick.tick(), if turn_every.is_some() && !running.is_empty() => {}
             () = reported.notified() => {}
             msg = rx.recv(), if open => match msg {
                 Some(IoMsg::Run(call)) => {
@@ -523,6 +534,7 @@ mod tests {
             max_output_bytes: 1024,
             soft_limit: 0,
             state: Arc::clone(&state),
+            heartbeat_interval: None,
         };
         let (tx, rx) = mpsc::unbounded_channel();
         for m in [&first].into_iter().chain(&msgs) {

@@ -7,6 +7,8 @@
 //! registry has async tasks). Tasks see the link only through [`Ctx`] and
 //! [`AsyncCtx`], which let them notice cancellation (and their soft
 //! deadline), send heartbeats and report progress, with no watcher thread.
+//! While the worker holds calls, a third thread (the pulse) tells the
+//! supervisor it is alive, so a long task is told from a stopped worker.
 //!
 //! # Layout
 //! Lowest first: a module uses only modules above it in this list
@@ -24,6 +26,7 @@
 //! - `reply`: a call's outcome, its soft-timeout failure, `Done` batching.
 //! - `flush`: when the CPU thread writes the replies it buffered.
 //! - `link`: the blocking framed link over the two pipes (bytes and frames).
+//! - `pulse`: the thread that says "alive" while the worker holds calls.
 //! - `inbox`: frame routing: to the CPU queue, the I/O lane or the running call.
 //! - `task`: [`Task`], [`TaskError`], the per-call [`Ctx`], [`run_detached`].
 //! - `async_task`: [`AsyncTask`], [`AsyncCtx`], [`run_detached_async`].
@@ -41,6 +44,7 @@ mod io_lane;
 mod limits;
 mod link;
 mod pace;
+mod pulse;
 mod registry;
 mod reply;
 mod serve;

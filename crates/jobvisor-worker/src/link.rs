@@ -9,6 +9,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use std::time::Duration;
@@ -31,12 +32,17 @@ pub(crate) const BOOTSTRAP_MAX_FRAME: usize = 64 * 1024;
 #[derive(Debug)]
 pub(crate) struct SharedOut {
     fd: Mutex<OwnedFd>,
+    /// Writes so far: the pulse sends nothing in an interval that had one.
+    writes: AtomicU64,
 }
 
 impl SharedOut {
     /// Takes ownership of the output pipe's write end.
     pub(crate) fn new(fd: OwnedFd) -> Self {
-        Self { fd: Mutex::new(fd) }
+        Self {
+            fd: Mutex::new(fd),
+            writes: AtomicU64::new(0),
+        }
     }
 
     /// Writes `bytes` (whole frames) as one unit.
@@ -45,7 +51,13 @@ impl SharedOut {
             .fd
             .lock()
             .map_err(|_| io::Error::other("output lock poisoned"))?;
+        self.writes.fetch_add(1, Ordering::Relaxed);
         write_all(fd.as_fd(), bytes)
+    }
+
+    /// Writes begun so far, by any thread.
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 }
 

@@ -1,7 +1,8 @@
 //! The worker loop.
 //!
 //! The handshake and `Configure`, then the I/O lane's thread (when the
-//! registry has async tasks), then the CPU loop on this thread: take the
+//! registry has async tasks) and the pulse's thread (when the supervisor
+//! asks for heartbeats), then the CPU loop on this thread: take the
 //! calls the `inbox` queued (it hands the async ones to the lane), run them
 //! in order, buffer their replies and write them when `flush` says so, and
 //! between calls watch the soft memory limit.
@@ -24,11 +25,12 @@ use crate::limits::{
     rss_check_due, tune_malloc, OverLimit, PEAK_SAMPLE_EVERY,
 };
 use crate::link::{Link, BOOTSTRAP_MAX_FRAME};
+use crate::pulse::{self, Pulse};
 use crate::registry::Registry;
 use crate::reply::{name_soft_timeout, outcome, outcome_size};
 use crate::shared::{IoMsg, LaneState};
 use crate::task::Ctx;
-use crate::usage::{thread_cpu_us, Sampler};
+use crate::usage::{call_cpu_us, Sampler};
 
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -58,7 +60,11 @@ pub fn serve_with_beacon(
     let peer = link.read_hello(HANDSHAKE_TIMEOUT)?;
     ours.check_peer(&peer, Role::Supervisor)?;
 
-    let (max_output_bytes, soft_limit) = configure(&mut link)?;
+    let Limits {
+        max_output_bytes,
+        soft_limit,
+        heartbeat_interval,
+    } = configure(&mut link)?;
     tune_malloc();
     let kinds = registry.kinds();
     link.send(&FromWorker::Ready {
@@ -76,21 +82,43 @@ pub fn serve_with_beacon(
     }
     let beacon = beacon.as_ref();
     let mut inbox = Inbox::new();
+    let pulse = Arc::new(Pulse::default());
     std::thread::scope(|scope| {
-        if kinds.contains(&TaskKind::Io) {
+        let lane_state = kinds
+            .contains(&TaskKind::Io)
+            .then(|| Arc::new(LaneState::default()));
+        if let Some(every) = heartbeat_interval {
+            // The pulse: "alive" while calls are held, from a thread that
+            // no task runs on (see `pulse`). Started first: nothing else
+            // runs yet that a failed start would have to stop.
+            let out = link.shared_out();
+            let pulse = Arc::clone(&pulse);
+            let lane = lane_state.clone();
+            let max = link.max_frame_bytes();
+            std::thread::Builder::new()
+                .name("jobvisor-pulse".into())
+                .spawn_scoped(scope, move || {
+                    pulse::run(&pulse, &out, lane.as_deref(), every, max);
+                })?;
+        }
+        if let Some(state) = lane_state {
             // The I/O lane: async calls on an event loop beside this thread.
             let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
             let out = link.shared_out();
-            let state = Arc::new(LaneState::default());
             let cfg = LaneConfig {
                 max_frame_bytes: link.max_frame_bytes(),
                 max_output_bytes,
                 soft_limit,
                 state: Arc::clone(&state),
+                heartbeat_interval,
             };
-            std::thread::Builder::new()
+            let lane = std::thread::Builder::new()
                 .name("jobvisor-io".into())
-                .spawn_scoped(scope, move || io_lane::run(registry, rx, out, &cfg, beacon))?;
+                .spawn_scoped(scope, move || io_lane::run(registry, rx, out, &cfg, beacon));
+            if let Err(e) = lane {
+                pulse.stop();
+                return Err(e.into());
+            }
             inbox.set_lane(LaneRoute {
                 tx,
                 is_async: kinds.iter().map(|k| *k == TaskKind::Io).collect(),
@@ -105,9 +133,12 @@ pub fn serve_with_beacon(
                 registry,
                 &mut link,
                 &mut inbox,
-                beacon,
-                max_output_bytes,
-                soft_limit,
+                Worker {
+                    beacon,
+                    pulse: &pulse,
+                    max_output_bytes,
+                    soft_limit,
+                },
             )
         })) {
             Ok(r) => r,
@@ -123,6 +154,7 @@ pub fn serve_with_beacon(
                 let _ = io.tx.send(IoMsg::Abort);
             }
         }
+        pulse.stop();
         r.map(|_| ())
     })
 }
@@ -135,16 +167,28 @@ enum Exit {
     Gone,
 }
 
+/// What the CPU loop keeps beside the link and the inbox.
+struct Worker<'a> {
+    beacon: Option<&'a crate::Beacon>,
+    pulse: &'a Pulse,
+    max_output_bytes: u64,
+    soft_limit: u64,
+}
+
 /// The CPU thread: reads the pipe, runs CPU calls in order, routes async ones
 /// to the I/O lane.
 fn cpu_loop(
     registry: &Registry,
     link: &mut Link,
     inbox: &mut Inbox,
-    beacon: Option<&crate::Beacon>,
-    max_output_bytes: u64,
-    soft_limit: u64,
+    worker: Worker<'_>,
 ) -> Result<Exit, WorkerError> {
+    let Worker {
+        beacon,
+        pulse,
+        max_output_bytes,
+        soft_limit,
+    } = worker;
     let mut last_rss_check = Instant::now();
     let mut last_peak_sample = Instant::now();
     let mut sampler = Sampler::new();
@@ -167,6 +211,9 @@ fn cpu_loop(
                 }
                 inbox.take_frames(link, None)?;
             }
+            // Async calls may have gone to the lane: a parked pulse must
+            // speak for them.
+            pulse.wake();
             flush.ingested(Instant::now());
             continue;
         }
@@ -187,10 +234,11 @@ fn cpu_loop(
         }
         let started = Instant::now();
         let measure = sampler.measure();
-        let cpu_before = if measure { thread_cpu_us() } else { 0 };
+        let cpu_before = if measure { call_cpu_us() } else { 0 };
         let deadline = call
             .timeout_ms
             .map(|ms| started + Duration::from_millis(ms));
+        pulse.cpu_call(true);
         let result = {
             let mut ctx = Ctx::new(call.id, link, inbox, deadline);
             ctx.set_report_interval(crate::pace::report_interval(call.stall_ms));
@@ -198,6 +246,7 @@ fn cpu_loop(
             let past_deadline = ctx.deadline.is_some_and(|d| Instant::now() >= d);
             name_soft_timeout(r, past_deadline, call.timeout_ms)
         };
+        pulse.cpu_call(false);
         let outcome = outcome(result, max_output_bytes);
         let size = outcome_size(&outcome);
         if let Some(b) = beacon {
@@ -210,7 +259,7 @@ fn cpu_loop(
                 id: call.id,
                 outcome,
                 cpu_us: if measure {
-                    thread_cpu_us().saturating_sub(cpu_before)
+                    call_cpu_us().saturating_sub(cpu_before)
                 } else {
                     0
                 },
@@ -260,14 +309,23 @@ fn cpu_loop(
                 return Ok(Exit::Gone);
             }
             inbox.take_frames(link, None)?;
+            pulse.wake();
             flush.ingested(now);
         }
     }
 }
 
-/// Waits for `Configure` and applies it; returns `max_output_bytes` and the
-/// soft memory limit.
-fn configure(link: &mut Link) -> Result<(u64, u64), WorkerError> {
+/// What `Configure` set.
+struct Limits {
+    max_output_bytes: u64,
+    /// The soft memory limit, bytes (0 = none).
+    soft_limit: u64,
+    /// How often the pulse speaks while calls are held (None: never).
+    heartbeat_interval: Option<Duration>,
+}
+
+/// Waits for `Configure` and applies it.
+fn configure(link: &mut Link) -> Result<Limits, WorkerError> {
     let until = Instant::now() + HANDSHAKE_TIMEOUT;
     loop {
         if let Some(msg) = link.next_frame::<ToWorker>()? {
@@ -277,6 +335,7 @@ fn configure(link: &mut Link) -> Result<(u64, u64), WorkerError> {
                     max_output_bytes,
                     memory_soft_limit_bytes,
                     memory_limit_bytes,
+                    heartbeat_interval_ms,
                 } => {
                     if memory_limit_bytes > 0 {
                         limit_address_space(memory_limit_bytes)?;
@@ -284,7 +343,12 @@ fn configure(link: &mut Link) -> Result<(u64, u64), WorkerError> {
                     link.set_max_frame_bytes(
                         usize::try_from(max_frame_bytes).unwrap_or(usize::MAX),
                     );
-                    Ok((max_output_bytes, memory_soft_limit_bytes))
+                    Ok(Limits {
+                        max_output_bytes,
+                        soft_limit: memory_soft_limit_bytes,
+                        heartbeat_interval: (heartbeat_interval_ms > 0)
+                            .then(|| Duration::from_millis(heartbeat_interval_ms)),
+                    })
                 }
                 other => Err(WorkerError::Protocol(format!(
                     "expected Configure first, got {other:?}"
@@ -416,7 +480,9 @@ mod tests {
             while out.len() < n {
                 match self.recv() {
                     FromWorker::Done(r) => out.extend(r),
-                    FromWorker::Heartbeat { .. } | FromWorker::Progress { .. } => {}
+                    FromWorker::Heartbeat { .. }
+                    | FromWorker::Progress { .. }
+                    | FromWorker::Pulse => {}
                     other => panic!("unexpected {other:?}"),
                 }
             }
@@ -435,6 +501,7 @@ mod tests {
             max_output_bytes,
             memory_soft_limit_bytes: 0,
             memory_limit_bytes: 0,
+            heartbeat_interval_ms: 0,
         }
     }
 
@@ -520,6 +587,27 @@ mod tests {
         let running = s.replies(1);
         assert_eq!(running[0].id, 1);
         assert_eq!(failure(&running[0]).0, FailureKind::Cancelled);
+        s.finish().unwrap();
+    }
+
+    #[test]
+    fn a_worker_holding_a_call_pulses_until_it_answers() {
+        let mut s = Supervisor::start(Some(ToWorker::Configure {
+            max_frame_bytes: MAX as u64,
+            max_output_bytes: 1024,
+            memory_soft_limit_bytes: 0,
+            memory_limit_bytes: 0,
+            heartbeat_interval_ms: 2,
+        }));
+        ready(&mut s);
+        // Park beats once, then sleeps without a word: the pulse speaks.
+        s.send(&ToWorker::Run(vec![call(1, 1, &(), None)]));
+        assert!(matches!(s.recv(), FromWorker::Heartbeat { id: 1 }));
+        assert_eq!(s.recv(), FromWorker::Pulse);
+        assert_eq!(s.recv(), FromWorker::Pulse);
+        s.send(&ToWorker::Cancel { id: 1 });
+        let replies = s.replies(1);
+        assert_eq!(failure(&replies[0]).0, FailureKind::Cancelled);
         s.finish().unwrap();
     }
 

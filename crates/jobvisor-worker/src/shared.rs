@@ -3,7 +3,7 @@
 //! ([`LaneState`]). Plain types at the bottom of the crate, so the router
 //! below the lane and the lane itself can both name them.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use jobvisor_proto::worker::Call;
 
@@ -19,19 +19,34 @@ pub(crate) enum IoMsg {
     Abort,
 }
 
-/// What the CPU thread and the lane share: how many async calls the worker
-/// holds (counted when routed, uncounted when answered), and whether the
-/// worker announced it drains (once, by whichever thread sees it first).
+/// What the CPU thread, the lane and the pulse share: how many async calls
+/// the worker holds (counted when routed, uncounted when answered), whether
+/// the worker announced it drains (once, by whichever thread sees it first),
+/// and how many turns the lane's loop took (the pulse's sign that the loop
+/// is not stuck in a poll).
 #[derive(Debug, Default)]
 pub(crate) struct LaneState {
     held: AtomicUsize,
     draining: AtomicBool,
+    turns: AtomicU64,
 }
 
 impl LaneState {
     /// The CPU thread routed a call to the lane.
     pub(crate) fn routed(&self) {
-        self.held.fetch_add(1, Ordering::AcqRel);
+        // SeqCst: see `Pulse::cpu_call`; the CPU thread calls `Pulse::wake`
+        // after routing.
+        self.held.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The lane's loop took a turn.
+    pub(crate) fn turned(&self) {
+        self.turns.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Turns of the lane's loop so far.
+    pub(crate) fn turns(&self) -> u64 {
+        self.turns.load(Ordering::Relaxed)
     }
 
     /// The lane wrote the replies of `n` calls.
@@ -41,7 +56,7 @@ impl LaneState {
 
     /// Async calls routed and not answered yet.
     pub(crate) fn held(&self) -> usize {
-        self.held.load(Ordering::Acquire)
+        self.held.load(Ordering::SeqCst)
     }
 
     /// Whether either thread announced `Draining` already.

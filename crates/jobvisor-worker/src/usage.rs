@@ -20,6 +20,25 @@ pub(crate) fn thread_cpu_us() -> u64 {
     (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
 }
 
+/// CPU time (user + system, µs) of the worker's child processes that have
+/// ended and been reaped (`RUSAGE_CHILDREN`): what an `exec` call's command
+/// computed. A CPU call's cost is its thread's time plus the growth of this
+/// over the call, so a command's CPU counts as its job's, not as waiting.
+pub(crate) fn children_cpu_us() -> u64 {
+    // SAFETY: getrusage writes into a zeroed local rusage.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) } != 0 {
+        return 0;
+    }
+    let us = |t: libc::timeval| (t.tv_sec as u64) * 1_000_000 + t.tv_usec as u64;
+    us(ru.ru_utime) + us(ru.ru_stime)
+}
+
+/// CPU time of a CPU call so far: its thread's and its reaped children's.
+pub(crate) fn call_cpu_us() -> u64 {
+    thread_cpu_us() + children_cpu_us()
+}
+
 /// Which calls have their CPU time measured. Thread CPU time costs a
 /// syscall (~0.4 µs): every call after one that was not tiny is measured,
 /// and one in [`MEASURE_EVERY`] of the tiny ones; the rest report 0/0.
@@ -79,6 +98,17 @@ mod tests {
     #[test]
     fn a_call_after_a_long_one_is_always_measured() {
         assert_eq!(run(&[1, 50, 1, 49, 1]), [true, false, true, false, false]);
+    }
+
+    #[test]
+    fn a_reaped_childs_cpu_is_counted() {
+        let before = children_cpu_us();
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(children_cpu_us() > before, "no CPU of the child counted");
     }
 
     #[test]

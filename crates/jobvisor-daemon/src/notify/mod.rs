@@ -35,7 +35,8 @@
 //! a delivery twice (an answer lost after it was processed, a crash after
 //! the POST and before the row was deleted): every attempt of a delivery,
 //! before or after a restart, carries the same `x-jobvisor-delivery` id
-//! (`<job id>-<state>`) to dedupe on. A graceful stop gives pending
+//! (`<job id>-<epoch>-<state>`, the epoch counting the job's `retry`s) to
+//! dedupe on. A graceful stop gives pending
 //! deliveries `notify.drain_grace_ms`; what is left goes out after the next start.
 
 mod send;
@@ -472,6 +473,7 @@ async fn attempt_once(shared: &Shared, d: &Delivery, target: &Target) -> Result<
         .map_err(|e| AttemptError::GiveUp(DeliveryError::Encode(e)))?;
     let job = JobFacts {
         id: d.job_id,
+        epoch: d.epoch,
         state: d.state,
         task: record.task,
         queue: record.queue,

@@ -17,16 +17,19 @@ const STDERR_GRACE: Duration = Duration::from_millis(200);
 #[derive(Debug, Clone)]
 pub(super) struct JobFacts {
     pub(super) id: u64,
+    /// The job's epoch when the delivery was written (`retry`s before it).
+    pub(super) epoch: u32,
     pub(super) state: JobState,
     pub(super) task: String,
     pub(super) queue: String,
 }
 
 impl JobFacts {
-    /// `<job id>-<state>`: the same for every attempt of every delivery of
-    /// this transition, so receivers can dedupe.
+    /// `<job id>-<epoch>-<state>`: the same for every attempt of every
+    /// delivery of this transition, so receivers can dedupe, and a new one
+    /// when a job revived by `retry` reaches the same state again.
     pub(super) fn delivery_key(&self) -> String {
-        format!("{}-{}", self.id, self.state.as_str())
+        format!("{}-{}-{}", self.id, self.epoch, self.state.as_str())
     }
 }
 
@@ -208,6 +211,7 @@ mod tests {
     fn facts() -> JobFacts {
         JobFacts {
             id: 42,
+            epoch: 2,
             state: JobState::Dead,
             task: "hash".into(),
             queue: "io".into(),
@@ -237,7 +241,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             std::fs::read_to_string(&out).unwrap(),
-            "{\"id\":42}\n42 dead hash io 42-dead\n"
+            "{\"id\":42}\n42 dead hash io 42-2-dead\n"
         );
     }
 

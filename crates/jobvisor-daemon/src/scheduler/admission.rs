@@ -187,6 +187,7 @@ fn admit_one<K: Fn(u64) -> bool>(
     }
     let defaults = &cx.cfg.jobs;
     let max_attempts = spec.max_attempts.unwrap_or(defaults.max_attempts).max(1);
+    let max_crashes = spec.max_crashes.unwrap_or(defaults.max_crashes);
     let backoff_base_ms = spec.backoff_base_ms.unwrap_or(defaults.backoff_base_ms);
     let backoff_max_ms = spec
         .backoff_max_ms
@@ -204,6 +205,7 @@ fn admit_one<K: Fn(u64) -> bool>(
         queue: queue.clone(),
         priority: spec.priority,
         max_attempts,
+        max_crashes,
         backoff_base_ms,
         backoff_max_ms,
         timeout_ms: spec.timeout_ms,
@@ -222,6 +224,9 @@ fn admit_one<K: Fn(u64) -> bool>(
         queue,
         priority: spec.priority,
         max_attempts,
+        max_crashes,
+        budget_from: 1,
+        epoch: 0,
         backoff_base_ms,
         backoff_max_ms,
         timeout_ms: spec.timeout_ms,
@@ -252,6 +257,8 @@ pub(super) enum RangeError {
     TooLong { name: &'static str },
     #[error("{0} is not a job id")]
     NotAnId(u64),
+    #[error("max_crashes must be 1 to {max}, not {0}", max = JobSpec::MAX_CRASHES)]
+    MaxCrashes(u32),
     #[error("notify_url")]
     NotifyUrl(#[source] UrlError),
 }
@@ -272,6 +279,12 @@ pub(super) fn check_ranges(spec: &JobSpec) -> Result<(), RangeError> {
         if v.is_some_and(|v| v > MAX_DURATION_MS) {
             return Err(RangeError::TooLong { name });
         }
+    }
+    if let Some(n) = spec
+        .max_crashes
+        .filter(|n| !(1..=JobSpec::MAX_CRASHES).contains(n))
+    {
+        return Err(RangeError::MaxCrashes(n));
     }
     let ids = spec
         .after
@@ -369,6 +382,30 @@ mod tests {
             (job.max_attempts, job.backoff_base_ms, job.backoff_max_ms),
             (1, 900, 900)
         );
+    }
+
+    #[test]
+    fn a_crash_budget_is_the_jobs_own_or_the_default_and_in_range() {
+        let mut cfg = Config::default();
+        cfg.jobs.max_crashes = 5;
+        let a = run(&cfg, 0, vec![spec()]).unwrap();
+        assert_eq!((a.jobs[0].max_crashes, a.new_jobs[0].max_crashes), (5, 5));
+        assert_eq!((a.jobs[0].budget_from, a.jobs[0].epoch), (1, 0));
+        let mut s = spec();
+        s.max_crashes = Some(1);
+        let a = run(&cfg, 0, vec![s]).unwrap();
+        assert_eq!((a.jobs[0].max_crashes, a.new_jobs[0].max_crashes), (1, 1));
+        for n in [0, JobSpec::MAX_CRASHES + 1] {
+            let mut s = spec();
+            s.max_crashes = Some(n);
+            let e = refused(&cfg, 0, vec![s]);
+            assert_eq!(e.kind, ErrorKind::BadRequest);
+            assert_eq!(
+                e.message,
+                format!("max_crashes must be 1 to 1000, not {n}"),
+                "{e:?}"
+            );
+        }
     }
 
     #[test]

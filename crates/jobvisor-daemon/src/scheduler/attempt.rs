@@ -9,8 +9,9 @@ use std::time::Duration;
 use jobvisor_pool::{CallOptions, PoolError};
 use jobvisor_proto::control::{AttemptOutcome, ControlError, ErrorKind, JobState, Payload};
 use jobvisor_store::{Finish, StoreError};
+use tokio::time::Instant;
 
-use super::job::{now_ms, Lane};
+use super::job::{self, now_ms, Lane};
 use super::reply::{err, store_err, Reply};
 use super::{Internal, Scheduler};
 use crate::errors::{chain, Chain};
@@ -38,12 +39,14 @@ impl Scheduler {
             let max = self.cfg.limits.max_input_bytes;
             tokio::spawn(async move {
                 let input = pipeline::build_input(&store, &template, &refs, max).await;
-                let _ = tx.send(Internal::InputBuilt { id, input });
+                let _ = tx.send(Internal::InputBuilt { id, input }).await;
             });
             return;
         }
-        if job.run_at_ms > now_ms() {
-            self.queues.delay(job.run_at_ms, id);
+        let wall = now_ms();
+        if job.run_at_ms > wall {
+            let at = job::due_at(job.run_at_ms, wall, Instant::now());
+            self.queues.delay(at, id);
         } else {
             self.queues.push(job);
         }
@@ -81,16 +84,18 @@ impl Scheduler {
         let Some(job) = self.jobs.get_mut(&id) else {
             return true;
         };
+        let Some(pool) = &self.pool else {
+            // No workers (the actor's unit tests): nothing starts.
+            self.queues.push(job);
+            return false;
+        };
         let opts = CallOptions {
             timeout: job.timeout_ms.map(Duration::from_millis),
             stall_timeout: job.stall_timeout_ms.map(Duration::from_millis),
             // The worker's output lines name the job (README: log lines).
             job: Some(id),
         };
-        let handle = match self
-            .pool
-            .try_submit_raw(&job.task, job.input.as_ref().clone(), opts)
-        {
+        let handle = match pool.try_submit_raw(&job.task, job.input.as_ref().clone(), opts) {
             Ok(h) => h,
             Err(e) => match policy::on_refusal(&e) {
                 // Saturated or closing: the job waits at the front of its queue.
@@ -125,21 +130,25 @@ impl Scheduler {
             if let Err(e) = write.await {
                 tracing::error!(job = id, attempt, error = %Chain(&e), "cannot record the attempt start");
             }
-            let _ = tx.send(Internal::Written {
-                id,
-                terminal: false,
-            });
+            let _ = tx
+                .send(Internal::Written {
+                    id,
+                    terminal: false,
+                })
+                .await;
         });
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let r = handle.report().await;
-            let _ = tx.send(Internal::AttemptDone {
-                id,
-                attempt,
-                pid: r.pid,
-                usage: r.usage,
-                result: r.result,
-            });
+            let _ = tx
+                .send(Internal::AttemptDone {
+                    id,
+                    attempt,
+                    pid: r.pid,
+                    usage: r.usage,
+                    result: r.result,
+                })
+                .await;
         });
         true
     }
@@ -180,7 +189,7 @@ impl Scheduler {
                     failures: job.failures,
                     crashes: job.crashes,
                     max_attempts: job.max_attempts,
-                    max_crashes: self.cfg.jobs.max_crashes,
+                    max_crashes: job.max_crashes,
                     backoff_base_ms: job.backoff_base_ms,
                     backoff_max_ms: job.backoff_max_ms,
                     cancel_requested: job.cancel_requested,
@@ -256,6 +265,7 @@ impl Scheduler {
         if let Some(task) = self.jobs.get(&id).map(|j| j.task.clone()) {
             let error = match next {
                 Finish::Retry { error, .. }
+                | Finish::Revive { error, .. }
                 | Finish::Failed { error }
                 | Finish::Cancelled { error }
                 | Finish::Dead { error } => Some(error.clone()),
@@ -267,13 +277,19 @@ impl Scheduler {
         if let Some(job) = self.jobs.get_mut(&id) {
             job.set_state(state);
             match next {
-                Finish::Retry { run_at_ms, .. } => {
+                Finish::Retry { run_at_ms, .. } | Finish::Revive { run_at_ms, .. } => {
                     job.run_at_ms = *run_at_ms;
-                    self.queues.delay(*run_at_ms, id);
+                    let at = job::due_at(*run_at_ms, now_ms(), Instant::now());
+                    self.queues.delay(at, id);
                 }
                 Finish::Requeue => self.queues.push(job),
                 _ => {
-                    self.jobs.remove(&id);
+                    // It no longer waits for its dependencies: one that ends
+                    // later must not place or fail it (it may have been
+                    // retried and be running by then).
+                    if let Some(job) = self.jobs.remove(&id) {
+                        self.deps.unwait(id, &job.after);
+                    }
                     self.deps.remember(id, state);
                     released = self.deps.released(id);
                 }
@@ -284,6 +300,9 @@ impl Scheduler {
 
     /// The jobs that waited for job `id`, now `state`: placed when it
     /// succeeded and they wait for nothing else, failed when it did not.
+    /// A job whose cancel is being written is left to the cancel, which
+    /// the client was promised: it ends cancelled once that commits, or,
+    /// if it cannot, fails then for this dependency (`on_cancelled`).
     pub(super) fn release(&mut self, id: u64, state: JobState, released: Vec<u64>) {
         for d in released {
             if state == JobState::Succeeded {
@@ -294,7 +313,7 @@ impl Scheduler {
                 if dep.deps_left == 0 {
                     self.place(d);
                 }
-            } else if self.jobs.contains_key(&d) {
+            } else if self.jobs.get(&d).is_some_and(|j| !j.cancelling) {
                 self.unplace(d);
                 self.end_job(
                     d,
@@ -323,6 +342,9 @@ impl Scheduler {
                 job.template = None;
                 self.place(id);
             }
+            // A cancel being written wins; if it fails, placing the job
+            // again builds its input again.
+            Err(_) if job.cancelling => {}
             Err(why) => {
                 self.unplace(id);
                 self.end_job(id, Finish::Failed { error: why }, None);
@@ -373,7 +395,7 @@ impl Scheduler {
             for reply in replies {
                 let _ = reply.send(cancel_answer(id, state, &result));
             }
-            let _ = tx.send(Internal::Written { id, terminal });
+            let _ = tx.send(Internal::Written { id, terminal }).await;
         });
     }
 }
@@ -390,7 +412,7 @@ fn cancel_answer(
         Err(e) => Err(store_err(e)),
         Ok(()) if state == JobState::Cancelled => Ok(()),
         Ok(()) => Err(err(
-            ErrorKind::BadRequest,
+            ErrorKind::Conflict,
             format!(
                 "job {id} ended {} before the cancel took effect",
                 state.as_str()

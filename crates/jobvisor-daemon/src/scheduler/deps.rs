@@ -5,7 +5,7 @@
 //! A job runs once every dependency succeeded; one that ended otherwise
 //! (or is missing) fails it, naming that dependency ([`verdict`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use jobvisor_proto::control::JobState;
 
@@ -50,8 +50,10 @@ pub(super) fn verdict(
 /// Who waits for whom, and recently finished states.
 #[derive(Debug)]
 pub(super) struct Deps {
-    /// Dependency id → the jobs that wait for it.
-    dependents: HashMap<u64, Vec<u64>>,
+    /// Dependency id → the jobs that wait for it (ids, so oldest first).
+    /// A job leaves every set it is in when it ends ([`Deps::unwait`]), so
+    /// a cancelled waiter is neither kept nor released later.
+    dependents: HashMap<u64, BTreeSet<u64>>,
     terminal: HashMap<u64, JobState>,
     /// `terminal`'s ids, oldest first, to forget beyond `memory`.
     terminal_order: VecDeque<u64>,
@@ -80,12 +82,34 @@ impl Deps {
         self.dependents
             .entry(dependency)
             .or_default()
-            .push(dependent);
+            .insert(dependent);
     }
 
-    /// The jobs that waited for `id`, which has ended.
+    /// Job `dependent`, which waited for `dependencies` (some of them
+    /// perhaps finished), has ended: it waits for none of them any more.
+    pub(super) fn unwait(&mut self, dependent: u64, dependencies: &[u64]) {
+        for d in dependencies {
+            if let Some(set) = self.dependents.get_mut(d) {
+                set.remove(&dependent);
+                if set.is_empty() {
+                    self.dependents.remove(d);
+                }
+            }
+        }
+    }
+
+    /// The jobs that waited for `id`, which has ended, oldest first.
     pub(super) fn released(&mut self, id: u64) -> Vec<u64> {
-        self.dependents.remove(&id).unwrap_or_default()
+        self.dependents
+            .remove(&id)
+            .map(|set| set.into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// How many jobs wait for dependency `id`.
+    #[cfg(test)]
+    pub(super) fn waiting_for(&self, id: u64) -> usize {
+        self.dependents.get(&id).map_or(0, BTreeSet::len)
     }
 
     /// How job `id` ended, if remembered.
@@ -152,5 +176,17 @@ mod tests {
         d.wait(11, 5);
         assert_eq!(d.released(5), [10, 11]);
         assert!(d.released(5).is_empty());
+    }
+
+    #[test]
+    fn an_ended_job_waits_for_nothing_any_more() {
+        let mut d = Deps::with_memory(2);
+        d.wait(12, 5);
+        d.wait(10, 5);
+        d.wait(10, 6);
+        d.unwait(10, &[4, 5, 6]);
+        assert_eq!((d.waiting_for(5), d.waiting_for(6)), (1, 0));
+        assert!(!d.dependents.contains_key(&6), "no empty set is kept");
+        assert_eq!(d.released(5), [12]);
     }
 }

@@ -8,7 +8,8 @@ use std::time::Duration;
 use jobvisor_proto::control::ControlError;
 use jobvisor_proto::control::{ErrorKind, JobRecord, JobRef, JobSpec, JobState, Stats, Submitted};
 use jobvisor_store::{Finish, StoreError};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::admission::{self, Admitted};
 use super::deps;
@@ -76,12 +77,14 @@ impl Scheduler {
                 Ok(()) => store.insert_all(new_jobs).await.map_err(|e| store_err(&e)),
                 Err(e) => Err(e),
             };
-            let _ = tx.send(Internal::Inserted {
-                jobs,
-                result,
-                dep_states,
-                reply,
-            });
+            let _ = tx
+                .send(Internal::Inserted {
+                    jobs,
+                    result,
+                    dep_states,
+                    reply,
+                })
+                .await;
         });
     }
 
@@ -173,7 +176,7 @@ impl Scheduler {
                 let r = match store.get(id).await {
                     Ok(None) => Err(err(ErrorKind::NotFound, format!("no job {id}"))),
                     Ok(Some(rec)) => Err(err(
-                        ErrorKind::BadRequest,
+                        ErrorKind::Conflict,
                         format!("job {id} has already finished ({})", rec.state.as_str()),
                     )),
                     Err(e) => Err(store_err(&e)),
@@ -186,10 +189,15 @@ impl Scheduler {
             // Answered once the attempt's end (cancelled, or what it
             // reached first) has committed (`spawn_state_write`).
             job.cancel_requested = true;
-            if let Some(call) = job.call {
-                let pool = self.pool.clone();
+            if let (Some(call), Some(pool)) = (job.call, self.pool.clone()) {
                 tokio::spawn(async move { pool.cancel(call).await });
             }
+            self.cancels.entry(id).or_default().push(reply);
+            return;
+        }
+        if job.cancelling {
+            // Its cancel is being written: answered with it, not written
+            // (and notified of) twice.
             self.cancels.entry(id).or_default().push(reply);
             return;
         }
@@ -211,12 +219,14 @@ impl Scheduler {
             if let (Ok(()), Some(n)) = (&result, notice) {
                 n.send();
             }
-            let _ = tx.send(Internal::Cancelled {
-                id,
-                next,
-                result,
-                reply,
-            });
+            let _ = tx
+                .send(Internal::Cancelled {
+                    id,
+                    next,
+                    result,
+                    reply,
+                })
+                .await;
         });
     }
 
@@ -232,25 +242,53 @@ impl Scheduler {
     ) {
         self.quiesce.pending_writes -= 1;
         let cancelling = self.jobs.get(&id).is_some_and(|j| j.cancelling);
-        match result {
-            Ok(()) => {
-                if cancelling {
-                    let released = self.settle(id, &next, None);
-                    self.answer_waiters(id);
-                    self.release(id, JobState::Cancelled, released);
-                }
-                let _ = reply.send(Ok(()));
+        // The clients that asked to cancel it too meanwhile hear the same.
+        let mut replies = self.cancels.remove(&id).unwrap_or_default();
+        replies.push(reply);
+        let answer = match result {
+            Ok(()) if cancelling => {
+                let released = self.settle(id, &next, None);
+                self.answer_waiters(id);
+                self.release(id, JobState::Cancelled, released);
+                Ok(())
             }
+            // Nothing else ends a job whose cancel is being written (see
+            // `release`), but should something have, its write came after
+            // this one: the client hears what the store holds last.
+            Ok(()) => match self.deps.finished(id) {
+                Some(s) if s != JobState::Cancelled => Err(err(
+                    ErrorKind::BadRequest,
+                    format!(
+                        "job {id} ended {} before the cancel took effect",
+                        s.as_str()
+                    ),
+                )),
+                _ => Ok(()),
+            },
             Err(e) => {
                 tracing::warn!(job = id, error = %Chain(&e), "cannot record a cancel; the job stays queued");
                 if let Some(job) = self.jobs.get_mut(&id).filter(|_| cancelling) {
                     job.cancelling = false;
-                    if job.deps_left == 0 {
+                    // A dependency may have ended badly meanwhile (`release`
+                    // left the job to its cancel): it fails now.
+                    let deps = &self.deps;
+                    let broken = job.after.iter().find_map(|&d| {
+                        deps.finished(d)
+                            .filter(|s| *s != JobState::Succeeded)
+                            .map(|s| (d, s))
+                    });
+                    if let Some((d, s)) = broken {
+                        let error = format!("dependency {d} {}", s.as_str());
+                        self.end_job(id, Finish::Failed { error }, None);
+                    } else if job.deps_left == 0 {
                         self.place(id);
                     }
                 }
-                let _ = reply.send(Err(store_err(&e)));
+                Err(store_err(&e))
             }
+        };
+        for reply in replies {
+            let _ = reply.send(answer.clone());
         }
     }
 
@@ -266,7 +304,7 @@ impl Scheduler {
         }
         if let Some(job) = self.jobs.get(&id) {
             let _ = reply.send(Err(err(
-                ErrorKind::BadRequest,
+                ErrorKind::Conflict,
                 format!("job {id} is {}, not finished", job.state.as_str()),
             )));
             return;
@@ -277,15 +315,17 @@ impl Scheduler {
             match store.get(id).await {
                 Ok(Some(rec)) if rec.state == JobState::Succeeded => {
                     let _ = reply.send(Err(err(
-                        ErrorKind::BadRequest,
+                        ErrorKind::Conflict,
                         format!("job {id} already succeeded"),
                     )));
                 }
                 Ok(Some(rec)) => {
-                    let _ = tx.send(Internal::Revive {
-                        record: Box::new(rec),
-                        reply,
-                    });
+                    let _ = tx
+                        .send(Internal::Revive {
+                            record: Box::new(rec),
+                            reply,
+                        })
+                        .await;
                 }
                 Ok(None) => {
                     let _ = reply.send(Err(err(ErrorKind::NotFound, format!("no job {id}"))));
@@ -300,14 +340,14 @@ impl Scheduler {
     pub(super) fn revive(&mut self, r: JobRecord, reply: Reply<()>) {
         if self.jobs.contains_key(&r.id) || !r.state.is_terminal() {
             let _ = reply.send(Err(err(
-                ErrorKind::BadRequest,
+                ErrorKind::Conflict,
                 format!("job {} is not finished", r.id),
             )));
             return;
         }
         let now = now_ms();
         let id = r.id;
-        let mut job = match Job::from_record(r, &self.registry) {
+        let mut job = match Job::from_record(r, &self.registry, self.cfg.jobs.max_crashes) {
             Ok(job) => job,
             Err((_, e)) => {
                 let _ = reply.send(Err(err(
@@ -319,14 +359,18 @@ impl Scheduler {
         };
         if !self.reviving.insert(id) {
             let _ = reply.send(Err(err(
-                ErrorKind::BadRequest,
+                ErrorKind::Conflict,
                 format!("job {id} is being retried already"),
             )));
             return;
         }
-        // Fresh budgets, no dependencies to wait for; the history stays.
+        // Fresh budgets from the next attempt on, in a new epoch (both
+        // stored, so a restart counts the same), no dependencies to wait
+        // for; the history stays.
         job.failures = 0;
         job.crashes = 0;
+        job.budget_from = job.attempts + 1;
+        job.epoch += 1;
         job.after.clear();
         job.set_state(JobState::Retrying);
         job.run_at_ms = now;
@@ -335,9 +379,11 @@ impl Scheduler {
         let write = self.store.try_finish_job(
             id,
             now,
-            Finish::Retry {
+            Finish::Revive {
                 run_at_ms: now,
                 error: "retried by a client".into(),
+                budget_from: job.budget_from,
+                epoch: job.epoch,
             },
             Vec::new(),
         );
@@ -345,11 +391,13 @@ impl Scheduler {
         let tx = self.internal_tx.clone();
         tokio::spawn(async move {
             let result = write.await;
-            let _ = tx.send(Internal::Revived {
-                job: Box::new(job),
-                result,
-                reply,
-            });
+            let _ = tx
+                .send(Internal::Revived {
+                    job: Box::new(job),
+                    result,
+                    reply,
+                })
+                .await;
         });
     }
 
@@ -390,13 +438,12 @@ impl Scheduler {
             }
         };
         let jobs = &self.jobs;
-        match self.waiters.add(ids, |id| jobs.contains_key(&id), reply) {
-            Added::Now(ids, reply) => self.answer_wait(ids, reply),
-            Added::Waiting(w) => {
-                if let Some(ms) = timeout_ms {
-                    arm_wait_timeout(self.internal_tx.clone(), w, ms);
-                }
-            }
+        // Past what an instant can hold: no timeout.
+        let deadline =
+            timeout_ms.and_then(|ms| Instant::now().checked_add(Duration::from_millis(ms)));
+        let live = |id| jobs.contains_key(&id);
+        if let Added::Now(ids, reply) = self.waiters.add(ids, live, deadline, reply) {
+            self.answer_wait(ids, reply);
         }
     }
 
@@ -430,11 +477,18 @@ impl Scheduler {
         }
         let store = self.store.clone();
         let c = self.report.counters.clone();
-        let workers = self.pool.config().workers as u64;
+        let workers = self.pool_cfg.workers as u64;
         let uptime_s = self.report.started.elapsed().as_secs();
         let (notify_delivered, notify_failed, notify_dropped) = self.notifier.counts();
         let recovered = self.report.recovered;
-        let health = self.pool.health();
+        let health = self.pool.as_ref().map_or(
+            jobvisor_pool::PoolHealth {
+                degraded: false,
+                restart_delay: Duration::ZERO,
+                deaths: 0,
+            },
+            jobvisor_pool::Pool::health,
+        );
         let tasks = self
             .report
             .task_rows(|task| lane_of(&self.registry, task) == Lane::Io);
@@ -460,14 +514,6 @@ impl Scheduler {
     }
 }
 
-/// Tells the actor that waiter `waiter`'s `ms` are over.
-fn arm_wait_timeout(tx: mpsc::UnboundedSender<Internal>, waiter: u64, ms: u64) {
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(ms)).await;
-        let _ = tx.send(Internal::WaitTimeout { waiter });
-    });
-}
-
 /// The ids a `wait` asks for, each once, in the order first given; refused
 /// past `max` distinct ids (`limits.max_wait_ids`), so a small request cannot
 /// make the daemon read and send one record per repeated id.
@@ -491,21 +537,6 @@ fn wait_ids(ids: Vec<u64>, max: usize) -> Result<Vec<u64>, ControlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_wait_times_out_when_its_time_is_over_and_not_before() {
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        arm_wait_timeout(tx, 7, 1_000);
-        tokio::task::yield_now().await;
-        tokio::time::advance(Duration::from_millis(999)).await;
-        tokio::task::yield_now().await;
-        assert!(rx.try_recv().is_err(), "too early");
-        tokio::time::advance(Duration::from_millis(1)).await;
-        match rx.recv().await {
-            Some(Internal::WaitTimeout { waiter }) => assert_eq!(waiter, 7),
-            other => panic!("{other:?}"),
-        }
-    }
 
     #[test]
     fn repeated_wait_ids_count_once_and_keep_their_first_place() {

@@ -2,9 +2,11 @@
 //! the clock its times are on. Plain data: the bottom of the scheduler.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use jobvisor_proto::control::{InputRef, JobRecord, JobState, Payload};
 use jobvisor_worker::{ConvertError, Registry, TaskKind};
+use tokio::time::Instant;
 
 use crate::policy;
 
@@ -29,11 +31,19 @@ impl Lane {
 }
 
 /// Milliseconds since the Unix epoch: the clock of `run_at_ms` and of
-/// every time the store records.
+/// every time the store records (not of timers: see [`due_at`]).
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The instant of the monotonic clock (`now` on it, `now_ms` on the wall
+/// clock, read together) at which a job due at wall time `run_at_ms` runs:
+/// its remaining delay from now, none when that time has passed. Timers run
+/// on the result, so a wall-clock jump after this does not move them.
+pub(super) fn due_at(run_at_ms: u64, now_ms: u64, now: Instant) -> Instant {
+    now + Duration::from_millis(run_at_ms.saturating_sub(now_ms))
 }
 
 /// The lane of a task: [`Lane::Io`] for async tasks, [`Lane::Cpu`] for the rest.
@@ -68,6 +78,12 @@ pub(crate) struct Job {
     pub(super) queue: String,
     pub(super) priority: i32,
     pub(super) max_attempts: u32,
+    pub(super) max_crashes: u32,
+    /// The first attempt number the budgets count (a client's `retry`
+    /// starts fresh budgets at the next attempt).
+    pub(super) budget_from: u32,
+    /// Times a client's `retry` revived it.
+    pub(super) epoch: u32,
     pub(super) backoff_base_ms: u64,
     pub(super) backoff_max_ms: u64,
     pub(super) timeout_ms: Option<u64>,
@@ -106,11 +122,13 @@ pub(crate) struct Job {
 
 impl Job {
     /// A job as the store holds it: the input converted to the native
-    /// encoding, budgets counted from its attempts. Fails (with the job's id)
-    /// when its task no longer accepts its input.
+    /// encoding, budgets counted from its attempts since `budget_from` (a
+    /// job stored without a crash budget gets `default_max_crashes`). Fails
+    /// (with the job's id) when its task no longer accepts its input.
     pub(super) fn from_record(
         r: JobRecord,
         registry: &Registry,
+        default_max_crashes: u32,
     ) -> Result<Job, (u64, ConvertError)> {
         let pipeline = !r.input_from.is_empty();
         let (input, json) = match &r.input {
@@ -124,7 +142,7 @@ impl Job {
             Some(Payload::Native(bytes)) => (bytes.clone(), false),
             None => (Vec::new(), false),
         };
-        let spent = policy::spent(r.attempts.iter().map(|a| &a.outcome));
+        let spent = policy::spent_since(&r.attempts, r.budget_from);
         Ok(Job {
             id: r.id,
             lane: lane_of(registry, &r.task),
@@ -135,6 +153,9 @@ impl Job {
             queue: r.queue,
             priority: r.priority,
             max_attempts: r.max_attempts,
+            max_crashes: r.max_crashes.unwrap_or(default_max_crashes),
+            budget_from: r.budget_from,
+            epoch: r.epoch,
             backoff_base_ms: r.backoff_base_ms,
             backoff_max_ms: r.backoff_max_ms,
             timeout_ms: r.timeout_ms,
@@ -176,6 +197,15 @@ mod tests {
     use jobvisor_proto::control::{Attempt, AttemptOutcome};
 
     #[test]
+    fn a_job_is_due_after_its_remaining_delay_and_at_once_when_late() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(due_at(10_000, 4_000, now), now + ms(6_000));
+        assert_eq!(due_at(4_000, 10_000, now), now, "late: due now");
+        assert_eq!(due_at(u64::MAX, 0, now), now + ms(u64::MAX));
+    }
+
+    #[test]
     fn a_recovered_job_recounts_its_budgets_from_its_attempts() {
         let registry = Registry::new();
         let attempt = |number, outcome| Attempt {
@@ -192,6 +222,9 @@ mod tests {
             priority: 0,
             state: JobState::Retrying,
             max_attempts: 3,
+            max_crashes: Some(3),
+            budget_from: 1,
+            epoch: 0,
             timeout_ms: None,
             stall_timeout_ms: None,
             input_from: Vec::new(),
@@ -212,10 +245,21 @@ mod tests {
             ],
             notify_url: None,
         };
-        let job = Job::from_record(r, &registry).unwrap();
+        let job = Job::from_record(r.clone(), &registry, 5).unwrap();
         assert_eq!((job.attempts, job.failures, job.crashes), (3, 2, 0));
+        assert_eq!(job.max_crashes, 3, "the job's own budget");
         assert_eq!((job.lane, job.json, job.deps_left), (Lane::Cpu, false, 0));
         assert_eq!(job.input.as_slice(), [1, 2]);
         assert_eq!(job.template, None);
+
+        // After a retry at attempt 3, only the attempts since count; a job
+        // stored without a crash budget gets the daemon's.
+        let mut revived = r;
+        revived.budget_from = 3;
+        revived.epoch = 1;
+        revived.max_crashes = None;
+        let job = Job::from_record(revived, &registry, 5).unwrap();
+        assert_eq!((job.attempts, job.failures, job.crashes), (3, 1, 0));
+        assert_eq!((job.budget_from, job.epoch, job.max_crashes), (3, 1, 5));
     }
 }

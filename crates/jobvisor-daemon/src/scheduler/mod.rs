@@ -4,7 +4,8 @@
 //!
 //! Ordering: ready jobs wait per queue, highest priority first and FIFO (job
 //! id) within a priority; the best head among the queues under their cap runs
-//! next. Delayed and retrying jobs wait in a time-ordered set; jobs with
+//! next. Delayed and retrying jobs wait in a time-ordered set, on the
+//! monotonic clock (their durable `run_at_ms` is wall time); jobs with
 //! unfinished dependencies wait on them. At most `max_inflight` attempts are
 //! handed to the pool at once, so priorities and cancels stay the scheduler's.
 //! CPU jobs and I/O jobs (async tasks) are two lanes with separate ready sets
@@ -31,6 +32,8 @@
 //! - The actor's `impl` (this file: the loop and its dispatch), split by
 //!   concern: `intake` (client commands), `attempt` (running and ending
 //!   attempts, writing states), `recover` (loading the store at start).
+//! - `tests` (unit tests only): the actor driven by hand on the real store,
+//!   with no pool, its internal messages delivered in the order a test picks.
 
 mod admission;
 mod attempt;
@@ -41,13 +44,15 @@ mod queues;
 mod recover;
 mod reply;
 mod stats;
+#[cfg(test)]
+mod tests;
 mod waiters;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use jobvisor_pool::{CallUsage, Pool, PoolError};
+use jobvisor_pool::{CallUsage, Pool, PoolConfig, PoolError};
 use jobvisor_proto::control::{ControlError, JobRecord, JobSpec, JobState, Stats, Submitted};
 use jobvisor_store::{Finish, StoreError, StoreHandle};
 use jobvisor_worker::Registry;
@@ -63,6 +68,13 @@ pub(crate) use reply::Reply;
 pub(crate) use stats::Counters;
 
 use job::Job;
+
+/// Reports of the actor's helper tasks that wait to be read. Every helper
+/// serves one client request (a connection has one at a time, and at most
+/// `limits.max_pending_requests` wait for the actor), one attempt (at most
+/// the lanes' caps) or one store write, so the helpers are bounded by those;
+/// this bounds the buffer between them and the actor.
+const INTERNAL_CAPACITY: usize = 4096;
 
 /// What the control server asks of the scheduler.
 #[derive(Debug)]
@@ -126,9 +138,6 @@ enum Internal {
         id: u64,
         terminal: bool,
     },
-    WaitTimeout {
-        waiter: u64,
-    },
     Revive {
         record: Box<JobRecord>,
         reply: Reply<()>,
@@ -155,7 +164,11 @@ enum Internal {
 /// The actor. Its state is grouped by concern (see the modules).
 pub(crate) struct Scheduler {
     cfg: Config,
-    pool: Pool,
+    /// The workers; `None` only in the actor's unit tests (`tests`), which
+    /// drive it by hand and start no attempt.
+    pool: Option<Pool>,
+    /// The pool's configuration (its lane caps, its worker count).
+    pool_cfg: PoolConfig,
     store: StoreHandle,
     registry: Arc<Registry>,
     jobs: HashMap<u64, Job>,
@@ -165,14 +178,18 @@ pub(crate) struct Scheduler {
     waiters: waiters::Waiters<Reply<Vec<JobRecord>>>,
     quiesce: waiters::Quiesce,
     report: stats::Report,
-    internal_tx: mpsc::UnboundedSender<Internal>,
-    internal_rx: Option<mpsc::UnboundedReceiver<Internal>>,
+    /// The helper tasks' reports. Bounded: a helper awaits room (it is a
+    /// task of its own, never the actor nor the pool's completion path),
+    /// so nothing is dropped, and the actor reads them before commands.
+    internal_tx: mpsc::Sender<Internal>,
+    internal_rx: Option<mpsc::Receiver<Internal>>,
     /// Completion notifications, handed over once a terminal state commits.
     notifier: Notifier,
     /// Finished jobs whose retry is being written.
     reviving: HashSet<u64>,
     /// Clients waiting for the cancel of a running job, answered once its
-    /// attempt's end has committed.
+    /// attempt's end has committed, and the further clients cancelling a
+    /// job whose cancel is being written (answered with that one).
     cancels: HashMap<u64, Vec<Reply<()>>>,
 }
 
@@ -186,11 +203,38 @@ impl Scheduler {
         events: Arc<crate::events::EventFeed>,
         notifier: Notifier,
     ) -> Self {
-        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
-        let caps = job::lane_caps(pool.config().workers, pool.config());
+        let pool_cfg = pool.config().clone();
+        Self::with_pool(
+            cfg,
+            Some(pool),
+            pool_cfg,
+            store,
+            registry,
+            counters,
+            events,
+            notifier,
+        )
+    }
+
+    /// [`Scheduler::new`] with the pool's parts apart (`pool` is `None` in
+    /// the actor's unit tests).
+    #[allow(clippy::too_many_arguments)]
+    fn with_pool(
+        cfg: Config,
+        pool: Option<Pool>,
+        pool_cfg: PoolConfig,
+        store: StoreHandle,
+        registry: Arc<Registry>,
+        counters: Arc<Counters>,
+        events: Arc<crate::events::EventFeed>,
+        notifier: Notifier,
+    ) -> Self {
+        let (internal_tx, internal_rx) = mpsc::channel(INTERNAL_CAPACITY);
+        let caps = job::lane_caps(pool_cfg.workers, &pool_cfg);
         Self {
             cfg,
             pool,
+            pool_cfg,
             store,
             registry,
             jobs: HashMap::new(),
@@ -215,14 +259,7 @@ impl Scheduler {
         ));
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let jobs = &self.jobs;
-            self.queues.promote_due(now_ms(), |id| jobs.get(&id));
-            self.dispatch();
-            self.check_idle();
-            let sleep = self.queues.next_due().map(|t| {
-                let wait = t.saturating_sub(now_ms());
-                tokio::time::Instant::now() + Duration::from_millis(wait)
-            });
+            let sleep = self.tick();
             tokio::select! {
                 biased;
                 Some(ev) = internal.recv() => self.on_internal(ev),
@@ -233,6 +270,24 @@ impl Scheduler {
                 () = tokio::time::sleep_until(sleep.unwrap_or_else(tokio::time::Instant::now)), if sleep.is_some() => {}
                 _ = prune.tick() => self.prune(),
             }
+        }
+    }
+
+    /// Between two messages: the delayed jobs due by now (monotonic
+    /// clock) become ready, attempts start, waits past their timeout are
+    /// answered; returns when the next of those timers is due.
+    fn tick(&mut self) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        let jobs = &self.jobs;
+        self.queues.promote_due(now, |id| jobs.get(&id));
+        self.dispatch();
+        self.check_idle();
+        for (ids, reply) in self.waiters.expired(now) {
+            self.answer_wait(ids, reply);
+        }
+        match (self.queues.next_due(), self.waiters.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -262,7 +317,7 @@ impl Scheduler {
                 tracing::info!(queues = ?config.queues, "configuration reloaded");
                 // The pool was resized to this many workers: the caps follow.
                 self.load
-                    .set_caps(job::lane_caps(config.worker_count(), self.pool.config()));
+                    .set_caps(job::lane_caps(config.worker_count(), &self.pool_cfg));
                 self.cfg.queues = config.queues;
             }
         }
@@ -303,11 +358,6 @@ impl Scheduler {
             } => self.on_cancelled(id, next, result, reply),
             Internal::Revived { job, result, reply } => self.on_revived(*job, result, reply),
             Internal::InputBuilt { id, input } => self.on_input_built(id, input),
-            Internal::WaitTimeout { waiter } => {
-                if let Some((ids, reply)) = self.waiters.timed_out(waiter) {
-                    self.answer_wait(ids, reply);
-                }
-            }
         }
     }
 

@@ -3,11 +3,16 @@
 //! Ready jobs wait per lane (CPU, I/O) and per queue, highest priority first
 //! and FIFO (job id) within a priority; the best head among the queues under
 //! their concurrency cap runs next ([`Queues::pick`]). Delayed and retrying
-//! jobs wait in one time-ordered set until they are due. [`Load`] counts
+//! jobs wait in one time-ordered set until they are due, on the monotonic
+//! clock (tokio's [`Instant`]): the durable `run_at_ms` is wall time, turned
+//! into an instant when the job is placed ([`super::job::due_at`]), so a
+//! wall-clock jump moves no timer. [`Load`] counts
 //! what runs, per lane against the lane's cap and per queue against its cap.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use tokio::time::Instant;
 
 use super::job::{Job, Lane};
 
@@ -20,8 +25,10 @@ type ReadySet = BTreeMap<String, BTreeSet<(Reverse<i32>, u64)>>;
 pub(super) struct Queues {
     /// Ready jobs per lane (by [`Lane::index`]), per queue.
     ready: [ReadySet; 2],
-    /// `(run_at_ms, id)` of the jobs that wait for their time.
-    delayed: BTreeSet<(u64, u64)>,
+    /// `(due, id)` of the jobs that wait for their time.
+    delayed: BTreeSet<(Instant, u64)>,
+    /// When each job of `delayed` is due (to take it out by id).
+    due: HashMap<u64, Instant>,
 }
 
 impl Queues {
@@ -33,32 +40,46 @@ impl Queues {
             .insert((Reverse(job.priority), job.id));
     }
 
-    /// Makes job `id` wait until `run_at_ms`.
-    pub(super) fn delay(&mut self, run_at_ms: u64, id: u64) {
-        self.delayed.insert((run_at_ms, id));
+    /// Makes job `id` wait until `at` (instead of any time it waited for).
+    pub(super) fn delay(&mut self, at: Instant, id: u64) {
+        if let Some(old) = self.due.insert(id, at) {
+            self.delayed.remove(&(old, id));
+        }
+        self.delayed.insert((at, id));
+    }
+
+    /// Whether `job` is ready (not delayed, not taken to run).
+    #[cfg(test)]
+    pub(super) fn is_ready(&self, job: &Job) -> bool {
+        self.ready[job.lane.index()]
+            .get(&job.queue)
+            .is_some_and(|set| set.contains(&(Reverse(job.priority), job.id)))
     }
 
     /// Takes `job` out of wherever it waits.
     pub(super) fn remove(&mut self, job: &Job) {
-        self.delayed.remove(&(job.run_at_ms, job.id));
+        if let Some(at) = self.due.remove(&job.id) {
+            self.delayed.remove(&(at, job.id));
+        }
         if let Some(set) = self.ready[job.lane.index()].get_mut(&job.queue) {
             set.remove(&(Reverse(job.priority), job.id));
         }
     }
 
     /// When the next delayed job is due.
-    pub(super) fn next_due(&self) -> Option<u64> {
+    pub(super) fn next_due(&self) -> Option<Instant> {
         self.delayed.first().map(|&(t, _)| t)
     }
 
-    /// Makes every delayed job due by `now_ms` ready; `job` finds a job by
+    /// Makes every delayed job due by `now` ready; `job` finds a job by
     /// id (one that is gone is dropped).
-    pub(super) fn promote_due<'a>(&mut self, now_ms: u64, job: impl Fn(u64) -> Option<&'a Job>) {
+    pub(super) fn promote_due<'a>(&mut self, now: Instant, job: impl Fn(u64) -> Option<&'a Job>) {
         while let Some(&(t, id)) = self.delayed.first() {
-            if t > now_ms {
+            if t > now {
                 break;
             }
             self.delayed.pop_first();
+            self.due.remove(&id);
             if let Some(job) = job(id) {
                 self.push(job);
             }
@@ -165,6 +186,9 @@ mod tests {
             queue: queue.into(),
             priority,
             max_attempts: 1,
+            max_crashes: 1,
+            budget_from: 1,
+            epoch: 0,
             backoff_base_ms: 0,
             backoff_max_ms: 0,
             timeout_ms: None,
@@ -270,20 +294,24 @@ mod tests {
     fn delayed_jobs_become_ready_when_due() {
         let mut q = Queues::default();
         let load = Load::new([10, 10]);
+        let t0 = Instant::now();
+        let at = |ms| t0 + std::time::Duration::from_millis(ms);
         let jobs = [job(1, Cpu, "a", 0), job(2, Cpu, "a", 9)];
-        q.delay(2_000, 1);
-        q.delay(1_000, 2);
-        q.delay(1_500, 42); // gone meanwhile
+        q.delay(at(2_000), 1);
+        q.delay(at(1_000), 2);
+        q.delay(at(1_500), 42); // gone meanwhile
         let find = |id| jobs.iter().find(|j| j.id == id);
-        assert_eq!(q.next_due(), Some(1_000));
-        q.promote_due(999, find);
+        assert_eq!(q.next_due(), Some(at(1_000)));
+        q.promote_due(at(999), find);
         assert_eq!(q.pick(Cpu, no_cap, &load), None);
-        q.promote_due(1_500, find);
-        assert_eq!(q.next_due(), Some(2_000));
+        q.promote_due(at(1_500), find);
+        assert_eq!(q.next_due(), Some(at(2_000)));
         assert_eq!(q.pick(Cpu, no_cap, &load), Some(2));
-        let mut late = job(1, Cpu, "a", 0);
-        late.run_at_ms = 2_000;
-        q.remove(&late);
+        // Delayed again: it waits for the new time only.
+        q.delay(at(3_000), 1);
+        q.promote_due(at(2_500), find);
+        assert_eq!(q.pick(Cpu, no_cap, &load), None);
+        q.remove(&job(1, Cpu, "a", 0));
         assert_eq!(q.next_due(), None);
     }
 }

@@ -1,6 +1,7 @@
 //! Recovery at start: the unfinished jobs the store holds (after its own
-//! `recover` re-queued the attempts a dead daemon left running, as `lost`)
-//! become the scheduler's again.
+//! `recover` re-queued the attempts a dead daemon left running, recorded
+//! as crashes of the daemon) become the scheduler's again, but for those
+//! whose crash budget that spent ([`policy::on_recovery`]): they are dead.
 
 use std::collections::{HashMap, HashSet};
 
@@ -10,6 +11,7 @@ use jobvisor_store::{Finish, StoreError};
 use super::job::{now_ms, Job};
 use super::Scheduler;
 use crate::errors::chain;
+use crate::policy::{self, Spent};
 
 /// The dependencies of `records` that are not among them (finished jobs,
 /// or missing ones), each once, in order of appearance.
@@ -34,14 +36,29 @@ impl Scheduler {
         }
         let n = records.len() as u64;
         let mut jobs = Vec::with_capacity(records.len());
+        let mut dead = Vec::new();
         for r in records {
             // Used only if the job cannot resume (None unless someone asked).
             let url = r.notify_url.as_deref();
             let state = JobState::Failed;
             debug_assert!(r.state.can_become(state), "job {}: {:?}", r.id, r.state);
             let notice = self.notifier.notice(&self.cfg, r.id, &r.queue, url, state);
-            match Job::from_record(r, &self.registry) {
-                Ok(job) => jobs.push(job),
+            match Job::from_record(r, &self.registry, self.cfg.jobs.max_crashes) {
+                Ok(job) => {
+                    let spent = Spent {
+                        failures: job.failures,
+                        crashes: job.crashes,
+                    };
+                    // Only a job that was running is found queued with its
+                    // budget newly spent (a retrying one is judged when
+                    // its next attempt ends).
+                    let end = policy::on_recovery(spent, job.max_crashes)
+                        .filter(|_| job.state == JobState::Queued);
+                    if let Some(end) = end {
+                        dead.push((job.id, end));
+                    }
+                    jobs.push(job);
+                }
                 Err((id, e)) => {
                     let error = format!("cannot resume: {}", chain(&e));
                     self.spawn_finish_job(id, Finish::Failed { error }, true, notice);
@@ -49,6 +66,15 @@ impl Scheduler {
             }
         }
         self.admit(jobs, &dep_states);
+        // Admitted first, so that the jobs waiting for them hear of it.
+        for (id, end) in dead {
+            tracing::warn!(
+                job = id,
+                "the daemon died under the job's attempts: its crash budget is spent"
+            );
+            self.unplace(id);
+            self.end_job(id, end, None);
+        }
         self.report.recovered = n;
         Ok(n)
     }
@@ -67,6 +93,9 @@ mod tests {
             priority: 0,
             state: JobState::Queued,
             max_attempts: 1,
+            max_crashes: Some(3),
+            budget_from: 1,
+            epoch: 0,
             timeout_ms: None,
             stall_timeout_ms: None,
             input_from: Vec::new(),

@@ -10,6 +10,7 @@
 //! | CPU calls queued behind the running one     | nobody: they never started, and run again |
 //! | async calls waiting on I/O                  | nobody: innocent, they run again  |
 //! | any call, at a death that charged no call   | nobody, until the call has been in flight at `max_deaths_per_call` such deaths: then that call |
+//! | at our kill for silence (`liveness`): the async call being polled | that call, not the CPU call: a poll that outlasts the liveness timeout is what silenced the worker |
 //!
 //! A death nobody asked for that charges no call (the beacon named none: a
 //! task wrote over it, or the worker died between a call and its reply)
@@ -48,6 +49,8 @@ pub(super) struct Death<'a> {
     pub(super) cpu_escalated: bool,
     /// We escalated one of its async calls to a signal.
     pub(super) io_signalled: bool,
+    /// We killed it for silence (see `liveness`).
+    pub(super) unresponsive: bool,
 }
 
 /// Whom a death is charged to.
@@ -77,6 +80,9 @@ pub(super) fn blame(d: &Death<'_>) -> Blame {
     let blame_cpu = match d.crashed {
         CrashedThread::Cpu => true,
         CrashedThread::Io => false,
+        // Polls last microseconds: one in progress when a silent worker is
+        // killed is the one that held its event loop (and so its pulse).
+        CrashedThread::Unknown if d.unresponsive && d.polled != 0 => false,
         CrashedThread::Unknown => !d.io_signalled || d.cpu_escalated,
     };
     let cpu = running.filter(|_| blame_cpu);
@@ -120,6 +126,8 @@ pub(super) struct Charge<'a> {
     pub(super) panic: Option<&'a str>,
     /// The pool's hard memory limit per worker.
     pub(super) memory_limit: Option<u64>,
+    /// We killed it for silence: why (see `liveness::cause`).
+    pub(super) unresponsive: Option<&'a str>,
 }
 
 impl Charge<'_> {
@@ -144,10 +152,20 @@ impl Charge<'_> {
             return esc.error(timeout, stall, self.status);
         }
         PoolError::WorkerDied {
-            cause: death_cause(self.status, self.tail, self.memory_limit, self.panic),
+            cause: self.cause(),
             pid: self.pid,
             status: *self.status,
             stderr_tail: self.tail.to_vec(),
+        }
+    }
+
+    /// Why the worker died: our kill for silence, and what its status, last
+    /// output and last panic say.
+    fn cause(&self) -> Option<String> {
+        let found = death_cause(self.status, self.tail, self.memory_limit, self.panic);
+        match (self.unresponsive, found) {
+            (Some(u), Some(c)) => Some(format!("{u}; {c}")),
+            (u, c) => c.or_else(|| u.map(str::to_owned)),
         }
     }
 }
@@ -163,7 +181,7 @@ impl Charge<'_> {
             "the worker died {max} times while it held this call, and no call was named as \
              the cause (max_deaths_per_call = {max}): this call may be what kills it"
         );
-        let cause = match death_cause(self.status, self.tail, self.memory_limit, self.panic) {
+        let cause = match self.cause() {
             Some(c) => format!("{why}; {c}"),
             None => why,
         };
@@ -215,6 +233,7 @@ mod tests {
             cpu_calls: cpu,
             cpu_escalated: false,
             io_signalled: false,
+            unresponsive: false,
         }
     }
 
@@ -308,6 +327,47 @@ mod tests {
     }
 
     #[test]
+    fn a_kill_for_silence_charges_the_poll_that_held_the_loop() {
+        let mut d = death(CrashedThread::Unknown, 11, 7, &[11]);
+        d.unresponsive = true;
+        let b = blame(&d);
+        assert_eq!(b.cpu, None);
+        assert!(b.charges_io(7, false));
+        // No poll in progress: the CPU call, as for any death.
+        d.polled = 0;
+        assert_eq!(blame(&d).cpu, Some(0));
+        // Without the kill for silence the CPU call is charged over the poll.
+        let d = death(CrashedThread::Unknown, 11, 7, &[11]);
+        assert_eq!(blame(&d).cpu, Some(0));
+    }
+
+    #[test]
+    fn a_kill_for_silence_is_named_in_the_cause() {
+        let st = status(Some(libc::SIGKILL));
+        let charge = Charge {
+            killing: false,
+            pid: 7,
+            status: &st,
+            tail: &[],
+            panic: Some("boom"),
+            memory_limit: None,
+            unresponsive: Some("unresponsive: no heartbeat for 10 s"),
+        };
+        match charge.error(1, None, None, None) {
+            PoolError::WorkerDied { cause, .. } => assert_eq!(
+                cause.as_deref(),
+                Some("unresponsive: no heartbeat for 10 s; boom")
+            ),
+            other => panic!("{other:?}"),
+        }
+        let text = charge.unexplained(3).to_string();
+        assert!(
+            text.contains("unresponsive: no heartbeat for 10 s"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn only_an_unasked_death_that_charged_nobody_makes_suspects() {
         assert!(charged_nobody(false, 0));
         assert!(!charged_nobody(false, 1));
@@ -320,6 +380,7 @@ mod tests {
             tail: &[],
             panic: None,
             memory_limit: None,
+            unresponsive: None,
         };
         match charge.unexplained(3) {
             PoolError::WorkerDied { cause, pid, .. } => {
@@ -350,6 +411,7 @@ mod tests {
             tail: &tail,
             panic: None,
             memory_limit: Some(64 << 20),
+            unresponsive: None,
         };
         match charge.error(1, None, None, None) {
             PoolError::WorkerDied {

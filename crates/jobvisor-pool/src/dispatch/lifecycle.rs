@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::call::{answer, InFlight, Pending};
 use super::escalation::Escalation;
 use super::worker::{take_io, Worker};
-use super::{blame, Dispatcher, Internal, SHUTDOWN_GRACE};
+use super::{blame, liveness, Dispatcher, Internal, SHUTDOWN_GRACE};
 use crate::conn::{self, LinkEvent, WorkerConn, LOG_EOF_WAIT};
 use crate::error::PoolError;
 use crate::types::{PoolEvent, WorkerState};
@@ -259,6 +259,7 @@ impl Dispatcher {
             cpu_calls: &cpu_calls,
             cpu_escalated: w.esc.is_some(),
             io_signalled,
+            unresponsive: w.unresponsive,
         });
         let tail: Vec<String> = w
             .tail
@@ -266,6 +267,9 @@ impl Dispatcher {
             .map(|t| t.iter().cloned().collect())
             .unwrap_or_default();
         let panic = w.beacon.panic_message();
+        let unresponsive = w
+            .unresponsive
+            .then(|| liveness::cause(self.cfg.liveness_timeout));
         let charge = blame::Charge {
             killing: self.killing(),
             pid: w.pid,
@@ -273,6 +277,7 @@ impl Dispatcher {
             tail: &tail,
             panic: panic.as_deref(),
             memory_limit: self.cfg.memory_limit_bytes,
+            unresponsive: unresponsive.as_deref(),
         };
         let mut charged = 0usize;
         if let Some(head) = blamed.cpu.and_then(|pos| w.inflight.remove(pos)) {

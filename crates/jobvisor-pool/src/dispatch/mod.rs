@@ -17,6 +17,8 @@
 //!   fails with [`PoolError::WorkerDied`] (or `TimedOut` if we were stopping
 //!   it); the calls queued behind it never started and go back to the front
 //!   of the pool's queue.
+//! - `liveness`: when a worker that holds calls has been silent (no frame,
+//!   no heartbeat) for `liveness_timeout`: it is killed and replaced.
 //! - `intensity`: restart intensity: too many deaths delay restarts, from
 //!   `restart_backoff` doubling up to `restart_backoff_max` (30 s by
 //!   default); the queue is kept meanwhile. The pool never turns "broken".
@@ -42,6 +44,7 @@ mod call;
 mod escalation;
 mod intensity;
 mod lifecycle;
+mod liveness;
 mod starting;
 mod timers;
 mod worker;
@@ -171,8 +174,15 @@ impl Dispatcher {
         self.ensure_workers();
         let mut cmd_buf = Vec::with_capacity(512);
         let mut link_buf = Vec::with_capacity(64);
+        // One timer for the silence of every worker (see `liveness`): it
+        // stays registered across loop turns, where a deadline in
+        // `next_timer` would be a new timer at each turn.
+        let mut liveness_tick = tokio::time::interval(self.cfg.heartbeat_interval);
+        liveness_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_look = Instant::now();
         loop {
             let timer = self.next_timer();
+            let held = self.any_held();
             let accept = self.commands_open && self.queued() < self.cfg.max_queued;
             tokio::select! {
                 biased;
@@ -205,6 +215,11 @@ impl Dispatcher {
                 }
                 () = sleep_until(timer.unwrap_or_else(Instant::now).into()), if timer.is_some() => {
                     self.on_timer();
+                }
+                _ = liveness_tick.tick(), if held => {
+                    let now = Instant::now();
+                    self.on_liveness_tick(last_look, now);
+                    last_look = now;
                 }
             }
             self.dispatch();
@@ -403,6 +418,11 @@ impl Dispatcher {
     // ---- frames ---------------------------------------------------------
 
     fn on_link(&mut self, ev: LinkEvent) {
+        if let LinkEvent::Frame { worker, .. } = &ev {
+            if let Some(w) = self.workers.get_mut(worker) {
+                w.last_heard = Instant::now();
+            }
+        }
         match ev {
             LinkEvent::Frame { worker, msg } => match msg {
                 FromWorker::Done(replies) => self.on_done(worker, replies),
@@ -420,6 +440,8 @@ impl Dispatcher {
                 }
                 FromWorker::Retiring { reason } => self.on_retiring(worker, &reason),
                 FromWorker::Draining { reason } => self.on_draining(worker, &reason),
+                // Alive: noted above, as for every frame.
+                FromWorker::Pulse => {}
                 FromWorker::Ready { .. } => {
                     tracing::warn!(worker, "unexpected Ready from a running worker");
                 }
@@ -535,7 +557,7 @@ impl Dispatcher {
         let ready: Vec<(usize, u64)> = self
             .workers
             .values()
-            .filter(|w| w.state == WorkerState::Ready && !w.holds_suspect())
+            .filter(|w| w.takes_work() && !w.holds_suspect())
             .map(|w| (room(w), w.id))
             .filter(|(r, _)| *r > 0)
             .collect();
@@ -547,6 +569,7 @@ impl Dispatcher {
             let Some(w) = self.workers.get_mut(&id) else {
                 continue;
             };
+            w.sending_work(now);
             let mut ids = Vec::with_capacity(share);
             for _ in 0..share {
                 // A suspect goes alone (see `admission::may_take`).
@@ -592,7 +615,7 @@ impl Dispatcher {
         let mut ready: Vec<(u64, usize, usize)> = self
             .workers
             .values()
-            .filter(|w| w.state == WorkerState::Ready && !w.holds_suspect())
+            .filter(|w| w.takes_work() && !w.holds_suspect())
             .map(|w| (w.id, room(w), w.inflight.len()))
             .filter(|&(_, room, _)| room > 0)
             .collect();
@@ -620,6 +643,7 @@ impl Dispatcher {
             if w.inflight.is_empty() {
                 w.head_since = Instant::now();
                 w.last_beat = w.head_since;
+                w.sending_work(w.head_since);
             }
             w.inflight.push_back(InFlight::sent(p));
             *added.entry(id).or_insert(0) += 1;

@@ -1,6 +1,8 @@
 //! The dispatcher's timer: what is due next (restart delay, healthy
 //! window, lingering workers, call escalations), and moving each due
-//! escalation on by the `escalation` rules, sending the signals they ask for.
+//! escalation on by the `escalation` rules, sending the signals they ask for;
+//! and its liveness tick, killing workers silent for too long by the
+//! `liveness` rule.
 
 use std::cmp::Reverse;
 use std::time::Instant;
@@ -8,6 +10,7 @@ use std::time::Instant;
 use jobvisor_proto::worker::ToWorker;
 
 use super::escalation::{CpuView, Escalation, Reason, Signal, Stage};
+use super::liveness::{self, Silence};
 use super::worker::Worker;
 use super::Dispatcher;
 use crate::config::PoolConfig;
@@ -65,6 +68,50 @@ impl Dispatcher {
             }
             tick_io_calls(w, now, &self.cfg);
             tick_cpu_call(w, now, &self.cfg);
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Whether a worker holds calls it may fall silent on: the liveness
+    /// tick runs only then.
+    pub(super) fn any_held(&self) -> bool {
+        self.workers.values().any(Worker::may_fall_silent)
+    }
+
+    /// The liveness tick at `now`, the previous one having been at
+    /// `last_look`: kills each worker silent for `liveness_timeout` while
+    /// it held calls (see `liveness`).
+    pub(super) fn on_liveness_tick(&mut self, last_look: Instant, now: Instant) {
+        let listening = liveness::listening(last_look, now, self.cfg.heartbeat_interval);
+        for w in self.workers.values_mut() {
+            let holds = w.may_fall_silent();
+            match liveness::judge(
+                holds,
+                w.last_heard,
+                now,
+                self.cfg.liveness_timeout,
+                listening,
+            ) {
+                Silence::Fine => {}
+                Silence::NotListening => {
+                    tracing::debug!(
+                        pid = w.pid,
+                        "the dispatcher was not listening: silence clock restarted"
+                    );
+                    w.last_heard = now;
+                }
+                Silence::Unresponsive => {
+                    tracing::warn!(
+                        pid = w.pid,
+                        silent = ?self.cfg.liveness_timeout,
+                        "worker holds calls and sent nothing for liveness_timeout; SIGKILL"
+                    );
+                    w.unresponsive = true;
+                    let _ = w.proc.signal(libc::SIGKILL);
+                    let _ = w.proc.signal_group(libc::SIGKILL);
+                }
+            }
         }
     }
 }

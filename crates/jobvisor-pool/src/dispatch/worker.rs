@@ -59,6 +59,11 @@ pub(super) struct Worker {
     pub(super) beacon: Arc<jobvisor_worker::Beacon>,
     /// Reaped, but its pipe still has frames to read: finish when it closes.
     pub(super) reap_waiting: bool,
+    /// When it last sent a frame, or was sent work while it held none (its
+    /// silence clock, see `liveness`).
+    pub(super) last_heard: Instant,
+    /// We killed it for silence (see `liveness`): it is sent nothing more.
+    pub(super) unresponsive: bool,
 }
 
 impl Worker {
@@ -82,6 +87,8 @@ impl Worker {
             log_eof: Some(conn.log_eof),
             beacon: conn.beacon,
             reap_waiting: false,
+            last_heard: Instant::now(),
+            unresponsive: false,
             status: None,
             link_closed: false,
             kill_at: None,
@@ -102,6 +109,25 @@ impl Worker {
     /// Holds no call of either kind.
     pub(super) fn idle(&self) -> bool {
         self.inflight.is_empty() && self.io.is_empty()
+    }
+
+    /// About to be sent work at `now`: a worker that held none starts its
+    /// silence clock (see `liveness`).
+    pub(super) fn sending_work(&mut self, now: Instant) {
+        if self.idle() {
+            self.last_heard = now;
+        }
+    }
+
+    /// Holds calls, is alive as far as we know, and was not killed for
+    /// silence: its silence counts (see `liveness`).
+    pub(super) fn may_fall_silent(&self) -> bool {
+        !self.idle() && !self.unresponsive && self.state != WorkerState::Dead
+    }
+
+    /// May be sent calls: ready, and not killed for silence.
+    pub(super) fn takes_work(&self) -> bool {
+        self.state == WorkerState::Ready && !self.unresponsive
     }
 
     /// Holds a suspect (see `admission::may_take`): it is sent nothing else.

@@ -334,9 +334,15 @@ pub(crate) async fn a_call_that_hides_from_the_beacon_is_charged_in_the_end(meth
                     (1..=2).contains(&runs)
                 };
                 assert!(bounded, "{how:?}: {runs} runs");
-                if runs == 2 {
+                // Hidden every time, it can only be charged by the bound. Not
+                // hidden, a second run may as well be charged at once (no
+                // cause then), so the bound's cause is not required.
+                if scribble {
                     let cause = cause.unwrap_or_default();
-                    assert!(cause.contains("max_deaths_per_call = 2"), "{cause}");
+                    assert!(
+                        cause.contains("max_deaths_per_call = 2"),
+                        "{how:?}: {cause}"
+                    );
                 }
             }
             other => panic!("{how:?}: expected WorkerDied, got {other:?}"),

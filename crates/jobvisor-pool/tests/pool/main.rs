@@ -12,6 +12,7 @@ mod crash;
 mod fds;
 mod io;
 mod link;
+mod liveness;
 mod memory;
 mod shutdown;
 mod timeout;
@@ -102,6 +103,11 @@ fn main() -> ExitCode {
         crash::a_call_that_hides_from_the_beacon_is_charged_in_the_end,
         crash::innocents_beside_a_hidden_crash_are_not_charged,
         link::a_frame_that_never_completes_replaces_the_worker,
+        liveness::a_stopped_worker_holding_a_call_is_replaced,
+        liveness::an_event_loop_stuck_in_a_poll_is_replaced,
+        liveness::a_long_cpu_task_keeps_its_worker,
+        liveness::an_async_call_waiting_keeps_its_worker,
+        liveness::an_idle_stopped_worker_is_left_alone,
         memory::a_dead_workers_peak_rss_is_its_own,
     ];
     helper::run_all(&tests)

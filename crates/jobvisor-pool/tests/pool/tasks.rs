@@ -173,6 +173,25 @@ impl Task for Forever {
     }
 }
 
+/// Busy-loops for `ms` without a word to the supervisor (no heartbeat, no
+/// look at ctx), then returns its worker's pid.
+pub(crate) struct Busy;
+impl Task for Busy {
+    const NAME: &'static str = "test.busy";
+    type Input = u64;
+    type Output = u32;
+    fn run(&self, ms: u64, _ctx: &mut Ctx<'_>) -> Result<u32, TaskError> {
+        let until = std::time::Instant::now() + Duration::from_millis(ms);
+        let mut x: u64 = 1;
+        while std::time::Instant::now() < until {
+            for _ in 0..1024 {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        }
+        Ok(std::process::id())
+    }
+}
+
 /// Writes its pid into a FIFO (the test's readiness event), then sleeps
 /// cooperatively for the given ms.
 pub(crate) struct Announce;
@@ -500,6 +519,7 @@ pub(crate) fn registry() -> Registry {
         .register(Fails)
         .register(Pid)
         .register(Forever)
+        .register(Busy)
         .register(Announce)
         .register(Chatty)
         .register(Preloaded)

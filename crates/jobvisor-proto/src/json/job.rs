@@ -32,8 +32,17 @@ pub struct Job {
     pub run_at: String,
     /// When it became terminal.
     pub finished_at: Option<String>,
-    /// Attempts in all, the first included.
+    /// Attempts in all, the first included, counted from `budget_from`.
     pub max_attempts: u32,
+    /// Crash budget (worker deaths, and daemon deaths during an attempt),
+    /// counted from `budget_from`; `null` for a job stored before budgets
+    /// were kept per job (the daemon's `jobs.max_crashes` applies).
+    pub max_crashes: Option<u32>,
+    /// The number of the first attempt the current budgets count: 1, or
+    /// the attempt after the last one before a client's `retry`.
+    pub budget_from: u32,
+    /// How many times a client's `retry` revived the job (0 at first).
+    pub epoch: u32,
     /// Per-attempt timeout.
     pub timeout_ms: Option<u64>,
     /// Stall timeout (no heartbeat for this long).
@@ -112,7 +121,8 @@ pub enum Outcome {
         /// The panic's message.
         message: String,
     },
-    /// The worker died under it.
+    /// The worker died under it; or, with cause
+    /// [`control::DAEMON_DIED`], the daemon did (found at its next start).
     Crashed {
         /// Exit code, when it exited.
         code: Option<i32>,
@@ -132,7 +142,8 @@ pub enum Outcome {
         /// How it was stopped.
         how: String,
     },
-    /// The daemon died while it ran.
+    /// Cut off by the daemon's shutdown (or found running by a daemon
+    /// older than budgets per job): not charged.
     Lost,
     /// Cancelled.
     Cancelled,
@@ -232,6 +243,9 @@ impl From<&control::JobRecord> for Job {
             run_at: rfc3339(r.run_at_ms),
             finished_at: r.finished_ms.map(rfc3339),
             max_attempts: r.max_attempts,
+            max_crashes: r.max_crashes,
+            budget_from: r.budget_from,
+            epoch: r.epoch,
             timeout_ms: r.timeout_ms,
             stall_timeout_ms: r.stall_timeout_ms,
             backoff_base_ms: r.backoff_base_ms,
@@ -330,6 +344,9 @@ mod tests {
             priority: 0,
             state: control::JobState::Succeeded,
             max_attempts: 3,
+            max_crashes: Some(3),
+            budget_from: 1,
+            epoch: 0,
             timeout_ms: Some(5_000),
             stall_timeout_ms: None,
             input_from: vec![

@@ -25,12 +25,14 @@
 //! - [`time`]: Unix milliseconds as RFC 3339.
 //! - [`job`]: a job record ([`Job`], [`Attempt`], [`Outcome`], [`InputFrom`]).
 //! - [`event`]: one event of the event stream ([`Event`]).
+//! - [`spec`]: a job spec read from JSON (batch lines, `POST /v1/jobs`).
 //! - [`daemon`]: submit answers, workers and figures ([`Submitted`],
 //!   [`Worker`], [`Stats`]).
 
 pub mod daemon;
 pub mod event;
 pub mod job;
+pub mod spec;
 pub mod text;
 pub mod time;
 

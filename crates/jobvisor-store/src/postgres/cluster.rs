@@ -401,7 +401,7 @@ impl PostgresStore {
         let mut tokens = Vec::with_capacity(rows.len());
         for r in rows {
             jobs.push(rows::job_from_row(r, true)?);
-            tokens.push(r.get::<_, i64>(21) as u64);
+            tokens.push(r.get::<_, i64>(24) as u64);
         }
         let deps = self.st(rows::SELECT_DEPS)?;
         let attempts = self.st(rows::SELECT_ATTEMPTS)?;

@@ -135,6 +135,7 @@ const START_ATTEMPT: &str = "WITH j AS (UPDATE jobs SET state = 'running' \
 const APPLY_FINISH: &str = "UPDATE jobs SET state = $2, finished_ms = $3, \
      run_at_ms = COALESCE($4, run_at_ms), output = $5::text::jsonb, output_text = $6, \
      output_bytes = $7, error = CASE WHEN $8 THEN to_jsonb($9::text) ELSE error END, \
+     budget_from = COALESCE($11, budget_from), epoch = COALESCE($12, epoch), \
      lease_node = NULL, lease_expires = NULL \
      WHERE id = $1 AND (token = $10 OR ($10::bigint IS NULL AND lease_node IS NULL))";
 /// [`APPLY_FINISH`] and the attempt's start and end in one statement (one
@@ -142,10 +143,11 @@ const APPLY_FINISH: &str = "UPDATE jobs SET state = $2, finished_ms = $3, \
 const FINISH_PAIR: &str = "WITH j AS (UPDATE jobs SET state = $2, finished_ms = $3, \
      run_at_ms = COALESCE($4, run_at_ms), output = $5::text::jsonb, output_text = $6, \
      output_bytes = $7, error = CASE WHEN $8 THEN to_jsonb($9::text) ELSE error END, \
+     budget_from = COALESCE($11, budget_from), epoch = COALESCE($12, epoch), \
      lease_node = NULL, lease_expires = NULL \
      WHERE id = $1 AND (token = $10 OR ($10::bigint IS NULL AND lease_node IS NULL)) RETURNING id) \
      INSERT INTO attempts (job_id, number, worker_pid, started_ms, finished_ms, outcome, node, token) \
-     SELECT id, $11, $12, $13, $14, $15::text::jsonb, $16, $10 FROM j \
+     SELECT id, $13, $14, $15, $16, $17::text::jsonb, $18, $10 FROM j \
      ON CONFLICT (job_id, number) DO UPDATE SET worker_pid = excluded.worker_pid, \
      started_ms = excluded.started_ms, finished_ms = excluded.finished_ms, \
      outcome = excluded.outcome, node = excluded.node, token = excluded.token";
@@ -153,19 +155,20 @@ const FINISH_PAIR: &str = "WITH j AS (UPDATE jobs SET state = $2, finished_ms = 
 const FINISH_STARTED: &str = "WITH j AS (UPDATE jobs SET state = $2, finished_ms = $3, \
      run_at_ms = COALESCE($4, run_at_ms), output = $5::text::jsonb, output_text = $6, \
      output_bytes = $7, error = CASE WHEN $8 THEN to_jsonb($9::text) ELSE error END, \
+     budget_from = COALESCE($11, budget_from), epoch = COALESCE($12, epoch), \
      lease_node = NULL, lease_expires = NULL \
      WHERE id = $1 AND (token = $10 OR ($10::bigint IS NULL AND lease_node IS NULL)) RETURNING id) \
-     UPDATE attempts a SET finished_ms = $14, outcome = $12::text::jsonb, \
-     worker_pid = COALESCE($13, a.worker_pid) FROM j WHERE a.job_id = j.id AND a.number = $11";
+     UPDATE attempts a SET finished_ms = $16, outcome = $14::text::jsonb, \
+     worker_pid = COALESCE($15, a.worker_pid) FROM j WHERE a.job_id = j.id AND a.number = $13";
 const TOKEN_OF: &str = "SELECT token, lease_node IS NOT NULL FROM jobs WHERE id = $1";
 const KEY_OF: &str = "SELECT id FROM jobs WHERE key = $1";
 const FIRST_MISSING: &str = "SELECT d FROM unnest($1::bigint[]) WITH ORDINALITY AS u(d, o) \
      WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = d) ORDER BY o LIMIT 1";
 const INSERT_ONE: &str = "INSERT INTO jobs (task, queue, priority, state, max_attempts, \
      backoff_base_ms, backoff_max_ms, timeout_ms, run_at_ms, created_ms, key, input, input_text, \
-     input_bytes, stall_timeout_ms, input_from, notify_url) \
+     input_bytes, stall_timeout_ms, input_from, notify_url, max_crashes) \
      VALUES ($1, $2, $3, 'queued', $4, $5, $6, $7, $8, $9, $10, $11::text::jsonb, $12, $13, $14, \
-     $15::text::jsonb, $16) ON CONFLICT (key) DO NOTHING RETURNING id";
+     $15::text::jsonb, $16, $17) ON CONFLICT (key) DO NOTHING RETURNING id";
 const INSERT_DEPS: &str = "INSERT INTO deps (job_id, dep_id, ord) \
      SELECT $1, d, o FROM unnest($2::bigint[]) WITH ORDINALITY AS u(d, o) ON CONFLICT DO NOTHING";
 /// Plain jobs (no key, dependencies or pipeline inputs), all in one
@@ -173,14 +176,15 @@ const INSERT_DEPS: &str = "INSERT INTO deps (job_id, dep_id, ord) \
 /// the order of `ORDER BY ord`, so the sorted ids are the jobs' in order.
 const INSERT_PLAIN: &str = "INSERT INTO jobs (task, queue, priority, state, max_attempts, \
      backoff_base_ms, backoff_max_ms, timeout_ms, run_at_ms, created_ms, input, input_text, \
-     input_bytes, stall_timeout_ms, notify_url) \
+     input_bytes, stall_timeout_ms, notify_url, max_crashes) \
      SELECT task, queue, priority, 'queued', max_attempts, backoff_base_ms, backoff_max_ms, \
      timeout_ms, run_at_ms, created_ms, input::jsonb, input_text, input_bytes, stall_timeout_ms, \
-     notify_url FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], $5::bigint[], \
-     $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], $11::text[], \
-     $12::bytea[], $13::bigint[], $14::text[]) WITH ORDINALITY AS u(task, queue, priority, \
-     max_attempts, backoff_base_ms, backoff_max_ms, timeout_ms, run_at_ms, created_ms, input, \
-     input_text, input_bytes, stall_timeout_ms, notify_url, ord) ORDER BY ord RETURNING id";
+     notify_url, max_crashes FROM unnest($1::text[], $2::text[], $3::int[], $4::bigint[], \
+     $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::text[], \
+     $11::text[], $12::bytea[], $13::bigint[], $14::text[], $15::bigint[]) WITH ORDINALITY AS \
+     u(task, queue, priority, max_attempts, backoff_base_ms, backoff_max_ms, timeout_ms, \
+     run_at_ms, created_ms, input, input_text, input_bytes, stall_timeout_ms, notify_url, \
+     max_crashes, ord) ORDER BY ord RETURNING id";
 const SELECT_JOB: &str = concat!(
     "SELECT ",
     pg_job_cols!(),
@@ -327,6 +331,7 @@ impl PostgresStore {
         let state = next.state();
         let state_str = state.as_str();
         let (mut finished, mut run_at, mut set_error, mut error) = (None, None, true, None);
+        let mut budget: Option<(i64, i64)> = None;
         let mut output = None;
         match next {
             Finish::Retry {
@@ -335,6 +340,16 @@ impl PostgresStore {
             } => {
                 run_at = Some(big(*run_at_ms));
                 error = Some(no_nul(e));
+            }
+            Finish::Revive {
+                run_at_ms,
+                error: e,
+                budget_from,
+                epoch,
+            } => {
+                run_at = Some(big(*run_at_ms));
+                error = Some(no_nul(e));
+                budget = Some((i64::from(*budget_from), i64::from(*epoch)));
             }
             Finish::Requeue => set_error = false,
             Finish::Succeeded { output: o } => {
@@ -355,8 +370,20 @@ impl PostgresStore {
         let token = self.token_for(id);
         let error = error.as_deref();
         let (id_, node) = (big(id), self.node.clone());
+        let (budget_from, epoch) = (budget.map(|b| b.0), budget.map(|b| b.1));
         let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![
-            &id_, &state_str, &finished, &run_at, &jsonb, &text, &bytes, &set_error, &error, &token,
+            &id_,
+            &state_str,
+            &finished,
+            &run_at,
+            &jsonb,
+            &text,
+            &bytes,
+            &set_error,
+            &error,
+            &token,
+            &budget_from,
+            &epoch,
         ];
         let (number, pid, started, at, outcome);
         let sql = match attempt {
@@ -461,6 +488,7 @@ impl PostgresStore {
                 &opt_big(job.stall_timeout_ms),
                 &input_from,
                 &job.notify_url,
+                &i64::from(job.max_crashes),
             ],
         )?;
         let Some(row) = row else {
@@ -510,6 +538,7 @@ impl PostgresStore {
         let mut bytes = Vec::with_capacity(n);
         let mut stall = Vec::with_capacity(n);
         let mut notify = Vec::with_capacity(n);
+        let mut crashes = Vec::with_capacity(n);
         for j in jobs {
             task.push(j.task.as_str());
             queue.push(j.queue.as_str());
@@ -526,6 +555,7 @@ impl PostgresStore {
             bytes.push(p.bytes);
             stall.push(opt_big(j.stall_timeout_ms));
             notify.push(j.notify_url.as_deref());
+            crashes.push(i64::from(j.max_crashes));
         }
         let s = self.st(INSERT_PLAIN)?;
         let rows = self.client.query(
@@ -545,6 +575,7 @@ impl PostgresStore {
                 &bytes,
                 &stall,
                 &notify,
+                &crashes,
             ],
         )?;
         if rows.len() != n {
@@ -863,7 +894,8 @@ impl JobStore for PostgresStore {
     fn recover(&mut self, now_ms: u64) -> Result<Vec<JobRecord>, StoreError> {
         // Only what no other node holds: this node's jobs (or, before it
         // registers, those of no node).
-        let lost = rows::encode_outcome(&AttemptOutcome::Lost)?;
+        // As SQLite's: a crash the daemon's policy charges to the crash budget.
+        let lost = rows::encode_outcome(&AttemptOutcome::daemon_died())?;
         let node = self.node.clone();
         self.client.execute(
             "UPDATE attempts a SET finished_ms = $1, outcome = $2::text::jsonb FROM jobs j \
@@ -925,8 +957,8 @@ impl JobStore for PostgresStore {
         deliveries: &[NewDelivery],
     ) -> Result<(), StoreError> {
         let s = self.st(
-            "INSERT INTO outbox (job_id, state, target, attempts, next_at_ms, created_ms) \
-             VALUES ($1, $2, $3, 0, $4, $4)",
+            "INSERT INTO outbox (job_id, state, target, attempts, next_at_ms, created_ms, epoch) \
+             VALUES ($1, $2, $3, 0, $4, $4, COALESCE((SELECT epoch FROM jobs WHERE id = $1), 0))",
         )?;
         for d in deliveries {
             self.client.execute(
@@ -939,7 +971,7 @@ impl JobStore for PostgresStore {
 
     fn deliveries_after(&mut self, after: u64, limit: u32) -> Result<Vec<Delivery>, StoreError> {
         let s = self.st(
-            "SELECT id, job_id, state, target, attempts, next_at_ms FROM outbox \
+            "SELECT id, job_id, state, target, attempts, next_at_ms, epoch FROM outbox \
              WHERE id > $1 ORDER BY id LIMIT $2",
         )?;
         let rows = self.client.query(&s, &[&big(after), &i64::from(limit)])?;
@@ -952,6 +984,7 @@ impl JobStore for PostgresStore {
                     target: r.try_get(3)?,
                     attempts: u32::try_from(r.get::<_, i64>(4)).unwrap_or(u32::MAX),
                     next_at_ms: r.get::<_, i64>(5) as u64,
+                    epoch: u32::try_from(r.get::<_, i64>(6)).unwrap_or(u32::MAX),
                 })
             })
             .collect()

@@ -16,7 +16,7 @@ macro_rules! pg_job_cols {
     () => {
         "id, task, queue, priority, state, max_attempts, timeout_ms, key, created_ms, \
          run_at_ms, finished_ms, error #>> '{}', backoff_base_ms, backoff_max_ms, \
-         stall_timeout_ms, input_from::text, notify_url"
+         stall_timeout_ms, input_from::text, notify_url, max_crashes, budget_from, epoch"
     };
 }
 pub(crate) use pg_job_cols;
@@ -143,7 +143,7 @@ fn payload(row: &Row, text_idx: usize) -> Result<Option<Payload>, StoreError> {
 /// `input_text, input_bytes, output_text, output_bytes`. Dependencies and attempts are left empty.
 pub(crate) fn job_from_row(row: &Row, payloads: bool) -> Result<JobRecord, StoreError> {
     let (input, output) = if payloads {
-        (payload(row, 17)?, payload(row, 19)?)
+        (payload(row, 20)?, payload(row, 22)?)
     } else {
         (None, None)
     };
@@ -175,6 +175,12 @@ pub(crate) fn job_from_row(row: &Row, payloads: bool) -> Result<JobRecord, Store
         },
         attempts: Vec::new(),
         notify_url: row.try_get(16)?,
+        max_crashes: row
+            .try_get::<_, Option<i64>>(17)?
+            .map(|v| u32::try_from(v).map_err(|_| bad("number", v)))
+            .transpose()?,
+        budget_from: small(row, 18)?,
+        epoch: small(row, 19)?,
     })
 }
 

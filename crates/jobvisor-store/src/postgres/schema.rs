@@ -6,9 +6,9 @@
 //! apply each step once and the others wait and then find nothing to do.
 //! A database written by a newer build is refused before anything changes.
 //!
-//! Conventions, so that later steps (such as SQLite's v7 `budget`: a
-//! per-job `max_crashes` and a budget epoch) are one `ALTER TABLE ... ADD
-//! COLUMN` each: every per-job setting is a nullable or defaulted column of
+//! Version 1 has what SQLite's schema 7 has (per-job crash budgets and
+//! epochs included). Conventions, so that later steps are one `ALTER TABLE
+//! ... ADD COLUMN` each: every per-job setting is a nullable or defaulted column of
 //! `jobs`; times the daemon decides are `bigint` unix ms (`*_ms`); times
 //! the cluster must agree on (leases, heartbeats) are `timestamptz` from the
 //! database's clock (`now()`); everything an operator queries is `jsonb`.
@@ -49,6 +49,12 @@ const MIGRATIONS: &[&str] = &[
         error            jsonb,
         input_from       jsonb,
         notify_url       text,
+        -- Budgets (SQLite's v7): the crash budget (NULL: the daemon's
+        -- jobs.max_crashes), the first attempt the budgets count, and how
+        -- many times a client's retry revived the job.
+        max_crashes      bigint,
+        budget_from      bigint  NOT NULL DEFAULT 1,
+        epoch            bigint  NOT NULL DEFAULT 0,
         -- Cluster: the fencing token (incremented by every claim and by the
         -- expiry of a lease), the lease, lost leases so far, cancel asked.
         token            bigint  NOT NULL DEFAULT 0,
@@ -89,7 +95,8 @@ const MIGRATIONS: &[&str] = &[
         attempts    bigint NOT NULL,
         next_at_ms  bigint NOT NULL,
         created_ms  bigint NOT NULL,
-        last_error  text
+        last_error  text,
+        epoch       bigint NOT NULL DEFAULT 0
     );
     CREATE TABLE nodes (
         name           text PRIMARY KEY,

@@ -97,6 +97,12 @@ fn finish_states<B: Backend>(b: B) {
             error: "again".into(),
         },
         Finish::Requeue,
+        Finish::Revive {
+            run_at_ms: 88_888,
+            error: "retried".into(),
+            budget_from: 2,
+            epoch: 1,
+        },
     ];
     for (via_attempt, next) in [false, true]
         .into_iter()
@@ -134,6 +140,19 @@ fn finish_states<B: Backend>(b: B) {
                 assert_eq!(rec.run_at_ms, 1_000);
                 assert_eq!(rec.error, None);
             }
+            Finish::Revive {
+                run_at_ms,
+                error,
+                budget_from,
+                epoch,
+            } => {
+                assert_eq!(rec.run_at_ms, *run_at_ms);
+                assert_eq!(rec.error.as_ref(), Some(error));
+                assert_eq!((rec.budget_from, rec.epoch), (*budget_from, *epoch));
+            }
+        }
+        if !matches!(next, Finish::Revive { .. }) {
+            assert_eq!((rec.budget_from, rec.epoch), (1, 0), "{next:?}");
         }
     }
 }
@@ -196,16 +215,16 @@ fn recover_after_a_crash<B: Backend>(backend: B) {
     let ra = store.get(a).unwrap().unwrap();
     assert_eq!(ra.state, JobState::Queued);
     assert_eq!(ra.run_at_ms, 1_234, "run_at unchanged");
-    assert_eq!(ra.attempts[0].outcome, AttemptOutcome::Lost);
+    assert_eq!(ra.attempts[0].outcome, AttemptOutcome::daemon_died());
     assert_eq!(ra.attempts[0].finished_ms, Some(7_777));
     assert_eq!(live[0], ra);
 
-    // Its only attempt allowed was lost: lost attempts are not charged, so it
-    // runs again.
+    // Its only attempt allowed was lost: whether it runs again is the
+    // daemon's policy (the crash budget), not the store's.
     let rb = store.get(b).unwrap().unwrap();
     assert_eq!(rb.state, JobState::Queued);
     assert_eq!(rb.finished_ms, None);
-    assert_eq!(rb.attempts[0].outcome, AttemptOutcome::Lost);
+    assert_eq!(rb.attempts[0].outcome, AttemptOutcome::daemon_died());
 
     let rc = store.get(c).unwrap().unwrap();
     assert_eq!((rc.state, rc.run_at_ms), (JobState::Retrying, 90_000));

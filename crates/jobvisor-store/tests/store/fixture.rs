@@ -27,6 +27,10 @@ fn record(id: u64, task: &str, input: Payload, created_ms: u64) -> JobRecord {
         priority: 0,
         state: JobState::Queued,
         max_attempts: 3,
+        // Stored before budgets per job: the daemon's default applies.
+        max_crashes: None,
+        budget_from: 1,
+        epoch: 0,
         timeout_ms: None,
         stall_timeout_ms: None,
         input_from: Vec::new(),

@@ -14,6 +14,7 @@ fn insert_get_round_trips_every_field<B: Backend>(b: B) {
         queue: "io".into(),
         priority: -7,
         max_attempts: 9,
+        max_crashes: 4,
         backoff_base_ms: 250,
         backoff_max_ms: 60_000,
         timeout_ms: Some(30_000),
@@ -39,6 +40,10 @@ fn insert_get_round_trips_every_field<B: Backend>(b: B) {
     assert_eq!(rec.priority, -7);
     assert_eq!(rec.state, JobState::Queued);
     assert_eq!(rec.max_attempts, 9);
+    assert_eq!(
+        (rec.max_crashes, rec.budget_from, rec.epoch),
+        (Some(4), 1, 0)
+    );
     assert_eq!(rec.timeout_ms, Some(30_000));
     assert_eq!((rec.backoff_base_ms, rec.backoff_max_ms), (250, 60_000));
     assert_eq!(rec.stall_timeout_ms, Some(2_000));
@@ -142,6 +147,7 @@ fn insert_many_gives_each_job_its_own_row_in_order<B: Backend>(b: B) {
         j.priority = n as i32 - 150;
         j.queue = format!("q{}", n % 3);
         j.max_attempts = n as u32;
+        j.max_crashes = 1 + n as u32 % 4;
         j.backoff_base_ms = n;
         j.backoff_max_ms = 2 * n;
         j.timeout_ms = (n % 2 == 0).then_some(n * 10);
@@ -177,6 +183,7 @@ fn insert_many_gives_each_job_its_own_row_in_order<B: Backend>(b: B) {
         assert_eq!(rec.priority, j.priority);
         assert_eq!(rec.state, JobState::Queued);
         assert_eq!(rec.max_attempts, j.max_attempts);
+        assert_eq!(rec.max_crashes, Some(j.max_crashes));
         assert_eq!(
             (rec.backoff_base_ms, rec.backoff_max_ms),
             (j.backoff_base_ms, j.backoff_max_ms)

@@ -81,6 +81,7 @@ fn job(task: &str, input: Payload) -> NewJob {
         queue: "default".into(),
         priority: 0,
         max_attempts: 3,
+        max_crashes: 3,
         backoff_base_ms: 100,
         backoff_max_ms: 10_000,
         timeout_ms: None,
