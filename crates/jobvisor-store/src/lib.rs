@@ -18,6 +18,10 @@
 //! - `op`: one queued operation of the store thread and how it is answered.
 //! - `batch`: a batch of operations in one transaction (attempt pairing,
 //!   savepoints when one fails).
+//! - `postgres` (feature `postgres`, on by default): [`PostgresStore`], the
+//!   backend several daemons share, with its cluster API (claims, leases,
+//!   fencing tokens, nodes) and [`Listener`] (`LISTEN/NOTIFY` wake-ups).
+//!   Uses `store`, `json` and `rows` only.
 //! - `writer`: [`StoreHandle`], the one thread that owns the store, assembles
 //!   batches and group-commits:
 //!   every operation queued while a transaction runs goes into the next one, so
@@ -29,6 +33,8 @@ mod insert;
 mod json;
 mod op;
 mod outbox;
+#[cfg(feature = "postgres")]
+mod postgres;
 mod query;
 mod rows;
 mod schema;
@@ -38,6 +44,11 @@ mod store;
 mod v4_blobs;
 mod writer;
 
+#[cfg(feature = "postgres")]
+pub use postgres::{
+    CancelRequest, Claim, Claimed, Expired, Listener, NodeInfo, NodeState, PostgresStore, Wake,
+    DEFAULT_LEASE_MS, PG_SCHEMA_VERSION, POLL_FALLBACK,
+};
 pub use schema::SCHEMA_VERSION;
 pub use sqlite::SqliteStore;
 pub use store::{Delivery, Finish, JobStore, NewDelivery, NewJob, StoreError};

@@ -166,6 +166,18 @@ pub enum StoreError {
     /// No such job.
     #[error("no job {0}")]
     NotFound(u64),
+    /// A write carried fencing token `token` of job `job`, whose lease has
+    /// since been taken over or expired (its token is now `current`): the
+    /// write is refused and nothing of it is stored (see `docs/cluster.md`).
+    #[error("job {job}: fencing token {token} is stale (now {current}): its lease was lost")]
+    Fenced {
+        /// The job.
+        job: u64,
+        /// The token the write carried.
+        token: u64,
+        /// The job's token now.
+        current: u64,
+    },
     /// The store thread is gone.
     #[error("the job store is closed")]
     Closed,

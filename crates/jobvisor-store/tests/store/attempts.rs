@@ -3,10 +3,8 @@
 
 use super::*;
 
-#[test]
-fn attempts_lifecycle_round_trips_every_outcome() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
+fn attempts_lifecycle_round_trips_every_outcome<B: Backend>(b: B) {
+    let mut store = b.open();
     let outcomes = all_outcomes();
     let mut j = job("t", json(1));
     j.max_attempts = outcomes.len() as u32;
@@ -76,10 +74,8 @@ fn attempts_lifecycle_round_trips_every_outcome() {
     store.rollback().unwrap();
 }
 
-#[test]
-fn finish_states() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
+fn finish_states<B: Backend>(b: B) {
+    let mut store = b.open();
     let cases = [
         Finish::Succeeded {
             output: Payload::Json("{\"ok\":true}".into()),
@@ -161,10 +157,8 @@ fn finish_states() {
     }
 }
 
-#[test]
-fn recover_after_a_crash() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
+fn recover_after_a_crash<B: Backend>(backend: B) {
+    let mut store = backend.open();
     let mut with_budget = job("budget-left", json(1));
     with_budget.max_attempts = 3;
     with_budget.run_at_ms = 1_234;
@@ -208,7 +202,7 @@ fn recover_after_a_crash() {
     });
     drop(store); // "crash": nothing finishes the running attempts
 
-    let mut store = open(dir.path());
+    let mut store = backend.open();
     let live = in_tx(&mut store, |s| s.recover(7_777).unwrap());
     let live_ids: Vec<u64> = live.iter().map(|j| j.id).collect();
     assert_eq!(live_ids, vec![a, b, c, d], "non-terminal jobs in id order");
@@ -249,10 +243,8 @@ fn recover_after_a_crash() {
     assert_eq!(again, live);
 }
 
-#[test]
-fn prune_by_age_and_by_count_only_terminal_and_ids_are_not_reused() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
+fn prune_by_age_and_by_count_only_terminal_and_ids_are_not_reused<B: Backend>(b: B) {
+    let mut store = b.open();
     let live = insert(&mut store, &job("live", json(0)));
     let mut terminal = Vec::new();
     for i in 1..=6u64 {
@@ -271,7 +263,7 @@ fn prune_by_age_and_by_count_only_terminal_and_ids_are_not_reused() {
         });
         terminal.push(id);
     }
-    let exists = |s: &mut SqliteStore, id| s.get(id).unwrap().is_some();
+    let exists = |s: &mut B::Store, id| s.get(id).unwrap().is_some();
 
     // By age: finished before 250 → the first two.
     assert_eq!(in_tx(&mut store, |s| s.prune(250, u64::MAX).unwrap()), 2);
@@ -300,4 +292,9 @@ fn prune_by_age_and_by_count_only_terminal_and_ids_are_not_reused() {
     // Attempts went with their jobs.
     let counts = store.counts().unwrap();
     assert_eq!(counts, vec![(JobState::Queued, 2)]);
+}
+
+both! {
+    sync: [attempts_lifecycle_round_trips_every_outcome, finish_states, recover_after_a_crash, prune_by_age_and_by_count_only_terminal_and_ids_are_not_reused],
+    async: [],
 }

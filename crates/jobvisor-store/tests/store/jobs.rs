@@ -3,10 +3,8 @@
 
 use super::*;
 
-#[test]
-fn insert_get_round_trips_every_field() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
+fn insert_get_round_trips_every_field<B: Backend>(b: B) {
+    let mut store = b.open();
     let a = insert(&mut store, &job("a", json(1)));
     let b = insert(&mut store, &job("b", json(2)));
     let native = vec![0u8, 1, 2, 255, 0, 42];
@@ -71,10 +69,8 @@ fn insert_get_round_trips_every_field() {
     assert!(store.get(c + 100).unwrap().is_none());
 }
 
-#[test]
-fn unicode_and_empty_payloads_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
+fn unicode_and_empty_payloads_round_trip<B: Backend>(b: B) {
+    let mut store = b.open();
     for p in [
         Payload::Json("\"héllo ✓ \\u0000\"".into()),
         Payload::Json(String::new()),
@@ -85,10 +81,8 @@ fn unicode_and_empty_payloads_round_trip() {
     }
 }
 
-#[test]
-fn idempotency_key_dedupes() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
+fn idempotency_key_dedupes<B: Backend>(b: B) {
+    let mut store = b.open();
     let mut j = job("t", json(1));
     j.key = Some("once".into());
     let first = insert(&mut store, &j);
@@ -102,10 +96,8 @@ fn idempotency_key_dedupes() {
     assert_eq!(all[0].task, "t", "the first job is kept as it was");
 }
 
-#[test]
-fn missing_dependency_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
+fn missing_dependency_is_refused<B: Backend>(b: B) {
+    let mut store = b.open();
     let mut j = job("t", json(1));
     j.after = vec![12345];
     store.begin().unwrap();
@@ -116,10 +108,8 @@ fn missing_dependency_is_refused() {
     assert!(store.list(None, None, 10).unwrap().is_empty());
 }
 
-#[tokio::test]
-async fn insert_all_is_all_or_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let handle = StoreHandle::spawn(open(dir.path())).unwrap();
+async fn insert_all_is_all_or_nothing<B: Backend>(b: B) {
+    let handle = StoreHandle::spawn(b.open()).unwrap();
     let base = handle.insert_all(vec![job("base", json(0))]).await.unwrap()[0].id;
     // Queued back to back (queued at call time), so normally one transaction.
     let mut dep = job("dep", json(2));
@@ -148,10 +138,8 @@ async fn insert_all_is_all_or_nothing() {
 /// `insert_many` writes runs of plain jobs with multi-row statements (of
 /// several sizes): every job gets its own id, in order, and every column of
 /// its own row; keyed and dependent jobs in between keep their rules.
-#[test]
-fn insert_many_gives_each_job_its_own_row_in_order() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
+fn insert_many_gives_each_job_its_own_row_in_order<B: Backend>(b: B) {
+    let mut store = b.open();
     let base = insert(&mut store, &job("base", json(0)));
     let mut jobs = Vec::new();
     for n in 1..=300u64 {
@@ -218,10 +206,8 @@ fn insert_many_gives_each_job_its_own_row_in_order() {
 /// A failing job after multi-row inserts fails the call (through the writer:
 /// nothing of it stays), and ids are never handed out twice, even after the
 /// jobs that had them are pruned and the store is reopened.
-#[tokio::test]
-async fn insert_many_is_all_or_nothing_and_ids_are_not_reused() {
-    let dir = tempfile::tempdir().unwrap();
-    let handle = StoreHandle::spawn(open(dir.path())).unwrap();
+async fn insert_many_is_all_or_nothing_and_ids_are_not_reused<B: Backend>(b: B) {
+    let handle = StoreHandle::spawn(b.open()).unwrap();
     let mut bad = job("bad", json(0));
     bad.after = vec![999_999];
     let mut jobs: Vec<NewJob> = (1..=200).map(|n| job("plain", json(n))).collect();
@@ -245,7 +231,7 @@ async fn insert_many_is_all_or_nothing_and_ids_are_not_reused() {
     assert_eq!(handle.prune(u64::MAX, 0).await.unwrap(), 200);
     handle.close().await;
 
-    let handle = StoreHandle::spawn(open(dir.path())).unwrap();
+    let handle = StoreHandle::spawn(b.open()).unwrap();
     let again = handle
         .insert_all((1..=10).map(|n| job("again", json(n))).collect())
         .await
@@ -257,11 +243,9 @@ async fn insert_many_is_all_or_nothing_and_ids_are_not_reused() {
     handle.close().await;
 }
 
-#[tokio::test]
-async fn batch_references_resolve_to_ids_and_become_dependencies() {
+async fn batch_references_resolve_to_ids_and_become_dependencies<B: Backend>(b: B) {
     use jobvisor_proto::control::{InputRef, JobRef};
-    let dir = tempfile::tempdir().unwrap();
-    let handle = StoreHandle::spawn(open(dir.path())).unwrap();
+    let handle = StoreHandle::spawn(b.open()).unwrap();
     let first = job("download", json(1));
     let mut second = job("hash", json(2));
     second.input_from = vec![InputRef {
@@ -296,10 +280,8 @@ async fn batch_references_resolve_to_ids_and_become_dependencies() {
     );
 }
 
-#[test]
-fn counts_per_state() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
+fn counts_per_state<B: Backend>(b: B) {
+    let mut store = b.open();
     assert!(store.counts().unwrap().is_empty());
     let ids: Vec<u64> = (0..6)
         .map(|i| insert(&mut store, &job("t", json(i))))
@@ -323,10 +305,8 @@ fn counts_per_state() {
     );
 }
 
-#[test]
-fn list_filters_newest_first_without_payloads() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = open(dir.path());
+fn list_filters_newest_first_without_payloads<B: Backend>(b: B) {
+    let mut store = b.open();
     let mut ids = Vec::new();
     for i in 0..6u64 {
         let mut j = job("t", json(i));
@@ -373,7 +353,7 @@ fn list_filters_newest_first_without_payloads() {
     assert_eq!(succeeded.len(), 1);
     assert!(store.list(None, Some("none"), 100).unwrap().is_empty());
     // Pages: only ids below `before`, with every filter.
-    let page = |s: &mut SqliteStore, st, q: Option<&str>, before| {
+    let page = |s: &mut B::Store, st, q: Option<&str>, before| {
         s.list_page(st, q, before, 2)
             .unwrap()
             .iter()
@@ -403,4 +383,9 @@ fn list_filters_newest_first_without_payloads() {
         [ids[5], ids[4]]
     );
     assert!(page(&mut store, None, None, Some(ids[0])).is_empty());
+}
+
+both! {
+    sync: [insert_get_round_trips_every_field, unicode_and_empty_payloads_round_trip, idempotency_key_dedupes, missing_dependency_is_refused, insert_many_gives_each_job_its_own_row_in_order, counts_per_state, list_filters_newest_first_without_payloads],
+    async: [insert_all_is_all_or_nothing, insert_many_is_all_or_nothing_and_ids_are_not_reused, batch_references_resolve_to_ids_and_become_dependencies],
 }

@@ -1,12 +1,69 @@
-//! The SQLite store and its writer thread, on real database files: the
-//! contract tests, one module per subject, and in `fixture` a file written
-//! by an older jobvisor. The helpers they share are here.
+//! The store and its writer thread on real databases: the contract tests,
+//! one module per subject, each run on both backends (an SQLite file, and a
+//! PostgreSQL schema of its own on the server `scripts/postgres` starts);
+//! in `fixture` a file written by an older jobvisor; in `cluster` what
+//! several nodes sharing one PostgreSQL database may rely on. The helpers
+//! they share are here.
 
 mod attempts;
+#[cfg(feature = "postgres")]
+mod cluster;
 mod file;
 mod fixture;
 mod jobs;
+#[cfg(feature = "postgres")]
+mod pg;
 mod writer;
+
+/// A backend the contract tests run on: each test gets a fresh one, and
+/// may open it again (a restart).
+trait Backend: Send + Sync {
+    type Store: JobStore + std::fmt::Debug;
+    fn open(&self) -> Self::Store;
+}
+
+/// A fresh SQLite file.
+struct Sqlite(tempfile::TempDir);
+
+impl Sqlite {
+    fn new() -> Self {
+        Sqlite(tempfile::tempdir().unwrap())
+    }
+}
+
+impl Backend for Sqlite {
+    type Store = SqliteStore;
+    fn open(&self) -> SqliteStore {
+        open(self.0.path())
+    }
+}
+
+/// Runs an async contract test on a runtime of its own.
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// One `#[test]` per backend for each contract test named: `sync` ones are
+/// `fn name<B: Backend>(b: B)`, `async` ones the same `async`.
+macro_rules! both {
+    (sync: [$($s:ident),* $(,)?], async: [$($a:ident),* $(,)?] $(,)?) => {
+        mod sqlite {
+            $( #[test] fn $s() { super::$s(crate::Sqlite::new()); } )*
+            $( #[test] fn $a() { crate::block_on(super::$a(crate::Sqlite::new())); } )*
+        }
+        #[cfg(feature = "postgres")]
+        mod postgres {
+            $( #[test] fn $s() { super::$s(crate::pg::Pg::new()); } )*
+            $( #[test] fn $a() { crate::block_on(super::$a(crate::pg::Pg::new())); } )*
+        }
+    };
+}
+use both;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -47,7 +104,7 @@ fn open(dir: &Path) -> SqliteStore {
 }
 
 /// Inserts in its own transaction.
-fn insert(store: &mut SqliteStore, job: &NewJob) -> u64 {
+fn insert<S: JobStore>(store: &mut S, job: &NewJob) -> u64 {
     store.begin().unwrap();
     let s = store.insert(job).unwrap();
     store.commit().unwrap();
@@ -55,7 +112,7 @@ fn insert(store: &mut SqliteStore, job: &NewJob) -> u64 {
     s.id
 }
 
-fn in_tx<T>(store: &mut SqliteStore, f: impl FnOnce(&mut SqliteStore) -> T) -> T {
+fn in_tx<S: JobStore, T>(store: &mut S, f: impl FnOnce(&mut S) -> T) -> T {
     store.begin().unwrap();
     let r = f(store);
     store.commit().unwrap();
