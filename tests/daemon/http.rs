@@ -569,5 +569,8 @@ fn the_python_client_drives_a_real_daemon() {
         .expect("python3");
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("Ran 5 tests") && text.contains("OK"), "{text}");
+    assert!(
+        text.contains("Ran 5 tests") && text.contains("OK"),
+        "{text}"
+    );
 }
