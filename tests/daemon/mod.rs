@@ -15,6 +15,7 @@
 //! - `notify`: completion notifications (webhooks, commands).
 //! - `http`: the HTTP/JSON API: endpoints, roles, errors, limits.
 //! - `systemd`: sd_notify messages and journald log lines.
+//! - `tls`: the HTTP API over TLS, mutual TLS.
 //! - `store`: `[store] url`, where the jobs live.
 
 mod control;
@@ -30,3 +31,4 @@ mod pipelines;
 mod signals;
 mod store;
 mod systemd;
+mod tls;

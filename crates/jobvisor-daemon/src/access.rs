@@ -67,9 +67,10 @@ impl std::str::FromStr for Role {
     }
 }
 
-/// The address `[http] listen` names. A non-loopback one is refused while
-/// the API has no TLS, unless `allow_plaintext` says the operator accepts
-/// tokens and jobs travelling in clear.
+/// The address `[http] listen` names. A non-loopback one is refused without
+/// TLS (the caller passes `true` when `[http.tls]` is set), unless
+/// `allow_plaintext` says the operator accepts tokens and jobs travelling
+/// in clear.
 ///
 /// # Errors
 /// What is wrong with it.
@@ -80,7 +81,7 @@ pub fn listen_addr(listen: &str, allow_plaintext: bool) -> Result<SocketAddr, St
     if !addr.ip().is_loopback() && !allow_plaintext {
         return Err(format!(
             "{addr} is not a loopback address, and the API would take tokens in clear text: \
-             listen on 127.0.0.1 (behind a TLS proxy), or set http.allow_plaintext = true"
+             listen on 127.0.0.1, configure [http.tls], or set http.allow_plaintext = true"
         ));
     }
     Ok(addr)

@@ -130,6 +130,21 @@ pub struct HttpSettings {
     pub max_wait_ms: u64,
     /// Bearer tokens, stored as SHA-256 (`jobvisor token new` prints one).
     pub tokens: Vec<crate::access::TokenConfig>,
+    /// TLS: the listener speaks HTTPS only.
+    pub tls: Option<TlsSettings>,
+}
+
+/// `[http.tls]`: a certificate chain and its key (PEM), and optionally the
+/// CA whose client certificates are required (mutual TLS).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// The server's certificate chain, PEM, leaf first.
+    pub cert: PathBuf,
+    /// Its private key, PEM (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// Require a client certificate signed by this CA (PEM).
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Default for HttpSettings {
@@ -144,6 +159,7 @@ impl Default for HttpSettings {
             max_connections: 256,
             max_wait_ms: 300_000,
             tokens: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -623,7 +639,8 @@ impl Config {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         let h = &self.http;
         if let Some(listen) = &h.listen {
-            if let Err(e) = crate::access::listen_addr(listen, h.allow_plaintext) {
+            if let Err(e) = crate::access::listen_addr(listen, h.allow_plaintext || h.tls.is_some())
+            {
                 return bad(format!("http.listen: {e}"));
             }
         }

@@ -246,19 +246,30 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     };
     let http = match &cfg.http.listen {
         Some(listen) => {
-            let addr = access::listen_addr(listen, cfg.http.allow_plaintext).map_err(|e| {
-                DaemonError::Config(config::ConfigError::Invalid(format!("http.listen: {e}")))
-            })?;
+            let addr =
+                access::listen_addr(listen, cfg.http.allow_plaintext || cfg.http.tls.is_some())
+                    .map_err(|e| {
+                        DaemonError::Config(config::ConfigError::Invalid(format!(
+                            "http.listen: {e}"
+                        )))
+                    })?;
             let l = http::bind(addr)
                 .await
                 .map_err(io(format!("cannot listen on {addr} (http.listen)")))?;
             let bound = l.local_addr().map_err(io("http.listen".to_string()))?;
-            if !bound.ip().is_loopback() {
+            if !bound.ip().is_loopback() && cfg.http.tls.is_none() {
                 tracing::warn!(%bound, "http: listening on a non-loopback address without TLS (http.allow_plaintext)");
             }
-            tracing::info!(%bound, "http API listening");
+            let tls = match &cfg.http.tls {
+                Some(t) => Some(http::tls_acceptor(t).map_err(|e| {
+                    DaemonError::Config(config::ConfigError::Invalid(format!("http.tls: {e}")))
+                })?),
+                None => None,
+            };
+            tracing::info!(%bound, tls = tls.is_some(), "http API listening");
             Some(tokio::spawn(http::serve(
                 l,
+                tls,
                 ctx.clone(),
                 stopping_rx.clone(),
             )))

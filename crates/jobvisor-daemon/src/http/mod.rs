@@ -11,6 +11,11 @@
 //! handler as the socket's ([`crate::server::handle`]), so both transports
 //! answer alike; the JSON is the public types of `docs/json.md`.
 //!
+//! With `[http.tls]` the listener speaks HTTPS only (rustls, TLS 1.2 and
+//! 1.3): a plaintext request gets no answer, and with `client_ca` a client
+//! must present a certificate that CA signed (mutual TLS). The handshake
+//! must end within `http.idle_timeout_ms`.
+//!
 //! # Layout
 //! - this module: the listener, connection slots and timeouts.
 //! - [`api`]: the routes, authentication and the JSON errors.
@@ -34,10 +39,59 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr).await
 }
 
+/// The TLS side of the listener, from `[http.tls]`'s PEM files.
+///
+/// # Errors
+/// A file that cannot be read or holds no usable certificate or key.
+pub(crate) fn tls_acceptor(
+    t: &crate::config::TlsSettings,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = |path: &std::path::Path| -> Result<Vec<CertificateDer<'static>>, String> {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("{}: no certificate in it", path.display()));
+        }
+        Ok(certs)
+    };
+    let chain = certs(&t.cert)?;
+    let key =
+        PrivateKeyDer::from_pem_file(&t.key).map_err(|e| format!("{}: {e}", t.key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let builder = match &t.client_ca {
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(ca)? {
+                roots.add(c).map_err(|e| format!("{}: {e}", ca.display()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .map_err(|e| format!("client_ca: {e}"))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .map_err(|e| format!("cert and key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
 /// Serves the API until `stopping` turns true. Connections in progress end
 /// with the daemon's runtime.
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     ctx: ServerCtx,
     mut stopping: watch::Receiver<bool>,
 ) {
@@ -84,28 +138,52 @@ pub(crate) async fn serve(
         let _ = stream.set_nodelay(true);
         let service = hyper_util::service::TowerToHyperService::new(router.clone());
         let max_header = settings.max_header_bytes;
-        let mut stop = stopping.clone();
+        let stop = stopping.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(idle)
-                .max_buf_size(max_header)
-                .serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => {
-                    if let Err(e) = r {
-                        tracing::debug!(%peer, error = %e, "http connection ended");
+            match tls {
+                None => connection(stream, service, idle, max_header, stop, peer).await,
+                Some(acceptor) => match tokio::time::timeout(idle, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => {
+                        connection(stream, service, idle, max_header, stop, peer).await
                     }
-                }
-                _ = stop.changed() => {
-                    // Finish the request in flight, then close.
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "http: TLS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "http: TLS handshake timed out"),
+                },
             }
             drop(permit);
         });
+    }
+}
+
+/// One HTTP/1.1 connection over `io` (TCP, or TLS over TCP).
+async fn connection<I>(
+    io: I,
+    service: hyper_util::service::TowerToHyperService<axum::Router>,
+    idle: Duration,
+    max_header: usize,
+    mut stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
+        .max_buf_size(max_header)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "http connection ended");
+            }
+        }
+        _ = stop.changed() => {
+            // Finish the request in flight, then close.
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
     }
 }
 
