@@ -984,6 +984,27 @@ mod tests {
     }
 
     #[test]
+    fn the_webhook_secret_comes_from_the_file_or_the_named_variable() {
+        let mut cfg = Config::default();
+        assert_eq!(cfg.webhook_secret().unwrap(), None);
+        cfg.notify.secret = Some("in-file".into());
+        assert_eq!(cfg.webhook_secret().unwrap().as_deref(), Some("in-file"));
+        // A name no other test uses: the environment is the process's.
+        let var = "JOBVISOR_TEST_WEBHOOK_SECRET_7f3a";
+        cfg.notify.secret = None;
+        cfg.notify.secret_env = Some(var.into());
+        cfg.validate().unwrap();
+        let m = cfg.webhook_secret().unwrap_err().to_string();
+        assert!(m.contains("notify.secret_env") && m.contains(var), "{m}");
+        std::env::set_var(var, "from-env");
+        assert_eq!(cfg.webhook_secret().unwrap().as_deref(), Some("from-env"));
+        std::env::set_var(var, "");
+        let m = cfg.webhook_secret().unwrap_err().to_string();
+        assert!(m.contains("between 1 and 4096"), "{m}");
+        std::env::remove_var(var);
+    }
+
+    #[test]
     fn bad_notify_settings_are_refused_with_their_key() {
         let err = toml::from_str::<Config>("[queues.q]\nnotify_on = [\"running\"]\n").unwrap_err();
         assert!(
