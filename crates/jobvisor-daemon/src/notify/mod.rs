@@ -36,7 +36,10 @@
 //! the POST and before the row was deleted): every attempt of a delivery,
 //! before or after a restart, carries the same `x-jobvisor-delivery` id
 //! (`<job id>-<epoch>-<state>`, the epoch counting the job's `retry`s) to
-//! dedupe on. A graceful stop gives pending
+//! dedupe on. With a secret (`notify.secret` or `secret_env`, a queue's
+//! `notify_secret` for its `notify_url`; read at start), a webhook also
+//! carries `x-jobvisor-signature: sha256=<hex HMAC-SHA256(secret, body)>` and
+//! `x-jobvisor-timestamp`. A graceful stop gives pending
 //! deliveries `notify.drain_grace_ms`; what is left goes out after the next start.
 
 mod send;
