@@ -227,6 +227,9 @@ fn a_jobs_notify_url_gets_one_post_with_its_record() {
     assert_eq!(body["state"], json!("succeeded"));
     assert_eq!(body["output"], json!(42));
     assert_eq!(body["notify_url"], json!(hook.url));
+    // No `[notify] secret`: not signed.
+    assert!(!hit.headers.contains_key("x-jobvisor-signature"));
+    assert!(!hit.headers.contains_key("x-jobvisor-timestamp"));
     // The shape `jobvisor status --json` prints.
     let status: Value =
         serde_json::from_str(&stdout(&d.cli(&["status", &id, "--json"]))).expect("status --json");
@@ -495,4 +498,110 @@ fn a_notification_in_flight_at_a_crash_is_sent_again_with_the_same_id() {
     assert_eq!(hit.json()["id"], json!(id.parse::<u64>().unwrap()));
     let s = stats_when(&d, |s| s.notify_delivered >= 1);
     assert_eq!((s.notify_delivered, s.notify_failed), (1, 0), "{}", d.log());
+}
+
+/// `docs/webhooks.py`, the README's verification example, run for real on
+/// what `hit` received: `true` when it accepts the signature for `secret`.
+/// `tamper` flips the body's last byte first.
+fn python_verifies(hit: &Hit, secret: &str, tamper: bool) -> bool {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut body = hit.body.clone();
+    if tamper {
+        *body.last_mut().expect("a body") ^= 1;
+    }
+    let body_file = dir.path().join("body");
+    std::fs::write(&body_file, &body).expect("write body");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/webhooks.py");
+    let out = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(secret)
+        .arg(&body_file)
+        .arg(hit.header("x-jobvisor-signature"))
+        .output()
+        .expect("run python3");
+    match out.status.code() {
+        Some(0) => true,
+        Some(1) => false,
+        _ => panic!("webhooks.py failed: {}", text(&out)),
+    }
+}
+
+#[test]
+fn a_signed_webhook_verifies_with_the_readmes_python_example() {
+    let hook = Hook::start(0);
+    let d = Daemon::with_config("[notify]\nsecret = \"s3cret\"\n");
+    let out = d.cli(&[
+        "submit",
+        "noop",
+        "--input",
+        "7",
+        "--notify-url",
+        &hook.url,
+        "--wait",
+    ]);
+    submitted_id(&out);
+    let hit = hook.next();
+    assert!(
+        hit.header("x-jobvisor-signature").starts_with("sha256="),
+        "{:?}",
+        hit.headers
+    );
+    let ts: u64 = hit
+        .header("x-jobvisor-timestamp")
+        .parse()
+        .expect("x-jobvisor-timestamp in unix seconds");
+    assert!(ts > 0);
+    assert!(
+        python_verifies(&hit, "s3cret", false),
+        "genuine body refused"
+    );
+    assert!(
+        !python_verifies(&hit, "s3cret", true),
+        "tampered body accepted"
+    );
+    assert!(
+        !python_verifies(&hit, "other", false),
+        "wrong secret accepted"
+    );
+}
+
+#[test]
+fn a_queues_notify_secret_wins_for_its_webhooks_only() {
+    let queue_hook = Hook::start(0);
+    let job_hook = Hook::start(0);
+    let d = Daemon::with_config(&format!(
+        "[notify]\nsecret = \"global\"\n\n[queues.alerts]\nnotify_url = \"{}\"\n\
+         notify_secret = \"queue\"\n",
+        queue_hook.url
+    ));
+    let out = d.cli(&[
+        "submit",
+        "noop",
+        "--input",
+        "1",
+        "--queue",
+        "alerts",
+        "--notify-url",
+        &job_hook.url,
+        "--wait",
+    ]);
+    submitted_id(&out);
+    let q = queue_hook.next();
+    assert!(python_verifies(&q, "queue", false), "{:?}", q.headers);
+    assert!(!python_verifies(&q, "global", false));
+    // The job's own --notify-url is signed with the global secret.
+    let j = job_hook.next();
+    assert!(python_verifies(&j, "global", false), "{:?}", j.headers);
+    assert!(!python_verifies(&j, "queue", false));
+}
+
+#[test]
+fn the_readme_shows_the_python_verification_example_verbatim() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).expect("README.md");
+    let example = std::fs::read_to_string(root.join("docs/webhooks.py")).expect("webhooks.py");
+    assert!(
+        readme.contains(&format!("```python\n{example}```")),
+        "README.md must show docs/webhooks.py verbatim in a ```python block"
+    );
 }

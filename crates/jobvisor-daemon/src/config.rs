@@ -378,6 +378,11 @@ pub struct NotifySettings {
     /// On a graceful stop, how long pending deliveries may finish (ms).
     #[serde(deserialize_with = "human::ms")]
     pub drain_grace_ms: u64,
+    /// Sign every webhook with this secret (`x-jobvisor-signature`); a
+    /// queue's `notify_secret` wins for that queue's `notify_url`.
+    pub secret: Option<String>,
+    /// Or read the secret from this environment variable at start.
+    pub secret_env: Option<String>,
 }
 
 impl Default for NotifySettings {
@@ -390,6 +395,8 @@ impl Default for NotifySettings {
             backoff_max_ms: 30_000,
             timeout_ms: 10_000,
             drain_grace_ms: 5_000,
+            secret: None,
+            secret_env: None,
         }
     }
 }
@@ -408,6 +415,9 @@ pub struct QueueConfig {
     /// Which terminal states `notify_url`/`notify_command` are told of
     /// (default: all of them).
     pub notify_on: Option<Vec<TerminalState>>,
+    /// Sign this queue's `notify_url` webhooks with this secret instead of
+    /// `notify.secret`.
+    pub notify_secret: Option<String>,
 }
 
 /// A terminal job state as the configuration names it: `succeeded`,
@@ -440,6 +450,20 @@ impl QueueConfig {
                 .as_ref()
                 .is_none_or(|on| on.iter().any(|t| t.0 == state))
     }
+}
+
+/// Longest webhook signing secret, bytes.
+pub const MAX_SECRET_BYTES: usize = 4096;
+
+/// A signing secret is not empty and at most [`MAX_SECRET_BYTES`].
+fn check_secret(key: &str, secret: &str) -> Result<(), ConfigError> {
+    if secret.is_empty() || secret.len() > MAX_SECRET_BYTES {
+        return Err(ConfigError::Invalid(format!(
+            "{key} must be between 1 and {MAX_SECRET_BYTES} bytes (it has {})",
+            secret.len()
+        )));
+    }
+    Ok(())
 }
 
 impl Default for Config {
@@ -723,7 +747,19 @@ impl Config {
         if n.timeout_ms == 0 {
             return bad("notify.timeout_ms must be at least 1".into());
         }
+        if n.secret.is_some() && n.secret_env.is_some() {
+            return bad("notify.secret and notify.secret_env are exclusive: set one".into());
+        }
+        if let Some(secret) = &n.secret {
+            check_secret("notify.secret", secret)?;
+        }
+        if n.secret_env.as_deref() == Some("") {
+            return bad("notify.secret_env must name an environment variable".into());
+        }
         for (name, q) in &self.queues {
+            if let Some(secret) = &q.notify_secret {
+                check_secret(&format!("queues.{name}.notify_secret"), secret)?;
+            }
             if let Some(url) = &q.notify_url {
                 if let Err(e) = crate::bounds::check_url(url) {
                     let e = crate::errors::chain(&e);
@@ -739,6 +775,22 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The webhook signing secret: `notify.secret`, or the value of the
+    /// variable `notify.secret_env` names (read now), checked like the first.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for an unset, empty or too long variable.
+    pub fn webhook_secret(&self) -> Result<Option<String>, ConfigError> {
+        let Some(var) = &self.notify.secret_env else {
+            return Ok(self.notify.secret.clone());
+        };
+        let key = format!("notify.secret_env ({var})");
+        let secret = std::env::var(var)
+            .map_err(|e| ConfigError::Invalid(format!("{key}: cannot read the variable: {e}")))?;
+        check_secret(&key, &secret)?;
+        Ok(Some(secret))
     }
 
     /// The start method.
@@ -923,6 +975,8 @@ mod tests {
                 backoff_max_ms: 20,
                 timeout_ms: 300,
                 drain_grace_ms: 0,
+                secret: None,
+                secret_env: None,
             }
         );
         let q = &cfg.queues["reports"];
@@ -944,6 +998,27 @@ mod tests {
             assert!(plain.notifies_on(s), "all terminal states by default");
         }
         assert!(!plain.notifies_on(JobState::Retrying));
+    }
+
+    #[test]
+    fn the_webhook_secret_comes_from_the_file_or_the_named_variable() {
+        let mut cfg = Config::default();
+        assert_eq!(cfg.webhook_secret().unwrap(), None);
+        cfg.notify.secret = Some("in-file".into());
+        assert_eq!(cfg.webhook_secret().unwrap().as_deref(), Some("in-file"));
+        // A name no other test uses: the environment is the process's.
+        let var = "JOBVISOR_TEST_WEBHOOK_SECRET_7f3a";
+        cfg.notify.secret = None;
+        cfg.notify.secret_env = Some(var.into());
+        cfg.validate().unwrap();
+        let m = cfg.webhook_secret().unwrap_err().to_string();
+        assert!(m.contains("notify.secret_env") && m.contains(var), "{m}");
+        std::env::set_var(var, "from-env");
+        assert_eq!(cfg.webhook_secret().unwrap().as_deref(), Some("from-env"));
+        std::env::set_var(var, "");
+        let m = cfg.webhook_secret().unwrap_err().to_string();
+        assert!(m.contains("between 1 and 4096"), "{m}");
+        std::env::remove_var(var);
     }
 
     #[test]
@@ -972,6 +1047,13 @@ mod tests {
         assert!(m.contains("notify.max_queued"), "{m}");
         let m = invalid("[notify]\nbackoff_base_ms = 10\nbackoff_max_ms = 5\n");
         assert!(m.contains("notify.backoff_base_ms"), "{m}");
+        let m = invalid("[notify]\nsecret = \"\"\n");
+        assert!(m.contains("notify.secret"), "{m}");
+        let long = "x".repeat(MAX_SECRET_BYTES + 1);
+        let m = invalid(&format!("[queues.q]\nnotify_secret = \"{long}\"\n"));
+        assert!(m.contains("queues.q.notify_secret"), "{m}");
+        let m = invalid("[notify]\nsecret = \"a\"\nsecret_env = \"B\"\n");
+        assert!(m.contains("exclusive"), "{m}");
         let m = invalid("[notify]\nmax_attempts = 0\n");
         assert!(m.contains("notify.max_attempts"), "{m}");
     }

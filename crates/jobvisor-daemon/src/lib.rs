@@ -213,7 +213,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     }
 
     let registry = Arc::new(opts.registry);
-    let notifier = notify::Notifier::spawn(&cfg.notify, store.clone()).await?;
+    let notifier = notify::Notifier::spawn(&cfg, store.clone()).await?;
     let mut scheduler = Scheduler::new(
         cfg.clone(),
         pool.clone(),

@@ -36,7 +36,10 @@
 //! the POST and before the row was deleted): every attempt of a delivery,
 //! before or after a restart, carries the same `x-jobvisor-delivery` id
 //! (`<job id>-<epoch>-<state>`, the epoch counting the job's `retry`s) to
-//! dedupe on. A graceful stop gives pending
+//! dedupe on. With a secret (`notify.secret` or `secret_env`, a queue's
+//! `notify_secret` for its `notify_url`; read at start), a webhook also
+//! carries `x-jobvisor-signature: sha256=<hex HMAC-SHA256(secret, body)>` and
+//! `x-jobvisor-timestamp`. A graceful stop gives pending
 //! deliveries `notify.drain_grace_ms`; what is left goes out after the next start.
 
 mod send;
@@ -181,6 +184,44 @@ struct Shared {
     slots: Arc<Semaphore>,
     settings: NotifySettings,
     counters: Arc<Counters>,
+    /// Webhook signing secrets, read at start (`notify.secret[_env]`).
+    secrets: Secrets,
+}
+
+/// Which secret signs which webhook.
+#[derive(Debug, Default)]
+struct Secrets {
+    /// `notify.secret` (or its `secret_env`): jobs' own `--notify-url`, and
+    /// queues without their own.
+    global: Option<String>,
+    /// Per queue: its `notify_url` and `notify_secret`.
+    queues: std::collections::BTreeMap<String, (String, String)>,
+}
+
+impl Secrets {
+    fn from_config(cfg: &Config) -> Result<Self, crate::config::ConfigError> {
+        let queues = cfg
+            .queues
+            .iter()
+            .filter_map(|(name, q)| {
+                let pair = (q.notify_url.clone()?, q.notify_secret.clone()?);
+                Some((name.clone(), pair))
+            })
+            .collect();
+        Ok(Self {
+            global: cfg.webhook_secret()?,
+            queues,
+        })
+    }
+
+    /// The secret for a POST to `url` about a job of `queue`: the queue's
+    /// when `url` is its `notify_url`, else the global one.
+    fn for_url(&self, queue: &str, url: &str) -> Option<&str> {
+        match self.queues.get(queue) {
+            Some((queue_url, secret)) if queue_url == url => Some(secret),
+            _ => self.global.as_deref(),
+        }
+    }
 }
 
 /// The notifier could not start.
@@ -193,20 +234,24 @@ pub enum NotifyStartError {
     /// The outbox could not be read.
     #[error("cannot read the notification outbox")]
     Outbox(#[source] StoreError),
+    /// The webhook secret could not be read (`notify.secret_env`).
+    #[error("no webhook signing secret")]
+    Secret(#[source] crate::config::ConfigError),
 }
 
 impl Notifier {
     /// Reads the outbox (every notification a previous run left pending
     /// takes a slot), then starts the notifier task, which delivers them
-    /// and every one written later. `settings` are validated (see
-    /// [`Config::validate`]).
+    /// and every one written later. `cfg` is validated (see
+    /// [`Config::validate`]); its `[notify]` settings and signing secrets
+    /// are read now only.
     ///
     /// # Errors
-    /// The HTTP client could not be built, or the outbox could not be read.
-    pub(crate) async fn spawn(
-        settings: &NotifySettings,
-        store: StoreHandle,
-    ) -> Result<Self, NotifyStartError> {
+    /// The HTTP client could not be built, the outbox could not be read, or
+    /// `notify.secret_env` names no usable variable.
+    pub(crate) async fn spawn(cfg: &Config, store: StoreHandle) -> Result<Self, NotifyStartError> {
+        let settings = &cfg.notify;
+        let secrets = Secrets::from_config(cfg).map_err(NotifyStartError::Secret)?;
         let http = reqwest::Client::builder()
             .user_agent(concat!("jobvisor/", env!("CARGO_PKG_VERSION")))
             .timeout(Duration::from_millis(settings.timeout_ms))
@@ -238,6 +283,7 @@ impl Notifier {
             slots: Arc::clone(&slots),
             settings: settings.clone(),
             counters: Arc::clone(&counters),
+            secrets,
         });
         if !left.is_empty() {
             tracing::info!(
@@ -480,7 +526,10 @@ async fn attempt_once(shared: &Shared, d: &Delivery, target: &Target) -> Result<
     };
     let timeout = Duration::from_millis(shared.settings.timeout_ms);
     match target {
-        Target::Url(url) => post(&shared.http, url, &job, body).await,
+        Target::Url(url) => {
+            let secret = shared.secrets.for_url(&job.queue, url);
+            post(&shared.http, url, &job, body, secret).await
+        }
         Target::Command(argv) => run_command(argv, &job, body, timeout).await,
     }
     .map_err(AttemptError::Retry)
@@ -583,7 +632,15 @@ mod tests {
             max_attempts: 1,
             ..NotifySettings::default()
         };
-        let n = Notifier::spawn(&settings, store).await.unwrap();
+        let n = Notifier::spawn(
+            &Config {
+                notify: settings,
+                ..Config::default()
+            },
+            store,
+        )
+        .await
+        .unwrap();
         let mut cfg = Config::default();
         cfg.queues.insert(
             "q".into(),

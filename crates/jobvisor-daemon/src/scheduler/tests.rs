@@ -66,7 +66,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("jobs.db")).unwrap();
         let store = StoreHandle::spawn(store).unwrap();
-        let notifier = Notifier::spawn(&cfg.notify, store.clone()).await.unwrap();
+        let notifier = Notifier::spawn(&cfg, store.clone()).await.unwrap();
         let mut s = Scheduler::with_pool(
             cfg,
             None,
