@@ -680,11 +680,24 @@ fn a_symlink_planted_at_the_audit_log_is_refused() {
     let victim = dir.path().join("victim");
     std::fs::write(&victim, "precious\n").unwrap();
     std::os::unix::fs::symlink(&victim, state.join("audit.log")).unwrap();
-    let out = std::process::Command::new(crate::util::bin())
+    let mut child = std::process::Command::new(crate::util::bin())
         .args(["daemon", "--state-dir"])
         .arg(&state)
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // A daemon that followed the link would run on: stop it and fail.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the daemon started on a symlinked audit log");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     let text = crate::util::text(&out);
     assert!(
