@@ -574,3 +574,135 @@ fn the_python_client_drives_a_real_daemon() {
         "{text}"
     );
 }
+
+/// The audit log's lines once `done` holds for them (the writer is behind
+/// a channel); fails after a minute.
+fn audit_lines(d: &Daemon, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    let path = d.state_dir().join("audit.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        if done(&lines) {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "audit log incomplete: {lines:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn mutations_on_both_transports_and_refused_tokens_are_audited() {
+    use std::os::unix::fs::PermissionsExt;
+    let (d, addr) = api("");
+    // The socket: a submit and a cancel.
+    let id: u64 = d
+        .cli_ok(&["submit", "noop", "--input", "1", "--delay", "1h"])
+        .trim()
+        .parse()
+        .unwrap();
+    d.cli_ok(&["cancel", &id.to_string()]);
+    // HTTP: a submit, an unknown token, a role too low, and a read (not logged).
+    let one = ok(
+        &call(
+            &addr,
+            "POST",
+            "/v1/jobs",
+            Some(SUBMIT),
+            Some(r#"{"task": "noop", "input": 2}"#),
+        ),
+        201,
+    );
+    let hid = one["id"].as_u64().unwrap();
+    assert_eq!(
+        call(&addr, "POST", "/v1/jobs", Some("nope"), Some("{}")).status,
+        401
+    );
+    assert_eq!(
+        call(&addr, "POST", "/v1/jobs", Some(READ), Some("{}")).status,
+        403
+    );
+    ok(
+        &call(&addr, "GET", &format!("/v1/jobs/{hid}"), Some(READ), None),
+        200,
+    );
+    let lines = audit_lines(&d, |l| l.len() >= 5);
+    assert_eq!(lines.len(), 5, "{lines:?}");
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(d.state_dir()).unwrap());
+    let (sub, cancel) = (&lines[0], &lines[1]);
+    assert_eq!(sub["transport"], "socket");
+    assert_eq!(sub["who"]["uid"], uid);
+    assert!(sub["who"]["pid"].as_u64().is_some(), "{sub}");
+    assert_eq!(sub["action"], "submit");
+    assert_eq!(sub["target"]["ids"], serde_json::json!([id]));
+    assert_eq!(sub["target"]["tasks"], serde_json::json!(["noop"]));
+    assert_eq!(sub["target"]["count"], 1);
+    assert_eq!(sub["outcome"], "ok");
+    assert!(sub["at"].as_str().unwrap().ends_with('Z'), "{sub}");
+    assert_eq!(
+        (&cancel["action"], &cancel["target"], &cancel["outcome"]),
+        (&"cancel".into(), &id.into(), &"ok".into())
+    );
+    let hsub = &lines[2];
+    assert_eq!(hsub["transport"], "http");
+    assert_eq!(hsub["who"], serde_json::json!({"token": "s"}));
+    assert_eq!(hsub["target"]["ids"], serde_json::json!([hid]));
+    let (unknown, low) = (&lines[3], &lines[4]);
+    assert_eq!(unknown["who"], serde_json::json!({"token": null}));
+    assert_eq!(
+        (&unknown["action"], &unknown["outcome"], &unknown["error"]),
+        (&"auth".into(), &"error".into(), &"unknown token".into())
+    );
+    assert_eq!(unknown["target"], "POST /v1/jobs");
+    assert_eq!(low["who"], serde_json::json!({"token": "r"}));
+    assert!(
+        low["error"].as_str().unwrap().contains("needs submit"),
+        "{low}"
+    );
+    let mode = std::fs::metadata(d.state_dir().join("audit.log"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
+fn a_symlink_planted_at_the_audit_log_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&victim, state.join("audit.log")).unwrap();
+    let mut child = std::process::Command::new(crate::util::bin())
+        .args(["daemon", "--state-dir"])
+        .arg(&state)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A daemon that followed the link would run on: stop it and fail.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the daemon started on a symlinked audit log");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let text = crate::util::text(&out);
+    assert!(
+        text.contains("audit log") && text.contains("symlink"),
+        "{text}"
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+}

@@ -102,6 +102,30 @@ pub struct Config {
     pub store: StoreSettings,
     /// The HTTP/JSON API (off unless `listen` is set).
     pub http: HttpSettings,
+    /// The audit log of mutations.
+    pub audit: AuditSettings,
+}
+
+/// `[audit]`: the JSON-lines log of every mutation.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditSettings {
+    /// The log; default `<state_dir>/audit.log`, `""` = no audit log.
+    pub file: Option<PathBuf>,
+    /// Rotate when a line would take the file past this (bytes).
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.log.1` ... `.keep`).
+    pub keep: u32,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            file: None,
+            max_bytes: 16 << 20,
+            keep: 5,
+        }
+    }
 }
 
 /// `[http]`: the HTTP/JSON API, its limits and who may use it.
@@ -481,6 +505,7 @@ impl Default for Config {
             queues: BTreeMap::new(),
             store: StoreSettings::default(),
             http: HttpSettings::default(),
+            audit: AuditSettings::default(),
         }
     }
 }
@@ -582,6 +607,12 @@ impl Config {
         self.start_method()?;
         if self.limits.max_queued_jobs == 0 {
             return bad("limits.max_queued_jobs must be at least 1");
+        }
+        if self.audit.max_bytes < 4096 {
+            return bad("audit.max_bytes must be at least 4096");
+        }
+        if self.audit.keep > 1000 {
+            return bad("audit.keep must be at most 1000");
         }
         if self.limits.max_connections == 0 {
             return bad("limits.max_connections must be at least 1");
@@ -810,6 +841,15 @@ impl Config {
             return d.clone();
         }
         default_state_dir()
+    }
+
+    /// The audit log's path; `None` when `[audit] file = ""` turns it off.
+    pub fn audit_file(&self) -> Option<PathBuf> {
+        match &self.audit.file {
+            Some(f) if f.as_os_str().is_empty() => None,
+            Some(f) => Some(f.clone()),
+            None => Some(self.state_dir().join("audit.log")),
+        }
     }
 
     /// The control socket path.

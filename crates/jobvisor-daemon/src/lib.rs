@@ -29,6 +29,7 @@
 //!   and the shutdown order.
 
 pub mod access;
+mod audit;
 mod bounds;
 pub mod config;
 mod errors;
@@ -229,6 +230,11 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
     let (sched_tx, sched_rx) = mpsc::channel(cfg.limits.max_pending_requests);
     let sched_task = tokio::spawn(scheduler.run(sched_rx));
 
+    let audit = match cfg.audit_file() {
+        Some(f) => audit::Audit::open(&f, cfg.audit.max_bytes, cfg.audit.keep)
+            .map_err(io("cannot open the audit log ([audit] file)".to_string()))?,
+        None => audit::Audit::default(),
+    };
     let socket = cfg.socket();
     let listener = server::bind(&socket)
         .await
@@ -243,6 +249,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         stop: stop_tx.clone(),
         events: events_tx.clone(),
         buffered: Default::default(),
+        audit: audit.clone(),
     };
     let http = match &cfg.http.listen {
         Some(listen) => {
@@ -310,6 +317,7 @@ pub async fn run(opts: Options) -> Result<(), DaemonError> {
         opts.workers_override,
         pool.clone(),
         sched_tx.clone(),
+        audit,
     );
 
     // Wait for a stop request.
@@ -392,7 +400,9 @@ fn spawn_signals(
     workers_override: Option<usize>,
     pool: Pool,
     sched: mpsc::Sender<SchedCmd>,
+    audit: audit::Audit,
 ) -> watch::Receiver<bool> {
+    let by_hup = audit::Caller::Signal("SIGHUP");
     use tokio::signal::unix::{signal, SignalKind};
     let (hard_tx, hard_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -434,6 +444,7 @@ fn spawn_signals(
                             looked_in = %looked_in.join(", "),
                             "SIGHUP: no config file to reload"
                         );
+                        audit.record(&by_hup, "reload", serde_json::Value::Null, Err("no config file to reload"));
                         continue;
                     };
                     match Config::load(&path) {
@@ -451,12 +462,17 @@ fn spawn_signals(
                                 workers,
                                 "SIGHUP: configuration reloaded"
                             );
+                            audit.record(&by_hup, "reload", serde_json::json!(path), Ok(()));
                         }
-                        Err(e) => tracing::error!(
-                            path = %path.display(),
-                            error = %errors::Chain(&e),
-                            "SIGHUP: keeping the old configuration"
-                        ),
+                        Err(e) => {
+                            tracing::error!(
+                                path = %path.display(),
+                                error = %errors::Chain(&e),
+                                "SIGHUP: keeping the old configuration"
+                            );
+                            let why = errors::chain(&e);
+                            audit.record(&by_hup, "reload", serde_json::json!(path), Err(why.as_str()));
+                        }
                     }
                 }
             }

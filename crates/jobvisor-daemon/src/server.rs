@@ -21,6 +21,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 
+use crate::audit::Caller;
 use crate::config::Config;
 use crate::errors::{chain, Chain};
 use crate::scheduler::SchedCmd;
@@ -42,6 +43,8 @@ pub(crate) struct ServerCtx {
     pub(crate) events: Arc<crate::events::EventFeed>,
     /// Bytes all connections' request buffers hold, against `limits.max_buffered_bytes`.
     pub(crate) buffered: BufferBudget,
+    /// The audit log of mutations.
+    pub(crate) audit: crate::audit::Audit,
 }
 
 /// The bytes shared by every connection's request buffer.
@@ -425,6 +428,13 @@ async fn send(stream: &mut UnixStream, bytes: &[u8], limits: &crate::config::Lim
 }
 
 async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
+    let caller = match stream.peer_cred() {
+        Ok(c) => Caller::Socket {
+            uid: c.uid(),
+            pid: c.pid(),
+        },
+        Err(_) => return,
+    };
     let ours = Hello::ours(Role::Supervisor);
     let limits = &ctx.cfg.limits;
     let max_frame = limits.max_frame_bytes;
@@ -511,7 +521,7 @@ async fn connection(mut stream: UnixStream, ctx: &ServerCtx) {
                 stream_events(&mut stream, ctx, since_ms, follow).await;
                 return;
             }
-            Ok(req) => (handle(req, ctx).await, false),
+            Ok(req) => (handle(req, ctx, &caller).await, false),
             Err(refused) => refused,
         };
         wbuf.clear();
@@ -671,7 +681,39 @@ fn impossible_id(req: &Request) -> Option<u64> {
     }
 }
 
-pub(crate) async fn handle(req: Request, ctx: &ServerCtx) -> Response {
+/// Answers `req` for `caller`; a mutation (submit, cancel, retry,
+/// shutdown) is written to the audit log once its answer is known.
+pub(crate) async fn handle(req: Request, ctx: &ServerCtx, caller: &Caller) -> Response {
+    let mutation = match &req {
+        Request::Submit(specs) => Some((
+            "submit",
+            serde_json::json!({
+                "count": specs.len(),
+                "tasks": specs.iter().map(|s| s.task.as_str()).collect::<Vec<_>>(),
+            }),
+        )),
+        Request::Cancel { id } => Some(("cancel", serde_json::json!(id))),
+        Request::Retry { id } => Some(("retry", serde_json::json!(id))),
+        Request::Shutdown { graceful } => {
+            Some(("shutdown", serde_json::json!({ "graceful": graceful })))
+        }
+        _ => None,
+    };
+    let resp = answer(req, ctx).await;
+    if let Some((action, mut target)) = mutation {
+        if let Response::Submitted(v) = &resp {
+            target["ids"] = v.iter().map(|s| s.id).collect::<Vec<_>>().into();
+        }
+        let outcome = match &resp {
+            Response::Error(e) => Err(e.message.as_str()),
+            _ => Ok(()),
+        };
+        ctx.audit.record(caller, action, target, outcome);
+    }
+    resp
+}
+
+async fn answer(req: Request, ctx: &ServerCtx) -> Response {
     if let Some(id) = impossible_id(&req) {
         return error(ErrorKind::NotFound, format!("no job {id}"));
     }

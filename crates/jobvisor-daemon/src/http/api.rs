@@ -29,6 +29,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 
 use crate::access::{Role, Tokens};
+use crate::audit::Caller;
 use crate::server::{handle, ServerCtx};
 
 /// What every handler shares.
@@ -39,6 +40,9 @@ pub(super) struct State {
 }
 
 type Shared = Arc<State>;
+
+/// The caller passed with reads, which are not audited.
+const READER: Caller = Caller::Http { token: None };
 type Answer = Result<Response, ApiError>;
 
 /// Longest `GET /v1/jobs` page.
@@ -114,26 +118,37 @@ async fn authorize(
         return ApiError::unauthorized("no bearer token (Authorization: Bearer TOKEN)")
             .into_response();
     };
+    let target = json!(format!("{} {}", req.method(), req.uri().path()));
     let Some((name, role)) = s.tokens.check(presented) else {
         tracing::warn!(path = %req.uri().path(), "http: unknown token refused");
+        let who = Caller::Http { token: None };
+        s.ctx
+            .audit
+            .record(&who, "auth", target, Err("unknown token"));
         return ApiError::unauthorized("unknown token").into_response();
     };
     if role < needed {
         tracing::warn!(token = name, %role, %needed, path = %req.uri().path(), "http: role too low");
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "permission_denied",
-            format!(
-                "token {name:?} has the role {role}; {} {} needs {needed}",
-                req.method(),
-                req.uri().path()
-            ),
-        )
-        .into_response();
+        let message = format!(
+            "token {name:?} has the role {role}; {} {} needs {needed}",
+            req.method(),
+            req.uri().path()
+        );
+        let who = Caller::Http {
+            token: Some(name.to_string()),
+        };
+        s.ctx
+            .audit
+            .record(&who, "auth", target, Err(message.as_str()));
+        return ApiError::new(StatusCode::FORBIDDEN, "permission_denied", message).into_response();
     }
     if req.method() == Method::POST {
         tracing::info!(token = name, method = %req.method(), path = %req.uri().path(), "http request");
     }
+    let mut req = req;
+    req.extensions_mut().insert(Caller::Http {
+        token: Some(name.to_string()),
+    });
     next.run(req).await
 }
 
@@ -150,7 +165,7 @@ async fn readyz(axum::extract::State(s): axum::extract::State<Shared>) -> Answer
             "the daemon is shutting down",
         ));
     }
-    match handle(Req::Stats, &s.ctx).await {
+    match handle(Req::Stats, &s.ctx, &READER).await {
         control::Response::Stats(_) => {}
         other => return Err(ApiError::from_response(other)),
     }
@@ -167,6 +182,7 @@ async fn readyz(axum::extract::State(s): axum::extract::State<Shared>) -> Answer
 /// `POST /v1/jobs`: one spec, or `{"jobs": [...]}` all or nothing.
 async fn submit(
     axum::extract::State(s): axum::extract::State<Shared>,
+    axum::Extension(caller): axum::Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer {
     let body = read_body(body)?;
@@ -192,7 +208,7 @@ async fn submit(
             false,
         ),
     };
-    match handle(Req::Submit(specs), &s.ctx).await {
+    match handle(Req::Submit(specs), &s.ctx, &caller).await {
         control::Response::Submitted(v) => {
             let jobs: Vec<json::Submitted> = v.iter().map(json::Submitted::from).collect();
             let body = if batch {
@@ -243,7 +259,7 @@ async fn list(
         before: q.before,
         limit,
     };
-    match handle(req, &s.ctx).await {
+    match handle(req, &s.ctx, &READER).await {
         control::Response::Jobs(v) => {
             let next = (v.len() == limit as usize)
                 .then(|| v.last().map(|r| r.id))
@@ -266,7 +282,7 @@ type IdPath = Result<Path<u64>, axum::extract::rejection::PathRejection>;
 /// `GET /v1/jobs/{id}`.
 async fn status(axum::extract::State(s): axum::extract::State<Shared>, id: IdPath) -> Answer {
     let id = job_id(id)?;
-    match handle(Req::Status { id }, &s.ctx).await {
+    match handle(Req::Status { id }, &s.ctx, &READER).await {
         control::Response::Job(r) => Ok(Json(json::Job::from(r.as_ref())).into_response()),
         other => Err(ApiError::from_response(other)),
     }
@@ -299,7 +315,7 @@ async fn wait(
         ids: vec![id],
         timeout_ms: Some(timeout_ms),
     };
-    match handle(req, &s.ctx).await {
+    match handle(req, &s.ctx, &READER).await {
         control::Response::Jobs(v) => match v.first() {
             Some(r) => Ok(Json(json::Job::from(r)).into_response()),
             None => Err(ApiError::new(
@@ -316,7 +332,7 @@ async fn wait(
 /// finished job; `409` while it is not finished.
 async fn result(axum::extract::State(s): axum::extract::State<Shared>, id: IdPath) -> Answer {
     let id = job_id(id)?;
-    let r = match handle(Req::Status { id }, &s.ctx).await {
+    let r = match handle(Req::Status { id }, &s.ctx, &READER).await {
         control::Response::Job(r) => r,
         other => return Err(ApiError::from_response(other)),
     };
@@ -337,18 +353,26 @@ async fn result(axum::extract::State(s): axum::extract::State<Shared>, id: IdPat
 }
 
 /// `POST /v1/jobs/{id}/cancel`.
-async fn cancel(axum::extract::State(s): axum::extract::State<Shared>, id: IdPath) -> Answer {
+async fn cancel(
+    axum::extract::State(s): axum::extract::State<Shared>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    id: IdPath,
+) -> Answer {
     let id = job_id(id)?;
-    match handle(Req::Cancel { id }, &s.ctx).await {
+    match handle(Req::Cancel { id }, &s.ctx, &caller).await {
         control::Response::Ok => Ok(Json(json!({ "id": id, "cancelled": true })).into_response()),
         other => Err(ApiError::from_response(other)),
     }
 }
 
 /// `POST /v1/jobs/{id}/retry`.
-async fn retry(axum::extract::State(s): axum::extract::State<Shared>, id: IdPath) -> Answer {
+async fn retry(
+    axum::extract::State(s): axum::extract::State<Shared>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    id: IdPath,
+) -> Answer {
     let id = job_id(id)?;
-    match handle(Req::Retry { id }, &s.ctx).await {
+    match handle(Req::Retry { id }, &s.ctx, &caller).await {
         control::Response::Ok => Ok(Json(json!({ "id": id, "state": "queued" })).into_response()),
         other => Err(ApiError::from_response(other)),
     }
@@ -356,7 +380,7 @@ async fn retry(axum::extract::State(s): axum::extract::State<Shared>, id: IdPath
 
 /// `GET /v1/workers`.
 async fn workers(axum::extract::State(s): axum::extract::State<Shared>) -> Answer {
-    match handle(Req::Workers, &s.ctx).await {
+    match handle(Req::Workers, &s.ctx, &READER).await {
         control::Response::Workers(v) => {
             let v: Vec<json::Worker> = v.iter().map(json::Worker::from).collect();
             Ok(Json(json!({ "workers": v })).into_response())
@@ -367,7 +391,7 @@ async fn workers(axum::extract::State(s): axum::extract::State<Shared>) -> Answe
 
 /// `GET /v1/stats`.
 async fn stats(axum::extract::State(s): axum::extract::State<Shared>) -> Answer {
-    match handle(Req::Stats, &s.ctx).await {
+    match handle(Req::Stats, &s.ctx, &READER).await {
         control::Response::Stats(st) => Ok(Json(json::Stats::from(&st)).into_response()),
         other => Err(ApiError::from_response(other)),
     }
@@ -446,10 +470,11 @@ struct ShutdownQuery {
 /// `POST /v1/shutdown[?now=true]`: drain (or stop now) and exit.
 async fn shutdown(
     axum::extract::State(s): axum::extract::State<Shared>,
+    axum::Extension(caller): axum::Extension<Caller>,
     q: Result<Query<ShutdownQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer {
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
-    match handle(Req::Shutdown { graceful: !q.now }, &s.ctx).await {
+    match handle(Req::Shutdown { graceful: !q.now }, &s.ctx, &caller).await {
         control::Response::Ok => {
             Ok((StatusCode::ACCEPTED, Json(json!({ "stopping": true }))).into_response())
         }
