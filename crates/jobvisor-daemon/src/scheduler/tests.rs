@@ -39,21 +39,8 @@ pub(super) struct Harness {
 
 pub(super) fn spec(after: &[u64]) -> JobSpec {
     JobSpec {
-        task: "nap".into(),
-        input: Payload::Json("1".into()),
-        queue: None,
-        priority: 0,
-        max_attempts: None,
-        max_crashes: None,
-        backoff_base_ms: None,
-        backoff_max_ms: None,
-        timeout_ms: None,
-        delay_ms: None,
         after: after.to_vec(),
-        key: None,
-        stall_timeout_ms: None,
-        input_from: Vec::new(),
-        notify_url: None,
+        ..JobSpec::new("nap", Payload::Json("1".into()))
     }
 }
 
