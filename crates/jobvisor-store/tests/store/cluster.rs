@@ -684,7 +684,7 @@ fn the_operator_queries_of_the_docs_run() {
 /// one transaction for the finishes of each claim (as the writer's group
 /// commit would).
 #[test]
-#[ignore = "a measurement; run on purpose"]
+#[ignore = "a measurement, not a check: scripts/bench-store runs it"]
 fn measure_insert_and_claim_throughput() {
     const N: u64 = 20_000;
     for nodes in [1usize, 2] {
